@@ -1,0 +1,82 @@
+"""Structures per second per core for the 16-NN orbit graph, against pymatgen + top-k.
+
+usage: python benchmarks/knn.py [N_STRUCTURES] [--repeats R]
+
+Structures come from ``../shared/bench/structures.py`` (MPtrj-like: real prototypes,
+substituted, strained, rattled) and the baseline from ``../shared/bench/knn_anchors.py``
+(pymatgen's neighbour list grown until 17 candidates, then top-k), both measured in this
+run on one core. Prints medians over repeats and the ratio, and checks that the results are
+identical to the brute-force reference.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+
+SHARED_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("n", type=int, nargs="?", default=1000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--check", type=int, default=200, help="structures checked against the reference")
+    args = ap.parse_args()
+    sys.path.insert(0, str(SHARED_BENCH))
+    from structures import mptrj_like  # noqa: E402
+    import knn_anchors  # noqa: E402
+
+    from preprocess.graph import knn_graph, knn_graphs
+    from preprocess.graph_reference import knn_graph_reference
+
+    structs = mptrj_like(args.n, seed=1)
+    cells = np.array([s.lattice.matrix for s in structs])
+    poss = [np.array(s.cart_coords) for s in structs]
+    atoms = sum(len(p) for p in poss)
+    print(f"{args.n} MPtrj-like structures, {atoms} atoms (mean {atoms / args.n:.1f}), 1 core")
+    knn_graphs(cells[:2], poss[:2])  # load the compiled kernel
+
+    def rate(fn) -> tuple[float, list[float]]:
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return args.n / float(np.median(times)), times
+
+    rows = []
+    for ties in ("include", "break"):
+        r, _ = rate(lambda: knn_graphs(cells, poss, k=16, ties=ties))
+        rows.append((f"orbitgraph knn_graphs ties={ties}", r))
+    r_one, _ = rate(lambda: [knn_graph(c, p) for c, p in zip(cells, poss)])
+    rows.append(("orbitgraph knn_graph one by one", r_one))
+    r_pmg, _ = rate(lambda: [knn_anchors.knn_pymatgen(s, 16) for s in structs])
+    rows.append(("pymatgen get_neighbor_list + top-k", r_pmg))
+    for name, r in rows:
+        print(f"{name:40s} {r:10.0f} structures/s   {r / r_pmg:6.2f}x pymatgen")
+
+    # identical to the reference (exact edge lists, both tie modes)
+    bad = 0
+    for c, p in list(zip(cells, poss))[: args.check]:
+        for ties in ("include", "break"):
+            a = knn_graph(c, p, ties=ties)
+            b = knn_graph_reference(c, p, ties=ties)
+            same = all(np.array_equal(getattr(a, f), getattr(b, f))
+                       for f in ("centers", "neighbors", "shifts", "distances", "next_distance"))
+            bad += not same
+    print(f"reference check: {bad} of {2 * min(args.check, args.n)} graphs differ")
+
+
+if __name__ == "__main__":
+    main()

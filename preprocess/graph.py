@@ -1,0 +1,241 @@
+"""The periodic k-nearest-neighbour "orbit" graph of a crystal.
+
+Definition (normative, shared by the fast kernel and the reference)
+-------------------------------------------------------------------
+For each centre atom ``i`` the candidates are every ``(j, S)`` with ``S`` in Z^3 an integer
+cell shift, except ``(i, 0)``; along an axis without periodicity ``S_a = 0``. The edge
+vector is ``r_j + S @ cell - r_i`` and its length ``d`` is computed in float64 (Å).
+
+* Keep the ``k`` nearest. Candidates are ordered by distance on a grid of
+  :data:`DISTANCE_QUANTUM` Å, then by neighbour index ``j``, then by shift ``S``
+  (lexicographic). The grid makes the order of symmetry-equivalent neighbours (perfect
+  crystals) independent of float rounding noise, so it is the same after a translation.
+* ``ties="include"`` (default) also keeps every further candidate whose distance is within
+  ``tie_tolerance`` Å of the k-th; ``ties="break"`` keeps exactly ``k``.
+* ``cutoff`` (Å), if given, then drops edges longer than it.
+* ``next_distance[i]`` is the distance of the first candidate not kept (``inf`` if there is
+  none, which only happens without any periodic axis).
+* An atom's own periodic images are neighbours; the same ``(j, S)`` never appears twice. A
+  cell too small to hold ``k`` neighbours is handled by enumerating more images.
+
+Edges are sorted by centre, then in the order above, so ``centers`` is non-decreasing and
+CSR pointers (:attr:`KnnGraph.edge_ptr`) describe the graph completely.
+
+Units: Å throughout. Cells are given with lattice vectors as rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+from preprocess import knn_kernel
+
+DEFAULT_K = 16
+DEFAULT_TIE_TOLERANCE = 0.01  # Å, as fairchem uses for degenerate neighbours
+DISTANCE_QUANTUM = 1e-9  # Å, resolution of the ordering key
+COINCIDENT_DISTANCE = 1e-6  # Å, two atoms closer than this are "at the same place"
+
+Ties = Literal["include", "break"]
+
+
+@dataclass(frozen=True)
+class KnnGraph:
+    """The k-nearest-neighbour graph of one structure.
+
+    Shapes
+    ------
+    centers, neighbors : int64 (E,), atom indices within the structure
+    shifts : int64 (E, 3), integer cell shifts S (edge vector = r_j + S @ cell - r_i)
+    distances : float64 (E,), Å
+    next_distance : float64 (N,), Å, distance of the first candidate not kept
+    """
+
+    centers: np.ndarray
+    neighbors: np.ndarray
+    shifts: np.ndarray
+    distances: np.ndarray
+    next_distance: np.ndarray
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.next_distance.shape[0])
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.centers.shape[0])
+
+    @property
+    def counts(self) -> np.ndarray:
+        """int64 (N,): number of edges of each centre atom."""
+        return np.bincount(self.centers, minlength=self.n_atoms).astype(np.int64)
+
+    @property
+    def edge_ptr(self) -> np.ndarray:
+        """int64 (N + 1,): CSR pointers, edges of atom i are ``edge_ptr[i]:edge_ptr[i+1]``."""
+        return np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class KnnGraphBatch:
+    """The graphs of many structures, concatenated (what the pipeline writes).
+
+    ``centers``/``neighbors`` are local to each structure. ``edge_ptr`` (B + 1,) and
+    ``atom_ptr`` (B + 1,) delimit the structures.
+    """
+
+    centers: np.ndarray
+    neighbors: np.ndarray
+    shifts: np.ndarray
+    distances: np.ndarray
+    next_distance: np.ndarray
+    edge_ptr: np.ndarray
+    atom_ptr: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.edge_ptr.shape[0] - 1)
+
+    def __getitem__(self, b: int) -> KnnGraph:
+        if not -len(self) <= b < len(self):
+            raise IndexError(f"structure {b} out of range for a batch of {len(self)}")
+        b %= len(self)
+        e0, e1 = self.edge_ptr[b], self.edge_ptr[b + 1]
+        a0, a1 = self.atom_ptr[b], self.atom_ptr[b + 1]
+        return KnnGraph(self.centers[e0:e1], self.neighbors[e0:e1], self.shifts[e0:e1],
+                        self.distances[e0:e1], self.next_distance[a0:a1])
+
+    def __iter__(self) -> Iterator[KnnGraph]:
+        return (self[b] for b in range(len(self)))
+
+
+def _check_params(k: int, ties: str, tie_tolerance: float, cutoff: float | None) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if ties not in ("include", "break"):
+        raise ValueError(f"ties must be 'include' or 'break', got {ties!r}")
+    if not (np.isfinite(tie_tolerance) and tie_tolerance >= 0):
+        raise ValueError(f"tie_tolerance must be a finite number >= 0 Å, got {tie_tolerance!r}")
+    if cutoff is not None and not (np.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"cutoff must be a finite number > 0 Å or None, got {cutoff!r}")
+
+
+def _as_pbc(pbc, n_struct: int) -> np.ndarray:
+    arr = np.asarray(pbc, dtype=bool)
+    if arr.ndim == 0:
+        arr = np.full(3, bool(arr))
+    if arr.shape == (3,):
+        arr = np.broadcast_to(arr, (n_struct, 3))
+    if arr.shape != (n_struct, 3):
+        raise ValueError(f"pbc must be a bool, 3 bools or ({n_struct}, 3) bools, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _check_structure(b: int, cell: np.ndarray, pos: np.ndarray) -> None:
+    where = f"structure {b}: " if b >= 0 else ""
+    if cell.shape != (3, 3):
+        raise ValueError(f"{where}cell must have shape (3, 3), got {cell.shape}")
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"{where}positions must have shape (N, 3), got {pos.shape}")
+    if not np.all(np.isfinite(cell)):
+        raise ValueError(f"{where}cell has non-finite values: {cell.tolist()}")
+    if not np.all(np.isfinite(pos)):
+        bad = int(np.nonzero(~np.isfinite(pos).all(axis=1))[0][0])
+        raise ValueError(f"{where}positions of atom {bad} are not finite: {pos[bad].tolist()}")
+    det = np.linalg.det(cell)
+    scale = float(np.prod(np.linalg.norm(cell, axis=1)))
+    if not scale > 0 or abs(det) <= 1e-10 * scale:
+        raise ValueError(f"{where}cell is singular (volume {det:.3g} Å^3): {cell.tolist()}")
+
+
+def knn_graphs(cells: Sequence[np.ndarray] | np.ndarray, positions: Sequence[np.ndarray],
+               pbc=(True, True, True), k: int = DEFAULT_K, ties: Ties = "include",
+               tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+               cutoff: float | None = None) -> KnnGraphBatch:
+    """Graphs of many structures in one compiled call; same result as :func:`knn_graph` each.
+
+    Parameters
+    ----------
+    cells : (B, 3, 3) float, Å, lattice vectors as rows
+    positions : sequence of B arrays (N_b, 3), Cartesian Å
+    pbc : bool, 3 bools for all structures, or (B, 3) bools
+    k, ties, tie_tolerance, cutoff : see the module docstring
+
+    Raises
+    ------
+    ValueError
+        Naming the structure (its index in the batch) and the problem: non-finite values,
+        a singular cell, two atoms at the same place, bad parameters.
+    """
+    _check_params(k, ties, tie_tolerance, cutoff)
+    cells_arr = np.ascontiguousarray(np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3))
+    pos_list = [np.asarray(p, dtype=np.float64) for p in positions]
+    if len(pos_list) != cells_arr.shape[0]:
+        raise ValueError(f"got {cells_arr.shape[0]} cells but {len(pos_list)} position arrays")
+    _check_batch(cells_arr, pos_list)
+    return _knn_checked(cells_arr, pos_list, _as_pbc(pbc, len(pos_list)), k, ties,
+                        tie_tolerance, cutoff)
+
+
+def _check_batch(cells: np.ndarray, pos_list: list[np.ndarray]) -> None:
+    """Vectorised screening; the per-structure check names the first bad structure."""
+    shapes_ok = all(p.ndim == 2 and p.shape[1] == 3 for p in pos_list)
+    if shapes_ok and len(pos_list):
+        finite = np.isfinite(cells).all() and np.isfinite(np.concatenate(pos_list)).all()
+        dets = np.linalg.det(cells)
+        scales = np.prod(np.linalg.norm(cells, axis=2), axis=1)
+        if finite and np.all(np.abs(dets) > 1e-10 * scales) and np.all(scales > 0):
+            return
+    for b, (cell, pos) in enumerate(zip(cells, pos_list)):
+        _check_structure(b, cell, pos)
+
+
+def _knn_checked(cells: np.ndarray, pos_list: list[np.ndarray], pbc: np.ndarray, k: int,
+                 ties: str, tie_tolerance: float, cutoff: float | None) -> KnnGraphBatch:
+    n_atoms = np.array([p.shape[0] for p in pos_list], dtype=np.int64)
+    atom_ptr = np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64)
+    pos = (np.ascontiguousarray(np.concatenate(pos_list), dtype=np.float64)
+           if pos_list else np.empty((0, 3)))
+    i, j, s, d, edge_ptr, nxt, status, bad = knn_kernel.knn_batch(
+        cells, pos, atom_ptr, pbc, int(k), ties == "include", float(tie_tolerance),
+        np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM, COINCIDENT_DISTANCE)
+    failed = np.nonzero(status != knn_kernel.STATUS_OK)[0]
+    if failed.size:
+        b = int(failed[0])
+        ci, cj, *cs = bad[b].tolist()
+        raise ValueError(
+            f"structure {b}: atoms {ci} and {cj} (cell shift {tuple(cs)}) are at the same "
+            f"place (closer than {COINCIDENT_DISTANCE} Å)")
+    return KnnGraphBatch(i, j, s, d, nxt, edge_ptr, atom_ptr)
+
+
+def knn_graph(cell: np.ndarray, positions: np.ndarray, pbc=(True, True, True),
+              k: int = DEFAULT_K, ties: Ties = "include",
+              tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+              cutoff: float | None = None) -> KnnGraph:
+    """The k-nearest-neighbour periodic graph of one structure.
+
+    Parameters
+    ----------
+    cell : (3, 3) float, Å, lattice vectors as rows
+    positions : (N, 3) float, Cartesian Å
+    pbc : bool or 3 bools, periodicity per lattice vector
+    k : neighbours kept per atom (before tie inclusion), >= 1
+    ties : "include" (keep candidates within ``tie_tolerance`` of the k-th) or "break"
+    tie_tolerance : Å
+    cutoff : Å or None; drop longer edges afterwards
+
+    Returns
+    -------
+    KnnGraph with edges sorted by centre, then (distance, neighbour, shift).
+    """
+    cell = np.asarray(cell, dtype=np.float64)
+    positions = np.asarray(positions, dtype=np.float64)
+    _check_params(k, ties, tie_tolerance, cutoff)
+    _check_structure(-1, cell, positions)
+    try:
+        batch = _knn_checked(cell.reshape(1, 3, 3), [positions], _as_pbc(pbc, 1), k, ties,
+                             tie_tolerance, cutoff)
+    except ValueError as err:
+        raise ValueError(str(err).removeprefix("structure 0: ")) from None
+    return batch[0]

@@ -1,0 +1,51 @@
+"""Shared test helpers: small fixtures made here, never downloaded."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).parent / "data"
+SMALL_MPTRJ = DATA / "mptrj_small.json.gz"
+VASP_FRAMES = DATA / "vasp_frames.json.gz"
+
+
+def load_small_mptrj() -> dict:
+    with gzip.open(SMALL_MPTRJ, "rt") as f:
+        return json.load(f)
+
+
+def sample_structures(limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(frame_id, cell, positions, numbers) of the bundled MPtrj-format sample."""
+    out = []
+    for frames in load_small_mptrj().values():
+        for fid, rec in frames.items():
+            s = rec["structure"]
+            cell = np.array(s["lattice"]["matrix"], dtype=np.float64)
+            pos = np.array([site["xyz"] for site in s["sites"]], dtype=np.float64)
+            from pymatgen.core import Element
+            z = np.array([Element(site["species"][0]["element"]).Z for site in s["sites"]])
+            out.append((fid, cell, pos, z))
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+def canonical_edges(g) -> list[tuple]:
+    """Edges as a sorted list of (centre, neighbour, S) tuples."""
+    return sorted(zip(g.centers.tolist(), g.neighbors.tolist(), map(tuple, g.shifts.tolist())))
+
+
+def per_atom_sorted_distances(g) -> list[np.ndarray]:
+    ptr = g.edge_ptr
+    return [np.sort(g.distances[ptr[i]:ptr[i + 1]]) for i in range(g.n_atoms)]
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return q
