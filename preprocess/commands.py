@@ -1,0 +1,46 @@
+"""Command-line actions of the preprocessing stage: ``info`` and ``verify`` (``build`` lives
+in :mod:`preprocess.pipeline`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ase.data import chemical_symbols
+
+from preprocess.store import open_store, verify_store
+
+
+def info(path: str | Path) -> str:
+    """A human-readable summary of a store's manifest."""
+    store = open_store(path)
+    m = store.manifest
+    st = m.statistics
+    splits = {}
+    for s in store.index.column("split").to_pylist():
+        splits[s] = splits.get(s, 0) + 1
+    e0 = ", ".join(f"{chemical_symbols[z]} {v:.3f}" for z, v in sorted(st["atomic_energies_eV"].items()))
+    size = sum(r.bytes for r in m.shards)
+    lines = [
+        f"store      {store.root}",
+        f"id         {m.store_id}   schema {m.schema_version}   backend {m.backend}   "
+        f"orbitgraph {m.code_version}",
+        f"source     {m.source.path} ({m.source.format}, fingerprint {m.source.fingerprint})",
+        f"graph      k={m.graph.k} ties={m.graph.ties} tie_tolerance={m.graph.tie_tolerance} Å "
+        f"cutoff={m.graph.cutoff}",
+        f"energy     {m.energy_key}",
+        f"counts     {m.counts['frames']} frames, {m.counts['atoms']} atoms, {m.counts['edges']} "
+        f"edges, {m.counts['shards']} shards, {m.counts['quarantined']} quarantined",
+        f"splits     " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())),
+        f"size       {size / 1e6:.1f} MB of shard data, {size / max(m.counts['edges'], 1):.2f} bytes/edge",
+        f"neighbours {st['mean_neighbors_per_atom']:.3f} per atom (mean)",
+        f"forces     RMS {st['force_rms_eV_per_A']:.4f} eV/Å (train)",
+        f"energy     {st['energy_per_atom_mean_eV']:.4f} ± {st['energy_per_atom_std_eV']:.4f} eV/atom (train)",
+        f"E0 (eV)    {e0 if e0 else '-'}",
+    ]
+    return "\n".join(lines)
+
+
+def verify(path: str | Path, sample: int = 64) -> tuple[bool, str]:
+    report = verify_store(path, sample=sample)
+    head = (f"{'OK' if report.ok else 'DAMAGED'}: {report.shards} shards, {report.frames} frames "
+            f"checked, {report.rebuilt} graphs rebuilt and compared")
+    return report.ok, "\n".join([head, *("  " + p for p in report.problems)])

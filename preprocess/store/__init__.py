@@ -1,0 +1,20 @@
+"""Graph stores: sharded Zarr or Arrow files, a Parquet index and a manifest.
+
+Layout of a store directory::
+
+    manifest.json          written last; its presence marks a complete store
+    index.parquet          one row per frame: ids, shard, row, sizes, energy, composition, split
+    quarantine.parquet     records that could not be used, with the reason
+    shards/shard-NNNNNN/   one committed shard: data files, index.parquet, commit.json
+"""
+from preprocess.store.manifest import Manifest, SourceInfo, StoreError, StoreSpec, read_manifest
+from preprocess.store.params import GraphParams, SplitParams
+from preprocess.store.reader import GraphStore, ShardData, centers_of, open_store
+from preprocess.store.verify import VerifyReport, verify_store
+from preprocess.store.writer import finalize_store, split_of, write_frames_shard
+
+__all__ = [
+    "GraphParams", "GraphStore", "Manifest", "ShardData", "SourceInfo", "SplitParams",
+    "StoreError", "StoreSpec", "VerifyReport", "centers_of", "finalize_store", "open_store",
+    "read_manifest", "split_of", "verify_store", "write_frames_shard",
+]

@@ -1,0 +1,135 @@
+"""Physical layouts of one shard: Zarr v3 or Arrow IPC, one logical schema.
+
+A backend writes the columns of one shard (see :mod:`preprocess.schema`) into a directory
+and reads them back as numpy arrays, bit for bit. It knows nothing about commits,
+checksums or manifests (:mod:`preprocess.store.shard` does).
+
+* ``zarr``: one Zarr v3 group per shard, one array per field, blosc-zstd with byte shuffle
+  inside the sharding codec (one file per array, inner chunks of ~1 MB), readable through
+  fsspec from object storage.
+* ``arrow``: one Arrow IPC file per level (frames, atoms, edges) with zstd-compressed
+  buffers, memory-mapped on read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from preprocess.schema import FIELDS, LEVELS, fields_at, numpy_dtype
+
+CHUNK_BYTES = 1 << 20
+
+
+class Backend(Protocol):
+    name: str
+
+    def write(self, directory: Path, columns: dict[str, np.ndarray]) -> None: ...
+
+    def read(self, directory: Path) -> dict[str, np.ndarray]: ...
+
+    def data_files(self, directory: Path) -> list[Path]: ...
+
+
+class ArrowBackend:
+    name = "arrow"
+
+    @staticmethod
+    def _file(directory: Path, level: str) -> Path:
+        return directory / f"{level}s.arrow"
+
+    def write(self, directory: Path, columns: dict[str, np.ndarray]) -> None:
+        options = ipc.IpcWriteOptions(compression="zstd")
+        for level in LEVELS:
+            arrays, names = [], []
+            for f in fields_at(level):
+                arr = columns[f.name]
+                if f.dtype == "str":
+                    arrays.append(pa.array(arr.tolist(), type=pa.string()))
+                elif f.shape:
+                    width = int(np.prod(f.shape))
+                    flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
+                    arrays.append(pa.FixedSizeListArray.from_arrays(flat, width))
+                else:
+                    arrays.append(pa.array(np.ascontiguousarray(arr)))
+                names.append(f.name)
+            table = pa.Table.from_arrays(arrays, names=names)
+            with pa.OSFile(str(self._file(directory, level)), "wb") as sink:
+                with ipc.new_file(sink, table.schema, options=options) as writer:
+                    writer.write_table(table)
+
+    def read(self, directory: Path) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for level in LEVELS:
+            with pa.memory_map(str(self._file(directory, level)), "r") as source:
+                table = ipc.open_file(source).read_all()
+            for f in fields_at(level):
+                col = table.column(f.name).combine_chunks()
+                if f.dtype == "str":
+                    out[f.name] = np.array(col.to_pylist(), dtype=numpy_dtype(f))
+                elif f.shape:
+                    values = col.values.to_numpy(zero_copy_only=False)
+                    out[f.name] = values.astype(f.dtype, copy=False).reshape(-1, *f.shape)
+                else:
+                    out[f.name] = col.to_numpy(zero_copy_only=False).astype(f.dtype, copy=False)
+        return out
+
+    def data_files(self, directory: Path) -> list[Path]:
+        return [self._file(directory, level) for level in LEVELS]
+
+
+class ZarrBackend:
+    name = "zarr"
+    GROUP = "data.zarr"
+
+    def write(self, directory: Path, columns: dict[str, np.ndarray]) -> None:
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        group = zarr.open_group(str(directory / self.GROUP), mode="w", zarr_format=3)
+        blosc = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+        for f in FIELDS:
+            arr = columns[f.name]
+            if f.dtype == "str":
+                arr = np.asarray(arr, dtype=numpy_dtype(f))
+                z = group.create_array(f.name, shape=arr.shape, dtype=str,
+                                       chunks=(max(1, arr.shape[0]),))
+            else:
+                arr = np.ascontiguousarray(arr)
+                row_bytes = max(1, arr.dtype.itemsize * int(np.prod(f.shape, dtype=np.int64)))
+                chunk_rows = max(1, min(arr.shape[0], CHUNK_BYTES // row_bytes))
+                shard_rows = max(chunk_rows, -(-arr.shape[0] // chunk_rows) * chunk_rows)
+                z = group.create_array(f.name, shape=arr.shape, dtype=arr.dtype,
+                                       chunks=(chunk_rows, *f.shape),
+                                       shards=(shard_rows, *f.shape), compressors=blosc)
+            if arr.shape[0]:
+                z[...] = arr
+
+    def read(self, directory: Path) -> dict[str, np.ndarray]:
+        import zarr
+
+        group = zarr.open_group(str(directory / self.GROUP), mode="r")
+        out: dict[str, np.ndarray] = {}
+        for f in FIELDS:
+            arr = group[f.name]
+            out[f.name] = (arr[...] if arr.shape[0] else
+                           np.empty(arr.shape, dtype=numpy_dtype(f)))
+            if f.dtype != "str":
+                out[f.name] = out[f.name].astype(f.dtype, copy=False)
+        return out
+
+    def data_files(self, directory: Path) -> list[Path]:
+        return sorted(p for p in (directory / self.GROUP).rglob("*") if p.is_file())
+
+
+BACKENDS: dict[str, Backend] = {"arrow": ArrowBackend(), "zarr": ZarrBackend()}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown store backend {name!r}; expected one of {sorted(BACKENDS)}") from None

@@ -1,0 +1,137 @@
+"""The store manifest: what a store is, how it was built, and what it holds.
+
+``manifest.json`` is written last, atomically; its presence marks a complete store. The
+store id hashes everything that determines the contents (source fingerprint, graph
+parameters, schema version, energy key, split), so two experiments that need the same
+graphs find the same store.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from preprocess.schema import SCHEMA_VERSION
+from preprocess.store.params import ENERGY_KEYS, GraphParams, SplitParams
+from preprocess.store.shard import ShardRecord
+
+MANIFEST_FILE = "manifest.json"
+
+
+class StoreError(Exception):
+    """A store is missing, incomplete, damaged or from an incompatible version."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str
+    format: str  # "mptrj-json" or "extxyz"
+    fingerprint: str  # content hash of sampled blocks and the size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything a build needs to know besides the frames themselves."""
+
+    source: SourceInfo
+    graph: GraphParams = field(default_factory=GraphParams)
+    backend: str = "zarr"
+    energy_key: str = "uncorrected_total_energy"
+    split: SplitParams = field(default_factory=SplitParams)
+    frames_per_shard: int = 2000
+
+    def __post_init__(self):
+        if self.energy_key not in ENERGY_KEYS:
+            raise ValueError(f"energy_key must be one of {ENERGY_KEYS}, got {self.energy_key!r}")
+        if self.backend not in ("zarr", "arrow"):
+            raise ValueError(f"backend must be 'zarr' or 'arrow', got {self.backend!r}")
+        if self.frames_per_shard < 1:
+            raise ValueError(f"frames_per_shard must be >= 1, got {self.frames_per_shard}")
+
+    @property
+    def store_id(self) -> str:
+        content = {"schema_version": SCHEMA_VERSION, "source": self.source.fingerprint,
+                   "graph": self.graph.to_dict(), "energy_key": self.energy_key,
+                   "split": self.split.to_dict()}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    store_id: str
+    backend: str
+    graph: GraphParams
+    energy_key: str
+    split: SplitParams
+    source: SourceInfo
+    code_version: str
+    counts: dict  # frames, atoms, edges, shards, quarantined
+    shards: tuple[ShardRecord, ...]
+    statistics: dict
+    build: dict = field(default_factory=dict)  # wall time, workers: informative only
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["graph"] = self.graph.to_dict()
+        d["split"] = self.split.to_dict()
+        d["shards"] = [asdict(s) for s in self.shards]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "manifest") -> "Manifest":
+        version = d.get("schema_version")
+        if not isinstance(version, int):
+            raise StoreError(f"{where}: no integer schema_version; not an orbitgraph store?")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{where}: written with store schema {version}, this orbitgraph "
+                             f"reads schema <= {SCHEMA_VERSION}; upgrade orbitgraph")
+        try:
+            e0 = d["statistics"].get("atomic_energies_eV", {})
+            stats = {**d["statistics"], "atomic_energies_eV": {int(z): v for z, v in e0.items()}}
+            return cls(schema_version=version, store_id=d["store_id"], backend=d["backend"],
+                       graph=GraphParams.from_dict(d["graph"]), energy_key=d["energy_key"],
+                       split=SplitParams(**d["split"]), source=SourceInfo(**d["source"]),
+                       code_version=d["code_version"], counts=dict(d["counts"]),
+                       shards=tuple(ShardRecord.from_dict(s) for s in d["shards"]),
+                       statistics=stats, build=dict(d.get("build", {})))
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreError(f"{where}: damaged manifest ({type(err).__name__}: {err})") from None
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    path = Path(root) / MANIFEST_FILE
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest.to_dict(), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = Path(root) / MANIFEST_FILE
+    if not Path(root).exists():
+        raise StoreError(f"{root}: no such store")
+    if not path.is_file():
+        raise StoreError(f"{root}: no {MANIFEST_FILE}; the store is incomplete (an interrupted "
+                         "build? run the build again to finish it)")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path}: damaged manifest, not valid JSON ({err})") from None
+    return Manifest.from_dict(data, where=str(path))
+
+
+def code_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("orbitgraph")
+    except Exception:  # running from a source tree that is not installed
+        return "unknown"

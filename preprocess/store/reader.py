@@ -1,0 +1,213 @@
+"""Reading a store: frames by position or id, shards in order, subsets from the index."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from preprocess.schema import fields_at
+from preprocess.store.backends import get_backend
+from preprocess.store.manifest import Manifest, StoreError, read_manifest
+from preprocess.store.shard import is_committed, shard_dir
+from preprocess.store.writer import INDEX_NAME, INDEX_SCHEMA, QUARANTINE_NAME
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """The columns of one shard with its CSR pointers.
+
+    ``atom_ptr`` (F + 1,) delimits the atoms of each frame; ``edge_ptr`` (N + 1,) the edges
+    of each atom, so frame r owns edges ``edge_ptr[atom_ptr[r]]:edge_ptr[atom_ptr[r + 1]]``.
+    """
+
+    name: str
+    columns: dict[str, np.ndarray]
+    atom_ptr: np.ndarray
+    edge_ptr: np.ndarray
+
+    @classmethod
+    def from_columns(cls, name: str, columns: dict[str, np.ndarray]) -> "ShardData":
+        atom_ptr = np.concatenate(([0], np.cumsum(columns["n_atoms"], dtype=np.int64)))
+        edge_ptr = np.concatenate(([0], np.cumsum(columns["n_edges"], dtype=np.int64)))
+        return cls(name, columns, atom_ptr, edge_ptr)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.atom_ptr.shape[0] - 1)
+
+    def frame(self, row: int) -> dict[str, np.ndarray]:
+        """Frame ``row`` as a dict of the schema's fields (edge fields local to the frame)."""
+        a0, a1 = int(self.atom_ptr[row]), int(self.atom_ptr[row + 1])
+        e0, e1 = int(self.edge_ptr[a0]), int(self.edge_ptr[a1])
+        out: dict[str, np.ndarray] = {}
+        for f in fields_at("frame"):
+            out[f.name] = self.columns[f.name][row]
+        for f in fields_at("atom"):
+            out[f.name] = self.columns[f.name][a0:a1]
+        for f in fields_at("edge"):
+            out[f.name] = self.columns[f.name][e0:e1]
+        return out
+
+
+def centers_of(n_edges: np.ndarray) -> np.ndarray:
+    """int64 (E,): the centre atom of each edge, from the per-atom edge counts."""
+    return np.repeat(np.arange(n_edges.shape[0], dtype=np.int64), n_edges.astype(np.int64))
+
+
+class GraphStore:
+    """A complete store, or a subset of one (same API).
+
+    ``len(store)`` frames; ``store[i]`` the i-th frame of the (sub)set as a dict;
+    ``store.get(frame_id)``; ``store.iter_shards()`` the shards holding the selection, in
+    order, as :class:`ShardData` with the selected rows; ``store.subset(...)``.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, index: pa.Table, cache_shards: int = 4):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.index = index
+        self._backend = get_backend(manifest.backend)
+        self._cache: OrderedDict[int, ShardData] = OrderedDict()
+        self._cache_size = cache_shards
+        self._shard = index.column("shard").to_numpy()
+        self._row = index.column("row").to_numpy()
+        self._by_id: dict[str, int] | None = None
+
+    # ---------------------------------------------------------------- frames
+    def __len__(self) -> int:
+        return self.index.num_rows
+
+    def __getitem__(self, position: int) -> dict[str, np.ndarray]:
+        if not -len(self) <= position < len(self):
+            raise IndexError(f"frame {position} out of range for {len(self)} frames")
+        position %= len(self)
+        return self.read_shard(int(self._shard[position])).frame(int(self._row[position]))
+
+    def get(self, frame_id: str) -> dict[str, np.ndarray]:
+        if self._by_id is None:
+            self._by_id = {fid: i for i, fid in enumerate(self.index.column("frame_id").to_pylist())}
+        try:
+            return self[self._by_id[frame_id]]
+        except KeyError:
+            raise KeyError(f"frame {frame_id!r} is not in this store{' subset' if self.is_subset else ''}") from None
+
+    @property
+    def frame_ids(self) -> list[str]:
+        return self.index.column("frame_id").to_pylist()
+
+    @property
+    def is_subset(self) -> bool:
+        return self.index.num_rows != self.manifest.counts["frames"]
+
+    # ---------------------------------------------------------------- shards
+    @property
+    def shard_indices(self) -> np.ndarray:
+        """Shards that hold at least one selected frame, ascending."""
+        return np.unique(self._shard)
+
+    def read_shard(self, shard: int) -> ShardData:
+        """All rows of shard ``shard`` (cached)."""
+        if shard in self._cache:
+            self._cache.move_to_end(shard)
+            return self._cache[shard]
+        if not 0 <= shard < len(self.manifest.shards):
+            raise IndexError(f"shard {shard} out of range for {len(self.manifest.shards)} shards")
+        record = self.manifest.shards[shard]
+        if not is_committed(self.root, record.name):
+            raise StoreError(f"{self.root}: {record.name} is listed in the manifest but missing")
+        try:
+            columns = self._backend.read(shard_dir(self.root, record.name))
+        except Exception as err:
+            raise StoreError(f"{self.root}: {record.name} cannot be read ({type(err).__name__}: "
+                             f"{err}); run `orbitgraph verify` on the store") from None
+        data = ShardData.from_columns(record.name, columns)
+        if data.n_frames != record.frames or int(data.edge_ptr[-1]) != record.edges:
+            raise StoreError(f"{self.root}: {record.name} holds {data.n_frames} frames and "
+                             f"{int(data.edge_ptr[-1])} edges, the manifest says "
+                             f"{record.frames} and {record.edges}")
+        self._cache[shard] = data
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return data
+
+    def shard_rows(self, shard: int) -> np.ndarray:
+        """Rows of ``shard`` that belong to this (sub)set, in index order."""
+        return self._row[self._shard == shard]
+
+    def iter_shards(self, shards: Iterable[int] | None = None) -> Iterator[tuple[int, ShardData, np.ndarray]]:
+        """Yield (shard index, shard data, selected rows) for each shard, in order."""
+        for s in (self.shard_indices if shards is None else shards):
+            yield int(s), self.read_shard(int(s)), self.shard_rows(int(s))
+
+    # ---------------------------------------------------------------- subsets
+    def subset(self, *, split: str | Iterable[str] | None = None,
+               frame_ids: Iterable[str] | None = None,
+               material_ids: Iterable[str] | None = None,
+               min_atoms: int | None = None, max_atoms: int | None = None,
+               contains_elements: Iterable[str] | None = None,
+               only_elements: Iterable[str] | None = None,
+               where: pc.Expression | None = None) -> "GraphStore":
+        """Frames matching every given filter, selected from the index without opening shards.
+
+        ``contains_elements``: frames holding all of these; ``only_elements``: frames made of
+        these and nothing else; ``where``: any pyarrow expression over the index columns.
+        """
+        table = self.index
+        mask = pa.array(np.ones(table.num_rows, dtype=bool))
+        if split is not None:
+            splits = [split] if isinstance(split, str) else list(split)
+            unknown = set(splits) - {"train", "val", "test"}
+            if unknown:
+                raise ValueError(f"subset: unknown split {sorted(unknown)}; expected train, val, test")
+            mask = pc.and_(mask, pc.is_in(table["split"], pa.array(splits)))
+        if frame_ids is not None:
+            mask = pc.and_(mask, pc.is_in(table["frame_id"], pa.array(list(frame_ids), pa.string())))
+        if material_ids is not None:
+            mask = pc.and_(mask, pc.is_in(table["material_id"],
+                                          pa.array(list(material_ids), pa.string())))
+        if min_atoms is not None:
+            mask = pc.and_(mask, pc.greater_equal(table["n_atoms"], min_atoms))
+        if max_atoms is not None:
+            mask = pc.and_(mask, pc.less_equal(table["n_atoms"], max_atoms))
+        if contains_elements is not None or only_elements is not None:
+            elements = table["elements"].to_pylist()
+            keep = np.ones(len(elements), dtype=bool)
+            if contains_elements is not None:
+                want = set(contains_elements)
+                keep &= np.array([want <= set(e) for e in elements], dtype=bool)
+            if only_elements is not None:
+                allowed = set(only_elements)
+                keep &= np.array([set(e) <= allowed for e in elements], dtype=bool)
+            mask = pc.and_(mask, pa.array(keep))
+        selected = table.filter(mask)
+        if where is not None:
+            selected = selected.filter(where)
+        return GraphStore(self.root, self.manifest, selected, self._cache_size)
+
+    def quarantine(self) -> pa.Table:
+        return pq.read_table(self.root / QUARANTINE_NAME)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"GraphStore({str(self.root)!r}, {len(self)} frames, backend={m.backend}, "
+                f"k={m.graph.k}, ties={m.graph.ties}, id={m.store_id})")
+
+
+def open_store(path: str | Path) -> GraphStore:
+    """Open a complete store. Raises StoreError if it is missing, incomplete, damaged or newer."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    try:
+        index = pq.read_table(root / INDEX_NAME, schema=INDEX_SCHEMA)
+    except Exception as err:
+        raise StoreError(f"{root}: cannot read {INDEX_NAME} ({type(err).__name__}: {err})") from None
+    if index.num_rows != manifest.counts["frames"]:
+        raise StoreError(f"{root}: {INDEX_NAME} has {index.num_rows} rows, the manifest counts "
+                         f"{manifest.counts['frames']} frames")
+    return GraphStore(root, manifest, index)

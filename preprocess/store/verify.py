@@ -1,0 +1,113 @@
+"""`orbitgraph verify`: re-read every shard, check it, and rebuild a sample of graphs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from preprocess.graph import knn_graph
+from preprocess.schema import check_columns
+from preprocess.store.backends import get_backend
+from preprocess.store.reader import ShardData, open_store
+from preprocess.store.shard import checksum, is_committed, shard_dir
+
+
+@dataclass
+class VerifyReport:
+    shards: int = 0
+    frames: int = 0
+    rebuilt: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_shard(data: ShardData, where: str) -> list[str]:
+    c = data.columns
+    problems = []
+    if np.any(c["n_atoms"] < 0):
+        problems.append(f"{where}: negative n_atoms")
+    # neighbour indices in range of their frame; no shift along an open axis
+    edge_frame = np.repeat(np.repeat(np.arange(data.n_frames), c["n_atoms"].astype(np.int64)),
+                           c["n_edges"].astype(np.int64))
+    if c["neighbors"].size:
+        too_big = c["neighbors"].astype(np.int64) >= c["n_atoms"][edge_frame]
+        if np.any(too_big):
+            problems.append(f"{where}: {int(too_big.sum())} neighbour indices out of range "
+                            f"(first in frame {c['frame_id'][edge_frame[np.argmax(too_big)]]})")
+        open_axes = ~c["pbc"][edge_frame]
+        if np.any(c["shifts"][open_axes] != 0):
+            problems.append(f"{where}: cell shifts along non-periodic axes")
+    for name in ("cell", "positions", "energy"):
+        if not np.all(np.isfinite(c[name])):
+            problems.append(f"{where}: non-finite values in {name}")
+    if len(set(c["frame_id"].tolist())) != data.n_frames:
+        problems.append(f"{where}: duplicate frame ids")
+    return problems
+
+
+def verify_store(path: str | Path, sample: int = 64, seed: int = 0) -> VerifyReport:
+    """Check checksums, structure, counts and a rebuilt sample of graphs; never raises for
+    damage it finds, it reports it (a missing or unreadable manifest does raise)."""
+    store = open_store(path)
+    m = store.manifest
+    report = VerifyReport()
+    backend = get_backend(m.backend)
+    totals = {"frames": 0, "atoms": 0, "edges": 0}
+    rng = np.random.default_rng(seed)
+    per_shard = max(1, sample // max(len(m.shards), 1)) if sample else 0
+    for s, record in enumerate(m.shards):
+        where = record.name
+        report.shards += 1
+        directory = shard_dir(store.root, record.name)
+        if not is_committed(store.root, record.name):
+            report.problems.append(f"{where}: missing")
+            continue
+        try:
+            digest, size = checksum(backend.data_files(directory), directory)
+        except OSError as err:
+            report.problems.append(f"{where}: cannot read data files ({err})")
+            continue
+        if digest != record.checksum:
+            report.problems.append(f"{where}: checksum mismatch (stored {record.checksum}, "
+                                   f"found {digest}); the shard is damaged")
+            continue
+        try:
+            columns = backend.read(directory)
+            rows = check_columns(columns, where=where)
+        except Exception as err:
+            report.problems.append(f"{where}: unreadable ({type(err).__name__}: {err})")
+            continue
+        data = ShardData.from_columns(record.name, columns)
+        if (rows["frame"], rows["atom"], rows["edge"]) != (record.frames, record.atoms, record.edges):
+            report.problems.append(f"{where}: counts {rows} differ from the manifest's record")
+        report.problems.extend(_check_shard(data, where))
+        idx_rows = store.index.filter(np.asarray(store.index["shard"]) == s)
+        if idx_rows.num_rows != data.n_frames or \
+                idx_rows["frame_id"].to_pylist() != [str(x) for x in columns["frame_id"]]:
+            report.problems.append(f"{where}: index rows do not match the shard")
+        for key in totals:
+            totals[key] += rows[{"frames": "frame", "atoms": "atom", "edges": "edge"}[key]]
+        report.frames += data.n_frames
+        # rebuild a sample of graphs from the stored positions and cell
+        for row in rng.choice(data.n_frames, size=min(per_shard, data.n_frames), replace=False):
+            fr = data.frame(int(row))
+            g = knn_graph(fr["cell"], fr["positions"], pbc=fr["pbc"], k=m.graph.k,
+                          ties=m.graph.ties, tie_tolerance=m.graph.tie_tolerance,
+                          cutoff=m.graph.cutoff)
+            same = (np.array_equal(g.neighbors, fr["neighbors"].astype(np.int64))
+                    and np.array_equal(g.shifts, fr["shifts"].astype(np.int64))
+                    and np.array_equal(g.counts, fr["n_edges"].astype(np.int64))
+                    and np.array_equal(g.next_distance.astype(np.float32), fr["next_distance"]))
+            if not same:
+                report.problems.append(f"{where}: frame {fr['frame_id']}: stored edges differ "
+                                       "from the rebuilt graph")
+            report.rebuilt += 1
+    for key, value in totals.items():
+        if value != m.counts[key] and not any("checksum" in p or "unreadable" in p
+                                               for p in report.problems):
+            report.problems.append(f"manifest counts {m.counts[key]} {key}, shards hold {value}")
+    return report

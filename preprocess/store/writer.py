@@ -1,0 +1,139 @@
+"""Writing a store: one shard per partition of frames, then the manifest.
+
+``write_frames_shard`` is a pure function of (frames, spec, shard index) that commits one
+shard, so a scheduler may retry it or run it twice; ``finalize_store`` reduces the shards'
+statistics and index fragments and writes ``index.parquet``, ``quarantine.parquet`` and,
+last, ``manifest.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ase.data import chemical_symbols
+
+from preprocess.frame import Frame
+from preprocess.schema import SCHEMA_VERSION
+from preprocess.store.manifest import (Manifest, StoreError, StoreSpec, code_version,
+                                       write_manifest)
+from preprocess.store.params import SplitParams
+from preprocess.store.shard import (INDEX_FILE, ShardRecord, build_columns, is_committed,
+                                    read_commit, shard_dir, shard_name, write_shard)
+from preprocess.store.stats import ShardStats
+
+INDEX_NAME = "index.parquet"
+QUARANTINE_NAME = "quarantine.parquet"
+
+INDEX_SCHEMA = pa.schema([
+    ("frame_id", pa.string()), ("material_id", pa.string()), ("shard", pa.int32()),
+    ("row", pa.int32()), ("n_atoms", pa.int32()), ("n_edges", pa.int64()),
+    ("energy", pa.float64()), ("energy_per_atom", pa.float64()),
+    ("elements", pa.list_(pa.string())), ("composition", pa.string()), ("split", pa.string()),
+])
+QUARANTINE_SCHEMA = pa.schema([("material_id", pa.string()), ("frame_id", pa.string()),
+                               ("reason", pa.string())])
+
+
+def split_of(material_id: str, split: SplitParams) -> str:
+    """'train', 'val' or 'test' from a hash of (seed, material id): all frames of a material
+    share a split, and the assignment never depends on which other materials exist."""
+    h = hashlib.blake2b(f"{split.seed}:{material_id}".encode(), digest_size=8).digest()
+    u = int.from_bytes(h, "little") / 2.0**64
+    if u < split.test_fraction:
+        return "test"
+    if u < split.test_fraction + split.val_fraction:
+        return "val"
+    return "train"
+
+
+def composition(numbers: np.ndarray) -> tuple[list[str], str]:
+    """Sorted element symbols and a formula with counts, e.g. (['Fe', 'O'], 'Fe2O3')."""
+    z, counts = np.unique(numbers, return_counts=True)
+    symbols = [chemical_symbols[int(x)] for x in z]
+    order = np.argsort(symbols)
+    formula = "".join(f"{symbols[i]}{counts[i] if counts[i] > 1 else ''}" for i in order)
+    return sorted(symbols), formula
+
+
+def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: StoreSpec,
+                       quarantine: Sequence[dict] = ()) -> ShardRecord:
+    """Build the graphs of ``frames`` and commit them as shard ``index`` of the store.
+
+    ``quarantine`` rows (material_id, frame_id, reason) of this partition are kept with the
+    shard's commit record and gathered by :func:`finalize_store`.
+    """
+    root = Path(root)
+    if is_committed(root, shard_name(index)):
+        return read_commit(root, shard_name(index))[0]
+    columns = build_columns(frames, spec.graph)
+    atom_ptr = np.concatenate(([0], np.cumsum(columns["n_atoms"], dtype=np.int64)))
+    edges_per_atom = np.concatenate(([0], np.cumsum(columns["n_edges"], dtype=np.int64)))
+    n_edges_frame = np.diff(edges_per_atom[atom_ptr])
+    splits = [split_of(f.material_id, spec.split) for f in frames]
+    elements, formulas = zip(*(composition(f.numbers) for f in frames)) if frames else ((), ())
+    index_rows = pa.Table.from_pydict({
+        "frame_id": [f.frame_id for f in frames],
+        "material_id": [f.material_id for f in frames],
+        "shard": np.full(len(frames), index, dtype=np.int32),
+        "row": np.arange(len(frames), dtype=np.int32),
+        "n_atoms": columns["n_atoms"],
+        "n_edges": n_edges_frame.astype(np.int64),
+        "energy": columns["energy"],
+        "energy_per_atom": columns["energy"] / np.maximum(columns["n_atoms"], 1),
+        "elements": list(elements),
+        "composition": list(formulas),
+        "split": splits,
+    }, schema=INDEX_SCHEMA)
+    stats = ShardStats()
+    stats.add_frames([f.numbers for f in frames], [f.energy for f in frames],
+                     [f.forces for f in frames], n_edges_frame,
+                     [s == "train" for s in splits])
+    return write_shard(root, index, columns, spec.backend, index_rows, stats,
+                       extra={"quarantine": list(quarantine)})
+
+
+def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict | None = None
+                   ) -> Manifest:
+    """Check that shards 0..n_shards-1 are committed, gather them and write the manifest."""
+    root = Path(root)
+    missing = [shard_name(i) for i in range(n_shards) if not is_committed(root, shard_name(i))]
+    if missing:
+        raise StoreError(f"{root}: cannot finalise, {len(missing)} shards are not committed "
+                         f"(first: {missing[0]})")
+    records, total, tables, quarantine = [], ShardStats(), [], []
+    for i in range(n_shards):
+        record, commit = read_commit(root, shard_name(i))
+        if commit["backend"] != spec.backend:
+            raise StoreError(f"{root}: {record.name} was written by backend {commit['backend']!r},"
+                             f" this build uses {spec.backend!r}")
+        records.append(record)
+        total = total + ShardStats.from_dict(commit["stats"])
+        tables.append(pq.read_table(shard_dir(root, record.name) / INDEX_FILE,
+                                    schema=INDEX_SCHEMA))
+        quarantine.extend(commit.get("quarantine", []))
+    index = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+    ids = index.column("frame_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        seen, dup = set(), None
+        for fid in ids:
+            if fid in seen:
+                dup = fid
+                break
+            seen.add(fid)
+        raise StoreError(f"{root}: frame id {dup!r} occurs more than once in the source")
+    pq.write_table(index, root / INDEX_NAME)
+    pq.write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA),
+                   root / QUARANTINE_NAME)
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, store_id=spec.store_id, backend=spec.backend,
+        graph=spec.graph, energy_key=spec.energy_key, split=spec.split, source=spec.source,
+        code_version=code_version(),
+        counts={"frames": total.frames, "atoms": total.atoms, "edges": total.edges,
+                "shards": n_shards, "quarantined": len(quarantine)},
+        shards=tuple(records), statistics=total.summary(), build=dict(build_info or {}))
+    write_manifest(root, manifest)
+    return manifest
