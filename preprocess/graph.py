@@ -108,6 +108,20 @@ class KnnGraphBatch:
     def __iter__(self) -> Iterator[KnnGraph]:
         return (self[b] for b in range(len(self)))
 
+    def take(self, structures: Sequence[int]) -> "KnnGraphBatch":
+        """The graphs of the given structures, in that order, as a new batch."""
+        idx = np.asarray(structures, dtype=np.int64)
+        n_atoms = np.diff(self.atom_ptr)[idx]
+        n_edges = np.diff(self.edge_ptr)[idx]
+        atoms = np.concatenate([np.arange(self.atom_ptr[b], self.atom_ptr[b + 1]) for b in idx]
+                               ) if idx.size else np.empty(0, np.int64)
+        edges = np.concatenate([np.arange(self.edge_ptr[b], self.edge_ptr[b + 1]) for b in idx]
+                               ) if idx.size else np.empty(0, np.int64)
+        return KnnGraphBatch(self.centers[edges], self.neighbors[edges], self.shifts[edges],
+                             self.distances[edges], self.next_distance[atoms],
+                             np.concatenate(([0], np.cumsum(n_edges))).astype(np.int64),
+                             np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64))
+
 
 def _check_params(k: int, ties: str, tie_tolerance: float, cutoff: float | None) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -207,6 +221,30 @@ def _knn_checked(cells: np.ndarray, pos_list: list[np.ndarray], pbc: np.ndarray,
             f"structure {b}: atoms {ci} and {cj} (cell shift {tuple(cs)}) are at the same "
             f"place (closer than {COINCIDENT_DISTANCE} Å)")
     return KnnGraphBatch(i, j, s, d, nxt, edge_ptr, atom_ptr)
+
+
+def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc: np.ndarray,
+                        k: int, ties: Ties, tie_tolerance: float, cutoff: float | None,
+                        min_distance: float) -> tuple[KnnGraphBatch, dict[int, str]]:
+    """Like :func:`knn_graphs` for inputs already checked, but a structure with two atoms
+    closer than ``min_distance`` Å is reported (index -> reason) instead of raising; its
+    graph in the returned batch is empty. Used by the pipeline to quarantine such records.
+    """
+    _check_params(k, ties, tie_tolerance, cutoff)
+    pos_list = [np.asarray(p, dtype=np.float64) for p in positions]
+    n_atoms = np.array([p.shape[0] for p in pos_list], dtype=np.int64)
+    atom_ptr = np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64)
+    pos = np.ascontiguousarray(np.concatenate(pos_list)) if pos_list else np.empty((0, 3))
+    i, j, s, d, edge_ptr, nxt, status, bad = knn_kernel.knn_batch(
+        np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3), pos, atom_ptr,
+        _as_pbc(pbc, len(pos_list)), int(k), ties == "include", float(tie_tolerance),
+        np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM, float(min_distance))
+    failed = {}
+    for b in np.nonzero(status != knn_kernel.STATUS_OK)[0].tolist():
+        ci, cj, *cs = bad[b].tolist()
+        failed[b] = (f"atoms {ci} and {cj} (cell shift {tuple(cs)}) are closer than "
+                     f"{min_distance} Å")
+    return KnnGraphBatch(i, j, s, d, nxt, edge_ptr, atom_ptr), failed
 
 
 def knn_graph(cell: np.ndarray, positions: np.ndarray, pbc=(True, True, True),

@@ -28,10 +28,59 @@ def _cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+def _cmd_build(args) -> int:
+    from preprocess.cluster import ClusterConfig
+    from preprocess.pipeline import build_store
+    from preprocess.store.params import GraphParams
+
+    if args.pipeline is not None:
+        from train.pipelines import load_pipelines
+        config = load_pipelines(args.pipeline)
+        names = [args.store] if args.store else list(config.stores)
+        for name in names:
+            summary = config.build(name, progress=not args.quiet)
+            print(summary.text())
+            print(summary.store)
+        return 0
+    if not (args.source and args.out):
+        raise UserError("build needs either a pipelines.yaml or both --source and --out")
+    summary = build_store(
+        args.source, args.out, source_format=args.format,
+        graph=GraphParams(k=args.k, ties=args.ties, tie_tolerance=args.tie_tolerance,
+                          cutoff=args.cutoff),
+        backend=args.backend, energy_key=args.energy_key, frames_per_shard=args.frames_per_shard,
+        min_distance=args.min_distance,
+        cluster=ClusterConfig.for_scheduler(args.scheduler, args.workers), progress=not args.quiet)
+    print(summary.text())
+    print(summary.store)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orbitgraph", description="Build periodic kNN graph "
                                 "stores once; train MACE-family potentials on them.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("build", help="build a graph store (from pipelines.yaml or --source/--out)")
+    s.add_argument("pipeline", nargs="?", help="pipelines.yaml; builds its stores")
+    s.add_argument("--store", help="with a pipelines.yaml: only this store")
+    s.add_argument("--source", help="MPtrj .json/.json.gz, or extxyz file or folder")
+    s.add_argument("--format", choices=["mptrj-json", "extxyz"], help="default: from the name")
+    s.add_argument("--out", help="store directory")
+    s.add_argument("--k", type=int, default=16)
+    s.add_argument("--ties", choices=["include", "break"], default="include")
+    s.add_argument("--tie-tolerance", type=float, default=0.01, help="Å")
+    s.add_argument("--cutoff", type=float, default=None, help="Å")
+    s.add_argument("--backend", choices=["zarr", "arrow"], default="zarr")
+    s.add_argument("--energy-key", default="uncorrected_total_energy",
+                   choices=["uncorrected_total_energy", "corrected_total_energy"])
+    s.add_argument("--frames-per-shard", type=int, default=2000)
+    s.add_argument("--min-distance", type=float, default=0.5,
+                   help="Å; records with closer atoms are quarantined")
+    s.add_argument("--scheduler", help="'synchronous', or a Dask scheduler address "
+                   "(default: a LocalCluster sized to this machine)")
+    s.add_argument("--workers", type=int, help="LocalCluster worker processes")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_build)
     s = sub.add_parser("info", help="summarise a store's manifest")
     s.add_argument("store")
     s.set_defaults(func=_cmd_info)

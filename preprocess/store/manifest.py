@@ -44,8 +44,11 @@ class StoreSpec:
     energy_key: str = "uncorrected_total_energy"
     split: SplitParams = field(default_factory=SplitParams)
     frames_per_shard: int = 2000
+    min_distance: float = 0.5  # Å; records with closer atoms are quarantined
 
     def __post_init__(self):
+        if not self.min_distance >= 0:
+            raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
         if self.energy_key not in ENERGY_KEYS:
             raise ValueError(f"energy_key must be one of {ENERGY_KEYS}, got {self.energy_key!r}")
         if self.backend not in ("zarr", "arrow"):
@@ -57,7 +60,7 @@ class StoreSpec:
     def store_id(self) -> str:
         content = {"schema_version": SCHEMA_VERSION, "source": self.source.fingerprint,
                    "graph": self.graph.to_dict(), "energy_key": self.energy_key,
-                   "split": self.split.to_dict()}
+                   "split": self.split.to_dict(), "min_distance": self.min_distance}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -74,6 +77,7 @@ class Manifest:
     counts: dict  # frames, atoms, edges, shards, quarantined
     shards: tuple[ShardRecord, ...]
     statistics: dict
+    min_distance: float = 0.5
     build: dict = field(default_factory=dict)  # wall time, workers: informative only
 
     def to_dict(self) -> dict:
@@ -99,7 +103,8 @@ class Manifest:
                        split=SplitParams(**d["split"]), source=SourceInfo(**d["source"]),
                        code_version=d["code_version"], counts=dict(d["counts"]),
                        shards=tuple(ShardRecord.from_dict(s) for s in d["shards"]),
-                       statistics=stats, build=dict(d.get("build", {})))
+                       statistics=stats, min_distance=float(d.get("min_distance", 0.5)),
+                       build=dict(d.get("build", {})))
         except (KeyError, TypeError, ValueError) as err:
             raise StoreError(f"{where}: damaged manifest ({type(err).__name__}: {err})") from None
 

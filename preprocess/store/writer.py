@@ -17,12 +17,14 @@ import pyarrow.parquet as pq
 from ase.data import chemical_symbols
 
 from preprocess.frame import Frame
+from preprocess.graph import KnnGraphBatch
 from preprocess.schema import SCHEMA_VERSION
 from preprocess.store.manifest import (Manifest, StoreError, StoreSpec, code_version,
                                        write_manifest)
 from preprocess.store.params import SplitParams
-from preprocess.store.shard import (INDEX_FILE, ShardRecord, build_columns, is_committed,
-                                    read_commit, shard_dir, shard_name, write_shard)
+from preprocess.store.shard import (INDEX_FILE, ShardRecord, build_columns,
+                                    columns_from_frames, is_committed, read_commit, shard_dir,
+                                    shard_name, write_shard)
 from preprocess.store.stats import ShardStats
 
 INDEX_NAME = "index.parquet"
@@ -60,8 +62,9 @@ def composition(numbers: np.ndarray) -> tuple[list[str], str]:
 
 
 def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: StoreSpec,
-                       quarantine: Sequence[dict] = ()) -> ShardRecord:
-    """Build the graphs of ``frames`` and commit them as shard ``index`` of the store.
+                       quarantine: Sequence[dict] = (), graphs: KnnGraphBatch | None = None
+                       ) -> ShardRecord:
+    """Commit ``frames`` (and their graphs, built here unless given) as shard ``index``.
 
     ``quarantine`` rows (material_id, frame_id, reason) of this partition are kept with the
     shard's commit record and gathered by :func:`finalize_store`.
@@ -69,7 +72,8 @@ def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: St
     root = Path(root)
     if is_committed(root, shard_name(index)):
         return read_commit(root, shard_name(index))[0]
-    columns = build_columns(frames, spec.graph)
+    columns = (build_columns(frames, spec.graph) if graphs is None
+               else columns_from_frames(frames, graphs))
     atom_ptr = np.concatenate(([0], np.cumsum(columns["n_atoms"], dtype=np.int64)))
     edges_per_atom = np.concatenate(([0], np.cumsum(columns["n_edges"], dtype=np.int64)))
     n_edges_frame = np.diff(edges_per_atom[atom_ptr])
@@ -134,6 +138,7 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
         code_version=code_version(),
         counts={"frames": total.frames, "atoms": total.atoms, "edges": total.edges,
                 "shards": n_shards, "quarantined": len(quarantine)},
-        shards=tuple(records), statistics=total.summary(), build=dict(build_info or {}))
+        shards=tuple(records), statistics=total.summary(), min_distance=spec.min_distance,
+        build=dict(build_info or {}))
     write_manifest(root, manifest)
     return manifest

@@ -1,0 +1,93 @@
+"""What every source provides: a deterministic partition plan and a partition reader.
+
+A partition is a contiguous run of whole materials (all frames of a material land in one
+shard). The plan depends only on the source's bytes and ``frames_per_partition``, so a
+rerun after an interruption maps the same frames to the same shard indices and builds
+only what is missing. Reading a partition is a pure function of (source, partition), cheap
+to ship to a Dask worker: for plain files it carries a byte range, never the data.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from preprocess.frame import Frame
+
+SAMPLE_BLOCKS = 16
+BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Frames ``[frame_start, frame_start + n_frames)`` of the source, as shard ``index``.
+
+    ``ranges`` are (path, byte start, byte end) pieces to read; ``payload`` holds the bytes
+    themselves when the source cannot be read at an offset (a gzip stream).
+    """
+
+    index: int
+    n_materials: int
+    n_frames: int
+    ranges: tuple[tuple[str, int, int], ...] = ()
+    payload: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    material_id: str
+    frame_id: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"material_id": self.material_id, "frame_id": self.frame_id, "reason": self.reason}
+
+
+class Source(Protocol):
+    path: str
+    format: str
+
+    def partitions(self, frames_per_partition: int) -> Iterator[Partition]:
+        """The plan, in order; for gzip sources each partition carries its bytes."""
+
+    def read(self, part: Partition, energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
+        """Parse and validate one partition: good frames and quarantined records."""
+
+
+def fingerprint(path: str | Path) -> str:
+    """Content hash of a file or folder: sizes plus 16 sampled 1 MB blocks per file.
+
+    Cheap on 12 GB (reads 16 MB), and independent of paths and modification times.
+    """
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.blake2b(digest_size=12)
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path) if path.is_dir() else ''}:{size}".encode())
+        with open(f, "rb") as fh:
+            for b in range(SAMPLE_BLOCKS):
+                fh.seek(max(0, size - BLOCK) * b // max(SAMPLE_BLOCKS - 1, 1))
+                h.update(fh.read(BLOCK))
+    return h.hexdigest()
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    if len(data) != end - start:
+        raise OSError(f"{path}: expected {end - start} bytes at offset {start}, got {len(data)}"
+                      " (the file changed since the plan was made?)")
+    return data
+
+
+def is_gzip(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def file_size(path: str | Path) -> int:
+    return os.stat(path).st_size

@@ -1,0 +1,257 @@
+"""The MPtrj JSON file as published: ``{material_id: {frame_id: record}}``, ``.json`` or
+``.json.gz``, streamed with memory bounded by the partition, never by the file.
+
+A compiled byte scanner walks the file once (about 1 GB/s), tracking string and nesting
+state, and finds where each material's ``"id": {...}`` entry starts and ends and how many
+frames it holds. Runs of whole materials become partitions. A worker reads its partition's
+byte range and parses it with orjson. For a gzip file the driver streams the decompressed
+bytes and hands each partition its bytes.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numba
+import numpy as np
+import orjson
+
+from preprocess.frame import Frame
+from preprocess.sources.base import Partition, Quarantined, file_size, is_gzip, read_range
+from preprocess.sources.records import RecordError, frame_from_record
+
+CHUNK = 64 << 20
+
+# scanner state slots
+_DEPTH, _IN_STRING, _ESCAPE, _START, _FRAMES = range(5)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan(buf, base, state, starts, ends, frames):
+    """Scan ``buf`` (bytes at absolute offset ``base``); append finished materials.
+
+    Returns how many were appended (``-1`` if the output arrays are full: call again with
+    the unscanned rest). ``state`` carries depth, string/escape flags, the current
+    material's start offset and frame count across chunks. A depth-1 string is a material
+    key (its value is an object), a depth-2 string is a frame key.
+    """
+    n_out = 0
+    cap = starts.shape[0]
+    depth = state[_DEPTH]
+    in_string = state[_IN_STRING]
+    escape = state[_ESCAPE]
+    for p in range(buf.shape[0]):
+        c = buf[p]
+        if in_string:
+            if escape:
+                escape = 0
+            elif c == 92:  # backslash
+                escape = 1
+            elif c == 34:  # closing quote
+                in_string = 0
+            continue
+        if c == 34:  # opening quote
+            in_string = 1
+            if depth == 1:
+                state[_START] = base + p
+                state[_FRAMES] = 0
+            elif depth == 2:
+                state[_FRAMES] += 1
+        elif c == 123 or c == 91:  # { [
+            depth += 1
+        elif c == 125 or c == 93:  # } ]
+            depth -= 1
+            if depth == 1:
+                if n_out == cap:
+                    state[_DEPTH] = depth + 1
+                    state[_IN_STRING] = in_string
+                    state[_ESCAPE] = escape
+                    return -(p + 1)  # resume at p (this brace not consumed)
+                starts[n_out] = state[_START]
+                ends[n_out] = base + p + 1
+                frames[n_out] = state[_FRAMES]
+                n_out += 1
+            elif depth < 0:
+                state[_DEPTH] = depth
+                return n_out
+    state[_DEPTH] = depth
+    state[_IN_STRING] = in_string
+    state[_ESCAPE] = escape
+    return n_out
+
+
+class MaterialScanner:
+    """Feed bytes in order; get (start, end, n_frames) of every complete material entry."""
+
+    def __init__(self, cap: int = 1 << 16):
+        self.state = np.zeros(5, dtype=np.int64)
+        self.offset = 0
+        self._starts = np.empty(cap, np.int64)
+        self._ends = np.empty(cap, np.int64)
+        self._frames = np.empty(cap, np.int64)
+
+    def feed(self, data: bytes) -> list[tuple[int, int, int]]:
+        buf = np.frombuffer(data, dtype=np.uint8)
+        out: list[tuple[int, int, int]] = []
+        pos = 0
+        while pos < buf.shape[0]:
+            n = _scan(buf[pos:], self.offset + pos, self.state, self._starts, self._ends,
+                      self._frames)
+            if n < 0:  # outputs full
+                stop = -n - 1
+                count = self._starts.shape[0]
+                pos += stop
+            else:
+                count = n
+                pos = buf.shape[0]
+            out.extend(zip(self._starts[:count].tolist(), self._ends[:count].tolist(),
+                           self._frames[:count].tolist()))
+            if self.state[_DEPTH] < 0:
+                raise ValueError(f"MPtrj JSON: unbalanced closing bracket near byte "
+                                 f"{self.offset + pos}")
+        self.offset += buf.shape[0]
+        return out
+
+    def finish(self, path: str) -> None:
+        if self.state[_DEPTH] != 0 or self.state[_IN_STRING]:
+            raise ValueError(f"{path}: the JSON ends inside a value at byte {self.offset} "
+                             "(truncated file?)")
+
+
+def _group(materials, frames_per_partition: int):
+    """Runs of whole materials with at least ``frames_per_partition`` frames each."""
+    run: list[tuple[int, int, int]] = []
+    count = 0
+    for m in materials:
+        run.append(m)
+        count += m[2]
+        if count >= frames_per_partition:
+            yield run, count
+            run, count = [], 0
+    if run:
+        yield run, count
+
+
+class MPtrjJsonSource:
+    format = "mptrj-json"
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"{self.path}: no such file")
+        self.gzipped = is_gzip(self.path)
+
+    def _materials(self) -> Iterator[tuple[int, int, int]]:
+        scanner = MaterialScanner()
+        opener = gzip.open if self.gzipped else open
+        with opener(self.path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield from scanner.feed(chunk)
+        scanner.finish(self.path)
+
+    def partitions(self, frames_per_partition: int) -> Iterator[Partition]:
+        if not self.gzipped:
+            for i, (run, count) in enumerate(_group(self._materials(), frames_per_partition)):
+                yield Partition(i, len(run), count, ((self.path, run[0][0], run[-1][1]),))
+            return
+        yield from self._gzip_partitions(frames_per_partition)
+
+    def _gzip_partitions(self, frames_per_partition: int) -> Iterator[Partition]:
+        """Stream the decompressed bytes; each partition carries its own bytes."""
+        scanner = MaterialScanner()
+        window = bytearray()
+        window_start = 0  # absolute offset of window[0]
+        run: list[tuple[int, int, int]] = []
+        count = 0
+        index = 0
+        with gzip.open(self.path, "rb") as f:
+            while True:
+                chunk = f.read(CHUNK)
+                if chunk:
+                    window += chunk
+                    found = scanner.feed(chunk)
+                else:
+                    scanner.finish(self.path)
+                    found = []
+                for m in found:
+                    run.append(m)
+                    count += m[2]
+                    if count >= frames_per_partition:
+                        yield self._payload_partition(index, run, count, window, window_start)
+                        index += 1
+                        run, count = [], 0
+                if not chunk:
+                    break
+                # drop bytes no open partition needs
+                keep_from = run[0][0] if run else scanner.offset
+                if scanner.state[_DEPTH] >= 1 and not run:
+                    keep_from = min(keep_from, int(scanner.state[_START]))
+                drop = max(0, keep_from - window_start)
+                del window[:drop]
+                window_start += drop
+        if run:
+            yield self._payload_partition(index, run, count, window, window_start)
+
+    @staticmethod
+    def _payload_partition(index, run, count, window, window_start) -> Partition:
+        data = bytes(window[run[0][0] - window_start: run[-1][1] - window_start])
+        return Partition(index, len(run), count, payload=data)
+
+    def read(self, part: Partition, energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
+        if part.payload is not None:
+            data = part.payload
+        else:
+            (path, start, end), = part.ranges
+            data = read_range(path, start, end)
+        return parse_materials(data, energy_key)
+
+
+def parse_materials(data: bytes, energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
+    """Frames of a run of ``"material_id": {frame_id: record, ...}`` entries.
+
+    The run is parsed at once with orjson; if that fails, entry by entry (with the standard
+    library as a second try: it accepts the NaN/Infinity literals that Python writes), so
+    that one malformed material is quarantined and its neighbours are kept.
+    """
+    try:
+        return _frames_of([orjson.loads(b"{" + data + b"}")], energy_key)
+    except orjson.JSONDecodeError:
+        pass
+    materials = []
+    quarantine: list[Quarantined] = []
+    scanner = MaterialScanner()
+    scanner.state[_DEPTH] = 1  # the entries sit inside the top-level object
+    for start, end, _ in scanner.feed(data):
+        piece = b"{" + data[start:end] + b"}"
+        try:
+            materials.append(orjson.loads(piece))
+        except orjson.JSONDecodeError:
+            try:
+                materials.append(json.loads(piece))
+            except ValueError as err:
+                mid = data[start:end].split(b'"')[1].decode(errors="replace")
+                quarantine.append(Quarantined(mid, "?", f"malformed JSON: {err}"))
+    frames, more = _frames_of(materials, energy_key)
+    return frames, quarantine + more
+
+
+def _frames_of(materials: list[dict], energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
+    frames: list[Frame] = []
+    quarantine: list[Quarantined] = []
+    for obj in materials:
+        for mid, entries in obj.items():
+            if not isinstance(entries, dict):
+                quarantine.append(Quarantined(mid, "?", "material: value is not an object of frames"))
+                continue
+            for fid, rec in entries.items():
+                try:
+                    frames.append(frame_from_record(mid, fid, rec, energy_key))
+                except RecordError as err:
+                    quarantine.append(Quarantined(mid, str(fid), err.reason))
+    return frames, quarantine
+
+
+def source_size(path: str) -> int:
+    return file_size(path)

@@ -1,0 +1,281 @@
+"""The Dask build: schedulers agree, lost workers and killed drivers recover, bad records
+are quarantined with their reason."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import SMALL_MPTRJ, load_small_mptrj
+from preprocess.cluster import ClusterConfig
+from preprocess.pipeline import build_store
+from preprocess.sources import open_source
+from preprocess.store import open_store, verify_store
+from preprocess.store.shard import is_committed
+
+SYNC = ClusterConfig(kind="synchronous")
+
+
+def store_contents(path: Path) -> dict:
+    """Everything a store holds that must not depend on how it was built."""
+    store = open_store(path)
+    out = {"index": store.index.to_pylist(), "quarantine": store.quarantine().to_pylist(),
+           "counts": store.manifest.counts, "stats": store.manifest.statistics}
+    for s, data, _ in store.iter_shards(range(len(store.manifest.shards))):
+        for name, arr in data.columns.items():
+            out[f"{s}/{name}"] = arr.tolist()
+    return out
+
+
+def assert_same_store(a: Path, b: Path):
+    ca, cb = store_contents(a), store_contents(b)
+    assert ca.keys() == cb.keys()
+    for key in ca:
+        assert ca[key] == cb[key], key
+
+
+@pytest.fixture(scope="module")
+def reference_store(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "store"
+    build_store(SMALL_MPTRJ, out, frames_per_shard=30, cluster=SYNC, progress=False,
+                log=lambda s: None)
+    return out
+
+
+def test_sync_build_contents(reference_store):
+    store = open_store(reference_store)
+    data = load_small_mptrj()
+    n_records = sum(len(v) for v in data.values())
+    assert len(store) + store.manifest.counts["quarantined"] == n_records
+    assert len(store.manifest.shards) > 3
+    # all frames of a material in one shard
+    shard_of = {}
+    for row in store.index.to_pylist():
+        assert shard_of.setdefault(row["material_id"], row["shard"]) == row["shard"]
+    assert verify_store(reference_store, sample=20).ok
+
+
+def test_gzip_and_plain_sources_partition_alike(tmp_path):
+    plain = tmp_path / "mptrj.json"
+    plain.write_bytes(gzip.open(SMALL_MPTRJ).read())
+    a = list(open_source(plain).partitions(25))
+    b = list(open_source(SMALL_MPTRJ).partitions(25))
+    assert [(p.n_frames, p.n_materials) for p in a] == [(p.n_frames, p.n_materials) for p in b]
+    src = open_source(plain)
+    for pa_, pb in zip(a, b):
+        fa, _ = src.read(pa_, "uncorrected_total_energy")
+        fb, _ = open_source(SMALL_MPTRJ).read(pb, "uncorrected_total_energy")
+        assert [f.frame_id for f in fa] == [f.frame_id for f in fb]
+
+
+def test_rebuild_of_a_complete_store_does_nothing(reference_store):
+    summary = build_store(SMALL_MPTRJ, reference_store, frames_per_shard=30, cluster=SYNC,
+                          progress=False, log=lambda s: None)
+    assert summary.already_complete
+    assert "nothing to do" in summary.text()
+
+
+@pytest.mark.slow
+def test_local_cluster_matches_synchronous(tmp_path, reference_store):
+    out = tmp_path / "store"
+    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
+                          cluster=ClusterConfig(workers=2), log=lambda s: None)
+    assert summary.dashboard and summary.shards_built == len(open_store(out).manifest.shards)
+    assert_same_store(out, reference_store)
+
+
+def _slow_source_script(out: Path, delay: float, frames_per_shard: int) -> str:
+    return f"""
+import time, preprocess.pipeline as P
+from preprocess.cluster import ClusterConfig
+original = P.build_partition
+def slow(*a, **k):
+    time.sleep({delay})
+    return original(*a, **k)
+P.build_partition = slow
+P.build_store({str(SMALL_MPTRJ)!r}, {str(out)!r}, frames_per_shard={frames_per_shard},
+              cluster=ClusterConfig(kind="synchronous"), progress=False)
+"""
+
+
+def test_killed_driver_resumes_with_only_missing_shards(tmp_path, reference_store):
+    out = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", _slow_source_script(out, 0.4, 30)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            done = sum(is_committed(out, f"shard-{i:06d}") for i in range(20))
+            if done >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    committed = sorted(p.name for p in (out / "shards").iterdir() if is_committed(out, p.name))
+    n_total = len(open_store(reference_store).manifest.shards)
+    assert 0 < len(committed) < n_total, "the kill must land mid-build"
+    assert not (out / "manifest.json").exists()
+    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, cluster=SYNC,
+                          progress=False, log=lambda s: None)
+    assert summary.shards_skipped == len(committed)
+    assert summary.shards_built == n_total - len(committed)
+    assert_same_store(out, reference_store)
+
+
+@pytest.mark.slow
+def test_lost_worker_is_survived(tmp_path, reference_store):
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "store"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        killed = []
+
+        def killer():
+            deadline = time.time() + 120
+            while time.time() < deadline and not killed:
+                if any(is_committed(out, f"shard-{i:06d}") for i in range(20)):
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        # slow tasks so the kill lands mid-build: run the build through a wrapper
+        client.run(_install_slow_partitions, 0.3)
+        summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
+                              cluster=ClusterConfig(kind="address", address=cluster.scheduler_address),
+                              log=lambda s: None)
+        thread.join(5)
+    assert killed, "a worker was killed mid-build"
+    assert summary.frames == len(open_store(reference_store))
+    assert verify_store(out, sample=20).ok
+    assert_same_store(out, reference_store)
+
+
+def _install_slow_partitions(delay: float) -> None:
+    """On a worker: make every partition take ``delay`` s longer (keeps the kill mid-build)."""
+    import time as _time
+
+    import preprocess.store.writer as W
+
+    if getattr(W.write_frames_shard, "_slowed", False):
+        return
+    original = W.write_frames_shard
+
+    def slow(*a, **k):
+        _time.sleep(delay)
+        return original(*a, **k)
+
+    slow._slowed = True
+    W.write_frames_shard = slow
+    import preprocess.pipeline as P
+    P.write_frames_shard = slow
+
+
+# ---------------------------------------------------------------------- quarantine
+
+def _record(n=2, **overrides) -> dict:
+    rng = np.random.default_rng(n)
+    rec = {
+        "structure": {"lattice": {"matrix": [[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]]},
+                      "sites": [{"species": [{"element": "Na", "occu": 1}],
+                                 "xyz": (np.array([0.5, 0.5, 0.5]) + 1.9 * i).tolist()}
+                                for i in range(n)]},
+        "uncorrected_total_energy": -2.0 * n, "corrected_total_energy": -2.1 * n,
+        "force": rng.normal(0, 0.1, (n, 3)).tolist(),
+        "stress": [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]], "magmom": None,
+    }
+    rec.update(overrides)
+    return rec
+
+
+def test_planted_bad_records_are_quarantined(tmp_path):
+    good = {f"mp-{i}": {f"mp-{i}-0-{j}": _record(2 + j) for j in range(3)} for i in range(6)}
+    singular = _record()
+    singular["structure"]["lattice"]["matrix"] = [[10.0, 0, 0], [20.0, 0, 0], [0, 0, 10.0]]
+    inverted = _record()
+    inverted["structure"]["lattice"]["matrix"] = [[10.0, 0, 0], [0, 0, 10.0], [0, 10.0, 0]]
+    close = _record()
+    close["structure"]["sites"][1]["xyz"] = [0.6, 0.5, 0.5]
+    no_force = _record()
+    del no_force["force"]
+    bad = {
+        "mp-bad": {
+            "mp-bad-missing-energy": _record(uncorrected_total_energy=None),
+            "mp-bad-no-force": no_force,
+            "mp-bad-force-count": _record(force=[[0.0, 0.0, 0.0]]),
+            "mp-bad-singular": singular,
+            "mp-bad-inverted": inverted,
+            "mp-bad-close": close,
+            "mp-bad-not-a-record": [1, 2, 3],
+            "mp-bad-good-neighbour": _record(3),
+        },
+    }
+    path = tmp_path / "planted.json"
+    text = json.dumps({**dict(list(good.items())[:3]), **bad, **dict(list(good.items())[3:])})
+    # a NaN literal as Python writes it, and a material whose JSON is broken
+    nan_rec = json.dumps({"mp-nan": {"mp-nan-0": _record(2, uncorrected_total_energy=float("nan"))}})[1:-1]
+    text = text[:-1] + ", " + nan_rec + ', "mp-broken": {"mp-broken-0": {"structure": [1, 2,]}}}'
+    path.write_text(text)
+    summary = build_store(path, tmp_path / "store", frames_per_shard=4, cluster=SYNC,
+                          progress=False, log=lambda s: None)
+    store = open_store(tmp_path / "store")
+    reasons = {r["frame_id"]: r["reason"] for r in store.quarantine().to_pylist()}
+    expected = {
+        "mp-bad-missing-energy": "uncorrected_total_energy: missing",
+        "mp-bad-no-force": "force: missing",
+        "mp-bad-force-count": "force: 1 rows for 2 atoms",
+        "mp-bad-singular": "singular cell",
+        "mp-bad-inverted": "inverted",
+        "mp-bad-close": "closer than 0.5",
+        "mp-bad-not-a-record": "record: expected an object",
+        "mp-nan-0": "uncorrected_total_energy: NaN",
+        "?": "malformed JSON",
+    }
+    for fid, phrase in expected.items():
+        assert fid in reasons, f"{fid} not quarantined"
+        assert phrase in reasons[fid], (fid, reasons[fid])
+    good_ids = {fid for m in good.values() for fid in m} | {"mp-bad-good-neighbour"}
+    assert set(store.frame_ids) == good_ids
+    assert summary.quarantined == len(expected)
+    assert verify_store(tmp_path / "store").ok
+
+
+def test_extxyz_source(tmp_path):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames = []
+    for i, fid in enumerate(load_small_mptrj()):
+        if i >= 6:
+            break
+        rng = np.random.default_rng(i)
+        atoms = Atoms("NaCl", positions=[[0, 0, 0], [2.8, 0.1 * i, 0]], cell=np.eye(3) * 5.6,
+                      pbc=True)
+        atoms.calc = SinglePointCalculator(atoms, energy=-6.5 - i, forces=rng.normal(size=(2, 3)),
+                                           stress=rng.normal(size=6) * 1e-3)
+        atoms.info.update(mp_id=f"mp-{i // 2}", calc_id=0, ionic_step=i)
+        frames.append(atoms)
+    write(tmp_path / "a.extxyz", frames[:4])
+    write(tmp_path / "b.extxyz", frames[4:])
+    summary = build_store(tmp_path, tmp_path / "store", frames_per_shard=2, cluster=SYNC,
+                          progress=False, log=lambda s: None)
+    store = open_store(tmp_path / "store")
+    assert summary.frames == 6 and len(store.manifest.shards) == 3
+    got = store.get("mp-1-0-3")
+    assert got["energy"] == -9.5
+    np.testing.assert_allclose(got["forces"], frames[3].get_forces(), rtol=1e-6)
+    np.testing.assert_allclose(got["stress"], frames[3].get_stress(voigt=False))
