@@ -1,0 +1,83 @@
+"""The one batch type that flows through every model: many frames, concatenated.
+
+Offsets are applied once, at collation: ``centers`` and ``neighbors`` index the batch's atom
+rows. Edge vectors are not stored; the model recomputes them from positions, cell and
+integer shifts so that forces and stress come from autograd.
+
+Shapes (B frames, N atoms, E edges) and units
+---------------------------------------------
+numbers        (N,)      int64   atomic numbers
+positions      (N, 3)    float   Å
+cell           (B, 3, 3) float   Å, lattice vectors as rows
+frame_index    (N,)      int64   frame of each atom
+n_atoms        (B,)      int64
+centers        (E,)      int64   receiving atom i of edge i <- j
+neighbors      (E,)      int64   sending atom j
+shifts         (E, 3)    float   integer cell shifts S: r_ij = r_j + S @ cell - r_i
+next_distance  (N,)      float   Å, distance of the first neighbour candidate not kept
+rank_edge      (N,)      int64   edge holding the centre's (k+1)-th nearest candidate, or -1
+                                 when the centre has only k edges (then next_distance is it)
+energy         (B,)      float   eV        (labels; optional)
+forces         (N, 3)    float   eV/Å
+stress         (B, 3, 3) float   eV/Å³, ASE sign; NaN rows where unknown
+frame_ids      list[str]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+TENSOR_FIELDS = ("numbers", "positions", "cell", "frame_index", "n_atoms", "centers",
+                 "neighbors", "shifts", "next_distance", "rank_edge", "energy", "forces",
+                 "stress")
+FLOAT_FIELDS = ("positions", "cell", "shifts", "next_distance", "energy", "forces", "stress")
+
+
+@dataclass
+class Batch:
+    numbers: torch.Tensor
+    positions: torch.Tensor
+    cell: torch.Tensor
+    frame_index: torch.Tensor
+    n_atoms: torch.Tensor
+    centers: torch.Tensor
+    neighbors: torch.Tensor
+    shifts: torch.Tensor
+    next_distance: torch.Tensor
+    rank_edge: torch.Tensor
+    energy: torch.Tensor | None = None
+    forces: torch.Tensor | None = None
+    stress: torch.Tensor | None = None
+    frame_ids: list[str] = field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.cell.shape[0])
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.centers.shape[0])
+
+    def _map(self, fn) -> "Batch":
+        return replace(self, **{f: fn(f, getattr(self, f)) for f in TENSOR_FIELDS
+                                if getattr(self, f) is not None})
+
+    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> "Batch":
+        """Move to ``device``; cast float fields to ``dtype`` if given."""
+        def move(name, t):
+            if dtype is not None and name in FLOAT_FIELDS:
+                return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
+            return t.to(device=device, non_blocking=non_blocking)
+        return self._map(move)
+
+    def pin_memory(self) -> "Batch":
+        return self._map(lambda name, t: t.pin_memory())
+
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
+
+def batch_field_names() -> list[str]:
+    return [f.name for f in fields(Batch)]

@@ -1,0 +1,32 @@
+"""Sums over edges or atoms into atoms or frames.
+
+torch's own ``index_add_`` is the default; torch-scatter, when installed, is used only if
+``ORBITGRAPH_TORCH_SCATTER=1`` (an optional accelerator, never a silent switch).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_USE_TORCH_SCATTER = os.environ.get("ORBITGRAPH_TORCH_SCATTER", "0") == "1"
+if _USE_TORCH_SCATTER:
+    import torch_scatter  # noqa: F401  (fails loudly if asked for and missing)
+
+
+def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    """``out[index[e]] += src[e]`` along dim 0. Shapes: src (E, ...), index (E,) -> (dim_size, ...)."""
+    if _USE_TORCH_SCATTER:
+        import torch_scatter
+        return torch_scatter.scatter_sum(src, index, dim=0, dim_size=dim_size)
+    out = src.new_zeros((dim_size, *src.shape[1:]))
+    return out.index_add_(0, index, src)
+
+
+def scatter_softmax(logits: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    """Softmax of ``logits`` (E, H) over the edges sharing an ``index`` (E,)."""
+    ref = logits.new_full((dim_size, *logits.shape[1:]), float("-inf"))
+    expanded = index.view(-1, *([1] * (logits.dim() - 1))).expand_as(logits)
+    ref = ref.scatter_reduce(0, expanded, logits, reduce="amax", include_self=True)
+    ex = torch.exp(logits - ref[index].detach())
+    return ex / (scatter_sum(ex, index, dim_size)[index] + 1e-16)
