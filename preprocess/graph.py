@@ -30,7 +30,6 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
-from preprocess import knn_kernel
 
 DEFAULT_K = 16
 DEFAULT_TIE_TOLERANCE = 0.01  # Å, as fairchem uses for degenerate neighbours
@@ -204,8 +203,16 @@ def _check_batch(cells: np.ndarray, pos_list: list[np.ndarray]) -> None:
         _check_structure(b, cell, pos)
 
 
+def _kernel():
+    """The compiled kernel, imported on first use: processes that only read stores or train
+    never load numba (its LLVM does not coexist with torch.compile's CPU kernels)."""
+    from preprocess import knn_kernel
+    return knn_kernel
+
+
 def _knn_checked(cells: np.ndarray, pos_list: list[np.ndarray], pbc: np.ndarray, k: int,
                  ties: str, tie_tolerance: float, cutoff: float | None) -> KnnGraphBatch:
+    knn_kernel = _kernel()
     n_atoms = np.array([p.shape[0] for p in pos_list], dtype=np.int64)
     atom_ptr = np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64)
     pos = (np.ascontiguousarray(np.concatenate(pos_list), dtype=np.float64)
@@ -231,6 +238,7 @@ def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc:
     graph in the returned batch is empty. Used by the pipeline to quarantine such records.
     """
     _check_params(k, ties, tie_tolerance, cutoff)
+    knn_kernel = _kernel()
     pos_list = [np.asarray(p, dtype=np.float64) for p in positions]
     n_atoms = np.array([p.shape[0] for p in pos_list], dtype=np.int64)
     atom_ptr = np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64)
