@@ -4,10 +4,11 @@ Every block declares ``irreps_in`` and ``irreps_out``; all are equivariant.
 
 * :class:`LinearSelfInteraction` — one linear map per irrep type (SevenNet/NequIP style),
   optionally with species-dependent weights.
-* :class:`SymmetricContraction` — the MACE product basis: B¹ = A, B^ν = (B^{ν-1} ⊗ A)
-  channel-wise (Clebsch-Gordan coupled, no weights), i.e. products of ν copies of the same
-  A_i (body order ν + 1); the output is Σ_ν Σ_paths w_{ν,path,c}(z_i) B^ν_{path,c} with
-  species-dependent weights per path and channel, then one shared linear map, as in MACE.
+* :class:`SymmetricContraction` — the MACE product basis, evaluated recursively:
+  B¹ = A, B^ν = W_ν(z_i) · (B^{ν-1} ⊗ A) with the channel-wise Clebsch-Gordan product
+  contracted back to one copy per irrep type by species-dependent weights per path and
+  channel, i.e. polynomials of degree ν in the same A_i (body order ν + 1); the output is
+  Σ_ν W'_ν(z_i) B^ν, then one shared linear map, as in MACE.
   Couplings of identical factors that are antisymmetric vanish by themselves, so only the
   symmetric part survives.
 * :class:`GatedSelfInteraction` — a linear map to scalars, gates and gated irreps, then
@@ -93,18 +94,19 @@ class SymmetricContraction(nn.Module):
         if len(channels) != 1:
             raise ValueError(f"symmetric contraction needs one channel count for every irrep, "
                              f"got {self.irreps_in} -> {self.irreps_out}")
-        # intermediate products keep the irrep types of the input (bounded l)
-        keep = o3.Irreps([(1, ir) for _, ir in self.irreps_in.simplify()])
+        # B^ν = W_ν(z) · (B^{ν-1} ⊗ A): each product is contracted straight back to one
+        # copy of each irrep type of A (species-dependent weights per path and channel),
+        # MACE's recursive evaluation; the cost grows linearly with the correlation order.
+        keep = o3.Irreps([(next(iter(channels)), ir) for _, ir in self.irreps_in.simplify()])
         self.products = nn.ModuleList()
-        irreps = self.irreps_in
-        orders = [irreps]
+        self.reduce = nn.ModuleList()
         for _ in range(2, correlation + 1):
-            mid, instructions = channelwise_instructions(irreps, self.irreps_in, keep)
+            prev = self.irreps_in if not len(self.products) else keep
+            mid, instructions = channelwise_instructions(prev, self.irreps_in, keep)
             instructions = [(i, j, k, mode, False) for i, j, k, mode, _ in instructions]
-            self.products.append(o3.TensorProduct(irreps, self.irreps_in, mid, instructions))
-            irreps = mid
-            orders.append(irreps)
-        # species-dependent weights per (path, channel) for every correlation order
+            self.products.append(o3.TensorProduct(prev, self.irreps_in, mid, instructions))
+            self.reduce.append(ChannelwiseLinear(mid, keep, species_dim))
+        orders = [self.irreps_in] + [keep] * (correlation - 1)
         self.contractions = nn.ModuleList(ChannelwiseLinear(ir, self.irreps_out, species_dim)
                                           for ir in orders)
         self.mix = o3.Linear(self.irreps_out, self.irreps_out)
@@ -113,8 +115,8 @@ class SymmetricContraction(nn.Module):
         """a (N, irreps_in.dim), species (N, S) -> (N, irreps_out.dim)."""
         b = a
         out = self.contractions[0](b, species)
-        for tp, contraction in zip(self.products, self.contractions[1:]):
-            b = tp(b, a)
+        for tp, reduce, contraction in zip(self.products, self.reduce, self.contractions[1:]):
+            b = reduce(tp(b, a), species)
             out = out + contraction(b, species)
         return self.mix(out)
 

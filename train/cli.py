@@ -56,6 +56,57 @@ def _cmd_build(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from train.config import TrainConfig
+    from train.trainer import Trainer
+
+    cfg = {"device": args.device, "epochs": args.epochs or 10}
+    if args.max_steps:
+        cfg["max_steps"] = args.max_steps
+    if args.config:
+        import yaml
+        from pathlib import Path
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"{path}: no such training config file")
+        try:
+            extra = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        cfg = {**extra.get("train", extra), **cfg}
+    trainer = Trainer(args.store, args.model, TrainConfig.from_dict(cfg), args.out)
+    result = trainer.fit()
+    if trainer.info.is_main:
+        print(f"trained {result['steps']} steps in {result['wall_s']:.1f} s; "
+              f"checkpoints, metrics.csv and plots in {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from train.metrics import table
+    from train.trainer import evaluate, write_json
+
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"{args.checkpoint}: no such checkpoint")
+    metrics = evaluate(args.checkpoint, args.store, split=args.split, device=args.device)
+    print(table(metrics))
+    out = Path(args.json) if args.json else Path(args.checkpoint).with_name(f"metrics_{args.split}.json")
+    write_json(out, metrics)
+    print(f"metrics written to {out}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from train.pipelines import load_pipelines
+    config = load_pipelines(args.pipeline)
+    names = [args.experiment] if args.experiment else list(config.experiments)
+    for name in names:
+        print(config.run_experiment(name, progress=not args.quiet))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orbitgraph", description="Build periodic kNN graph "
                                 "stores once; train MACE-family potentials on them.")
@@ -88,6 +139,27 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("store")
     s.add_argument("--sample", type=int, default=64, help="graphs to rebuild and compare")
     s.set_defaults(func=_cmd_verify)
+    s = sub.add_parser("train", help="train a potential on a store")
+    s.add_argument("--store", required=True)
+    s.add_argument("--model", required=True, help="preset (mace, sevennet, invariant) or YAML")
+    s.add_argument("--out", required=True, help="run directory (resumes if it has a checkpoint)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--config", help="YAML with training settings (the train: section)")
+    s.set_defaults(func=_cmd_train)
+    s = sub.add_parser("evaluate", help="metrics of a checkpoint on a split of a store")
+    s.add_argument("checkpoint")
+    s.add_argument("--store", required=True)
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", help="where to write the metrics (default: beside the checkpoint)")
+    s.set_defaults(func=_cmd_evaluate)
+    s = sub.add_parser("run", help="build, train and evaluate the experiments of pipelines.yaml")
+    s.add_argument("pipeline")
+    s.add_argument("--experiment")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_run)
     return p
 
 

@@ -1,0 +1,254 @@
+"""Streaming graph shards into batches: never the whole dataset in memory.
+
+An epoch is *planned* from the Parquet index alone (frame sizes are there), so it is cheap,
+deterministic and resumable:
+
+1. the store's shards are permuted by (seed, epoch) and dealt round-robin to DDP ranks and,
+   within a rank, to DataLoader workers: each takes disjoint shards;
+2. a worker walks its shards in order through a shuffle buffer spanning
+   ``shuffle_shards`` shards, drawing frames at random (seeded by seed, epoch, rank, worker);
+3. frames are packed greedily into batches under an atom and an edge budget (or a fixed
+   number of frames).
+
+Only then are shards read, one at a time, and batches collated. The loader position is the
+number of batches delivered in the epoch; a resumed run re-plans the same epoch and skips
+that many. A store built with k = 16 can feed a model that wants fewer neighbours or a
+shorter cutoff: edges are filtered at load time (:func:`filter_frame`), exactly as if the
+smaller graph had been built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from model.batch import Batch
+from preprocess.store import GraphStore
+from preprocess.store.params import GraphParams
+from train.collate import collate
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    max_atoms: int = 1024  # atoms per batch (budget)
+    max_edges: int | None = None  # edges per batch (budget; default 20 x max_atoms)
+    batch_frames: int | None = None  # fixed number of frames per batch instead of budgets
+    shuffle: bool = True
+    shuffle_shards: int = 4  # the shuffle buffer spans this many shards
+    num_workers: int = 0
+    pin_memory: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_atoms < 1:
+            raise ValueError(f"loader.max_atoms must be >= 1, got {self.max_atoms}")
+        if self.batch_frames is not None and self.batch_frames < 1:
+            raise ValueError(f"loader.batch_frames must be >= 1, got {self.batch_frames}")
+        if self.shuffle_shards < 1:
+            raise ValueError(f"loader.shuffle_shards must be >= 1, got {self.shuffle_shards}")
+
+    @property
+    def edge_budget(self) -> int:
+        return self.max_edges if self.max_edges is not None else 20 * self.max_atoms
+
+
+# ------------------------------------------------------------------------- planning
+
+def epoch_shards(store: GraphStore, cfg: LoaderConfig, epoch: int) -> np.ndarray:
+    shards = store.shard_indices.copy()
+    if cfg.shuffle:
+        np.random.default_rng([cfg.seed, epoch, 0x5EED]).shuffle(shards)
+    return shards
+
+
+def plan_worker(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int, world: int,
+                worker: int, workers: int) -> list[list[tuple[int, int]]]:
+    """Batches of (shard, row) for one worker of one rank in one epoch."""
+    shards = epoch_shards(store, cfg, epoch)
+    slot = rank * workers + worker
+    mine = shards[slot::world * workers]
+    rng = np.random.default_rng([cfg.seed, epoch, rank, worker])
+    n_atoms = store.index.column("n_atoms").to_numpy()
+    n_edges = store.index.column("n_edges").to_numpy()
+    shard_col = store.index.column("shard").to_numpy()
+    row_col = store.index.column("row").to_numpy()
+    positions_of = {int(s): np.nonzero(shard_col == s)[0] for s in mine}
+
+    order: list[int] = []  # positions in the (sub)set's index, in delivery order
+    buffer: list[int] = []
+    pending = list(mine)
+    while pending or buffer:
+        while pending and len({int(shard_col[p]) for p in buffer}) < cfg.shuffle_shards:
+            buffer.extend(positions_of[int(pending.pop(0))].tolist())
+        if not cfg.shuffle:
+            order.extend(buffer)
+            buffer = []
+            continue
+        # draw one shard's worth of frames from the buffer, then refill
+        take = max(1, len(buffer) // max(1, len({int(shard_col[p]) for p in buffer})))
+        picks = rng.choice(len(buffer), size=min(take, len(buffer)), replace=False)
+        chosen = set(picks.tolist())
+        order.extend(buffer[i] for i in picks)
+        buffer = [p for i, p in enumerate(buffer) if i not in chosen]
+
+    batches, current, atoms, edges = [], [], 0, 0
+    for p in order:
+        a, e = int(n_atoms[p]), int(n_edges[p])
+        if cfg.batch_frames is not None:
+            full = len(current) >= cfg.batch_frames
+        else:
+            full = current and (atoms + a > cfg.max_atoms or edges + e > cfg.edge_budget)
+        if full:
+            batches.append(current)
+            current, atoms, edges = [], 0, 0
+        current.append((int(shard_col[p]), int(row_col[p])))
+        atoms += a
+        edges += e
+    if current:
+        batches.append(current)
+    return batches
+
+
+def round_robin_skips(counts: list[int], delivered: int) -> list[int]:
+    """How many batches each worker had delivered after ``delivered`` batches in total,
+    with DataLoader's round-robin over workers (exhausted workers are passed over)."""
+    skips = [0] * len(counts)
+    w = 0
+    for _ in range(delivered):
+        for _ in range(len(counts)):
+            if skips[w] < counts[w]:
+                break
+            w = (w + 1) % len(counts)
+        skips[w] += 1
+        w = (w + 1) % len(counts)
+    return skips
+
+
+# ------------------------------------------------------------------ load-time filtering
+
+def edge_distances(frame: dict) -> np.ndarray:
+    """(E,) Å, computed with the same float64 formula as the graph kernel."""
+    n_edges = frame["n_edges"].astype(np.int64)
+    centers = np.repeat(np.arange(len(n_edges)), n_edges)
+    pos, cell = frame["positions"], frame["cell"]
+    s = frame["shifts"].astype(np.float64)
+    nbr = frame["neighbors"].astype(np.int64)
+    v = (pos[nbr] - pos[centers]) + (s[:, 0:1] * cell[0] + s[:, 1:2] * cell[1]
+                                     + s[:, 2:3] * cell[2])
+    return np.sqrt(v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1] + v[:, 2] * v[:, 2])
+
+
+def filter_frame(frame: dict, stored: GraphParams, wanted: GraphParams) -> dict:
+    """The frame's graph as if built with ``wanted`` (requires ``stored.can_serve(wanted)``).
+
+    Edges are stored per centre in (distance, neighbour, shift) order, so the smaller graph
+    is a prefix of each centre's edges: the first k, the ties within the tolerance of the
+    k-th (include), then the cutoff. ``next_distance`` becomes the first edge dropped.
+    """
+    if wanted == stored:
+        return frame
+    n_edges = frame["n_edges"].astype(np.int64)
+    start = np.concatenate(([0], np.cumsum(n_edges)[:-1]))
+    d = edge_distances(frame)
+    n = len(n_edges)
+    centers = np.repeat(np.arange(n), n_edges)
+    rank = np.arange(len(d)) - start[centers]
+    k = wanted.k
+    keep = np.minimum(n_edges, k)
+    if wanted.ties == "include":
+        has_k = n_edges >= k
+        limit = np.full(n, -np.inf)
+        limit[has_k] = d[start[has_k] + k - 1] + wanted.tie_tolerance
+        beyond = (rank >= k) & (d > limit[centers])
+        first_out = n_edges.copy()
+        np.minimum.at(first_out, centers[beyond], rank[beyond])
+        keep = np.where(has_k, first_out, n_edges)
+    if wanted.cutoff is not None:
+        too_long = (d > wanted.cutoff) & (rank < keep[centers])
+        first_long = keep.copy()
+        np.minimum.at(first_long, centers[too_long], rank[too_long])
+        keep = first_long
+    mask = rank < keep[centers]
+    nxt = frame["next_distance"].astype(np.float64).copy()
+    cut = keep < n_edges
+    nxt[cut] = d[start[cut] + keep[cut]]
+    return {**frame, "n_edges": keep.astype(frame["n_edges"].dtype),
+            "neighbors": frame["neighbors"][mask], "shifts": frame["shifts"][mask],
+            "next_distance": nxt.astype(frame["next_distance"].dtype)}
+
+
+# ---------------------------------------------------------------------- the stream
+
+class ShardStream(IterableDataset):
+    """Yields collated :class:`Batch` objects for one rank and one epoch."""
+
+    def __init__(self, store: GraphStore, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,
+                 world: int = 1, skip: int = 0, graph: GraphParams | None = None,
+                 dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.store = store
+        self.cfg = cfg
+        self.epoch, self.rank, self.world = epoch, rank, world
+        self.skip = skip
+        self.stored = store.manifest.graph
+        self.graph = graph or self.stored
+        if not self.stored.can_serve(self.graph):
+            raise ValueError(f"the store's graphs (k={self.stored.k}, ties={self.stored.ties}, "
+                             f"cutoff={self.stored.cutoff}) cannot serve k={self.graph.k}, "
+                             f"ties={self.graph.ties}, cutoff={self.graph.cutoff}; build a "
+                             "store with these graph parameters")
+        self.dtype = dtype
+
+    @property
+    def workers(self) -> int:
+        return max(1, self.cfg.num_workers)
+
+    def plans(self) -> list[list[list[tuple[int, int]]]]:
+        return [plan_worker(self.store, self.cfg, self.epoch, self.rank, self.world, w,
+                            self.workers) for w in range(self.workers)]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.plans())
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        plans = self.plans()
+        skips = round_robin_skips([len(p) for p in plans], self.skip)
+        for rows in plans[worker][skips[worker]:]:
+            frames = [filter_frame(self.store.read_shard(s).frame(r), self.stored, self.graph)
+                      for s, r in rows]
+            yield collate(frames, k=self.graph.k, dtype=self.dtype)
+
+
+def make_loader(store: GraphStore, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,
+                world: int = 1, skip: int = 0, graph: GraphParams | None = None,
+                dtype: torch.dtype = torch.float64) -> DataLoader:
+    stream = ShardStream(store, cfg, epoch, rank, world, skip, graph, dtype)
+    return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers,
+                      pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+                      persistent_workers=False)
+
+
+def steps_per_epoch(store: GraphStore, cfg: LoaderConfig, epoch: int, world: int) -> int:
+    """Batches of the busiest rank: every rank takes this many steps (idle ones take empty
+    steps) so that DDP stays in lockstep and every frame is still seen exactly once."""
+    return max(len(ShardStream(store, cfg, epoch, r, world)) for r in range(world))
+
+
+def empty_like(batch_dtype: torch.dtype = torch.float64) -> Batch:
+    """A batch with no frames (for a rank that has run out of data in this step)."""
+    z = torch.zeros(0, dtype=torch.long)
+    f = torch.zeros((0, 3), dtype=batch_dtype)
+    return Batch(numbers=z, positions=f, cell=torch.zeros((0, 3, 3), dtype=batch_dtype),
+                 frame_index=z, n_atoms=z, centers=z, neighbors=z, shifts=f,
+                 next_distance=torch.zeros(0, dtype=batch_dtype), rank_edge=z,
+                 energy=torch.zeros(0, dtype=batch_dtype), forces=f,
+                 stress=torch.zeros((0, 3, 3), dtype=batch_dtype), frame_ids=[])
+
+
+def with_dtype(batch: Batch, dtype: torch.dtype) -> Batch:
+    return replace(batch).to(dtype=dtype)
