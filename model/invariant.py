@@ -20,7 +20,7 @@ from e3nn import o3
 from torch import nn
 
 from model.embedding import SpeciesEmbedding
-from model.mlp import silu_mlp
+from model.mlp import silu_mlp, zero_last_layer
 from model.radial import RADIAL_BASES, PolynomialEnvelope, RankEnvelope, rank_reference_distance
 from model.scatter import scatter_sum
 
@@ -99,6 +99,7 @@ class InvariantNetwork(nn.Module):
             InvariantLayer(cfg.hidden, cfg.num_radial, len(cfg.bands) + 1, cfg.attention,
                            cfg.avg_num_neighbors) for _ in range(cfg.layers))
         self.final = silu_mlp(cfg.hidden, list(cfg.final_mlp), 1)
+        zero_last_layer(self.final)
         # which harmonics components belong to each l
         self._l_slices = [(l * l, (l + 1) ** 2) for l in range(DIRECTIONAL_L_MAX + 1)]
 

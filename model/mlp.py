@@ -22,3 +22,13 @@ def silu_mlp(n_in: int, hidden: list[int], n_out: int) -> MLP:
     return MLP([n_in, *hidden, n_out])
 
 
+
+
+def zero_last_layer(mlp: MLP) -> None:
+    """Zero the output layer: the MLP starts as the constant 0 (its bias) and learns from
+    there; used for energy readouts, so an untrained potential predicts Σ E0."""
+    last = [m for m in mlp if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()

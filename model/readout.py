@@ -11,7 +11,7 @@ from e3nn import o3
 from torch import nn
 
 from model.embedding import NUM_ELEMENTS
-from model.mlp import silu_mlp
+from model.mlp import silu_mlp, zero_last_layer
 
 BlockReduction = Literal["sum", "last", "mean"]
 
@@ -24,6 +24,8 @@ class LinearReadout(nn.Module):
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps("0e")
         self.linear = o3.Linear(self.irreps_in, self.irreps_out)
+        with torch.no_grad():  # an untrained potential predicts exactly Σ E0
+            self.linear.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x).squeeze(-1)
@@ -40,6 +42,7 @@ class MLPReadout(nn.Module):
         if self.n_scalars == 0:
             raise ValueError(f"MLP readout needs scalar features, {self.irreps_in} has none")
         self.mlp = silu_mlp(self.n_scalars, hidden, 1)
+        zero_last_layer(self.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x[:, : self.n_scalars]).squeeze(-1)

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, StoreError, FileNotFoundError, ValueError) as err:
+    except (UserError, StoreError, FileNotFoundError, ValueError, KeyError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"orbitgraph: error: {msg}", file=sys.stderr)
         return 2

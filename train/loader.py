@@ -112,9 +112,9 @@ def plan_worker(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int, wor
     return batches
 
 
-def round_robin_skips(counts: list[int], delivered: int) -> list[int]:
-    """How many batches each worker had delivered after ``delivered`` batches in total,
-    with DataLoader's round-robin over workers (exhausted workers are passed over)."""
+def round_robin_skips(counts: list[int], delivered: int) -> tuple[list[int], int]:
+    """After ``delivered`` batches of DataLoader's round-robin over workers (exhausted ones
+    are passed over): how many each worker had delivered, and whose turn is next."""
     skips = [0] * len(counts)
     w = 0
     for _ in range(delivered):
@@ -124,7 +124,7 @@ def round_robin_skips(counts: list[int], delivered: int) -> list[int]:
             w = (w + 1) % len(counts)
         skips[w] += 1
         w = (w + 1) % len(counts)
-    return skips
+    return skips, w
 
 
 # ------------------------------------------------------------------ load-time filtering
@@ -215,10 +215,11 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
         plans = self.plans()
-        skips = round_robin_skips([len(p) for p in plans], self.skip)
-        for rows in plans[worker][skips[worker]:]:
+        skips, turn = round_robin_skips([len(p) for p in plans], self.skip)
+        # DataLoader starts its round-robin at worker 0: rotate so the cycle continues
+        plan = ((info.id if info is not None else 0) + turn) % len(plans)
+        for rows in plans[plan][skips[plan]:]:
             frames = [filter_frame(self.store.read_shard(s).frame(r), self.stored, self.graph)
                       for s, r in rows]
             yield collate(frames, k=self.graph.k, dtype=self.dtype)

@@ -1,0 +1,327 @@
+"""Loader, exact resume, DDP, learning and the ASE calculator."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SMALL_MPTRJ
+from preprocess.cluster import ClusterConfig
+from preprocess.graph import knn_graph
+from preprocess.pipeline import build_store
+from preprocess.store import GraphParams, SplitParams, open_store
+from train.collate import collate
+from train.config import TrainConfig
+from train.loader import (LoaderConfig, ShardStream, filter_frame, make_loader, plan_worker,
+                          round_robin_skips)
+from train.trainer import Trainer
+
+SYNC = ClusterConfig(kind="synchronous")
+TINY_MODEL = {"preset": "invariant", "hidden": 16, "species_dim": 8, "final_mlp": [16],
+              "layers": 2, "num_radial": 8}
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "store"
+    build_store(SMALL_MPTRJ, out, frames_per_shard=12, cluster=SYNC, progress=False,
+                split=SplitParams(0.15, 0.1, 0), log=lambda s: None)
+    return out
+
+
+# ----------------------------------------------------------------------------- loader
+
+@pytest.mark.parametrize("world,workers", [(1, 1), (1, 3), (2, 2), (3, 1)])
+def test_every_frame_once_per_epoch(store_path, world, workers):
+    store = open_store(store_path)
+    cfg = LoaderConfig(max_atoms=200, num_workers=workers, shuffle_shards=3)
+    seen = []
+    for rank in range(world):
+        for w in range(workers):
+            for batch in plan_worker(store, cfg, 3, rank, world, w, workers):
+                seen.extend(batch)
+    assert sorted(seen) == sorted(zip(store.index["shard"].to_pylist(), store.index["row"].to_pylist()))
+    # ranks and workers take disjoint shards
+    owners = {}
+    for rank in range(world):
+        for w in range(workers):
+            for batch in plan_worker(store, cfg, 3, rank, world, w, workers):
+                for s, _ in batch:
+                    assert owners.setdefault(s, (rank, w)) == (rank, w)
+
+
+def test_dataloader_workers_deliver_each_frame_once(store_path):
+    store = open_store(store_path)
+    cfg = LoaderConfig(max_atoms=300, num_workers=2)
+    ids = [fid for b in make_loader(store, cfg, epoch=1) for fid in b.frame_ids]
+    assert sorted(ids) == sorted(store.frame_ids)
+
+
+def test_batches_within_budget_and_fixed_size(store_path):
+    store = open_store(store_path)
+    sizes = dict(zip(zip(store.index["shard"].to_pylist(), store.index["row"].to_pylist()),
+                     zip(store.index["n_atoms"].to_pylist(), store.index["n_edges"].to_pylist())))
+    cfg = LoaderConfig(max_atoms=120, max_edges=2500)
+    for batch in plan_worker(store, cfg, 0, 0, 1, 0, 1):
+        atoms = sum(sizes[x][0] for x in batch)
+        edges = sum(sizes[x][1] for x in batch)
+        assert len(batch) == 1 or (atoms <= 120 and edges <= 2500)
+    fixed = plan_worker(store, LoaderConfig(batch_frames=7), 0, 0, 1, 0, 1)
+    assert all(len(b) == 7 for b in fixed[:-1]) and 1 <= len(fixed[-1]) <= 7
+
+
+def test_order_depends_only_on_seed_and_epoch(store_path):
+    store = open_store(store_path)
+    cfg = LoaderConfig(max_atoms=200, seed=5)
+    a = plan_worker(store, cfg, 2, 0, 1, 0, 1)
+    assert a == plan_worker(open_store(store_path), cfg, 2, 0, 1, 0, 1)
+    assert a != plan_worker(store, cfg, 3, 0, 1, 0, 1)
+    assert a != plan_worker(store, replace(cfg, seed=6), 2, 0, 1, 0, 1)
+
+
+def test_resume_skips_to_the_same_batch(store_path):
+    store = open_store(store_path)
+    cfg = LoaderConfig(max_atoms=200, num_workers=2)
+    full = [b.frame_ids for b in make_loader(store, cfg, epoch=4)]
+    rest = [b.frame_ids for b in make_loader(store, cfg, epoch=4, skip=5)]
+    assert rest == full[5:]
+    assert round_robin_skips([3, 1, 2], 5) == ([2, 1, 2], 0)
+    assert round_robin_skips([3, 1, 2], 4) == ([2, 1, 1], 1)  # worker 1 is passed over
+
+
+@pytest.mark.parametrize("wanted", [GraphParams(k=8), GraphParams(k=12, cutoff=3.5),
+                                    GraphParams(k=16, cutoff=3.0), GraphParams(k=1)])
+def test_load_time_filtering_equals_direct_build(store_path, wanted):
+    store = open_store(store_path)
+    stored = store.manifest.graph
+    for i in range(0, len(store), 5):
+        frame = store[i]
+        got = filter_frame(frame, stored, wanted)
+        g = knn_graph(frame["cell"], frame["positions"], pbc=frame["pbc"], k=wanted.k,
+                      ties=wanted.ties, tie_tolerance=wanted.tie_tolerance, cutoff=wanted.cutoff)
+        np.testing.assert_array_equal(got["n_edges"], g.counts)
+        np.testing.assert_array_equal(got["neighbors"], g.neighbors)
+        np.testing.assert_array_equal(got["shifts"], g.shifts)
+        np.testing.assert_array_equal(got["next_distance"], g.next_distance.astype(np.float32))
+
+
+def test_store_cannot_serve_a_bigger_k(store_path):
+    with pytest.raises(ValueError, match="cannot serve k=20"):
+        ShardStream(open_store(store_path), LoaderConfig(), graph=GraphParams(k=20))
+
+
+# ----------------------------------------------------------------------------- resume
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=3, lr=3e-3, loader=LoaderConfig(max_atoms=300, seed=1), log_every=1000,
+                checkpoint_every=1000, plots=False, tensorboard=False, ema_decay=0.9,
+                warmup_steps=2, stress_weight=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _params(trainer) -> dict:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_killed_and_resumed_run_follows_the_same_trajectory(store_path, tmp_path):
+    straight = Trainer(store_path, TINY_MODEL, _cfg(), tmp_path / "straight")
+    n = straight.steps_per_epoch
+    total = straight.total_steps
+    straight.fit(log=lambda s: None)
+    half = total // 2 + 1  # mid-epoch
+    assert half % n != 0
+    first = Trainer(store_path, TINY_MODEL, _cfg(), tmp_path / "resumed")
+    first.fit(stop_after=half, log=lambda s: None)
+    del first
+    second = Trainer(store_path, TINY_MODEL, _cfg(), tmp_path / "resumed")
+    assert second.state.step == half and second.state.batches_in_epoch == half % n
+    second.fit(log=lambda s: None)
+    a, b = _params(straight), _params(second)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    ea, eb = straight.ema.shadow_state(), second.ema.shadow_state()
+    for key in ea:
+        torch.testing.assert_close(ea[key], eb[key], rtol=0, atol=0)
+
+
+# -------------------------------------------------------------------------------- DDP
+
+DDP_SCRIPT = """
+import json, os, sys
+import torch
+from train.config import TrainConfig
+from train.loader import LoaderConfig
+from train.trainer import Trainer
+store, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cfg = TrainConfig(max_steps=steps, epochs=1, lr=3e-3, loader=LoaderConfig(max_atoms=250, seed=2),
+                  log_every=1000, checkpoint_every=1000, plots=False, tensorboard=False,
+                  ema_decay=None, stress_weight=0.1)
+model = %s
+t = Trainer(store, model, cfg, out)
+seen = []
+original = t.train_step
+def recording(batch):
+    seen.append(batch.frame_ids)
+    return original(batch)
+t.train_step = recording
+t.fit(log=lambda s: None)
+rank = int(os.environ.get("RANK", 0))
+torch.save({k: v for k, v in t.model.state_dict().items()}, f"{out}/params-{rank}.pt")
+json.dump(seen, open(f"{out}/seen-{rank}.json", "w"))
+""" % repr(TINY_MODEL)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_ranks_match_one_process(store_path, tmp_path):
+    steps = 3
+    out = tmp_path / "ddp"
+    out.mkdir()
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(store_path),
+                                       str(out), str(steps)], env=env,
+                                      cwd=Path(__file__).resolve().parents[1],
+                                      stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    seen = [json.load(open(out / f"seen-{r}.json")) for r in range(2)]
+    ids0 = {fid for batch in seen[0] for fid in batch}
+    ids1 = {fid for batch in seen[1] for fid in batch}
+    assert ids0 and ids1 and not ids0 & ids1, "ranks must see disjoint frames"
+    p0 = torch.load(out / "params-0.pt")
+    p1 = torch.load(out / "params-1.pt")
+    for key in p0:
+        torch.testing.assert_close(p0[key], p1[key], rtol=0, atol=0)
+    # one process, each step on the union of the two ranks' batches
+    store = open_store(store_path)
+    single = Trainer(store_path, TINY_MODEL, TrainConfig(
+        max_steps=steps, epochs=1, lr=3e-3, loader=LoaderConfig(max_atoms=250, seed=2),
+        plots=False, tensorboard=False, ema_decay=None, stress_weight=0.1), tmp_path / "one")
+    train = store.subset(split="train")
+    by_id = {fid: i for i, fid in enumerate(train.frame_ids)}
+    for step in range(steps):
+        frames = [train[by_id[fid]] for r in range(2) if step < len(seen[r]) for fid in seen[r][step]]
+        single.train_step(collate(frames, k=16))
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(value, p0[key], rtol=1e-9, atol=1e-11, msg=key)
+
+
+# --------------------------------------------------------------- learning and ASE
+
+def emt_dataset(path: Path, n_frames: int = 96, seed: int = 0) -> Path:
+    """Rattled, strained fcc Cu/Al/CuAl cells labelled by ASE's EMT, in MPtrj layout."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from preprocess.units import stress_to_vasp_kbar
+
+    rng = np.random.default_rng(seed)
+    data = {}
+    for i in range(n_frames):
+        kind = ["Cu", "Al", "CuAl"][i % 3]
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) if kind != "Al" else \
+            bulk("Al", "fcc", a=4.05, cubic=True)
+        if kind == "CuAl":
+            atoms.symbols[[1, 2]] = "Al"
+            atoms.set_cell(atoms.cell * 1.04, scale_atoms=True)
+        atoms.set_cell(atoms.cell @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
+        atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        mid = f"mp-{i // 2}"
+        rec = {"structure": {"lattice": {"matrix": atoms.cell.array.tolist()},
+                             "sites": [{"species": [{"element": s, "occu": 1}], "xyz": p.tolist()}
+                                       for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]},
+               "uncorrected_total_energy": atoms.get_potential_energy(),
+               "corrected_total_energy": atoms.get_potential_energy(),
+               "force": atoms.get_forces().tolist(),
+               "stress": stress_to_vasp_kbar(atoms.get_stress(voigt=False)).tolist(),
+               "magmom": None}
+        data.setdefault(mid, {})[f"{mid}-0-{i}"] = rec
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn")
+    src = emt_dataset(root / "emt.json")
+    store = root / "store"
+    build_store(src, store, frames_per_shard=16, cluster=SYNC, progress=False,
+                split=SplitParams(0.2, 0.0, 0), log=lambda s: None)
+    cfg = TrainConfig(epochs=40, lr=1e-2, loader=LoaderConfig(max_atoms=64, seed=0),
+                      log_every=10_000, checkpoint_every=10_000, plots=True, tensorboard=False,
+                      ema_decay=0.9, forces_weight=10.0, energy_weight=50.0, schedule="cosine",
+                      warmup_steps=10)
+    model = {"preset": "invariant", "hidden": 32, "species_dim": 8, "final_mlp": [32],
+             "layers": 2, "cutoff": 5.0, "rank_envelope": True}
+    trainer = Trainer(store, model, cfg, root / "run")
+    trainer.fit(log=lambda s: None)
+    return trainer
+
+
+@pytest.mark.slow
+def test_small_model_learns(trained):
+    val = trained.val_set
+    metrics = trained.validate()
+    forces = np.concatenate([val[i]["forces"] for i in range(len(val))])
+    zero_force_mae = 1000 * np.mean(np.abs(forces))
+    e0 = trained.store.manifest.statistics["atomic_energies_eV"]
+    e0_err = [abs(val[i]["energy"] - sum(e0[int(z)] for z in val[i]["numbers"])) / len(val[i]["numbers"])
+              for i in range(len(val))]
+    e0_mae = 1000 * float(np.mean(e0_err))
+    assert metrics["forces_mae_meV_per_A"] < 0.5 * zero_force_mae, (metrics, zero_force_mae)
+    assert metrics["energy_mae_meV_per_atom"] < 0.5 * e0_mae, (metrics, e0_mae)
+    assert (trained.out / "parity.png").is_file() and (trained.out / "loss_curves.png").is_file()
+    assert (trained.out / "metrics.csv").read_text().count("\n") == trained.state.epoch + 1
+
+
+@pytest.mark.slow
+def test_ase_relaxation_and_stress(trained):
+    from ase.build import bulk
+    from ase.optimize import BFGS
+    from train.calculator import OrbitCalculator
+
+    calc = OrbitCalculator.from_checkpoint(trained.out / "best.pt")
+    atoms = bulk("Cu", "fcc", a=3.62, cubic=True) * (2, 1, 1)
+    atoms.rattle(0.1, seed=3)
+    atoms.calc = calc
+    e_start = atoms.get_potential_energy()
+    BFGS(atoms, logfile=None).run(fmax=0.02, steps=60)
+    assert atoms.get_potential_energy() < e_start
+    # stress against finite differences of the energy under strain (ASE sign)
+    stress = atoms.get_stress(voigt=False)
+    cell0, pos0 = atoms.cell.array.copy(), atoms.positions.copy()
+    vol = atoms.get_volume()
+    h = 1e-5
+    fd = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            eps = np.zeros((3, 3))
+            eps[a, b] = eps[b, a] = h if a == b else h / 2
+            es = []
+            for sign in (1, -1):
+                probe = atoms.copy()
+                probe.calc = calc
+                probe.set_cell(cell0 @ (np.eye(3) + sign * eps), scale_atoms=False)
+                probe.positions = pos0 @ (np.eye(3) + sign * eps)
+                es.append(probe.get_potential_energy())
+            fd[a, b] = (es[0] - es[1]) / (2 * h) / vol
+    np.testing.assert_allclose(stress, fd, rtol=1e-4, atol=1e-7)
