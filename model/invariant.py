@@ -67,10 +67,11 @@ class InvariantLayer(nn.Module):
         f = self.radial_weights(radial) * directional.repeat_interleave(4, dim=-1)
         x = torch.cat([h[centers], h[neighbors], f], dim=-1)
         e = sum(band_weights[:, b:b + 1] * mlp(x) for b, mlp in enumerate(self.edge_mlps))
-        w = envelope
+        # the envelope multiplies every message, so an edge leaving the graph fades out of
+        # the sum and, for softmax, out of the normalisation as well
+        e = envelope.unsqueeze(-1) * e
         if self.attention == "sigmoid":
-            w = w * torch.sigmoid(self.logit(e).squeeze(-1))
-            m = scatter_sum(w.unsqueeze(-1) * e, centers, n) / self.avg_num_neighbors
+            m = scatter_sum(torch.sigmoid(self.logit(e)) * e, centers, n) / self.avg_num_neighbors
         elif self.attention == "softmax":
             a = self.logit(e).squeeze(-1)
             amax = a.new_full((n,), float("-inf")).scatter_reduce(0, centers, a, reduce="amax",
@@ -79,7 +80,7 @@ class InvariantLayer(nn.Module):
             norm = scatter_sum(weight, centers, n)[centers] + 1e-9
             m = scatter_sum((weight / norm).unsqueeze(-1) * e, centers, n)
         else:
-            m = scatter_sum(w.unsqueeze(-1) * e, centers, n) / self.avg_num_neighbors
+            m = scatter_sum(e, centers, n) / self.avg_num_neighbors
         return h + self.node_mlp(torch.cat([h, m], dim=-1))
 
 

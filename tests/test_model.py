@@ -53,10 +53,14 @@ class ModelHarness:
         cfg = {"preset": self.preset, **SMALL, **self.overrides, **kw,
                "atomic_energies": {1: -1.0, 8: -2.0, 14: -3.0, 26: -4.0}}
         model = build_model(cfg)
-        # random, not small, scale/shift so that every part of the energy is exercised
+        # random, not small, scale/shift, and random readouts (they start at zero so that an
+        # untrained potential predicts Σ E0): every part of the energy is exercised
         with torch.no_grad():
             model.scale_shift.scale.uniform_(0.5, 1.5)
             model.scale_shift.shift.uniform_(-0.5, 0.5)
+            for p in model.parameters():
+                if p.numel() and not p.any():
+                    p.normal_(0.0, 0.3)
         return model
 
     def test_rotation_equivariance(self):
@@ -206,6 +210,15 @@ class TestMaceVariants(ModelHarness):
 class TestInvariantSoftmax(ModelHarness):
     preset = "invariant"
     overrides = {"attention": "softmax", "bands": [2.5, 3.5, 4.5]}
+
+
+def test_untrained_potential_predicts_the_reference_energies():
+    model = build_model({"preset": "mace", **SMALL, "atomic_energies": {1: -1.0, 8: -2.5}}).double()
+    cell, pos, _ = structure(11, 4)
+    z = np.array([1, 8, 8, 1])
+    out = model(collate([frame(cell, pos, z)]))
+    torch.testing.assert_close(out["energy"], torch.tensor([-7.0], dtype=torch.float64), rtol=0, atol=1e-12)
+    assert float(out["forces"].abs().max()) == 0.0
 
 
 def test_config_errors_are_clear():

@@ -1,0 +1,56 @@
+"""Helpers shared by the benchmark scripts (paths, timing, disk usage)."""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SAMPLE = SHARED / "data" / "mptrj_sample.json.gz"
+ANCHOR = SHARED / "bench" / "bench_e2e_anchor.py"
+OUT = ROOT / "benchmarks" / "_out"
+
+
+def require_shared() -> None:
+    if not SAMPLE.is_file():
+        raise SystemExit(f"{SAMPLE} not found: benchmarks need ../shared beside the checkout")
+
+
+def plain_sample() -> Path:
+    """The sample decompressed once (the anchor script reads plain JSON)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "mptrj_sample.json"
+    if not path.is_file():
+        with gzip.open(SAMPLE, "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return path
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def timed(fn, repeats: int = 3) -> tuple[float, object]:
+    """Median wall time over ``repeats`` calls, and the last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
