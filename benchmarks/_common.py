@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import statistics
 import time
@@ -47,10 +46,3 @@ def timed(fn, repeats: int = 3) -> tuple[float, object]:
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
-
-
-def peak_rss_mb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-

@@ -24,7 +24,7 @@ frame_ids      list[str]
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -77,7 +77,3 @@ class Batch:
     @property
     def device(self) -> torch.device:
         return self.positions.device
-
-
-def batch_field_names() -> list[str]:
-    return [f.name for f in fields(Batch)]

@@ -10,15 +10,14 @@ import os
 import torch
 
 _USE_TORCH_SCATTER = os.environ.get("ORBITGRAPH_TORCH_SCATTER", "0") == "1"
-if _USE_TORCH_SCATTER:
-    import torch_scatter  # noqa: F401  (fails loudly if asked for and missing)
+if _USE_TORCH_SCATTER:  # fails loudly here if asked for and missing
+    from torch_scatter import scatter_sum as _torch_scatter_sum
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """``out[index[e]] += src[e]`` along dim 0. Shapes: src (E, ...), index (E,) -> (dim_size, ...)."""
     if _USE_TORCH_SCATTER:
-        import torch_scatter
-        return torch_scatter.scatter_sum(src, index, dim=0, dim_size=dim_size)
+        return _torch_scatter_sum(src, index, dim=0, dim_size=dim_size)
     out = src.new_zeros((dim_size, *src.shape[1:]))
     return out.index_add_(0, index, src)
 

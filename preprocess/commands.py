@@ -29,7 +29,7 @@ def info(path: str | Path) -> str:
         f"energy     {m.energy_key}",
         f"counts     {m.counts['frames']} frames, {m.counts['atoms']} atoms, {m.counts['edges']} "
         f"edges, {m.counts['shards']} shards, {m.counts['quarantined']} quarantined",
-        f"splits     " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())),
+        "splits     " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())),
         f"size       {size / 1e6:.1f} MB of shard data, {size / max(m.counts['edges'], 1):.2f} bytes/edge",
         f"neighbours {st['mean_neighbors_per_atom']:.3f} per atom (mean)",
         f"forces     RMS {st['force_rms_eV_per_A']:.4f} eV/Å (train)",

@@ -18,7 +18,7 @@ smaller graph had been built.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -249,7 +249,3 @@ def empty_like(batch_dtype: torch.dtype = torch.float64) -> Batch:
                  next_distance=torch.zeros(0, dtype=batch_dtype), rank_edge=z,
                  energy=torch.zeros(0, dtype=batch_dtype), forces=f,
                  stress=torch.zeros((0, 3, 3), dtype=batch_dtype), frame_ids=[])
-
-
-def with_dtype(batch: Batch, dtype: torch.dtype) -> Batch:
-    return replace(batch).to(dtype=dtype)

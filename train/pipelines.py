@@ -26,7 +26,6 @@ overwrites the old one. Every mistake is reported as one line naming the key.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -245,7 +244,3 @@ def load_pipelines(path: str | Path) -> Pipelines:
         experiments[name] = ExperimentDecl(name, d["store"], model,
                                            dict(_mapping(d.get("train"), "train")), split)
     return Pipelines(path, workdir, cluster, sources, stores, experiments)
-
-
-def describe(p: Pipelines) -> str:
-    return json.dumps({"stores": list(p.stores), "experiments": list(p.experiments)})

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from preprocess.frame import Frame
-from preprocess.sources.base import Partition, Quarantined, file_size, is_gzip, read_range
+from preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
 from preprocess.sources.records import RecordError, frame_from_record
 
 CHUNK = 64 << 20
@@ -251,7 +251,3 @@ def _frames_of(materials: list[dict], energy_key: str) -> tuple[list[Frame], lis
                 except RecordError as err:
                     quarantine.append(Quarantined(mid, str(fid), err.reason))
     return frames, quarantine
-
-
-def source_size(path: str) -> int:
-    return file_size(path)
