@@ -4,8 +4,15 @@ from __future__ import annotations
 import gzip
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
+
+# Scripts here are named after what they measure (train.py, model.py): once this module is
+# imported, drop their folder from the import path so that `train` and `model` are the
+# project's packages, not these scripts.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -46,3 +53,15 @@ def timed(fn, repeats: int = 3) -> tuple[float, object]:
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
+
+
+def sample_store(name: str, backend: str = "zarr", frames_per_shard: int = 100) -> Path:
+    """A store of the shared sample under benchmarks/_out/NAME, built once and then reused."""
+    from preprocess.cluster import ClusterConfig
+    from preprocess.pipeline import build_store
+
+    out = OUT / name
+    if not (out / "manifest.json").is_file():
+        build_store(plain_sample(), fresh(out), backend=backend, frames_per_shard=frames_per_shard,
+                    cluster=ClusterConfig(kind="synchronous"), progress=False, log=lambda m: None)
+    return out

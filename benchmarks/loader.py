@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, fresh, plain_sample, require_shared  # noqa: E402
+from _common import require_shared, sample_store  # noqa: E402
 
 
 def main() -> None:
@@ -23,16 +23,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from preprocess.cluster import ClusterConfig
-    from preprocess.pipeline import build_store
     from preprocess.store import open_store
     from train.loader import LoaderConfig, make_loader
 
-    out = OUT / "store_loader"
-    if not (out / "manifest.json").is_file():
-        build_store(plain_sample(), fresh(out), backend="arrow", frames_per_shard=100,
-                    cluster=ClusterConfig(kind="synchronous"), progress=False, log=lambda m: None)
-    store = open_store(out)
+    store = open_store(sample_store("store_loader", backend="arrow"))
     n = len(store)
 
     def ours(workers: int) -> float:

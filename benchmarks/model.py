@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, fresh, plain_sample, require_shared  # noqa: E402
+from _common import OUT, require_shared, sample_store  # noqa: E402
 
 MACE_SCRIPT = r'''
 import json, sys, time, numpy as np, torch
@@ -84,14 +84,9 @@ def main() -> None:
     import torch
 
     from model import build_model
-    from preprocess.cluster import ClusterConfig
-    from preprocess.pipeline import build_store
     from train.loader import LoaderConfig, make_loader
 
-    out = OUT / "store_model"
-    if not (out / "manifest.json").is_file():
-        build_store(plain_sample(), fresh(out), frames_per_shard=200,
-                    cluster=ClusterConfig(kind="synchronous"), progress=False, log=lambda m: None)
+    out = sample_store("store_model", frames_per_shard=200)
     from preprocess.store import open_store
     batch = next(iter(make_loader(open_store(out), LoaderConfig(max_atoms=args.max_atoms, seed=3))))
     npz = OUT / "model_batch.npz"

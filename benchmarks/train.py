@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, fresh, plain_sample, require_shared  # noqa: E402
+from _common import OUT, fresh, require_shared, sample_store  # noqa: E402
 
 
 def main() -> None:
@@ -28,16 +28,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from preprocess.cluster import ClusterConfig
-    from preprocess.pipeline import build_store
     from train.config import TrainConfig
     from train.loader import LoaderConfig, make_loader
     from train.trainer import Trainer
 
-    out = OUT / "store_train"
-    if not (out / "manifest.json").is_file():
-        build_store(plain_sample(), fresh(out), backend="zarr", frames_per_shard=100,
-                    cluster=ClusterConfig(kind="synchronous"), progress=False, log=lambda m: None)
+    out = sample_store("store_train")
     cfg = TrainConfig(max_steps=args.steps, device=args.device, precision=args.precision,
                       loader=LoaderConfig(max_atoms=args.max_atoms, num_workers=args.workers,
                                           pin_memory=args.device != "cpu"),
