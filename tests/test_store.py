@@ -147,6 +147,36 @@ class StoreConformance:
         with pytest.raises(ValueError, match="unknown split"):
             store.subset(split="training")
 
+    @pytest.mark.parametrize("scheme", ["memory", "file"])
+    def test_read_through_fsspec_url(self, tmp_path, scheme):
+        """A store copied to another filesystem reads back bit for bit through its URL."""
+        import fsspec
+
+        frames = sample_frames(30)
+        local = self.build(tmp_path / "s", [frames[:12], frames[12:]])
+        if scheme == "memory":
+            fs = fsspec.filesystem("memory")
+            fs.put(str(local.root), f"/stores/{self.backend}-{tmp_path.name}", recursive=True)
+            url = f"memory://stores/{self.backend}-{tmp_path.name}"
+        else:
+            url = (tmp_path / "s").as_uri()
+        remote = open_store(url)
+        assert remote.root == url and not remote.location.is_local
+        assert len(remote) == len(local) and remote.manifest == local.manifest
+        for i in range(len(local)):
+            a, b = local[i], remote[i]
+            assert a.keys() == b.keys()
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        part = remote.subset(max_atoms=8)
+        assert part.frame_ids == local.subset(max_atoms=8).frame_ids
+        assert part.location.url == url
+        assert remote.quarantine().num_rows == 0
+        with pytest.raises(StoreError, match="no such store"):
+            open_store(url + "-missing")
+        with pytest.raises(StoreError, match="local"):
+            verify_store(url)
+
     def _damage_target(self, store) -> Path:
         from preprocess.store.backends import get_backend
         files = get_backend(self.backend).data_files(shard_dir(store.root, "shard-000000"))

@@ -8,7 +8,7 @@ checksums or manifests (:mod:`preprocess.store.shard` does).
   inside the sharding codec (one file per array, inner chunks of ~1 MB), readable through
   fsspec from object storage.
 * ``arrow``: one Arrow IPC file per level (frames, atoms, edges) with zstd-compressed
-  buffers, memory-mapped on read.
+  buffers, memory-mapped on read (remote files are fetched whole, then read in memory).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from preprocess.schema import FIELDS, LEVELS, fields_at, numpy_dtype
+from preprocess.store.location import Location
 
 CHUNK_BYTES = 1 << 20
 
@@ -29,7 +30,7 @@ class Backend(Protocol):
 
     def write(self, directory: Path, columns: dict[str, np.ndarray]) -> None: ...
 
-    def read(self, directory: Path) -> dict[str, np.ndarray]: ...
+    def read(self, directory: "Path | Location") -> dict[str, np.ndarray]: ...
 
     def data_files(self, directory: Path) -> list[Path]: ...
 
@@ -61,11 +62,16 @@ class ArrowBackend:
                 with ipc.new_file(sink, table.schema, options=options) as writer:
                     writer.write_table(table)
 
-    def read(self, directory: Path) -> dict[str, np.ndarray]:
+    def read(self, directory: "Path | Location") -> dict[str, np.ndarray]:
+        loc = Location(directory)
         out: dict[str, np.ndarray] = {}
         for level in LEVELS:
-            with pa.memory_map(str(self._file(directory, level)), "r") as source:
-                table = ipc.open_file(source).read_all()
+            if loc.is_local:
+                with pa.memory_map(str(self._file(loc.path, level)), "r") as source:
+                    table = ipc.open_file(source).read_all()
+            else:  # one ranged read of the whole file, then zero-copy from memory
+                buffer = pa.py_buffer(loc.read_bytes(self._file(Path(), level).name))
+                table = ipc.open_file(pa.BufferReader(buffer)).read_all()
             for f in fields_at(level):
                 col = table.column(f.name).combine_chunks()
                 if f.dtype == "str":
@@ -108,10 +114,17 @@ class ZarrBackend:
             if arr.shape[0]:
                 z[...] = arr
 
-    def read(self, directory: Path) -> dict[str, np.ndarray]:
+    def read(self, directory: "Path | Location") -> dict[str, np.ndarray]:
         import zarr
 
-        group = zarr.open_group(str(directory / self.GROUP), mode="r")
+        loc = Location(directory) / self.GROUP
+        if loc.is_local:
+            store = str(loc.path)
+        else:
+            from zarr.storage import FsspecStore
+            store = FsspecStore.from_url(loc.url, storage_options=loc.storage_options,
+                                         read_only=True)
+        group = zarr.open_group(store, mode="r")
         out: dict[str, np.ndarray] = {}
         for f in FIELDS:
             arr = group[f.name]

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from preprocess.schema import SCHEMA_VERSION
+from preprocess.store.location import Location
 from preprocess.store.params import ENERGY_KEYS, GraphParams, SplitParams
 from preprocess.store.shard import ShardRecord
 
@@ -119,19 +120,20 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(root: Path) -> Manifest:
-    path = Path(root) / MANIFEST_FILE
-    if not Path(root).exists():
-        raise StoreError(f"{root}: no such store")
-    if not path.is_file():
-        raise StoreError(f"{root}: no {MANIFEST_FILE}; the store is incomplete (an interrupted "
+def read_manifest(root: "str | Path | Location") -> Manifest:
+    """The manifest of the store at ``root`` (a local path, a URL or a :class:`Location`)."""
+    loc = Location(root)
+    if not loc.exists():
+        raise StoreError(f"{loc}: no such store")
+    if not loc.is_file(MANIFEST_FILE):
+        raise StoreError(f"{loc}: no {MANIFEST_FILE}; the store is incomplete (an interrupted "
                          "build? run the build again to finish it)")
+    where = f"{loc}/{MANIFEST_FILE}"
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise StoreError(f"{path}: damaged manifest, not valid JSON ({err})") from None
-    return Manifest.from_dict(data, where=str(path))
+        data = json.loads(loc.read_bytes(MANIFEST_FILE))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"{where}: damaged manifest, not valid JSON ({err})") from None
+    return Manifest.from_dict(data, where=where)
 
 
 def code_version() -> str:

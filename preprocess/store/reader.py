@@ -1,10 +1,13 @@
-"""Reading a store: frames by position or id, shards in order, subsets from the index."""
+"""Reading a store: frames by position or id, shards in order, subsets from the index.
+
+Stores are read from a local directory or, through fsspec, from any URL (object storage).
+"""
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +17,8 @@ import pyarrow.parquet as pq
 from preprocess.schema import fields_at
 from preprocess.store.backends import get_backend
 from preprocess.store.manifest import Manifest, StoreError, read_manifest
-from preprocess.store.shard import is_committed, shard_dir
+from preprocess.store.location import Location
+from preprocess.store.shard import COMMIT_FILE
 from preprocess.store.writer import INDEX_NAME, INDEX_SCHEMA, QUARANTINE_NAME
 
 
@@ -68,8 +72,11 @@ class GraphStore:
     order, as :class:`ShardData` with the selected rows; ``store.subset(...)``.
     """
 
-    def __init__(self, root: Path, manifest: Manifest, index: pa.Table, cache_shards: int = 4):
-        self.root = Path(root)
+    def __init__(self, root: "Path | Location", manifest: Manifest, index: pa.Table,
+                 cache_shards: int = 4):
+        self.location = Location(root)
+        # local stores keep a Path (writers and `verify` work on local stores only)
+        self.root: Path | str = self.location.path if self.location.is_local else self.location.url
         self.manifest = manifest
         self.index = index
         self._backend = get_backend(manifest.backend)
@@ -119,10 +126,11 @@ class GraphStore:
         if not 0 <= shard < len(self.manifest.shards):
             raise IndexError(f"shard {shard} out of range for {len(self.manifest.shards)} shards")
         record = self.manifest.shards[shard]
-        if not is_committed(self.root, record.name):
+        directory = self.location / "shards" / record.name
+        if not directory.is_file(COMMIT_FILE):
             raise StoreError(f"{self.root}: {record.name} is listed in the manifest but missing")
         try:
-            columns = self._backend.read(shard_dir(self.root, record.name))
+            columns = self._backend.read(directory)
         except Exception as err:
             raise StoreError(f"{self.root}: {record.name} cannot be read ({type(err).__name__}: "
                              f"{err}); run `orbitgraph verify` on the store") from None
@@ -188,10 +196,10 @@ class GraphStore:
         selected = table.filter(mask)
         if where is not None:
             selected = selected.filter(where)
-        return GraphStore(self.root, self.manifest, selected, self._cache_size)
+        return GraphStore(self.location, self.manifest, selected, self._cache_size)
 
     def quarantine(self) -> pa.Table:
-        return pq.read_table(self.root / QUARANTINE_NAME)
+        return _read_parquet(self.location, QUARANTINE_NAME)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -199,15 +207,26 @@ class GraphStore:
                 f"k={m.graph.k}, ties={m.graph.ties}, id={m.store_id})")
 
 
-def open_store(path: str | Path) -> GraphStore:
-    """Open a complete store. Raises StoreError if it is missing, incomplete, damaged or newer."""
-    root = Path(path)
-    manifest = read_manifest(root)
+def _read_parquet(loc: Location, name: str, schema: pa.Schema | None = None) -> pa.Table:
+    if loc.is_local:
+        return pq.read_table(loc.path / name, schema=schema)
+    return pq.read_table(pa.BufferReader(loc.read_bytes(name)), schema=schema)
+
+
+def open_store(path: "str | Path | Location",
+               storage_options: dict[str, Any] | None = None) -> GraphStore:
+    """Open a complete store: a local directory or an fsspec URL (``s3://bucket/store``...).
+
+    ``storage_options`` go to fsspec for URLs (credentials, endpoint). Raises StoreError if
+    the store is missing, incomplete, damaged or written by a newer schema.
+    """
+    loc = Location(path, storage_options) if not isinstance(path, Location) else path
+    manifest = read_manifest(loc)
     try:
-        index = pq.read_table(root / INDEX_NAME, schema=INDEX_SCHEMA)
+        index = _read_parquet(loc, INDEX_NAME, schema=INDEX_SCHEMA)
     except Exception as err:
-        raise StoreError(f"{root}: cannot read {INDEX_NAME} ({type(err).__name__}: {err})") from None
+        raise StoreError(f"{loc}: cannot read {INDEX_NAME} ({type(err).__name__}: {err})") from None
     if index.num_rows != manifest.counts["frames"]:
-        raise StoreError(f"{root}: {INDEX_NAME} has {index.num_rows} rows, the manifest counts "
+        raise StoreError(f"{loc}: {INDEX_NAME} has {index.num_rows} rows, the manifest counts "
                          f"{manifest.counts['frames']} frames")
-    return GraphStore(root, manifest, index)
+    return GraphStore(loc, manifest, index)

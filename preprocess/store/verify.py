@@ -9,6 +9,7 @@ import numpy as np
 from preprocess.graph import knn_graph
 from preprocess.schema import check_columns
 from preprocess.store.backends import get_backend
+from preprocess.store.manifest import StoreError
 from preprocess.store.reader import ShardData, open_store
 from preprocess.store.shard import checksum, is_committed, shard_dir
 
@@ -53,6 +54,9 @@ def verify_store(path: str | Path, sample: int = 64, seed: int = 0) -> VerifyRep
     """Check checksums, structure, counts and a rebuilt sample of graphs; never raises for
     damage it finds, it reports it (a missing or unreadable manifest does raise)."""
     store = open_store(path)
+    if not store.location.is_local:
+        raise StoreError(f"{path}: verify reads a local store (it checksums the shard files); "
+                         "verify before uploading, or copy the store to local disk")
     m = store.manifest
     report = VerifyReport()
     backend = get_backend(m.backend)
