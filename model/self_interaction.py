@@ -8,15 +8,16 @@ Every block declares ``irreps_in`` and ``irreps_out``; all are equivariant.
   B¹ = A, B^ν = W_ν(z_i) · (B^{ν-1} ⊗ A) with the channel-wise Clebsch-Gordan product
   contracted back to one copy per irrep type by species-dependent weights per path and
   channel, i.e. polynomials of degree ν in the same A_i (body order ν + 1); the output is
-  Σ_ν W'_ν(z_i) B^ν, then one shared linear map, as in MACE.
-  Couplings of identical factors that are antisymmetric vanish by themselves, so only the
-  symmetric part survives.
+  Σ_ν W'_ν(z_i) B^ν, then one shared linear map, as in MACE. Each order is one dense
+  matrix product over all type pairs (fast on CPU and GPU alike).
 * :class:`GatedSelfInteraction` — a linear map to scalars, gates and gated irreps, then
   e3nn's Gate: SiLU on scalars, sigmoid gates on l > 0.
 * :class:`TensorSquareSelfInteraction` — a limited tensor square: x ⊗ x channel-wise
   ('uuu'), restricted to the output irrep types, then a linear map.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from e3nn import nn as enn
@@ -58,67 +59,154 @@ class LinearSelfInteraction(nn.Module):
         return self.body(x, species)
 
 
-class ChannelwiseLinear(nn.Module):
-    """out_{c} = Σ_paths w_{path, c}(z) x_{path, c}: per-channel weights, no channel mixing.
+def _natural_types(irreps: o3.Irreps, what: str) -> tuple[int, list[int]]:
+    """(channels, [l, ...]) of irreps made of distinct natural-parity types, one
+    multiplicity for all (e.g. 64x0e+64x1o+64x2e+64x3o)."""
+    muls = {mul for mul, _ in irreps}
+    ls = [ir.l for _, ir in irreps]
+    if len(muls) != 1 or len(set(ls)) != len(ls) or any(ir.p != (-1) ** ir.l for _, ir in irreps):
+        raise ValueError(f"symmetric contraction: {what} must be distinct natural-parity irreps "
+                         f"with one channel count (like 64x0e+64x1o+64x2e), got {irreps}")
+    return muls.pop(), ls
 
-    Every irrep of the input whose type appears in the output contributes through its own
-    path; all irreps must have the same number of channels.
-    """
 
-    def __init__(self, irreps_in, irreps_out, species_dim: int):
-        super().__init__()
-        self.irreps_in = o3.Irreps(irreps_in)
-        self.irreps_out = o3.Irreps(irreps_out)
-        scalar = o3.Irreps("0e")
-        instructions = [(i, 0, k, "uvu", True)
-                        for i, (_, ir_in) in enumerate(self.irreps_in)
-                        for k, (_, ir_out) in enumerate(self.irreps_out) if ir_in == ir_out]
-        self.tp = o3.TensorProduct(self.irreps_in, scalar, self.irreps_out, instructions,
-                                   shared_weights=False, internal_weights=False)
-        self.weights = SpeciesProjection(species_dim, self.tp.weight_numel)
+class _Layout:
+    """Where each irrep type sits in a channel-last layout (N, C, D), D = Σ (2l + 1)."""
 
-    def forward(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        one = x.new_ones((x.shape[0], 1))
-        return self.tp(x, one, self.weights(species))
+    def __init__(self, ls: list[int]):
+        self.ls = list(ls)
+        self.start = {}
+        d = 0
+        for l in self.ls:
+            self.start[l] = d
+            d += 2 * l + 1
+        self.dim = d
+
+    def block(self, l: int) -> slice:
+        return slice(self.start[l], self.start[l] + 2 * l + 1)
+
+
+def to_channels(x: torch.Tensor, channels: int, ls: list[int]) -> torch.Tensor:
+    """e3nn layout (N, Σ C (2l+1)) -> (N, C, Σ (2l+1))."""
+    parts, i = [], 0
+    for l in ls:
+        w = channels * (2 * l + 1)
+        parts.append(x[:, i:i + w].reshape(-1, channels, 2 * l + 1))
+        i += w
+    return torch.cat(parts, dim=-1)
+
+
+def from_channels(x: torch.Tensor, ls: list[int]) -> torch.Tensor:
+    """(N, C, Σ (2l+1)) -> e3nn layout (N, Σ C (2l+1))."""
+    parts, i = [], 0
+    for l in ls:
+        parts.append(x[:, :, i:i + 2 * l + 1].reshape(x.shape[0], -1))
+        i += 2 * l + 1
+    return torch.cat(parts, dim=-1)
 
 
 class SymmetricContraction(nn.Module):
+    """MACE's product basis, channel by channel, as dense matrix products.
+
+    With A_i in channel-last layout (N, C, D):
+
+        B¹ = A,   B^ν_L = Σ_{paths p → L} w_{ν,p}(z) · [B^{ν-1}_{l1} ⊗ A_{l2}]_L     (CG, per channel)
+        out_L = Σ_ν v_{ν,L}(z) · B^ν_L,   then one shared linear map
+
+    Every channelwise Clebsch-Gordan product of all type pairs is one GEMM of the outer
+    product (N·C, D·D) with a fixed sparse-in-content coupling matrix (D·D, Q); weights
+    w, v depend on the species embedding, per path and channel. B^ν is a polynomial of
+    degree ν in the same A_i (body order ν + 1); the last order computes only the
+    output's types.
+    """
+
     def __init__(self, irreps_in, irreps_out, correlation: int, species_dim: int):
         super().__init__()
         if correlation < 1:
             raise ValueError(f"correlation must be >= 1, got {correlation}")
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
+        self.channels, ls_in = _natural_types(self.irreps_in, "irreps_in")
+        channels_out, ls_out = _natural_types(self.irreps_out, "irreps_out")
+        if channels_out != self.channels or not set(ls_out) <= set(ls_in):
+            raise ValueError(f"symmetric contraction: {self.irreps_out} is not made of the "
+                             f"channels and types of {self.irreps_in}")
         self.correlation = correlation
-        channels = {mul for mul, _ in self.irreps_in} | {mul for mul, _ in self.irreps_out}
-        if len(channels) != 1:
-            raise ValueError(f"symmetric contraction needs one channel count for every irrep, "
-                             f"got {self.irreps_in} -> {self.irreps_out}")
-        # B^ν = W_ν(z) · (B^{ν-1} ⊗ A): each product is contracted straight back to one
-        # copy of each irrep type of A (species-dependent weights per path and channel),
-        # MACE's recursive evaluation; the cost grows linearly with the correlation order.
-        keep = o3.Irreps([(next(iter(channels)), ir) for _, ir in self.irreps_in.simplify()])
-        self.products = nn.ModuleList()
+        self.ls_in, self.ls_out = ls_in, ls_out
+        self.layout_in = _Layout(ls_in)
+        # orders 2..correlation: coupling matrices, path -> component maps, weights
+        self._orders: list[tuple[_Layout, _Layout]] = []
         self.reduce = nn.ModuleList()
-        for _ in range(2, correlation + 1):
-            prev = self.irreps_in if not len(self.products) else keep
-            mid, instructions = channelwise_instructions(prev, self.irreps_in, keep)
-            instructions = [(i, j, k, mode, False) for i, j, k, mode, _ in instructions]
-            self.products.append(o3.TensorProduct(prev, self.irreps_in, mid, instructions))
-            self.reduce.append(ChannelwiseLinear(mid, keep, species_dim))
-        orders = [self.irreps_in] + [keep] * (correlation - 1)
-        self.contractions = nn.ModuleList(ChannelwiseLinear(ir, self.irreps_out, species_dim)
-                                          for ir in orders)
+        prev = self.layout_in
+        for nu in range(2, correlation + 1):
+            target = _Layout(ls_in if nu < correlation else ls_out)
+            coupling, path_of_q, sum_q = self._coupling(prev, self.layout_in, target)
+            self.register_buffer(f"coupling_{nu}", coupling, persistent=False)
+            self.register_buffer(f"path_of_q_{nu}", path_of_q, persistent=False)
+            self.register_buffer(f"sum_q_{nu}", sum_q, persistent=False)
+            self.reduce.append(SpeciesProjection(species_dim, (int(path_of_q.max()) + 1) * self.channels))
+            self._orders.append((prev, target))
+            prev = target
+        # v_{ν,L}: per order, output type and channel
+        self.contract = nn.ModuleList(SpeciesProjection(species_dim, len(ls_out) * self.channels)
+                                      for _ in range(correlation))
+        layout_out = _Layout(ls_out)
+        self.register_buffer("type_of_out", torch.tensor(
+            [t for t, l in enumerate(ls_out) for _ in range(2 * l + 1)]), persistent=False)
+        self._out_dim = layout_out.dim
         self.mix = o3.Linear(self.irreps_out, self.irreps_out)
+
+    @staticmethod
+    def _coupling(left: _Layout, right: _Layout, target: _Layout):
+        """Coupling (left.dim * right.dim, Q), the path of each of the Q output components,
+        and the 0/1 map (Q, target.dim) that sums paths of one type."""
+        columns, path_of_q, rows_of_q = [], [], []
+        paths_per_type = {l: 0 for l in target.ls}
+        path = 0
+        for l1 in left.ls:
+            for l2 in right.ls:
+                for l3 in target.ls:
+                    if abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0:
+                        paths_per_type[l3] += 1
+        for l1 in left.ls:
+            for l2 in right.ls:
+                for l3 in target.ls:
+                    if not (abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0):
+                        continue
+                    # component normalisation, and 1/sqrt(paths) so each type keeps unit scale
+                    cg = o3.wigner_3j(l1, l2, l3) * math.sqrt((2 * l3 + 1) / paths_per_type[l3])
+                    block = torch.zeros(left.dim, right.dim, 2 * l3 + 1)
+                    block[left.block(l1), right.block(l2)] = cg
+                    columns.append(block.reshape(left.dim * right.dim, 2 * l3 + 1))
+                    path_of_q += [path] * (2 * l3 + 1)
+                    rows_of_q += [target.start[l3] + m for m in range(2 * l3 + 1)]
+                    path += 1
+        coupling = torch.cat(columns, dim=1)
+        sum_q = torch.zeros(len(rows_of_q), target.dim)
+        sum_q[torch.arange(len(rows_of_q)), torch.tensor(rows_of_q)] = 1.0
+        return coupling, torch.tensor(path_of_q), sum_q
 
     def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """a (N, irreps_in.dim), species (N, S) -> (N, irreps_out.dim)."""
-        b = a
-        out = self.contractions[0](b, species)
-        for tp, reduce, contraction in zip(self.products, self.reduce, self.contractions[1:]):
-            b = reduce(tp(b, a), species)
-            out = out + contraction(b, species)
-        return self.mix(out)
+        n, c = a.shape[0], self.channels
+        x = to_channels(a, c, self.ls_in)  # (N, C, D)
+        out = self._contract(0, x, self.layout_in, species)
+        b = x
+        for nu, ((left, target), reduce) in enumerate(zip(self._orders, self.reduce), start=2):
+            outer = (b.unsqueeze(-1) * x.unsqueeze(-2)).reshape(n, c, left.dim * x.shape[-1])
+            y = outer @ getattr(self, f"coupling_{nu}")  # (N, C, Q)
+            w = reduce(species).view(n, -1, c).transpose(1, 2)  # (N, C, paths)
+            y = y * w[:, :, getattr(self, f"path_of_q_{nu}")]
+            b = y @ getattr(self, f"sum_q_{nu}")  # (N, C, target.dim)
+            out = out + self._contract(nu - 1, b, target, species)
+        return self.mix(from_channels(out, self.ls_out))
+
+    def _contract(self, order: int, b: torch.Tensor, layout: _Layout,
+                  species: torch.Tensor) -> torch.Tensor:
+        """v(z) · B restricted to the output types: (N, C, D_out)."""
+        idx = [layout.start[l] + m for l in self.ls_out for m in range(2 * l + 1)]
+        v = self.contract[order](species).view(b.shape[0], -1, self.channels).transpose(1, 2)
+        return b[:, :, idx] * v[:, :, self.type_of_out]
 
 
 class GatedSelfInteraction(nn.Module):

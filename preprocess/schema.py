@@ -63,8 +63,11 @@ BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 LEVELS: tuple[Level, ...] = ("frame", "atom", "edge")
 
 
+_AT: dict[str, tuple[Field, ...]] = {lv: tuple(f for f in FIELDS if f.level == lv) for lv in LEVELS}
+
+
 def fields_at(level: Level) -> tuple[Field, ...]:
-    return tuple(f for f in FIELDS if f.level == level)
+    return _AT[level]
 
 
 def numpy_dtype(field: Field):

@@ -243,6 +243,69 @@ def test_blocks_declare_irreps_that_chain():
         check_chain("x", o3.Irreps("1x0e"), o3.Irreps("1x1o"))
 
 
+class TestSymmetricContraction:
+    """The product basis on its own: equivariant, channel by channel, degree = correlation."""
+
+    @pytest.fixture(autouse=True)
+    def _float64(self):
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        yield
+        torch.set_default_dtype(old)
+
+    def make(self, correlation=3, out="4x0e+4x1o"):
+        from e3nn import o3
+        from model.self_interaction import SymmetricContraction
+        torch.manual_seed(1)
+        sc = SymmetricContraction(o3.Irreps("4x0e+4x1o+4x2e+4x3o"), o3.Irreps(out),
+                                  correlation, species_dim=5)
+        for p in sc.parameters():  # random, not initial, weights everywhere
+            torch.nn.init.normal_(p)
+        return sc, torch.randn(7, sc.irreps_in.dim), torch.randn(7, 5)
+
+    @pytest.mark.parametrize("out", ["4x0e+4x1o", "4x0e", "4x0e+4x1o+4x2e+4x3o"])
+    def test_equivariant(self, out):
+        sc, a, species = self.make(out=out)
+        rot = torch.as_tensor(random_rotation(np.random.default_rng(3)))
+        d_in = sc.irreps_in.D_from_matrix(rot)
+        d_out = sc.irreps_out.D_from_matrix(rot)
+        torch.testing.assert_close(sc(a @ d_in.T, species), sc(a, species) @ d_out.T,
+                                   rtol=1e-10, atol=1e-10)
+
+    def test_polynomial_of_degree_correlation(self):
+        for correlation in (1, 2, 3):
+            sc, a, species = self.make(correlation)
+            lambdas = torch.tensor([0.5, 1.0, 1.5, 2.0, 2.5])
+            values = torch.stack([sc(lam * a, species) for lam in lambdas])  # (5, N, D)
+            powers = torch.stack([lambdas ** p for p in range(1, correlation + 1)], 1)
+            coeffs = torch.linalg.lstsq(powers, values.reshape(5, -1)).solution
+            torch.testing.assert_close(powers @ coeffs, values.reshape(5, -1), rtol=1e-9, atol=1e-9)
+            assert coeffs[-1].abs().max() > 1e-3  # the top order is really there
+            assert torch.allclose(sc(0 * a, species), torch.zeros(()))  # no constant term
+
+    def test_channels_do_not_mix_before_the_final_linear(self):
+        sc, a, species = self.make()
+        sc.mix = torch.nn.Identity()
+        from model.self_interaction import from_channels, to_channels
+        x = to_channels(a, 4, [0, 1, 2, 3])
+        x2 = x.clone()
+        x2[:, 1] += torch.randn_like(x2[:, 1])  # change channel 1 only
+        y = to_channels(sc(a, species), 4, [0, 1])
+        y2 = to_channels(sc(from_channels(x2, [0, 1, 2, 3]), species), 4, [0, 1])
+        changed = (y2 - y).abs().amax(dim=(0, 2)) > 1e-12
+        assert changed.tolist() == [False, True, False, False]
+
+    def test_layout_round_trip_and_errors(self):
+        from e3nn import o3
+        from model.self_interaction import SymmetricContraction, from_channels, to_channels
+        a = torch.randn(3, o3.Irreps("4x0e+4x1o+4x2e").dim)
+        torch.testing.assert_close(from_channels(to_channels(a, 4, [0, 1, 2]), [0, 1, 2]), a)
+        with pytest.raises(ValueError, match="natural-parity"):
+            SymmetricContraction(o3.Irreps("4x0e+4x1e"), o3.Irreps("4x0e"), 2, 5)
+        with pytest.raises(ValueError, match="not made of"):
+            SymmetricContraction(o3.Irreps("4x0e+4x1o"), o3.Irreps("4x2e"), 2, 5)
+
+
 COMPILE_SCRIPT = """
 import sys, numpy as np, torch
 torch.set_default_dtype(torch.float64)

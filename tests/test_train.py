@@ -18,9 +18,9 @@ from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
 from preprocess.pipeline import build_store
 from preprocess.store import GraphParams, SplitParams, open_store
-from train.collate import collate
+from train.collate import collate, collate_columns, frame_from_graph
 from train.config import TrainConfig
-from train.loader import (LoaderConfig, ShardStream, filter_frame, make_loader, plan_worker,
+from train.loader import (LoaderConfig, ShardStream, filter_block, make_loader, plan_worker,
                           round_robin_skips)
 from train.trainer import Trainer
 
@@ -102,15 +102,26 @@ def test_resume_skips_to_the_same_batch(store_path):
 def test_load_time_filtering_equals_direct_build(store_path, wanted):
     store = open_store(store_path)
     stored = store.manifest.graph
-    for i in range(0, len(store), 5):
-        frame = store[i]
-        got = filter_frame(frame, stored, wanted)
-        g = knn_graph(frame["cell"], frame["positions"], pbc=frame["pbc"], k=wanted.k,
-                      ties=wanted.ties, tie_tolerance=wanted.tie_tolerance, cutoff=wanted.cutoff)
-        np.testing.assert_array_equal(got["n_edges"], g.counts)
-        np.testing.assert_array_equal(got["neighbors"], g.neighbors)
-        np.testing.assert_array_equal(got["shifts"], g.shifts)
-        np.testing.assert_array_equal(got["next_distance"], g.next_distance.astype(np.float32))
+    largest = int(np.argmax([r.frames for r in store.manifest.shards]))
+    shard = store.read_shard(largest)
+    rows = np.arange(shard.n_frames)[::-1]  # several frames per block, in any order
+    got = filter_block(shard.take(rows), stored, wanted)
+    graphs = [knn_graph(f["cell"], f["positions"], pbc=f["pbc"], k=wanted.k, ties=wanted.ties,
+                        tie_tolerance=wanted.tie_tolerance, cutoff=wanted.cutoff)
+              for f in (shard.frame(int(r)) for r in rows)]
+    assert len(rows) > 3
+    np.testing.assert_array_equal(got["n_edges"], np.concatenate([g.counts for g in graphs]))
+    np.testing.assert_array_equal(got["neighbors"], np.concatenate([g.neighbors for g in graphs]))
+    np.testing.assert_array_equal(got["shifts"], np.concatenate([g.shifts for g in graphs]))
+    np.testing.assert_array_equal(got["next_distance"],
+                                  np.concatenate([g.next_distance for g in graphs]).astype(np.float32))
+    # and the collated batch of the filtered block equals collating the direct builds
+    frames = [frame_from_graph(f["cell"], f["positions"], f["numbers"], g, pbc=f["pbc"])
+              for f, g in zip((shard.frame(int(r)) for r in rows), graphs)]
+    a, b = collate_columns(got, k=wanted.k), collate(frames, k=wanted.k)
+    for name in ("numbers", "positions", "cell", "centers", "neighbors", "shifts",
+                 "rank_edge", "frame_index"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
 def test_store_cannot_serve_a_bigger_k(store_path):

@@ -1,8 +1,16 @@
 """Frames (dicts of store fields) -> one :class:`model.Batch`, offsets applied once.
 
-Per-frame fields stack, per-atom fields concatenate, per-edge fields concatenate with the
-frame's atom offset added to neighbour indices, and centres come from the CSR counts. Which
-field is which follows :mod:`preprocess.schema`, never the name.
+Two shapes of the same data:
+
+* a *frame*: one structure, frame fields as scalars or (3, 3), atom fields (n, ...), edge
+  fields (e, ...) as :meth:`GraphStore.__getitem__` or :func:`frame_from_graph` give it;
+* a *block*: many frames, frame fields stacked (F, ...), atom and edge fields concatenated
+  (N, ...), (E, ...), neighbour indices still local to each frame, as
+  :meth:`ShardData.take` gives it. The loader collates blocks without a per-frame loop.
+
+:func:`collate_columns` turns a block into a Batch: neighbour indices get their frame's atom
+offset, centres come from the CSR counts. Which field is which follows
+:mod:`preprocess.schema`, never the name.
 """
 from __future__ import annotations
 
@@ -12,47 +20,96 @@ import numpy as np
 import torch
 
 from model.batch import Batch
+from preprocess.schema import BY_NAME
 
 
-def collate(frames: Sequence[dict], k: int, dtype: torch.dtype = torch.float64) -> Batch:
-    """Frames as returned by the store reader (or :func:`frame_from_graph`) -> Batch.
+def _level(name: str) -> str:
+    try:
+        return BY_NAME[name].level
+    except KeyError:
+        raise ValueError(f"frame field {name!r} is not in the store schema "
+                         "(preprocess/schema.py)") from None
 
-    ``k`` is the k of the frames' graphs; it locates each centre's (k+1)-th edge, if any
+
+def frames_to_block(frames: Sequence[dict]) -> dict[str, np.ndarray]:
+    """Frames -> one block: the fields every frame has, stacked or concatenated by level."""
+    if not frames:
+        raise ValueError("no frames to collate")
+    names = [n for n in frames[0] if all(n in f for f in frames)]
+    block: dict[str, np.ndarray] = {}
+    for name in names:
+        values = [np.asarray(f[name]) for f in frames]
+        block[name] = np.stack(values) if _level(name) == "frame" else np.concatenate(values)
+    block["n_atoms"] = np.array([len(f["numbers"]) for f in frames], dtype=np.int64)
+    return block
+
+
+def concat_blocks(blocks: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Blocks (e.g. from several shards) -> one block, frames in the given order."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+
+
+def block_pointers(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64 (F,) atom offset of each frame, (N,) frame of each atom, (E,) centre of each
+    edge (global atom index)."""
+    n_atoms = block["n_atoms"].astype(np.int64)
+    atom_offset = np.cumsum(n_atoms) - n_atoms
+    frame_of_atom = np.repeat(np.arange(n_atoms.size, dtype=np.int64), n_atoms)
+    centers = np.repeat(np.arange(frame_of_atom.size, dtype=np.int64),
+                        block["n_edges"].astype(np.int64))
+    return atom_offset, frame_of_atom, centers
+
+
+def global_neighbors(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (E,) centres and neighbours as indices into the block's atoms."""
+    atom_offset, frame_of_atom, centers = block_pointers(block)
+    neighbors = block["neighbors"].astype(np.int64) + atom_offset[frame_of_atom[centers]]
+    return centers, neighbors
+
+
+def collate_columns(block: dict[str, np.ndarray], k: int,
+                    dtype: torch.dtype = torch.float64) -> Batch:
+    """One block -> Batch.
+
+    ``k`` is the k of the block's graphs; it locates each centre's (k+1)-th edge, if any
     (``rank_edge``), which the model's rank envelope needs.
     """
-    n_atoms = np.array([len(f["numbers"]) for f in frames], dtype=np.int64)
-    atom_offset = np.concatenate(([0], np.cumsum(n_atoms)[:-1]))
-    n_edges_atom = np.concatenate([np.asarray(f["n_edges"], dtype=np.int64) for f in frames])
-    centers = np.repeat(np.arange(n_atoms.sum(), dtype=np.int64), n_edges_atom)
-    edge_start = np.concatenate(([0], np.cumsum(n_edges_atom)[:-1]))
+    n_atoms = block["n_atoms"].astype(np.int64)
+    n_frames = n_atoms.size
+    n_edges_atom = block["n_edges"].astype(np.int64)
+    centers, neighbors = global_neighbors(block)
+    edge_start = np.cumsum(n_edges_atom) - n_edges_atom
     rank_edge = np.where(n_edges_atom > k, edge_start + k, -1)
-    neighbors = np.concatenate([np.asarray(f["neighbors"], dtype=np.int64) + off
-                                for f, off in zip(frames, atom_offset)])
-
-    def cat(key, shape=()):
-        return np.concatenate([np.asarray(f[key]).reshape(-1, *shape) for f in frames])
 
     def tensor(a, dt=dtype):
         return torch.from_numpy(np.ascontiguousarray(a)).to(dt)
 
-    has_labels = all("energy" in f for f in frames)
+    has_labels = "energy" in block and "forces" in block and "stress" in block
+    frame_ids = block.get("frame_id")
     return Batch(
-        numbers=tensor(cat("numbers"), torch.long),
-        positions=tensor(cat("positions", (3,))),
-        cell=tensor(np.stack([np.asarray(f["cell"]) for f in frames])),
-        frame_index=torch.repeat_interleave(torch.arange(len(frames)), torch.from_numpy(n_atoms)),
+        numbers=tensor(block["numbers"], torch.long),
+        positions=tensor(block["positions"].reshape(-1, 3)),
+        cell=tensor(block["cell"].reshape(-1, 3, 3)),
+        frame_index=torch.repeat_interleave(torch.arange(n_frames), torch.from_numpy(n_atoms)),
         n_atoms=torch.from_numpy(n_atoms),
         centers=torch.from_numpy(centers),
         neighbors=torch.from_numpy(neighbors),
-        shifts=tensor(cat("shifts", (3,)).astype(np.float64)),
-        next_distance=tensor(cat("next_distance").astype(np.float64)),
-        rank_edge=torch.from_numpy(rank_edge.astype(np.int64)),
-        energy=tensor(np.array([float(f["energy"]) for f in frames])) if has_labels else None,
-        forces=tensor(cat("forces", (3,)).astype(np.float64)) if has_labels else None,
-        stress=tensor(np.stack([np.asarray(f["stress"], dtype=np.float64) for f in frames]))
-        if has_labels else None,
-        frame_ids=[str(f.get("frame_id", i)) for i, f in enumerate(frames)],
+        shifts=tensor(block["shifts"].reshape(-1, 3)),
+        next_distance=tensor(block["next_distance"]),
+        rank_edge=torch.from_numpy(rank_edge),
+        energy=tensor(block["energy"].astype(np.float64)) if has_labels else None,
+        forces=tensor(block["forces"].reshape(-1, 3)) if has_labels else None,
+        stress=tensor(block["stress"].reshape(-1, 3, 3)) if has_labels else None,
+        frame_ids=([str(x) for x in frame_ids] if frame_ids is not None
+                   else [str(i) for i in range(n_frames)]),
     )
+
+
+def collate(frames: Sequence[dict], k: int, dtype: torch.dtype = torch.float64) -> Batch:
+    """Frames as returned by the store reader (or :func:`frame_from_graph`) -> Batch."""
+    return collate_columns(frames_to_block(frames), k, dtype)
 
 
 def frame_from_graph(cell, positions, numbers, graph, pbc=(True, True, True), **labels) -> dict:

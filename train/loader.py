@@ -13,7 +13,7 @@ deterministic and resumable:
 Only then are shards read, one at a time, and batches collated. The loader position is the
 number of batches delivered in the epoch; a resumed run re-plans the same epoch and skips
 that many. A store built with k = 16 can feed a model that wants fewer neighbours or a
-shorter cutoff: edges are filtered at load time (:func:`filter_frame`), exactly as if the
+shorter cutoff: edges are filtered at load time (:func:`filter_block`), exactly as if the
 smaller graph had been built.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.batch import Batch
-from preprocess.store import GraphStore
+from preprocess.store import GraphStore, ShardData
 from preprocess.store.params import GraphParams
-from train.collate import collate
+from train.collate import collate_columns, concat_blocks, global_neighbors
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def plan_worker(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int, wor
         edges += e
     if current:
         batches.append(current)
-    return batches
+    # frames of one batch are read shard by shard: order them so (the batch is the same set)
+    return [sorted(b) for b in batches]
 
 
 def round_robin_skips(counts: list[int], delivered: int) -> tuple[list[int], int]:
@@ -129,30 +130,32 @@ def round_robin_skips(counts: list[int], delivered: int) -> tuple[list[int], int
 
 # ------------------------------------------------------------------ load-time filtering
 
-def edge_distances(frame: dict) -> np.ndarray:
-    """(E,) Å, computed with the same float64 formula as the graph kernel."""
-    n_edges = frame["n_edges"].astype(np.int64)
-    centers = np.repeat(np.arange(len(n_edges)), n_edges)
-    pos, cell = frame["positions"], frame["cell"]
-    s = frame["shifts"].astype(np.float64)
-    nbr = frame["neighbors"].astype(np.int64)
-    v = (pos[nbr] - pos[centers]) + (s[:, 0:1] * cell[0] + s[:, 1:2] * cell[1]
-                                     + s[:, 2:3] * cell[2])
+def edge_distances(block: dict) -> np.ndarray:
+    """(E,) Å for a block of frames, computed with the same float64 formula as the graph
+    kernel: (r_j - r_i) + (S_0 a + S_1 b + S_2 c)."""
+    centers, nbr = global_neighbors(block)
+    frame_of_edge = np.repeat(np.arange(block["n_atoms"].size), block["n_atoms"].astype(np.int64))[centers]
+    pos = block["positions"]
+    cell = block["cell"][frame_of_edge]  # (E, 3, 3)
+    s = block["shifts"].astype(np.float64)
+    v = (pos[nbr] - pos[centers]) + (s[:, 0:1] * cell[:, 0] + s[:, 1:2] * cell[:, 1]
+                                     + s[:, 2:3] * cell[:, 2])
     return np.sqrt(v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1] + v[:, 2] * v[:, 2])
 
 
-def filter_frame(frame: dict, stored: GraphParams, wanted: GraphParams) -> dict:
-    """The frame's graph as if built with ``wanted`` (requires ``stored.can_serve(wanted)``).
+def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
+    """The block's graphs as if built with ``wanted`` (requires ``stored.can_serve(wanted)``).
 
     Edges are stored per centre in (distance, neighbour, shift) order, so the smaller graph
     is a prefix of each centre's edges: the first k, the ties within the tolerance of the
-    k-th (include), then the cutoff. ``next_distance`` becomes the first edge dropped.
+    k-th (``include``), and none beyond the cutoff. ``next_distance`` becomes the distance
+    of the first dropped edge.
     """
     if wanted == stored:
-        return frame
-    n_edges = frame["n_edges"].astype(np.int64)
-    start = np.concatenate(([0], np.cumsum(n_edges)[:-1]))
-    d = edge_distances(frame)
+        return block
+    n_edges = block["n_edges"].astype(np.int64)
+    start = np.cumsum(n_edges) - n_edges
+    d = edge_distances(block)
     n = len(n_edges)
     centers = np.repeat(np.arange(n), n_edges)
     rank = np.arange(len(d)) - start[centers]
@@ -172,12 +175,12 @@ def filter_frame(frame: dict, stored: GraphParams, wanted: GraphParams) -> dict:
         np.minimum.at(first_long, centers[too_long], rank[too_long])
         keep = first_long
     mask = rank < keep[centers]
-    nxt = frame["next_distance"].astype(np.float64).copy()
+    nxt = block["next_distance"].astype(np.float64).copy()
     cut = keep < n_edges
     nxt[cut] = d[start[cut] + keep[cut]]
-    return {**frame, "n_edges": keep.astype(frame["n_edges"].dtype),
-            "neighbors": frame["neighbors"][mask], "shifts": frame["shifts"][mask],
-            "next_distance": nxt.astype(frame["next_distance"].dtype)}
+    return {**block, "n_edges": keep.astype(block["n_edges"].dtype),
+            "neighbors": block["neighbors"][mask], "shifts": block["shifts"][mask],
+            "next_distance": nxt.astype(block["next_distance"].dtype)}
 
 
 # ---------------------------------------------------------------------- the stream
@@ -219,10 +222,33 @@ class ShardStream(IterableDataset):
         skips, turn = round_robin_skips([len(p) for p in plans], self.skip)
         # DataLoader starts its round-robin at worker 0: rotate so the cycle continues
         plan = ((info.id if info is not None else 0) + turn) % len(plans)
-        for rows in plans[plan][skips[plan]:]:
-            frames = [filter_frame(self.store.read_shard(s).frame(r), self.stored, self.graph)
-                      for s, r in rows]
-            yield collate(frames, k=self.graph.k, dtype=self.dtype)
+        batches = plans[plan][skips[plan]:]
+        # each shard is read once and dropped after its last batch: at most the shuffle
+        # buffer's shards (plus the one being drawn into it) are in memory
+        last_use = {s: b for b, rows in enumerate(batches) for s, _ in rows}
+        shards: dict[int, ShardData] = {}
+        for b, rows in enumerate(batches):
+            block = self.read_block(rows, shards)
+            for s in {s for s, _ in rows if last_use[s] == b}:
+                del shards[s]
+            yield collate_columns(filter_block(block, self.stored, self.graph),
+                                  k=self.graph.k, dtype=self.dtype)
+
+    def read_block(self, rows: list[tuple[int, int]],
+                   shards: dict[int, ShardData]) -> dict[str, np.ndarray]:
+        """The frames ``rows`` (grouped by shard, as planned) as one block of columns;
+        shards not yet in ``shards`` are read and added."""
+        blocks, i = [], 0
+        while i < len(rows):
+            j = i
+            while j < len(rows) and rows[j][0] == rows[i][0]:
+                j += 1
+            s = rows[i][0]
+            if s not in shards:
+                shards[s] = self.store.read_shard(s, cache=False)
+            blocks.append(shards[s].take([r for _, r in rows[i:j]]))
+            i = j
+        return concat_blocks(blocks)
 
 
 def make_loader(store: GraphStore, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,

@@ -59,6 +59,29 @@ class ShardData:
         return out
 
 
+    def take(self, rows: np.ndarray | list[int]) -> dict[str, np.ndarray]:
+        """Rows ``rows`` (in that order) as one block of columns: frame fields (F, ...),
+        atom fields (N, ...) and edge fields (E, ...) of those frames, concatenated; edge
+        fields stay local to their frame (see :func:`train.collate.collate_columns`)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        frame_edge_ptr = self.edge_ptr[self.atom_ptr]
+        atoms = _ranges(self.atom_ptr[rows], self.atom_ptr[rows + 1])
+        edges = _ranges(frame_edge_ptr[rows], frame_edge_ptr[rows + 1])
+        out: dict[str, np.ndarray] = {}
+        for level, index in (("frame", rows), ("atom", atoms), ("edge", edges)):
+            for f in fields_at(level):
+                out[f.name] = self.columns[f.name][index]
+        return out
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """int64: the concatenation of arange(starts[i], stops[i])."""
+    lengths = stops - starts
+    total = int(lengths.sum())
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(starts - first, lengths) + np.arange(total, dtype=np.int64)
+
+
 def centers_of(n_edges: np.ndarray) -> np.ndarray:
     """int64 (E,): the centre atom of each edge, from the per-atom edge counts."""
     return np.repeat(np.arange(n_edges.shape[0], dtype=np.int64), n_edges.astype(np.int64))
@@ -118,8 +141,9 @@ class GraphStore:
         """Shards that hold at least one selected frame, ascending."""
         return np.unique(self._shard)
 
-    def read_shard(self, shard: int) -> ShardData:
-        """All rows of shard ``shard`` (cached)."""
+    def read_shard(self, shard: int, cache: bool = True) -> ShardData:
+        """All rows of shard ``shard``; the last few read are kept unless ``cache=False``
+        (streaming readers that manage shard lifetimes themselves)."""
         if shard in self._cache:
             self._cache.move_to_end(shard)
             return self._cache[shard]
@@ -139,6 +163,8 @@ class GraphStore:
             raise StoreError(f"{self.root}: {record.name} holds {data.n_frames} frames and "
                              f"{int(data.edge_ptr[-1])} edges, the manifest says "
                              f"{record.frames} and {record.edges}")
+        if not cache:
+            return data
         self._cache[shard] = data
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
