@@ -65,6 +65,33 @@ def test_dataloader_workers_deliver_each_frame_once(store_path):
     assert sorted(ids) == sorted(store.frame_ids)
 
 
+def test_stream_reads_each_shard_once_and_holds_few(store_path, monkeypatch):
+    """Streaming memory is bounded by the shuffle buffer, not the store: every shard is read
+    once per epoch and held only from its first to its last batch; batches hold exactly the
+    planned frames."""
+    store = open_store(store_path)
+    cfg = LoaderConfig(max_atoms=150, shuffle_shards=2)
+    reads = []
+    original = store.read_shard
+    monkeypatch.setattr(store, "read_shard", lambda s, cache=True: reads.append(s) or original(s, cache))
+    stream = ShardStream(store, cfg, epoch=2)
+    plan = stream.plans()[0]
+    alive, most = set(), 0
+    last = {s: b for b, rows in enumerate(plan) for s, _ in rows}
+    for b, rows in enumerate(plan):
+        alive |= {s for s, _ in rows}
+        most = max(most, len(alive))
+        alive -= {s for s, _ in rows if last[s] == b}
+    batches = list(stream)
+    assert sorted(reads) == sorted(set(reads)) == sorted(store.shard_indices.tolist())
+    # the buffer spans shuffle_shards shards; a batch drawn across a refill adds its own
+    assert most <= cfg.shuffle_shards + max(len({s for s, _ in rows}) for rows in plan)
+    assert most < len(store.shard_indices)
+    index = store.index.to_pylist()
+    frame_of = {(r["shard"], r["row"]): r["frame_id"] for r in index}
+    assert [b.frame_ids for b in batches] == [[frame_of[x] for x in rows] for rows in plan]
+
+
 def test_batches_within_budget_and_fixed_size(store_path):
     store = open_store(store_path)
     sizes = dict(zip(zip(store.index["shard"].to_pylist(), store.index["row"].to_pylist()),

@@ -50,7 +50,7 @@ class OrbitCalculator(Calculator):
         batch = collate([frame], k=g.k).to(self.device, self.dtype)
         want_stress = "stress" in properties and pbc.all()
         out = self.model(batch, forces=True, stress=want_stress)
-        energy = float(out["energy"][0])
+        energy = float(out["energy"][0].detach())
         self.results = {"energy": energy, "free_energy": energy,
                         "forces": out["forces"].detach().cpu().double().numpy()}
         if want_stress:
