@@ -37,16 +37,18 @@ def collate(frames, k=8):
     return _collate(frames, k)
 
 
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.mark.usefixtures("float64")
 class ModelHarness:
     preset: str
     overrides: dict = {}
-
-    @pytest.fixture(autouse=True)
-    def _float64(self):
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        yield
-        torch.set_default_dtype(old)
 
     def make(self, **kw):
         torch.manual_seed(0)
@@ -243,15 +245,9 @@ def test_blocks_declare_irreps_that_chain():
         check_chain("x", o3.Irreps("1x0e"), o3.Irreps("1x1o"))
 
 
+@pytest.mark.usefixtures("float64")
 class TestSymmetricContraction:
     """The product basis on its own: equivariant, channel by channel, degree = correlation."""
-
-    @pytest.fixture(autouse=True)
-    def _float64(self):
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        yield
-        torch.set_default_dtype(old)
 
     def make(self, correlation=3, out="4x0e+4x1o"):
         from e3nn import o3
