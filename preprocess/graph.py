@@ -45,8 +45,8 @@ class KnnGraph:
 
     Shapes
     ------
-    centers, neighbors : int64 (E,), atom indices within the structure
-    shifts : int64 (E, 3), integer cell shifts S (edge vector = r_j + S @ cell - r_i)
+    centers, neighbors : int32 (E,), atom indices within the structure
+    shifts : int32 (E, 3), integer cell shifts S (edge vector = r_j + S @ cell - r_i)
     distances : float64 (E,), Å
     next_distance : float64 (N,), Å, distance of the first candidate not kept
     """

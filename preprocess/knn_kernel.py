@@ -29,8 +29,8 @@ _GROW = 1.5
 
 
 @numba.njit(cache=True, nogil=True)
-def _grow_i64(a, n):
-    b = np.empty(max(2 * a.shape[0], n), np.int64)
+def _grow_i32(a, n):
+    b = np.empty(max(2 * a.shape[0], n), np.int32)
     b[: a.shape[0]] = a
     return b
 
@@ -44,7 +44,7 @@ def _grow_f64(a, n):
 
 @numba.njit(cache=True, nogil=True)
 def _grow_s(a, n):
-    b = np.empty((max(2 * a.shape[0], n), 3), np.int64)
+    b = np.empty((max(2 * a.shape[0], n), 3), np.int32)
     b[: a.shape[0]] = a
     return b
 
@@ -301,8 +301,8 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
 
     Returns
     -------
-    centers, neighbors : int64 (E,) local to their structure
-    shifts : int64 (E, 3)
+    centers, neighbors : int32 (E,) local to their structure
+    shifts : int32 (E, 3)
     distances : float64 (E,)
     edge_ptr : int64 (B + 1,)
     next_distance : float64 (N_total,)
@@ -313,9 +313,10 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
     n_total = positions.shape[0]
     inv_quantum = 1.0 / quantum
     cap = max(64, n_total * (k + 2))
-    out_i = np.empty(cap, np.int64)
-    out_j = np.empty(cap, np.int64)
-    out_s = np.empty((cap, 3), np.int64)
+    # int32 outputs: half the memory traffic of int64, which is a fifth of the run time
+    out_i = np.empty(cap, np.int32)
+    out_j = np.empty(cap, np.int32)
+    out_s = np.empty((cap, 3), np.int32)
     out_d = np.empty(cap, np.float64)
     edge_ptr = np.zeros(n_struct + 1, np.int64)
     next_distance = np.full(n_total, np.inf)
@@ -437,8 +438,8 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
                 break
             if e + kept > out_i.shape[0]:
                 need = e + kept + (n - i) * (k + 2)
-                out_i = _grow_i64(out_i, need)
-                out_j = _grow_i64(out_j, need)
+                out_i = _grow_i32(out_i, need)
+                out_j = _grow_i32(out_j, need)
                 out_d = _grow_f64(out_d, need)
                 out_s = _grow_s(out_s, need)
             n_kept = 0
