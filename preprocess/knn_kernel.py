@@ -235,10 +235,70 @@ def _before(q, j, s0, s1, s2, qb, jb, sb0, sb1, sb2):
     return s2 < sb2
 
 
+_RANKED_MAX = 256  # candidates of one centre ranked all-pairs; more go through insertion
+
+
 @numba.njit(cache=True, nogil=True)
 def _select(first, last, order, cj, cs, cd, k, include_ties, tie_tolerance, inv_quantum,
-            lq, lc):
-    """Best candidates among ``order[first:last]`` into the list ``lq, lc`` (see _search)."""
+            lq, lc, qbuf, rank):
+    """Best candidates among ``order[first:last]`` into the list ``lq, lc`` (see _search).
+
+    Ranks all of a centre's candidates at once: the rank of a candidate is the number that
+    sort before it, counted over all pairs in a branch-free loop (vectorised; ~25
+    candidates per centre in MPtrj), so the sorted list is written directly. Equal
+    quantised distances, rare, are ordered by (j, S) afterwards. Same result as inserting
+    them one by one (:func:`_select_insertion`), which larger sets use.
+    """
+    c = last - first
+    if c > qbuf.shape[0]:
+        return _select_insertion(first, last, order, cj, cs, cd, k, include_ties,
+                                 tie_tolerance, inv_quantum, lq, lc)
+    for a in range(c):
+        qbuf[a] = np.int64(cd[order[first + a]] * inv_quantum + 0.5)
+    equal_q = False
+    for a in range(c):
+        qa = qbuf[a]
+        less = 0
+        same = 0
+        for b in range(c):
+            less += qbuf[b] < qa
+            same += qbuf[b] == qa
+        rank[a] = less
+        equal_q |= same > 1
+    if equal_q:
+        for a in range(c):
+            oa = order[first + a]
+            for b in range(c):
+                if b != a and qbuf[b] == qbuf[a]:
+                    ob = order[first + b]
+                    if _before(qbuf[b], cj[ob], cs[ob, 0], cs[ob, 1], cs[ob, 2], qbuf[a],
+                               cj[oa], cs[oa, 0], cs[oa, 1], cs[oa, 2]):
+                        rank[a] += 1
+    cap = lq.shape[0]
+    for a in range(c):
+        r = rank[a]
+        if r < cap:
+            lq[r] = qbuf[a]
+            lc[r] = order[first + a]
+    if c <= k:
+        return (c, c) if c <= cap else (-1, 0)
+    if k >= cap:
+        return -1, 0
+    kept = k
+    if include_ties:
+        limit = cd[lc[k - 1]] + tie_tolerance
+        while kept < c and kept < cap and cd[lc[kept]] <= limit:
+            kept += 1
+    if kept >= cap:  # the list is too short to hold the ties and the first not kept
+        return -1, 0
+    return min(c, kept + 1), kept
+
+
+@numba.njit(cache=True, nogil=True)
+def _select_insertion(first, last, order, cj, cs, cd, k, include_ties, tie_tolerance,
+                      inv_quantum, lq, lc):
+    """Best candidates among ``order[first:last]`` into the list ``lq, lc`` (see _search),
+    inserted one by one into a bounded sorted list."""
     m = 0
     kept = 0
     bound = np.inf
@@ -334,6 +394,8 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
     ps = np.empty((64 * (k + 2), 3), np.int64)
     pd = np.empty(64 * (k + 2), np.float64)
     order = np.empty(64 * (k + 2), np.int64)
+    qbuf = np.empty(_RANKED_MAX, np.int64)
+    rank = np.empty(_RANKED_MAX, np.int64)
     starts = np.empty(65, np.int64)
     fill = np.empty(65, np.int64)
 
@@ -397,7 +459,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
         for i in range(n):
             while True:
                 m, kept = _select(starts[i], starts[i + 1], order, pj, ps, pd, k, include_ties,
-                                  tie_tolerance, inv_quantum, lq, lc)
+                                  tie_tolerance, inv_quantum, lq, lc, qbuf, rank)
                 if m >= 0:
                     break
                 lq = np.empty(2 * lq.shape[0], np.int64)
