@@ -240,7 +240,7 @@ _RANKED_MAX = 256  # candidates of one centre ranked all-pairs; more go through 
 
 @numba.njit(cache=True, nogil=True)
 def _select(first, last, order, cj, cs, cd, k, include_ties, tie_tolerance, inv_quantum,
-            lq, lc, qbuf, rank):
+            lq, lc, qbuf, rank, taken):
     """Best candidates among ``order[first:last]`` into the list ``lq, lc`` (see _search).
 
     Ranks all of a centre's candidates at once: the rank of a candidate is the number that
@@ -255,16 +255,19 @@ def _select(first, last, order, cj, cs, cd, k, include_ties, tie_tolerance, inv_
                                  tie_tolerance, inv_quantum, lq, lc)
     for a in range(c):
         qbuf[a] = np.int64(cd[order[first + a]] * inv_quantum + 0.5)
-    equal_q = False
     for a in range(c):
         qa = qbuf[a]
         less = 0
-        same = 0
         for b in range(c):
-            less += qbuf[b] < qa
-            same += qbuf[b] == qa
+            less -= (qbuf[b] - qa) >> 63  # +1 if q_b < q_a; 0 <= q < 2^62, no overflow
         rank[a] = less
-        equal_q |= same > 1
+    # equal q give equal ranks: then some rank is taken twice
+    for a in range(c):
+        taken[a] = False
+    equal_q = False
+    for a in range(c):
+        equal_q |= taken[rank[a]]
+        taken[rank[a]] = True
     if equal_q:
         for a in range(c):
             oa = order[first + a]
@@ -396,6 +399,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
     order = np.empty(64 * (k + 2), np.int64)
     qbuf = np.empty(_RANKED_MAX, np.int64)
     rank = np.empty(_RANKED_MAX, np.int64)
+    taken = np.empty(_RANKED_MAX, np.bool_)
     starts = np.empty(65, np.int64)
     fill = np.empty(65, np.int64)
 
@@ -459,7 +463,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
         for i in range(n):
             while True:
                 m, kept = _select(starts[i], starts[i + 1], order, pj, ps, pd, k, include_ties,
-                                  tie_tolerance, inv_quantum, lq, lc, qbuf, rank)
+                                  tie_tolerance, inv_quantum, lq, lc, qbuf, rank, taken)
                 if m >= 0:
                     break
                 lq = np.empty(2 * lq.shape[0], np.int64)
