@@ -244,7 +244,7 @@ def _select(first, last, order, cj, cs, cd, k, include_ties, tie_tolerance, inv_
     """Best candidates among ``order[first:last]`` into the list ``lq, lc`` (see _search).
 
     Ranks all of a centre's candidates at once: the rank of a candidate is the number that
-    sort before it, counted over all pairs in a branch-free loop (vectorised; ~25
+    sort before it, counted over all pairs in a branch-free loop (~25
     candidates per centre in MPtrj), so the sorted list is written directly. Equal
     quantised distances, rare, are ordered by (j, S) afterwards. Same result as inserting
     them one by one (:func:`_select_insertion`), which larger sets use.

@@ -306,3 +306,42 @@ def test_batch_error_names_the_structure():
     poss[1] = np.array([[0, 0, np.inf]])
     with pytest.raises(ValueError, match="structure 1: positions of atom 0"):
         knn_graphs(cells, poss)
+
+
+@pytest.mark.parametrize("ties", [True, False])
+def test_ranked_selection_equals_insertion(ties):
+    """The kernel's two selection paths (all-pairs ranking for the usual ~25 candidates,
+    insertion for large sets) keep the same candidates in the same order, ties included."""
+    from preprocess import knn_kernel as kk
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        c = int(rng.integers(1, 80))
+        d = rng.uniform(1.0, 5.0, c)
+        shells = rng.choice([1.0, 2.0, 2.5], c)  # many exactly equal distances
+        d = np.where(rng.random(c) < 0.5, shells, d)
+        cj = rng.integers(0, 6, c)
+        cs = rng.integers(-2, 3, (c, 3))
+        _, unique = np.unique(np.column_stack([cj, cs]), axis=0, return_index=True)
+        d, cj, cs = d[unique], cj[unique], cs[unique]  # (j, S) identify a candidate
+        order = rng.permutation(len(d))
+        k = int(rng.integers(1, 20))
+        results = []
+        for ranked in (True, False):
+            lq = np.empty(2 * (k + 2), np.int64)
+            lc = np.empty(2 * (k + 2), np.int64)
+            while True:
+                args = (0, len(d), order, cj, cs, d, k, ties, 0.01, 1e9, lq, lc)
+                if ranked:
+                    m, kept = kk._select(*args, np.empty(256, np.int64), np.empty(256, np.int64),
+                                         np.empty(256, np.bool_))
+                else:
+                    m, kept = kk._select_insertion(*args)
+                if m >= 0:
+                    break
+                lq = np.empty(2 * lq.shape[0], np.int64)
+                lc = np.empty(2 * lc.shape[0], np.int64)
+            results.append((m, kept, lq[:m].tolist(), lc[:m].tolist()))
+        assert results[0] == results[1], trial
+        m, kept, _, lc_list = results[0]
+        keys = sorted((round(d[o] * 1e9), cj[o], *cs[o]) for o in range(len(d)))
+        assert [(round(d[o] * 1e9), cj[o], *cs[o]) for o in lc_list] == keys[:m]

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from model.batch import Batch
 from preprocess.store import GraphStore, ShardData
 from preprocess.store.params import GraphParams
-from train.collate import collate_columns, concat_blocks, global_neighbors
+from train.collate import block_pointers, collate_columns, concat_blocks
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def plan_worker(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int, wor
         edges += e
     if current:
         batches.append(current)
-    # frames of one batch are read shard by shard: order them so (the batch is the same set)
+    # within a batch, frames go in (shard, row) order so that each shard's rows are taken in
+    # one step (the batch holds the same frames; the draw above decides which)
     return [sorted(b) for b in batches]
 
 
@@ -133,8 +134,9 @@ def round_robin_skips(counts: list[int], delivered: int) -> tuple[list[int], int
 def edge_distances(block: dict) -> np.ndarray:
     """(E,) Å for a block of frames, computed with the same float64 formula as the graph
     kernel: (r_j - r_i) + (S_0 a + S_1 b + S_2 c)."""
-    centers, nbr = global_neighbors(block)
-    frame_of_edge = np.repeat(np.arange(block["n_atoms"].size), block["n_atoms"].astype(np.int64))[centers]
+    atom_offset, frame_of_atom, centers = block_pointers(block)
+    frame_of_edge = frame_of_atom[centers]
+    nbr = block["neighbors"].astype(np.int64) + atom_offset[frame_of_edge]
     pos = block["positions"]
     cell = block["cell"][frame_of_edge]  # (E, 3, 3)
     s = block["shifts"].astype(np.float64)
@@ -223,8 +225,8 @@ class ShardStream(IterableDataset):
         # DataLoader starts its round-robin at worker 0: rotate so the cycle continues
         plan = ((info.id if info is not None else 0) + turn) % len(plans)
         batches = plans[plan][skips[plan]:]
-        # each shard is read once and dropped after its last batch: at most the shuffle
-        # buffer's shards (plus the one being drawn into it) are in memory
+        # each shard is read once and dropped after its last batch: about the shuffle
+        # buffer's shards (plus those a batch spans across a refill) are in memory
         last_use = {s: b for b, rows in enumerate(batches) for s, _ in rows}
         shards: dict[int, ShardData] = {}
         for b, rows in enumerate(batches):
