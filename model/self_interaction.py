@@ -147,13 +147,15 @@ class SymmetricContraction(nn.Module):
             self.reduce.append(SpeciesProjection(species_dim, (int(path_of_q.max()) + 1) * self.channels))
             self._orders.append((prev, target))
             prev = target
-        # v_{ν,L}: per order, output type and channel
+        # v_{ν,L}: per order, output type and channel; each order's components of the output
+        # types (B¹ = A has all input types, the last order only the output's)
         self.contract = nn.ModuleList(SpeciesProjection(species_dim, len(ls_out) * self.channels)
                                       for _ in range(correlation))
-        layout_out = _Layout(ls_out)
         self.register_buffer("type_of_out", torch.tensor(
             [t for t, l in enumerate(ls_out) for _ in range(2 * l + 1)]), persistent=False)
-        self._out_dim = layout_out.dim
+        for order, layout in enumerate([self.layout_in] + [t for _, t in self._orders]):
+            self.register_buffer(f"out_index_{order}", torch.tensor(
+                [layout.start[l] + m for l in ls_out for m in range(2 * l + 1)]), persistent=False)
         self.mix = o3.Linear(self.irreps_out, self.irreps_out)
 
     @staticmethod
@@ -190,23 +192,21 @@ class SymmetricContraction(nn.Module):
         """a (N, irreps_in.dim), species (N, S) -> (N, irreps_out.dim)."""
         n, c = a.shape[0], self.channels
         x = to_channels(a, c, self.ls_in)  # (N, C, D)
-        out = self._contract(0, x, self.layout_in, species)
+        out = self._contract(0, x, species)
         b = x
-        for nu, ((left, target), reduce) in enumerate(zip(self._orders, self.reduce), start=2):
+        for nu, ((left, _), reduce) in enumerate(zip(self._orders, self.reduce), start=2):
             outer = (b.unsqueeze(-1) * x.unsqueeze(-2)).reshape(n, c, left.dim * x.shape[-1])
             y = outer @ getattr(self, f"coupling_{nu}")  # (N, C, Q)
             w = reduce(species).view(n, -1, c).transpose(1, 2)  # (N, C, paths)
             y = y * w[:, :, getattr(self, f"path_of_q_{nu}")]
             b = y @ getattr(self, f"sum_q_{nu}")  # (N, C, target.dim)
-            out = out + self._contract(nu - 1, b, target, species)
+            out = out + self._contract(nu - 1, b, species)
         return self.mix(from_channels(out, self.ls_out))
 
-    def _contract(self, order: int, b: torch.Tensor, layout: _Layout,
-                  species: torch.Tensor) -> torch.Tensor:
-        """v(z) · B restricted to the output types: (N, C, D_out)."""
-        idx = [layout.start[l] + m for l in self.ls_out for m in range(2 * l + 1)]
+    def _contract(self, order: int, b: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """v(z) · B^{order+1} restricted to the output types: (N, C, D_out)."""
         v = self.contract[order](species).view(b.shape[0], -1, self.channels).transpose(1, 2)
-        return b[:, :, idx] * v[:, :, self.type_of_out]
+        return b[:, :, getattr(self, f"out_index_{order}")] * v[:, :, self.type_of_out]
 
 
 class GatedSelfInteraction(nn.Module):

@@ -76,6 +76,14 @@ class KnnGraph:
         return np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
 
 
+def concat_ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """int64: the concatenation of ``arange(starts[i], stops[i])`` over i, without a loop."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(stops, dtype=np.int64) - starts
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class KnnGraphBatch:
     """The graphs of many structures, concatenated (what the pipeline writes).
@@ -112,10 +120,8 @@ class KnnGraphBatch:
         idx = np.asarray(structures, dtype=np.int64)
         n_atoms = np.diff(self.atom_ptr)[idx]
         n_edges = np.diff(self.edge_ptr)[idx]
-        atoms = np.concatenate([np.arange(self.atom_ptr[b], self.atom_ptr[b + 1]) for b in idx]
-                               ) if idx.size else np.empty(0, np.int64)
-        edges = np.concatenate([np.arange(self.edge_ptr[b], self.edge_ptr[b + 1]) for b in idx]
-                               ) if idx.size else np.empty(0, np.int64)
+        atoms = concat_ranges(self.atom_ptr[idx], self.atom_ptr[idx + 1])
+        edges = concat_ranges(self.edge_ptr[idx], self.edge_ptr[idx + 1])
         return KnnGraphBatch(self.centers[edges], self.neighbors[edges], self.shifts[edges],
                              self.distances[edges], self.next_distance[atoms],
                              np.concatenate(([0], np.cumsum(n_edges))).astype(np.int64),

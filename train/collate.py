@@ -51,22 +51,17 @@ def concat_blocks(blocks: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarr
     return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
 
 
-def block_pointers(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int64 (F,) atom offset of each frame, (N,) frame of each atom, (E,) centre of each
-    edge (global atom index)."""
+def edge_index(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64 (E,) each: centre and neighbour as indices into the block's atoms, and the
+    frame of each edge."""
     n_atoms = block["n_atoms"].astype(np.int64)
     atom_offset = np.cumsum(n_atoms) - n_atoms
     frame_of_atom = np.repeat(np.arange(n_atoms.size, dtype=np.int64), n_atoms)
     centers = np.repeat(np.arange(frame_of_atom.size, dtype=np.int64),
                         block["n_edges"].astype(np.int64))
-    return atom_offset, frame_of_atom, centers
-
-
-def global_neighbors(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """int64 (E,) centres and neighbours as indices into the block's atoms."""
-    atom_offset, frame_of_atom, centers = block_pointers(block)
-    neighbors = block["neighbors"].astype(np.int64) + atom_offset[frame_of_atom[centers]]
-    return centers, neighbors
+    frame_of_edge = frame_of_atom[centers]
+    neighbors = block["neighbors"].astype(np.int64) + atom_offset[frame_of_edge]
+    return centers, neighbors, frame_of_edge
 
 
 def collate_columns(block: dict[str, np.ndarray], k: int,
@@ -79,7 +74,7 @@ def collate_columns(block: dict[str, np.ndarray], k: int,
     n_atoms = block["n_atoms"].astype(np.int64)
     n_frames = n_atoms.size
     n_edges_atom = block["n_edges"].astype(np.int64)
-    centers, neighbors = global_neighbors(block)
+    centers, neighbors, _ = edge_index(block)
     edge_start = np.cumsum(n_edges_atom) - n_edges_atom
     rank_edge = np.where(n_edges_atom > k, edge_start + k, -1)
 

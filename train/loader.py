@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from model.batch import Batch
 from preprocess.store import GraphStore, ShardData
 from preprocess.store.params import GraphParams
-from train.collate import block_pointers, collate_columns, concat_blocks
+from train.collate import collate_columns, concat_blocks, edge_index
 
 
 @dataclass(frozen=True)
@@ -131,17 +131,15 @@ def round_robin_skips(counts: list[int], delivered: int) -> tuple[list[int], int
 
 # ------------------------------------------------------------------ load-time filtering
 
-def edge_distances(block: dict) -> np.ndarray:
-    """(E,) Å for a block of frames, computed with the same float64 formula as the graph
-    kernel: (r_j - r_i) + (S_0 a + S_1 b + S_2 c)."""
-    atom_offset, frame_of_atom, centers = block_pointers(block)
-    frame_of_edge = frame_of_atom[centers]
-    nbr = block["neighbors"].astype(np.int64) + atom_offset[frame_of_edge]
+def edge_distances(block: dict, centers: np.ndarray, neighbors: np.ndarray,
+                   frame_of_edge: np.ndarray) -> np.ndarray:
+    """(E,) Å for a block of frames (indices from :func:`train.collate.edge_index`), with the
+    same float64 formula as the graph kernel: (r_j - r_i) + (S_0 a + S_1 b + S_2 c)."""
     pos = block["positions"]
     cell = block["cell"][frame_of_edge]  # (E, 3, 3)
     s = block["shifts"].astype(np.float64)
-    v = (pos[nbr] - pos[centers]) + (s[:, 0:1] * cell[:, 0] + s[:, 1:2] * cell[:, 1]
-                                     + s[:, 2:3] * cell[:, 2])
+    v = (pos[neighbors] - pos[centers]) + (s[:, 0:1] * cell[:, 0] + s[:, 1:2] * cell[:, 1]
+                                           + s[:, 2:3] * cell[:, 2])
     return np.sqrt(v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1] + v[:, 2] * v[:, 2])
 
 
@@ -157,9 +155,9 @@ def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
         return block
     n_edges = block["n_edges"].astype(np.int64)
     start = np.cumsum(n_edges) - n_edges
-    d = edge_distances(block)
+    centers, neighbors, frame_of_edge = edge_index(block)
+    d = edge_distances(block, centers, neighbors, frame_of_edge)
     n = len(n_edges)
-    centers = np.repeat(np.arange(n), n_edges)
     rank = np.arange(len(d)) - start[centers]
     k = wanted.k
     keep = np.minimum(n_edges, k)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from preprocess.graph import concat_ranges
 from preprocess.schema import fields_at
 from preprocess.store.backends import get_backend
 from preprocess.store.manifest import Manifest, StoreError, read_manifest
@@ -65,21 +66,13 @@ class ShardData:
         fields stay local to their frame (see :func:`train.collate.collate_columns`)."""
         rows = np.asarray(rows, dtype=np.int64)
         frame_edge_ptr = self.edge_ptr[self.atom_ptr]
-        atoms = _ranges(self.atom_ptr[rows], self.atom_ptr[rows + 1])
-        edges = _ranges(frame_edge_ptr[rows], frame_edge_ptr[rows + 1])
+        atoms = concat_ranges(self.atom_ptr[rows], self.atom_ptr[rows + 1])
+        edges = concat_ranges(frame_edge_ptr[rows], frame_edge_ptr[rows + 1])
         out: dict[str, np.ndarray] = {}
         for level, index in (("frame", rows), ("atom", atoms), ("edge", edges)):
             for f in fields_at(level):
                 out[f.name] = self.columns[f.name][index]
         return out
-
-
-def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """int64: the concatenation of arange(starts[i], stops[i])."""
-    lengths = stops - starts
-    total = int(lengths.sum())
-    first = np.cumsum(lengths) - lengths
-    return np.repeat(starts - first, lengths) + np.arange(total, dtype=np.int64)
 
 
 def centers_of(n_edges: np.ndarray) -> np.ndarray:
@@ -98,8 +91,6 @@ class GraphStore:
     def __init__(self, root: "Path | Location", manifest: Manifest, index: pa.Table,
                  cache_shards: int = 4):
         self.location = Location(root)
-        # local stores keep a Path (writers and `verify` work on local stores only)
-        self.root: Path | str = self.location.path if self.location.is_local else self.location.url
         self.manifest = manifest
         self.index = index
         self._backend = get_backend(manifest.backend)
@@ -108,6 +99,11 @@ class GraphStore:
         self._shard = index.column("shard").to_numpy()
         self._row = index.column("row").to_numpy()
         self._by_id: dict[str, int] | None = None
+
+    @property
+    def root(self) -> Path | str:
+        """The local directory (a Path), or the URL of a remote store."""
+        return self.location.path if self.location.is_local else self.location.url
 
     # ---------------------------------------------------------------- frames
     def __len__(self) -> int:
