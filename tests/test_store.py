@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,27 @@ class StoreConformance:
         report = verify_store(store.root)
         assert not report.ok
         assert any("checksum mismatch" in p for p in report.problems)
+
+    def test_verify_finds_wrong_graphs_behind_valid_checksums(self, tmp_path):
+        """Edges that were wrong when written (checksums fine): an index out of its frame's
+        range, and edges that differ from a rebuilt graph."""
+        from preprocess.graph import knn_graphs
+        frames = sample_frames(12)
+        spec = self.spec()
+        graphs = knn_graphs([f.cell for f in frames], [f.positions for f in frames], k=16)
+        bad_range = graphs.neighbors.copy()
+        bad_range[0] = frames[0].n_atoms  # one past the last atom of frame 0
+        swapped = graphs.shifts.copy()
+        swapped[0] = swapped[0] + 1  # a different image of the same neighbour
+        for name, graphs_written, problem in (
+                ("range", replace(graphs, neighbors=bad_range), "out of range"),
+                ("rebuilt", replace(graphs, shifts=swapped), "differ from the rebuilt graph")):
+            root = tmp_path / name
+            write_frames_shard(root, 0, frames, spec, graphs=graphs_written)
+            finalize_store(root, spec, 1)
+            report = verify_store(root, sample=len(frames))
+            assert not any("checksum" in p for p in report.problems)
+            assert any(problem in p and "shard-000000" in p for p in report.problems), report.problems
 
     def test_truncated_shard_detected(self, tmp_path):
         store = self.build(tmp_path / "s", [sample_frames(30)])
