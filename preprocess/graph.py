@@ -216,17 +216,30 @@ def _kernel():
     return knn_kernel
 
 
-def _knn_checked(cells: np.ndarray, pos_list: list[np.ndarray], pbc: np.ndarray, k: int,
-                 ties: str, tie_tolerance: float, cutoff: float | None) -> KnnGraphBatch:
+def _run_kernel(cells: np.ndarray, pos_list: list[np.ndarray], pbc: np.ndarray, k: int,
+                ties: str, tie_tolerance: float, cutoff: float | None, coincident: float):
+    """Call the compiled kernel; returns its outputs and the atom pointers."""
     knn_kernel = _kernel()
-    n_atoms = np.array([p.shape[0] for p in pos_list], dtype=np.int64)
-    atom_ptr = np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64)
+    n_atoms = np.fromiter((p.shape[0] for p in pos_list), dtype=np.int64, count=len(pos_list))
+    atom_ptr = np.zeros(len(pos_list) + 1, dtype=np.int64)
+    np.cumsum(n_atoms, out=atom_ptr[1:])
     pos = (np.ascontiguousarray(np.concatenate(pos_list), dtype=np.float64)
            if pos_list else np.empty((0, 3)))
-    i, j, s, d, edge_ptr, nxt, status, bad = knn_kernel.knn_batch(
-        cells, pos, atom_ptr, pbc, int(k), ties == "include", float(tie_tolerance),
-        np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM, COINCIDENT_DISTANCE)
-    failed = np.nonzero(status != knn_kernel.STATUS_OK)[0]
+    capacity = int(atom_ptr[-1]) * (k + 2) + 64  # grown by the kernel if ties need more
+    out = knn_kernel.knn_batch(
+        np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3), pos, atom_ptr, pbc,
+        int(k), ties == "include", float(tie_tolerance),
+        np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM, float(coincident),
+        np.empty(capacity, np.int32), np.empty(capacity, np.int32),
+        np.empty((capacity, 3), np.int32), np.empty(capacity, np.float64))
+    return out, atom_ptr
+
+
+def _knn_checked(cells: np.ndarray, pos_list: list[np.ndarray], pbc: np.ndarray, k: int,
+                 ties: str, tie_tolerance: float, cutoff: float | None) -> KnnGraphBatch:
+    (i, j, s, d, edge_ptr, nxt, status, bad), atom_ptr = _run_kernel(
+        cells, pos_list, pbc, k, ties, tie_tolerance, cutoff, COINCIDENT_DISTANCE)
+    failed = np.nonzero(status != _kernel().STATUS_OK)[0]
     if failed.size:
         b = int(failed[0])
         ci, cj, *cs = bad[b].tolist()
@@ -244,17 +257,12 @@ def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc:
     graph in the returned batch is empty. Used by the pipeline to quarantine such records.
     """
     _check_params(k, ties, tie_tolerance, cutoff)
-    knn_kernel = _kernel()
     pos_list = [np.asarray(p, dtype=np.float64) for p in positions]
-    n_atoms = np.array([p.shape[0] for p in pos_list], dtype=np.int64)
-    atom_ptr = np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64)
-    pos = np.ascontiguousarray(np.concatenate(pos_list)) if pos_list else np.empty((0, 3))
-    i, j, s, d, edge_ptr, nxt, status, bad = knn_kernel.knn_batch(
-        np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3), pos, atom_ptr,
-        _as_pbc(pbc, len(pos_list)), int(k), ties == "include", float(tie_tolerance),
-        np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM, float(min_distance))
+    (i, j, s, d, edge_ptr, nxt, status, bad), atom_ptr = _run_kernel(
+        cells, pos_list, _as_pbc(pbc, len(pos_list)), k, ties, tie_tolerance, cutoff,
+        min_distance)
     failed = {}
-    for b in np.nonzero(status != knn_kernel.STATUS_OK)[0].tolist():
+    for b in np.nonzero(status != _kernel().STATUS_OK)[0].tolist():
         ci, cj, *cs = bad[b].tolist()
         failed[b] = (f"atoms {ci} and {cj} (cell shift {tuple(cs)}) are closer than "
                      f"{min_distance} Å")

@@ -120,6 +120,53 @@ def test_batch_equals_one_by_one():
                 np.testing.assert_array_equal(getattr(got, field), getattr(one, field))
 
 
+def _dense_cluster(rng):
+    """A 30 Å cell whose atoms sit mostly in one 7 Å cube: the cell's mean density sets the
+    kernel's first search radius, so cluster atoms get far more than 256 candidates."""
+    cluster = 0.8 + np.stack(np.meshgrid(*[np.arange(7.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    cluster += rng.normal(0, 0.05, cluster.shape)
+    spread = rng.random((20, 3)) * 30.0
+    spread = spread[np.min(np.linalg.norm(spread[:, None] - cluster[None], axis=2), axis=1) > 2.0]
+    return np.eye(3) * 30.0, np.concatenate([cluster, spread])
+
+
+def _isolated_adatom(rng):
+    """A dense slab and one atom 6 Å above it: its first search radius holds too few
+    candidates, so it is searched again alone with a growing radius."""
+    frac = rng.random((24, 3)) * np.array([1, 1, 0.25])
+    cell = np.diag([6.0, 6.0, 30.0])
+    pos = frac @ cell
+    pos = pos[np.argsort(pos[:, 2])]
+    top = np.array([[3.0, 3.0, pos[:, 2].max() + 6.0]])
+    return cell, np.concatenate([pos, top])
+
+
+@pytest.mark.parametrize("ties", ["include", "break"])
+def test_slow_paths_equal_reference(ties):
+    """Structures that leave the kernel's fast path (more than 256 candidates for one
+    centre; a centre not complete within the first radius) give the reference's graph, alone
+    and in a batch between ordinary structures (buffers regrown mid-batch)."""
+    rng = np.random.default_rng(3)
+    dense, adatom = _dense_cluster(rng), _isolated_adatom(rng)
+    # the cases really leave the fast path: counts within the kernel's first radius
+    for (cell, pos), check in ((dense, lambda c: c.max() > 256), (adatom, lambda c: c.min() < 17)):
+        n = len(pos)
+        r_start = 1.15 * (3.0 * 17 * abs(np.linalg.det(cell)) / (4 * np.pi * n)) ** (1 / 3) + 0.01
+        wide = knn_graph(cell, pos, k=n * 8, ties="break")  # every candidate within ~r_start
+        counts = np.bincount(wide.centers[wide.distances <= r_start], minlength=n)
+        assert check(counts)
+    items = sample_structures(6)
+    cells = [c for _, c, _, _ in items]
+    poss = [p for _, _, p, _ in items]
+    cells[2:2], poss[2:2] = [dense[0], adatom[0]], [dense[1], adatom[1]]
+    batch = knn_graphs(cells, poss, k=16, ties=ties)
+    for b, (cell, pos) in enumerate(zip(cells, poss)):
+        ref = knn_graph_reference(cell, pos, k=16, ties=ties)
+        for got in (batch[b], knn_graph(cell, pos, k=16, ties=ties)):
+            for field in ("centers", "neighbors", "shifts", "distances", "next_distance"):
+                np.testing.assert_array_equal(getattr(got, field), getattr(ref, field))
+
+
 def test_batch_with_per_structure_pbc():
     cell = np.eye(3) * 4.0
     pos = np.random.default_rng(0).random((5, 3)) * 4.0
@@ -311,7 +358,8 @@ def test_batch_error_names_the_structure():
 @pytest.mark.parametrize("ties", [True, False])
 def test_ranked_selection_equals_insertion(ties):
     """The kernel's two selection paths (all-pairs ranking for the usual ~25 candidates,
-    insertion for large sets) keep the same candidates in the same order, ties included."""
+    insertion for large sets and the slow path) keep the same candidates in the same
+    order, ties included, and that order is the (quantised distance, j, S) key."""
     from preprocess import knn_kernel as kk
     rng = np.random.default_rng(7)
     for trial in range(300):
@@ -322,26 +370,30 @@ def test_ranked_selection_equals_insertion(ties):
         cj = rng.integers(0, 6, c)
         cs = rng.integers(-2, 3, (c, 3))
         _, unique = np.unique(np.column_stack([cj, cs]), axis=0, return_index=True)
-        d, cj, cs = d[unique], cj[unique], cs[unique]  # (j, S) identify a candidate
-        order = rng.permutation(len(d))
+        shuffle = rng.permutation(unique)  # (j, S) identify a candidate; arrival order random
+        d, cj, cs = d[shuffle], cj[shuffle], cs[shuffle].copy()
+        c = len(d)
         k = int(rng.integers(1, 20))
-        results = []
-        for ranked in (True, False):
-            lq = np.empty(2 * (k + 2), np.int64)
-            lc = np.empty(2 * (k + 2), np.int64)
-            while True:
-                args = (0, len(d), order, cj, cs, d, k, ties, 0.01, 1e9, lq, lc)
-                if ranked:
-                    m, kept = kk._select(*args, np.empty(256, np.int64), np.empty(256, np.int64),
-                                         np.empty(256, np.bool_))
-                else:
-                    m, kept = kk._select_insertion(*args)
-                if m >= 0:
-                    break
-                lq = np.empty(2 * lq.shape[0], np.int64)
-                lc = np.empty(2 * lc.shape[0], np.int64)
-            results.append((m, kept, lq[:m].tolist(), lc[:m].tolist()))
-        assert results[0] == results[1], trial
-        m, kept, _, lc_list = results[0]
-        keys = sorted((round(d[o] * 1e9), cj[o], *cs[o]) for o in range(len(d)))
-        assert [(round(d[o] * 1e9), cj[o], *cs[o]) for o in lc_list] == keys[:m]
+
+        out_j, out_s, out_d = (np.empty(c, np.int32), np.empty((c, 3), np.int32),
+                               np.empty(c, np.float64))
+        kk._rank_into(0, c, cj, cs, d, 1e9, np.empty(256, np.int64), np.empty(256, np.int64),
+                      np.empty(256, np.int64), 0, out_j, out_s, out_d)
+        kept_ranked = kk._n_kept(0, c, k, ties, 0.01, out_d)
+        ranked = [(out_j[t], *out_s[t], out_d[t]) for t in range(c)]
+
+        lq = np.empty(2 * (k + 2), np.int64)
+        lc = np.empty(2 * (k + 2), np.int64)
+        while True:
+            m, kept = kk._select_insertion(0, c, cj, cs, d, k, ties, 0.01, 1e9, lq, lc)
+            if m >= 0:
+                break
+            lq = np.empty(2 * lq.shape[0], np.int64)
+            lc = np.empty(2 * lc.shape[0], np.int64)
+        inserted = [(cj[o], *cs[o], d[o]) for o in lc[:m]]
+
+        assert kept == kept_ranked, trial
+        assert m == min(c, kept + 1), trial
+        assert inserted == ranked[:m], trial
+        keys = sorted((round(d[o] * 1e9), cj[o], *cs[o], d[o]) for o in range(c))
+        assert [key[1:] for key in keys] == ranked, trial
