@@ -191,22 +191,40 @@ def knn_graphs(cells: Sequence[np.ndarray] | np.ndarray, positions: Sequence[np.
     pos_list = [np.asarray(p, dtype=np.float64) for p in positions]
     if len(pos_list) != cells_arr.shape[0]:
         raise ValueError(f"got {cells_arr.shape[0]} cells but {len(pos_list)} position arrays")
-    _check_batch(cells_arr, pos_list)
-    return _knn_checked(cells_arr, pos_list, _as_pbc(pbc, len(pos_list)), k, ties,
+    pos, atom_ptr = _check_batch(cells_arr, pos_list)
+    return _knn_checked(cells_arr, pos, atom_ptr, _as_pbc(pbc, len(pos_list)), k, ties,
                         tie_tolerance, cutoff)
 
 
-def _check_batch(cells: np.ndarray, pos_list: list[np.ndarray]) -> None:
-    """Vectorised screening; the per-structure check names the first bad structure."""
-    shapes_ok = all(p.ndim == 2 and p.shape[1] == 3 for p in pos_list)
-    if shapes_ok and len(pos_list):
-        finite = np.isfinite(cells).all() and np.isfinite(np.concatenate(pos_list)).all()
+def _concatenate(pos_list: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """float64 (N_total, 3) positions and int64 (B + 1,) atom pointers, or None when some
+    array is not (N, 3)."""
+    if not pos_list:
+        return np.empty((0, 3)), np.zeros(1, dtype=np.int64)
+    try:
+        pos = np.concatenate(pos_list)  # fails unless all have the same ndim and columns
+    except ValueError:
+        return None
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        return None
+    atom_ptr = np.zeros(len(pos_list) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in pos_list], out=atom_ptr[1:])
+    return pos, atom_ptr
+
+
+def _check_batch(cells: np.ndarray, pos_list: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised screening, then the concatenated positions and atom pointers; when
+    something is wrong the per-structure check names the first bad structure."""
+    joined = _concatenate(pos_list)
+    if joined is not None:
         dets = np.linalg.det(cells)
         scales = np.prod(np.linalg.norm(cells, axis=2), axis=1)
-        if finite and np.all(np.abs(dets) > 1e-10 * scales) and np.all(scales > 0):
-            return
+        if (np.isfinite(cells).all() and np.isfinite(joined[0]).all()
+                and np.all(np.abs(dets) > 1e-10 * scales) and np.all(scales > 0)):
+            return joined
     for b, (cell, pos) in enumerate(zip(cells, pos_list)):
         _check_structure(b, cell, pos)
+    raise AssertionError("the vectorised and per-structure checks disagree")  # unreachable
 
 
 def _kernel():
@@ -216,29 +234,23 @@ def _kernel():
     return knn_kernel
 
 
-def _run_kernel(cells: np.ndarray, pos_list: list[np.ndarray], pbc: np.ndarray, k: int,
-                ties: str, tie_tolerance: float, cutoff: float | None, coincident: float):
-    """Call the compiled kernel; returns its outputs and the atom pointers."""
-    knn_kernel = _kernel()
-    n_atoms = np.fromiter((p.shape[0] for p in pos_list), dtype=np.int64, count=len(pos_list))
-    atom_ptr = np.zeros(len(pos_list) + 1, dtype=np.int64)
-    np.cumsum(n_atoms, out=atom_ptr[1:])
-    pos = (np.ascontiguousarray(np.concatenate(pos_list), dtype=np.float64)
-           if pos_list else np.empty((0, 3)))
+def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: np.ndarray,
+                k: int, ties: str, tie_tolerance: float, cutoff: float | None,
+                coincident: float) -> tuple:
+    """Call the compiled kernel on checked, concatenated input; returns its outputs."""
     capacity = int(atom_ptr[-1]) * (k + 2) + 64  # grown by the kernel if ties need more
-    out = knn_kernel.knn_batch(
-        np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3), pos, atom_ptr, pbc,
-        int(k), ties == "include", float(tie_tolerance),
-        np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM, float(coincident),
-        np.empty(capacity, np.int32), np.empty(capacity, np.int32),
+    return _kernel().knn_batch(
+        np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3),
+        np.ascontiguousarray(pos, dtype=np.float64), atom_ptr, pbc, int(k), ties == "include",
+        float(tie_tolerance), np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM,
+        float(coincident), np.empty(capacity, np.int32), np.empty(capacity, np.int32),
         np.empty((capacity, 3), np.int32), np.empty(capacity, np.float64))
-    return out, atom_ptr
 
 
-def _knn_checked(cells: np.ndarray, pos_list: list[np.ndarray], pbc: np.ndarray, k: int,
-                 ties: str, tie_tolerance: float, cutoff: float | None) -> KnnGraphBatch:
-    (i, j, s, d, edge_ptr, nxt, status, bad), atom_ptr = _run_kernel(
-        cells, pos_list, pbc, k, ties, tie_tolerance, cutoff, COINCIDENT_DISTANCE)
+def _knn_checked(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: np.ndarray,
+                 k: int, ties: str, tie_tolerance: float, cutoff: float | None) -> KnnGraphBatch:
+    i, j, s, d, edge_ptr, nxt, status, bad = _run_kernel(
+        cells, pos, atom_ptr, pbc, k, ties, tie_tolerance, cutoff, COINCIDENT_DISTANCE)
     failed = np.nonzero(status != _kernel().STATUS_OK)[0]
     if failed.size:
         b = int(failed[0])
@@ -257,9 +269,12 @@ def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc:
     graph in the returned batch is empty. Used by the pipeline to quarantine such records.
     """
     _check_params(k, ties, tie_tolerance, cutoff)
-    pos_list = [np.asarray(p, dtype=np.float64) for p in positions]
-    (i, j, s, d, edge_ptr, nxt, status, bad), atom_ptr = _run_kernel(
-        cells, pos_list, _as_pbc(pbc, len(pos_list)), k, ties, tie_tolerance, cutoff,
+    joined = _concatenate([np.asarray(p, dtype=np.float64) for p in positions])
+    if joined is None:
+        raise ValueError("positions must be arrays of shape (N, 3)")
+    pos, atom_ptr = joined
+    i, j, s, d, edge_ptr, nxt, status, bad = _run_kernel(
+        cells, pos, atom_ptr, _as_pbc(pbc, len(atom_ptr) - 1), k, ties, tie_tolerance, cutoff,
         min_distance)
     failed = {}
     for b in np.nonzero(status != _kernel().STATUS_OK)[0].tolist():
@@ -294,8 +309,9 @@ def knn_graph(cell: np.ndarray, positions: np.ndarray, pbc=(True, True, True),
     _check_params(k, ties, tie_tolerance, cutoff)
     _check_structure(-1, cell, positions)
     try:
-        batch = _knn_checked(cell.reshape(1, 3, 3), [positions], _as_pbc(pbc, 1), k, ties,
-                             tie_tolerance, cutoff)
+        batch = _knn_checked(cell.reshape(1, 3, 3), positions,
+                             np.array([0, len(positions)], dtype=np.int64), _as_pbc(pbc, 1), k,
+                             ties, tie_tolerance, cutoff)
     except ValueError as err:
         raise ValueError(str(err).removeprefix("structure 0: ")) from None
     return batch[0]

@@ -135,14 +135,16 @@ def _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd):
 def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count, bj, bs, bd):
     """Every candidate within ``r`` of every centre, each unordered pair visited once.
 
-    Candidates of centre ``i`` go to its bucket, rows ``i * width`` onwards of ``bj`` (j),
-    ``bs`` (S) and ``bd`` (d, Å); ``count[i]`` is how many it has. A pair is written to
-    both buckets (``(j, -S)`` seen from ``j``). Returns the largest count: if it exceeds
-    ``width`` the buckets overflowed and the caller calls again with wider ones.
+    Candidates of centre ``i`` go to its bucket, ``width`` rows from ``i * (width + 1)`` of
+    ``bj`` (j), ``bs`` (S) and ``bd`` (d, Å), plus one spare row that absorbs the writes of
+    images out of range and of overflow; ``count[i]`` is how many it has. A pair is
+    written to both buckets (``(j, -S)`` seen from ``j``). Returns the largest count: if it
+    exceeds ``width`` the buckets overflowed and the caller calls again with wider ones.
     The edge vector is ``(r_j - r_i) + ((S0 a + S1 b) + S2 c)``, the association the
     reference uses, so distances agree to the last bit.
     """
     r2 = r * r
+    stride = width + 1
     for i in range(n):
         count[i] = 0
     # cell, spans and flags in locals: the stores below could alias arrays, locals cannot
@@ -190,27 +192,26 @@ def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count
                         vy = dy + (wy + s2 * cy)
                         vz = dz + (wz + s2 * cz)
                         d2 = vx * vx + vy * vy + vz * vz
-                        if d2 > r2:
-                            continue
+                        # written whether within r or not, counted only if so: a store
+                        # costs less than the mispredicted branch it replaces
+                        hit = d2 <= r2
                         d = math.sqrt(d2)
-                        t = count[i]
-                        count[i] = t + 1
-                        if t < width:
-                            t += i * width
-                            bj[t] = j
-                            bs[t, 0] = s0
-                            bs[t, 1] = s1
-                            bs[t, 2] = s2
-                            bd[t] = d
-                        t = count[j]  # after the write above: j may be i (own images)
-                        count[j] = t + 1
-                        if t < width:
-                            t += j * width
-                            bj[t] = i
-                            bs[t, 0] = -s0
-                            bs[t, 1] = -s1
-                            bs[t, 2] = -s2
-                            bd[t] = d
+                        t = min(count[i], width)  # past the end: the spare row
+                        count[i] += hit
+                        t += i * stride
+                        bj[t] = j
+                        bs[t, 0] = s0
+                        bs[t, 1] = s1
+                        bs[t, 2] = s2
+                        bd[t] = d
+                        t = min(count[j], width)  # after the update: j may be i
+                        count[j] += hit
+                        t += j * stride
+                        bj[t] = i
+                        bs[t, 0] = -s0
+                        bs[t, 1] = -s1
+                        bs[t, 2] = -s2
+                        bd[t] = d
     widest = 0
     for i in range(n):
         widest = max(widest, count[i])
@@ -468,12 +469,12 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
     cs = np.empty((8 * (k + 2), 3), np.int64)
     cd = np.empty(8 * (k + 2), np.float64)
 
-    # candidate buckets of the current structure, ``width`` rows per atom
+    # candidate buckets of the current structure, ``width`` rows (+ 1 spare) per atom
     width = 2 * (k + 2)
     count = np.empty(64, np.int64)
-    bj = np.empty(64 * width, np.int64)
-    bs = np.empty((64 * width, 3), np.int64)
-    bd = np.empty(64 * width, np.float64)
+    bj = np.empty(64 * (width + 1), np.int64)
+    bs = np.empty((64 * (width + 1), 3), np.int64)
+    bd = np.empty(64 * (width + 1), np.float64)
     qbuf = np.empty(_RANKED_MAX, np.int64)
     rank = np.empty(_RANKED_MAX, np.int64)
     group = np.empty(_RANKED_MAX, np.int64)
@@ -512,10 +513,10 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
         for a in range(3):
             span[a] = r_start / heights[a] if r_start < np.inf else 0.0
         while True:
-            if bj.shape[0] < n * width:
-                bj = np.empty(n * width, np.int64)
-                bs = np.empty((n * width, 3), np.int64)
-                bd = np.empty(n * width, np.float64)
+            if bj.shape[0] < n * (width + 1):
+                bj = np.empty(n * (width + 1), np.int64)
+                bs = np.empty((n * (width + 1), 3), np.int64)
+                bd = np.empty(n * (width + 1), np.float64)
             widest = _collect_pairs(a0, n, positions, frac, cell, span, periodic, r_start,
                                     width, count, bj, bs, bd)
             if widest <= width:
@@ -540,7 +541,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
                 out_s = _grow_s(out_s, need)
             slow = n
             for i in range(i, n):
-                first = i * width
+                first = i * (width + 1)
                 c_i = count[i]
                 if c_i > _RANKED_MAX:
                     slow = i
@@ -560,10 +561,11 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
             if failed or slow == n:
                 break
             i = slow
+            first = i * (width + 1)
             m, kept, lq, lc, cj, cs, cd, out_i, out_j, out_s, out_d = _centre_slow(
-                i, i * width, i * width + count[i], bj, bs, bd, a0, n, positions, frac, cell,
-                heights, periodic, r_start, k, include_ties, tie_tolerance, inv_quantum, lq,
-                lc, cj, cs, cd, e, out_i, out_j, out_s, out_d)
+                i, first, first + count[i], bj, bs, bd, a0, n, positions, frac, cell, heights,
+                periodic, r_start, k, include_ties, tie_tolerance, inv_quantum, lq, lc, cj, cs,
+                cd, e, out_i, out_j, out_s, out_d)
             e = _emit(b, i, a0, e, m, kept, cutoff, coincident, out_i, out_j, out_s, out_d,
                       next_distance, status, bad)
             if e < 0:
