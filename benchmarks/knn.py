@@ -1,6 +1,6 @@
 """Structures per second per core for the 16-NN orbit graph, against pymatgen + top-k.
 
-usage: python benchmarks/knn.py [N_STRUCTURES] [--repeats R]
+usage: python benchmarks/knn.py [N_STRUCTURES] [--repeats R] [--check C]
 
 Structures come from ``../shared/bench/structures.py`` (MPtrj-like: real prototypes,
 substituted, strained, rattled) and the baseline from ``../shared/bench/knn_anchors.py``
@@ -47,23 +47,24 @@ def main() -> None:
     print(f"{args.n} MPtrj-like structures, {atoms} atoms (mean {atoms / args.n:.1f}), 1 core")
     knn_graphs(cells[:2], poss[:2])  # load the compiled kernel
 
-    def rate(fn) -> tuple[float, list[float]]:
-        times = []
-        for _ in range(args.repeats):
+    contenders = {
+        "orbitgraph knn_graphs ties=include": lambda: knn_graphs(cells, poss, k=16, ties="include"),
+        "orbitgraph knn_graphs ties=break": lambda: knn_graphs(cells, poss, k=16, ties="break"),
+        "orbitgraph knn_graph one by one": lambda: [knn_graph(c, p) for c, p in zip(cells, poss)],
+        "pymatgen get_neighbor_list + top-k": lambda: [knn_anchors.knn_pymatgen(s, 16)
+                                                       for s in structs],
+    }
+    # Repeats interleave the contenders, so that a slow spell of this shared machine hits
+    # all of them alike; each figure is a median over repeats.
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, fn in contenders.items():
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-        return args.n / float(np.median(times)), times
-
-    rows = []
-    for ties in ("include", "break"):
-        r, _ = rate(lambda: knn_graphs(cells, poss, k=16, ties=ties))
-        rows.append((f"orbitgraph knn_graphs ties={ties}", r))
-    r_one, _ = rate(lambda: [knn_graph(c, p) for c, p in zip(cells, poss)])
-    rows.append(("orbitgraph knn_graph one by one", r_one))
-    r_pmg, _ = rate(lambda: [knn_anchors.knn_pymatgen(s, 16) for s in structs])
-    rows.append(("pymatgen get_neighbor_list + top-k", r_pmg))
-    for name, r in rows:
+            times[name].append(time.perf_counter() - t0)
+    rates = {name: args.n / float(np.median(t)) for name, t in times.items()}
+    r_pmg = rates["pymatgen get_neighbor_list + top-k"]
+    for name, r in rates.items():
         print(f"{name:40s} {r:10.0f} structures/s   {r / r_pmg:6.2f}x pymatgen")
 
     # identical to the reference (exact edge lists, both tie modes)

@@ -132,21 +132,21 @@ def _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd):
 
 
 @numba.njit(cache=True, nogil=True)
-def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count, bj, bs, bd):
+def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count, forward,
+                   bj, bs, bd):
     """Every candidate within ``r`` of every centre, each unordered pair visited once.
 
     Candidates of centre ``i`` go to its bucket, ``width`` rows from ``i * (width + 1)`` of
     ``bj`` (j), ``bs`` (S) and ``bd`` (d, Å), plus one spare row that absorbs the writes of
-    images out of range and of overflow; ``count[i]`` is how many it has. A pair is
-    written to both buckets (``(j, -S)`` seen from ``j``). Returns the largest count: if it
-    exceeds ``width`` the buckets overflowed and the caller calls again with wider ones.
+    images out of range and of overflow; ``count[i]`` is how many it has. The pass over
+    pairs ``j >= i`` fills ``i``'s bucket (``forward[i]`` rows), then each of those rows is
+    copied into ``j``'s bucket as ``(i, -S)``. Returns the largest count: if it exceeds
+    ``width`` the buckets overflowed and the caller calls again with wider ones.
     The edge vector is ``(r_j - r_i) + ((S0 a + S1 b) + S2 c)``, the association the
     reference uses, so distances agree to the last bit.
     """
     r2 = r * r
     stride = width + 1
-    for i in range(n):
-        count[i] = 0
     # cell, spans and flags in locals: the stores below could alias arrays, locals cannot
     ax, ay, az = cell[0, 0], cell[0, 1], cell[0, 2]
     bx, by, bz = cell[1, 0], cell[1, 1], cell[1, 2]
@@ -158,6 +158,8 @@ def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count
         yi = positions[a0 + i, 1]
         zi = positions[a0 + i, 2]
         fi0, fi1, fi2 = frac[i, 0], frac[i, 1], frac[i, 2]
+        base = i * stride
+        ci = 0  # i's bucket is the only one written in this pass: count in a register
         for j in range(i, n):
             lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = 0
             if p0:
@@ -196,22 +198,27 @@ def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count
                         # costs less than the mispredicted branch it replaces
                         hit = d2 <= r2
                         d = math.sqrt(d2)
-                        t = min(count[i], width)  # past the end: the spare row
-                        count[i] += hit
-                        t += i * stride
+                        t = min(ci, width) + base  # past the end: the spare row
+                        ci += hit
                         bj[t] = j
                         bs[t, 0] = s0
                         bs[t, 1] = s1
                         bs[t, 2] = s2
                         bd[t] = d
-                        t = min(count[j], width)  # after the update: j may be i
-                        count[j] += hit
-                        t += j * stride
-                        bj[t] = i
-                        bs[t, 0] = -s0
-                        bs[t, 1] = -s1
-                        bs[t, 2] = -s2
-                        bd[t] = d
+        count[i] = ci
+    # each pair seen from its other atom: (i, -S) into j's bucket, for the hits only
+    for i in range(n):
+        forward[i] = count[i]
+    for i in range(n):
+        for t in range(i * stride, i * stride + min(forward[i], width)):
+            j = bj[t]
+            u = min(count[j], width) + j * stride
+            count[j] += 1
+            bj[u] = i
+            bs[u, 0] = -bs[t, 0]
+            bs[u, 1] = -bs[t, 1]
+            bs[u, 2] = -bs[t, 2]
+            bd[u] = bd[t]
     widest = 0
     for i in range(n):
         widest = max(widest, count[i])
@@ -358,9 +365,11 @@ def _emit(b, i, a0, e, m, kept, cutoff, coincident, out_i, out_j, out_s, out_d,
         bad[b, 3] = out_s[e, 1]
         bad[b, 4] = out_s[e, 2]
         return -1
-    n_kept = 0
-    while n_kept < kept and out_d[e + n_kept] <= cutoff:
-        n_kept += 1
+    n_kept = kept  # sorted: all kept are within the cutoff if the last one is
+    if kept > 0 and out_d[e + kept - 1] > cutoff:
+        n_kept = 0
+        while out_d[e + n_kept] <= cutoff:
+            n_kept += 1
     if n_kept < m:
         next_distance[a0 + i] = out_d[e + n_kept]
     for t in range(n_kept):
@@ -472,6 +481,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
     # candidate buckets of the current structure, ``width`` rows (+ 1 spare) per atom
     width = 2 * (k + 2)
     count = np.empty(64, np.int64)
+    forward = np.empty(64, np.int64)
     bj = np.empty(64 * (width + 1), np.int64)
     bs = np.empty((64 * (width + 1), 3), np.int64)
     bd = np.empty(64 * (width + 1), np.float64)
@@ -493,6 +503,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
         if frac.shape[0] < n:
             frac = np.empty((n, 3), np.float64)
             count = np.empty(n, np.int64)
+            forward = np.empty(n, np.int64)
         for i in range(n):
             for a in range(3):
                 frac[i, a] = (positions[a0 + i, 0] * inv[0, a] + positions[a0 + i, 1] * inv[1, a]
@@ -518,7 +529,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
                 bs = np.empty((n * (width + 1), 3), np.int64)
                 bd = np.empty(n * (width + 1), np.float64)
             widest = _collect_pairs(a0, n, positions, frac, cell, span, periodic, r_start,
-                                    width, count, bj, bs, bd)
+                                    width, count, forward, bj, bs, bd)
             if widest <= width:
                 break
             width = widest + widest // 2
