@@ -151,6 +151,26 @@ def test_load_time_filtering_equals_direct_build(store_path, wanted):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
+def test_untrained_elements_are_counted(store_path):
+    """Frames whose elements the train split never shows are counted (from the index),
+    matching the atomic numbers read from the shards themselves."""
+    from ase.data import chemical_symbols
+    from train.trainer import untrained_elements
+    store = open_store(store_path)
+
+    def symbols(split):
+        subset = store.subset(split=split)
+        return [{chemical_symbols[int(z)] for z in subset[i]["numbers"]} for i in range(len(subset))]
+
+    trained = set().union(*symbols("train"))
+    assert untrained_elements(store, "train") == (0, [])
+    for split in ("val", "test"):
+        missing = [frame - trained for frame in symbols(split)]
+        n, elements = untrained_elements(store, split)
+        assert n == sum(1 for m in missing if m) > 0
+        assert elements == sorted(set().union(*missing))
+
+
 def test_store_cannot_serve_a_bigger_k(store_path):
     with pytest.raises(ValueError, match="cannot serve k=20"):
         ShardStream(open_store(store_path), LoaderConfig(), graph=GraphParams(k=20))

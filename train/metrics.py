@@ -98,4 +98,8 @@ def table(metrics: dict[str, float]) -> str:
     for name, unit, mae, rmse in rows:
         lines.append(f"{name:8s} {metrics[mae]:10.3f} {metrics[rmse]:10.3f}  {unit}")
     lines.append(f"({metrics['frames']} frames)")
+    if metrics.get("frames_with_untrained_elements"):
+        lines.append(f"({metrics['frames_with_untrained_elements']} of them hold elements "
+                     f"absent from the training split: "
+                     f"{', '.join(metrics['untrained_elements'])})")
     return "\n".join(lines)

@@ -211,6 +211,11 @@ class Trainer:
         early right after a checkpoint (what a kill after that checkpoint leaves behind)."""
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            n_untrained, untrained = untrained_elements(self.store, "val")
+            if n_untrained:
+                log(f"warning: {n_untrained} of {len(self.val_set)} validation frames hold "
+                    f"elements absent from the training split ({', '.join(untrained)}); "
+                    f"their energy errors will be large")
         t0 = time.perf_counter()
         steps_this_call = 0
         while not self.state.finished:
@@ -362,9 +367,21 @@ class Trainer:
                     self._tb.add_scalar(key, value, record["step"])
             self._tb.flush()
 
+def untrained_elements(store: GraphStore, split: str) -> tuple[int, list[str]]:
+    """Frames of ``split`` holding an element that no frame of the store's train split holds,
+    and those elements. The model has learned nothing about them (its E0 for them is 0), so
+    such frames carry large energy errors; they are counted, never dropped."""
+    def elements(name: str) -> list[list[str]]:
+        return store.subset(split=name).index["elements"].to_pylist()
+    trained = {el for frame in elements("train") for el in frame}
+    missing = [set(frame) - trained for frame in elements(split)]
+    return sum(1 for m in missing if m), sorted(set().union(*missing))
+
+
 def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str = "test",
              device: str = "cpu", max_atoms: int = 2048) -> dict:
-    """MAE/RMSE of a saved model on a split of a store."""
+    """MAE/RMSE of a saved model on a split of a store, and how many of its frames hold
+    elements absent from the store's train split (see :func:`untrained_elements`)."""
     ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
     store = store if isinstance(store, GraphStore) else open_store(store)
     graph = GraphParams.from_dict(ckpt["graph"])
@@ -378,7 +395,9 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
     for batch in loader:
         batch = batch.to(device, torch.float64)
         acc.add(model(batch), batch)
-    return {"split": split, **acc.result()}
+    n_untrained, untrained = untrained_elements(store, split)
+    return {"split": split, **acc.result(), "frames_with_untrained_elements": n_untrained,
+            "untrained_elements": untrained}
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=1, default=float))
