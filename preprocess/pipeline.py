@@ -8,6 +8,7 @@ statistics are reduced from the shards' commit records at the end.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,15 @@ class BuildSummary:
         for reason, n in sorted(self.quarantine_reasons.items(), key=lambda x: -x[1])[:5]:
             lines.append(f"  quarantine: {n} x {reason}")
         return "\n".join(lines)
+
+
+def reason_kind(reason: str) -> str:
+    """A quarantine reason without its particulars, to count reasons of one kind together:
+    parenthesised details dropped, whole numbers (indices, counts) as ``#``.
+    ``"structure: atoms 0 and 3 (cell shift (0, 1, 0)) are closer than 0.5 Å"`` becomes
+    ``"structure: atoms # and # are closer than 0.5 Å"``."""
+    kind = re.sub(r"\s*\((?:[^()]|\([^()]*\))*\)", "", reason)
+    return re.sub(r"(?<![\w.])\d+(?![\w.])", "#", kind)[:100]
 
 
 def build_partition(source: Source, part: Partition, spec: StoreSpec, out: str) -> ShardRecord:
@@ -164,7 +174,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     summary.quarantined = manifest.counts["quarantined"]
     from preprocess.store import open_store
     for reason in open_store(out).quarantine().column("reason").to_pylist():
-        key = reason.split(":")[0] + ": " + reason.split(":", 1)[-1].split("(")[0].strip()[:60]
+        key = reason_kind(reason)
         summary.quarantine_reasons[key] = summary.quarantine_reasons.get(key, 0) + 1
     summary.wall_s = time.perf_counter() - t0
     return summary

@@ -250,7 +250,20 @@ def test_planted_bad_records_are_quarantined(tmp_path):
     good_ids = {fid for m in good.values() for fid in m} | {"mp-bad-good-neighbour"}
     assert set(store.frame_ids) == good_ids
     assert summary.quarantined == len(expected)
+    assert sum(summary.quarantine_reasons.values()) == len(expected)
+    assert summary.quarantine_reasons["structure: atoms # and # are closer than 0.5 Å"] == 1
     assert verify_store(tmp_path / "store").ok
+
+
+def test_quarantine_summary_groups_reasons_by_kind():
+    from preprocess.pipeline import reason_kind
+    same = ["structure: atoms 0 and 0 (cell shift (-1, 1, 0)) are closer than 0.5 Å",
+            "structure: atoms 3 and 17 (cell shift (0, 0, 0)) are closer than 0.5 Å"]
+    assert {reason_kind(r) for r in same} == {"structure: atoms # and # are closer than 0.5 Å"}
+    assert reason_kind("force: 1 rows for 2 atoms") == reason_kind("force: 7 rows for 9 atoms")
+    assert reason_kind("force: 1 rows for 2 atoms") != reason_kind("force: missing")
+    assert reason_kind("structure.lattice: singular cell (volume 0 Å^3)") == \
+        "structure.lattice: singular cell"
 
 
 def test_extxyz_source(tmp_path):
