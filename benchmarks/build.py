@@ -2,7 +2,8 @@
 
 usage: python benchmarks/build.py [--workers 2] [--scale FRAMES]
 
-1. The shared sample through the orbitgraph build (LocalCluster and synchronous) and through
+1. The shared sample through the orbitgraph build (synchronous with a Zarr and an Arrow
+   store, LocalCluster with Zarr; the first row pays the process's one-time loads) and through
    ../shared/bench/bench_e2e_anchor.py (json.load + pymatgen + 16-NN + torch.save), in the
    same run: frames/s and the ratio.
 2. With --scale N: write an MPtrj-format file of N frames by replicating the sample with fresh
@@ -75,12 +76,13 @@ def main() -> None:
     anchor_rate = n_anchor / t_anchor
     print(f"baseline (json.load + pymatgen + torch.save), 1 process: {anchor_rate:7.0f} frames/s "
           f"({t_anchor:.2f} s, process start included)")
-    for label, cluster in (("synchronous, 1 process", ClusterConfig(kind="synchronous")),
-                           (f"LocalCluster, {args.workers} workers",
-                            ClusterConfig(workers=args.workers))):
+    for label, cluster, backend in (
+            ("synchronous, 1 process", ClusterConfig(kind="synchronous"), "zarr"),
+            ("synchronous, Arrow store", ClusterConfig(kind="synchronous"), "arrow"),
+            (f"LocalCluster, {args.workers} workers", ClusterConfig(workers=args.workers), "zarr")):
         t0 = time.perf_counter()
         s = build_store(src, fresh(OUT / "build_sample"), frames_per_shard=250, cluster=cluster,
-                        progress=False, log=lambda m: None)
+                        backend=backend, progress=False, log=lambda m: None)
         dt = time.perf_counter() - t0
         total = s.frames + s.quarantined
         print(f"orbitgraph build, {label:24s}: {total / dt:7.0f} frames/s ({dt:.2f} s, cluster "
