@@ -388,16 +388,12 @@ def _centre_slow(i, first, last, pj, ps, pd, a0, n, positions, frac, cell, heigh
     and the (possibly regrown) buffers.
     """
     span = np.empty(3, np.float64)
-    src_j, src_s, src_d = pj, ps, pd
-    pool = -1  # candidates in the pool cj, cs, cd; -1 while they are the buckets' rows
+    src_j, src_s, src_d = pj, ps, pd  # the candidates: the bucket's rows, then the pool
+    lo, hi = first, last
     r = r_start
     while True:
-        if pool < 0:
-            m, kept = _select_insertion(first, last, pj, ps, pd, k, include_ties,
-                                        tie_tolerance, inv_quantum, lq, lc)
-        else:
-            m, kept = _select_insertion(0, pool, cj, cs, cd, k, include_ties, tie_tolerance,
-                                        inv_quantum, lq, lc)
+        m, kept = _select_insertion(lo, hi, src_j, src_s, src_d, k, include_ties,
+                                    tie_tolerance, inv_quantum, lq, lc)
         if m < 0:
             lq = np.empty(2 * lq.shape[0], np.int64)
             lc = np.empty(2 * lc.shape[0], np.int64)
@@ -415,6 +411,7 @@ def _centre_slow(i, first, last, pj, ps, pd, a0, n, positions, frac, cell, heigh
             cd = np.empty(2 * cd.shape[0], np.float64)
             pool = _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd)
         src_j, src_s, src_d = cj, cs, cd
+        lo, hi = 0, pool
     if e + m > out_j.shape[0]:
         need = e + m + (n - i) * (k + 2)
         out_i = _grow_i32(out_i, need)
