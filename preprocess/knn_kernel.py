@@ -81,6 +81,16 @@ def _inv3(c, out):
     return det
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _shift_range(periodic, span, df):
+    """The integer shifts ``S_a`` with ``|df + S_a| <= span`` (to 1e-9), as ``(lo, hi)``:
+    along an axis, only they can bring an image with fractional offset ``df`` within the
+    radius (``span = r / h_a``). Just 0 on an axis without periodicity."""
+    if not periodic:
+        return 0, 0
+    return math.ceil(-span - df - 1e-9), math.floor(span - df + 1e-9)
+
+
 @numba.njit(cache=True, nogil=True)
 def _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd):
     """Every candidate of centre ``i`` within ``r`` Å into ``cj, cs, cd``, in (j, S) order.
@@ -93,19 +103,9 @@ def _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd):
     yi = positions[a0 + i, 1]
     zi = positions[a0 + i, 2]
     for j in range(n):
-        lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = 0
-        if periodic[0]:
-            df = frac[j, 0] - frac[i, 0]
-            lo0 = math.ceil(-span[0] - df - 1e-9)
-            hi0 = math.floor(span[0] - df + 1e-9)
-        if periodic[1]:
-            df = frac[j, 1] - frac[i, 1]
-            lo1 = math.ceil(-span[1] - df - 1e-9)
-            hi1 = math.floor(span[1] - df + 1e-9)
-        if periodic[2]:
-            df = frac[j, 2] - frac[i, 2]
-            lo2 = math.ceil(-span[2] - df - 1e-9)
-            hi2 = math.floor(span[2] - df + 1e-9)
+        lo0, hi0 = _shift_range(periodic[0], span[0], frac[j, 0] - frac[i, 0])
+        lo1, hi1 = _shift_range(periodic[1], span[1], frac[j, 1] - frac[i, 1])
+        lo2, hi2 = _shift_range(periodic[2], span[2], frac[j, 2] - frac[i, 2])
         dx = positions[a0 + j, 0] - xi
         dy = positions[a0 + j, 1] - yi
         dz = positions[a0 + j, 2] - zi
@@ -161,19 +161,9 @@ def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count
         base = i * stride
         ci = 0  # i's bucket is the only one written in this pass: count in a register
         for j in range(i, n):
-            lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = 0
-            if p0:
-                df = frac[j, 0] - fi0
-                lo0 = math.ceil(-sp0 - df - 1e-9)
-                hi0 = math.floor(sp0 - df + 1e-9)
-            if p1:
-                df = frac[j, 1] - fi1
-                lo1 = math.ceil(-sp1 - df - 1e-9)
-                hi1 = math.floor(sp1 - df + 1e-9)
-            if p2:
-                df = frac[j, 2] - fi2
-                lo2 = math.ceil(-sp2 - df - 1e-9)
-                hi2 = math.floor(sp2 - df + 1e-9)
+            lo0, hi0 = _shift_range(p0, sp0, frac[j, 0] - fi0)
+            lo1, hi1 = _shift_range(p1, sp1, frac[j, 1] - fi1)
+            lo2, hi2 = _shift_range(p2, sp2, frac[j, 2] - fi2)
             if lo0 > hi0 or lo1 > hi1 or lo2 > hi2:
                 continue
             dx = positions[a0 + j, 0] - xi
