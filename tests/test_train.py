@@ -163,10 +163,11 @@ def test_untrained_elements_are_counted(store_path):
         return [{chemical_symbols[int(z)] for z in subset[i]["numbers"]} for i in range(len(subset))]
 
     trained = set().union(*symbols("train"))
-    assert untrained_elements(store, "train") == (0, [])
+    train = store.subset(split="train")
+    assert untrained_elements(train, train) == (0, [])
     for split in ("val", "test"):
         missing = [frame - trained for frame in symbols(split)]
-        n, elements = untrained_elements(store, split)
+        n, elements = untrained_elements(train, store.subset(split=split))
         assert n == sum(1 for m in missing if m) > 0
         assert elements == sorted(set().union(*missing))
 

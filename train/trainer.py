@@ -211,7 +211,7 @@ class Trainer:
         early right after a checkpoint (what a kill after that checkpoint leaves behind)."""
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            n_untrained, untrained = untrained_elements(self.store, "val")
+            n_untrained, untrained = untrained_elements(self.train_set, self.val_set)
             if n_untrained:
                 log(f"warning: {n_untrained} of {len(self.val_set)} validation frames hold "
                     f"elements absent from the training split ({', '.join(untrained)}); "
@@ -367,14 +367,13 @@ class Trainer:
                     self._tb.add_scalar(key, value, record["step"])
             self._tb.flush()
 
-def untrained_elements(store: GraphStore, split: str) -> tuple[int, list[str]]:
-    """Frames of ``split`` holding an element that no frame of the store's train split holds,
-    and those elements. The model has learned nothing about them (its E0 for them is 0), so
-    such frames carry large energy errors; they are counted, never dropped."""
-    def elements(name: str) -> list[list[str]]:
-        return store.subset(split=name).index["elements"].to_pylist()
-    trained = {el for frame in elements("train") for el in frame}
-    missing = [set(frame) - trained for frame in elements(split)]
+def untrained_elements(train: GraphStore, frames: GraphStore) -> tuple[int, list[str]]:
+    """How many of ``frames`` hold an element that no frame of ``train`` holds, and those
+    elements (both read from the index). The model has learned nothing about them (its E0
+    for them is 0), so such frames carry large energy errors; they are counted, never
+    dropped."""
+    trained = {el for frame in train.index["elements"].to_pylist() for el in frame}
+    missing = [set(frame) - trained for frame in frames.index["elements"].to_pylist()]
     return sum(1 for m in missing if m), sorted(set().union(*missing))
 
 
@@ -395,7 +394,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
     for batch in loader:
         batch = batch.to(device, torch.float64)
         acc.add(model(batch), batch)
-    n_untrained, untrained = untrained_elements(store, split)
+    n_untrained, untrained = untrained_elements(store.subset(split="train"), subset)
     return {"split": split, **acc.result(), "frames_with_untrained_elements": n_untrained,
             "untrained_elements": untrained}
 
