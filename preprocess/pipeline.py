@@ -7,6 +7,9 @@ statistics are reduced from the shards' commit records at the end.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import json
 import re
 import sys
@@ -55,7 +58,7 @@ class BuildSummary:
                  f"  frames {self.frames}  atoms {self.atoms}  edges {self.edges}  "
                  f"quarantined {self.quarantined}",
                  f"  shards built {self.shards_built}, already committed {self.shards_skipped}",
-                 f"  wall {self.wall_s:.1f} s, {rate:.0f} frames/s"]
+                 f"  wall {self.wall_s:.2f} s, {rate:.0f} frames/s"]
         for reason, n in sorted(self.quarantine_reasons.items(), key=lambda x: -x[1])[:5]:
             lines.append(f"  quarantine: {n} x {reason}")
         return "\n".join(lines)
@@ -70,12 +73,36 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"(?<![\w.])\d+(?![\w.])", "#", kind)[:100]
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Hold Python's cyclic garbage collector for a partition's work.
+
+    A partition allocates hundreds of thousands of short-lived objects and no reference
+    cycles worth collecting mid-way; each allocation burst would otherwise trigger
+    collections that traverse every live object (measured: parsing the sample's 10 MB
+    run took 2-5x longer with the collector on). Memory stays bounded by the partition.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def build_partition(source: Source, part: Partition, spec: StoreSpec, out: str) -> ShardRecord:
     """Parse, validate, build graphs for and commit one partition (idempotent)."""
     root = Path(out)
     if is_committed(root, shard_name(part.index)):
         from preprocess.store.shard import read_commit
         return read_commit(root, shard_name(part.index))[0]
+    with gc_paused():
+        return _build_partition(source, part, spec, root)
+
+
+def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Path
+                     ) -> ShardRecord:
     frames, quarantine = source.read(part, spec.energy_key)
     g = spec.graph
     graphs, failed = knn_graphs_screened(
@@ -149,15 +176,23 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     _check_out_dir(out, spec)
     remove_stale_temporaries(out)
 
+    parts = source.partitions(spec.frames_per_shard)
+    head = list(itertools.islice(parts, 2))
+    parts = itertools.chain(head, parts)
+    if cluster.kind == "local" and len(head) < 2:
+        log("one partition: building it in this process (a local cluster would only add its "
+            "start-up time)")
+        cluster = ClusterConfig(kind="synchronous")
+
     with dask_client(cluster) as client, _progress(progress) as bar:
         if client is not None:
             summary.dashboard = client.dashboard_link
             log(f"dask dashboard: {client.dashboard_link}")
             n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-            _run_distributed(client, source, spec, out, bar, summary,
-                                       in_flight=4 * n_workers)
+            _run_distributed(client, parts, source, spec, out, bar, summary,
+                             in_flight=4 * n_workers)
         else:
-            for part in source.partitions(spec.frames_per_shard):
+            for part in parts:
                 bar.total = (bar.total or 0) + 1
                 if is_committed(out, shard_name(part.index)):
                     summary.shards_skipped += 1
@@ -180,9 +215,9 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     return summary
 
 
-def _run_distributed(client, source, spec, out, bar, summary, in_flight):
-    """Submit every uncommitted partition; at most ``in_flight`` at once (partitions that
-    carry their bytes must not pile up in the scheduler's memory)."""
+def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight):
+    """Submit every uncommitted partition of ``parts``; at most ``in_flight`` at once
+    (partitions that carry their bytes must not pile up in the scheduler's memory)."""
     from distributed import as_completed
 
     pending = as_completed()
@@ -197,7 +232,7 @@ def _run_distributed(client, source, spec, out, bar, summary, in_flight):
             running -= 1
             bar.update(1)
 
-    for part in source.partitions(spec.frames_per_shard):
+    for part in parts:
         bar.total = (bar.total or 0) + 1
         bar.refresh()
         if is_committed(out, shard_name(part.index)):

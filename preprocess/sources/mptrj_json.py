@@ -4,8 +4,11 @@
 A compiled byte scanner walks the file once (about 1 GB/s), tracking string and nesting
 state, and finds where each material's ``"id": {...}`` entry starts and ends and how many
 frames it holds. Runs of whole materials become partitions. A worker reads its partition's
-byte range and parses it with orjson. For a gzip file the driver streams the decompressed
-bytes and hands each partition its bytes.
+byte range and extracts the records' columns with compiled code
+(:mod:`preprocess.sources.mptrj_extract`); records that path does not take, and runs that
+are not valid JSON, are parsed with orjson and checked by
+:func:`~preprocess.sources.records.frame_from_record`. For a gzip file the driver streams
+the decompressed bytes and hands each partition its bytes.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import orjson
 
 from preprocess.frame import Frame
 from preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
-from preprocess.sources.records import RecordError, frame_from_record
+from preprocess.sources.mptrj_extract import OK, SLOW, Extracted, extract
+from preprocess.sources.records import RecordError, cell_problem, frame_from_record
+from preprocess.units import stress_from_vasp_kbar
 
 CHUNK = 64 << 20
 
@@ -209,11 +214,69 @@ class MPtrjJsonSource:
 
 
 def parse_materials(data: bytes, energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
-    """Frames of a run of ``"material_id": {frame_id: record, ...}`` entries.
+    """Frames of a run of ``"material_id": {frame_id: record, ...}`` entries, in order, and
+    the records that failed validation.
 
-    The run is parsed at once with orjson; if that fails, entry by entry (with the standard
-    library as a second try: it accepts the NaN/Infinity literals that Python writes), so
-    that one malformed material is quarantined and its neighbours are kept.
+    The compiled extractor takes the run if it is valid JSON; the records it leaves (and
+    the whole run otherwise) go through :func:`parse_materials_general`.
+    """
+    columns = extract(data, energy_key)
+    if columns is None:
+        return parse_materials_general(data, energy_key)
+    return _frames_of_columns(columns, data, energy_key)
+
+
+def _frames_of_columns(ex: Extracted, data: bytes, energy_key: str
+                       ) -> tuple[list[Frame], list[Quarantined]]:
+    status = ex.status.copy()
+    taken = np.nonzero(status == OK)[0]
+    for b in taken[_suspect_cells(ex.cell[taken])].tolist():
+        if cell_problem(ex.cell[b]) is not None:
+            status[b] = SLOW  # frame_from_record says what is wrong with it
+    stress = stress_from_vasp_kbar(ex.stress_kbar)
+    magmom = {1: ex.magmom, 2: ex.site_magmom}
+    ptr = ex.atom_ptr.tolist()
+    frames: list[Frame] = []
+    quarantine: list[Quarantined] = []
+    for b, (mid, fid) in enumerate(zip(ex.material_ids, ex.frame_ids)):
+        if status[b] == OK:
+            a0, a1 = ptr[b], ptr[b + 1]
+            source = int(ex.magmom_source[b])
+            frames.append(Frame(
+                frame_id=fid, material_id=mid, cell=ex.cell[b], positions=ex.positions[a0:a1],
+                numbers=ex.numbers[a0:a1], energy=float(ex.energy[b]),
+                forces=ex.forces[a0:a1], stress=stress[b] if ex.has_stress[b] else None,
+                magmom=magmom[source][a0:a1] if source else None, pbc=ex.pbc[b]))
+            continue
+        start, end = ex.record_spans[b].tolist()
+        try:
+            record = orjson.loads(data[start:end])
+        except orjson.JSONDecodeError:  # e.g. a number beyond the float range
+            record = json.loads(data[start:end])
+        try:
+            frames.append(frame_from_record(mid, fid, record, energy_key))
+        except RecordError as err:
+            quarantine.append(Quarantined(mid, fid, err.reason))
+    return frames, quarantine
+
+
+def _suspect_cells(cells: np.ndarray) -> np.ndarray:
+    """(B,) bool: the (B, 3, 3) cells that may be singular or inverted, by a test looser
+    than :func:`~preprocess.sources.records.cell_problem`, which then decides each."""
+    if not len(cells):
+        return np.zeros(0, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge entries: inf norms are suspect
+        det = np.linalg.det(cells)
+        norms = np.prod(np.linalg.norm(cells, axis=2), axis=1)
+        return ~(norms > 0) | ~np.isfinite(norms) | (np.abs(det) <= 1e-5 * norms) | (det < 0)
+
+
+def parse_materials_general(data: bytes, energy_key: str
+                            ) -> tuple[list[Frame], list[Quarantined]]:
+    """The general path: the run is parsed at once with orjson; if that fails, entry by
+    entry (with the standard library as a second try: it accepts the NaN/Infinity
+    literals that Python writes), so that one malformed material is quarantined and its
+    neighbours are kept.
     """
     try:
         return _frames_of([orjson.loads(b"{" + data + b"}")], energy_key)

@@ -40,13 +40,22 @@ def _array(value, shape, field: str) -> np.ndarray:
     return arr
 
 
-def check_cell(cell: np.ndarray, field: str = "structure.lattice") -> None:
-    det = float(np.linalg.det(cell))
-    norms = float(np.prod(np.linalg.norm(cell, axis=1)))
+def cell_problem(cell: np.ndarray) -> str | None:
+    """Why a (3, 3) cell (rows = lattice vectors, Å) is unusable, or None."""
+    with np.errstate(over="ignore", invalid="ignore"):  # entries near the float limit
+        det = float(np.linalg.det(cell))
+        norms = float(np.prod(np.linalg.norm(cell, axis=1)))
     if not norms > 0 or abs(det) <= 1e-6 * norms:
-        raise RecordError(f"{field}: singular cell (volume {det:.3g} Å^3)")
+        return f"singular cell (volume {det:.3g} Å^3)"
     if det < 0:
-        raise RecordError(f"{field}: inverted (left-handed) cell, volume {det:.3g} Å^3")
+        return f"inverted (left-handed) cell, volume {det:.3g} Å^3"
+    return None
+
+
+def check_cell(cell: np.ndarray, field: str = "structure.lattice") -> None:
+    problem = cell_problem(cell)
+    if problem is not None:
+        raise RecordError(f"{field}: {problem}")
 
 
 def frame_from_record(material_id: str, frame_id: str, record: dict,
@@ -67,7 +76,10 @@ def frame_from_record(material_id: str, frame_id: str, record: dict,
     cell = _array(lattice.get("matrix") if isinstance(lattice, dict) else None, (3, 3),
                   "structure.lattice.matrix")
     check_cell(cell)
-    pbc = np.asarray(lattice.get("pbc", (True, True, True)), dtype=bool).reshape(3)
+    try:
+        pbc = np.asarray(lattice.get("pbc", (True, True, True)), dtype=bool).reshape(3)
+    except (TypeError, ValueError):
+        raise RecordError("structure.lattice.pbc: expected 3 booleans") from None
     n = len(sites)
     numbers = np.empty(n, dtype=np.int64)
     site_magmom = []
@@ -82,7 +94,7 @@ def frame_from_record(material_id: str, frame_id: str, record: dict,
                 raise RecordError(f"structure.sites[{a}]: unknown element {symbol!r}")
             numbers[a] = atomic_numbers[symbol]
             site_magmom.append((site.get("properties") or {}).get("magmom"))
-    except (KeyError, TypeError, IndexError) as err:
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
         raise RecordError(f"structure.sites: malformed site ({type(err).__name__}: {err})") from None
     positions = _array(xyz, (n, 3), "structure.sites.xyz")
 

@@ -4,8 +4,8 @@ A backend writes the columns of one shard (see :mod:`preprocess.schema`) into a 
 and reads them back as numpy arrays, bit for bit. It knows nothing about commits,
 checksums or manifests (:mod:`preprocess.store.shard` does).
 
-* ``zarr``: one Zarr v3 group per shard, one array per field, blosc-zstd with byte shuffle
-  inside the sharding codec (one file per array, inner chunks of ~1 MB), readable through
+* ``zarr``: one Zarr v3 group per shard, one array per field, blosc-zstd (level 4) with byte
+  shuffle inside the sharding codec (one file per array, inner chunks of ~1 MB), readable through
   fsspec from object storage.
 * ``arrow``: one Arrow IPC file per level (frames, atoms, edges) with zstd-compressed
   buffers, memory-mapped on read (remote files are fetched whole, then read in memory).
@@ -92,27 +92,39 @@ class ZarrBackend:
     GROUP = "data.zarr"
 
     def write(self, directory: Path, columns: dict[str, np.ndarray]) -> None:
-        import zarr
-        from zarr.codecs import BloscCodec
+        """All arrays of the shard created and written concurrently on zarr's event loop
+        (one after another, zarr's per-array round trips cost more than the data)."""
+        import asyncio
 
-        group = zarr.open_group(str(directory / self.GROUP), mode="w", zarr_format=3)
-        blosc = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
-        for f in FIELDS:
-            arr = columns[f.name]
-            if f.dtype == "str":
-                arr = np.asarray(arr, dtype=numpy_dtype(f))
-                z = group.create_array(f.name, shape=arr.shape, dtype=str,
-                                       chunks=(max(1, arr.shape[0]),))
-            else:
+        import zarr.api.asynchronous as azarr
+        from zarr.codecs import BloscCodec
+        from zarr.core.sync import sync
+
+        # zstd level 4 on a 4,000-frame MPtrj shard (14.8 MB): 3.62x in 104 ms; level 5
+        # 3.65x in 144 ms, level 2 3.08x in 43 ms (a store read many times favours size)
+        blosc = BloscCodec(cname="zstd", clevel=4, shuffle="shuffle")
+
+        async def write_all():
+            group = await azarr.open_group(store=str(directory / self.GROUP), mode="w",
+                                           zarr_format=3)
+            jobs = []
+            for f in FIELDS:
+                arr = columns[f.name]
+                if f.dtype == "str":
+                    arr = np.asarray(arr, dtype=numpy_dtype(f))
+                    jobs.append(group.create_array(f.name, data=arr,
+                                                   chunks=(max(1, arr.shape[0]),)))
+                    continue
                 arr = np.ascontiguousarray(arr)
                 row_bytes = max(1, arr.dtype.itemsize * int(np.prod(f.shape, dtype=np.int64)))
                 chunk_rows = max(1, min(arr.shape[0], CHUNK_BYTES // row_bytes))
                 shard_rows = max(chunk_rows, -(-arr.shape[0] // chunk_rows) * chunk_rows)
-                z = group.create_array(f.name, shape=arr.shape, dtype=arr.dtype,
-                                       chunks=(chunk_rows, *f.shape),
-                                       shards=(shard_rows, *f.shape), compressors=blosc)
-            if arr.shape[0]:
-                z[...] = arr
+                jobs.append(group.create_array(f.name, data=arr, chunks=(chunk_rows, *f.shape),
+                                               shards=(shard_rows, *f.shape),
+                                               compressors=blosc))
+            await asyncio.gather(*jobs)
+
+        sync(write_all())
 
     def read(self, directory: "Path | Location") -> dict[str, np.ndarray]:
         import zarr

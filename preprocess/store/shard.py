@@ -147,7 +147,7 @@ def write_shard(root: Path, index: int, columns: dict[str, np.ndarray], backend:
         commit = {"record": asdict(record), "backend": backend, "stats": stats.to_dict(),
                   **(extra or {})}
         with open(tmp / COMMIT_FILE, "w") as f:
-            json.dump(commit, f)
+            f.write(json.dumps(commit))  # json.dump would use the pure-Python encoder
             f.flush()
             os.fsync(f.fileno())
         try:

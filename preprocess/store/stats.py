@@ -30,23 +30,30 @@ class ShardStats:
     def add_frames(self, numbers_per_frame, energies, forces_per_frame, edges_per_frame,
                    is_train) -> None:
         """Add frames: lists of (N_b,) numbers, energies (eV), (N_b, 3) forces, edge counts."""
-        for z, e, f, ne, train in zip(numbers_per_frame, energies, forces_per_frame,
-                                      edges_per_frame, is_train):
-            n = len(z)
-            self.frames += 1
-            self.atoms += n
-            self.edges += int(ne)
-            if not train:
-                continue
-            counts = np.bincount(np.asarray(z, dtype=np.int64), minlength=N_ELEMENTS).astype(float)
-            self.train_frames += 1
-            self.train_atoms += n
-            self.ata += np.outer(counts, counts)
-            self.aty += counts * float(e)
-            self.epa_sum += float(e) / n
-            self.epa_sq_sum += (float(e) / n) ** 2
-            self.force_sq_sum += float(np.sum(np.square(f, dtype=np.float64)))
-            self.force_components += 3 * n
+        n_atoms = np.array([len(z) for z in numbers_per_frame], dtype=np.int64)
+        self.frames += len(n_atoms)
+        self.atoms += int(n_atoms.sum())
+        self.edges += int(np.sum(edges_per_frame, dtype=np.int64))
+        train = np.nonzero(np.asarray(is_train, dtype=bool))[0]
+        if not train.size:
+            return
+        n = n_atoms[train]
+        e = np.asarray(energies, dtype=np.float64)[train]
+        z = np.concatenate([np.asarray(numbers_per_frame[b], dtype=np.int64) for b in train])
+        rows = np.repeat(np.arange(train.size), n)
+        counts = np.bincount(rows * N_ELEMENTS + z, minlength=train.size * N_ELEMENTS)
+        counts = counts.reshape(train.size, N_ELEMENTS).astype(np.float64)
+        self.train_frames += int(train.size)
+        self.train_atoms += int(n.sum())
+        self.ata += counts.T @ counts  # integer counts: exact in float64
+        self.aty += counts.T @ e
+        epa = e / n
+        self.epa_sum += float(epa.sum())
+        self.epa_sq_sum += float(np.square(epa).sum())
+        forces = np.concatenate([np.asarray(forces_per_frame[b], dtype=np.float64).reshape(-1)
+                                 for b in train])
+        self.force_sq_sum += float(np.square(forces).sum())
+        self.force_components += int(forces.size)
 
     def __add__(self, other: "ShardStats") -> "ShardStats":
         out = ShardStats()

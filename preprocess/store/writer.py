@@ -61,6 +61,21 @@ def composition(numbers: np.ndarray) -> tuple[list[str], str]:
     return sorted(symbols), formula
 
 
+def _compositions(frames: Sequence[Frame]) -> tuple[list[list[str]], list[str]]:
+    """:func:`composition` of each frame, computed once per distinct atom list (the frames
+    of a relaxation trajectory share theirs)."""
+    seen: dict[bytes, tuple[list[str], str]] = {}
+    elements, formulas = [], []
+    for f in frames:
+        key = np.asarray(f.numbers, dtype=np.int64).tobytes()
+        if key not in seen:
+            seen[key] = composition(f.numbers)
+        symbols, formula = seen[key]
+        elements.append(list(symbols))
+        formulas.append(formula)
+    return elements, formulas
+
+
 def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: StoreSpec,
                        quarantine: Sequence[dict] = (), graphs: KnnGraphBatch | None = None
                        ) -> ShardRecord:
@@ -78,7 +93,7 @@ def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: St
     edges_per_atom = np.concatenate(([0], np.cumsum(columns["n_edges"], dtype=np.int64)))
     n_edges_frame = np.diff(edges_per_atom[atom_ptr])
     splits = [split_of(f.material_id, spec.split) for f in frames]
-    elements, formulas = zip(*(composition(f.numbers) for f in frames)) if frames else ((), ())
+    elements, formulas = _compositions(frames)
     index_rows = pa.Table.from_pydict({
         "frame_id": [f.frame_id for f in frames],
         "material_id": [f.material_id for f in frames],
