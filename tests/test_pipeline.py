@@ -77,6 +77,20 @@ def test_gzip_and_plain_sources_partition_alike(tmp_path):
         assert [f.frame_id for f in fa] == [f.frame_id for f in fb]
 
 
+def test_a_single_partition_is_built_in_process(tmp_path, reference_store):
+    """The default local cluster is not started for one task; the store is the same."""
+    lines = []
+    summary = build_store(SMALL_MPTRJ, tmp_path / "store", frames_per_shard=100_000,
+                          progress=False, log=lines.append)
+    assert any(line.startswith("one partition") for line in lines), lines
+    assert summary.dashboard is None and summary.shards_built == 1
+    assert open_store(tmp_path / "store").manifest.build["cluster"] == "synchronous"
+    ref = store_contents(reference_store)
+    one = store_contents(tmp_path / "store")
+    assert one["index"] == [dict(r, shard=0, row=i) for i, r in enumerate(ref["index"])]
+    assert one["quarantine"] == ref["quarantine"]
+
+
 def test_rebuild_of_a_complete_store_does_nothing(reference_store):
     summary = build_store(SMALL_MPTRJ, reference_store, frames_per_shard=30, cluster=SYNC,
                           progress=False, log=lambda s: None)

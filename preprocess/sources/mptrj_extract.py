@@ -128,6 +128,20 @@ def _literal_end(buf, p):
 
 
 @numba.njit(cache=True)
+def _after_key(buf, p):
+    """At an object key: p past ``"key":`` and the whitespace after it; -1 if none."""
+    if p >= buf.shape[0] or buf[p] != 34:
+        return -1
+    p, _ = _string_end(buf, p)
+    if p < 0:
+        return -1
+    p = _ws(buf, p)
+    if p >= buf.shape[0] or buf[p] != 58:
+        return -1
+    return _ws(buf, p + 1)
+
+
+@numba.njit(cache=True)
 def _value_end(buf, p, bits):
     """One past the JSON value starting at ``buf[p]``, checking its grammar; -1 if invalid.
     ``bits[1:]`` holds the stack of open containers (123 object, 91 array)."""
@@ -147,19 +161,12 @@ def _value_end(buf, p, bits):
             if p < n and buf[p] == (125 if c == 123 else 93):  # empty container
                 depth -= 1
                 p += 1
-            elif c == 123:
-                if p >= n or buf[p] != 34:
-                    return -1
-                p, _ = _string_end(buf, p)
-                if p < 0:
-                    return -1
-                p = _ws(buf, p)
-                if p >= n or buf[p] != 58:
-                    return -1
-                p = _ws(buf, p + 1)
-                continue
             else:
-                continue
+                if c == 123:
+                    p = _after_key(buf, p)
+                    if p < 0:
+                        return -1
+                continue  # to the container's first value
         elif c == 34:
             p, _ = _string_end(buf, p)
             if p < 0:
@@ -183,15 +190,9 @@ def _value_end(buf, p, bits):
             if buf[p] == 44:  # ,
                 p = _ws(buf, p + 1)
                 if top == 123:
-                    if p >= n or buf[p] != 34:
-                        return -1
-                    p, _ = _string_end(buf, p)
+                    p = _after_key(buf, p)
                     if p < 0:
                         return -1
-                    p = _ws(buf, p)
-                    if p >= n or buf[p] != 58:
-                        return -1
-                    p = _ws(buf, p + 1)
                 break
             if buf[p] == (125 if top == 123 else 93):
                 depth -= 1
