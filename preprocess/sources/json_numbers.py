@@ -63,7 +63,7 @@ POW5_HI, POW5_LO = _power_of_five_table()
 _EXACT_POWERS_OF_TEN = np.array([10.0 ** e for e in range(23)])  # exact doubles
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _mul128(a, b):
     """(high, low) 64-bit words of the 128-bit product of two uint64."""
     a_lo = a & _MASK32

@@ -68,7 +68,7 @@ K_ELEMENT, K_OCCU = _key("element"), _key("occu")
 
 # -- grammar helpers ------------------------------------------------------------------------
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _ws(buf, p):
     n = buf.shape[0]
     while p < n and (buf[p] == 32 or buf[p] == 10 or buf[p] == 13 or buf[p] == 9):
@@ -201,7 +201,7 @@ def _value_end(buf, p, bits):
             return -1
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _is_key(buf, s, e, key):
     if e - s != key.shape[0]:
         return False
