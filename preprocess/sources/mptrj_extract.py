@@ -731,8 +731,9 @@ ELEMENTS = _element_table()
 class Extracted:
     """Frames of a run of materials as columns (frame b's atoms: ``atom_ptr[b]:atom_ptr[b+1]``).
 
-    ``status[b]`` is OK or SLOW; a SLOW frame has no atoms here and must be parsed from
-    ``record_bytes(b)`` the general way. Units are the source's (stress in kBar, VASP sign).
+    ``status[b]`` is OK or SLOW; a SLOW frame has no atoms here and must be parsed the
+    general way from its bytes, ``data[record_spans[b, 0]:record_spans[b, 1]]``. Units are
+    the source's (stress in kBar, VASP sign).
     """
 
     material_ids: list[str]
