@@ -219,9 +219,10 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
 
 
 def _compile_kernels(source_format: str) -> None:
-    """Compile the build's numba kernels here, once, before any worker starts: workers then
-    load them from numba's on-disk cache (about a second) instead of each compiling them
-    (about 20 s on a fresh install). Costs only the cache loads once they are compiled."""
+    """Compile the build's numba kernels here, once, before any worker starts: workers that
+    share numba's on-disk cache (same machine, or a shared install on nodes of the same CPU
+    type) then load them in about a second instead of each compiling them (about 20 s on a
+    fresh install); others compile as before. Costs only the cache loads once compiled."""
     from preprocess.graph import knn_graphs_screened
 
     if source_format == "mptrj-json":
