@@ -136,7 +136,6 @@ def parse_number(buf, p, bits):
     ``bits`` is a uint64 scratch array; its element 0 carries IEEE bits to a float64.
     """
     n = buf.shape[0]
-    start = p
     negative = False
     if p < n and buf[p] == 45:  # -
         negative = True

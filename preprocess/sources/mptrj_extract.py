@@ -361,6 +361,96 @@ def _species(buf, p, elements, bits):
 
 
 @numba.njit(cache=True)
+def _site_properties(buf, p, values, index, bits, frame, fb, n_fb):
+    """A site's ``properties``: null or an object whose ``magmom`` (number or null) goes to
+    ``values[index]``. Returns (end, n_fb, magmom present); end < 0 if not understood."""
+    if buf[p] == 110:  # null
+        return _literal_end(buf, p), n_fb, False
+    if buf[p] != 123:
+        return -1, n_fb, False
+    p = _ws(buf, p + 1)
+    if buf[p] == 125:
+        return p + 1, n_fb, False
+    seen_magmom = False
+    has_magmom = False
+    while True:
+        ks, ke, p = _member(buf, p)
+        if p < 0:
+            return -1, n_fb, False
+        if _is_key(buf, ks, ke, K_MAGMOM):
+            if seen_magmom:
+                return -1, n_fb, False
+            seen_magmom = True
+            if buf[p] == 110:  # null
+                p = _literal_end(buf, p)
+            else:
+                p, n_fb = _number(buf, p, bits, values, index, frame, fb, n_fb)
+                has_magmom = p >= 0
+        else:
+            p = _value_end(buf, p, bits)
+        if p < 0:
+            return -1, n_fb, False
+        p, closed = _next_member(buf, p)
+        if p < 0:
+            return -1, n_fb, False
+        if closed:
+            return p, n_fb, has_magmom
+
+
+@numba.njit(cache=True)
+def _lattice(buf, p, b, regions, values, pbcs, bits, fb, n_fb):
+    """The lattice object of frame ``b``: ``matrix`` (3 rows of 3, required) into its cell,
+    ``pbc`` (3 booleans) into ``pbcs[b]``. Returns (end, n_fb); end < 0 if not understood."""
+    if p >= buf.shape[0] or buf[p] != 123:
+        return -1, n_fb
+    p = _ws(buf, p + 1)
+    seen = 0
+    while True:
+        ks, ke, p = _member(buf, p)
+        if p < 0:
+            return -1, n_fb
+        if _is_key(buf, ks, ke, K_MATRIX):
+            if seen & 1:
+                return -1, n_fb
+            seen |= 1
+            p, rows, n_fb = _rows3(buf, p, bits, values, regions[CELL] + 9 * b,
+                                   regions[CELL] + 9 * b + 9, b, fb, n_fb)
+            if p < 0 or rows != 3:
+                return -1, n_fb
+        elif _is_key(buf, ks, ke, K_PBC):
+            if seen & 2 or buf[p] != 91:
+                return -1, n_fb
+            seen |= 2
+            p = _ws(buf, p + 1)
+            for t in range(3):
+                if buf[p] == 116:
+                    pbcs[b, t] = True
+                elif buf[p] == 102:
+                    pbcs[b, t] = False
+                else:
+                    return -1, n_fb
+                p = _literal_end(buf, p)
+                if p < 0:
+                    return -1, n_fb
+                p = _ws(buf, p)
+                if buf[p] != (44 if t < 2 else 93):
+                    return -1, n_fb
+                p = _ws(buf, p + 1) if t < 2 else p + 1
+        else:
+            p = _value_end(buf, p, bits)
+            if p < 0:
+                return -1, n_fb
+        p, closed = _next_member(buf, p)
+        if p < 0:
+            return -1, n_fb
+        if closed:
+            break
+    if not seen & 1:
+        return -1, n_fb
+    return p, n_fb
+
+
+@numba.njit(cache=True)
 def _site(buf, p, a, regions, values, numbers, elements, bits, frame, fb, n_fb):
     """One site object into atom row ``a``: (end, n_fb, magmom present)."""
     n = buf.shape[0]
@@ -393,38 +483,9 @@ def _site(buf, p, a, regions, values, numbers, elements, bits, frame, fb, n_fb):
             if seen & 4:
                 return -1, n_fb, False
             seen |= 4
-            if buf[p] == 123:
-                p = _ws(buf, p + 1)
-                if buf[p] == 125:
-                    p += 1
-                else:
-                    seen_magmom = False
-                    while True:
-                        ps, pe, p = _member(buf, p)
-                        if p < 0:
-                            return -1, n_fb, False
-                        if _is_key(buf, ps, pe, K_MAGMOM):
-                            if seen_magmom:
-                                return -1, n_fb, False
-                            seen_magmom = True
-                            if buf[p] == 110:  # null
-                                p = _literal_end(buf, p)
-                            else:
-                                p, n_fb = _number(buf, p, bits, values,
-                                                  regions[SITE_MAGMOM] + a, frame, fb, n_fb)
-                                has_magmom = p >= 0
-                        else:
-                            p = _value_end(buf, p, bits)
-                        if p < 0:
-                            return -1, n_fb, False
-                        p, closed = _next_member(buf, p)
-                        if p < 0:
-                            return -1, n_fb, False
-                        if closed:
-                            break
-            elif buf[p] == 110:  # "properties": null
-                p = _literal_end(buf, p)
-            else:
+            p, n_fb, has_magmom = _site_properties(buf, p, values, regions[SITE_MAGMOM] + a,
+                                                   bits, frame, fb, n_fb)
+            if p < 0:
                 return -1, n_fb, False
         else:
             p = _value_end(buf, p, bits)
@@ -455,52 +516,11 @@ def _structure(buf, p, a0, b, regions, values, pbcs, numbers, elements, bits, fb
         if p < 0:
             return -1, 0, 0, n_fb
         if _is_key(buf, ks, ke, K_LATTICE):
-            if seen & 1 or p >= n or buf[p] != 123:
+            if seen & 1:
                 return -1, 0, 0, n_fb
             seen |= 1
-            p = _ws(buf, p + 1)
-            lattice_seen = 0
-            while True:
-                ls, le, p = _member(buf, p)
-                if p < 0:
-                    return -1, 0, 0, n_fb
-                if _is_key(buf, ls, le, K_MATRIX):
-                    if lattice_seen & 1:
-                        return -1, 0, 0, n_fb
-                    lattice_seen |= 1
-                    p, rows, n_fb = _rows3(buf, p, bits, values, regions[CELL] + 9 * b,
-                                           regions[CELL] + 9 * b + 9, b, fb, n_fb)
-                    if p < 0 or rows != 3:
-                        return -1, 0, 0, n_fb
-                elif _is_key(buf, ls, le, K_PBC):
-                    if lattice_seen & 2 or buf[p] != 91:
-                        return -1, 0, 0, n_fb
-                    lattice_seen |= 2
-                    p = _ws(buf, p + 1)
-                    for t in range(3):
-                        if buf[p] == 116:
-                            pbcs[b, t] = True
-                        elif buf[p] == 102:
-                            pbcs[b, t] = False
-                        else:
-                            return -1, 0, 0, n_fb
-                        p = _literal_end(buf, p)
-                        if p < 0:
-                            return -1, 0, 0, n_fb
-                        p = _ws(buf, p)
-                        if buf[p] != (44 if t < 2 else 93):
-                            return -1, 0, 0, n_fb
-                        p = _ws(buf, p + 1) if t < 2 else p + 1
-                else:
-                    p = _value_end(buf, p, bits)
-                    if p < 0:
-                        return -1, 0, 0, n_fb
-                p, closed = _next_member(buf, p)
-                if p < 0:
-                    return -1, 0, 0, n_fb
-                if closed:
-                    break
-            if not lattice_seen & 1:
+            p, n_fb = _lattice(buf, p, b, regions, values, pbcs, bits, fb, n_fb)
+            if p < 0:
                 return -1, 0, 0, n_fb
         elif _is_key(buf, ks, ke, K_SITES):
             if seen & 2 or p >= n or buf[p] != 91:
