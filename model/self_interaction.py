@@ -18,6 +18,7 @@ Every block declares ``irreps_in`` and ``irreps_out``; all are equivariant.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 from e3nn import nn as enn
@@ -162,27 +163,18 @@ class SymmetricContraction(nn.Module):
     def _coupling(left: _Layout, right: _Layout, target: _Layout):
         """Coupling (left.dim * right.dim, Q), the path of each of the Q output components,
         and the 0/1 map (Q, target.dim) that sums paths of one type."""
+        triples = [(l1, l2, l3) for l1 in left.ls for l2 in right.ls for l3 in target.ls
+                   if abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0]
+        paths_per_type = Counter(l3 for _, _, l3 in triples)
         columns, path_of_q, rows_of_q = [], [], []
-        paths_per_type = {l: 0 for l in target.ls}
-        path = 0
-        for l1 in left.ls:
-            for l2 in right.ls:
-                for l3 in target.ls:
-                    if abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0:
-                        paths_per_type[l3] += 1
-        for l1 in left.ls:
-            for l2 in right.ls:
-                for l3 in target.ls:
-                    if not (abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0):
-                        continue
-                    # component normalisation, and 1/sqrt(paths) so each type keeps unit scale
-                    cg = o3.wigner_3j(l1, l2, l3) * math.sqrt((2 * l3 + 1) / paths_per_type[l3])
-                    block = torch.zeros(left.dim, right.dim, 2 * l3 + 1)
-                    block[left.block(l1), right.block(l2)] = cg
-                    columns.append(block.reshape(left.dim * right.dim, 2 * l3 + 1))
-                    path_of_q += [path] * (2 * l3 + 1)
-                    rows_of_q += [target.start[l3] + m for m in range(2 * l3 + 1)]
-                    path += 1
+        for path, (l1, l2, l3) in enumerate(triples):
+            # component normalisation, and 1/sqrt(paths) so each type keeps unit scale
+            cg = o3.wigner_3j(l1, l2, l3) * math.sqrt((2 * l3 + 1) / paths_per_type[l3])
+            block = torch.zeros(left.dim, right.dim, 2 * l3 + 1)
+            block[left.block(l1), right.block(l2)] = cg
+            columns.append(block.reshape(left.dim * right.dim, 2 * l3 + 1))
+            path_of_q += [path] * (2 * l3 + 1)
+            rows_of_q += [target.start[l3] + m for m in range(2 * l3 + 1)]
         coupling = torch.cat(columns, dim=1)
         sum_q = torch.zeros(len(rows_of_q), target.dim)
         sum_q[torch.arange(len(rows_of_q)), torch.tensor(rows_of_q)] = 1.0

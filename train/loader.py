@@ -18,6 +18,7 @@ smaller graph had been built.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -238,16 +239,11 @@ class ShardStream(IterableDataset):
                    shards: dict[int, ShardData]) -> dict[str, np.ndarray]:
         """The frames ``rows`` (grouped by shard, as planned) as one block of columns;
         shards not yet in ``shards`` are read and added."""
-        blocks, i = [], 0
-        while i < len(rows):
-            j = i
-            while j < len(rows) and rows[j][0] == rows[i][0]:
-                j += 1
-            s = rows[i][0]
+        blocks = []
+        for s, group in itertools.groupby(rows, key=lambda row: row[0]):
             if s not in shards:
                 shards[s] = self.store.read_shard(s, cache=False)
-            blocks.append(shards[s].take([r for _, r in rows[i:j]]))
-            i = j
+            blocks.append(shards[s].take([r for _, r in group]))
         return concat_blocks(blocks)
 
 

@@ -367,6 +367,7 @@ class Trainer:
                     self._tb.add_scalar(key, value, record["step"])
             self._tb.flush()
 
+
 def untrained_elements(train: GraphStore, frames: GraphStore) -> tuple[int, list[str]]:
     """How many of ``frames`` hold an element that no frame of ``train`` holds, and those
     elements (both read from the index). The model has learned nothing about them (its E0
@@ -397,6 +398,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
     n_untrained, untrained = untrained_elements(store.subset(split="train"), subset)
     return {"split": split, **acc.result(), "frames_with_untrained_elements": n_untrained,
             "untrained_elements": untrained}
+
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=1, default=float))

@@ -59,7 +59,6 @@ class ShardData:
             out[f.name] = self.columns[f.name][e0:e1]
         return out
 
-
     def take(self, rows: np.ndarray | list[int]) -> dict[str, np.ndarray]:
         """Rows ``rows`` (in that order) as one block of columns: frame fields (F, ...),
         atom fields (N, ...) and edge fields (E, ...) of those frames, concatenated; edge
