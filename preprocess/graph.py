@@ -30,11 +30,13 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
+from preprocess.threads import thread_map
 
 DEFAULT_K = 16
 DEFAULT_TIE_TOLERANCE = 0.01  # Å, as fairchem uses for degenerate neighbours
 DISTANCE_QUANTUM = 1e-9  # Å, resolution of the ordering key
 COINCIDENT_DISTANCE = 1e-6  # Å, two atoms closer than this are "at the same place"
+MIN_STRUCTURES_PER_THREAD = 64  # fewer are not worth a thread
 
 Ties = Literal["include", "break"]
 
@@ -121,7 +123,10 @@ class KnnGraphBatch:
         n_atoms = np.diff(self.atom_ptr)[idx]
         n_edges = np.diff(self.edge_ptr)[idx]
         atoms = concat_ranges(self.atom_ptr[idx], self.atom_ptr[idx + 1])
-        edges = concat_ranges(self.edge_ptr[idx], self.edge_ptr[idx + 1])
+        if np.all(np.diff(idx) > 0) and n_edges.sum() == len(self.neighbors):
+            edges = slice(None)  # only structures without edges left out: every edge stays
+        else:
+            edges = concat_ranges(self.edge_ptr[idx], self.edge_ptr[idx + 1])
         return KnnGraphBatch(self.centers[edges], self.neighbors[edges], self.shifts[edges],
                              self.distances[edges], self.next_distance[atoms],
                              np.concatenate(([0], np.cumsum(n_edges))).astype(np.int64),
@@ -236,8 +241,29 @@ def _kernel():
 
 def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: np.ndarray,
                 k: int, ties: str, tie_tolerance: float, cutoff: float | None,
-                coincident: float) -> tuple:
-    """Call the compiled kernel on checked, concatenated input; returns its outputs."""
+                coincident: float, threads: int = 1) -> tuple:
+    """Call the compiled kernel on checked, concatenated input; returns its outputs.
+
+    With ``threads`` > 1 the structures are cut into that many runs of similar atom counts,
+    each run on its own thread (the kernel releases the GIL), and the outputs joined.
+    """
+    n_struct = len(atom_ptr) - 1
+    threads = min(threads, n_struct // MIN_STRUCTURES_PER_THREAD)
+    if threads > 1:
+        targets = atom_ptr[-1] * np.arange(1, threads) // threads
+        cuts = np.unique(np.searchsorted(atom_ptr, targets).clip(1, n_struct - 1))
+        bounds = [0, *cuts.tolist(), n_struct]
+        runs = [(b0, b1, int(atom_ptr[b0]), int(atom_ptr[b1]))
+                for b0, b1 in zip(bounds, bounds[1:])]
+        outs = thread_map(lambda r: _run_kernel(
+            cells[r[0]:r[1]], pos[r[2]:r[3]], atom_ptr[r[0]:r[1] + 1] - r[2], pbc[r[0]:r[1]],
+            k, ties, tie_tolerance, cutoff, coincident), runs)
+        i, j, s, d, nxt, status, bad = (np.concatenate([out[f] for out in outs])
+                                        for f in (0, 1, 2, 3, 5, 6, 7))
+        edge_offsets = np.cumsum([0] + [out[4][-1] for out in outs[:-1]])
+        edge_ptr = np.concatenate([[0]] + [out[4][1:] + offset
+                                           for out, offset in zip(outs, edge_offsets)])
+        return i, j, s, d, edge_ptr, nxt, status, bad
     capacity = int(atom_ptr[-1]) * (k + 2) + 64  # grown by the kernel if ties need more
     return _kernel().knn_batch(
         np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3),
@@ -263,10 +289,12 @@ def _knn_checked(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: 
 
 def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc: np.ndarray,
                         k: int, ties: Ties, tie_tolerance: float, cutoff: float | None,
-                        min_distance: float) -> tuple[KnnGraphBatch, dict[int, str]]:
+                        min_distance: float, threads: int = 1
+                        ) -> tuple[KnnGraphBatch, dict[int, str]]:
     """Like :func:`knn_graphs` for inputs already checked, but a structure with two atoms
     closer than ``min_distance`` Å is reported (index -> reason) instead of raising; its
     graph in the returned batch is empty. Used by the pipeline to quarantine such records.
+    ``threads``: structures built on that many threads (same result).
     """
     _check_params(k, ties, tie_tolerance, cutoff)
     joined = _concatenate([np.asarray(p, dtype=np.float64) for p in positions])
@@ -275,7 +303,7 @@ def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc:
     pos, atom_ptr = joined
     i, j, s, d, edge_ptr, nxt, status, bad = _run_kernel(
         cells, pos, atom_ptr, _as_pbc(pbc, len(atom_ptr) - 1), k, ties, tie_tolerance, cutoff,
-        min_distance)
+        min_distance, threads)
     failed = {}
     for b in np.nonzero(status != _kernel().STATUS_OK)[0].tolist():
         ci, cj, *cs = bad[b].tolist()

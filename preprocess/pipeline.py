@@ -30,6 +30,7 @@ from preprocess.store.params import GraphParams, SplitParams
 from preprocess.store.shard import (ShardRecord, is_committed, remove_stale_temporaries,
                                     shard_name)
 from preprocess.store.writer import finalize_store, write_frames_shard
+from preprocess.threads import local_cores
 
 BUILD_FILE = "build.json"
 
@@ -91,24 +92,29 @@ def gc_paused():
             gc.enable()
 
 
-def build_partition(source: Source, part: Partition, spec: StoreSpec, out: str) -> ShardRecord:
-    """Parse, validate, build graphs for and commit one partition (idempotent)."""
+def build_partition(source: Source, part: Partition, spec: StoreSpec, out: str,
+                    threads: int = 1) -> ShardRecord:
+    """Parse, validate, build graphs for and commit one partition (idempotent).
+
+    ``threads``: the compiled parts (record extraction, graphs) run on that many threads;
+    1 on a Dask worker, whose cores are the cluster's to use; the cores of this process
+    when the build runs in it."""
     root = Path(out)
     if is_committed(root, shard_name(part.index)):
         from preprocess.store.shard import read_commit
         return read_commit(root, shard_name(part.index))[0]
     with gc_paused():
-        return _build_partition(source, part, spec, root)
+        return _build_partition(source, part, spec, root, threads)
 
 
-def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Path
-                     ) -> ShardRecord:
-    frames, quarantine = source.read(part, spec.energy_key)
+def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Path,
+                     threads: int) -> ShardRecord:
+    frames, quarantine = source.read(part, spec.energy_key, threads)
     g = spec.graph
     graphs, failed = knn_graphs_screened(
         np.array([f.cell for f in frames]).reshape(-1, 3, 3), [f.positions for f in frames],
         np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3), g.k, g.ties,
-        g.tie_tolerance, g.cutoff, spec.min_distance)
+        g.tie_tolerance, g.cutoff, spec.min_distance, threads)
     if failed:
         keep = [b for b in range(len(frames)) if b not in failed]
         quarantine = quarantine + [Quarantined(frames[b].material_id, frames[b].frame_id,
@@ -185,7 +191,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         cluster = ClusterConfig(kind="synchronous")
 
     if cluster.kind != "synchronous":
-        _compile_kernels(source.format)
+        load_kernels(source.format)
 
     with dask_client(cluster) as client, _progress(progress) as bar:
         if client is not None:
@@ -200,7 +206,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
                 if is_committed(out, shard_name(part.index)):
                     summary.shards_skipped += 1
                 else:
-                    build_partition(source, part, spec, str(out))
+                    build_partition(source, part, spec, str(out), threads=local_cores())
                     summary.shards_built += 1
                 bar.update(1)
         n_parts = summary.shards_built + summary.shards_skipped
@@ -218,15 +224,20 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     return summary
 
 
-def _compile_kernels(source_format: str) -> None:
-    """Compile the build's numba kernels here, once, before any worker starts: workers that
-    share numba's on-disk cache (same machine, or a shared install on nodes of the same CPU
-    type) then load them in about a second instead of each compiling them (about 20 s on a
-    fresh install); others compile as before. Costs only the cache loads once compiled."""
+def load_kernels(source_format: str) -> None:
+    """Compile (or load from numba's on-disk cache) the build's kernels for a source format.
+
+    The driver calls it before a cluster starts: workers that share numba's cache (same
+    machine, or a shared install on nodes of the same CPU type) then load the kernels in
+    about a second instead of each compiling them (about 20 s on a fresh install). Loading
+    them from the cache takes ~0.6 s in a fresh process (numba's type registries, and scipy
+    for its BLAS check); otherwise the first partition pays that."""
     from preprocess.graph import knn_graphs_screened
 
     if source_format == "mptrj-json":
         from preprocess.sources.mptrj_extract import extract
+        from preprocess.sources.mptrj_json import MaterialScanner
+        MaterialScanner().feed(b'{"m": {"f": {}}}')
         extract(b'"m": {"f": {"structure": {"lattice": {"matrix": [[3, 0, 0], [0, 3, 0], '
                 b'[0, 0, 3]]}, "sites": [{"species": [{"element": "H"}], "xyz": [0, 0, 0]}]},'
                 b' "e": -1.0, "force": [[0, 0, 0]]}}', "e")

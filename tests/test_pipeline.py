@@ -77,6 +77,115 @@ def test_gzip_and_plain_sources_partition_alike(tmp_path):
         assert [f.frame_id for f in fa] == [f.frame_id for f in fb]
 
 
+def _scan_reference(data: bytes) -> list[tuple[int, int, int]]:
+    """(start, end, frames) of each material entry, byte by byte in Python."""
+    out, depth, in_string, escape, start, frames = [], 0, False, False, 0, 0
+    for p, c in enumerate(data):
+        if in_string:
+            if escape:
+                escape = False
+            elif c == 92:
+                escape = True
+            elif c == 34:
+                in_string = False
+        elif c == 34:
+            in_string = True
+            if depth == 1:
+                start, frames = p, 0
+            elif depth == 2:
+                frames += 1
+        elif c in b"{[":
+            depth += 1
+        elif c in b"}]":
+            depth -= 1
+            if depth == 1:
+                out.append((start, p + 1, frames))
+    return out
+
+
+def test_material_scanner_matches_a_byte_by_byte_reference():
+    """Escapes, brackets and quotes inside strings, at every offset within the scanner's
+    8-byte words and across the chunks it is fed."""
+    from preprocess.sources.mptrj_json import MaterialScanner
+
+    rng = np.random.default_rng(11)
+    tricky = ['a"b', "back\\slash", "x\\", "{[}]", "\\\"", "é-ü", "", "] } ,", "q" * 17]
+    doc = {}
+    for m in range(60):
+        frames = {}
+        for f in range(int(rng.integers(0, 4))):
+            frames[f"{rng.choice(tricky)}-{m}-{f}"] = {
+                "label": str(rng.choice(tricky)), "xyz": rng.normal(size=int(rng.integers(0, 5))).tolist(),
+                "nested": [[{"s": str(rng.choice(tricky))}]] * int(rng.integers(0, 3))}
+        doc[f"mp-{m}{rng.choice(tricky)}"] = frames
+    for indent in (None, 1):
+        data = json.dumps(doc, indent=indent, ensure_ascii=bool(indent)).encode()
+        want = _scan_reference(data)
+        assert len(want) == len(doc)
+        for _ in range(6):
+            scanner = MaterialScanner(cap=int(rng.integers(1, 9)))
+            got, pos = [], 0
+            while pos < len(data):
+                step = int(rng.integers(1, 40))
+                got += scanner.feed(data[pos:pos + step])
+                pos += step
+            scanner.finish("test")
+            assert got == want
+
+
+def _frames_equal(a, b):
+    assert [(f.material_id, f.frame_id) for f in a] == [(f.material_id, f.frame_id) for f in b]
+    for fa, fb in zip(a, b):
+        for name in ("cell", "positions", "numbers", "forces", "stress", "magmom", "pbc"):
+            x, y = getattr(fa, name), getattr(fb, name)
+            assert (x is None) == (y is None), name
+            if x is not None:
+                assert np.array_equal(x, y, equal_nan=True) and x.dtype == y.dtype, name
+        assert fa.energy == fb.energy
+
+
+def test_threads_read_and_build_what_one_thread_does(tmp_path, monkeypatch):
+    """A partition parsed in pieces on several threads, and graphs built on several
+    threads, equal the one-thread results; a material id repeated in two pieces makes the
+    run be read whole (JSON keeps the last of repeated keys)."""
+    from preprocess.graph import knn_graphs_screened
+    from preprocess.sources import mptrj_json
+
+    monkeypatch.setattr(mptrj_json, "SPLIT_BYTES", 50_000)
+    plain = tmp_path / "mptrj.json"
+    plain.write_bytes(gzip.open(SMALL_MPTRJ).read())
+    part, = open_source(plain).partitions(100_000)
+    assert len(part.splits) > 10
+    one = open_source(plain).read(part, "uncorrected_total_energy", threads=1)
+    for threads in (2, 3, 7):
+        many = open_source(plain).read(part, "uncorrected_total_energy", threads=threads)
+        _frames_equal(one[0], many[0])
+        assert many[1] == one[1]
+    frames = one[0]
+    args = (np.array([f.cell for f in frames]), [f.positions for f in frames],
+            np.array([f.pbc for f in frames]), 16, "include", 0.01, None, 0.5)
+    (g1, failed1), (g3, failed3) = (knn_graphs_screened(*args, threads=t) for t in (1, 3))
+    assert failed1 == failed3
+    for name in ("centers", "neighbors", "shifts", "distances", "next_distance", "edge_ptr",
+                 "atom_ptr"):
+        assert np.array_equal(getattr(g1, name), getattr(g3, name)), name
+
+    # the first material again at the end, with other frames: the last one wins
+    data = plain.read_bytes()
+    first_id, first_entry = next(iter(load_small_mptrj().items()))
+    last = {fid + "-again": rec for fid, rec in list(first_entry.items())[:1]}
+    repeated = data.rstrip()[:-1] + b", " + json.dumps(first_id).encode() + b": " + \
+        json.dumps(last).encode() + b"}"
+    path = tmp_path / "repeated.json"
+    path.write_bytes(repeated)
+    part, = open_source(path).partitions(100_000)
+    whole = mptrj_json.parse_materials_general(
+        repeated[part.ranges[0][1]:part.ranges[0][2]], "uncorrected_total_energy")
+    got = open_source(path).read(part, "uncorrected_total_energy", threads=2)
+    _frames_equal(whole[0], got[0])
+    assert sum(f.material_id == first_id for f in got[0]) == 1
+
+
 def test_a_single_partition_is_built_in_process(tmp_path, reference_store):
     """The default local cluster is not started for one task; the store is the same."""
     lines = []

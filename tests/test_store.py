@@ -344,3 +344,77 @@ def test_real_vasp_frame_units():
         kbar = np.array(rec["stress"])
         np.testing.assert_allclose(f.stress, -kbar / 1602.1766208)
         assert np.trace(f.stress) * np.trace(kbar) <= 0
+
+
+def _zarr_python_write(group_path: Path, columns: dict, chunk_rows: dict, clevel: int,
+                       blocksize: int) -> None:
+    """The same arrays written through zarr-python's own API, for comparison."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from preprocess.schema import numpy_dtype
+    group = zarr.open_group(str(group_path), mode="w", zarr_format=3)
+    blosc = BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle", blocksize=blocksize)
+    for f in FIELDS:
+        arr = columns[f.name]
+        if f.dtype == "str":
+            group.create_array(f.name, data=np.asarray(arr, dtype=numpy_dtype(f)),
+                               chunks=(max(1, len(arr)),))
+            continue
+        rows = chunk_rows[f.name]
+        outer = max(rows, -(-arr.shape[0] // rows) * rows)
+        group.create_array(f.name, data=arr, chunks=(rows, *f.shape), shards=(outer, *f.shape),
+                           compressors=blosc)
+
+
+@pytest.mark.parametrize("n_frames", [0, 3, 40])
+def test_zarr_shards_are_what_zarr_python_writes(tmp_path, monkeypatch, n_frames):
+    """The direct Zarr v3 writer: same documents and chunk bytes as zarr-python for the same
+    arrays (small inner chunks, so that arrays hold several and the last one is padded),
+    read back bit for bit by zarr-python, -0.0 and NaN included."""
+    import zarr
+
+    from preprocess.store import backends
+    from preprocess.store.shard import build_columns
+    monkeypatch.setattr(backends, "CHUNK_BYTES", 2000)
+    rng = np.random.default_rng(5)
+    frames = [random_frame(rng, int(rng.integers(1, 12)), f"f{i}", f"m{i // 3}",
+                           stress=i % 4 != 1, magmom=i % 5 != 2) for i in range(n_frames)]
+    columns = build_columns(frames, GraphParams())
+    if n_frames:
+        columns["positions"][0, 0] = -0.0
+        columns["forces"][1, 2] = np.nan
+    # no inner chunk may hold only the fill value: zarr-python leaves those out
+    for name in ("positions", "forces", "n_edges", "neighbors", "shifts") if n_frames else ():
+        columns[name] = columns[name].copy()
+        columns[name].reshape(len(columns[name]), -1)[::2, :1] += 1
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir()
+    backends.ZarrBackend().write(ours, columns)
+    chunk_rows = {}
+    for f in FIELDS:
+        meta = json.loads((ours / "data.zarr" / f.name / "zarr.json").read_text())
+        if f.dtype != "str":
+            chunk_rows[f.name] = meta["codecs"][0]["configuration"]["chunk_shape"][0]
+    if n_frames == 40:  # several inner chunks, the last one padded
+        assert len(columns["shifts"]) % chunk_rows["shifts"] and \
+            chunk_rows["shifts"] < len(columns["shifts"]) // 2
+    _zarr_python_write(theirs / "data.zarr", columns, chunk_rows, backends.ZSTD_LEVEL,
+                       backends.BLOSC_BLOCK)
+    files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file())
+    for rel in files:
+        a, b = (ours / rel).read_bytes(), (theirs / rel).read_bytes()
+        if rel.name == "zarr.json":
+            assert json.loads(a) == json.loads(b), rel
+        else:
+            assert a == b, rel
+    group = zarr.open_group(str(ours / "data.zarr"), mode="r")
+    for f in FIELDS:
+        got = group[f.name][...]
+        want = columns[f.name]
+        if f.dtype == "str":
+            assert list(got) == list(want)
+            continue
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == np.ascontiguousarray(want).tobytes(), f.name

@@ -18,6 +18,7 @@ from preprocess.frame import Frame
 
 SAMPLE_BLOCKS = 16
 BLOCK = 1 << 20
+SPLIT_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,9 @@ class Partition:
     """Frames ``[frame_start, frame_start + n_frames)`` of the source, as shard ``index``.
 
     ``ranges`` are (path, byte start, byte end) pieces to read; ``payload`` holds the bytes
-    themselves when the source cannot be read at an offset (a gzip stream).
+    themselves when the source cannot be read at an offset (a gzip stream). ``splits`` are
+    offsets into the partition's bytes where a material entry starts, about every
+    :data:`SPLIT_BYTES`: cut there, the pieces can be parsed independently (in parallel).
     """
 
     index: int
@@ -33,6 +36,7 @@ class Partition:
     n_frames: int
     ranges: tuple[tuple[str, int, int], ...] = ()
     payload: bytes | None = field(default=None, repr=False)
+    splits: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,30 +56,36 @@ class Source(Protocol):
     def partitions(self, frames_per_partition: int) -> Iterator[Partition]:
         """The plan, in order; for gzip sources each partition carries its bytes."""
 
-    def read(self, part: Partition, energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
-        """Parse and validate one partition: good frames and quarantined records."""
+    def read(self, part: Partition, energy_key: str, threads: int = 1
+             ) -> tuple[list[Frame], list[Quarantined]]:
+        """Parse and validate one partition: good frames and quarantined records, in the
+        source's order; ``threads`` may parse pieces of it in parallel (same result)."""
 
 
 def fingerprint(path: str | Path) -> str:
     """Content hash of a file or folder: sizes plus, per file, its whole bytes if it holds
     at most 16 MB, else 16 sampled 1 MB blocks.
 
-    Cheap on 12 GB (reads 16 MB), and independent of paths and modification times.
+    Cheap on 12 GB (reads 16 MB), and independent of paths and modification times. SHA-256,
+    as the hash CPUs run in hardware (here 1.7 GB/s against blake2b's 0.7 GB/s).
     """
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.blake2b(digest_size=12)
+    h = hashlib.sha256()
     for f in files:
         size = f.stat().st_size
         h.update(f"{f.relative_to(path) if path.is_dir() else ''}:{size}".encode())
-        with open(f, "rb") as fh:
+        buffer = bytearray(BLOCK)
+        view = memoryview(buffer)
+        with open(f, "rb", buffering=0) as fh:
             if size <= SAMPLE_BLOCKS * BLOCK:
-                h.update(fh.read())
+                while n := fh.readinto(buffer):
+                    h.update(view[:n])
                 continue
             for b in range(SAMPLE_BLOCKS):
                 fh.seek((size - BLOCK) * b // (SAMPLE_BLOCKS - 1))
-                h.update(fh.read(BLOCK))
-    return h.hexdigest()
+                h.update(view[:fh.readinto(buffer)])
+    return h.hexdigest()[:24]
 
 
 def read_range(path: str, start: int, end: int) -> bytes:

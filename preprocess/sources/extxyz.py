@@ -95,7 +95,9 @@ class ExtxyzSource:
         if n_frames:
             yield Partition(index, n_materials, n_frames, tuple(map(tuple, ranges)))
 
-    def read(self, part: Partition, energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
+    def read(self, part: Partition, energy_key: str, threads: int = 1
+             ) -> tuple[list[Frame], list[Quarantined]]:
+        """ASE's parser is Python that holds the GIL: ``threads`` would not help, one is used."""
         from ase.io.extxyz import read_xyz
 
         frames: list[Frame] = []

@@ -756,7 +756,8 @@ class Extracted:
     the source's (stress in kBar, VASP sign).
     """
 
-    material_ids: list[str]
+    material_keys: list[str]  # every material of the run, frames or not, in order
+    material_ids: list[str]  # (B,) of each frame
     frame_ids: list[str]
     record_spans: np.ndarray  # (B, 2) byte offsets of each record
     status: np.ndarray  # (B,) OK | SLOW
@@ -811,7 +812,8 @@ def extract(data: bytes, energy_key: str) -> Extracted | None:
                                         status, atom_ptr, pbcs, flags, numbers, fallback)
     if count < 0:
         return None
-    if len({_decode_id(data, s, e) for s, e in materials[:n_materials].tolist()}) != n_materials:
+    material_keys = [_decode_id(data, s, e) for s, e in materials[:n_materials].tolist()]
+    if len(set(material_keys)) != n_materials:
         return None  # a repeated material id: a JSON parser keeps only the last
     spans = spans[:count]
     status = status[:count]
@@ -836,7 +838,8 @@ def extract(data: bytes, energy_key: str) -> Extracted | None:
     stress[~has_stress] = np.nan
     magmom_source = np.where(flags & 2, 1, np.where(flags & 4, 2, 0)).astype(np.int8)
     return Extracted(
-        material_ids=material_ids, frame_ids=frame_ids, record_spans=spans[:, 4:6],
+        material_keys=material_keys, material_ids=material_ids, frame_ids=frame_ids,
+        record_spans=spans[:, 4:6],
         status=status, atom_ptr=atom_ptr[:count + 1], energy=region(ENERGY, count),
         cell=region(CELL, 9 * count).reshape(count, 3, 3), pbc=pbcs[:count],
         stress_kbar=stress, has_stress=has_stress, magmom_source=magmom_source,

@@ -1,7 +1,7 @@
 """The MPtrj JSON file as published: ``{material_id: {frame_id: record}}``, ``.json`` or
 ``.json.gz``, streamed with memory bounded by the partition, never by the file.
 
-A compiled byte scanner walks the file once (about 1 GB/s), tracking string and nesting
+A compiled byte scanner walks the file once (about 500 MB/s), tracking string and nesting
 state, and finds where each material's ``"id": {...}`` entry starts and ends and how many
 frames it holds. Runs of whole materials become partitions. A worker reads its partition's
 byte range and extracts the records' columns with compiled code
@@ -12,6 +12,7 @@ the decompressed bytes and hands each partition its bytes.
 """
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
 from pathlib import Path
@@ -22,15 +23,29 @@ import numpy as np
 import orjson
 
 from preprocess.frame import Frame
-from preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
+from preprocess.sources.base import SPLIT_BYTES, Partition, Quarantined, is_gzip, read_range
 from preprocess.sources.mptrj_extract import OK, SLOW, Extracted, extract
 from preprocess.sources.records import RecordError, cell_problem, frame_from_record
+from preprocess.threads import thread_map
 from preprocess.units import stress_from_vasp_kbar
 
 CHUNK = 64 << 20
 
 # scanner state slots
 _DEPTH, _IN_STRING, _ESCAPE, _START, _FRAMES = range(5)
+
+_ONES = np.uint64(0x0101010101010101)
+_HIGH = np.uint64(0x8080808080808080)
+# each byte the scanner acts on, repeated in all 8 bytes of a word
+_QUOTE, _BACKSLASH, _LBRACE, _RBRACE, _LBRACKET, _RBRACKET = (
+    np.uint64(c * 0x0101010101010101) for c in (34, 92, 123, 125, 91, 93))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _has_byte(word, repeated):
+    """Non-zero if any byte of ``word`` equals the byte ``repeated`` is made of."""
+    v = word ^ repeated
+    return (v - _ONES) & ~v & _HIGH
 
 
 @numba.njit(cache=True, nogil=True)
@@ -40,14 +55,29 @@ def _scan(buf, base, state, starts, ends, frames):
     Returns how many were appended (``-1`` if the output arrays are full: call again with
     the unscanned rest). ``state`` carries depth, string/escape flags, the current
     material's start offset and frame count across chunks. A depth-1 string is a material
-    key (its value is an object), a depth-2 string is a frame key.
+    key (its value is an object), a depth-2 string is a frame key. Eight bytes at a time
+    are skipped while none of them is a quote, backslash or bracket (most of a number
+    array), which makes the scan about 1.5x faster than byte by byte.
     """
     n_out = 0
     cap = starts.shape[0]
     depth = state[_DEPTH]
     in_string = state[_IN_STRING]
     escape = state[_ESCAPE]
-    for p in range(buf.shape[0]):
+    n = buf.shape[0]
+    words = buf[:n - n % 8].view(np.uint64)
+    p = 0
+    while p < n:
+        if (p & 7) == 0 and p + 8 <= n and not escape:
+            w = words[p >> 3]
+            if in_string:
+                hit = _has_byte(w, _QUOTE) | _has_byte(w, _BACKSLASH)
+            else:
+                hit = (_has_byte(w, _QUOTE) | _has_byte(w, _LBRACE) | _has_byte(w, _RBRACE)
+                       | _has_byte(w, _LBRACKET) | _has_byte(w, _RBRACKET))
+            if hit == 0:
+                p += 8
+                continue
         c = buf[p]
         if in_string:
             if escape:
@@ -56,6 +86,7 @@ def _scan(buf, base, state, starts, ends, frames):
                 escape = 1
             elif c == 34:  # closing quote
                 in_string = 0
+            p += 1
             continue
         if c == 34:  # opening quote
             in_string = 1
@@ -81,6 +112,7 @@ def _scan(buf, base, state, starts, ends, frames):
             elif depth < 0:
                 state[_DEPTH] = depth
                 return n_out
+        p += 1
     state[_DEPTH] = depth
     state[_IN_STRING] = in_string
     state[_ESCAPE] = escape
@@ -159,7 +191,8 @@ class MPtrjJsonSource:
     def partitions(self, frames_per_partition: int) -> Iterator[Partition]:
         if not self.gzipped:
             for i, (run, count) in enumerate(_group(self._materials(), frames_per_partition)):
-                yield Partition(i, len(run), count, ((self.path, run[0][0], run[-1][1]),))
+                yield Partition(i, len(run), count, ((self.path, run[0][0], run[-1][1]),),
+                                splits=_splits(run))
             return
         yield from self._gzip_partitions(frames_per_partition)
 
@@ -202,28 +235,73 @@ class MPtrjJsonSource:
     @staticmethod
     def _payload_partition(index, run, count, window, window_start) -> Partition:
         data = bytes(window[run[0][0] - window_start: run[-1][1] - window_start])
-        return Partition(index, len(run), count, payload=data)
+        return Partition(index, len(run), count, payload=data, splits=_splits(run))
 
-    def read(self, part: Partition, energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
+    def read(self, part: Partition, energy_key: str, threads: int = 1
+             ) -> tuple[list[Frame], list[Quarantined]]:
         if part.payload is not None:
             data = part.payload
         else:
             (path, start, end), = part.ranges
             data = read_range(path, start, end)
-        return parse_materials(data, energy_key)
+        return parse_materials(data, energy_key, part.splits, threads)
 
 
-def parse_materials(data: bytes, energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
+def _splits(run: list[tuple[int, int, int]]) -> tuple[int, ...]:
+    """Offsets from the run's first byte of material entries about every SPLIT_BYTES."""
+    base = last = run[0][0]
+    out = []
+    for start, _, _ in run[1:]:
+        if start - last >= SPLIT_BYTES:
+            out.append(start - base)
+            last = start
+    return tuple(out)
+
+
+def _cut(data: bytes, splits: tuple[int, ...], pieces: int) -> list[bytes]:
+    """``data`` cut at the ``splits`` nearest to ``pieces`` equal parts (each piece ends
+    with its last material's closing brace)."""
+    cuts: list[int] = []
+    for g in range(1, pieces):
+        target = len(data) * g // pieces
+        i = bisect.bisect_left(splits, target)
+        best = min(splits[max(0, i - 1):i + 1], key=lambda s: abs(s - target), default=0)
+        if best > (cuts[-1] if cuts else 0):
+            cuts.append(best)
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b].rstrip(b" \t\r\n,") for a, b in zip(bounds, bounds[1:])]
+
+
+def parse_materials(data: bytes, energy_key: str, splits: tuple[int, ...] = (),
+                    threads: int = 1) -> tuple[list[Frame], list[Quarantined]]:
     """Frames of a run of ``"material_id": {frame_id: record, ...}`` entries, in order, and
     the records that failed validation.
 
     The compiled extractor takes the run if it is valid JSON; the records it leaves (and
-    the whole run otherwise) go through :func:`parse_materials_general`.
+    the whole run otherwise) go through :func:`parse_materials_general`. With ``threads``
+    > 1 the run is cut at ``splits`` (offsets of material entries) into that many pieces,
+    parsed in parallel (the extractor releases the GIL); a material id found in two pieces
+    sends the run back to one piece, so that JSON's rule for a repeated key (the last
+    one wins) applies as it does to a run read whole.
     """
+    pieces = _cut(data, splits, threads) if threads > 1 and splits else [data]
+    if len(pieces) > 1:
+        parsed = thread_map(lambda piece: _parse_run(piece, energy_key), pieces)
+        keys = [key for _, _, piece_keys in parsed for key in piece_keys]
+        if len(set(keys)) == len(keys):
+            return ([f for frames, _, _ in parsed for f in frames],
+                    [q for _, quarantine, _ in parsed for q in quarantine])
+    frames, quarantine, _ = _parse_run(data, energy_key)
+    return frames, quarantine
+
+
+def _parse_run(data: bytes, energy_key: str
+               ) -> tuple[list[Frame], list[Quarantined], list[str]]:
+    """(frames, quarantined records, material ids) of one run."""
     columns = extract(data, energy_key)
     if columns is None:
-        return parse_materials_general(data, energy_key)
-    return _frames_of_columns(columns, data, energy_key)
+        return _parse_general(data, energy_key)
+    return (*_frames_of_columns(columns, data, energy_key), columns.material_keys)
 
 
 def _frames_of_columns(ex: Extracted, data: bytes, energy_key: str
@@ -278,26 +356,36 @@ def parse_materials_general(data: bytes, energy_key: str
     literals that Python writes), so that one malformed material is quarantined and its
     neighbours are kept.
     """
+    frames, quarantine, _ = _parse_general(data, energy_key)
+    return frames, quarantine
+
+
+def _parse_general(data: bytes, energy_key: str
+                   ) -> tuple[list[Frame], list[Quarantined], list[str]]:
     try:
-        return _frames_of([orjson.loads(b"{" + data + b"}")], energy_key)
+        materials = [orjson.loads(b"{" + data + b"}")]
     except orjson.JSONDecodeError:
-        pass
-    materials = []
+        materials = None
     quarantine: list[Quarantined] = []
-    scanner = MaterialScanner()
-    scanner.state[_DEPTH] = 1  # the entries sit inside the top-level object
-    for start, end, _ in scanner.feed(data):
-        piece = b"{" + data[start:end] + b"}"
-        try:
-            materials.append(orjson.loads(piece))
-        except orjson.JSONDecodeError:
+    keys: list[str] = []
+    if materials is None:
+        materials = []
+        scanner = MaterialScanner()
+        scanner.state[_DEPTH] = 1  # the entries sit inside the top-level object
+        for start, end, _ in scanner.feed(data):
+            piece = b"{" + data[start:end] + b"}"
             try:
-                materials.append(json.loads(piece))
-            except ValueError as err:
-                mid = data[start:end].split(b'"')[1].decode(errors="replace")
-                quarantine.append(Quarantined(mid, "?", f"malformed JSON: {err}"))
+                materials.append(orjson.loads(piece))
+            except orjson.JSONDecodeError:
+                try:
+                    materials.append(json.loads(piece))
+                except ValueError as err:
+                    mid = data[start:end].split(b'"')[1].decode(errors="replace")
+                    quarantine.append(Quarantined(mid, "?", f"malformed JSON: {err}"))
+                    keys.append(mid)
     frames, more = _frames_of(materials, energy_key)
-    return frames, quarantine + more
+    keys += [mid for obj in materials for mid in obj]
+    return frames, quarantine + more, keys
 
 
 def _frames_of(materials: list[dict], energy_key: str) -> tuple[list[Frame], list[Quarantined]]:

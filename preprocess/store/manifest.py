@@ -7,6 +7,8 @@ graphs find the same store.
 """
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import os
@@ -136,6 +138,7 @@ def read_manifest(root: "str | Path | Location") -> Manifest:
     return Manifest.from_dict(data, where=where)
 
 
+@functools.cache
 def code_version() -> str:
     try:
         from importlib.metadata import version

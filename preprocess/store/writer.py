@@ -54,11 +54,10 @@ def split_of(material_id: str, split: SplitParams) -> str:
 
 def composition(numbers: np.ndarray) -> tuple[list[str], str]:
     """Sorted element symbols and a formula with counts, e.g. (['Fe', 'O'], 'Fe2O3')."""
-    z, counts = np.unique(numbers, return_counts=True)
-    symbols = [chemical_symbols[int(x)] for x in z]
-    order = np.argsort(symbols)
-    formula = "".join(f"{symbols[i]}{counts[i] if counts[i] > 1 else ''}" for i in order)
-    return sorted(symbols), formula
+    counts = np.bincount(np.asarray(numbers, dtype=np.int64), minlength=len(chemical_symbols))
+    present = sorted((chemical_symbols[z], int(counts[z])) for z in np.flatnonzero(counts))
+    formula = "".join(f"{symbol}{n if n > 1 else ''}" for symbol, n in present)
+    return [symbol for symbol, _ in present], formula
 
 
 def _compositions(frames: Sequence[Frame]) -> tuple[list[list[str]], list[str]]:
