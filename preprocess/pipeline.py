@@ -29,7 +29,8 @@ from preprocess.store.manifest import (MANIFEST_FILE, SourceInfo, StoreError, St
 from preprocess.store.params import GraphParams, SplitParams
 from preprocess.store.shard import (ShardRecord, is_committed, remove_stale_temporaries,
                                     shard_name)
-from preprocess.store.writer import finalize_store, write_frames_shard
+from preprocess.store.parquet import read_parquet
+from preprocess.store.writer import QUARANTINE_NAME, finalize_store, write_frames_shard
 from preprocess.threads import local_cores
 
 BUILD_FILE = "build.json"
@@ -216,8 +217,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
                                                     manifest.counts["atoms"],
                                                     manifest.counts["edges"])
     summary.quarantined = manifest.counts["quarantined"]
-    from preprocess.store import open_store
-    for reason in open_store(out).quarantine().column("reason").to_pylist():
+    for reason in read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist():
         key = reason_kind(reason)
         summary.quarantine_reasons[key] = summary.quarantine_reasons.get(key, 0) + 1
     summary.wall_s = time.perf_counter() - t0

@@ -231,7 +231,7 @@ class StoreConformance:
         def crash(*args, **kwargs):
             raise KeyboardInterrupt("killed mid-write")
 
-        monkeypatch.setattr(shard_module.pq, "write_table", crash)
+        monkeypatch.setattr(shard_module, "write_parquet", crash)
         with pytest.raises(KeyboardInterrupt):
             write_frames_shard(root, 0, frames, spec)
         monkeypatch.undo()

@@ -775,23 +775,25 @@ class Extracted:
     site_magmom: np.ndarray  # (A,) site-property magmom
 
 
-def _decode_id(data: bytes, start: int, end: int) -> str:
-    raw = data[start:end]
+def _decode_id(data: bytes | memoryview, start: int, end: int) -> str:
+    raw = bytes(data[start:end])
     if b"\\" in raw:
         import json
         return json.loads(b'"' + raw + b'"')
     return raw.decode("utf-8")
 
 
-def extract(data: bytes, energy_key: str) -> Extracted | None:
+def extract(data: bytes | memoryview, energy_key: str) -> Extracted | None:
     """Columns of the records in ``data``, or None if ``data`` is not valid JSON of the
     form ``"material_id": {"frame_id": {...}, ...}, ...``, is not UTF-8, or repeats a
     material or frame id (a JSON parser keeps only the last of repeated keys)."""
     try:
-        data.decode("utf-8")
+        str(data, "utf-8")
     except UnicodeDecodeError:
         return None
-    buf = np.frombuffer(data + b"\0", dtype=np.uint8)
+    buf = np.empty(len(data) + 1, dtype=np.uint8)
+    buf[:-1] = np.frombuffer(data, dtype=np.uint8)
+    buf[-1] = 0
     objects = int(np.count_nonzero(buf == 123))  # >= materials, frames and sites
     n_frames, n_atoms = objects, objects
     sizes = np.zeros(END + 1, dtype=np.int64)
@@ -819,7 +821,7 @@ def extract(data: bytes, energy_key: str) -> Extracted | None:
     status = status[:count]
     for index, start, end, frame in fallback[:n_fb].tolist():
         if status[frame] == OK:
-            value = float(data[start:end])
+            value = float(bytes(data[start:end]))
             values[index] = value
             if not math.isfinite(value):
                 status[frame] = SLOW  # the general path reports the non-finite value

@@ -258,9 +258,9 @@ def _splits(run: list[tuple[int, int, int]]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _cut(data: bytes, splits: tuple[int, ...], pieces: int) -> list[bytes]:
-    """``data`` cut at the ``splits`` nearest to ``pieces`` equal parts (each piece ends
-    with its last material's closing brace)."""
+def _cut(data: bytes, splits: tuple[int, ...], pieces: int) -> list[memoryview]:
+    """Views of ``data`` cut at the ``splits`` nearest to ``pieces`` equal parts (each
+    piece ends with its last material's closing brace)."""
     cuts: list[int] = []
     for g in range(1, pieces):
         target = len(data) * g // pieces
@@ -269,7 +269,13 @@ def _cut(data: bytes, splits: tuple[int, ...], pieces: int) -> list[bytes]:
         if best > (cuts[-1] if cuts else 0):
             cuts.append(best)
     bounds = [0, *cuts, len(data)]
-    return [data[a:b].rstrip(b" \t\r\n,") for a, b in zip(bounds, bounds[1:])]
+    view = memoryview(data)
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        while b > a and data[b - 1] in b" \t\r\n,":  # the separator before the next entry
+            b -= 1
+        out.append(view[a:b])
+    return out
 
 
 def parse_materials(data: bytes, energy_key: str, splits: tuple[int, ...] = (),
@@ -295,16 +301,16 @@ def parse_materials(data: bytes, energy_key: str, splits: tuple[int, ...] = (),
     return frames, quarantine
 
 
-def _parse_run(data: bytes, energy_key: str
+def _parse_run(data: bytes | memoryview, energy_key: str
                ) -> tuple[list[Frame], list[Quarantined], list[str]]:
     """(frames, quarantined records, material ids) of one run."""
     columns = extract(data, energy_key)
     if columns is None:
-        return _parse_general(data, energy_key)
+        return _parse_general(bytes(data), energy_key)
     return (*_frames_of_columns(columns, data, energy_key), columns.material_keys)
 
 
-def _frames_of_columns(ex: Extracted, data: bytes, energy_key: str
+def _frames_of_columns(ex: Extracted, data: bytes | memoryview, energy_key: str
                        ) -> tuple[list[Frame], list[Quarantined]]:
     status = ex.status.copy()
     taken = np.nonzero(status == OK)[0]
@@ -327,10 +333,11 @@ def _frames_of_columns(ex: Extracted, data: bytes, energy_key: str
                 magmom=magmom[source][a0:a1] if source else None, pbc=ex.pbc[b]))
             continue
         start, end = ex.record_spans[b].tolist()
+        text = bytes(data[start:end])
         try:
-            record = orjson.loads(data[start:end])
+            record = orjson.loads(text)
         except orjson.JSONDecodeError:  # e.g. a number beyond the float range
-            record = json.loads(data[start:end])
+            record = json.loads(text)
         try:
             frames.append(frame_from_record(mid, fid, record, energy_key))
         except RecordError as err:

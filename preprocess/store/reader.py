@@ -12,13 +12,13 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from preprocess.graph import concat_ranges
 from preprocess.schema import fields_at
 from preprocess.store.backends import get_backend
-from preprocess.store.manifest import Manifest, StoreError, read_manifest
 from preprocess.store.location import Location
+from preprocess.store.manifest import Manifest, StoreError, read_manifest
+from preprocess.store.parquet import read_parquet
 from preprocess.store.shard import COMMIT_FILE
 from preprocess.store.writer import INDEX_NAME, INDEX_SCHEMA, QUARANTINE_NAME
 
@@ -230,8 +230,8 @@ class GraphStore:
 
 def _read_parquet(loc: Location, name: str, schema: pa.Schema | None = None) -> pa.Table:
     if loc.is_local:
-        return pq.read_table(loc.path / name, schema=schema)
-    return pq.read_table(pa.BufferReader(loc.read_bytes(name)), schema=schema)
+        return read_parquet(loc.path / name, schema)
+    return read_parquet(pa.BufferReader(loc.read_bytes(name)), schema)
 
 
 def open_store(path: "str | Path | Location",

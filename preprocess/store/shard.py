@@ -19,13 +19,13 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from preprocess.frame import Frame
 from preprocess.graph import KnnGraphBatch, knn_graphs
 from preprocess.schema import check_columns, numpy_dtype, BY_NAME
 from preprocess.store.backends import get_backend
 from preprocess.store.params import GraphParams
+from preprocess.store.parquet import write_parquet
 from preprocess.store.stats import ShardStats
 
 COMMIT_FILE = "commit.json"
@@ -142,7 +142,7 @@ def write_shard(root: Path, index: int, columns: dict[str, np.ndarray], backend:
     try:
         be.write(tmp, columns)
         digest, size = checksum(be.data_files(tmp), tmp)
-        pq.write_table(index_rows, tmp / INDEX_FILE)
+        write_parquet(index_rows, tmp / INDEX_FILE)
         record = ShardRecord(name, rows["frame"], rows["atom"], rows["edge"], digest, size)
         commit = {"record": asdict(record), "backend": backend, "stats": stats.to_dict(),
                   **(extra or {})}

@@ -13,7 +13,6 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from ase.data import chemical_symbols
 
 from preprocess.frame import Frame
@@ -22,6 +21,7 @@ from preprocess.schema import SCHEMA_VERSION
 from preprocess.store.manifest import (Manifest, StoreError, StoreSpec, code_version,
                                        write_manifest)
 from preprocess.store.params import SplitParams
+from preprocess.store.parquet import read_parquet, write_parquet
 from preprocess.store.shard import (INDEX_FILE, ShardRecord, build_columns,
                                     columns_from_frames, is_committed, read_commit, shard_dir,
                                     shard_name, write_shard)
@@ -130,8 +130,7 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
                              f" this build uses {spec.backend!r}")
         records.append(record)
         total = total + ShardStats.from_dict(commit["stats"])
-        tables.append(pq.read_table(shard_dir(root, record.name) / INDEX_FILE,
-                                    schema=INDEX_SCHEMA))
+        tables.append(read_parquet(shard_dir(root, record.name) / INDEX_FILE, INDEX_SCHEMA))
         quarantine.extend(commit.get("quarantine", []))
     index = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
     ids = index.column("frame_id").to_pylist()
@@ -143,9 +142,9 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
                 break
             seen.add(fid)
         raise StoreError(f"{root}: frame id {dup!r} occurs more than once in the source")
-    pq.write_table(index, root / INDEX_NAME)
-    pq.write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA),
-                   root / QUARANTINE_NAME)
+    write_parquet(index, root / INDEX_NAME)
+    write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA),
+                  root / QUARANTINE_NAME)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, store_id=spec.store_id, backend=spec.backend,
         graph=spec.graph, energy_key=spec.energy_key, split=spec.split, source=spec.source,
