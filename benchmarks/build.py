@@ -14,7 +14,7 @@ usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--scale FRAMES]
    Two clocks each: the program's own (the rate the anchor prints; the wall time in the
    build summary) and the whole process (interpreter and imports too).
 2. In this process, after a first build has paid the one-time loads (imports, numba's
-   cache, zarr's event loop): the steady-state rate of the same build, the rate the
+   cache, pyarrow's first use, the thread pool): the steady-state rate of the same build, the rate the
    per-frame work sets on a source of any size.
 3. Through Dask with 2 workers and 250-frame partitions: a LocalCluster started for the
    build (start-up included), and one already running (as on a real cluster).
