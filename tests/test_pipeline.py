@@ -330,6 +330,8 @@ def test_planted_bad_records_are_quarantined(tmp_path):
     singular["structure"]["lattice"]["matrix"] = [[10.0, 0, 0], [20.0, 0, 0], [0, 0, 10.0]]
     inverted = _record()
     inverted["structure"]["lattice"]["matrix"] = [[10.0, 0, 0], [0, 0, 10.0], [0, 10.0, 0]]
+    huge = _record()
+    huge["structure"]["lattice"]["matrix"] = [[1e300, 0, 0], [0, 1e300, 0], [0, 0, 10.0]]
     close = _record()
     close["structure"]["sites"][1]["xyz"] = [0.6, 0.5, 0.5]
     no_force = _record()
@@ -341,6 +343,7 @@ def test_planted_bad_records_are_quarantined(tmp_path):
             "mp-bad-force-count": _record(force=[[0.0, 0.0, 0.0]]),
             "mp-bad-singular": singular,
             "mp-bad-inverted": inverted,
+            "mp-bad-huge": huge,
             "mp-bad-close": close,
             "mp-bad-not-a-record": [1, 2, 3],
             "mp-bad-good-neighbour": _record(3),
@@ -362,6 +365,7 @@ def test_planted_bad_records_are_quarantined(tmp_path):
         "mp-bad-force-count": "force: 1 rows for 2 atoms",
         "mp-bad-singular": "singular cell",
         "mp-bad-inverted": "inverted",
+        "mp-bad-huge": "cell too large",
         "mp-bad-close": "closer than 0.5",
         "mp-bad-not-a-record": "record: expected an object",
         "mp-nan-0": "uncorrected_total_energy: NaN",

@@ -45,6 +45,9 @@ def cell_problem(cell: np.ndarray) -> str | None:
     with np.errstate(over="ignore", invalid="ignore"):  # entries near the float limit
         det = float(np.linalg.det(cell))
         norms = float(np.prod(np.linalg.norm(cell, axis=1)))
+    if not (np.isfinite(det) and np.isfinite(norms)):
+        return (f"cell too large: its volume is beyond the float range (largest entry "
+                f"{np.abs(cell).max():.3g} Å)")
     if not norms > 0 or abs(det) <= 1e-6 * norms:
         return f"singular cell (volume {det:.3g} Å^3)"
     if det < 0:
