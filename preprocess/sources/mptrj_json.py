@@ -369,30 +369,35 @@ def parse_materials_general(data: bytes, energy_key: str
 
 def _parse_general(data: bytes, energy_key: str
                    ) -> tuple[list[Frame], list[Quarantined], list[str]]:
+    """(frames, quarantined records, material ids) of a run, the general way."""
+    quarantine: list[Quarantined] = []
     try:
         materials = [orjson.loads(b"{" + data + b"}")]
     except orjson.JSONDecodeError:
-        materials = None
-    quarantine: list[Quarantined] = []
-    keys: list[str] = []
-    if materials is None:
-        materials = []
-        scanner = MaterialScanner()
-        scanner.state[_DEPTH] = 1  # the entries sit inside the top-level object
-        for start, end, _ in scanner.feed(data):
-            piece = b"{" + data[start:end] + b"}"
-            try:
-                materials.append(orjson.loads(piece))
-            except orjson.JSONDecodeError:
-                try:
-                    materials.append(json.loads(piece))
-                except ValueError as err:
-                    mid = data[start:end].split(b'"')[1].decode(errors="replace")
-                    quarantine.append(Quarantined(mid, "?", f"malformed JSON: {err}"))
-                    keys.append(mid)
+        materials, quarantine = _materials_one_by_one(data)
     frames, more = _frames_of(materials, energy_key)
-    keys += [mid for obj in materials for mid in obj]
+    keys = [q.material_id for q in quarantine] + [mid for obj in materials for mid in obj]
     return frames, quarantine + more, keys
+
+
+def _materials_one_by_one(data: bytes) -> tuple[list[dict], list[Quarantined]]:
+    """Each material entry of a run that is not valid JSON parsed on its own, with the
+    standard library as a second try; the entries neither can read are quarantined."""
+    materials: list[dict] = []
+    quarantine: list[Quarantined] = []
+    scanner = MaterialScanner()
+    scanner.state[_DEPTH] = 1  # the entries sit inside the top-level object
+    for start, end, _ in scanner.feed(data):
+        piece = b"{" + data[start:end] + b"}"
+        try:
+            materials.append(orjson.loads(piece))
+        except orjson.JSONDecodeError:
+            try:
+                materials.append(json.loads(piece))
+            except ValueError as err:
+                mid = data[start:end].split(b'"')[1].decode(errors="replace")
+                quarantine.append(Quarantined(mid, "?", f"malformed JSON: {err}"))
+    return materials, quarantine
 
 
 def _frames_of(materials: list[dict], energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
