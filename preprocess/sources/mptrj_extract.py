@@ -40,6 +40,7 @@ SLOW = 1  # the caller parses this record the general way
 # values[regions[POSITIONS] + 3 a:...]; regions[END] is the total size
 ENERGY, CELL, STRESS, POSITIONS, FORCES, MAGMOM, SITE_MAGMOM, END = range(8)
 _STACK = 512  # deepest nesting of a skipped value
+OBJECT_END, ARRAY_END = 125, 93  # the bytes } and ]
 
 
 def _element_table() -> np.ndarray:
@@ -230,13 +231,14 @@ def _member(buf, p):
 
 
 @numba.njit(cache=True)
-def _next_member(buf, p):
-    """After a member's value: (p at the next member, False), (p past '}', True) or -1."""
+def _next(buf, p, close):
+    """After a value in an object (``close`` = ``}``) or array (``]``): (p at the next
+    member or item, False), (p past ``close``, True) or -1."""
     n = buf.shape[0]
     p = _ws(buf, p)
     if p < n and buf[p] == 44:
         return _ws(buf, p + 1), False
-    if p < n and buf[p] == 125:
+    if p < n and buf[p] == close:
         return p + 1, True
     return -1, True
 
@@ -274,10 +276,8 @@ def _numbers(buf, p, bits, values, first, count, limit, frame, fb, n_fb):
         p, n_fb = _number(buf, p, bits, values, first + t, frame, fb, n_fb)
         if p < 0:
             return -1, n_fb
-        p = _ws(buf, p)
-        if p < n and buf[p] == (44 if t < count - 1 else 93):
-            p = _ws(buf, p + 1) if t < count - 1 else p + 1
-        else:
+        p, closed = _next(buf, p, ARRAY_END)
+        if p < 0 or closed != (t == count - 1):
             return -1, n_fb
     return p, n_fb
 
@@ -297,13 +297,9 @@ def _rows3(buf, p, bits, values, first, limit, frame, fb, n_fb):
         if p < 0:
             return -1, rows, n_fb
         rows += 1
-        p = _ws(buf, p)
-        if p < n and buf[p] == 44:
-            p = _ws(buf, p + 1)
-        elif p < n and buf[p] == 93:
-            return p + 1, rows, n_fb
-        else:
-            return -1, rows, n_fb
+        p, closed = _next(buf, p, ARRAY_END)
+        if p < 0 or closed:
+            return p, rows, n_fb
 
 
 @numba.njit(cache=True)
@@ -349,7 +345,7 @@ def _species(buf, p, elements, bits):
             p = _value_end(buf, p, bits)
             if p < 0:
                 return -1, -1
-        p, closed = _next_member(buf, p)
+        p, closed = _next(buf, p, OBJECT_END)
         if p < 0:
             return -1, -1
         if closed:
@@ -390,7 +386,7 @@ def _site_properties(buf, p, values, index, bits, frame, fb, n_fb):
             p = _value_end(buf, p, bits)
         if p < 0:
             return -1, n_fb, False
-        p, closed = _next_member(buf, p)
+        p, closed = _next(buf, p, OBJECT_END)
         if p < 0:
             return -1, n_fb, False
         if closed:
@@ -432,15 +428,14 @@ def _lattice(buf, p, b, regions, values, pbcs, bits, fb, n_fb):
                 p = _literal_end(buf, p)
                 if p < 0:
                     return -1, n_fb
-                p = _ws(buf, p)
-                if buf[p] != (44 if t < 2 else 93):
+                p, closed = _next(buf, p, ARRAY_END)
+                if p < 0 or closed != (t == 2):
                     return -1, n_fb
-                p = _ws(buf, p + 1) if t < 2 else p + 1
         else:
             p = _value_end(buf, p, bits)
             if p < 0:
                 return -1, n_fb
-        p, closed = _next_member(buf, p)
+        p, closed = _next(buf, p, OBJECT_END)
         if p < 0:
             return -1, n_fb
         if closed:
@@ -491,7 +486,7 @@ def _site(buf, p, a, regions, values, numbers, elements, bits, frame, fb, n_fb):
             p = _value_end(buf, p, bits)
             if p < 0:
                 return -1, n_fb, False
-        p, closed = _next_member(buf, p)
+        p, closed = _next(buf, p, OBJECT_END)
         if p < 0:
             return -1, n_fb, False
         if closed:
@@ -539,19 +534,16 @@ def _structure(buf, p, a0, b, regions, values, pbcs, numbers, elements, bits, fb
                     return -1, 0, 0, n_fb
                 n_sites += 1
                 n_site_magmom += has_magmom
-                p = _ws(buf, p)
-                if buf[p] == 44:
-                    p = _ws(buf, p + 1)
-                elif buf[p] == 93:
-                    p += 1
-                    break
-                else:
+                p, closed = _next(buf, p, ARRAY_END)
+                if p < 0:
                     return -1, 0, 0, n_fb
+                if closed:
+                    break
         else:
             p = _value_end(buf, p, bits)
             if p < 0:
                 return -1, 0, 0, n_fb
-        p, closed = _next_member(buf, p)
+        p, closed = _next(buf, p, OBJECT_END)
         if p < 0:
             return -1, 0, 0, n_fb
         if closed:
@@ -631,14 +623,11 @@ def _record(buf, p, b, a0, energy_key, regions, values, pbcs, flags, numbers, el
                         if p < 0:
                             return -1, 0, n_fb
                         n_magmom += 1
-                        p = _ws(buf, p)
-                        if buf[p] == 44:
-                            p = _ws(buf, p + 1)
-                        elif buf[p] == 93:
-                            p += 1
-                            break
-                        else:
+                        p, closed = _next(buf, p, ARRAY_END)
+                        if p < 0:
                             return -1, 0, n_fb
+                        if closed:
+                            break
                 flags[b] |= 2
             else:
                 return -1, 0, n_fb
@@ -646,7 +635,7 @@ def _record(buf, p, b, a0, energy_key, regions, values, pbcs, flags, numbers, el
             p = _value_end(buf, p, bits)
         if p < 0:
             return -1, 0, n_fb
-        p, closed = _next_member(buf, p)
+        p, closed = _next(buf, p, OBJECT_END)
         if p < 0:
             return -1, 0, n_fb
         if closed:
@@ -729,7 +718,7 @@ def _extract(buf, energy_key, elements, regions, values, materials, spans, statu
                 atom_ptr[b + 1] = atom_ptr[b] + atoms
                 a += atoms
                 b += 1
-                p, closed = _next_member(buf, end)
+                p, closed = _next(buf, end, OBJECT_END)
                 if p < 0:
                     return -1, -1, 0
                 if closed:

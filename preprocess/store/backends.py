@@ -4,9 +4,9 @@ A backend writes the columns of one shard (see :mod:`preprocess.schema`) into a 
 and reads them back as numpy arrays, bit for bit. It knows nothing about commits,
 checksums or manifests (:mod:`preprocess.store.shard` does).
 
-* ``zarr``: one Zarr v3 group per shard, one array per field, blosc-zstd (level 1, 1 MB blocks) with byte
-  shuffle inside the sharding codec (one file per array, inner chunks of ~1 MB), readable through
-  fsspec from object storage.
+* ``zarr``: one Zarr v3 group per shard, one array per field, blosc-zstd (level 1, one block
+  per inner chunk) with byte shuffle inside the sharding codec (one file per array, inner
+  chunks of ~1 MB), readable through fsspec from object storage.
 * ``arrow``: one Arrow IPC file per level (frames, atoms, edges) with zstd-compressed
   buffers, memory-mapped on read (remote files are fetched whole, then read in memory).
 """
