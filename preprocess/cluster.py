@@ -2,30 +2,45 @@
 laptop (LocalCluster sized to the machine), an existing scheduler, or a batch system
 through dask-jobqueue (SLURM, PBS, SGE, LSF, ...).
 
-``pipelines.yaml``::
+``pipelines.yaml`` (the README's SLURM section explains each key and what a site changes)::
 
     cluster:
       kind: slurm            # local | address | slurm | pbs | sge | lsf | htcondor | synchronous
       jobs: 8                # batch jobs to start (dask-jobqueue scale)
+      start_timeout: 600     # s: fail when no worker has joined by then (batch kinds)
       options:               # passed to dask_jobqueue.SLURMCluster(...)
         queue: cpu
+        account: my-project
         cores: 32
         processes: 8
         memory: 128GB
         walltime: "02:00:00"
-        account: my-project
+        log_directory: runs/cluster-logs   # relative: to pipelines.yaml's directory
+
+On a batch system the driver (this process) runs the Dask scheduler and submits ``jobs``
+worker jobs; it logs where the jobs write their output, fails with one line when the batch
+system refuses a job or no worker joins within ``start_timeout`` seconds (the jobs are
+cancelled then), and names the submitted job ids (``batch_jobs``).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
                   "lsf": "LSFCluster", "htcondor": "HTCondorCluster", "oar": "OARCluster",
                   "moab": "MoabCluster"}
 KINDS = ("local", "address", "synchronous", *JOBQUEUE_KINDS)
+
+
+class ClusterError(ValueError):
+    """The cluster section cannot be satisfied: the batch system refused the worker jobs, or
+    no worker joined in time. A user error (check ``cluster.options``), printed as one line."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class ClusterConfig:
     threads_per_worker: int = 1
     memory_limit: str = "auto"  # per local worker
     jobs: int = 1  # jobqueue: batch jobs
+    start_timeout: float = 600.0  # jobqueue: s from submission until the first worker joins
     options: dict = field(default_factory=dict)  # jobqueue cluster keyword arguments
 
     def __post_init__(self):
@@ -45,15 +61,28 @@ class ClusterConfig:
             raise ValueError("cluster.address is required when cluster.kind is 'address'")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"cluster.workers must be >= 1, got {self.workers}")
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"cluster.jobs must be an integer >= 1, got {self.jobs!r}")
+        if not isinstance(self.start_timeout, (int, float)) or not self.start_timeout > 0:
+            raise ValueError(f"cluster.start_timeout must be a number of seconds > 0, got "
+                             f"{self.start_timeout!r}")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"cluster.options must be a mapping, got {self.options!r}")
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "ClusterConfig":
+    def from_dict(cls, d: dict | None, base: str | Path | None = None) -> "ClusterConfig":
+        """From pipelines.yaml's ``cluster`` mapping; a relative ``options.log_directory``
+        is taken relative to ``base`` (the directory of pipelines.yaml)."""
         d = dict(d or {})
         known = {"kind", "address", "workers", "threads_per_worker", "memory_limit", "jobs",
-                 "options"}
+                 "start_timeout", "options"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"cluster: unknown keys {sorted(unknown)}; expected {sorted(known)}")
+        options = d.get("options")
+        if base is not None and isinstance(options, dict) and options.get("log_directory"):
+            log_dir = Path(os.path.expanduser(str(options["log_directory"])))
+            d["options"] = {**options, "log_directory": str(Path(base) / log_dir)}
         return cls(**d)
 
     @classmethod
@@ -71,8 +100,12 @@ def default_workers() -> int:
 
 
 @contextlib.contextmanager
-def dask_client(config: ClusterConfig) -> Iterator["object | None"]:
-    """A ``distributed.Client`` for the config (None for the synchronous scheduler)."""
+def dask_client(config: ClusterConfig,
+                log: Callable[[str], None] = lambda s: None) -> Iterator["object | None"]:
+    """A ``distributed.Client`` for the config (None for the synchronous scheduler).
+
+    For a batch system the client is returned once the first worker has joined; raises
+    ClusterError when every job is refused or ``config.start_timeout`` s pass first."""
     if config.kind == "synchronous":
         yield None
         return
@@ -87,14 +120,113 @@ def dask_client(config: ClusterConfig) -> Iterator["object | None"]:
                                threads_per_worker=config.threads_per_worker,
                                memory_limit=config.memory_limit, processes=True,
                                dashboard_address=":0")
-    else:
-        try:
-            import dask_jobqueue
-        except ImportError:
-            raise ValueError(f"cluster.kind {config.kind!r} needs dask-jobqueue: "
-                             "pip install 'orbitgraph[cluster]'") from None
-        cluster_cls = getattr(dask_jobqueue, JOBQUEUE_KINDS[config.kind])
-        cluster = cluster_cls(**config.options)
-        cluster.scale(jobs=config.jobs)
+        with cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ValueError(f"cluster.kind {config.kind!r} needs dask-jobqueue: "
+                         "pip install 'orbitgraph[cluster]'") from None
+    cluster_cls = getattr(dask_jobqueue, JOBQUEUE_KINDS[config.kind])
+    job_cls = _recording(cluster_cls.job_cls)
+    cluster = cluster_cls(**config.options, job_cls=job_cls)
+    log_dir = config.options.get("log_directory")
+    log(f"{config.kind} worker jobs write their output to "
+        + (f"{Path(log_dir).resolve()}/" if log_dir else
+           f"the batch system's default place (SLURM: slurm-JOBID.out in {Path.cwd()}; "
+           "set cluster.options.log_directory)"))
     with cluster, Client(cluster) as client:
+        cluster.scale(jobs=config.jobs)
+        _await_first_worker(client, config, job_cls, log_dir, log)
+        log(f"{config.kind} jobs {', '.join(job_cls.submitted)}: a worker has joined")
         yield client
+
+
+def batch_jobs(client) -> list[str]:
+    """Ids of the batch jobs submitted for ``client``'s dask-jobqueue cluster, in order of
+    submission (including jobs that have ended since); [] for other clusters."""
+    job_cls = getattr(getattr(client, "cluster", None), "job_cls", None)
+    return list(getattr(job_cls, "submitted", []))
+
+
+def _recording(job_cls: type) -> type:
+    """``job_cls`` (a dask-jobqueue Job) that records submitted job ids and refusals.
+
+    A refused submission (the submit command's non-zero exit) is recorded instead of raised:
+    dask-jobqueue starts jobs in a background callback whose exceptions no caller sees (they
+    surface as a logged traceback, and the cluster then fails to close);
+    ``_await_first_worker`` reports them as one line. Such a job counts as started for
+    distributed's bookkeeping (it has no job id, so closing it cancels nothing)."""
+    from distributed.core import Status
+
+    class Recorded(job_cls):
+        submitted: list[str] = []
+        refused: list[str] = []
+
+        async def start(self):
+            try:
+                await super().start()
+            except Exception as err:  # noqa: BLE001 - reported by _await_first_worker
+                Recorded.refused.append(_submit_error(err))
+                self.status = Status.running
+            else:
+                Recorded.submitted.append(str(self.job_id))
+
+        async def close(self):
+            await super().close()  # cancels the job (scancel, qdel, ...) if it has an id
+            self.status = Status.closed
+
+    Recorded.__name__ = Recorded.__qualname__ = f"Recorded{job_cls.__name__}"
+    return Recorded
+
+
+def _submit_error(err: Exception) -> str:
+    """The submit command's own error lines from dask-jobqueue's RuntimeError."""
+    text = str(err)
+    if "stderr:" in text:
+        lines = [s.strip() for s in text.split("stderr:", 1)[1].splitlines() if s.strip()]
+        if lines:
+            return "; ".join(lines)
+    return " ".join(text.split())
+
+
+def _await_first_worker(client, config: ClusterConfig, job_cls, log_dir, log) -> None:
+    deadline = time.monotonic() + config.start_timeout
+    warned = 0
+    while True:
+        try:
+            client.wait_for_workers(1, timeout=1)
+            return
+        except TimeoutError:
+            pass
+        refused = job_cls.refused
+        if len(refused) >= config.jobs:
+            raise ClusterError(f"cluster: the {config.kind} batch system refused the worker "
+                               f"job ({refused[0]}); check cluster.options")
+        if len(refused) > warned:
+            log(f"{config.kind} refused {len(refused)} of {config.jobs} worker jobs "
+                f"({refused[-1]}); waiting for the others")
+            warned = len(refused)
+        if time.monotonic() >= deadline:
+            ids = job_cls.submitted
+            states = _queue_states(config.kind, ids)
+            raise ClusterError(
+                f"cluster: no Dask worker joined within {config.start_timeout:g} s "
+                f"(cluster.start_timeout) of submitting {config.kind} jobs "
+                f"{', '.join(ids) or '(none)'}{f' ({states})' if states else ''}; their "
+                f"output: {Path(log_dir).resolve() if log_dir else 'the batch default'}; "
+                f"the jobs are cancelled")
+
+
+def _queue_states(kind: str, ids: list[str]) -> str:
+    """'ID STATE REASON; ...' from squeue for SLURM jobs still queued ('' otherwise)."""
+    if kind != "slurm" or not ids:
+        return ""
+    try:
+        out = subprocess.run(["squeue", "--noheader", f"--jobs={','.join(ids)}",
+                              "--format=%i %T %r"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return "; ".join(" ".join(line.split()) for line in out.splitlines() if line.strip())

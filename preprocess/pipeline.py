@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from preprocess.cluster import ClusterConfig, dask_client
+from preprocess.cluster import ClusterConfig, batch_jobs, dask_client
 from preprocess.graph import knn_graphs_screened
 from preprocess.sources import open_source
 from preprocess.sources.base import Partition, Quarantined, Source, fingerprint
@@ -49,6 +49,7 @@ class BuildSummary:
     wall_s: float = 0.0
     already_complete: bool = False
     dashboard: str | None = None
+    jobs: list[str] = field(default_factory=list)  # batch job ids (dask-jobqueue clusters)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
 
     def text(self) -> str:
@@ -61,6 +62,8 @@ class BuildSummary:
                  f"quarantined {self.quarantined}",
                  f"  shards built {self.shards_built}, already committed {self.shards_skipped}",
                  f"  wall {self.wall_s:.2f} s, {rate:.0f} frames/s"]
+        if self.jobs:
+            lines.append(f"  batch jobs {', '.join(self.jobs)}")
         for reason, n in sorted(self.quarantine_reasons.items(), key=lambda x: -x[1])[:5]:
             lines.append(f"  quarantine: {n} x {reason}")
         return "\n".join(lines)
@@ -194,13 +197,14 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     if cluster.kind != "synchronous":
         load_kernels(source.format)
 
-    with dask_client(cluster) as client, _progress(progress) as bar:
+    with dask_client(cluster, log) as client, _progress(progress) as bar:
         if client is not None:
             summary.dashboard = client.dashboard_link
             log(f"dask dashboard: {client.dashboard_link}")
             n_workers = max(1, len(client.scheduler_info().get("workers", {})))
             _run_distributed(client, parts, source, spec, out, bar, summary,
                              in_flight=4 * n_workers)
+            summary.jobs = batch_jobs(client)
         else:
             for part in parts:
                 bar.total = (bar.total or 0) + 1

@@ -172,7 +172,7 @@ def load_pipelines(path: str | Path) -> Pipelines:
     base = path.resolve().parent
     workdir = base / str(data.get("workdir", "runs"))
     try:
-        cluster = ClusterConfig.from_dict(_mapping(data.get("cluster"), "cluster"))
+        cluster = ClusterConfig.from_dict(_mapping(data.get("cluster"), "cluster"), base)
     except (TypeError, ValueError) as err:
         raise PipelineError(str(err)) from None
 
