@@ -18,15 +18,18 @@ through dask-jobqueue (SLURM, PBS, SGE, LSF, ...).
         log_directory: runs/cluster-logs   # relative: to pipelines.yaml's directory
 
 On a batch system the driver (this process) runs the Dask scheduler and submits ``jobs``
-worker jobs; it logs where the jobs write their output, fails with one line when the batch
-system refuses a job or no worker joins within ``start_timeout`` seconds (the jobs are
-cancelled then), and names the submitted job ids (``batch_jobs``).
+worker jobs; it logs where the jobs write their output and which jobs it submitted, fails
+with one line when the batch system refuses every job or no worker joins within
+``start_timeout`` seconds, and names the submitted job ids (``batch_jobs``). The jobs are
+cancelled when the build ends, fails, or the driver gets SIGTERM or Ctrl-C.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +139,30 @@ def dask_client(config: ClusterConfig,
         + (f"{Path(log_dir).resolve()}/" if log_dir else
            f"the batch system's default place (SLURM: slurm-JOBID.out in {Path.cwd()}; "
            "set cluster.options.log_directory)"))
-    with cluster, Client(cluster) as client:
+    with _terminate_unwinds(), cluster, Client(cluster) as client:
         cluster.scale(jobs=config.jobs)
         _await_first_worker(client, config, job_cls, log_dir, log)
         log(f"{config.kind} jobs {', '.join(job_cls.submitted)}: a worker has joined")
         yield client
+
+
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """While batch jobs run, SIGTERM (``kill``, the driver's own job cancelled or out of
+    walltime) unwinds the build as Ctrl-C does, so the worker jobs are cancelled instead of
+    left in the queue; the process then exits with status 143. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def batch_jobs(client) -> list[str]:
@@ -194,13 +216,19 @@ def _submit_error(err: Exception) -> str:
 def _await_first_worker(client, config: ClusterConfig, job_cls, log_dir, log) -> None:
     deadline = time.monotonic() + config.start_timeout
     warned = 0
+    announced = False
     while True:
+        refused = job_cls.refused
+        if not announced and job_cls.submitted and \
+                len(job_cls.submitted) + len(refused) >= config.jobs:
+            log(f"submitted {config.kind} jobs {', '.join(job_cls.submitted)}; waiting up to "
+                f"{config.start_timeout:g} s (cluster.start_timeout) for the first worker")
+            announced = True
         try:
-            client.wait_for_workers(1, timeout=1)
+            client.wait_for_workers(1, timeout=0.25)
             return
         except TimeoutError:
             pass
-        refused = job_cls.refused
         if len(refused) >= config.jobs:
             raise ClusterError(f"cluster: the {config.kind} batch system refused the worker "
                                f"job ({refused[0]}); check cluster.options")

@@ -144,7 +144,7 @@ def _one_error_line(stderr: str) -> str:
 
 def test_readme_cluster_section_is_a_slurm_job_script(tmp_path):
     """Without a batch system: the README's section loads, and dask-jobqueue turns it into
-    the #SBATCH lines it promises (log directory relative to pipelines.yaml)."""
+    the job script it promises (log directory relative to pipelines.yaml)."""
     if importlib.util.find_spec("dask_jobqueue") is None and not os.environ.get("CI"):
         pytest.skip("dask-jobqueue is not installed (pip install -e '.[cluster]')")
     from dask_jobqueue import SLURMCluster
@@ -154,9 +154,8 @@ def test_readme_cluster_section_is_a_slurm_job_script(tmp_path):
     assert config.kind == "slurm" and config.jobs == README_CLUSTER["jobs"]
     log_dir = tmp_path / README_CLUSTER["options"]["log_directory"]
     assert config.options["log_directory"] == str(log_dir)
-    options = {**config.options, "scheduler_options": {"dashboard_address": ":0"}}
-    with SLURMCluster(**options) as cluster:
-        script = cluster.job_script()
+    script = SLURMCluster.job_cls("tcp://scheduler:8786", name="worker",
+                                  **config.options).job_script()
     opts = README_CLUSTER["options"]
     for line in (f"#SBATCH -p {opts['queue']}", f"#SBATCH -A {opts['account']}",
                  f"#SBATCH --cpus-per-task={opts['cores']}", "#SBATCH --mem=954M",
@@ -283,3 +282,31 @@ def test_a_job_that_never_starts_ends_the_build_after_start_timeout(slurm, tmp_p
     assert match.group(3) == f"{jobs[0]} PENDING BeginTime; {jobs[1]} PENDING BeginTime"
     assert match.group(4) == str(tmp_path / README_CLUSTER["options"]["log_directory"])
     assert _wait_until_gone(slurm, jobs) == {}, "the jobs are cancelled"
+
+
+@pytest.mark.slow
+def test_a_terminated_build_cancels_its_jobs(slurm, tmp_path):
+    """SIGTERM to the driver (kill, its own job cancelled or out of walltime) while its jobs
+    wait in the queue: the jobs are cancelled, not left queued."""
+    cluster = copy.deepcopy(README_CLUSTER)
+    cluster["options"]["job_extra_directives"] = ["--begin=now+3600"]
+    proc = subprocess.Popen(_build_command(_pipelines(tmp_path, cluster)), cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        said = []
+        for line in proc.stdout:  # until the driver says it submitted the jobs
+            said.append(line)
+            if line.startswith("submitted slurm jobs"):
+                break
+        jobs = re.match(r"submitted slurm jobs ([\d, ]+);", said[-1]).group(1).split(", ")
+        assert len(jobs) == README_CLUSTER["jobs"]
+        assert {slurm.jobs()[j] for j in jobs} == {"PENDING"}
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert _wait_until_gone(slurm, jobs) == {}, "the queued jobs are cancelled"
