@@ -221,7 +221,8 @@ def test_a_worker_job_cancelled_mid_build_is_survived(slurm, reference, tmp_path
         deadline = time.monotonic() + 300
         while victim is None and proc.poll() is None and time.monotonic() < deadline:
             running = {j for j, state in slurm.jobs().items() if state == "RUNNING"}
-            for marker in sorted(markers.iterdir()):
+            # the partition a job started last: the furthest from being committed
+            for marker in sorted(markers.iterdir(), key=lambda m: -m.stat().st_mtime):
                 job, shard = marker.name.split("-", 1)
                 if job in running and not is_committed(out, shard):
                     slurm.command("scancel", job)
