@@ -101,7 +101,7 @@ def from_channels(x: torch.Tensor, ls: list[int]) -> torch.Tensor:
     """(N, C, Σ (2l+1)) -> e3nn layout (N, Σ C (2l+1))."""
     parts, i = [], 0
     for l in ls:
-        parts.append(x[:, :, i:i + 2 * l + 1].reshape(x.shape[0], -1))
+        parts.append(x[:, :, i:i + 2 * l + 1].reshape(x.shape[0], x.shape[1] * (2 * l + 1)))
         i += 2 * l + 1
     return torch.cat(parts, dim=-1)
 
@@ -137,6 +137,7 @@ class SymmetricContraction(nn.Module):
         self.layout_in = _Layout(ls_in)
         # orders 2..correlation: coupling matrices, path -> component maps, weights
         self._orders: list[tuple[_Layout, _Layout]] = []
+        self._paths: list[int] = []  # coupling paths of each order
         self.reduce = nn.ModuleList()
         prev = self.layout_in
         for nu in range(2, correlation + 1):
@@ -145,7 +146,8 @@ class SymmetricContraction(nn.Module):
             self.register_buffer(f"coupling_{nu}", coupling, persistent=False)
             self.register_buffer(f"path_of_q_{nu}", path_of_q, persistent=False)
             self.register_buffer(f"sum_q_{nu}", sum_q, persistent=False)
-            self.reduce.append(SpeciesProjection(species_dim, (int(path_of_q.max()) + 1) * self.channels))
+            self._paths.append(int(path_of_q.max()) + 1)
+            self.reduce.append(SpeciesProjection(species_dim, self._paths[-1] * self.channels))
             self._orders.append((prev, target))
             prev = target
         # v_{ν,L}: per order, output type and channel; each order's components of the output
@@ -186,10 +188,12 @@ class SymmetricContraction(nn.Module):
         x = to_channels(a, c, self.ls_in)  # (N, C, D)
         out = self._contract(0, x, species)
         b = x
-        for nu, ((left, _), reduce) in enumerate(zip(self._orders, self.reduce), start=2):
+        for nu, ((left, _), paths, reduce) in enumerate(
+                zip(self._orders, self._paths, self.reduce), start=2):
             outer = (b.unsqueeze(-1) * x.unsqueeze(-2)).reshape(n, c, left.dim * x.shape[-1])
             y = outer @ getattr(self, f"coupling_{nu}")  # (N, C, Q)
-            w = reduce(species).view(n, -1, c).transpose(1, 2)  # (N, C, paths)
+            # sizes spelled out (no -1): an empty batch (N = 0) has no size to infer
+            w = reduce(species).view(n, paths, c).transpose(1, 2)  # (N, C, paths)
             y = y * w[:, :, getattr(self, f"path_of_q_{nu}")]
             b = y @ getattr(self, f"sum_q_{nu}")  # (N, C, target.dim)
             out = out + self._contract(nu - 1, b, species)
@@ -197,7 +201,8 @@ class SymmetricContraction(nn.Module):
 
     def _contract(self, order: int, b: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """v(z) · B^{order+1} restricted to the output types: (N, C, D_out)."""
-        v = self.contract[order](species).view(b.shape[0], -1, self.channels).transpose(1, 2)
+        v = self.contract[order](species).view(b.shape[0], len(self.ls_out), self.channels)
+        v = v.transpose(1, 2)
         return b[:, :, getattr(self, f"out_index_{order}")] * v[:, :, self.type_of_out]
 
 

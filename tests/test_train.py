@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -210,78 +206,6 @@ def test_killed_and_resumed_run_follows_the_same_trajectory(store_path, tmp_path
     ea, eb = straight.ema.shadow_state(), second.ema.shadow_state()
     for key in ea:
         torch.testing.assert_close(ea[key], eb[key], rtol=0, atol=0)
-
-
-# -------------------------------------------------------------------------------- DDP
-
-DDP_SCRIPT = """
-import json, os, sys
-import torch
-from train.config import TrainConfig
-from train.loader import LoaderConfig
-from train.trainer import Trainer
-store, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cfg = TrainConfig(max_steps=steps, epochs=1, lr=3e-3, loader=LoaderConfig(max_atoms=250, seed=2),
-                  log_every=1000, checkpoint_every=1000, plots=False, tensorboard=False,
-                  ema_decay=None, stress_weight=0.1)
-model = %s
-t = Trainer(store, model, cfg, out)
-seen = []
-original = t.train_step
-def recording(batch):
-    seen.append(batch.frame_ids)
-    return original(batch)
-t.train_step = recording
-t.fit(log=lambda s: None)
-rank = int(os.environ.get("RANK", 0))
-torch.save({k: v for k, v in t.model.state_dict().items()}, f"{out}/params-{rank}.pt")
-json.dump(seen, open(f"{out}/seen-{rank}.json", "w"))
-""" % repr(TINY_MODEL)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_ddp_two_gloo_ranks_match_one_process(store_path, tmp_path):
-    steps = 3
-    out = tmp_path / "ddp"
-    out.mkdir()
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(store_path),
-                                       str(out), str(steps)], env=env,
-                                      cwd=Path(__file__).resolve().parents[1],
-                                      stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-    seen = [json.load(open(out / f"seen-{r}.json")) for r in range(2)]
-    ids0 = {fid for batch in seen[0] for fid in batch}
-    ids1 = {fid for batch in seen[1] for fid in batch}
-    assert ids0 and ids1 and not ids0 & ids1, "ranks must see disjoint frames"
-    p0 = torch.load(out / "params-0.pt")
-    p1 = torch.load(out / "params-1.pt")
-    for key in p0:
-        torch.testing.assert_close(p0[key], p1[key], rtol=0, atol=0)
-    # one process, each step on the union of the two ranks' batches
-    store = open_store(store_path)
-    single = Trainer(store_path, TINY_MODEL, TrainConfig(
-        max_steps=steps, epochs=1, lr=3e-3, loader=LoaderConfig(max_atoms=250, seed=2),
-        plots=False, tensorboard=False, ema_decay=None, stress_weight=0.1), tmp_path / "one")
-    train = store.subset(split="train")
-    by_id = {fid: i for i, fid in enumerate(train.frame_ids)}
-    for step in range(steps):
-        frames = [train[by_id[fid]] for r in range(2) if step < len(seen[r]) for fid in seen[r][step]]
-        single.train_step(collate(frames, k=16))
-    for key, value in single.model.state_dict().items():
-        torch.testing.assert_close(value, p0[key], rtol=1e-9, atol=1e-11, msg=key)
 
 
 # --------------------------------------------------------------- learning and ASE

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.batch import Batch
+from preprocess.schema import FIELDS, numpy_dtype
 from preprocess.store import GraphStore, ShardData
 from preprocess.store.params import GraphParams
 from train.collate import collate_columns, concat_blocks, edge_index
@@ -262,12 +263,9 @@ def steps_per_epoch(store: GraphStore, cfg: LoaderConfig, epoch: int, world: int
     return max(len(ShardStream(store, cfg, epoch, r, world)) for r in range(world))
 
 
-def empty_like(batch_dtype: torch.dtype = torch.float64) -> Batch:
-    """A batch with no frames (for a rank that has run out of data in this step)."""
-    z = torch.zeros(0, dtype=torch.long)
-    f = torch.zeros((0, 3), dtype=batch_dtype)
-    return Batch(numbers=z, positions=f, cell=torch.zeros((0, 3, 3), dtype=batch_dtype),
-                 frame_index=z, n_atoms=z, centers=z, neighbors=z, shifts=f,
-                 next_distance=torch.zeros(0, dtype=batch_dtype), rank_edge=z,
-                 energy=torch.zeros(0, dtype=batch_dtype), forces=f,
-                 stress=torch.zeros((0, 3, 3), dtype=batch_dtype), frame_ids=[])
+def empty_batch(k: int, dtype: torch.dtype = torch.float64) -> Batch:
+    """A batch of no frames, for a DDP rank that has run out of data in a step the other
+    ranks still take: every field of the store schema with zero rows, collated like any
+    block, so it carries exactly the fields (and trailing shapes) of a real batch."""
+    block = {f.name: np.empty((0, *f.shape), dtype=numpy_dtype(f)) for f in FIELDS}
+    return collate_columns(block, k=k, dtype=dtype)

@@ -31,7 +31,7 @@ from preprocess.store import GraphStore, open_store
 from preprocess.store.params import GraphParams
 from train.config import TrainConfig
 from train.ema import EMA
-from train.loader import empty_like, make_loader, steps_per_epoch
+from train.loader import empty_batch, make_loader, steps_per_epoch
 from train.metrics import ErrorAccumulator, loss_sums
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.float32,
@@ -228,7 +228,7 @@ class Trainer:
             losses = []
             while self.state.batches_in_epoch < n_steps:
                 batch = next(it, None)
-                batch = (batch if batch is not None else empty_like()).to(
+                batch = (batch if batch is not None else empty_batch(self.graph.k)).to(
                     self.device, self.dtype, non_blocking=True)
                 losses.append(self.train_step(batch))
                 self.state.batches_in_epoch += 1

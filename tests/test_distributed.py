@@ -1,0 +1,156 @@
+"""Data-parallel training: empty batches and ranks that hold unequal numbers of batches.
+
+Every rank takes the busiest rank's number of steps (DDP runs in lockstep); a rank whose
+shards are used up takes its steps on an empty batch. Each preset must run forward and
+backward on one, and two gloo ranks of unequal batch counts must take the same steps as
+one process fed the union of their batches.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import load_small_mptrj
+from model import build_model
+from model.config import PRESETS
+from preprocess.cluster import ClusterConfig
+from preprocess.pipeline import build_store
+from preprocess.store import SplitParams, open_store
+from train.collate import collate
+from train.config import TrainConfig
+from train.loader import LoaderConfig, empty_batch, plan_worker
+from train.trainer import Trainer
+
+# small versions of every preset (the preset's blocks, few channels)
+TINY = {
+    "mace": {"preset": "mace", "channels": 4, "sh_l_max": 2, "species_dim": 4,
+             "radial_mlp": [8], "readout_mlp": [4]},
+    "sevennet": {"preset": "sevennet", "channels": 4, "layers": 2, "species_dim": 4,
+                 "radial_mlp": [8]},
+    "invariant": {"preset": "invariant", "hidden": 8, "species_dim": 4, "final_mlp": [8],
+                  "layers": 2, "num_radial": 8},
+}
+# other blocks a configuration can choose, each on an empty batch too
+VARIANTS = {
+    "tensor_square": {**TINY["sevennet"], "self_interaction": "tensor_square"},
+    "linear+softmax": {**TINY["sevennet"], "self_interaction": "linear",
+                       "aggregation": "softmax"},
+    "mace+sigmoid+features": {**TINY["mace"], "aggregation": "sigmoid",
+                              "message_weights": "radial+species+features"},
+    "invariant+softmax": {**TINY["invariant"], "attention": "softmax"},
+    "invariant+none": {**TINY["invariant"], "attention": "none"},
+}
+LOADER = LoaderConfig(max_atoms=60, seed=0)  # ranks hold 4 and 1 batches
+STEP_CFG = dict(epochs=1, lr=3e-3, loader=LOADER, log_every=1000, checkpoint_every=1000,
+                plots=False, tensorboard=False, ema_decay=None, stress_weight=0.1,
+                schedule="constant")  # the cosine's length would depend on the rank count
+
+
+def test_presets_cover_every_model_kind():
+    assert set(TINY) == set(PRESETS)
+
+
+@pytest.mark.parametrize("name", [*TINY, *VARIANTS])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_and_backward_on_an_empty_batch(name, dtype):
+    model = build_model({**TINY, **VARIANTS}[name]).to(dtype=dtype)
+    out = model(empty_batch(16, dtype), forces=True, stress=True, training=True)
+    assert out["energy"].shape == (0,) and out["forces"].shape == (0, 3)
+    assert out["stress"].shape == (0, 3, 3)
+    (out["energy"].sum() + out["forces"].sum() + out["stress"].sum()).backward()
+    # DDP reduces a gradient for every parameter on every rank: none may be missing
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    assert all(float(p.grad.abs().sum()) == 0.0 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    """~40 frames of at most 20 atoms from the bundled sample, in shards of 6."""
+    root = tmp_path_factory.mktemp("ddp")
+    small = {}
+    for mid, frames in load_small_mptrj().items():
+        if len(next(iter(frames.values()))["structure"]["sites"]) <= 20:
+            small[mid] = frames
+        if sum(map(len, small.values())) >= 40:
+            break
+    (root / "small.json").write_text(json.dumps(small))
+    build_store(root / "small.json", root / "store", frames_per_shard=6,
+                cluster=ClusterConfig(kind="synchronous"), progress=False,
+                split=SplitParams(0.15, 0.0, 0), log=lambda s: None)
+    return root / "store"
+
+
+DDP_SCRIPT = """
+import json, os, sys
+import torch
+from train.config import TrainConfig
+from train.trainer import Trainer
+store, out, models, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+rank = int(os.environ["RANK"])
+for name, model in models.items():
+    t = Trainer(store, model, TrainConfig.from_dict(json.loads(cfg)), f"{out}/{name}")
+    seen = []
+    original = t.train_step
+    def recording(batch, original=original, seen=seen):
+        seen.append(batch.frame_ids)
+        return original(batch)
+    t.train_step = recording
+    t.fit(log=lambda s: None)
+    torch.save(t.model.state_dict(), f"{out}/{name}-params-{rank}.pt")
+    json.dump(seen, open(f"{out}/{name}-seen-{rank}.json", "w"))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_every_preset_trains_an_epoch_on_two_ranks_of_unequal_batch_counts(store_path, tmp_path):
+    train = open_store(store_path).subset(split="train")
+    counts = [len(plan_worker(train, LOADER, 0, rank, 2, 0, 1)) for rank in range(2)]
+    assert counts[0] != counts[1], counts  # one rank runs out before the epoch ends
+    out = tmp_path / "ddp"
+    out.mkdir()
+    cfg = {**STEP_CFG, "loader": vars(LOADER)}
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", DDP_SCRIPT, str(store_path), str(out), json.dumps(TINY),
+             json.dumps(cfg)], env=env, cwd=Path(__file__).resolve().parents[1],
+            stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+    by_id = {fid: i for i, fid in enumerate(train.frame_ids)}
+    for name, model in TINY.items():
+        seen = [json.load(open(out / f"{name}-seen-{r}.json")) for r in range(2)]
+        # both ranks took the busiest rank's steps; the other's last ones were empty
+        assert len(seen[0]) == len(seen[1]) == max(counts), name
+        assert sorted(sum(1 for b in s if b) for s in seen) == sorted(counts), name
+        ids = [fid for s in seen for b in s for fid in b]
+        assert sorted(ids) == sorted(train.frame_ids), "every frame once per epoch"
+        params = [torch.load(out / f"{name}-params-{r}.pt") for r in range(2)]
+        for key in params[0]:
+            torch.testing.assert_close(params[0][key], params[1][key], rtol=0, atol=0)
+        # one process, each step on the union of the ranks' batches
+        single = Trainer(store_path, model, TrainConfig(**STEP_CFG), tmp_path / f"one-{name}")
+        for step in range(max(counts)):
+            frames = [train[by_id[fid]] for r in range(2) for fid in seen[r][step]]
+            single.train_step(collate(frames, k=16))
+        for key, value in single.model.state_dict().items():
+            torch.testing.assert_close(value, params[0][key], rtol=1e-9, atol=1e-11,
+                                       msg=f"{name}: {key}")
