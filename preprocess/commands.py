@@ -7,6 +7,7 @@ from pathlib import Path
 from ase.data import chemical_symbols
 
 from preprocess.store import open_store, verify_store
+from preprocess.store.params import LABELS
 
 
 def info(path: str | Path) -> str:
@@ -26,7 +27,10 @@ def info(path: str | Path) -> str:
         f"source     {m.source.path} ({m.source.format}, fingerprint {m.source.fingerprint})",
         f"graph      k={m.graph.k} ties={m.graph.ties} tie_tolerance={m.graph.tie_tolerance} Å "
         f"cutoff={m.graph.cutoff}",
-        f"energy     {m.energy_key}",
+        "labels     " + (", ".join(f"{k} {m.labels[k]}" for k in LABELS
+                                   if m.labels.get(k) is not None)
+                         + (" (stress required)" if m.labels.get("stress_required") else "")
+                         if m.labels else f"energy {m.energy_key}"),
         f"counts     {m.counts['frames']} frames, {m.counts['atoms']} atoms, {m.counts['edges']} "
         f"edges, {m.counts['shards']} shards, {m.counts['quarantined']} quarantined",
         "splits     " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())),
@@ -36,6 +40,9 @@ def info(path: str | Path) -> str:
         f"energy     {st['energy_per_atom_mean_eV']:.4f} ± {st['energy_per_atom_std_eV']:.4f} eV/atom (train)",
         f"E0 (eV)    {e0 if e0 else '-'}",
     ]
+    for title, key in (("converted", "labels_converted"), ("not stored", "labels_not_stored")):
+        for what, n in sorted(m.counts.get(key, {}).items(), key=lambda x: (-x[1], x[0])):
+            lines.append(f"{title:<11}{n} frames: {what}")
     return "\n".join(lines)
 
 

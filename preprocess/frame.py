@@ -23,6 +23,9 @@ class Frame:
     forces : (N, 3) float64 eV/Å
     stress : (3, 3) float64 eV/Å³ (ASE sign) or None
     magmom : (N,) float64 μB or None
+    notes : what the source's reader did with this frame's labels, for the build summary:
+        (``"not_stored"`` or ``"converted"``, what), e.g. ("converted", "stress = -virial / V
+        from 'virial'"); see :mod:`preprocess.sources.labels`
     """
 
     frame_id: str
@@ -35,6 +38,7 @@ class Frame:
     stress: np.ndarray | None = None
     magmom: np.ndarray | None = None
     pbc: np.ndarray = field(default_factory=lambda: np.ones(3, dtype=bool))
+    notes: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_atoms(self) -> int:

@@ -8,6 +8,7 @@ statistics are reduced from the shards' commit records at the end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import itertools
 import json
@@ -19,21 +20,29 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from preprocess.cluster import ClusterConfig, batch_jobs, dask_client
 from preprocess.graph import knn_graphs_screened
 from preprocess.sources import open_source
 from preprocess.sources.base import Partition, Quarantined, Source, fingerprint
+from preprocess.sources.labels import LabelPlan, count_notes
+from preprocess.sources.limits import graph_problems, within_atom_limit, wrap_positions
 from preprocess.store.manifest import (MANIFEST_FILE, SourceInfo, StoreError, StoreSpec,
                                        read_manifest)
-from preprocess.store.params import GraphParams, SplitParams
-from preprocess.store.shard import (ShardRecord, is_committed, remove_stale_temporaries,
-                                    shard_name)
-from preprocess.store.parquet import read_parquet
-from preprocess.store.writer import QUARANTINE_NAME, finalize_store, write_frames_shard
+from preprocess.store.params import GraphParams, LabelKeys, SplitParams
+from preprocess.store.shard import (ShardRecord, is_committed, read_commit,
+                                    remove_stale_temporaries, shard_name)
+from preprocess.store.parquet import read_parquet, write_parquet
+from preprocess.store.writer import (QUARANTINE_NAME, QUARANTINE_SCHEMA, finalize_store,
+                                     write_frames_shard)
 from preprocess.threads import local_cores
 
 BUILD_FILE = "build.json"
+
+
+class EmptyStoreError(StoreError):
+    """The build would store no frame: the source holds none, or all were quarantined."""
 
 
 @dataclass
@@ -51,6 +60,9 @@ class BuildSummary:
     dashboard: str | None = None
     jobs: list[str] = field(default_factory=list)  # batch job ids (dask-jobqueue clusters)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    labels: LabelPlan | None = None  # the keys the frames were read with
+    labels_not_stored: dict[str, int] = field(default_factory=dict)  # what -> frames
+    labels_converted: dict[str, int] = field(default_factory=dict)  # what -> frames
 
     def text(self) -> str:
         if self.already_complete:
@@ -64,18 +76,36 @@ class BuildSummary:
                  f"  wall {self.wall_s:.2f} s, {rate:.0f} frames/s"]
         if self.jobs:
             lines.append(f"  batch jobs {', '.join(self.jobs)}")
+        lines.extend(self._label_lines())
         for reason, n in sorted(self.quarantine_reasons.items(), key=lambda x: -x[1])[:5]:
             lines.append(f"  quarantine: {n} x {reason}")
         return "\n".join(lines)
 
+    def _label_lines(self) -> list[str]:
+        lines = []
+        if self.labels is not None:
+            lines.append(f"  labels: {self.labels.describe()}")
+        for what, n in sorted(self.labels_converted.items(), key=lambda x: (-x[1], x[0])):
+            lines.append(f"  converted: {n} frames, {what} (virial in eV, V = abs(det(cell)) "
+                         "in Å³, stress in eV/Å³ with ASE's sign)")
+        if self.labels_not_stored:
+            listed = ", ".join(f"{n} x {what}" for what, n in
+                               sorted(self.labels_not_stored.items(),
+                                      key=lambda x: (-x[1], x[0])))
+            lines.append(f"  present in the source but not stored (frames): {listed}")
+        return lines
+
 
 def reason_kind(reason: str) -> str:
     """A quarantine reason without its particulars, to count reasons of one kind together:
-    parenthesised details dropped, whole numbers (indices, counts) as ``#``.
+    parenthesised details dropped, whole numbers (indices, counts) as ``#``; exponents of
+    units (``Å^3``, ``Å^-1``) and digits inside words (``int8``) are kept.
     ``"structure: atoms 0 and 3 (cell shift (0, 1, 0)) are closer than 0.5 Å"`` becomes
     ``"structure: atoms # and # are closer than 0.5 Å"``."""
     kind = re.sub(r"\s*\((?:[^()]|\([^()]*\))*\)", "", reason)
-    return re.sub(r"(?<![\w.])\d+(?![\w.])", "#", kind)[:100]
+    kind = re.sub(r"(\^[-+]?\d+)|(?<![\w.])\d+(?![\w.])",
+                  lambda m: m.group(1) or "#", kind)
+    return kind[:100]
 
 
 @contextlib.contextmanager
@@ -97,37 +127,51 @@ def gc_paused():
 
 
 def build_partition(source: Source, part: Partition, spec: StoreSpec, out: str,
-                    threads: int = 1) -> ShardRecord:
+                    threads: int = 1, labels: LabelPlan | None = None) -> ShardRecord:
     """Parse, validate, build graphs for and commit one partition (idempotent).
 
     ``threads``: the compiled parts (record extraction, graphs) run on that many threads;
     1 on a Dask worker, whose cores are the cluster's to use; the cores of this process
-    when the build runs in it."""
+    when the build runs in it. ``labels``: the keys to read (decided once by the driver);
+    None resolves them here from ``spec``."""
     root = Path(out)
     if is_committed(root, shard_name(part.index)):
-        from preprocess.store.shard import read_commit
         return read_commit(root, shard_name(part.index))[0]
+    if labels is None:
+        labels = source.resolve_labels(spec.labels)
     with gc_paused():
-        return _build_partition(source, part, spec, root, threads)
+        return _build_partition(source, part, spec, root, threads, labels)
 
 
 def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Path,
-                     threads: int) -> ShardRecord:
-    frames, quarantine = source.read(part, spec.energy_key, threads)
+                     threads: int, labels: LabelPlan) -> ShardRecord:
+    """Each check that can fail for one frame quarantines that frame only: the reader's
+    (labels, cell, values), the atom count (before any graph is built), the graph itself
+    (atoms too close, a search that fails) and the graph's fit in the store's integers."""
+    frames, quarantine = source.read(part, labels, threads)
+    frames, too_large = within_atom_limit(frames)
+    cells = np.array([f.cell for f in frames]).reshape(-1, 3, 3)
+    pbc = np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3)
+    positions = wrap_positions(cells, [f.positions for f in frames], pbc)
+    frames = [f if p is f.positions else dataclasses.replace(f, positions=p)
+              for f, p in zip(frames, positions)]
     g = spec.graph
-    graphs, failed = knn_graphs_screened(
-        np.array([f.cell for f in frames]).reshape(-1, 3, 3), [f.positions for f in frames],
-        np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3), g.k, g.ties,
-        g.tie_tolerance, g.cutoff, spec.min_distance, threads)
+    graphs, failed = knn_graphs_screened(cells, positions, pbc, g.k, g.ties, g.tie_tolerance,
+                                         g.cutoff, spec.min_distance, threads)
+    failed = {b: f"structure: {reason}" for b, reason in failed.items()}
+    for b, reason in graph_problems(graphs.shifts, graphs.next_shift, graphs.centers,
+                                    graphs.edge_ptr, graphs.atom_ptr).items():
+        failed.setdefault(b, reason)
+    quarantine = quarantine + too_large
     if failed:
         keep = [b for b in range(len(frames)) if b not in failed]
         quarantine = quarantine + [Quarantined(frames[b].material_id, frames[b].frame_id,
-                                               f"structure: {reason}")
-                                   for b, reason in failed.items()]
+                                               failed[b]) for b in sorted(failed)]
         frames = [frames[b] for b in keep]
         graphs = graphs.take(keep)
     return write_frames_shard(root, part.index, frames, spec,
-                              quarantine=[q.to_dict() for q in quarantine], graphs=graphs)
+                              quarantine=[q.to_dict() for q in quarantine], graphs=graphs,
+                              label_counts=count_notes(f.notes for f in frames))
 
 
 def _check_out_dir(out: Path, spec: StoreSpec) -> None:
@@ -150,27 +194,41 @@ def _check_out_dir(out: Path, spec: StoreSpec) -> None:
 
 def make_spec(source_path: str | Path, *, source_format: str | None = None,
               graph: GraphParams = GraphParams(), backend: str = "zarr",
-              energy_key: str = "uncorrected_total_energy", split: SplitParams = SplitParams(),
-              frames_per_shard: int = 2000, min_distance: float = 0.5
-              ) -> tuple[Source, StoreSpec]:
+              energy_key: str | None = None, split: SplitParams = SplitParams(),
+              frames_per_shard: int = 2000, min_distance: float = 0.5,
+              forces_key: str | None = None, stress_key: str | None = None,
+              virial_key: str | None = None) -> tuple[Source, StoreSpec]:
+    """The source and the spec of its store. Label keys left None follow the source's
+    convention (see :mod:`preprocess.sources.labels`); the names a format fixes are filled
+    in here, so that the store id is the same whether they were given or not."""
     source = open_source(source_path, source_format)
     info = SourceInfo(str(source_path), source.format, fingerprint(source_path))
-    return source, StoreSpec(source=info, graph=graph, backend=backend, energy_key=energy_key,
+    keys = source.label_keys(LabelKeys(energy_key, forces_key, stress_key, virial_key))
+    return source, StoreSpec(source=info, graph=graph, backend=backend, energy_key=keys.energy,
                              split=split, frames_per_shard=frames_per_shard,
-                             min_distance=min_distance)
+                             min_distance=min_distance, forces_key=keys.forces,
+                             stress_key=keys.stress, virial_key=keys.virial)
 
 
 def build_store(source_path: str | Path, out: str | Path, *, source_format: str | None = None,
                 graph: GraphParams = GraphParams(), backend: str = "zarr",
-                energy_key: str = "uncorrected_total_energy", split: SplitParams = SplitParams(),
+                energy_key: str | None = None, split: SplitParams = SplitParams(),
                 frames_per_shard: int = 2000, cluster: ClusterConfig = ClusterConfig(),
                 min_distance: float = 0.5, progress: bool = True,
-                log: Callable[[str], None] = print) -> BuildSummary:
-    """Build (or finish building) the store of ``source_path`` in ``out``."""
+                log: Callable[[str], None] = print, forces_key: str | None = None,
+                stress_key: str | None = None, virial_key: str | None = None
+                ) -> BuildSummary:
+    """Build (or finish building) the store of ``source_path`` in ``out``.
+
+    Raises LabelError (a ValueError) when a label key is not given and the source holds
+    several candidates (or none) for it, and :class:`EmptyStoreError` when no frame would
+    be stored."""
     t0 = time.perf_counter()
     source, spec = make_spec(source_path, source_format=source_format, graph=graph,
                              backend=backend, energy_key=energy_key, split=split,
-                             frames_per_shard=frames_per_shard, min_distance=min_distance)
+                             frames_per_shard=frames_per_shard, min_distance=min_distance,
+                             forces_key=forces_key, stress_key=stress_key,
+                             virial_key=virial_key)
     out = Path(out)
     summary = BuildSummary(store=out, store_id=spec.store_id)
     if (out / MANIFEST_FILE).is_file():
@@ -182,7 +240,12 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         summary.frames, summary.atoms, summary.edges = (m.counts["frames"], m.counts["atoms"],
                                                         m.counts["edges"])
         summary.quarantined = m.counts["quarantined"]
+        summary.labels = LabelPlan(**m.labels) if m.labels else None
+        summary.labels_not_stored = dict(m.counts.get("labels_not_stored", {}))
+        summary.labels_converted = dict(m.counts.get("labels_converted", {}))
         return summary
+    labels = source.resolve_labels(spec.labels)
+    summary.labels = labels
     _check_out_dir(out, spec)
     remove_stale_temporaries(out)
 
@@ -203,7 +266,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
             log(f"dask dashboard: {client.dashboard_link}")
             n_workers = max(1, len(client.scheduler_info().get("workers", {})))
             _run_distributed(client, parts, source, spec, out, bar, summary,
-                             in_flight=4 * n_workers)
+                             in_flight=4 * n_workers, labels=labels)
             summary.jobs = batch_jobs(client)
         else:
             for part in parts:
@@ -211,21 +274,59 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
                 if is_committed(out, shard_name(part.index)):
                     summary.shards_skipped += 1
                 else:
-                    build_partition(source, part, spec, str(out), threads=local_cores())
+                    build_partition(source, part, spec, str(out), threads=local_cores(),
+                                    labels=labels)
                     summary.shards_built += 1
                 bar.update(1)
         n_parts = summary.shards_built + summary.shards_skipped
+    _refuse_empty(source_path, out, n_parts)
     manifest = finalize_store(out, spec, n_parts, build_info={
-        "wall_s": round(time.perf_counter() - t0, 3), "cluster": cluster.kind})
+        "wall_s": round(time.perf_counter() - t0, 3), "cluster": cluster.kind},
+        labels=labels.to_dict())
     summary.frames, summary.atoms, summary.edges = (manifest.counts["frames"],
                                                     manifest.counts["atoms"],
                                                     manifest.counts["edges"])
     summary.quarantined = manifest.counts["quarantined"]
-    for reason in read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist():
-        key = reason_kind(reason)
-        summary.quarantine_reasons[key] = summary.quarantine_reasons.get(key, 0) + 1
+    summary.labels_not_stored = dict(manifest.counts["labels_not_stored"])
+    summary.labels_converted = dict(manifest.counts["labels_converted"])
+    summary.quarantine_reasons = reason_counts(
+        read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist())
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def reason_counts(reasons) -> dict[str, int]:
+    """{reason kind: records} (see :func:`reason_kind`)."""
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        key = reason_kind(reason)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _refuse_empty(source_path, out: Path, n_parts: int) -> None:
+    """Raise EmptyStoreError, naming the commonest quarantine reasons, when the committed
+    shards hold no frame (no manifest is written: a store without frames cannot train).
+    The quarantined records are written to ``quarantine.parquet`` to be looked at."""
+    if n_parts == 0:
+        raise EmptyStoreError(f"{source_path}: the source holds no frames; nothing to store")
+    frames, quarantine = 0, []
+    for i in range(n_parts):
+        record, commit = read_commit(out, shard_name(i))
+        frames += record.frames
+        quarantine.extend(commit.get("quarantine", []))
+    if frames:
+        return
+    write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA),
+                  out / QUARANTINE_NAME)
+    common = sorted(reason_counts(q["reason"] for q in quarantine).items(),
+                    key=lambda x: (-x[1], x[0]))
+    listed = "; ".join(f"{n} x {reason}" for reason, n in common[:3])
+    raise EmptyStoreError(
+        f"{source_path}: no frame could be stored, all {len(quarantine)} were quarantined; "
+        f"most common reasons: {listed} (every record and reason: "
+        f"{out / QUARANTINE_NAME}). If the labels are under other names, give them with "
+        "--energy-key/--forces-key/--stress-key/--virial-key")
 
 
 def load_kernels(source_format: str) -> None:
@@ -249,7 +350,7 @@ def load_kernels(source_format: str) -> None:
                         k=1, ties="include", tie_tolerance=0.01, cutoff=None, min_distance=0.5)
 
 
-def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight):
+def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight, labels):
     """Submit every uncommitted partition of ``parts``; at most ``in_flight`` at once
     (partitions that carry their bytes must not pile up in the scheduler's memory)."""
     from distributed import as_completed
@@ -273,7 +374,7 @@ def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight):
             summary.shards_skipped += 1
             bar.update(1)
             continue
-        fut = client.submit(build_partition, source, part, spec, str(out),
+        fut = client.submit(build_partition, source, part, spec, str(out), labels=labels,
                             key=f"orbitgraph-{spec.store_id}-{shard_name(part.index)}",
                             retries=2, pure=False)
         pending.add(fut)

@@ -328,8 +328,8 @@ def test_planted_bad_records_are_quarantined(tmp_path):
     good = {f"mp-{i}": {f"mp-{i}-0-{j}": _record(2 + j) for j in range(3)} for i in range(6)}
     singular = _record()
     singular["structure"]["lattice"]["matrix"] = [[10.0, 0, 0], [20.0, 0, 0], [0, 0, 10.0]]
-    inverted = _record()
-    inverted["structure"]["lattice"]["matrix"] = [[10.0, 0, 0], [0, 0, 10.0], [0, 10.0, 0]]
+    left_handed = _record()  # a valid crystal: stored
+    left_handed["structure"]["lattice"]["matrix"] = [[10.0, 0, 0], [0, 0, 10.0], [0, 10.0, 0]]
     huge = _record()
     huge["structure"]["lattice"]["matrix"] = [[1e300, 0, 0], [0, 1e300, 0], [0, 0, 10.0]]
     close = _record()
@@ -342,7 +342,7 @@ def test_planted_bad_records_are_quarantined(tmp_path):
             "mp-bad-no-force": no_force,
             "mp-bad-force-count": _record(force=[[0.0, 0.0, 0.0]]),
             "mp-bad-singular": singular,
-            "mp-bad-inverted": inverted,
+            "mp-bad-left-handed": left_handed,
             "mp-bad-huge": huge,
             "mp-bad-close": close,
             "mp-bad-not-a-record": [1, 2, 3],
@@ -364,7 +364,6 @@ def test_planted_bad_records_are_quarantined(tmp_path):
         "mp-bad-no-force": "force: missing",
         "mp-bad-force-count": "force: 1 rows for 2 atoms",
         "mp-bad-singular": "singular cell",
-        "mp-bad-inverted": "inverted",
         "mp-bad-huge": "cell too large",
         "mp-bad-close": "closer than 0.5",
         "mp-bad-not-a-record": "record: expected an object",
@@ -374,7 +373,8 @@ def test_planted_bad_records_are_quarantined(tmp_path):
     for fid, phrase in expected.items():
         assert fid in reasons, f"{fid} not quarantined"
         assert phrase in reasons[fid], (fid, reasons[fid])
-    good_ids = {fid for m in good.values() for fid in m} | {"mp-bad-good-neighbour"}
+    good_ids = {fid for m in good.values() for fid in m} | {"mp-bad-good-neighbour",
+                                                            "mp-bad-left-handed"}
     assert set(store.frame_ids) == good_ids
     assert summary.quarantined == len(expected)
     assert sum(summary.quarantine_reasons.values()) == len(expected)

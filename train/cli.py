@@ -48,8 +48,9 @@ def _cmd_build(args) -> int:
         args.source, args.out, source_format=args.format,
         graph=GraphParams(k=args.k, ties=args.ties, tie_tolerance=args.tie_tolerance,
                           cutoff=args.cutoff),
-        backend=args.backend, energy_key=args.energy_key, frames_per_shard=args.frames_per_shard,
-        min_distance=args.min_distance,
+        backend=args.backend, energy_key=args.energy_key, forces_key=args.forces_key,
+        stress_key=args.stress_key, virial_key=args.virial_key,
+        frames_per_shard=args.frames_per_shard, min_distance=args.min_distance,
         cluster=ClusterConfig.for_scheduler(args.scheduler, args.workers), progress=not args.quiet)
     print(summary.text())
     print(summary.store)
@@ -122,8 +123,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tie-tolerance", type=float, default=0.01, help="Å")
     s.add_argument("--cutoff", type=float, default=None, help="Å")
     s.add_argument("--backend", choices=["zarr", "arrow"], default="zarr")
-    s.add_argument("--energy-key", default="uncorrected_total_energy",
-                   choices=["uncorrected_total_energy", "corrected_total_energy"])
+    s.add_argument("--energy-key", help="field holding the energy, eV (default: MPtrj "
+                   "uncorrected_total_energy; extxyz the one energy or *_energy field present)")
+    s.add_argument("--forces-key", help="per-atom field holding the forces, eV/Å (default: "
+                   "MPtrj force; extxyz the one forces or *_forces column present)")
+    s.add_argument("--stress-key", help="field holding the stress, eV/Å³ with ASE's sign "
+                   "(MPtrj: stress, in kBar); naming it makes it required in every frame")
+    s.add_argument("--virial-key", help="extxyz field holding the virial, eV; stored as the "
+                   "stress -virial / V")
     s.add_argument("--frames-per-shard", type=int, default=2000)
     s.add_argument("--min-distance", type=float, default=0.5,
                    help="Å; records with closer atoms are quarantined")

@@ -9,7 +9,10 @@
         source: SOURCE_NAME
         graph: {k: 16, ties: include, tie_tolerance: 0.01, cutoff: null}
         backend: zarr | arrow
-        energy_key: uncorrected_total_energy | corrected_total_energy
+        energy_key: KEY                # labels (default: the source's convention; see
+        forces_key: KEY                #   preprocess/sources/labels.py)
+        stress_key: KEY
+        virial_key: KEY
         frames_per_shard: 2000
         min_distance: 0.5
         split: {val_fraction: 0.05, test_fraction: 0.05, seed: 0}
@@ -33,7 +36,7 @@ import yaml
 
 from preprocess.cluster import ClusterConfig
 from preprocess.store.manifest import MANIFEST_FILE, read_manifest
-from preprocess.store.params import ENERGY_KEYS, GraphParams, SplitParams
+from preprocess.store.params import GraphParams, LabelKeys, SplitParams
 
 
 class PipelineError(ValueError):
@@ -67,10 +70,10 @@ class StoreDecl:
     source: str
     graph: GraphParams
     backend: str = "zarr"
-    energy_key: str = "uncorrected_total_energy"
     frames_per_shard: int = 2000
     min_distance: float = 0.5
     split: SplitParams = field(default_factory=SplitParams)
+    labels: LabelKeys = field(default_factory=LabelKeys)
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,10 @@ class Pipelines:
         if not src.path.exists():
             raise PipelineError(f"sources.{src.name}.path: {src.path} does not exist")
         return make_spec(src.path, source_format=src.format, graph=decl.graph,
-                         backend=decl.backend, energy_key=decl.energy_key, split=decl.split,
-                         frames_per_shard=decl.frames_per_shard, min_distance=decl.min_distance)
+                         backend=decl.backend, energy_key=decl.labels.energy, split=decl.split,
+                         frames_per_shard=decl.frames_per_shard, min_distance=decl.min_distance,
+                         forces_key=decl.labels.forces, stress_key=decl.labels.stress,
+                         virial_key=decl.labels.virial)
 
     def store_path(self, name: str) -> Path:
         _, spec = self.store_spec(name)
@@ -113,10 +118,11 @@ class Pipelines:
         decl = self.stores[name]
         src = self.sources[decl.source]
         return build_store(src.path, self.store_path(name), source_format=src.format,
-                           graph=decl.graph, backend=decl.backend, energy_key=decl.energy_key,
+                           graph=decl.graph, backend=decl.backend, energy_key=decl.labels.energy,
                            split=decl.split, frames_per_shard=decl.frames_per_shard,
                            min_distance=decl.min_distance, cluster=self.cluster,
-                           progress=progress, log=log)
+                           progress=progress, log=log, forces_key=decl.labels.forces,
+                           stress_key=decl.labels.stress, virial_key=decl.labels.virial)
 
     # ------------------------------------------------------------- experiments
     def run_experiment(self, name: str, progress: bool = True, log=print) -> str:
@@ -190,8 +196,8 @@ def load_pipelines(path: str | Path) -> Pipelines:
     stores = {}
     for name, d in _mapping(data.get("stores"), "stores").items():
         d = _mapping(d, f"stores.{name}")
-        _only(d, {"source", "graph", "backend", "energy_key", "frames_per_shard", "min_distance",
-                  "split"}, f"stores.{name}")
+        _only(d, {"source", "graph", "backend", "energy_key", "forces_key", "stress_key",
+                  "virial_key", "frames_per_shard", "min_distance", "split"}, f"stores.{name}")
         if d.get("source") not in sources:
             raise PipelineError(f"stores.{name}.source: {d.get('source')!r} is not a declared "
                                 f"source; declared: {sorted(sources)}")
@@ -201,9 +207,11 @@ def load_pipelines(path: str | Path) -> Pipelines:
             raise PipelineError(f"stores.{name}.graph: {err}") from None
         if d.get("backend", "zarr") not in ("zarr", "arrow"):
             raise PipelineError(f"stores.{name}.backend: {d['backend']!r}; expected zarr or arrow")
-        if d.get("energy_key", ENERGY_KEYS[0]) not in ENERGY_KEYS:
-            raise PipelineError(f"stores.{name}.energy_key: {d['energy_key']!r}; expected one "
-                                f"of {', '.join(ENERGY_KEYS)}")
+        try:
+            labels = LabelKeys(*(d.get(f"{label}_key") for label in
+                                 ("energy", "forces", "stress", "virial")))
+        except ValueError as err:
+            raise PipelineError(f"stores.{name}.{err}") from None
         fps = d.get("frames_per_shard", 2000)
         if not isinstance(fps, int) or fps < 1:
             raise PipelineError(f"stores.{name}.frames_per_shard: expected an integer >= 1, "
@@ -212,9 +220,8 @@ def load_pipelines(path: str | Path) -> Pipelines:
             split = SplitParams(**_mapping(d.get("split"), f"stores.{name}.split"))
         except (TypeError, ValueError) as err:
             raise PipelineError(f"stores.{name}.split: {err}") from None
-        stores[name] = StoreDecl(name, d["source"], graph, d.get("backend", "zarr"),
-                                 d.get("energy_key", ENERGY_KEYS[0]), fps,
-                                 float(d.get("min_distance", 0.5)), split)
+        stores[name] = StoreDecl(name, d["source"], graph, d.get("backend", "zarr"), fps,
+                                 float(d.get("min_distance", 0.5)), split, labels)
 
     experiments = {}
     from model.config import load_config

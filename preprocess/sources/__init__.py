@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from preprocess.sources.base import Partition, Quarantined, Source, fingerprint
-from preprocess.sources.extxyz import ExtxyzSource
+from preprocess.sources.extxyz import ExtxyzSource, is_extxyz_name
 from preprocess.sources.mptrj_json import MPtrjJsonSource
 
 FORMATS = {"mptrj-json": MPtrjJsonSource, "extxyz": ExtxyzSource}
@@ -17,7 +17,7 @@ def open_source(path: str | Path, source_format: str | None = None) -> Source:
         raise FileNotFoundError(f"{path}: no such file or folder")
     if source_format is None:
         name = p.name.lower()
-        if p.is_dir() or name.endswith((".xyz", ".extxyz")):
+        if p.is_dir() or is_extxyz_name(name):
             source_format = "extxyz"
         elif name.endswith((".json", ".json.gz")):
             source_format = "mptrj-json"

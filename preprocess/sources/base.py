@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from preprocess.frame import Frame
+from preprocess.sources.labels import LabelPlan
+from preprocess.store.params import LabelKeys
 
 SAMPLE_BLOCKS = 16
 BLOCK = 1 << 20
@@ -26,9 +28,10 @@ class Partition:
     """Frames ``[frame_start, frame_start + n_frames)`` of the source, as shard ``index``.
 
     ``ranges`` are (path, byte start, byte end) pieces to read; ``payload`` holds the bytes
-    themselves when the source cannot be read at an offset (a gzip stream). ``splits`` are
-    offsets into the partition's bytes where a material entry starts, about every
-    :data:`SPLIT_BYTES`: cut there, the pieces can be parsed independently (in parallel).
+    of the pieces that cannot be read at an offset (gzip streams: offsets are then in the
+    decompressed bytes), in the order of ``ranges``. ``splits`` are offsets into the
+    partition's bytes where a material entry starts, about every :data:`SPLIT_BYTES`: cut
+    there, the pieces can be parsed independently (in parallel).
     """
 
     index: int
@@ -56,7 +59,16 @@ class Source(Protocol):
     def partitions(self, frames_per_partition: int) -> Iterator[Partition]:
         """The plan, in order; for gzip sources each partition carries its bytes."""
 
-    def read(self, part: Partition, energy_key: str, threads: int = 1
+    def label_keys(self, keys: LabelKeys) -> LabelKeys:
+        """``keys`` with the names the format fixes filled in, without reading the source
+        (what the store id hashes)."""
+
+    def resolve_labels(self, keys: LabelKeys) -> LabelPlan:
+        """The keys every frame is read with; may read the source (once, in the driver).
+        Raises :class:`~preprocess.sources.labels.LabelError` when a key is not given and
+        the source does not say which field it is."""
+
+    def read(self, part: Partition, labels: LabelPlan, threads: int = 1
              ) -> tuple[list[Frame], list[Quarantined]]:
         """Parse and validate one partition: good frames and quarantined records, in the
         source's order; ``threads`` may parse pieces of it in parallel (same result)."""

@@ -1,19 +1,23 @@
-"""Extended XYZ files or folders of them (ASE conventions, as MACE and matbench-discovery
-distribute MPtrj).
+"""Extended XYZ files, gzip-compressed or not, or folders of them (ASE conventions, as MACE
+and matbench-discovery distribute MPtrj).
 
-Per frame: the energy is ``info[energy_key]`` (``uncorrected_total_energy`` or
-``corrected_total_energy``) when present, else the calculator energy (``energy=``); forces
-from the ``forces`` array; stress from ASE's ``stress`` (eV/Å³, ASE sign); magnetic moments
-from ``magmoms``/``magmom`` if present. The material id is ``info['mp_id']`` or
-``info['material_id']``; frames of one material must be contiguous to share a shard. The
-frame id is ``info['frame_id']``, else ``{mp_id}-{calc_id}-{ionic_step}``, else
-``{file}:{index}``.
+Per frame: the labels are the fields named by the build's
+:class:`~preprocess.sources.labels.LabelPlan` (decided once for the whole source by
+:meth:`ExtxyzSource.resolve_labels`; see :mod:`preprocess.sources.labels` for the
+conventions); magnetic moments from ``magmoms``/``magmom`` if present. The material id is
+``info['mp_id']`` or ``info['material_id']``; frames of one material must be contiguous to
+share a shard. The frame id is ``info['frame_id']``, else ``{mp_id}-{calc_id}-{ionic_step}``,
+else ``{file}:{offset}+{index}``.
 
 The plan scans line headers only (atom count, comment line) to find each frame's byte
-offset; a worker parses its byte ranges with ASE's extxyz reader.
+offset; a worker parses its byte ranges with ASE's extxyz reader, and a range that does not
+parse frame by frame, so that a malformed frame costs only itself. A gzip file (``.gz``, or
+any file starting with gzip's magic bytes) cannot be read at an offset: the plan streams its
+decompressed bytes and each partition carries its frames' bytes.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import re
 from pathlib import Path
@@ -22,17 +26,26 @@ from typing import Iterator
 import numpy as np
 
 from preprocess.frame import Frame
-from preprocess.sources.base import Partition, Quarantined, read_range
+from preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
+from preprocess.sources.labels import (CandidateCount, LabelPlan, needs_scan, parse_comment,
+                                       plan_from_keys, read_labels)
 from preprocess.sources.records import RecordError, check_cell
+from preprocess.store.params import LabelKeys
+
+SUFFIXES = (".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")
 
 _MATERIAL = re.compile(rb'(?:^|\s)(?:mp_id|material_id)=("?)([^\s"]+)\1')
 
 
+def is_extxyz_name(name: str) -> bool:
+    return name.lower().endswith(SUFFIXES)
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".xyz", ".extxyz"))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_extxyz_name(p.name))
         if not files:
-            raise FileNotFoundError(f"{path}: no .xyz or .extxyz files in this folder")
+            raise FileNotFoundError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
         return files
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -45,11 +58,16 @@ class ExtxyzSource:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self.files = [str(p) for p in _files(Path(path))]
+        self.gzipped = {name: is_gzip(name) for name in self.files}
 
-    def _frames(self) -> Iterator[tuple[str, int, int, str | None]]:
-        """(file, start byte, end byte, material id) of every frame, in order."""
+    def _frames(self, keep_bytes: bool = False
+                ) -> Iterator[tuple[str, int, int, str | None, bytes, bytes | None]]:
+        """(file, start byte, end byte, material id, comment line, the frame's bytes) of
+        every frame, in order. Offsets of a gzip file are in its decompressed bytes; the
+        frame's bytes are given for gzip files when ``keep_bytes``, else None."""
         for name in self.files:
-            with open(name, "rb") as f:
+            gz = self.gzipped[name]
+            with (gzip.open(name, "rb") if gz else open(name, "rb")) as f:
                 offset = 0
                 line_no = 0
                 while True:
@@ -67,56 +85,137 @@ class ExtxyzSource:
                         raise ValueError(f"{name}:{line_no}: expected an atom count, got "
                                          f"{header[:40]!r}") from None
                     comment = f.readline()
-                    offset += len(comment)
+                    lines = [header, comment]
                     for _ in range(n):
-                        offset += len(f.readline())
+                        lines.append(f.readline())
+                    offset += sum(len(line) for line in lines[1:])
                     line_no += n + 1
                     m = _MATERIAL.search(comment)
-                    yield name, start, offset, (m.group(2).decode() if m else None)
+                    yield (name, start, offset, (m.group(2).decode() if m else None), comment,
+                           b"".join(lines) if gz and keep_bytes else None)
 
     def partitions(self, frames_per_partition: int) -> Iterator[Partition]:
         index = 0
         ranges: list[list] = []
+        payload: list[bytes] = []
         n_frames = n_materials = 0
         last_material: object = object()
-        for name, start, end, material in self._frames():
+
+        def partition() -> Partition:
+            return Partition(index, n_materials, n_frames, tuple(map(tuple, ranges)),
+                             payload=b"".join(payload) if payload else None)
+
+        for name, start, end, material, _, data in self._frames(keep_bytes=True):
             new_material = material is None or material != last_material
             if new_material and n_frames >= frames_per_partition:
-                yield Partition(index, n_materials, n_frames, tuple(map(tuple, ranges)))
+                yield partition()
                 index += 1
-                ranges, n_frames, n_materials = [], 0, 0
+                ranges, payload, n_frames, n_materials = [], [], 0, 0
             if ranges and ranges[-1][0] == name and ranges[-1][2] == start:
                 ranges[-1][2] = end
             else:
                 ranges.append([name, start, end])
+            if data is not None:
+                payload.append(data)
             n_frames += 1
             n_materials += new_material
             last_material = material
         if n_frames:
-            yield Partition(index, n_materials, n_frames, tuple(map(tuple, ranges)))
+            yield partition()
 
-    def read(self, part: Partition, energy_key: str, threads: int = 1
+    def label_keys(self, keys: LabelKeys) -> LabelKeys:
+        """The keys as they determine the store: extxyz has no fixed names to fill in."""
+        return keys
+
+    def resolve_labels(self, keys: LabelKeys) -> LabelPlan:
+        """The plan for ``keys``; a key not given is the one candidate of its kind found
+        in the comment lines of all frames (one pass over the source's lines)."""
+        if not needs_scan(keys):
+            return plan_from_keys(keys)
+        count = CandidateCount()
+        for *_, comment, _ in self._frames():
+            count.add(comment)
+        return count.resolve(keys, self.path)
+
+    def read(self, part: Partition, labels: LabelPlan, threads: int = 1
              ) -> tuple[list[Frame], list[Quarantined]]:
         """ASE's parser is Python that holds the GIL: ``threads`` would not help, one is used."""
-        from ase.io.extxyz import read_xyz
-
+        if not isinstance(labels, LabelPlan):
+            raise TypeError(f"extxyz read: expected a LabelPlan (see resolve_labels), got "
+                            f"{labels!r}")
         frames: list[Frame] = []
         quarantine: list[Quarantined] = []
+        at = 0  # into the payload, which holds the gzip files' ranges in order
         for name, start, end in part.ranges:
-            text = read_range(name, start, end).decode()
-            try:
-                atoms_list = list(read_xyz(io.StringIO(text), index=slice(None)))
-            except Exception as err:  # the parser's errors are of many types
-                quarantine.append(Quarantined("?", f"{Path(name).name}@{start}",
-                                              f"malformed extxyz: {type(err).__name__}: {err}"))
-                continue
-            for i, atoms in enumerate(atoms_list):
-                mid, fid = _ids(atoms.info, f"{Path(name).stem}:{start}+{i}")
+            if self.gzipped[name]:
+                data = part.payload[at:at + end - start]
+                at += end - start
+            else:
+                data = read_range(name, start, end)
+            stem = Path(name).stem
+            for i, item in enumerate(_parse(data)):
+                if isinstance(item, _Unparsed):
+                    offset, chunk, err = item.args
+                    m = _MATERIAL.search(chunk.split(b"\n", 2)[1] if chunk.count(b"\n") > 1
+                                         else b"")
+                    quarantine.append(Quarantined(
+                        m.group(2).decode() if m else "?", f"{stem}:{start + offset}",
+                        f"malformed extxyz: {type(err).__name__}: {err}"))
+                    continue
+                mid, fid = _ids(item.info, f"{stem}:{start}+{i}")
                 try:
-                    frames.append(_frame(atoms, mid, fid, energy_key))
+                    frames.append(_frame(item, mid, fid, labels))
                 except RecordError as err:
                     quarantine.append(Quarantined(mid, fid, err.reason))
         return frames, quarantine
+
+
+class _Unparsed(Exception):
+    """A frame ASE could not read: args (offset in the range, its bytes, the error)."""
+
+
+def _read(text: str) -> list:
+    from ase.io.extxyz import read_xyz
+
+    return list(read_xyz(io.StringIO(text), index=slice(None), properties_parser=parse_comment))
+
+
+def _parse(data: bytes) -> list:
+    """The frames of a byte range as ASE Atoms, in order; a frame that does not parse is an
+    :class:`_Unparsed` in its place (the range is then read frame by frame)."""
+    try:
+        return _read(data.decode())
+    except Exception:  # the parser's errors are of many types; find the frames at fault
+        pass
+    out: list = []
+    for offset, chunk in _split(data):
+        try:
+            out.extend(_read(chunk.decode()))
+        except Exception as err:
+            out.append(_Unparsed(offset, chunk, err))
+    return out
+
+
+def _split(data: bytes) -> list[tuple[int, bytes]]:
+    """(offset, bytes) of each frame of a range, by the atom count on each frame's first
+    line; what follows a line that holds no count is one last piece."""
+    lines = data.splitlines(keepends=True)
+    out, i, offset = [], 0, 0
+    while i < len(lines):
+        if not lines[i].strip():
+            offset += len(lines[i])
+            i += 1
+            continue
+        try:
+            n = int(lines[i].split()[0])
+        except ValueError:
+            out.append((offset, b"".join(lines[i:])))
+            break
+        chunk = b"".join(lines[i:i + n + 2])
+        out.append((offset, chunk))
+        offset += len(chunk)
+        i += n + 2
+    return out
 
 
 def _ids(info: dict, fallback: str) -> tuple[str, str]:
@@ -128,7 +227,7 @@ def _ids(info: dict, fallback: str) -> tuple[str, str]:
     return mid, fallback
 
 
-def _frame(atoms, mid: str, fid: str, energy_key: str) -> Frame:
+def _frame(atoms, mid: str, fid: str, plan: LabelPlan) -> Frame:
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     if not np.all(np.isfinite(cell)):
         raise RecordError("cell: contains NaN or inf")
@@ -136,35 +235,9 @@ def _frame(atoms, mid: str, fid: str, energy_key: str) -> Frame:
     pos = np.asarray(atoms.positions, dtype=np.float64)
     if not np.all(np.isfinite(pos)):
         raise RecordError("positions: contain NaN or inf")
-    calc = atoms.calc
-    results = getattr(calc, "results", {}) if calc is not None else {}
-    if energy_key in atoms.info:
-        energy = float(atoms.info[energy_key])
-    elif "energy" in results:
-        energy = float(results["energy"])
-    else:
-        raise RecordError(f"{energy_key}: missing (and no calculator energy)")
-    if not np.isfinite(energy):
-        raise RecordError(f"{energy_key}: NaN or inf")
-    forces = atoms.arrays.get("forces", results.get("forces"))
-    if forces is None:
-        raise RecordError("forces: missing")
-    forces = np.asarray(forces, dtype=np.float64)
-    if forces.shape != pos.shape:
-        raise RecordError(f"forces: shape {forces.shape} for {len(atoms)} atoms")
-    if not np.all(np.isfinite(forces)):
-        raise RecordError("forces: contain NaN or inf")
-    stress = results.get("stress")
-    if stress is not None:
-        stress = np.asarray(stress, dtype=np.float64)
-        if stress.shape == (6,):  # Voigt xx yy zz yz xz xy
-            xx, yy, zz, yz, xz, xy = stress
-            stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-        if stress.shape != (3, 3) or not np.all(np.isfinite(stress)):
-            raise RecordError(f"stress: shape {stress.shape} or non-finite values")
-    magmom = atoms.arrays.get("magmoms", atoms.arrays.get("magmom"))
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    labels = read_labels(atoms, plan, cell, pbc)
     return Frame(frame_id=fid, material_id=mid, cell=cell, positions=pos,
-                 numbers=np.asarray(atoms.numbers, dtype=np.int64), energy=energy,
-                 forces=forces, stress=stress,
-                 magmom=None if magmom is None else np.asarray(magmom, dtype=np.float64).reshape(-1),
-                 pbc=np.asarray(atoms.pbc, dtype=bool))
+                 numbers=np.asarray(atoms.numbers, dtype=np.int64), energy=labels.energy,
+                 forces=labels.forces, stress=labels.stress, magmom=labels.magmom, pbc=pbc,
+                 notes=labels.notes)

@@ -24,12 +24,19 @@ import orjson
 
 from preprocess.frame import Frame
 from preprocess.sources.base import SPLIT_BYTES, Partition, Quarantined, is_gzip, read_range
+from preprocess.sources.labels import LabelError, LabelPlan
 from preprocess.sources.mptrj_extract import OK, SLOW, Extracted, extract
 from preprocess.sources.records import RecordError, cell_problem, frame_from_record
+from preprocess.store.params import LabelKeys
 from preprocess.threads import thread_map
 from preprocess.units import stress_from_vasp_kbar
 
 CHUNK = 64 << 20
+
+# the published layout's label fields: the energy key is the build's choice
+DEFAULT_ENERGY_KEY = "uncorrected_total_energy"
+FORCES_KEY = "force"  # eV/Å
+STRESS_KEY = "stress"  # kBar, VASP sign
 
 # scanner state slots
 _DEPTH, _IN_STRING, _ESCAPE, _START, _FRAMES = range(5)
@@ -237,14 +244,45 @@ class MPtrjJsonSource:
         data = bytes(window[run[0][0] - window_start: run[-1][1] - window_start])
         return Partition(index, len(run), count, payload=data, splits=_splits(run))
 
-    def read(self, part: Partition, energy_key: str, threads: int = 1
+    def label_keys(self, keys: LabelKeys) -> LabelKeys:
+        """MPtrj records hold forces under ``force`` and stress under ``stress`` (kBar,
+        VASP sign); the energy is any number field of the record, by default
+        ``uncorrected_total_energy`` (filled in). Naming ``stress`` makes it required in
+        every frame. Raises LabelError for other forces, stress or virial keys."""
+        for name, fixed in (("forces", FORCES_KEY), ("stress", STRESS_KEY), ("virial", None)):
+            key = getattr(keys, name)
+            if key is not None and key != fixed:
+                have = f"under '{fixed}'" if fixed else "no such field"
+                raise LabelError(f"{self.path}: MPtrj JSON records hold {name} {have}; "
+                                 f"{name}_key {key!r} cannot be read from this format")
+        return LabelKeys(keys.energy or DEFAULT_ENERGY_KEY, keys.forces, keys.stress)
+
+    def resolve_labels(self, keys: LabelKeys) -> LabelPlan:
+        """The plan for ``keys`` (nothing is read: the layout is fixed). The stress is
+        required in every frame only if the build named it."""
+        full = self.label_keys(keys)
+        return LabelPlan(full.energy, FORCES_KEY, STRESS_KEY,
+                         stress_required=keys.stress is not None,
+                         stress_units="kBar, VASP sign; stored as -stress / 1602.1766208 "
+                                      "eV/Å³, ASE sign")
+
+    def read(self, part: Partition, labels: LabelPlan | str, threads: int = 1
              ) -> tuple[list[Frame], list[Quarantined]]:
+        """``labels``: a plan, or just the energy key (stress optional)."""
+        if isinstance(labels, str):
+            labels = LabelPlan(labels, FORCES_KEY, STRESS_KEY)
         if part.payload is not None:
             data = part.payload
         else:
             (path, start, end), = part.ranges
             data = read_range(path, start, end)
-        return parse_materials(data, energy_key, part.splits, threads)
+        frames, quarantine = parse_materials(data, labels.energy, part.splits, threads)
+        if labels.stress_required and any(f.stress is None for f in frames):
+            quarantine = quarantine + [Quarantined(f.material_id, f.frame_id,
+                                                   f"{STRESS_KEY}: missing")
+                                       for f in frames if f.stress is None]
+            frames = [f for f in frames if f.stress is not None]
+        return frames, quarantine
 
 
 def _splits(run: list[tuple[int, int, int]]) -> tuple[int, ...]:
@@ -346,14 +384,15 @@ def _frames_of_columns(ex: Extracted, data: bytes | memoryview, energy_key: str
 
 
 def _suspect_cells(cells: np.ndarray) -> np.ndarray:
-    """(B,) bool: the (B, 3, 3) cells that may be singular or inverted, by a test looser
-    than :func:`~preprocess.sources.records.cell_problem`, which then decides each."""
+    """(B,) bool: the (B, 3, 3) cells that may be singular or too large, by a test looser
+    than :func:`~preprocess.sources.records.cell_problem`, which then decides each
+    (left-handed cells are valid crystals)."""
     if not len(cells):
         return np.zeros(0, dtype=bool)
     with np.errstate(over="ignore", invalid="ignore"):  # huge entries: inf norms are suspect
         det = np.linalg.det(cells)
         norms = np.prod(np.linalg.norm(cells, axis=2), axis=1)
-        return ~(norms > 0) | ~np.isfinite(norms) | (np.abs(det) <= 1e-5 * norms) | (det < 0)
+        return ~(norms > 0) | ~np.isfinite(norms) | (np.abs(det) <= 1e-5 * norms)
 
 
 def parse_materials_general(data: bytes, energy_key: str

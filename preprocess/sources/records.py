@@ -41,7 +41,8 @@ def _array(value, shape, field: str) -> np.ndarray:
 
 
 def cell_problem(cell: np.ndarray) -> str | None:
-    """Why a (3, 3) cell (rows = lattice vectors, Å) is unusable, or None."""
+    """Why a (3, 3) cell (rows = lattice vectors, Å) is unusable, or None. Left-handed
+    cells (negative determinant) are usable: VASP and ASE accept them."""
     with np.errstate(over="ignore", invalid="ignore"):  # entries near the float limit
         det = float(np.linalg.det(cell))
         norms = float(np.prod(np.linalg.norm(cell, axis=1)))
@@ -50,9 +51,7 @@ def cell_problem(cell: np.ndarray) -> str | None:
                 f"{np.abs(cell).max():.3g} Å)")
     if not norms > 0 or abs(det) <= 1e-6 * norms:
         return f"singular cell (volume {det:.3g} Å^3)"
-    if det < 0:
-        return f"inverted (left-handed) cell, volume {det:.3g} Å^3"
-    return None
+    return None  # a left-handed cell (det < 0) is a valid crystal: its volume is abs(det)
 
 
 def check_cell(cell: np.ndarray, field: str = "structure.lattice") -> None:

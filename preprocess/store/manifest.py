@@ -2,7 +2,7 @@
 
 ``manifest.json`` is written last, atomically; its presence marks a complete store. The
 store id hashes everything that determines the contents (source fingerprint, graph
-parameters, schema version, energy key, split), so two experiments that need the same
+parameters, schema version, label keys, split), so two experiments that need the same
 graphs find the same store.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from preprocess.schema import SCHEMA_VERSION
 from preprocess.store.location import Location
-from preprocess.store.params import ENERGY_KEYS, GraphParams, SplitParams
+from preprocess.store.params import GraphParams, LabelKeys, SplitParams
 from preprocess.store.shard import ShardRecord
 
 MANIFEST_FILE = "manifest.json"
@@ -44,25 +44,32 @@ class StoreSpec:
     source: SourceInfo
     graph: GraphParams = field(default_factory=GraphParams)
     backend: str = "zarr"
-    energy_key: str = "uncorrected_total_energy"
+    # label keys (see LabelKeys): None = the source's convention
+    energy_key: str | None = None
     split: SplitParams = field(default_factory=SplitParams)
     frames_per_shard: int = 2000
     min_distance: float = 0.5  # Å; records with closer atoms are quarantined
+    forces_key: str | None = None
+    stress_key: str | None = None
+    virial_key: str | None = None
 
     def __post_init__(self):
         if not self.min_distance >= 0:
             raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
-        if self.energy_key not in ENERGY_KEYS:
-            raise ValueError(f"energy_key must be one of {ENERGY_KEYS}, got {self.energy_key!r}")
+        self.labels  # validates the keys
         if self.backend not in ("zarr", "arrow"):
             raise ValueError(f"backend must be 'zarr' or 'arrow', got {self.backend!r}")
         if self.frames_per_shard < 1:
             raise ValueError(f"frames_per_shard must be >= 1, got {self.frames_per_shard}")
 
     @property
+    def labels(self) -> LabelKeys:
+        return LabelKeys(self.energy_key, self.forces_key, self.stress_key, self.virial_key)
+
+    @property
     def store_id(self) -> str:
         content = {"schema_version": SCHEMA_VERSION, "source": self.source.fingerprint,
-                   "graph": self.graph.to_dict(), "energy_key": self.energy_key,
+                   "graph": self.graph.to_dict(), "labels": self.labels.to_dict(),
                    "split": self.split.to_dict(), "min_distance": self.min_distance}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -77,11 +84,14 @@ class Manifest:
     split: SplitParams
     source: SourceInfo
     code_version: str
-    counts: dict  # frames, atoms, edges, shards, quarantined
+    # frames, atoms, edges, shards, quarantined; labels_not_stored and labels_converted:
+    # {what: frames} (see preprocess.sources.labels)
+    counts: dict
     shards: tuple[ShardRecord, ...]
     statistics: dict
     min_distance: float = 0.5
     build: dict = field(default_factory=dict)  # wall time, workers: informative only
+    labels: dict = field(default_factory=dict)  # the keys read (a LabelPlan's fields)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -107,7 +117,7 @@ class Manifest:
                        code_version=d["code_version"], counts=dict(d["counts"]),
                        shards=tuple(ShardRecord.from_dict(s) for s in d["shards"]),
                        statistics=stats, min_distance=float(d.get("min_distance", 0.5)),
-                       build=dict(d.get("build", {})))
+                       build=dict(d.get("build", {})), labels=dict(d.get("labels", {})))
         except (KeyError, TypeError, ValueError) as err:
             raise StoreError(f"{where}: damaged manifest ({type(err).__name__}: {err})") from None
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from preprocess.graph import DEFAULT_K, DEFAULT_TIE_TOLERANCE, _check_params
 
 ENERGY_KEYS = ("uncorrected_total_energy", "corrected_total_energy")
+LABELS = ("energy", "forces", "stress", "virial")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,32 @@ class GraphParams:
         if self.cutoff is not None and (wanted.cutoff is None or wanted.cutoff > self.cutoff):
             return False
         return True
+
+
+@dataclass(frozen=True)
+class LabelKeys:
+    """Where a source's frames hold their labels: the names of the fields read as the
+    energy (eV), forces (eV/Å, per atom), stress (eV/Å³, ASE sign) and virial (eV, stored
+    as the stress σ = -virial / V). ``None``: the source's convention
+    (:meth:`preprocess.sources.base.Source.resolve_labels` says which).
+
+    The keys determine what a store holds, so they are part of its id. The stored stress
+    is a frame's ``stress`` where it has one, else the stress from its ``virial``.
+    """
+
+    energy: str | None = None
+    forces: str | None = None
+    stress: str | None = None
+    virial: str | None = None
+
+    def __post_init__(self):
+        for name in LABELS:
+            key = getattr(self, name)
+            if key is not None and (not isinstance(key, str) or not key.strip()):
+                raise ValueError(f"{name}_key: expected a field name or None, got {key!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -76,11 +76,12 @@ def _compositions(frames: Sequence[Frame]) -> tuple[list[list[str]], list[str]]:
 
 
 def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: StoreSpec,
-                       quarantine: Sequence[dict] = (), graphs: KnnGraphBatch | None = None
-                       ) -> ShardRecord:
+                       quarantine: Sequence[dict] = (), graphs: KnnGraphBatch | None = None,
+                       label_counts: dict | None = None) -> ShardRecord:
     """Commit ``frames`` (and their graphs, built here unless given) as shard ``index``.
 
-    ``quarantine`` rows (material_id, frame_id, reason) of this partition are kept with the
+    ``quarantine`` rows (material_id, frame_id, reason) of this partition and
+    ``label_counts`` ({"not_stored" | "converted": {what: frames}}) are kept with the
     shard's commit record and gathered by :func:`finalize_store`.
     """
     root = Path(root)
@@ -111,18 +112,20 @@ def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: St
                      [f.forces for f in frames], n_edges_frame,
                      [s == "train" for s in splits])
     return write_shard(root, index, columns, spec.backend, index_rows, stats,
-                       extra={"quarantine": list(quarantine)})
+                       extra={"quarantine": list(quarantine), "labels": label_counts or {}})
 
 
-def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict | None = None
-                   ) -> Manifest:
-    """Check that shards 0..n_shards-1 are committed, gather them and write the manifest."""
+def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict | None = None,
+                   labels: dict | None = None) -> Manifest:
+    """Check that shards 0..n_shards-1 are committed, gather them and write the manifest.
+    ``labels``: the keys the frames were read with (a LabelPlan's fields)."""
     root = Path(root)
     missing = [shard_name(i) for i in range(n_shards) if not is_committed(root, shard_name(i))]
     if missing:
         raise StoreError(f"{root}: cannot finalise, {len(missing)} shards are not committed "
                          f"(first: {missing[0]})")
     records, total, tables, quarantine = [], ShardStats(), [], []
+    label_counts: dict[str, dict[str, int]] = {"not_stored": {}, "converted": {}}
     for i in range(n_shards):
         record, commit = read_commit(root, shard_name(i))
         if commit["backend"] != spec.backend:
@@ -132,6 +135,9 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
         total = total + ShardStats.from_dict(commit["stats"])
         tables.append(read_parquet(shard_dir(root, record.name) / INDEX_FILE, INDEX_SCHEMA))
         quarantine.extend(commit.get("quarantine", []))
+        for category, counts in commit.get("labels", {}).items():
+            for what, n in counts.items():
+                label_counts[category][what] = label_counts[category].get(what, 0) + n
     index = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
     ids = index.column("frame_id").to_pylist()
     if len(set(ids)) != len(ids):
@@ -145,13 +151,16 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
     write_parquet(index, root / INDEX_NAME)
     write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA),
                   root / QUARANTINE_NAME)
+    labels = dict(labels or {"energy": spec.energy_key})
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, store_id=spec.store_id, backend=spec.backend,
-        graph=spec.graph, energy_key=spec.energy_key, split=spec.split, source=spec.source,
+        graph=spec.graph, energy_key=labels["energy"], split=spec.split, source=spec.source,
         code_version=code_version(),
         counts={"frames": total.frames, "atoms": total.atoms, "edges": total.edges,
-                "shards": n_shards, "quarantined": len(quarantine)},
+                "shards": n_shards, "quarantined": len(quarantine),
+                "labels_not_stored": label_counts["not_stored"],
+                "labels_converted": label_counts["converted"]},
         shards=tuple(records), statistics=total.summary(), min_distance=spec.min_distance,
-        build=dict(build_info or {}))
+        build=dict(build_info or {}), labels=labels)
     write_manifest(root, manifest)
     return manifest
