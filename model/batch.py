@@ -14,9 +14,11 @@ n_atoms        (B,)      int64
 centers        (E,)      int64   receiving atom i of edge i <- j
 neighbors      (E,)      int64   sending atom j
 shifts         (E, 3)    float   integer cell shifts S: r_ij = r_j + S @ cell - r_i
-next_distance  (N,)      float   Å, distance of the first neighbour candidate not kept
-rank_edge      (N,)      int64   edge holding the centre's (k+1)-th nearest candidate, or -1
-                                 when the centre has only k edges (then next_distance is it)
+rank_neighbor  (N,)      int64   atom j of the centre's (k+1)-th nearest candidate (j, S), whose
+                                 distance is the rank envelope's d_{k+1}; -1 if none (no
+                                 periodic axis and too few atoms)
+rank_shift     (N, 3)    float   its integer cell shift S
+k              int               the k the graphs were built (or filtered) with
 energy         (B,)      float   eV        (labels; optional)
 forces         (N, 3)    float   eV/Å
 stress         (B, 3, 3) float   eV/Å³, ASE sign; NaN rows where unknown
@@ -29,9 +31,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 TENSOR_FIELDS = ("numbers", "positions", "cell", "frame_index", "n_atoms", "centers",
-                 "neighbors", "shifts", "next_distance", "rank_edge", "energy", "forces",
+                 "neighbors", "shifts", "rank_neighbor", "rank_shift", "energy", "forces",
                  "stress")
-FLOAT_FIELDS = ("positions", "cell", "shifts", "next_distance", "energy", "forces", "stress")
+FLOAT_FIELDS = ("positions", "cell", "shifts", "rank_shift", "energy", "forces", "stress")
 
 
 @dataclass
@@ -44,8 +46,9 @@ class Batch:
     centers: torch.Tensor
     neighbors: torch.Tensor
     shifts: torch.Tensor
-    next_distance: torch.Tensor
-    rank_edge: torch.Tensor
+    rank_neighbor: torch.Tensor
+    rank_shift: torch.Tensor
+    k: int
     energy: torch.Tensor | None = None
     forces: torch.Tensor | None = None
     stress: torch.Tensor | None = None

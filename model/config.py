@@ -28,6 +28,7 @@ CHOICES = {
     "readout": ("linear", "mlp", "mlp_last"),
     "block_reduction": ("sum", "last", "mean"),
     "attention": ("none", "sigmoid", "softmax"),
+    "rank_envelope": ("adaptive", "next", "none"),
 }
 
 
@@ -39,8 +40,11 @@ class ModelConfig:
     radial_basis: str = "bessel"
     num_radial: int = 8
     envelope_p: int = 5
-    rank_envelope: bool = True  # smooth k-NN rank envelope from next_distance
-    rank_envelope_width: float = 0.5  # Å
+    # k-NN rank envelope (model.radial): "adaptive" (soft k nearest, C² energy; needs graphs
+    # with ties: include and tie_tolerance >= width), "next" (ramp below d_{k+1}: continuous
+    # energy, forces jump where the (k+1)-th candidate changes), or "none"
+    rank_envelope: str = "adaptive"
+    rank_envelope_width: float = 0.25  # Å
     k: int | None = None  # neighbours the model wants (None: what the store has)
     # species
     species_dim: int = 16
@@ -69,6 +73,11 @@ class ModelConfig:
     shift: float = 0.0  # eV; initial species-wise shift
 
     def __post_init__(self):
+        if isinstance(self.rank_envelope, bool):  # rank_envelope: true/false in older configs
+            object.__setattr__(self, "rank_envelope", "next" if self.rank_envelope else "none")
+        if not (isinstance(self.rank_envelope_width, (int, float)) and self.rank_envelope_width > 0):
+            raise ValueError(f"model.rank_envelope_width: expected a positive number of Å, "
+                             f"got {self.rank_envelope_width!r}")
         for name, options in CHOICES.items():
             value = getattr(self, name)
             if value not in options:

@@ -21,7 +21,7 @@ from torch import nn
 from model.aggregation import Aggregation
 from model.embedding import SpeciesEmbedding
 from model.message import TensorProductMessage
-from model.radial import RADIAL_BASES, PolynomialEnvelope, RankEnvelope, rank_reference_distance
+from model.radial import RADIAL_BASES, AdaptiveRankEnvelope, PolynomialEnvelope, rank_envelope
 from model.readout import LinearReadout, MLPReadout, reduce_blocks
 from model.self_interaction import SELF_INTERACTIONS, SpeciesLinear
 
@@ -75,7 +75,7 @@ class EquivariantNetwork(nn.Module):
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.radial = RADIAL_BASES[cfg.radial_basis](cfg.cutoff, cfg.num_radial)
         self.cutoff_envelope = PolynomialEnvelope(cfg.cutoff, cfg.envelope_p)
-        self.rank_envelope = RankEnvelope(cfg.rank_envelope_width) if cfg.rank_envelope else None
+        self.rank_envelope = rank_envelope(cfg)
         scalars = o3.Irreps(f"{cfg.channels}x0e")
         hidden = o3.Irreps([(cfg.channels, o3.Irrep(l, (-1) ** l))
                             for l in range(cfg.hidden_l_max + 1)])
@@ -93,15 +93,17 @@ class EquivariantNetwork(nn.Module):
             self.readouts.append(MLPReadout(out, cfg.readout_mlp) if use_mlp else LinearReadout(out))
             irreps = out
 
-    def forward(self, numbers, vectors, centers, neighbors, next_distance, rank_edge) -> torch.Tensor:
-        """(N,) numbers, (E, 3) edge vectors Å, (N,) next_distance -> (N,) atomic energies."""
+    def forward(self, numbers, vectors, centers, neighbors, d_ref, k) -> torch.Tensor:
+        """(N,) numbers, (E, 3) edge vectors Å, (N,) d_{k+1} Å (or None), k of the graphs
+        -> (N,) atomic energies."""
         species = self.species(numbers)
         r = torch.linalg.norm(vectors, dim=-1)
         sh = self.sh(vectors)
         radial = self.radial(r)
         envelope = self.cutoff_envelope(r)
-        if self.rank_envelope is not None:
-            d_ref = rank_reference_distance(r, rank_edge, next_distance)
+        if isinstance(self.rank_envelope, AdaptiveRankEnvelope):
+            envelope = envelope * self.rank_envelope(r, centers, numbers.shape[0], k)
+        elif self.rank_envelope is not None:
             envelope = envelope * self.rank_envelope(r, d_ref[centers])
         edge_features = torch.cat([radial * envelope.unsqueeze(-1), species[centers],
                                    species[neighbors]], dim=-1)

@@ -21,7 +21,7 @@ from torch import nn
 
 from model.embedding import SpeciesEmbedding
 from model.mlp import silu_mlp, zero_last_layer
-from model.radial import RADIAL_BASES, PolynomialEnvelope, RankEnvelope, rank_reference_distance
+from model.radial import RADIAL_BASES, AdaptiveRankEnvelope, PolynomialEnvelope, rank_envelope
 from model.scatter import scatter_sum
 
 DIRECTIONAL_L_MAX = 3
@@ -92,7 +92,7 @@ class InvariantNetwork(nn.Module):
         self.embed = nn.Linear(cfg.species_dim, cfg.hidden)
         self.radial = RADIAL_BASES[cfg.radial_basis](cfg.cutoff, cfg.num_radial)
         self.cutoff_envelope = PolynomialEnvelope(cfg.cutoff, cfg.envelope_p)
-        self.rank_envelope = RankEnvelope(cfg.rank_envelope_width) if cfg.rank_envelope else None
+        self.rank_envelope = rank_envelope(cfg)
         self.irreps_sh = o3.Irreps.spherical_harmonics(DIRECTIONAL_L_MAX)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.register_buffer("bands", torch.tensor(list(cfg.bands), dtype=torch.get_default_dtype()))
@@ -104,13 +104,14 @@ class InvariantNetwork(nn.Module):
         # which harmonics components belong to each l
         self._l_slices = [(l * l, (l + 1) ** 2) for l in range(DIRECTIONAL_L_MAX + 1)]
 
-    def forward(self, numbers, vectors, centers, neighbors, next_distance, rank_edge) -> torch.Tensor:
+    def forward(self, numbers, vectors, centers, neighbors, d_ref, k) -> torch.Tensor:
         n = numbers.shape[0]
         r = torch.linalg.norm(vectors, dim=-1)
         radial = self.radial(r)
         envelope = self.cutoff_envelope(r)
-        if self.rank_envelope is not None:
-            d_ref = rank_reference_distance(r, rank_edge, next_distance)
+        if isinstance(self.rank_envelope, AdaptiveRankEnvelope):
+            envelope = envelope * self.rank_envelope(r, centers, numbers.shape[0], k)
+        elif self.rank_envelope is not None:
             envelope = envelope * self.rank_envelope(r, d_ref[centers])
         y = self.sh(vectors)
         density = scatter_sum(envelope.unsqueeze(-1) * y, centers, n) / self.cfg.avg_num_neighbors

@@ -4,7 +4,10 @@
     F = -∂E/∂r                                 eV/Å
     σ = (1/V) ∂E/∂ε  at ε = 0                  eV/Å³, ASE sign (positive = tensile)
 
-with ε a symmetric strain applied to positions and cell together (model.geometry). One
+with ε a symmetric strain applied to positions and cell together (model.geometry). Every
+length the energy depends on — the edges and, for k-NN graphs, each centre's d_{k+1} of the
+rank envelope — is computed from the strained positions and cell, so forces and stress are
+the exact derivatives of the energy a user evaluates with a freshly built graph. One
 backward pass gives both derivatives; with ``training=True`` it keeps the graph so that
 losses on forces and stress can be differentiated again.
 """
@@ -20,6 +23,7 @@ from model.config import ModelConfig
 from model.equivariant import EquivariantNetwork
 from model.geometry import cell_volume, edge_vectors, strained
 from model.invariant import InvariantNetwork
+from model.radial import rank_reference_distance
 from model.readout import ScaleShift
 from model.scatter import scatter_sum
 
@@ -34,10 +38,13 @@ class Potential(nn.Module):
         self.scale_shift = ScaleShift(config.atomic_energies, config.scale, config.shift)
 
     def atomic_energies(self, batch: Batch, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """(N,) eV."""
+        """(N,) eV, from positions (N, 3) Å and cell (B, 3, 3) Å."""
         vectors = edge_vectors(positions, cell, batch)
-        raw = self.network(batch.numbers, vectors, batch.centers, batch.neighbors,
-                           batch.next_distance, batch.rank_edge)
+        d_ref = None
+        if self.config.rank_envelope == "next":
+            d_ref = rank_reference_distance(positions, cell, batch.frame_index,
+                                            batch.rank_neighbor, batch.rank_shift)
+        raw = self.network(batch.numbers, vectors, batch.centers, batch.neighbors, d_ref, batch.k)
         return self.scale_shift(raw, batch.numbers)
 
     def forward(self, batch: Batch, forces: bool = True, stress: bool = True,

@@ -5,10 +5,19 @@
 * :class:`PolynomialEnvelope` — the DimeNet envelope of order p: 1 at r = 0, zero with
   p derivatives at r = r_c, zero beyond.
 * :class:`RankEnvelope` — for k-nearest-neighbour graphs: goes smoothly from 1 to 0 as an
-  edge's length approaches d_{k+1}, the centre's (k+1)-th smallest candidate distance.
-  Edges enter or leave a k-NN graph (by a swap of rank, or by tie inclusion within the
-  tolerance) only at rank > k, where d >= d_{k+1} and the weight is exactly 0, and d_{k+1}
-  is a continuous function of the positions: the energy stays continuous.
+  edge's length approaches d_{k+1}, the centre's (k+1)-th smallest candidate distance
+  (:func:`rank_reference_distance`, computed from positions and cell so that autograd
+  differentiates it). Edges enter or leave a k-NN graph (by a swap of rank, or by tie
+  inclusion within the tolerance) only at rank > k, where d >= d_{k+1} and the weight is
+  exactly 0, and d_{k+1} (the (k+1)-th smallest of continuous functions) is continuous: the
+  energy is continuous, and forces and stress are its exact derivatives wherever it is
+  differentiable. Where the (k+1)-th and (k+2)-th candidates swap, d_{k+1} follows another
+  candidate and has a kink, so forces may jump there (by an amount that vanishes with the
+  weight derivative of the edges within ``width`` of d_{k+1}).
+
+With a graph cutoff c (store or load-time filter), the first candidate not kept can lie at a
+rank below k + 1 (beyond c); the energy is then continuous when the model's cutoff is at most
+c - width (edges within ``width`` of the graph cutoff then carry no weight anyway).
 """
 from __future__ import annotations
 
@@ -16,6 +25,8 @@ import math
 
 import torch
 from torch import nn
+
+from model.scatter import scatter_sum
 
 
 class BesselBasis(nn.Module):
@@ -61,21 +72,31 @@ class PolynomialEnvelope(nn.Module):
         return torch.where(x < 1.0, env, torch.zeros_like(env))
 
 
-def rank_reference_distance(r: torch.Tensor, rank_edge: torch.Tensor,
-                            next_distance: torch.Tensor) -> torch.Tensor:
-    """d_{k+1} per centre, (N,): the length of the centre's (k+1)-th edge where the graph
-    holds one (tie inclusion; differentiable), else the stored ``next_distance``."""
-    has = rank_edge >= 0
-    from_edge = r[rank_edge.clamp(min=0)] if r.numel() else next_distance
-    return torch.where(has, from_edge, next_distance.to(r.dtype))
+def rank_reference_distance(positions: torch.Tensor, cell: torch.Tensor,
+                            frame_index: torch.Tensor, rank_neighbor: torch.Tensor,
+                            rank_shift: torch.Tensor) -> torch.Tensor:
+    """d_{k+1} per centre: |r_j + S @ cell - r_i| of its (k+1)-th nearest candidate (j, S).
+
+    Computed from the (strained) positions and cell with the edge-vector formula, so forces
+    and stress include d_{k+1}'s dependence on them.
+
+    Shapes: positions (N, 3) Å, cell (B, 3, 3) Å, frame_index (N,), rank_neighbor (N,)
+    (-1: no candidate), rank_shift (N, 3) -> (N,) Å, ``inf`` where there is no candidate.
+    """
+    d_ref = positions.new_full(rank_neighbor.shape, float("inf"))
+    has = torch.nonzero(rank_neighbor >= 0).squeeze(-1)
+    if has.numel():
+        offset = torch.einsum("ni,nij->nj", rank_shift[has], cell[frame_index[has]])
+        vec = positions[rank_neighbor[has]] + offset - positions[has]
+        d_ref = d_ref.index_put((has,), torch.linalg.norm(vec, dim=-1))
+    return d_ref
 
 
 class RankEnvelope(nn.Module):
     """w(d) = s((d_{k+1} - d) / width) with s the C² smoothstep on [0, 1].
 
-    Where d_{k+1} comes from the stored ``next_distance`` it is a constant for autograd
-    (the derivative is exact at fixed d_{k+1}); where the (k+1)-th candidate is an edge of
-    the graph its length is differentiated too. Infinite d_{k+1} gives weight 1.
+    d_{k+1} comes from :func:`rank_reference_distance` (differentiable); infinite d_{k+1}
+    gives weight 1.
     """
 
     def __init__(self, width: float = 0.5):
@@ -84,11 +105,113 @@ class RankEnvelope(nn.Module):
             raise ValueError(f"rank envelope width must be > 0 Å, got {width}")
         self.width = float(width)
 
-    def forward(self, r: torch.Tensor, next_distance: torch.Tensor) -> torch.Tensor:
-        """r (E,), next_distance (E,) of each edge's centre -> (E,)."""
-        gap = torch.nan_to_num(next_distance, posinf=1e6) - r
+    def forward(self, r: torch.Tensor, d_ref: torch.Tensor) -> torch.Tensor:
+        """r (E,) Å, d_ref (E,) Å: d_{k+1} of each edge's centre -> (E,) weights in [0, 1]."""
+        gap = torch.where(torch.isinf(d_ref), torch.full_like(r, 1e6), d_ref - r)
         x = torch.clamp(gap / self.width, 0.0, 1.0)
         return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+
+
+def smoothstep(x: torch.Tensor) -> torch.Tensor:
+    """C² step s(x): 0 for x <= 0, 1 for x >= 1, 6x⁵ - 15x⁴ + 10x³ between."""
+    x = torch.clamp(x, 0.0, 1.0)
+    return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+
+
+def smoothstep_slope(x: torch.Tensor) -> torch.Tensor:
+    """s'(x) = 30 x² (1 - x)² on [0, 1], 0 outside."""
+    x = torch.clamp(x, 0.0, 1.0)
+    return 30.0 * x * x * (1.0 - x) * (1.0 - x)
+
+
+class AdaptiveRankEnvelope(nn.Module):
+    """Soft k nearest neighbours: per centre an adaptive cutoff R_i, edge weights
+    w_ij = 1 - s((d_ij - R_i) / width), with R_i the solution of
+
+        Σ_j w_ij(R_i) = k - 1/2          (a smooth count of the centre's neighbours)
+
+    R_i lies below d_k (at most k - 1 weights are exactly 1) and above d_k - width, so
+    every candidate with non-zero weight lies within ``width`` of the k-th: the graph must
+    keep all of them (``ties: include`` with ``tie_tolerance >= width``; see
+    :func:`check_graph`). The energy is then C² in the positions and the cell: candidates
+    enter or leave the graph, and swap ranks, only where their weight and its first two
+    derivatives are 0, and R_i is a smooth symmetric function of the distances (implicit
+    function theorem; ∂R_i/∂d_ij = s'_ij / Σ_j s'_ij). Forces are continuous everywhere,
+    and the weights always sum to k - 1/2 effective neighbours. A centre with fewer than k
+    edges (no periodic axis, or a graph cutoff) has R_i = inf: weight 1.
+
+    R_i is found without gradient by bisection to ~1e-7 Å and two Newton steps kept inside
+    the bracket (to float64 precision), then one more Newton step with the slope held fixed
+    attaches the exact first derivative.
+    """
+
+    BISECTIONS = 26  # (span + width) / 2²⁶: ~1e-7 Å for MPtrj-like neighbourhoods
+    NEWTON = 2
+
+    def __init__(self, width: float = 0.25):
+        super().__init__()
+        if not width > 0:
+            raise ValueError(f"rank envelope width must be > 0 Å, got {width}")
+        self.width = float(width)
+
+    def forward(self, r: torch.Tensor, centers: torch.Tensor, n_nodes: int, k: int) -> torch.Tensor:
+        """r (E,) Å, centers (E,), k the graph's k (:attr:`Batch.k`) -> (E,) weights in [0, 1]."""
+        if r.numel() == 0:
+            return torch.ones_like(r)
+        target = k - 0.5
+        w = self.width
+        with torch.no_grad():
+            d = r.detach()
+            count = torch.bincount(centers, minlength=n_nodes)
+            lo = d.new_full((n_nodes,), float("inf")).scatter_reduce(
+                0, centers, d, reduce="amin", include_self=True) - w
+            hi = d.new_full((n_nodes,), float("-inf")).scatter_reduce(
+                0, centers, d, reduce="amax", include_self=True)
+            for _ in range(self.BISECTIONS):
+                mid = 0.5 * (lo + hi)
+                total = scatter_sum(1.0 - smoothstep((d - mid[centers]) / w), centers, n_nodes)
+                below = total < target
+                lo = torch.where(below, mid, lo)
+                hi = torch.where(below, hi, mid)
+            r0 = 0.5 * (lo + hi)
+            for _ in range(self.NEWTON + 1):
+                x = (d - r0[centers]) / w
+                total = scatter_sum(1.0 - smoothstep(x), centers, n_nodes)
+                slope = scatter_sum(smoothstep_slope(x), centers, n_nodes) / w
+                if _ < self.NEWTON:
+                    step = (total - target) / slope.clamp(min=1e-30)
+                    r0 = torch.minimum(torch.maximum(r0 - step, lo), hi)
+            enough = count >= k
+            r0 = torch.where(enough, r0, torch.zeros_like(r0))
+            slope = torch.where(enough, slope, torch.ones_like(slope))
+        # one Newton step on F(R) = Σ_j (1 - s((d_ij - R)/w)) = k - 1/2, slope fixed
+        total = scatter_sum(1.0 - smoothstep((r - r0[centers]) / w), centers, n_nodes)
+        radius = r0 - (total - target) / slope
+        weight = 1.0 - smoothstep((r - radius[centers]) / w)
+        return torch.where(enough[centers], weight, torch.ones_like(weight))
+
+
+ENVELOPES = ("adaptive", "next", "none")
+
+
+def check_graph(kind: str, width: float, ties: str, tie_tolerance: float) -> None:
+    """Raise ValueError unless graphs with these parameters serve the rank envelope ``kind``:
+    the adaptive envelope needs every candidate within ``width`` of the k-th."""
+    if kind == "adaptive" and (ties != "include" or tie_tolerance < width):
+        raise ValueError(
+            f"model.rank_envelope 'adaptive' (width {width} Å) needs graphs that keep every "
+            f"candidate within {width} Å of the k-th (graph ties: include, tie_tolerance >= "
+            f"{width}); these graphs have ties: {ties}, tie_tolerance: {tie_tolerance} Å. "
+            "Build a store with a larger tie_tolerance, or set model.rank_envelope to 'next'")
+
+
+def rank_envelope(cfg) -> nn.Module | None:
+    """The rank envelope of a model config (``cfg.rank_envelope``: adaptive | next | none)."""
+    if cfg.rank_envelope == "adaptive":
+        return AdaptiveRankEnvelope(cfg.rank_envelope_width)
+    if cfg.rank_envelope == "next":
+        return RankEnvelope(cfg.rank_envelope_width)
+    return None
 
 
 RADIAL_BASES = {"bessel": BesselBasis, "gaussian": GaussianBasis}

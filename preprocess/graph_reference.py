@@ -31,8 +31,11 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
     spread = np.ceil(frac.max(axis=0) - frac.min(axis=0)) if n else np.zeros(3)
     radius = np.inf if not pbc.any() else 2.0 * heights[pbc].min()
 
+    q_tolerance = np.int64(tie_tolerance * (1.0 / DISTANCE_QUANTUM) + 0.5)
     rows = []
     next_distance = np.full(n, np.inf)
+    next_neighbor = np.full(n, -1, dtype=np.int64)
+    next_shift = np.zeros((n, 3), dtype=np.int64)
     for i in range(n):
         r = radius
         while True:
@@ -55,8 +58,8 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
                                  f"are at the same place (closer than {COINCIDENT_DISTANCE} Å)")
             if len(d) >= k:
                 kept = k
-                if ties == "include":
-                    kept = int(np.sum(d <= d[k - 1] + tie_tolerance))
+                if ties == "include":  # on the grid of the ordering
+                    kept = int(np.sum(q <= q[k - 1] + q_tolerance))
             else:
                 kept = len(d)
             if not np.isfinite(r) or (kept < len(d) and q[kept] < np.int64(r * (1.0 / DISTANCE_QUANTUM)) - 1):
@@ -67,6 +70,8 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
             keep = keep[d[:kept] <= cutoff]
         if len(keep) < len(d):
             next_distance[i] = d[len(keep)]
+            next_neighbor[i] = jj[len(keep)]
+            next_shift[i] = ss[len(keep)]
         rows.append((np.full(len(keep), i), jj[keep], ss[keep], d[keep]))
     if rows:
         ci, cj, cs, cd = (np.concatenate(x) for x in zip(*rows))
@@ -74,4 +79,4 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
         ci, cj, cs, cd = (np.empty(0, np.int64), np.empty(0, np.int64),
                           np.empty((0, 3), np.int64), np.empty(0))
     return KnnGraph(ci.astype(np.int64), cj.astype(np.int64), cs.astype(np.int64).reshape(-1, 3),
-                    cd, next_distance)
+                    cd, next_distance, next_neighbor, next_shift)

@@ -23,6 +23,17 @@ Per structure:
    that is not complete (a sparse neighbourhood; ~1 in 600 in MPtrj-like data) or has
    more than 256 candidates takes the slow path: an insertion-based selection, searched
    again alone with a growing radius.
+
+Every comparison of distances (order, the k-th, tie inclusion, the first candidate not kept,
+completeness) is made on the quantised grid, so the kept set is a function of the grid
+values alone and never of which equal-grid candidate was seen first.
+
+The search radius is bounded: a centre's own images along the shortest periodic lattice
+vector (length ``L``) are ``2`` candidates per multiple of ``L``, so the k-th candidate lies
+within ``ceil(k / 2) L`` and the first candidate not kept within ``tolerance + L`` of it.
+A search that passes ``2 ((k // 2 + 3) L + tolerance) + 1`` Å, more than twice that bound,
+without proving completeness is a defect, reported as :data:`STATUS_INCOMPLETE` for the
+structure instead of growing until memory runs out.
 """
 from __future__ import annotations
 
@@ -33,7 +44,8 @@ import numpy as np
 
 # Status codes returned per structure.
 STATUS_OK = 0
-STATUS_COINCIDENT = 1
+STATUS_COINCIDENT = 1  # two atoms closer than ``coincident``; ``bad`` holds i, j, S
+STATUS_INCOMPLETE = 2  # a centre's search passed its radius limit; ``bad[b, 0]`` is the centre
 
 _GROW = 1.5
 
@@ -279,20 +291,22 @@ def _rank_into(first, last, bj, bs, bd, inv_quantum, qbuf, rank, group, e, out_j
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _n_kept(e, c, k, include_ties, tie_tolerance, out_d):
-    """How many of the sorted candidates ``out_d[e:e + c]`` are kept (k, plus ties)."""
+def _n_kept(e, c, k, include_ties, q_tolerance, inv_quantum, out_d):
+    """How many of the sorted candidates ``out_d[e:e + c]`` are kept (k, plus ties):
+    a further candidate is kept while its quantised distance exceeds the k-th's by at most
+    the quantised tolerance ``q_tolerance``."""
     if c <= k:
         return c
     kept = k
     if include_ties:
-        limit = out_d[e + k - 1] + tie_tolerance
-        while kept < c and out_d[e + kept] <= limit:
+        limit = np.int64(out_d[e + k - 1] * inv_quantum + 0.5) + q_tolerance
+        while kept < c and np.int64(out_d[e + kept] * inv_quantum + 0.5) <= limit:
             kept += 1
     return kept
 
 
 @numba.njit(cache=True, nogil=True)
-def _select_insertion(first, last, cj, cs, cd, k, include_ties, tie_tolerance,
+def _select_insertion(first, last, cj, cs, cd, k, include_ties, q_tolerance,
                       inv_quantum, lq, lc):
     """Best candidates among rows ``first:last`` of ``cj, cs, cd``, inserted one by one
     into the bounded list ``lq`` (quantised distances) / ``lc`` (rows) sorted by
@@ -301,12 +315,11 @@ def _select_insertion(first, last, cj, cs, cd, k, include_ties, tie_tolerance,
     buffers are too small (the caller grows them and calls again)."""
     m = 0
     kept = 0
-    bound = np.inf
+    q_bound = np.int64(2) ** 62  # candidates beyond this grid value cannot enter the list
     for o in range(first, last):
-        d = cd[o]
-        if d > bound:
+        q = np.int64(cd[o] * inv_quantum + 0.5)
+        if q > q_bound:
             continue
-        q = np.int64(d * inv_quantum + 0.5)
         j = cj[o]
         p = m
         while p > 0:
@@ -330,22 +343,22 @@ def _select_insertion(first, last, cj, cs, cd, k, include_ties, tie_tolerance,
             continue
         kept = k
         if include_ties:
-            limit = cd[lc[k - 1]] + tie_tolerance
-            while kept < m and cd[lc[kept]] <= limit:
+            limit = lq[k - 1] + q_tolerance
+            while kept < m and lq[kept] <= limit:
                 kept += 1
         if m > kept + 1:
             m = kept + 1
         if m > kept:
-            bound = cd[lc[kept]] * (1.0 + 1e-12)
+            q_bound = lq[kept]
     return m, kept
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _emit(b, i, a0, e, m, kept, cutoff, coincident, out_i, out_j, out_s, out_d,
-          next_distance, status, bad):
+          next_distance, next_neighbor, next_shift, status, bad):
     """Finish centre ``i`` whose sorted list of ``m`` candidates is at ``out_*[e:]``:
-    drop edges beyond the cutoff, record the first candidate not kept, fill the centre
-    column. Returns the new edge count, or -1 if its nearest candidate is coincident (the
+    drop edges beyond the cutoff, record the first candidate not kept (distance, neighbour,
+    shift), fill the centre column. Returns the new edge count, or -1 if its nearest candidate is coincident (the
     pair is recorded in ``status``/``bad``)."""
     if m > 0 and out_d[e] < coincident:
         status[b] = STATUS_COINCIDENT
@@ -362,6 +375,10 @@ def _emit(b, i, a0, e, m, kept, cutoff, coincident, out_i, out_j, out_s, out_d,
             n_kept += 1
     if n_kept < m:
         next_distance[a0 + i] = out_d[e + n_kept]
+        next_neighbor[a0 + i] = out_j[e + n_kept]
+        next_shift[a0 + i, 0] = out_s[e + n_kept, 0]
+        next_shift[a0 + i, 1] = out_s[e + n_kept, 1]
+        next_shift[a0 + i, 2] = out_s[e + n_kept, 2]
     for t in range(n_kept):
         out_i[e + t] = i
     return e + n_kept
@@ -369,12 +386,13 @@ def _emit(b, i, a0, e, m, kept, cutoff, coincident, out_i, out_j, out_s, out_d,
 
 @numba.njit(cache=True, nogil=True)
 def _centre_slow(i, first, last, pj, ps, pd, a0, n, positions, frac, cell, heights,
-                 periodic, r_start, k, include_ties, tie_tolerance, inv_quantum, lq, lc, cj,
-                 cs, cd, e, out_i, out_j, out_s, out_d):
+                 periodic, r_start, r_limit, k, include_ties, q_tolerance, inv_quantum, lq, lc,
+                 cj, cs, cd, e, out_i, out_j, out_s, out_d):
     """One centre the fast path cannot finish: too many candidates to rank all-pairs, or
     the answer is not proven complete within ``r_start`` (then its candidates are gathered
-    again alone with a growing radius). Its bucket is rows ``first:last`` of ``pj, ps, pd``.
-    Writes the sorted list to ``out_*[e:]``; returns its length ``m``, the number kept,
+    again alone with a growing radius, up to ``r_limit``). Its bucket is rows
+    ``first:last`` of ``pj, ps, pd``. Writes the sorted list to ``out_*[e:]``; returns its
+    length ``m`` (-1 when completeness is not proven within ``r_limit``), the number kept,
     and the (possibly regrown) buffers.
     """
     span = np.empty(3, np.float64)
@@ -383,7 +401,7 @@ def _centre_slow(i, first, last, pj, ps, pd, a0, n, positions, frac, cell, heigh
     r = r_start
     while True:
         m, kept = _select_insertion(lo, hi, src_j, src_s, src_d, k, include_ties,
-                                    tie_tolerance, inv_quantum, lq, lc)
+                                    q_tolerance, inv_quantum, lq, lc)
         if m < 0:
             lq = np.empty(2 * lq.shape[0], np.int64)
             lc = np.empty(2 * lc.shape[0], np.int64)
@@ -391,6 +409,8 @@ def _centre_slow(i, first, last, pj, ps, pd, a0, n, positions, frac, cell, heigh
         # The first candidate not kept must lie strictly inside the searched ball.
         if r == np.inf or (m > kept and lq[kept] < np.int64(r * inv_quantum) - 1):
             break
+        if r > r_limit:
+            return -1, 0, lq, lc, cj, cs, cd, out_i, out_j, out_s, out_d
         r *= _GROW
         for a in range(3):
             span[a] = r / heights[a]
@@ -433,7 +453,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
     include_ties : bool, keep all candidates within ``tie_tolerance`` of the k-th distance
     tie_tolerance : float, Å
     cutoff : float, Å; edges longer than this are dropped afterwards (``inf`` for none)
-    quantum : float, Å; distances are ordered on this grid, then by (j, S)
+    quantum : float, Å; distances are ordered, and the tolerance applied, on this grid
     coincident : float, Å; a candidate closer than this is an error
 
     out_i, out_j : int32 (capacity,), out_s : int32 (capacity, 3), out_d : float64 (capacity,)
@@ -447,15 +467,20 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
     shifts : int32 (E, 3)
     distances : float64 (E,)
     edge_ptr : int64 (B + 1,)
-    next_distance : float64 (N_total,)
-    status : int64 (B,), STATUS_OK or STATUS_COINCIDENT
-    bad : int64 (B, 5), for a coincident pair: i, j, S
+    next_distance : float64 (N_total,), Å, of the first candidate not kept (inf: none)
+    next_neighbor : int32 (N_total,), its neighbour index local to the structure (-1: none)
+    next_shift : int32 (N_total, 3), its cell shift
+    status : int64 (B,), STATUS_OK, STATUS_COINCIDENT or STATUS_INCOMPLETE
+    bad : int64 (B, 5), for a coincident pair: i, j, S; for an incomplete search: i
     """
     n_struct = cells.shape[0]
     n_total = positions.shape[0]
     inv_quantum = 1.0 / quantum
+    q_tolerance = np.int64(tie_tolerance * inv_quantum + 0.5)
     edge_ptr = np.zeros(n_struct + 1, np.int64)
     next_distance = np.full(n_total, np.inf)
+    next_neighbor = np.full(n_total, -1, np.int32)
+    next_shift = np.zeros((n_total, 3), np.int32)
     status = np.zeros(n_struct, np.int64)
     bad = np.zeros((n_struct, 5), np.int64)
 
@@ -500,7 +525,15 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
             periodic[a] = pbc[b, a]
         if not (periodic[0] or periodic[1] or periodic[2]):
             r_start = np.inf
+            r_limit = np.inf
         else:
+            # twice the radius that must prove completeness (module docstring)
+            shortest = np.inf
+            for a in range(3):
+                if periodic[a]:
+                    shortest = min(shortest, math.sqrt(cell[a, 0] ** 2 + cell[a, 1] ** 2
+                                                       + cell[a, 2] ** 2))
+            r_limit = 2.0 * ((k // 2 + 3) * shortest + tie_tolerance) + 1.0
             # A ball holding ~1.5 (k + 1) atoms at the cell's density (1.15 in radius: a
             # smaller one saves less than its extra slow-path searches cost).
             r_start = 1.15 * (3.0 * (k + 1) * abs(det) / (4.0 * math.pi * max(n, 1))) ** (1.0 / 3.0)
@@ -547,13 +580,13 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
                     break
                 _rank_into(first, first + c_i, bj, bs, bd, inv_quantum, qbuf, rank, group, e,
                            out_j, out_s, out_d)
-                kept = _n_kept(e, c_i, k, include_ties, tie_tolerance, out_d)
+                kept = _n_kept(e, c_i, k, include_ties, q_tolerance, inv_quantum, out_d)
                 if not (r_start == np.inf or (
                         kept < c_i and np.int64(out_d[e + kept] * inv_quantum + 0.5) < q_inside)):
                     slow = i
                     break
                 e = _emit(b, i, a0, e, c_i, kept, cutoff, coincident, out_i, out_j, out_s,
-                          out_d, next_distance, status, bad)
+                          out_d, next_distance, next_neighbor, next_shift, status, bad)
                 if e < 0:
                     failed = True
                     break
@@ -563,10 +596,15 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
             first = i * (width + 1)
             m, kept, lq, lc, cj, cs, cd, out_i, out_j, out_s, out_d = _centre_slow(
                 i, first, first + count[i], bj, bs, bd, a0, n, positions, frac, cell, heights,
-                periodic, r_start, k, include_ties, tie_tolerance, inv_quantum, lq, lc, cj, cs,
-                cd, e, out_i, out_j, out_s, out_d)
+                periodic, r_start, r_limit, k, include_ties, q_tolerance, inv_quantum, lq, lc,
+                cj, cs, cd, e, out_i, out_j, out_s, out_d)
+            if m < 0:
+                status[b] = STATUS_INCOMPLETE
+                bad[b, 0] = i
+                failed = True
+                break
             e = _emit(b, i, a0, e, m, kept, cutoff, coincident, out_i, out_j, out_s, out_d,
-                      next_distance, status, bad)
+                      next_distance, next_neighbor, next_shift, status, bad)
             if e < 0:
                 failed = True
                 break
@@ -575,5 +613,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
             e = edge_ptr[b]
             for i in range(n):
                 next_distance[a0 + i] = np.inf
+                next_neighbor[a0 + i] = -1
         edge_ptr[b + 1] = e
-    return out_i[:e], out_j[:e], out_s[:e], out_d[:e], edge_ptr, next_distance, status, bad
+    return (out_i[:e], out_j[:e], out_s[:e], out_d[:e], edge_ptr, next_distance, next_neighbor,
+            next_shift, status, bad)

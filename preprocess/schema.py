@@ -20,7 +20,9 @@ from typing import Literal
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Store schema. 2: per-atom ``next_neighbor`` and ``next_shift`` (the first candidate not
+kept, so that a model can differentiate d_{k+1}); 1: without them."""
 
 Level = Literal["frame", "atom", "edge"]
 
@@ -53,6 +55,10 @@ FIELDS: tuple[Field, ...] = (
     Field("magmom", "atom", "float32", (), "μB", "magnetic moment", optional=True),
     Field("next_distance", "atom", "float32", (), "Å",
           "distance of the first neighbour candidate not kept (inf if none)"),
+    Field("next_neighbor", "atom", "int32", (), "",
+          "neighbour index of the first candidate not kept, local to the frame (-1 if none)"),
+    Field("next_shift", "atom", "int8", (3,), "",
+          "integer cell shift of the first candidate not kept"),
     Field("n_edges", "atom", "uint16", (), "", "edges of this centre (CSR over edge rows)"),
     # per edge
     Field("neighbors", "edge", "uint16", (), "", "neighbour atom index, local to the frame"),

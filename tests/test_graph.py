@@ -72,6 +72,8 @@ def test_fast_matches_reference(structure, k, ties, cutoff):
     for a, b in zip(per_atom_sorted_distances(fast), per_atom_sorted_distances(ref)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(fast.next_distance, ref.next_distance)
+    np.testing.assert_array_equal(fast.next_neighbor, ref.next_neighbor)
+    np.testing.assert_array_equal(fast.next_shift, ref.next_shift)
     # the kernel and the reference compute distances with the same float64 formula, so the
     # whole ordered edge list is identical, in both tie modes
     np.testing.assert_array_equal(fast.centers, ref.centers)
@@ -116,7 +118,8 @@ def test_batch_equals_one_by_one():
         for b, (cell, pos) in enumerate(zip(cells, poss)):
             one = knn_graph(cell, pos, k=16, ties=ties)
             got = batch[b]
-            for field in ("centers", "neighbors", "shifts", "distances", "next_distance"):
+            for field in ("centers", "neighbors", "shifts", "distances", "next_distance",
+                          "next_neighbor", "next_shift"):
                 np.testing.assert_array_equal(getattr(got, field), getattr(one, field))
 
 
@@ -163,7 +166,8 @@ def test_slow_paths_equal_reference(ties):
     for b, (cell, pos) in enumerate(zip(cells, poss)):
         ref = knn_graph_reference(cell, pos, k=16, ties=ties)
         for got in (batch[b], knn_graph(cell, pos, k=16, ties=ties)):
-            for field in ("centers", "neighbors", "shifts", "distances", "next_distance"):
+            for field in ("centers", "neighbors", "shifts", "distances", "next_distance",
+                          "next_neighbor", "next_shift"):
                 np.testing.assert_array_equal(getattr(got, field), getattr(ref, field))
 
 
@@ -379,13 +383,13 @@ def test_ranked_selection_equals_insertion(ties):
                                np.empty(c, np.float64))
         kk._rank_into(0, c, cj, cs, d, 1e9, np.empty(256, np.int64), np.empty(256, np.int64),
                       np.empty(256, np.int64), 0, out_j, out_s, out_d)
-        kept_ranked = kk._n_kept(0, c, k, ties, 0.01, out_d)
+        kept_ranked = kk._n_kept(0, c, k, ties, 10_000_000, 1e9, out_d)  # 0.01 Å on the grid
         ranked = [(out_j[t], *out_s[t], out_d[t]) for t in range(c)]
 
         lq = np.empty(2 * (k + 2), np.int64)
         lc = np.empty(2 * (k + 2), np.int64)
         while True:
-            m, kept = kk._select_insertion(0, c, cj, cs, d, k, ties, 0.01, 1e9, lq, lc)
+            m, kept = kk._select_insertion(0, c, cj, cs, d, k, ties, 10_000_000, 1e9, lq, lc)
             if m >= 0:
                 break
             lq = np.empty(2 * lq.shape[0], np.int64)

@@ -166,8 +166,8 @@ def test_threads_read_and_build_what_one_thread_does(tmp_path, monkeypatch):
             np.array([f.pbc for f in frames]), 16, "include", 0.01, None, 0.5)
     (g1, failed1), (g3, failed3) = (knn_graphs_screened(*args, threads=t) for t in (1, 3))
     assert failed1 == failed3
-    for name in ("centers", "neighbors", "shifts", "distances", "next_distance", "edge_ptr",
-                 "atom_ptr"):
+    for name in ("centers", "neighbors", "shifts", "distances", "next_distance", "next_neighbor",
+                 "next_shift", "edge_ptr", "atom_ptr"):
         assert np.array_equal(getattr(g1, name), getattr(g3, name)), name
 
     # the first material again at the end, with other frames: the last one wins

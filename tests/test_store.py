@@ -87,7 +87,8 @@ class StoreConformance:
                 np.testing.assert_array_equal(got["magmom"], f.magmom.astype(np.float32))
             a0, a1 = atom_ptr[i], atom_ptr[i + 1]
             np.testing.assert_array_equal(got["n_edges"], expected["n_edges"][a0:a1])
-            np.testing.assert_array_equal(got["next_distance"], expected["next_distance"][a0:a1])
+            for name in ("next_distance", "next_neighbor", "next_shift"):
+                np.testing.assert_array_equal(got[name], expected[name][a0:a1])
         # edges: compare each frame's graph with a fresh build
         from preprocess.graph import knn_graph
         for f in frames[::7]:
@@ -204,9 +205,16 @@ class StoreConformance:
         bad_range[0] = frames[0].n_atoms  # one past the last atom of frame 0
         swapped = graphs.shifts.copy()
         swapped[0] = swapped[0] + 1  # a different image of the same neighbour
+        next_shift = graphs.next_shift.copy()
+        next_shift[3] = next_shift[3] + 1  # another image as the first candidate not kept
+        next_range = graphs.next_neighbor.copy()
+        next_range[0] = frames[0].n_atoms
         for name, graphs_written, problem in (
                 ("range", replace(graphs, neighbors=bad_range), "out of range"),
-                ("rebuilt", replace(graphs, shifts=swapped), "differ from the rebuilt graph")):
+                ("rebuilt", replace(graphs, shifts=swapped), "differ from the rebuilt graph"),
+                ("next", replace(graphs, next_shift=next_shift), "differ from the rebuilt graph"),
+                ("next-range", replace(graphs, next_neighbor=next_range),
+                 "next_neighbor values out of range")):
             root = tmp_path / name
             write_frames_shard(root, 0, frames, spec, graphs=graphs_written)
             finalize_store(root, spec, 1)
@@ -263,6 +271,10 @@ class StoreConformance:
         manifest["schema_version"] = 99
         path.write_text(json.dumps(manifest))
         with pytest.raises(StoreError, match="schema 99.*upgrade orbitgraph"):
+            open_store(store.root)
+        manifest["schema_version"] = 1  # before the first candidate not kept was stored
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(StoreError, match="schema 1, which lacks .*rebuild the store"):
             open_store(store.root)
         path.write_text("{not json")
         with pytest.raises(StoreError, match="damaged manifest"):

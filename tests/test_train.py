@@ -121,7 +121,8 @@ def test_resume_skips_to_the_same_batch(store_path):
 
 
 @pytest.mark.parametrize("wanted", [GraphParams(k=8), GraphParams(k=12, cutoff=3.5),
-                                    GraphParams(k=16, cutoff=3.0), GraphParams(k=1)])
+                                    GraphParams(k=16, cutoff=3.0), GraphParams(k=1),
+                                    GraphParams(k=12, ties="break")])
 def test_load_time_filtering_equals_direct_build(store_path, wanted):
     store = open_store(store_path)
     stored = store.manifest.graph
@@ -138,12 +139,15 @@ def test_load_time_filtering_equals_direct_build(store_path, wanted):
     np.testing.assert_array_equal(got["shifts"], np.concatenate([g.shifts for g in graphs]))
     np.testing.assert_array_equal(got["next_distance"],
                                   np.concatenate([g.next_distance for g in graphs]).astype(np.float32))
+    np.testing.assert_array_equal(got["next_neighbor"],
+                                  np.concatenate([g.next_neighbor for g in graphs]))
+    np.testing.assert_array_equal(got["next_shift"], np.concatenate([g.next_shift for g in graphs]))
     # and the collated batch of the filtered block equals collating the direct builds
     frames = [frame_from_graph(f["cell"], f["positions"], f["numbers"], g, pbc=f["pbc"])
               for f, g in zip((shard.frame(int(r)) for r in rows), graphs)]
     a, b = collate_columns(got, k=wanted.k), collate(frames, k=wanted.k)
     for name in ("numbers", "positions", "cell", "centers", "neighbors", "shifts",
-                 "rank_edge", "frame_index"):
+                 "rank_neighbor", "rank_shift", "frame_index"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 

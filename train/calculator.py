@@ -11,6 +11,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from model import Potential
 from model.config import ModelConfig
+from model.radial import check_graph
 from preprocess.graph import knn_graph
 from preprocess.store.params import GraphParams
 from train.collate import collate, frame_from_graph
@@ -23,6 +24,8 @@ class OrbitCalculator(Calculator):
                  dtype: torch.dtype = torch.float64, **kwargs):
         super().__init__(**kwargs)
         self.graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
+        check_graph(model.config.rank_envelope, model.config.rank_envelope_width,
+                    self.graph.ties, self.graph.tie_tolerance)
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()

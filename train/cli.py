@@ -102,9 +102,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_run(args) -> int:
     from train.pipelines import load_pipelines
     config = load_pipelines(args.pipeline)
-    names = [args.experiment] if args.experiment else list(config.experiments)
-    for name in names:
-        print(config.run_experiment(name, progress=not args.quiet))
+    config.run([args.experiment] if args.experiment else None, progress=not args.quiet)
     return 0
 
 
@@ -120,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="store directory")
     s.add_argument("--k", type=int, default=16)
     s.add_argument("--ties", choices=["include", "break"], default="include")
-    s.add_argument("--tie-tolerance", type=float, default=0.01, help="Å")
+    s.add_argument("--tie-tolerance", type=float, default=GraphParams().tie_tolerance,
+                   help="Å (default: %(default)s)")
     s.add_argument("--cutoff", type=float, default=None, help="Å")
     s.add_argument("--backend", choices=["zarr", "arrow"], default="zarr")
     s.add_argument("--energy-key", help="field holding the energy, eV (default: MPtrj "

@@ -64,19 +64,44 @@ def edge_index(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np
     return centers, neighbors, frame_of_edge
 
 
+def rank_candidates(block: dict[str, np.ndarray], neighbors: np.ndarray,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each centre's (k+1)-th nearest candidate, which the rank envelope's d_{k+1} follows.
+
+    It is the centre's edge of rank k where tie inclusion kept more than ``k`` edges, else
+    the stored first candidate not kept (``next_neighbor``, ``next_shift``).
+
+    Returns
+    -------
+    rank_neighbor : int64 (N,), index into the block's atoms (-1: no such candidate, which
+        only happens without any periodic axis)
+    rank_shift : int64 (N, 3), its integer cell shift
+    """
+    n_atoms = block["n_atoms"].astype(np.int64)
+    n_edges = block["n_edges"].astype(np.int64)
+    atom_offset = np.repeat(np.cumsum(n_atoms) - n_atoms, n_atoms)
+    stored = block["next_neighbor"].astype(np.int64)
+    rank_neighbor = np.where(stored >= 0, stored + atom_offset, -1)
+    rank_shift = block["next_shift"].astype(np.int64).reshape(-1, 3).copy()
+    tied = np.nonzero(n_edges > k)[0]
+    if tied.size:
+        edge = (np.cumsum(n_edges) - n_edges)[tied] + k
+        rank_neighbor[tied] = neighbors[edge]
+        rank_shift[tied] = block["shifts"].reshape(-1, 3)[edge]
+    return rank_neighbor, rank_shift
+
+
 def collate_columns(block: dict[str, np.ndarray], k: int,
                     dtype: torch.dtype = torch.float64) -> Batch:
     """One block -> Batch.
 
-    ``k`` is the k of the block's graphs; it locates each centre's (k+1)-th edge, if any
-    (``rank_edge``), which the model's rank envelope needs.
+    ``k`` is the k of the block's graphs; it locates each centre's (k+1)-th candidate
+    (:func:`rank_candidates`), which the model's rank envelope needs.
     """
     n_atoms = block["n_atoms"].astype(np.int64)
     n_frames = n_atoms.size
-    n_edges_atom = block["n_edges"].astype(np.int64)
     centers, neighbors, _ = edge_index(block)
-    edge_start = np.cumsum(n_edges_atom) - n_edges_atom
-    rank_edge = np.where(n_edges_atom > k, edge_start + k, -1)
+    rank_neighbor, rank_shift = rank_candidates(block, neighbors, k)
 
     def tensor(a, dt=dtype):
         return torch.from_numpy(np.ascontiguousarray(a)).to(dt)
@@ -92,8 +117,9 @@ def collate_columns(block: dict[str, np.ndarray], k: int,
         centers=torch.from_numpy(centers),
         neighbors=torch.from_numpy(neighbors),
         shifts=tensor(block["shifts"].reshape(-1, 3)),
-        next_distance=tensor(block["next_distance"]),
-        rank_edge=torch.from_numpy(rank_edge),
+        rank_neighbor=torch.from_numpy(rank_neighbor),
+        rank_shift=tensor(rank_shift),
+        k=int(k),
         energy=tensor(block["energy"].astype(np.float64)) if has_labels else None,
         forces=tensor(block["forces"].reshape(-1, 3)) if has_labels else None,
         stress=tensor(block["stress"].reshape(-1, 3, 3)) if has_labels else None,
@@ -113,4 +139,5 @@ def frame_from_graph(cell, positions, numbers, graph, pbc=(True, True, True), **
             "positions": np.asarray(positions, dtype=np.float64),
             "numbers": np.asarray(numbers), "pbc": np.asarray(pbc, dtype=bool),
             "n_edges": graph.counts, "neighbors": graph.neighbors, "shifts": graph.shifts,
-            "next_distance": graph.next_distance, **labels}
+            "next_distance": graph.next_distance, "next_neighbor": graph.next_neighbor,
+            "next_shift": graph.next_shift, **labels}

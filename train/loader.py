@@ -3,15 +3,17 @@
 An epoch is *planned* from the Parquet index alone (frame sizes are there), so it is cheap,
 deterministic and resumable:
 
-1. the store's shards are permuted by (seed, epoch) and dealt round-robin to DDP ranks and,
-   within a rank, to DataLoader workers: each takes disjoint shards;
-2. a worker walks its shards in order through a shuffle buffer spanning
-   ``shuffle_shards`` shards, drawing frames at random (seeded by seed, epoch, rank, worker);
+1. the store's shards are permuted by (seed, epoch) and dealt round-robin to DDP ranks:
+   each takes disjoint shards;
+2. a rank walks its shards in order through a shuffle buffer spanning ``shuffle_shards``
+   shards and refilled frame by frame, drawing frames at random (seeded by seed, epoch,
+   rank; see :func:`shuffled_order`);
 3. frames are packed greedily into batches under an atom and an edge budget (or a fixed
-   number of frames).
+   number of frames). A frame larger than the budget makes a batch of its own.
 
-Only then are shards read, one at a time, and batches collated. The loader position is the
-number of batches delivered in the epoch; a resumed run re-plans the same epoch and skips
+Only then are shards read and batches collated, DataLoader workers taking the rank's
+batches in turn. The loader position is the number of batches delivered in the epoch; a
+resumed run re-plans the same epoch (the same whatever the number of workers) and skips
 that many. A store built with k = 16 can feed a model that wants fewer neighbours or a
 shorter cutoff: edges are filtered at load time (:func:`filter_block`), exactly as if the
 smaller graph had been built.
@@ -27,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.batch import Batch
+from preprocess.graph import DISTANCE_QUANTUM
 from preprocess.schema import FIELDS, numpy_dtype
 from preprocess.store import GraphStore, ShardData
 from preprocess.store.params import GraphParams
@@ -66,69 +69,71 @@ def epoch_shards(store: GraphStore, cfg: LoaderConfig, epoch: int) -> np.ndarray
     return shards
 
 
-def plan_worker(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int, world: int,
-                worker: int, workers: int) -> list[list[tuple[int, int]]]:
-    """Batches of (shard, row) for one worker of one rank in one epoch."""
-    shards = epoch_shards(store, cfg, epoch)
-    slot = rank * workers + worker
-    mine = shards[slot::world * workers]
-    rng = np.random.default_rng([cfg.seed, epoch, rank, worker])
-    n_atoms = store.index.column("n_atoms").to_numpy()
-    n_edges = store.index.column("n_edges").to_numpy()
+def shuffled_order(store: GraphStore, shards: np.ndarray, cfg: LoaderConfig,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Positions in ``store``'s index of the frames of ``shards``, in delivery order.
+
+    The shuffle buffer is refilled frame by frame: shard i's frames are delivered at random
+    over the span of the ``shuffle_shards`` shards that start with it (each frame gets a
+    uniform random time in [c_i, c_{i+S}), c_i the frames of the shards before it), so at
+    any point of the epoch the buffer holds S shards at staggered stages and a batch draws
+    about evenly from all of them. A shard is needed only over its own span: about S shards
+    are in memory at once. (Refilling only when a shard is drained made the S shards drain
+    together, and batches then drew mostly from the one shard just added.) Only the first
+    and last S - 1 shards' spans mix fewer shards.
+    """
+    shard_col = store.index.column("shard").to_numpy()
+    by_shard = np.argsort(shard_col, kind="stable")  # positions grouped by shard, rows in order
+    first = np.searchsorted(shard_col[by_shard], shards, side="left")
+    last = np.searchsorted(shard_col[by_shard], shards, side="right")
+    positions = np.concatenate([by_shard[a:b] for a, b in zip(first, last)]
+                               or [np.zeros(0, dtype=np.int64)])
+    if not cfg.shuffle:
+        return positions
+    sizes = last - first
+    c = np.concatenate([[0], np.cumsum(sizes)]).astype(np.float64)
+    span_end = c[np.minimum(np.arange(len(shards)) + cfg.shuffle_shards, len(shards))]
+    start = np.repeat(c[:-1], sizes)
+    width = np.repeat(span_end - c[:-1], sizes)
+    times = start + rng.random(len(positions)) * width
+    return positions[np.argsort(times, kind="stable")]
+
+
+def plan_rank(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int,
+              world: int) -> list[list[tuple[int, int]]]:
+    """Batches of (shard, row) for one DDP rank in one epoch.
+
+    The plan depends on the store's index, the loader settings, the seed, the epoch and the
+    rank's place among ``world`` ranks, never on the number of DataLoader workers (they
+    share it out batch by batch, see :class:`ShardStream`): a run resumed with another
+    ``num_workers`` continues the same trajectory.
+    """
+    shards = epoch_shards(store, cfg, epoch)[rank::world]
+    order = shuffled_order(store, shards, cfg, np.random.default_rng([cfg.seed, epoch, rank]))
     shard_col = store.index.column("shard").to_numpy()
     row_col = store.index.column("row").to_numpy()
-    positions_of = {int(s): np.nonzero(shard_col == s)[0] for s in mine}
-
-    order: list[int] = []  # positions in the (sub)set's index, in delivery order
-    buffer: list[int] = []
-    pending = list(mine)
-    while pending or buffer:
-        while pending and len({int(shard_col[p]) for p in buffer}) < cfg.shuffle_shards:
-            buffer.extend(positions_of[int(pending.pop(0))].tolist())
-        if not cfg.shuffle:
-            order.extend(buffer)
-            buffer = []
-            continue
-        # draw one shard's worth of frames from the buffer, then refill
-        take = max(1, len(buffer) // max(1, len({int(shard_col[p]) for p in buffer})))
-        picks = rng.choice(len(buffer), size=min(take, len(buffer)), replace=False)
-        chosen = set(picks.tolist())
-        order.extend(buffer[i] for i in picks)
-        buffer = [p for i, p in enumerate(buffer) if i not in chosen]
-
-    batches, current, atoms, edges = [], [], 0, 0
-    for p in order:
-        a, e = int(n_atoms[p]), int(n_edges[p])
-        if cfg.batch_frames is not None:
-            full = len(current) >= cfg.batch_frames
-        else:
-            full = current and (atoms + a > cfg.max_atoms or edges + e > cfg.edge_budget)
-        if full:
-            batches.append(current)
-            current, atoms, edges = [], 0, 0
-        current.append((int(shard_col[p]), int(row_col[p])))
-        atoms += a
-        edges += e
-    if current:
-        batches.append(current)
     # within a batch, frames go in (shard, row) order so that each shard's rows are taken in
     # one step (the batch holds the same frames; the draw above decides which)
-    return [sorted(b) for b in batches]
+    return [sorted(zip(shard_col[b].tolist(), row_col[b].tolist()))
+            for b in pack(store, order, cfg)]
 
 
-def round_robin_skips(counts: list[int], delivered: int) -> tuple[list[int], int]:
-    """After ``delivered`` batches of DataLoader's round-robin over workers (exhausted ones
-    are passed over): how many each worker had delivered, and whose turn is next."""
-    skips = [0] * len(counts)
-    w = 0
-    for _ in range(delivered):
-        for _ in range(len(counts)):
-            if skips[w] < counts[w]:
-                break
-            w = (w + 1) % len(counts)
-        skips[w] += 1
-        w = (w + 1) % len(counts)
-    return skips, w
+def pack(store: GraphStore, order: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
+    """Frames (positions in ``store``'s index, in delivery order) packed greedily into
+    batches under the atom and edge budgets, or ``batch_frames`` at a time. A frame over
+    the budget on its own makes a batch of its own (see :func:`over_budget`)."""
+    if cfg.batch_frames is not None:
+        return [order[i:i + cfg.batch_frames] for i in range(0, len(order), cfg.batch_frames)]
+    n_atoms = store.index.column("n_atoms").to_numpy()[order].tolist()
+    n_edges = store.index.column("n_edges").to_numpy()[order].tolist()
+    starts, atoms, edges = [0], 0, 0
+    for i, (a, e) in enumerate(zip(n_atoms, n_edges)):
+        if i > starts[-1] and (atoms + a > cfg.max_atoms or edges + e > cfg.edge_budget):
+            starts.append(i)
+            atoms, edges = 0, 0
+        atoms += a
+        edges += e
+    return [order[a:b] for a, b in zip(starts, starts[1:] + [len(order)]) if b > a]
 
 
 # ------------------------------------------------------------------ load-time filtering
@@ -150,8 +155,9 @@ def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
 
     Edges are stored per centre in (distance, neighbour, shift) order, so the smaller graph
     is a prefix of each centre's edges: the first k, the ties within the tolerance of the
-    k-th (``include``), and none beyond the cutoff. ``next_distance`` becomes the distance
-    of the first dropped edge.
+    k-th (``include``, compared on the graph's distance grid as the kernel does), and none
+    beyond the cutoff. The first candidate not kept (``next_distance``, ``next_neighbor``,
+    ``next_shift``) becomes the first dropped edge, so the block equals a direct build.
     """
     if wanted == stored:
         return block
@@ -165,9 +171,11 @@ def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
     keep = np.minimum(n_edges, k)
     if wanted.ties == "include":
         has_k = n_edges >= k
-        limit = np.full(n, -np.inf)
-        limit[has_k] = d[start[has_k] + k - 1] + wanted.tie_tolerance
-        beyond = (rank >= k) & (d > limit[centers])
+        q = (d * (1.0 / DISTANCE_QUANTUM) + 0.5).astype(np.int64)
+        q_tolerance = np.int64(wanted.tie_tolerance * (1.0 / DISTANCE_QUANTUM) + 0.5)
+        limit = np.full(n, -1, dtype=np.int64)
+        limit[has_k] = q[start[has_k] + k - 1] + q_tolerance
+        beyond = (rank >= k) & (q > limit[centers])
         first_out = n_edges.copy()
         np.minimum.at(first_out, centers[beyond], rank[beyond])
         keep = np.where(has_k, first_out, n_edges)
@@ -177,12 +185,17 @@ def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
         np.minimum.at(first_long, centers[too_long], rank[too_long])
         keep = first_long
     mask = rank < keep[centers]
-    nxt = block["next_distance"].astype(np.float64).copy()
-    cut = keep < n_edges
-    nxt[cut] = d[start[cut] + keep[cut]]
+    cut = np.nonzero(keep < n_edges)[0]
+    first_dropped = start[cut] + keep[cut]
+    nxt = block["next_distance"].copy()
+    nxt[cut] = d[first_dropped]
+    nxt_j = block["next_neighbor"].copy()
+    nxt_j[cut] = block["neighbors"][first_dropped]
+    nxt_s = block["next_shift"].copy()
+    nxt_s[cut] = block["shifts"][first_dropped]
     return {**block, "n_edges": keep.astype(block["n_edges"].dtype),
             "neighbors": block["neighbors"][mask], "shifts": block["shifts"][mask],
-            "next_distance": nxt.astype(block["next_distance"].dtype)}
+            "next_distance": nxt, "next_neighbor": nxt_j, "next_shift": nxt_s}
 
 
 # ---------------------------------------------------------------------- the stream
@@ -206,25 +219,24 @@ class ShardStream(IterableDataset):
                              f"ties={self.graph.ties}, cutoff={self.graph.cutoff}; build a "
                              "store with these graph parameters")
         self.dtype = dtype
+        self._plan: list[list[tuple[int, int]]] | None = None
 
-    @property
-    def workers(self) -> int:
-        return max(1, self.cfg.num_workers)
-
-    def plans(self) -> list[list[list[tuple[int, int]]]]:
-        return [plan_worker(self.store, self.cfg, self.epoch, self.rank, self.world, w,
-                            self.workers) for w in range(self.workers)]
+    def plan(self) -> list[list[tuple[int, int]]]:
+        """This rank's batches of the epoch (computed once)."""
+        if self._plan is None:
+            self._plan = plan_rank(self.store, self.cfg, self.epoch, self.rank, self.world)
+        return self._plan
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self.plans())
+        return len(self.plan())
 
     def __iter__(self) -> Iterator[Batch]:
+        # DataLoader takes one batch from each worker in turn, starting at worker 0: worker
+        # w makes batches skip + w, skip + w + W, ..., so they arrive in the planned order
+        # whatever W is (each worker reads the shards its batches need)
         info = get_worker_info()
-        plans = self.plans()
-        skips, turn = round_robin_skips([len(p) for p in plans], self.skip)
-        # DataLoader starts its round-robin at worker 0: rotate so the cycle continues
-        plan = ((info.id if info is not None else 0) + turn) % len(plans)
-        batches = plans[plan][skips[plan]:]
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        batches = self.plan()[self.skip + worker::workers]
         # each shard is read once and dropped after its last batch: about the shuffle
         # buffer's shards (plus those a batch spans across a refill) are in memory
         last_use = {s: b for b, rows in enumerate(batches) for s, _ in rows}

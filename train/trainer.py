@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from model import Potential, build_model
 from model.config import ModelConfig, load_config
+from model.radial import check_graph
 from preprocess.store import GraphStore, open_store
 from preprocess.store.params import GraphParams
 from train.config import TrainConfig
@@ -152,6 +153,8 @@ class Trainer:
         if not stored.can_serve(self.graph):
             raise ValueError(f"model wants k={self.graph.k}, the store was built with "
                              f"k={stored.k}; build a store with k >= {self.graph.k}")
+        check_graph(mcfg.rank_envelope, mcfg.rank_envelope_width, self.graph.ties,
+                    self.graph.tie_tolerance)
         self.model: Potential = build_model(replace(mcfg, k=self.graph.k),
                                             self.store.manifest.statistics)
         self.model.to(device=self.device, dtype=self.dtype)

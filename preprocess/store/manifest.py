@@ -108,6 +108,12 @@ class Manifest:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{where}: written with store schema {version}, this orbitgraph "
                              f"reads schema <= {SCHEMA_VERSION}; upgrade orbitgraph")
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: written with store schema {version}, which lacks the first "
+                f"neighbour candidate not kept that models need since schema {SCHEMA_VERSION} "
+                "(for forces that are the exact derivatives of the energy); rebuild the store "
+                "with `orbitgraph build` (or delete it and rerun `orbitgraph run`)")
         try:
             e0 = d["statistics"].get("atomic_energies_eV", {})
             stats = {**d["statistics"], "atomic_energies_eV": {int(z): v for z, v in e0.items()}}

@@ -42,6 +42,15 @@ def _check_shard(data: ShardData, where: str) -> list[str]:
         open_axes = ~c["pbc"][edge_frame]
         if np.any(c["shifts"][open_axes] != 0):
             problems.append(f"{where}: cell shifts along non-periodic axes")
+    # the first candidate not kept: in range, or -1 exactly where next_distance is inf
+    atom_frame = np.repeat(np.arange(data.n_frames), c["n_atoms"].astype(np.int64))
+    nxt = c["next_neighbor"].astype(np.int64)
+    bad_next = (nxt >= c["n_atoms"][atom_frame]) | (nxt < -1) | (
+        (nxt == -1) != np.isinf(c["next_distance"]))
+    if np.any(bad_next):
+        problems.append(f"{where}: {int(bad_next.sum())} next_neighbor values out of range or "
+                        "inconsistent with next_distance (first in frame "
+                        f"{c['frame_id'][atom_frame[np.argmax(bad_next)]]})")
     for name in ("cell", "positions", "energy"):
         if not np.all(np.isfinite(c[name])):
             problems.append(f"{where}: non-finite values in {name}")
@@ -105,10 +114,12 @@ def verify_store(path: str | Path, sample: int = 64, seed: int = 0) -> VerifyRep
             same = (np.array_equal(g.neighbors, fr["neighbors"].astype(np.int64))
                     and np.array_equal(g.shifts, fr["shifts"].astype(np.int64))
                     and np.array_equal(g.counts, fr["n_edges"].astype(np.int64))
-                    and np.array_equal(g.next_distance.astype(np.float32), fr["next_distance"]))
+                    and np.array_equal(g.next_distance.astype(np.float32), fr["next_distance"])
+                    and np.array_equal(g.next_neighbor, fr["next_neighbor"].astype(np.int64))
+                    and np.array_equal(g.next_shift, fr["next_shift"].astype(np.int64)))
             if not same:
-                report.problems.append(f"{where}: frame {fr['frame_id']}: stored edges differ "
-                                       "from the rebuilt graph")
+                report.problems.append(f"{where}: frame {fr['frame_id']}: stored edges or "
+                                       "first candidates not kept differ from the rebuilt graph")
             report.rebuilt += 1
     for key, value in totals.items():
         if value != m.counts[key] and not any("checksum" in p or "unreadable" in p
