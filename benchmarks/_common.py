@@ -55,13 +55,17 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def sample_store(name: str, backend: str = "zarr", frames_per_shard: int = 100) -> Path:
-    """A store of the shared sample under benchmarks/_out/NAME, built once and then reused."""
+def sample_store(name: str, backend: str = "zarr", frames_per_shard: int = 100,
+                 graph=None) -> Path:
+    """A store of the shared sample under benchmarks/_out/NAME, built once and then reused
+    (``graph``: GraphParams, default the store default)."""
     from preprocess.cluster import ClusterConfig
     from preprocess.pipeline import build_store
 
     out = OUT / name
     if not (out / "manifest.json").is_file():
+        from preprocess.store.params import GraphParams
         build_store(plain_sample(), fresh(out), backend=backend, frames_per_shard=frames_per_shard,
-                    cluster=ClusterConfig(kind="synchronous"), progress=False, log=lambda m: None)
+                    graph=graph or GraphParams(), cluster=ClusterConfig(kind="synchronous"),
+                    progress=False, log=lambda m: None)
     return out
