@@ -25,7 +25,7 @@ from preprocess.pipeline import build_store
 from preprocess.store import SplitParams, open_store
 from train.collate import collate
 from train.config import TrainConfig
-from train.loader import LoaderConfig, empty_batch, plan_worker
+from train.loader import LoaderConfig, empty_batch, plan_rank
 from train.trainer import Trainer
 
 # small versions of every preset (the preset's blocks, few channels)
@@ -118,7 +118,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_every_preset_trains_an_epoch_on_two_ranks_of_unequal_batch_counts(store_path, tmp_path):
     train = open_store(store_path).subset(split="train")
-    counts = [len(plan_worker(train, LOADER, 0, rank, 2, 0, 1)) for rank in range(2)]
+    counts = [len(plan_rank(train, LOADER, 0, rank, 2)) for rank in range(2)]
     assert counts[0] != counts[1], counts  # one rank runs out before the epoch ends
     out = tmp_path / "ddp"
     out.mkdir()

@@ -1,0 +1,111 @@
+"""How well the streaming shuffle mixes batches, on an index shaped like MPtrj's.
+
+MPtrj's frames come in relaxation trajectories (~11 frames per material, stored next to
+each other), and a store holds them in shards of a few thousand. A batch of a global
+shuffle holds ~34 unrelated frames from ~23 shards; a shuffle buffer spanning S shards can
+at best draw evenly from S shards, and frames of one material then meet in a batch
+n_shards / S times as often. The buffer must reach that bound through the whole epoch.
+"""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from train.loader import LoaderConfig, pack, plan_rank
+
+N_SHARDS, PER_SHARD = 40, 4000
+
+
+def mptrj_shaped_index(seed: int = 0) -> pa.Table:
+    """40 shards x 4,000 frames; materials of geometric(1/11) frames (mean ~11) stored
+    consecutively, each of one size (lognormal, median 25 atoms), 16 edges per atom."""
+    rng = np.random.default_rng(seed)
+    shard, row, atoms, material = [], [], [], []
+    m = 0
+    for s in range(N_SHARDS):
+        r = 0
+        while r < PER_SHARD:
+            k = min(PER_SHARD - r, int(rng.geometric(1 / 11)))
+            n = int(np.clip(rng.lognormal(np.log(25), 0.6), 1, 300))
+            shard += [s] * k
+            row += range(r, r + k)
+            atoms += [n] * k
+            material += [m] * k
+            r, m = r + k, m + 1
+    atoms = np.array(atoms)
+    return pa.table({"shard": np.array(shard), "row": np.array(row), "n_atoms": atoms,
+                     "n_edges": 16 * atoms, "material_id": np.array(material)})
+
+
+def batch_mixing(batches: list[list[tuple[int, int]]], material_of: dict) -> dict:
+    """Means over batches: distinct shards, the largest single shard's share of the frames,
+    and the share of frames whose material another frame of the batch shares."""
+    shards, top, same = [], [], []
+    for b in batches:
+        _, per_shard = np.unique([s for s, _ in b], return_counts=True)
+        _, per_material = np.unique([material_of[x] for x in b], return_counts=True)
+        shards.append(len(per_shard))
+        top.append(per_shard.max() / len(b))
+        same.append(per_material[per_material > 1].sum() / len(b))
+    return {"shards": np.mean(shards), "top_share": np.mean(top), "same_material": np.mean(same)}
+
+
+@pytest.fixture(scope="module")
+def store():
+    index = mptrj_shaped_index()
+    return types.SimpleNamespace(index=index, shard_indices=np.arange(N_SHARDS))
+
+
+@pytest.fixture(scope="module")
+def material_of(store):
+    cols = [store.index[c].to_numpy() for c in ("shard", "row", "material_id")]
+    return {(s, r): m for s, r, m in zip(*cols)}
+
+
+@pytest.mark.parametrize("shuffle_shards", [2, 4, 8])
+def test_batches_mix_the_buffer_shards_as_well_as_its_size_allows(store, material_of,
+                                                                   shuffle_shards):
+    cfg = LoaderConfig(max_atoms=1024, shuffle_shards=shuffle_shards)
+    plan = plan_rank(store, cfg, epoch=0, rank=0, world=1)
+    cols = [store.index[c].to_numpy() for c in ("shard", "row")]
+    assert sorted(x for b in plan for x in b) == sorted(zip(*cols))  # every frame once
+    shard_col, row_col = cols
+    permutation = np.random.default_rng(1).permutation(len(store.index))
+    global_shuffle = [list(zip(shard_col[b], row_col[b])) for b in pack(store, permutation, cfg)]
+    ideal = batch_mixing(global_shuffle, material_of)
+    # past the first tenth of the epoch (refilling only when a shard drained gave 2.5
+    # shards per batch, the largest holding 0.72 of it, at shuffle_shards = 4)
+    got = batch_mixing(plan[len(plan) // 10:], material_of)
+    assert got["shards"] >= 0.95 * shuffle_shards, got
+    # no shard dominates: as when each batch's frames are drawn evenly from S shards
+    rng = np.random.default_rng(2)
+    even = np.mean([rng.multinomial(len(b), [1 / shuffle_shards] * shuffle_shards).max() / len(b)
+                    for b in plan])
+    assert got["top_share"] <= 1.1 * even, (got, even)
+    # material mates meet N_SHARDS / S times as often as in a global shuffle, no more
+    # (0.10 when refilling only when a shard drained, at S = 4)
+    assert got["same_material"] <= 1.3 * ideal["same_material"] * N_SHARDS / shuffle_shards, \
+        (got, ideal)
+    # and the whole epoch (the first and last S - 1 shards mix fewer) stays close
+    whole = batch_mixing(plan, material_of)
+    assert whole["same_material"] <= 1.5 * ideal["same_material"] * N_SHARDS / shuffle_shards
+
+
+def test_about_shuffle_shards_shards_are_in_memory_at_once(store):
+    """A shard is read at its first batch and dropped after its last."""
+    for shuffle_shards in (1, 4):
+        plan = plan_rank(store, LoaderConfig(max_atoms=1024, shuffle_shards=shuffle_shards),
+                         epoch=3, rank=0, world=1)
+        first, last = {}, {}
+        for b, rows in enumerate(plan):
+            for s, _ in rows:
+                first.setdefault(s, b)
+                last[s] = b
+        alive = np.zeros(len(plan) + 1, dtype=int)
+        for s in first:
+            alive[first[s]] += 1
+            alive[last[s] + 1] -= 1
+        assert np.cumsum(alive).max() <= shuffle_shards + 1
