@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from preprocess.store.manifest import StoreError
+from preprocess.store.params import GraphParams
 
 
 class UserError(Exception):
