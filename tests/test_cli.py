@@ -1,6 +1,7 @@
 """The command line: the README's commands, pipelines.yaml, and one-line user errors."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -47,24 +48,56 @@ def _pipeline_copy(tmp_path: Path, mutate=None) -> Path:
     return path
 
 
+def printed_results(stdout: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """{experiment: {quantity: (model MAE, baseline MAE)}} from each experiment's printed
+    table of test errors beside the baselines."""
+    results = {}
+    for block in re.split(r"^experiment (?=\S+: done)", stdout, flags=re.M)[1:]:
+        name = block.split(":", 1)[0]
+        rows = dict(re.findall(r"^(energy/atom|forces|stress)\s+([\d.]+\s+[\d.]+)", block,
+                               re.M))
+        results[name] = {k: tuple(float(x) for x in v.split()) for k, v in rows.items()}
+    return results
+
+
 @pytest.mark.slow
 def test_readme_first_command_runs_the_default_pipeline(tmp_path):
-    """`orbitgraph run pipelines.yaml` on the bundled sample: one store, two experiments."""
+    """`orbitgraph run pipelines.yaml` on the bundled sample: one store, two experiments
+    that learn visibly, a comparison of the two; a second run does nothing."""
     path = _pipeline_copy(tmp_path)
     first = run(["run", path])
     assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.count("experiment ") >= 2
     stores = list((tmp_path / "runs" / "stores").iterdir())
     assert len(stores) == 1, "two experiments share one store"
     assert first.stdout.count("already complete") == 1, "the store is built once, then reused"
-    for exp in ("mace-small", "invariant-small"):
+    experiments = ("mace-small", "invariant-small")
+    results = printed_results(first.stdout)
+    assert sorted(results) == sorted(experiments), first.stdout[-3000:]
+    for exp in experiments:
+        # learned visibly: at most half the baselines' errors on the test split (fixed seeds)
+        model, baseline = results[exp]["forces"]
+        assert model <= 0.5 * baseline, f"{exp}: force MAE {model} vs zero force {baseline}"
+        model, baseline = results[exp]["energy/atom"]
+        assert model <= 0.5 * baseline, f"{exp}: energy MAE {model} vs E0 only {baseline}"
         out = tmp_path / "runs" / "experiments" / exp
         for name in ("best.pt", "checkpoint.pt", "metrics.csv", "metrics_test.json",
-                     "loss_curves.png", "parity.png"):
+                     "parity_test.npz", "loss_curves.png", "parity.png"):
             assert (out / name).is_file(), f"{exp}/{name}"
+        metrics = json.loads((out / "metrics_test.json").read_text())
+        assert metrics["frames_with_untrained_elements"] == 0, "test elements all trained"
+        assert metrics["frames"] > 100 and metrics["steps"] >= 100
+    assert "absent from the training split" not in first.stdout
+    table = first.stdout[first.stdout.index("experiments on store sample-k16"):]
+    for name in (*experiments, "baselines"):
+        assert re.search(rf"^{name}\s", table, re.M), table
+    figure = tmp_path / "runs" / "experiments" / "comparison-sample-k16.png"
+    assert figure.is_file() and figure.stat().st_size > 20_000
+    stamp = figure.stat().st_mtime_ns
     again = run(["run", path])
     assert again.returncode == 0
     assert again.stdout.count("nothing to do") == 2
+    assert "experiments on store sample-k16" in again.stdout, "the comparison is printed again"
+    assert figure.stat().st_mtime_ns == stamp, "nothing was redone"
     info = run(["info", stores[0]])
     assert info.returncode == 0 and "k=16" in info.stdout
     verify = run(["verify", stores[0]])

@@ -1,0 +1,182 @@
+"""What a trained potential learned: its test errors beside the baselines it must beat.
+
+Baselines, on the same frames as the model's metrics:
+
+* energy: the atomic reference energies alone, E = Σ_i E0(z_i), with the store's
+  least-squares E0 fitted on the train split (what an untrained potential predicts);
+* forces: zero force on every atom;
+* stress: zero stress.
+
+A model that learned nothing scores the baseline; ``ratio`` = model MAE / baseline MAE.
+Units are the ones practitioners quote: meV/atom, meV/Å, GPa.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from preprocess.store import GraphStore
+from preprocess.units import EV_PER_A3_IN_GPA
+
+# (key of the metrics, label, unit, baseline name)
+QUANTITIES = (("energy_mae_meV_per_atom", "energy/atom", "meV/atom", "E0 only"),
+              ("forces_mae_meV_per_A", "forces", "meV/Å", "zero force"),
+              ("stress_mae_GPa", "stress", "GPa", "zero stress"))
+
+
+def baselines(store: GraphStore, split: str | None) -> dict[str, float]:
+    """MAEs of the E0-only energy, zero force and zero stress on ``split`` of ``store`` (all
+    of it if None), keyed like :meth:`train.metrics.ErrorAccumulator.result` (meV/atom,
+    meV/Å, GPa), plus ``frames``. E0 (eV per element) is the manifest's, fitted on the
+    train split."""
+    e0_of = store.manifest.statistics["atomic_energies_eV"]
+    e0 = np.zeros(119)
+    for z, value in e0_of.items():
+        e0[int(z)] = value
+    subset = store.subset(split=split) if split is not None else store
+    e_abs, f_abs, s_abs = [], [], []
+    for _, data, rows in subset.iter_shards():
+        block = data.take(rows)
+        n_atoms = block["n_atoms"].astype(np.int64)
+        frame = np.repeat(np.arange(n_atoms.size), n_atoms)
+        e_ref = np.bincount(frame, weights=e0[block["numbers"]], minlength=n_atoms.size)
+        e_abs.append(np.abs(block["energy"] - e_ref) / np.maximum(n_atoms, 1))
+        f_abs.append(np.abs(block["forces"]).ravel())
+        stress = block["stress"].reshape(-1, 9)
+        s_abs.append(np.abs(stress[~np.isnan(stress).any(axis=1)]).ravel())
+
+    def mean(parts, scale):
+        values = np.concatenate(parts) if parts else np.empty(0)
+        return float(values.mean() * scale) if values.size else float("nan")
+
+    return {"energy_mae_meV_per_atom": mean(e_abs, 1000.0),
+            "forces_mae_meV_per_A": mean(f_abs, 1000.0),
+            "stress_mae_GPa": mean(s_abs, EV_PER_A3_IN_GPA),
+            "frames": len(subset)}
+
+
+@dataclass
+class Pairs:
+    """Reference and predicted values, one row per pair (column 0 reference, 1 predicted).
+
+    Shapes: ``energy`` (F, 2) eV/atom, ``forces`` (3N, 2) eV/Å, ``stress`` (9F', 2) GPa over
+    the F' frames that have a stress label.
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray
+    stress: np.ndarray
+
+    def mae(self) -> dict[str, float]:
+        """MAEs in the quoted units, keyed like the metrics."""
+        def m(p, scale):
+            return float(np.abs(p[:, 1] - p[:, 0]).mean() * scale) if len(p) else float("nan")
+        return {"energy_mae_meV_per_atom": m(self.energy, 1000.0),
+                "forces_mae_meV_per_A": m(self.forces, 1000.0),
+                "stress_mae_GPa": m(self.stress, 1.0)}
+
+    def thinned(self, max_rows: int = 20_000, seed: int = 0) -> "Pairs":
+        """At most ``max_rows`` rows per quantity, drawn at random (seeded): enough for a
+        parity plot of a large test split."""
+        rng = np.random.default_rng(seed)
+
+        def thin(p):
+            return p[np.sort(rng.choice(len(p), max_rows, replace=False))] if len(p) > max_rows else p
+        return Pairs(thin(self.energy), thin(self.forces), thin(self.stress))
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, energy=self.energy, forces=self.forces, stress=self.stress)
+
+    @classmethod
+    def load(cls, path: Path) -> "Pairs":
+        with np.load(path) as d:
+            return cls(d["energy"], d["forces"], d["stress"])
+
+
+def load_potential(checkpoint: str | Path, device: str = "cpu"):
+    """A saved model (``best.pt``) in float64 and the graph parameters it was trained with,
+    as :func:`train.trainer.evaluate` loads it."""
+    from model import Potential
+    from model.config import ModelConfig
+    from preprocess.store.params import GraphParams
+
+    ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
+    model = Potential(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model_state"])
+    return model.to(device=device, dtype=torch.float64).eval(), GraphParams.from_dict(ckpt["graph"])
+
+
+def predict_pairs(model: torch.nn.Module, store: GraphStore, graph, split: str | None = None,
+                  device: str | torch.device = "cpu", max_atoms: int = 2048) -> Pairs:
+    """Run ``model`` (a :class:`model.Potential`, in its own dtype) over ``split`` of
+    ``store`` (all of it if None) with the graphs ``graph`` asks for; the pairs for parity
+    plots."""
+    from train.loader import LoaderConfig, make_loader
+
+    subset = store.subset(split=split) if split is not None else store
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    energy, forces, stress = [], [], []
+    if len(subset):
+        for batch in make_loader(subset, LoaderConfig(max_atoms=max_atoms, shuffle=False),
+                                 graph=graph):
+            batch = batch.to(device, dtype)
+            out = model(batch, forces=True, stress=True, training=False)
+            n = batch.n_atoms.double().clamp(min=1)
+            energy.append(torch.stack([batch.energy.double() / n,
+                                       out["energy"].detach().double() / n], 1))
+            forces.append(torch.stack([batch.forces.double().flatten(),
+                                       out["forces"].detach().double().flatten()], 1))
+            has = ~torch.isnan(batch.stress).flatten(1).any(dim=1)
+            stress.append(torch.stack([batch.stress[has].double().flatten(),
+                                       out["stress"][has].detach().double().flatten()], 1)
+                          * EV_PER_A3_IN_GPA)
+    model.train(was_training)
+
+    def cat(parts):
+        return torch.cat(parts).cpu().numpy() if parts else np.empty((0, 2))
+
+    return Pairs(cat(energy), cat(forces), cat(stress))
+
+
+def results_table(metrics: dict, baseline: dict) -> str:
+    """The model's test MAEs beside the baselines' on the same frames."""
+    lines = [f"{'':12s} {'model MAE':>10s} {'baseline':>10s} {'ratio':>6s}  unit      baseline",
+             ]
+    for key, label, unit, name in QUANTITIES:
+        model, base = metrics[key], baseline[key]
+        ratio = model / base if base > 0 else float("nan")
+        lines.append(f"{label:12s} {model:10.3f} {base:10.3f} {ratio:6.2f}  {unit:9s} {name}")
+    lines.append(f"({metrics['frames']} frames; E0 only: the energy Σ E0 of the train split's "
+                 "least-squares atomic energies)")
+    if metrics.get("frames_with_untrained_elements"):
+        lines.append(f"({metrics['frames_with_untrained_elements']} of them hold elements "
+                     f"absent from the training split: "
+                     f"{', '.join(metrics['untrained_elements'])})")
+    return "\n".join(lines)
+
+
+def comparison_table(store_name: str, rows: list[dict]) -> str:
+    """One line per experiment on one store: model, parameters, steps, training wall time
+    and the test MAEs, then the baselines' line. ``rows`` are the experiments' metrics
+    files (see :meth:`train.pipelines.Pipelines.run_experiment`)."""
+    if not rows:
+        return f"store {store_name}: no finished experiments"
+    split = rows[0]["split"]
+    lines = [f"experiments on store {store_name} ({split} split, {rows[0]['frames']} frames)",
+             f"{'experiment':18s} {'model':>9s} {'params':>8s} {'steps':>6s} {'train s':>8s} "
+             f"{'E meV/atom':>11s} {'F meV/Å':>9s} {'σ GPa':>7s}"]
+    for r in rows:
+        lines.append(f"{r['experiment']:18s} {r['model']:>9s} {r['parameters']:8,d} "
+                     f"{r['steps']:6d} {r['train_wall_s']:8.1f} "
+                     f"{r['energy_mae_meV_per_atom']:11.1f} {r['forces_mae_meV_per_A']:9.1f} "
+                     f"{r['stress_mae_GPa']:7.3f}")
+    b = rows[0]["baseline"]
+    lines.append(f"{'baselines: E0 only, zero force, zero stress':53s} "
+                 f"{b['energy_mae_meV_per_atom']:11.1f} {b['forces_mae_meV_per_A']:9.1f} "
+                 f"{b['stress_mae_GPa']:7.3f}")
+    return "\n".join(lines)
