@@ -49,3 +49,16 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     if np.linalg.det(q) < 0:
         q[:, 0] *= -1
     return q
+
+
+def write_small_mptrj(path: Path, frames: int = 40, max_atoms: int = 20) -> Path:
+    """About ``frames`` frames of the bundled sample's materials of at most ``max_atoms``
+    atoms (whole materials), as an MPtrj-format file: for tests that train."""
+    small: dict = {}
+    for mid, records in load_small_mptrj().items():
+        if len(next(iter(records.values()))["structure"]["sites"]) <= max_atoms:
+            small[mid] = records
+        if sum(map(len, small.values())) >= frames:
+            break
+    path.write_text(json.dumps(small))
+    return path

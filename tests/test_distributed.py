@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import load_small_mptrj
+from helpers import write_small_mptrj
 from model import build_model
 from model.config import PRESETS
 from preprocess.cluster import ClusterConfig
@@ -75,14 +75,7 @@ def test_forward_and_backward_on_an_empty_batch(name, dtype):
 def store_path(tmp_path_factory) -> Path:
     """~40 frames of at most 20 atoms from the bundled sample, in shards of 6."""
     root = tmp_path_factory.mktemp("ddp")
-    small = {}
-    for mid, frames in load_small_mptrj().items():
-        if len(next(iter(frames.values()))["structure"]["sites"]) <= 20:
-            small[mid] = frames
-        if sum(map(len, small.values())) >= 40:
-            break
-    (root / "small.json").write_text(json.dumps(small))
-    build_store(root / "small.json", root / "store", frames_per_shard=6,
+    build_store(write_small_mptrj(root / "small.json"), root / "store", frames_per_shard=6,
                 cluster=ClusterConfig(kind="synchronous"), progress=False,
                 split=SplitParams(0.15, 0.0, 0), log=lambda s: None)
     return root / "store"

@@ -14,6 +14,7 @@ from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
 from preprocess.pipeline import build_store
 from preprocess.store import GraphParams, SplitParams, open_store
+from preprocess.units import EV_PER_A3_IN_GPA
 from train.collate import collate, collate_columns, frame_from_graph
 from train.config import TrainConfig
 from train.loader import LoaderConfig, ShardStream, filter_block, make_loader, plan_rank
@@ -155,7 +156,7 @@ def test_untrained_elements_are_counted(store_path):
     """Frames whose elements the train split never shows are counted (from the index),
     matching the atomic numbers read from the shards themselves."""
     from ase.data import chemical_symbols
-    from train.trainer import untrained_elements
+    from train.trainer import elements, untrained_elements
     store = open_store(store_path)
 
     def symbols(split):
@@ -164,12 +165,13 @@ def test_untrained_elements_are_counted(store_path):
 
     trained = set().union(*symbols("train"))
     train = store.subset(split="train")
-    assert untrained_elements(train, train) == (0, [])
+    assert elements(train) == sorted(trained)
+    assert untrained_elements(elements(train), train) == (0, [])
     for split in ("val", "test"):
         missing = [frame - trained for frame in symbols(split)]
-        n, elements = untrained_elements(train, store.subset(split=split))
+        n, absent = untrained_elements(elements(train), store.subset(split=split))
         assert n == sum(1 for m in missing if m) > 0
-        assert elements == sorted(set().union(*missing))
+        assert absent == sorted(set().union(*missing))
 
 
 def test_store_cannot_serve_a_bigger_k(store_path):
@@ -279,6 +281,10 @@ def test_small_model_learns(trained):
     e0_mae = 1000 * float(np.mean(e0_err))
     assert metrics["forces_mae_meV_per_A"] < 0.5 * zero_force_mae, (metrics, zero_force_mae)
     assert metrics["energy_mae_meV_per_atom"] < 0.5 * e0_mae, (metrics, e0_mae)
+    # stress is trained by default (in GPa, weight 0.1); EMT's stresses here are ~1-3 GPa
+    zero_stress_mae = EV_PER_A3_IN_GPA * np.mean([np.abs(val[i]["stress"]).mean()
+                                                  for i in range(len(val))])
+    assert metrics["stress_mae_GPa"] < 0.5 * zero_stress_mae, (metrics, zero_stress_mae)
     assert (trained.out / "parity.png").is_file() and (trained.out / "loss_curves.png").is_file()
     assert (trained.out / "metrics.csv").read_text().count("\n") == trained.state.epoch + 1
 

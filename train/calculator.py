@@ -1,8 +1,14 @@
 """An ASE calculator for a trained potential: energy (eV), forces (eV/Å), stress (eV/Å³,
 ASE sign, Voigt order). Each structure's graph is built exactly as the store built it
-(same k, tie rule, tolerance and cutoff)."""
+(same k, tie rule, tolerance and cutoff).
+
+A model knows the elements its training frames held (``known_elements``); for any other
+element its reference energy E0 is 0 eV and its network never saw it, so the calculator
+warns, once per element, when a structure holds one (:class:`UntrainedElementWarning`).
+"""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +23,23 @@ from preprocess.store.params import GraphParams
 from train.collate import collate, frame_from_graph
 
 
+class UntrainedElementWarning(UserWarning):
+    """A structure holds an element that no training frame of the model held."""
+
+
 class OrbitCalculator(Calculator):
+    """``known_elements``: the chemical symbols of the model's training frames (from the
+    checkpoint; None when the model was handed over without them, and then nothing is
+    checked)."""
+
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model: Potential, graph: GraphParams | dict, device: str = "cpu",
-                 dtype: torch.dtype = torch.float64, **kwargs):
+                 dtype: torch.dtype = torch.float64, known_elements: list[str] | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.known_elements = sorted(known_elements) if known_elements is not None else None
+        self._warned: set[str] = set()
         self.graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
         check_graph(model.config.rank_envelope, model.config.rank_envelope_width,
                     self.graph.ties, self.graph.tie_tolerance)
@@ -36,11 +53,24 @@ class OrbitCalculator(Calculator):
         ckpt = torch.load(path, map_location=device, weights_only=False)
         model = Potential(ModelConfig.from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["model_state"])
-        return cls(model, ckpt["graph"], device=device, **kwargs)
+        return cls(model, ckpt["graph"], device=device, known_elements=ckpt["trained_elements"],
+                   **kwargs)
+
+    def _warn_untrained(self, symbols: list[str]) -> None:
+        if self.known_elements is None:
+            return
+        for el in sorted(set(symbols) - set(self.known_elements) - self._warned):
+            warnings.warn(f"OrbitCalculator: element {el}: no training frame of this model held "
+                          f"it (its E0 is 0 eV and the network never saw it), so its energies "
+                          f"and forces are not predictions; the model knows "
+                          f"{', '.join(self.known_elements)}", UntrainedElementWarning,
+                          stacklevel=2)
+            self._warned.add(el)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         a = self.atoms
+        self._warn_untrained(a.get_chemical_symbols())
         pbc = np.asarray(a.pbc, dtype=bool)
         cell = np.asarray(a.cell.array, dtype=np.float64)
         if not pbc.all() and abs(np.linalg.det(cell)) < 1e-9:

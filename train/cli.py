@@ -62,9 +62,7 @@ def _cmd_train(args) -> int:
     from train.config import TrainConfig
     from train.trainer import Trainer
 
-    cfg = {"device": args.device, "epochs": args.epochs or 10}
-    if args.max_steps:
-        cfg["max_steps"] = args.max_steps
+    cfg: dict = {}  # defaults < the config file < the command line
     if args.config:
         import yaml
         from pathlib import Path
@@ -75,12 +73,19 @@ def _cmd_train(args) -> int:
             extra = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        cfg = {**extra.get("train", extra), **cfg}
+        cfg = dict(extra.get("train", extra))
+    for key, value in (("device", args.device), ("epochs", args.epochs),
+                       ("max_steps", args.max_steps)):
+        if value is not None:
+            cfg[key] = value
+    if args.max_atoms is not None:
+        cfg["loader"] = {**(cfg.get("loader") or {}), "max_atoms": args.max_atoms,
+                         "max_atoms_by_device": {}}
     trainer = Trainer(args.store, args.model, TrainConfig.from_dict(cfg), args.out)
     result = trainer.fit()
     if trainer.info.is_main:
-        print(f"trained {result['steps']} steps in {result['wall_s']:.1f} s; "
-              f"checkpoints, metrics.csv and plots in {args.out}")
+        print(f"trained {result['steps_this_call']} steps in {result['wall_s']:.1f} s (step "
+              f"{result['steps']} of the run); checkpoints, metrics.csv and plots in {args.out}")
     return 0
 
 
@@ -150,9 +155,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--store", required=True)
     s.add_argument("--model", required=True, help="preset (mace, sevennet, invariant) or YAML")
     s.add_argument("--out", required=True, help="run directory (resumes if it has a checkpoint)")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--max-steps", type=int)
-    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--epochs", type=int, help="train to this many epochs (a finished run "
+                   "continues to a larger number)")
+    s.add_argument("--max-steps", type=int, help="train to this many steps (overrides --epochs)")
+    s.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    s.add_argument("--max-atoms", type=int, help="atoms per batch on this device (overrides "
+                   "loader.max_atoms and loader.max_atoms_by_device)")
     s.add_argument("--config", help="YAML with training settings (the train: section)")
     s.set_defaults(func=_cmd_train)
     s = sub.add_parser("evaluate", help="metrics of a checkpoint on a split of a store")

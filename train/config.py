@@ -20,6 +20,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
     lr: float = 1e-3
     optimizer: str = "adam"
+    amsgrad: bool = False  # the AMSGrad variant of Adam/AdamW (mace-torch's default)
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup_steps: int = 0
@@ -30,10 +31,14 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     precision: str = "float64"
     loss: str = "mse"
-    huber_delta: float = 0.01
-    energy_weight: float = 1.0  # on energy per atom, eV
-    forces_weight: float = 10.0  # on force components, eV/Å
-    stress_weight: float = 0.0  # on stress components, eV/Å³
+    huber_delta: float = 0.01  # in each term's unit: eV/atom, eV/Å, GPa
+    # loss weights, on squared (or Huber) errors of: energy per atom in eV, force components
+    # in eV/Å, stress components in GPa. In GPa (as CHGNet trains on MPtrj), a 1 GPa stress
+    # error weighs as much as a 0.1 eV/Å force error; in eV/Å³ it would weigh 160² times
+    # less and stress would go untrained.
+    energy_weight: float = 1.0
+    forces_weight: float = 10.0
+    stress_weight: float = 0.1
     early_stopping_patience: int | None = None  # epochs without validation improvement
     checkpoint_every: int = 100  # steps
     log_every: int = 10  # steps
@@ -54,6 +59,9 @@ class TrainConfig:
             raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        for name in ("energy_weight", "forces_weight", "stress_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"train.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 

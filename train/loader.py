@@ -21,7 +21,7 @@ smaller graph had been built.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -40,6 +40,9 @@ from train.collate import collate_columns, concat_blocks, edge_index
 class LoaderConfig:
     max_atoms: int = 1024  # atoms per batch (budget)
     max_edges: int | None = None  # edges per batch (budget; default 20 x max_atoms)
+    # budgets for particular devices, e.g. {cuda: 4096, "cuda:1": 2048, cpu: 512}: the
+    # trainer's device ("cuda:1"), else its type ("cuda"), else max_atoms
+    max_atoms_by_device: dict[str, int] = field(default_factory=dict)
     batch_frames: int | None = None  # fixed number of frames per batch instead of budgets
     shuffle: bool = True
     shuffle_shards: int = 4  # the shuffle buffer spans this many shards
@@ -50,6 +53,10 @@ class LoaderConfig:
     def __post_init__(self):
         if self.max_atoms < 1:
             raise ValueError(f"loader.max_atoms must be >= 1, got {self.max_atoms}")
+        for device, atoms in self.max_atoms_by_device.items():
+            if isinstance(atoms, bool) or not isinstance(atoms, int) or atoms < 1:
+                raise ValueError(f"loader.max_atoms_by_device.{device}: expected an integer "
+                                 f">= 1, got {atoms!r}")
         if self.batch_frames is not None and self.batch_frames < 1:
             raise ValueError(f"loader.batch_frames must be >= 1, got {self.batch_frames}")
         if self.shuffle_shards < 1:
@@ -58,6 +65,27 @@ class LoaderConfig:
     @property
     def edge_budget(self) -> int:
         return self.max_edges if self.max_edges is not None else 20 * self.max_atoms
+
+    def for_device(self, device: str) -> "LoaderConfig":
+        """This config with ``max_atoms`` the budget of ``device`` ("cpu", "cuda", "cuda:1")."""
+        budgets = self.max_atoms_by_device
+        kind = device.split(":")[0]
+        atoms = budgets.get(device, budgets.get(kind, self.max_atoms))
+        return replace(self, max_atoms=atoms)
+
+
+def over_budget(store: GraphStore, cfg: LoaderConfig) -> tuple[int, int, int]:
+    """Frames of ``store`` over the batch budget by themselves (more than ``max_atoms`` atoms
+    or the edge budget's edges): how many, and the largest atom and edge counts among them.
+    Each becomes a batch of its own, larger than the budget meant to fit the device."""
+    if cfg.batch_frames is not None or not len(store):
+        return 0, 0, 0
+    atoms = store.index.column("n_atoms").to_numpy()
+    edges = store.index.column("n_edges").to_numpy()
+    over = (atoms > cfg.max_atoms) | (edges > cfg.edge_budget)
+    if not over.any():
+        return 0, 0, 0
+    return int(over.sum()), int(atoms[over].max()), int(edges[over].max())
 
 
 # ------------------------------------------------------------------------- planning

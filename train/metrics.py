@@ -20,14 +20,16 @@ def elementwise(kind: str, pred: torch.Tensor, target: torch.Tensor, delta: floa
 
 
 def loss_sums(out: dict, batch: Batch, kind: str, delta: float) -> dict[str, torch.Tensor]:
-    """Unnormalised loss sums and their counts for one batch."""
+    """Unnormalised loss sums and their counts for one batch: energy per atom (eV), force
+    components (eV/Å) and stress components (GPa; frames without a stress label left out)."""
     n_atoms = batch.n_atoms.to(out["energy"].dtype)
     e_pa = elementwise(kind, out["energy"] / n_atoms.clamp(min=1),
                        batch.energy.to(out["energy"].dtype) / n_atoms.clamp(min=1), delta)
     f = elementwise(kind, out["forces"], batch.forces.to(out["forces"].dtype), delta)
     has_stress = ~torch.isnan(batch.stress).flatten(1).any(dim=1)
     s_target = torch.nan_to_num(batch.stress.to(out["stress"].dtype))
-    s = elementwise(kind, out["stress"], s_target, delta) * has_stress.view(-1, 1, 1)
+    s = elementwise(kind, out["stress"] * EV_PER_A3_IN_GPA, s_target * EV_PER_A3_IN_GPA,
+                    delta) * has_stress.view(-1, 1, 1)
     return {"energy": e_pa.sum(), "forces": f.sum(), "stress": s.sum(),
             "n_energy": torch.tensor(float(batch.n_frames)),
             "n_forces": torch.tensor(float(3 * batch.forces.shape[0])),

@@ -7,7 +7,13 @@ are summed across ranks), so N ranks give the same step as one process with thei
 
 A checkpoint holds the config, model, EMA, optimiser, schedule, RNG states and the loader
 position (epoch, batches delivered): a run killed mid-epoch and resumed continues the same
-trajectory.
+trajectory, and a finished run given a larger ``max_steps`` or ``epochs`` continues to the
+new budget. A run directory holding another model's or another store's run is refused in
+one line (:class:`ResumeError`).
+
+``best.pt`` holds the (EMA) weights with the lowest validation criterion
+(:meth:`Trainer.validation_loss`); a store without validation frames has no such choice,
+and ``best.pt`` is then the model at the end of the latest epoch (the log says so).
 """
 from __future__ import annotations
 
@@ -18,8 +24,9 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -32,13 +39,20 @@ from preprocess.store import GraphStore, open_store
 from preprocess.store.params import GraphParams
 from train.config import TrainConfig
 from train.ema import EMA
-from train.loader import empty_batch, make_loader, steps_per_epoch
+from train.loader import LoaderConfig, empty_batch, make_loader, over_budget, steps_per_epoch
 from train.metrics import ErrorAccumulator, loss_sums
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.float32,
           "bf16": torch.float32}
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+# loader settings that decide which batches an epoch holds (num_workers does not)
+PLAN_SETTINGS = ("max_atoms", "max_edges", "batch_frames", "shuffle", "shuffle_shards", "seed")
+
+
+class ResumeError(ValueError):
+    """``--out`` holds a run this one cannot continue (another model, store or graph, or a
+    mid-epoch plan this run would change); one line."""
 
 # ------------------------------------------------------------------------ distributed
 
@@ -131,7 +145,7 @@ def set_rng_state(state: dict) -> None:
 class Trainer:
     def __init__(self, store: str | Path | GraphStore, model_config, train_config: TrainConfig,
                  out: str | Path, resume: bool = True):
-        self.cfg = train_config
+        self.cfg = replace(train_config, loader=train_config.loader.for_device(train_config.device))
         self.out = Path(out)
         self.info = init_distributed(self.cfg.device)
         self.device = torch.device(self.cfg.device if not self.cfg.device.startswith("cuda")
@@ -144,6 +158,15 @@ class Trainer:
         self.store = store if isinstance(store, GraphStore) else open_store(store)
         self.train_set = self.store.subset(split="train")
         self.val_set = self.store.subset(split="val")
+        if not len(self.val_set):
+            for name, needed in (("schedule", self.cfg.schedule == "plateau"),
+                                 ("early_stopping_patience",
+                                  self.cfg.early_stopping_patience is not None)):
+                if needed:
+                    raise ValueError(f"train.{name}: {getattr(self.cfg, name)!r} follows the "
+                                     "validation error, and the store has no validation frames "
+                                     "(its val_fraction is 0)")
+        self.trained_elements = elements(self.train_set)
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         random.seed(self.cfg.seed)
@@ -167,16 +190,30 @@ class Trainer:
             self.ema = EMA(self.model, self.cfg.ema_decay)
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.lr,
-                                 weight_decay=self.cfg.weight_decay)
+                                 weight_decay=self.cfg.weight_decay, amsgrad=self.cfg.amsgrad)
         self.steps_per_epoch = steps_per_epoch(self.train_set, self.cfg.loader, 0, self.info.world)
         total = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.schedule = Schedule(self.cfg.schedule, self.cfg.lr, self.cfg.warmup_steps, total,
                                  self.cfg.plateau_patience, self.cfg.plateau_factor, self.cfg.min_lr)
         self.state = TrainState()
         self.total_steps = total
+        self.resumed_from: int | None = None  # the step a checkpoint left off at
         if resume and (self.out / CHECKPOINT).is_file():
             self.load_checkpoint(self.out / CHECKPOINT)
         self._tb = None
+
+    def budget_reached(self) -> bool:
+        if self.cfg.max_steps is not None:
+            return self.state.step >= self.cfg.max_steps
+        return self.state.epoch >= self.cfg.epochs
+
+    def stopped_early(self) -> bool:
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.state.epochs_without_improvement >= patience
+
+    def budget_text(self) -> str:
+        return (f"{self.cfg.max_steps} steps" if self.cfg.max_steps is not None
+                else f"{self.cfg.epochs} epochs")
 
     # ----------------------------------------------------------------- one step
     def _forward(self, module, batch):
@@ -211,14 +248,12 @@ class Trainer:
     # --------------------------------------------------------------- training loop
     def fit(self, stop_after: int | None = None, log=print) -> dict:
         """Train until ``epochs``/``max_steps``; ``stop_after`` steps ends the process's work
-        early right after a checkpoint (what a kill after that checkpoint leaves behind)."""
+        early right after a checkpoint (what a kill after that checkpoint leaves behind).
+
+        Returns steps (in all), steps_this_call, epochs, wall_s, best_val and history."""
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            n_untrained, untrained = untrained_elements(self.train_set, self.val_set)
-            if n_untrained:
-                log(f"warning: {n_untrained} of {len(self.val_set)} validation frames hold "
-                    f"elements absent from the training split ({', '.join(untrained)}); "
-                    f"their energy errors will be large")
+            self._log_start(log)
         t0 = time.perf_counter()
         steps_this_call = 0
         while not self.state.finished:
@@ -229,7 +264,7 @@ class Trainer:
                                  graph=self.graph, dtype=torch.float64)
             it = iter(loader)
             losses = []
-            while self.state.batches_in_epoch < n_steps:
+            while self.state.batches_in_epoch < n_steps and not self.budget_reached():
                 batch = next(it, None)
                 batch = (batch if batch is not None else empty_batch(self.graph.k)).to(
                     self.device, self.dtype, non_blocking=True)
@@ -239,46 +274,89 @@ class Trainer:
                 if self.info.is_main and self.state.step % self.cfg.log_every == 0:
                     log(f"epoch {epoch} step {self.state.step} loss {losses[-1]:.5g} "
                         f"lr {self.schedule.lr(self.state.step):.3g}")
-                done = self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
-                if self.state.step % self.cfg.checkpoint_every == 0 or done:
+                if self.state.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if stop_after is not None and steps_this_call >= stop_after:
                     self.save_checkpoint()
                     return {"stopped_at_step": self.state.step}
-                if done:
-                    break
-            metrics = self.validate()
-            val_loss = metrics["energy_mae_meV_per_atom"] / 1000 + \
-                self.cfg.forces_weight * metrics["forces_mae_meV_per_A"] / 1000
-            self.schedule.epoch_end(val_loss)
-            record = {"epoch": epoch, "step": self.state.step,
-                      "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                      "lr": self.schedule.lr(self.state.step), **metrics}
-            self.state.history.append(record)
-            improved = val_loss < self.state.best_val
-            if improved:
-                self.state.best_val = val_loss
-                self.state.epochs_without_improvement = 0
-            else:
-                self.state.epochs_without_improvement += 1
-            self.state.epoch += 1
-            self.state.batches_in_epoch = 0
-            stop_early = (self.cfg.early_stopping_patience is not None and
-                          self.state.epochs_without_improvement >= self.cfg.early_stopping_patience)
-            reached = (self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps) \
-                or (self.cfg.max_steps is None and self.state.epoch >= self.cfg.epochs)
-            self.state.finished = bool(reached or stop_early)
-            if self.info.is_main:
-                self._log_epoch(record, log)
-                if improved:
-                    self.save_inference_model(self.out / BEST)
-            self.save_checkpoint()
+            self._end_of_pass(epoch, self.state.batches_in_epoch >= n_steps, losses, log)
         if self.info.is_main and self.cfg.plots:
             from train.plots import write_plots
             write_plots(self)
-        return {"steps": self.state.step, "epochs": self.state.epoch,
-                "wall_s": time.perf_counter() - t0,
+        return {"steps": self.state.step, "steps_this_call": steps_this_call,
+                "epochs": self.state.epoch, "wall_s": time.perf_counter() - t0,
                 "best_val": self.state.best_val, "history": self.state.history}
+
+    def _end_of_pass(self, epoch: int, epoch_done: bool, losses: list[float], log) -> None:
+        """Validate, log, choose best.pt and checkpoint, at the end of an epoch or where the
+        step budget stopped one part-way (the epoch then goes on if the budget is raised)."""
+        metrics = self.validate()
+        has_val = len(self.val_set) > 0
+        val_loss = self.validation_loss(metrics)
+        if has_val:
+            self.schedule.epoch_end(val_loss)
+        record = {"epoch": epoch, "step": self.state.step,
+                  "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                  "lr": self.schedule.lr(self.state.step), **metrics}
+        self.state.history.append(record)
+        improved = has_val and val_loss < self.state.best_val
+        if improved:
+            self.state.best_val = val_loss
+            self.state.epochs_without_improvement = 0
+        elif has_val:
+            self.state.epochs_without_improvement += 1
+        if epoch_done:
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+        self.state.finished = self.budget_reached() or self.stopped_early()
+        if self.info.is_main:
+            self._log_epoch(record, log)
+            if improved or not has_val:  # without validation: the latest epoch's model
+                self.save_inference_model(self.out / BEST)
+        self.save_checkpoint()
+
+    def validation_loss(self, metrics: dict) -> float:
+        """The criterion for best.pt, the plateau schedule and early stopping:
+        w_E · MAE(E/N) [eV/atom] + w_F · MAE(F) [eV/Å] + w_σ · MAE(σ) [GPa], the stress term
+        left out where no validation frame has a stress label (NaN without validation)."""
+        loss = (self.cfg.energy_weight * metrics["energy_mae_meV_per_atom"] / 1000
+                + self.cfg.forces_weight * metrics["forces_mae_meV_per_A"] / 1000)
+        if self.cfg.stress_weight and not math.isnan(metrics["stress_mae_GPa"]):
+            loss += self.cfg.stress_weight * metrics["stress_mae_GPa"]
+        return loss
+
+    def _log_start(self, log) -> None:
+        """What the user should know before the first step: where a resumed run stands,
+        frames that the budget cannot hold or the model cannot know, and what best.pt is."""
+        if self.resumed_from is not None:
+            where = (f"epoch {self.state.epoch}, batch {self.state.batches_in_epoch}"
+                     if self.state.batches_in_epoch else f"start of epoch {self.state.epoch}")
+            if self.state.finished:
+                why = ("it stopped early: no validation improvement for "
+                       f"{self.state.epochs_without_improvement} epochs" if self.stopped_early()
+                       else f"it has reached {self.budget_text()}")
+                log(f"{self.out}: nothing to train, {why} (step {self.state.step}); raise "
+                    "--max-steps or --epochs to continue, or give another --out")
+            else:
+                log(f"{self.out}: resuming at step {self.state.step} ({where}), training to "
+                    f"{self.budget_text()}")
+        n_over, atoms, edges = over_budget(self.train_set, self.cfg.loader)
+        if n_over:
+            log(f"warning: {n_over} training frames exceed the batch budget "
+                f"(loader.max_atoms={self.cfg.loader.max_atoms} atoms, "
+                f"{self.cfg.loader.edge_budget} edges on {self.cfg.device}), the largest "
+                f"{atoms} atoms and {edges} edges: each makes a batch of its own, which can "
+                "exhaust the device's memory; raise the budget for this device "
+                "(loader.max_atoms_by_device, or --max-atoms) or leave such frames out")
+        n_untrained, untrained = untrained_elements(self.trained_elements, self.val_set)
+        if n_untrained:
+            log(f"warning: {n_untrained} of {len(self.val_set)} validation frames hold "
+                f"elements absent from the training split ({', '.join(untrained)}); "
+                f"their energy errors will be large")
+        if not len(self.val_set):
+            log("note: the store has no validation frames, so no model can be chosen by "
+                "validation: best.pt is the model at the end of the latest epoch (EMA weights "
+                "where EMA is on)")
 
     # ---------------------------------------------------------------- evaluation
     def inference_model(self) -> Potential:
@@ -318,31 +396,63 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "graph": self.graph.to_dict(),
             "store_id": self.store.manifest.store_id,
+            "world": self.info.world,
+            "trained_elements": self.trained_elements,
         }
         tmp = path.with_suffix(".tmp")
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
 
     def load_checkpoint(self, path: Path) -> None:
+        """Continue the run in ``path``: its states, this run's budget and schedule settings
+        (a larger budget continues a finished run; the cosine then spans the new one)."""
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        if ckpt["store_id"] != self.store.manifest.store_id:
-            raise ValueError(f"{path} was trained on store {ckpt['store_id']}, not "
-                             f"{self.store.manifest.store_id}; use another --out to start anew")
+        self._check_same_run(ckpt)
         self.model.load_state_dict(ckpt["model_state"])
         if self.ema is not None and ckpt["ema_state"] is not None:
             self.ema.load_state_dict(ckpt["ema_state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
+        self.schedule.load_state_dict({key: ckpt["schedule"][key] for key in
+                                       ("plateau_factor", "best", "bad_epochs")})
         self.state = TrainState(**ckpt["state"])
+        self.state.finished = self.budget_reached() or self.stopped_early()
+        self.resumed_from = self.state.step
         set_rng_state(ckpt["rng"])
+
+    def _check_same_run(self, ckpt: dict) -> None:
+        """Raise :class:`ResumeError` unless ``ckpt`` is a run of this model on this store's
+        graphs, and, stopped mid-epoch, one whose epoch plan this run would make alike."""
+        restart = "give another --out to start a new run"
+        if ckpt["store_id"] != self.store.manifest.store_id:
+            raise ResumeError(f"{self.out} holds a run on store {ckpt['store_id']}, not on "
+                              f"{self.store.manifest.store_id} ({self.store.location}); {restart}")
+        for what, theirs, ours in (("model", ckpt["model_config"], self.model.config.to_dict()),
+                                   ("graph", ckpt["graph"], self.graph.to_dict())):
+            changed = [f"{key} {theirs.get(key)!r} -> {ours[key]!r}" for key in ours
+                       if key != "atomic_energies" and theirs.get(key) != ours[key]]
+            if changed:
+                raise ResumeError(f"{self.out} holds a run of another {what} "
+                                  f"({', '.join(changed[:4])}); {restart}")
+        if ckpt["state"]["batches_in_epoch"]:
+            theirs = ckpt["train_config"]["loader"]
+            ours = asdict(self.cfg.loader)
+            changed = [f"loader.{key} {theirs[key]!r} -> {ours[key]!r}" for key in PLAN_SETTINGS
+                       if theirs[key] != ours[key]]
+            if ckpt.get("world", 1) != self.info.world:
+                changed.append(f"ranks {ckpt.get('world', 1)} -> {self.info.world}")
+            if changed:
+                raise ResumeError(
+                    f"{self.out} stopped part-way through epoch {ckpt['state']['epoch']}, whose "
+                    f"batches depend on what this run changes ({', '.join(changed)}): resume "
+                    f"with the same settings, or {restart}")
 
     def save_inference_model(self, path: Path) -> None:
         """Config + (EMA) weights + graph parameters: what the calculator and evaluate need."""
         state = (self.ema.model_state(self.model) if self.ema is not None
                  else self.model.state_dict())
         torch.save({"model_config": self.model.config.to_dict(), "model_state": state,
-                    "graph": self.graph.to_dict(), "store_id": self.store.manifest.store_id},
-                   path)
+                    "graph": self.graph.to_dict(), "store_id": self.store.manifest.store_id,
+                    "trained_elements": self.trained_elements}, path)
 
     # -------------------------------------------------------------------- logging
     def _log_epoch(self, record: dict, log) -> None:
@@ -353,9 +463,14 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow(record)
-        log(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g}, val energy MAE "
-            f"{record['energy_mae_meV_per_atom']:.2f} meV/atom, forces MAE "
-            f"{record['forces_mae_meV_per_A']:.1f} meV/Å")
+        if record["frames"]:
+            log(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g}, val energy "
+                f"MAE {record['energy_mae_meV_per_atom']:.2f} meV/atom, forces MAE "
+                f"{record['forces_mae_meV_per_A']:.1f} meV/Å, stress MAE "
+                f"{record['stress_mae_GPa']:.3f} GPa")
+        else:
+            log(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g} (no validation "
+                "frames; best.pt is this model)")
         if self.cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -371,20 +486,26 @@ class Trainer:
             self._tb.flush()
 
 
-def untrained_elements(train: GraphStore, frames: GraphStore) -> tuple[int, list[str]]:
-    """How many of ``frames`` hold an element that no frame of ``train`` holds, and those
-    elements (both read from the index). The model has learned nothing about them (its E0
-    for them is 0), so such frames carry large energy errors; they are counted, never
-    dropped."""
-    trained = {el for frame in train.index["elements"].to_pylist() for el in frame}
+def elements(frames: GraphStore) -> list[str]:
+    """The chemical symbols that some frame of ``frames`` holds (from the index), sorted."""
+    return sorted({el for frame in frames.index["elements"].to_pylist() for el in frame})
+
+
+def untrained_elements(trained: Iterable[str], frames: GraphStore) -> tuple[int, list[str]]:
+    """How many of ``frames`` hold an element not in ``trained`` (the symbols of the
+    training frames, :func:`elements`), and those elements (read from the index). The model
+    has learned nothing about them (its E0 for them is 0), so such frames carry large energy
+    errors; they are counted, never dropped."""
+    trained = set(trained)
     missing = [set(frame) - trained for frame in frames.index["elements"].to_pylist()]
     return sum(1 for m in missing if m), sorted(set().union(*missing))
 
 
 def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str = "test",
-             device: str = "cpu", max_atoms: int = 2048) -> dict:
+             device: str = "cpu", max_atoms: int = 2048, log=print) -> dict:
     """MAE/RMSE of a saved model on a split of a store, and how many of its frames hold
-    elements absent from the store's train split (see :func:`untrained_elements`)."""
+    elements that none of the model's training frames held (see :func:`untrained_elements`);
+    ``log`` gets one warning per such element."""
     ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
     store = store if isinstance(store, GraphStore) else open_store(store)
     graph = GraphParams.from_dict(ckpt["graph"])
@@ -392,13 +513,17 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
     model.load_state_dict(ckpt["model_state"])
     model.to(device=device, dtype=torch.float64).eval()
     subset = store.subset(split=split)
-    from train.loader import LoaderConfig
     loader = make_loader(subset, LoaderConfig(max_atoms=max_atoms, shuffle=False), graph=graph)
     acc = ErrorAccumulator()
     for batch in loader:
         batch = batch.to(device, torch.float64)
         acc.add(model(batch), batch)
-    n_untrained, untrained = untrained_elements(store.subset(split="train"), subset)
+    n_untrained, untrained = untrained_elements(ckpt["trained_elements"], subset)
+    per_frame = subset.index["elements"].to_pylist()
+    for el in untrained:
+        n = sum(1 for frame in per_frame if el in frame)
+        log(f"warning: element {el}: no training frame of this model held it (its E0 is 0 eV "
+            f"and the network never saw it); {n} of the {len(subset)} {split} frames hold it")
     return {"split": split, **acc.result(), "frames_with_untrained_elements": n_untrained,
             "untrained_elements": untrained}
 

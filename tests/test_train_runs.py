@@ -1,0 +1,272 @@
+"""Training runs as users drive them: budgets raised after a run finished, run directories
+reused by mistake, stores without validation frames, frames over the batch budget,
+elements the model never saw, and the weight stress gets in the loss."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from helpers import write_small_mptrj
+from preprocess.cluster import ClusterConfig
+from preprocess.graph import knn_graph
+from preprocess.pipeline import build_store
+from preprocess.store import SplitParams, open_store
+from preprocess.units import EV_PER_A3_IN_GPA, stress_to_vasp_kbar
+from train.cli import main
+from train.collate import collate, frame_from_graph
+from train.config import TrainConfig
+from train.loader import LoaderConfig, plan_rank
+from train.metrics import loss_sums
+from train.trainer import BEST, CHECKPOINT, Trainer, elements, evaluate
+
+SYNC = ClusterConfig(kind="synchronous")
+TINY = {"preset": "invariant", "hidden": 8, "species_dim": 4, "final_mlp": [8], "layers": 1,
+        "num_radial": 8}
+QUIET = dict(log_every=10_000, checkpoint_every=10_000, plots=False, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    """~40 small frames; the test split holds elements the train split does not."""
+    root = tmp_path_factory.mktemp("runs")
+    build_store(write_small_mptrj(root / "small.json"), root / "store", frames_per_shard=6,
+                cluster=SYNC, progress=False, split=SplitParams(0.15, 0.15, 0),
+                log=lambda s: None)
+    return root / "store"
+
+
+def _files(root: Path, model: dict, **train) -> tuple[str, str]:
+    """A model YAML and a training-config YAML under ``root``."""
+    m, t = root / f"model-{len(list(root.glob('model-*')))}.yaml", root / "train.yaml"
+    m.write_text(yaml.safe_dump(model))
+    t.write_text(yaml.safe_dump({"train": {"lr": 3e-3, "schedule": "constant", "seed": 3,
+                                           "loader": {"max_atoms": 60, "seed": 1},
+                                           **QUIET, **train}}))
+    return str(m), str(t)
+
+
+def _state(out: Path) -> dict:
+    return torch.load(out / CHECKPOINT, weights_only=False)
+
+
+# ------------------------------------------------------ budgets and run directories
+
+def test_a_finished_run_continues_to_a_larger_budget(store_path, tmp_path, capsys):
+    """Raised --max-steps, then raised --epochs: the run goes on where it stopped (in the
+    middle of an epoch too) and ends exactly where one run given that budget ends."""
+    model, cfg = _files(tmp_path, TINY)
+    args = ["train", "--store", str(store_path), "--model", model, "--config", cfg]
+    out = tmp_path / "run"
+    assert main([*args, "--out", str(out), "--max-steps", "2"]) == 0
+    assert _state(out)["state"]["step"] == 2
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--max-steps", "5"]) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "straight"), "--max-steps", "5"]) == 0
+    a, b = _state(out), _state(tmp_path / "straight")
+    assert a["state"]["step"] == b["state"]["step"] == 5
+    for key, value in b["model_state"].items():
+        torch.testing.assert_close(a["model_state"][key], value, rtol=0, atol=0, msg=key)
+    # the same budget again: nothing to do, said in a line
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--max-steps", "5"]) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    # epochs: one, then two
+    out = tmp_path / "epochs"
+    assert main([*args, "--out", str(out), "--epochs", "1"]) == 0
+    per_epoch = _state(out)["state"]["step"]
+    assert main([*args, "--out", str(out), "--epochs", "2"]) == 0
+    state = _state(out)["state"]
+    assert state["epoch"] == 2 and state["step"] > per_epoch and state["finished"]
+
+
+def test_reusing_a_run_directory_for_another_run_is_one_line(store_path, tmp_path, capsys):
+    model, cfg = _files(tmp_path, TINY)
+    other_model, _ = _files(tmp_path, {**TINY, "hidden": 12})
+    out = str(tmp_path / "run")
+    args = ["train", "--store", str(store_path), "--config", cfg, "--out", out]
+    assert main([*args, "--model", model, "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    other_store = tmp_path / "other"
+    build_store(write_small_mptrj(tmp_path / "s.json", frames=20), other_store,
+                frames_per_shard=6, cluster=SYNC, progress=False, log=lambda s: None)
+    for argv, says in (([*args, "--model", other_model, "--max-steps", "2"], "another model"),
+                       ([*args[:2], str(other_store), *args[3:], "--model", model,
+                         "--max-steps", "2"], "on store"),
+                       # stopped mid-epoch: a new budget would re-plan the epoch differently
+                       ([*args, "--model", model, "--max-steps", "2", "--max-atoms", "90"],
+                        "part-way through epoch 0")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("orbitgraph: error: ") and says in err
+
+
+# ------------------------------------------------------------- no validation frames
+
+def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
+    """{material id: [ase.Atoms, ...]} as an MPtrj-format file, labelled by EMT (or with
+    zero energies, forces and stresses: ``labels="zero"``); open cells get no stress."""
+    from ase.calculators.emt import EMT
+
+    def record(atoms):
+        periodic = bool(atoms.pbc.all())
+        if labels == "emt":
+            atoms.calc = EMT()
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            stress = atoms.get_stress(voigt=False) if periodic else None
+        else:
+            energy, forces, stress = 0.0, np.zeros((len(atoms), 3)), np.zeros((3, 3))
+        return {"structure": {"lattice": {"matrix": atoms.cell.array.tolist(),
+                                          "pbc": atoms.pbc.tolist()},
+                              "sites": [{"species": [{"element": el, "occu": 1}],
+                                         "xyz": p.tolist()}
+                                        for el, p in zip(atoms.get_chemical_symbols(),
+                                                         atoms.positions)]},
+                "uncorrected_total_energy": energy, "corrected_total_energy": energy,
+                "force": np.asarray(forces).tolist(), "magmom": None,
+                "stress": stress_to_vasp_kbar(stress).tolist() if stress is not None else None}
+
+    path.write_text(json.dumps({mid: {f"{mid}-{i}": record(a) for i, a in enumerate(frames)}
+                                for mid, frames in materials.items()}))
+    return path
+
+
+def single_atom_frames(path: Path) -> Path:
+    """Five one-atom frames: fcc Cu (primitive cell) at three lattice constants, and an
+    isolated Cu atom in a 20 Å box, periodic and open (as cases/single_atom.json)."""
+    from ase import Atoms
+    from ase.build import bulk
+
+    return write_mptrj(path, {
+        "mp-30": [bulk("Cu", "fcc", a=a) for a in (3.50, 3.61, 3.72)],
+        "iso-Cu": [Atoms("Cu", cell=[20] * 3, pbc=True)],
+        "iso-Cu-open": [Atoms("Cu", [[10] * 3], cell=[20] * 3)]})
+
+
+def test_run_without_validation_frames_keeps_the_latest_model(tmp_path, capsys):
+    """val_fraction 0: best.pt is the latest epoch's model (logged), and `orbitgraph run`
+    trains and evaluates end to end; what needs validation is refused in one line."""
+    single_atom_frames(tmp_path / "single_atom.json")
+    (tmp_path / "pipelines.yaml").write_text(yaml.safe_dump({
+        "workdir": "runs", "cluster": {"kind": "synchronous"},
+        "sources": {"single": {"path": "single_atom.json", "format": "mptrj-json"}},
+        "stores": {"single": {"source": "single", "frames_per_shard": 10,
+                              "split": {"val_fraction": 0.0, "test_fraction": 0.34}}},
+        "experiments": {"tiny": {"store": "single", "model": TINY,
+                                 "train": {"epochs": 2, "lr": 0.005, **QUIET},
+                                 "evaluate": {"split": "test"}}}}))
+    assert main(["run", str(tmp_path / "pipelines.yaml"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "best.pt is the model at the end of the latest epoch" in printed
+    run = tmp_path / "runs" / "experiments" / "tiny"
+    assert (run / BEST).is_file() and (run / "metrics_test.json").is_file()
+    best = torch.load(run / BEST, weights_only=False)["model_state"]
+    latest = torch.load(run / CHECKPOINT, weights_only=False)["ema_state"]
+    for key, value in latest.items():  # best.pt holds the EMA weights of the last epoch
+        torch.testing.assert_close(best[key], value, rtol=0, atol=0)
+    store = next((tmp_path / "runs" / "stores").iterdir())
+    assert len(open_store(store).subset(split="val")) == 0
+    for setting in ({"schedule": "plateau"}, {"early_stopping_patience": 2}):
+        with pytest.raises(ValueError, match="no validation frames"):
+            Trainer(store, TINY, TrainConfig(**QUIET, **setting), tmp_path / "refused")
+
+
+# ------------------------------------------------------------------ batch budgets
+
+def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_path, tmp_path):
+    train = open_store(store_path).subset(split="train")
+    atoms = np.asarray(train.index["n_atoms"])
+    edges = np.asarray(train.index["n_edges"])
+    budget = int(atoms.max()) - 1  # the largest frames exceed it
+    over = int(((atoms > budget) | (edges > 20 * budget)).sum())
+    assert over > 0
+    cfg = TrainConfig(max_steps=1, loader=LoaderConfig(
+        max_atoms=4096, max_atoms_by_device={"cpu": budget, "cuda": 8192}), **QUIET)
+    trainer = Trainer(store_path, TINY, cfg, tmp_path / "run")
+    assert trainer.cfg.loader.max_atoms == budget  # this device's budget
+    lines = []
+    trainer.fit(log=lines.append)
+    said = [line for line in lines if "exceed the batch budget" in line]
+    assert len(said) == 1 and said[0].startswith(f"warning: {over} training frames")
+    assert f"largest {atoms.max()} atoms" in said[0]
+    sizes = dict(zip(zip(train.index["shard"].to_pylist(), train.index["row"].to_pylist()),
+                     atoms.tolist()))
+    for batch in plan_rank(train, trainer.cfg.loader, 0, 0, 1):
+        total = sum(sizes[x] for x in batch)
+        assert total <= budget or (len(batch) == 1 and total > budget)
+    assert LoaderConfig(max_atoms_by_device={"cuda": 8}).for_device("cuda:1").max_atoms == 8
+    assert LoaderConfig(max_atoms_by_device={"cuda:1": 8}).for_device("cuda:0").max_atoms == 1024
+    lines = []
+    Trainer(store_path, TINY, TrainConfig(max_steps=1, **QUIET), tmp_path / "roomy").fit(
+        log=lines.append)
+    assert not [line for line in lines if "exceed the batch budget" in line]
+
+
+# -------------------------------------------------------------- untrained elements
+
+def test_calculator_and_evaluate_warn_once_per_untrained_element(store_path, tmp_path):
+    from ase.build import bulk
+
+    from train.calculator import OrbitCalculator, UntrainedElementWarning
+
+    store = open_store(store_path)
+    trained = elements(store.subset(split="train"))
+    Trainer(store, TINY, TrainConfig(max_steps=1, **QUIET), tmp_path / "run").fit(
+        log=lambda s: None)
+    calc = OrbitCalculator.from_checkpoint(tmp_path / "run" / BEST)
+    assert calc.known_elements == trained
+    a, b = [el for el in ("Au", "Pt", "Ag", "Ir", "Rh", "Pd") if el not in trained][:2]
+    known = trained[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for symbol, lattice in ((known, 4.0), (a, 4.08), (a, 4.1), (b, 3.9), (a, 4.2)):
+            atoms = bulk(symbol, "fcc", a=lattice, cubic=True)
+            atoms.calc = calc
+            atoms.get_potential_energy()
+        mixed = bulk(known, "fcc", a=4.0, cubic=True)
+        mixed.symbols[0] = b
+        mixed.calc = calc
+        mixed.get_forces()
+    said = [str(w.message) for w in caught if issubclass(w.category, UntrainedElementWarning)]
+    assert len(said) == 2 and f"element {a}:" in said[0] and f"element {b}:" in said[1]
+    assert f"the model knows {', '.join(trained)}" in said[0]
+    # evaluate: one line per element absent from the model's training frames
+    frames = {"m-1": [bulk(a, "fcc", a=4.08)] * 2, "m-2": [bulk(known, "fcc", a=4.0)],
+              "m-3": [mixed]}
+    other = tmp_path / "other"
+    build_store(write_mptrj(tmp_path / "other.json", frames, labels="zero"), other,
+                cluster=SYNC, progress=False, split=SplitParams(0.0, 0.0, 0), log=lambda s: None)
+    lines = []
+    metrics = evaluate(tmp_path / "run" / BEST, other, split="train", log=lines.append)
+    assert metrics["untrained_elements"] == sorted([a, b])
+    assert metrics["frames_with_untrained_elements"] == 3
+    assert len(lines) == 2 and all(line.startswith("warning: element ") for line in lines)
+    assert {line.split(":")[1].split()[-1] for line in lines} == {a, b}
+
+
+# --------------------------------------------------------------------------- stress
+
+def test_stress_counts_in_gpa():
+    """By default a 1 GPa error in every stress component weighs as much in the loss as a
+    0.1 eV/Å error in every force component (stress in GPa, weight 0.1; forces weight 10)."""
+    from ase.build import bulk
+
+    cfg = TrainConfig()
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    graph = knn_graph(atoms.cell.array, atoms.positions, k=16)
+    batch = collate([frame_from_graph(atoms.cell.array, atoms.positions, atoms.numbers, graph,
+                                      energy=-14.0, forces=np.zeros((4, 3)),
+                                      stress=np.zeros((3, 3)))], k=16)
+    out = {"energy": torch.tensor([-14.0], dtype=torch.float64),
+           "forces": torch.full((4, 3), 0.1, dtype=torch.float64),
+           "stress": torch.full((1, 3, 3), 1.0 / EV_PER_A3_IN_GPA, dtype=torch.float64)}
+    sums = loss_sums(out, batch, cfg.loss, cfg.huber_delta)
+    stress_term = cfg.stress_weight * float(sums["stress"] / sums["n_stress"])
+    forces_term = cfg.forces_weight * float(sums["forces"] / sums["n_forces"])
+    assert stress_term == pytest.approx(forces_term, rel=1e-6) and stress_term > 0
