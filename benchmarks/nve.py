@@ -2,8 +2,8 @@
 
 One model's weights, four graphs, the same start (positions, velocities), float64:
 
-* ``knn+adaptive`` — the default: k-NN graph (k = 16, ties within 0.25 Å included) with the
-  adaptive rank envelope (soft k nearest; C² energy, continuous forces);
+* ``knn+adaptive`` — the default: k-NN graph (k = 16, ties within 0.5 Å included) with the
+  adaptive rank envelope (soft k nearest, width 0.5 Å; C² energy, continuous forces);
 * ``knn+next``     — k-NN graph (k = 16, 0.01 Å ties) with the envelope below d_{k+1}
   (continuous energy with exact derivatives; forces jump where the (k+1)-th candidate
   changes identity);
@@ -51,7 +51,7 @@ def start_structure(store_path: Path, lo: int, hi: int, seed: int):
     raise SystemExit(f"no training frame with {lo}-{hi} atoms in {store_path}")
 
 
-def variants(model):
+def variants(model, width: float = 0.5):
     """(name, model, graph) for the four graphs, sharing the model's weights."""
     from model import Potential
     from preprocess.store.params import GraphParams
@@ -61,10 +61,10 @@ def variants(model):
         m = Potential(dataclasses.replace(cfg, rank_envelope=envelope, rank_envelope_width=width))
         m.load_state_dict(model.state_dict())
         return m.double().eval()
-    return [("knn+adaptive", kind("adaptive", 0.25), GraphParams(k=16, tie_tolerance=0.25)),
-            ("knn+next", kind("next", 0.5), GraphParams(k=16)),
-            ("radius", kind("none", 0.25), GraphParams(k=400, ties="break", cutoff=cfg.cutoff)),
-            ("knn-bare", kind("none", 0.25), GraphParams(k=16))]
+    return [("knn+adaptive", kind("adaptive", width), GraphParams(k=16, tie_tolerance=width)),
+            ("knn+next", kind("next", 0.5), GraphParams(k=16, tie_tolerance=0.01)),
+            ("radius", kind("none", width), GraphParams(k=400, ties="break", cutoff=cfg.cutoff)),
+            ("knn-bare", kind("none", width), GraphParams(k=16, tie_tolerance=0.01))]
 
 
 def drift(model, graph, atoms0, steps: int, dt_fs: float, seed: int) -> tuple[float, int, float]:
@@ -89,7 +89,7 @@ def drift(model, graph, atoms0, steps: int, dt_fs: float, seed: int) -> tuple[fl
         worst = max(worst, abs(atoms.get_potential_energy() + atoms.get_kinetic_energy() - e0))
     per_step = (time.perf_counter() - t0) / steps
     g = knn_graph(atoms.cell.array, atoms.positions, k=graph.k, ties=graph.ties,
-                  cutoff=graph.cutoff)
+                  tie_tolerance=graph.tie_tolerance, cutoff=graph.cutoff)
     return worst / len(atoms), g.n_edges / len(atoms), per_step
 
 
@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--atoms", default="30-60")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-trained", action="store_true")
+    ap.add_argument("--width", type=float, default=0.5,
+                    help="adaptive envelope width and tie tolerance, Å")
     args = ap.parse_args()
     require_shared()
     import torch
@@ -140,14 +142,14 @@ def main() -> None:
         models.append((f"trained {args.train_steps} steps", trained_model(store, args.train_steps)))
     for label, model in models:
         rows = []
-        for name, m, graph in variants(model):
+        for name, m, graph in variants(model, args.width):
             rows.append((name, *drift(m, graph, atoms, args.steps, args.dt, args.seed)))
         ref = rows[2][1]
         print(f"\n{label}:")
         print(f"  {'graph':14s} {'max|dE|/atom (meV)':>19s} {'ratio to radius':>16s} "
               f"{'edges/atom':>11s} {'ms/step':>8s}")
         for name, d, edges, per_step in rows:
-            print(f"  {name:14s} {d * 1e3:19.4f} {d / ref:16.2f} {edges:11.1f} "
+            print(f"  {name:14s} {d * 1e3:19.3e} {d / ref:16.2f} {edges:11.1f} "
                   f"{per_step * 1e3:8.1f}")
 
 

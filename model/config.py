@@ -44,7 +44,7 @@ class ModelConfig:
     # with ties: include and tie_tolerance >= width), "next" (ramp below d_{k+1}: continuous
     # energy, forces jump where the (k+1)-th candidate changes), or "none"
     rank_envelope: str = "adaptive"
-    rank_envelope_width: float = 0.25  # Å
+    rank_envelope_width: float = 0.5  # Å (adaptive: needs graphs with tie_tolerance >= it)
     k: int | None = None  # neighbours the model wants (None: what the store has)
     # species
     species_dim: int = 16

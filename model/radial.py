@@ -148,7 +148,7 @@ class AdaptiveRankEnvelope(nn.Module):
     BISECTIONS = 26  # (span + width) / 2²⁶: ~1e-7 Å for MPtrj-like neighbourhoods
     NEWTON = 2
 
-    def __init__(self, width: float = 0.25):
+    def __init__(self, width: float = 0.5):
         super().__init__()
         if not width > 0:
             raise ValueError(f"rank envelope width must be > 0 Å, got {width}")

@@ -50,7 +50,8 @@ FIELDS: tuple[Field, ...] = (
           optional=True),
     # per atom
     Field("numbers", "atom", "uint8", (), "", "atomic number"),
-    Field("positions", "atom", "float64", (3,), "Å", "Cartesian positions as in the source"),
+    Field("positions", "atom", "float64", (3,), "Å",
+          "Cartesian positions, wrapped into the cell along periodic axes"),
     Field("forces", "atom", "float32", (3,), "eV/Å", "forces"),
     Field("magmom", "atom", "float32", (), "μB", "magnetic moment", optional=True),
     Field("next_distance", "atom", "float32", (), "Å",

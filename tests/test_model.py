@@ -40,6 +40,7 @@ class TestSevennetPreset(PotentialTests):
 
 class TestInvariantPreset(PotentialTests):
     preset = "invariant"
+    energy_scale = 100.0
 
 
 class TestMaceVariants(PotentialTests):
@@ -52,6 +53,7 @@ class TestMaceVariants(PotentialTests):
 
 class TestInvariantSoftmaxBands(PotentialTests):
     preset = "invariant"
+    energy_scale = 100.0
     overrides = {"attention": "softmax", "bands": [2.5, 3.5, 4.5]}
 
 
@@ -60,25 +62,26 @@ class TestMaceNextCandidateEnvelope(PotentialTests):
     where the (k+1)-th candidate changes identity), on the default 0.01 Å tie graphs."""
     preset = "mace"
     overrides = {"rank_envelope": "next", "rank_envelope_width": 0.5}
-    graph = GraphParams(k=8)
+    graph = GraphParams(k=8, tie_tolerance=0.01)
 
 
 class TestMaceWithoutRankEnvelope(PotentialTests):
     """k-NN without the envelope: exact derivatives between swaps, jumps at swaps."""
     preset = "mace"
     overrides = {"rank_envelope": "none"}
-    graph = GraphParams(k=8)
+    graph = GraphParams(k=8, tie_tolerance=0.01)
 
 
 class TestMaceFilteredAtLoadTime(PotentialTests):
     """Graphs built with k = 12 and filtered to k = 8 at load time, as the loader does."""
     preset = "mace"
-    graph = GraphParams(k=8, tie_tolerance=0.25)
-    filtered_from = GraphParams(k=12, tie_tolerance=0.25)
+    graph = GraphParams(k=8, tie_tolerance=0.5)
+    filtered_from = GraphParams(k=12, tie_tolerance=0.5)
 
 
 class TestInvariantTiesBreakNextEnvelope(PotentialTests):
     preset = "invariant"
+    energy_scale = 100.0
     overrides = {"rank_envelope": "next"}
     graph = GraphParams(k=8, ties="break")
 
