@@ -1,7 +1,8 @@
 """What the k-NN rank envelope costs and what it buys, on the shared sample.
 
-Printed, for the adaptive envelope (default: soft k nearest, width 0.25 Å, graphs with
-0.25 Å ties) and the envelope below d_{k+1} (``next``, width 0.5 Å, 0.01 Å ties):
+Printed, for the adaptive envelope (default: soft k nearest, width 0.5 Å, graphs with
+0.5 Å ties; also 0.25 Å) and the envelope below d_{k+1} (``next``, width 0.5 Å, 0.01 Å
+ties):
 
 * edges per atom and the effective neighbour count Σ_j w_ij per atom (mean), and the mean
   weight by rank;
@@ -130,15 +131,17 @@ def main() -> None:
     args = ap.parse_args()
     require_shared()
     from preprocess.store.params import GraphParams
-    stores = {"adaptive": (sample_store("store_ties025", graph=GraphParams(tie_tolerance=0.25)),
-                           0.25),
+    stores = {"adaptive": (sample_store("store_ties050", graph=GraphParams(tie_tolerance=0.5)),
+                           0.5),
+              "adaptive ": (sample_store("store_ties025", graph=GraphParams(tie_tolerance=0.25)),
+                            0.25),
               "next": (sample_store("store_ties001", graph=GraphParams(tie_tolerance=0.01)), 0.5)}
     print(f"{'envelope':10s} {'width Å':>7s} {'edges/atom':>10s} {'Σw/atom':>8s} "
           f"{'bytes/edge':>10s} {'of it next_*':>12s} {'model ms':>9s}   mean weight by rank")
     for kind, (path, width) in stores.items():
-        fig = neighbour_figures(path, kind, width, args.frames)
+        fig = neighbour_figures(path, kind.strip(), width, args.frames)
         size = column_bytes(path)
-        ms = model_time(path, kind, width, args.repeats) * 1e3
+        ms = model_time(path, kind.strip(), width, args.repeats) * 1e3
         print(f"{kind:10s} {width:7.2f} {fig['edges']:10.2f} {fig['sum_w']:8.2f} "
               f"{size['total']:10.2f} {size['next_columns']:12.3f} {ms:9.1f}   {fig['by_rank']}")
     ms = model_time(stores["next"][0], "none", 0.5, args.repeats) * 1e3
