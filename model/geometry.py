@@ -3,6 +3,10 @@
 A symmetric strain ε (B, 3, 3), zero-valued but requiring grad, deforms positions and cell:
 r' = r (I + ε), cell' = cell (I + ε). Then forces = -dE/dr and stress = (1/V) dE/dε
 (ASE's sign: positive = tensile) come from one backward pass.
+
+Lengths are computed with elementwise products and sums (:func:`vec_mat`), never a
+matrix-multiply kernel, which a GPU may run in TF32 and autocast in bf16 (10 and 7 bits of
+mantissa: edge vectors off by ~1e-2 Å); the potential also keeps them out of autocast.
 """
 from __future__ import annotations
 
@@ -11,20 +15,26 @@ import torch
 from model.batch import Batch
 
 
+def vec_mat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Row vectors times matrices, v (..., 3) and m (..., 3, 3) -> (..., 3), as an
+    elementwise sum (full precision whatever the matmul settings)."""
+    return (v.unsqueeze(-1) * m).sum(-2)
+
+
 def strained(batch: Batch, strain: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions (N, 3) and cell (B, 3, 3) under ``strain`` (B, 3, 3), or as they are."""
     if strain is None:
         return batch.positions, batch.cell
     sym = 0.5 * (strain + strain.transpose(1, 2))
-    positions = batch.positions + torch.einsum("ni,nij->nj", batch.positions, sym[batch.frame_index])
-    cell = batch.cell + torch.bmm(batch.cell, sym)
+    positions = batch.positions + vec_mat(batch.positions, sym[batch.frame_index])
+    cell = batch.cell + vec_mat(batch.cell, sym.unsqueeze(1))
     return positions, cell
 
 
 def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, batch: Batch) -> torch.Tensor:
     """r_ij = r_j + S @ cell - r_i, shape (E, 3), Å."""
     edge_frame = batch.frame_index[batch.centers]
-    offsets = torch.einsum("ei,eij->ej", batch.shifts, cell[edge_frame])
+    offsets = vec_mat(batch.shifts, cell[edge_frame])
     return positions[batch.neighbors] + offsets - positions[batch.centers]
 
 

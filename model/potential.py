@@ -39,11 +39,12 @@ class Potential(nn.Module):
 
     def atomic_energies(self, batch: Batch, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """(N,) eV, from positions (N, 3) Å and cell (B, 3, 3) Å."""
-        vectors = edge_vectors(positions, cell, batch)
-        d_ref = None
-        if self.config.rank_envelope == "next":
-            d_ref = rank_reference_distance(positions, cell, batch.frame_index,
-                                            batch.rank_neighbor, batch.rank_shift)
+        with torch.autocast(positions.device.type, enabled=False):  # lengths: model.geometry
+            vectors = edge_vectors(positions, cell, batch)
+            d_ref = None
+            if self.config.rank_envelope == "next":
+                d_ref = rank_reference_distance(positions, cell, batch.frame_index,
+                                                batch.rank_neighbor, batch.rank_shift)
         raw = self.network(batch.numbers, vectors, batch.centers, batch.neighbors, d_ref, batch.k)
         return self.scale_shift(raw, batch.numbers)
 
@@ -60,7 +61,8 @@ class Potential(nn.Module):
             strain = torch.zeros_like(batch.cell, requires_grad=True)
             inputs.append(strain)
         batch_in = replace(batch, positions=positions)
-        pos, cell = strained(batch_in, strain)
+        with torch.autocast(positions.device.type, enabled=False):  # lengths: model.geometry
+            pos, cell = strained(batch_in, strain)
         atomic = self.atomic_energies(batch_in, pos, cell)
         energy = scatter_sum(atomic, batch.frame_index, batch.n_frames)
         out = {"energy": energy, "atomic_energies": atomic}

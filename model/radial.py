@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from model.geometry import vec_mat
 from model.scatter import scatter_sum
 
 
@@ -86,7 +87,7 @@ def rank_reference_distance(positions: torch.Tensor, cell: torch.Tensor,
     d_ref = positions.new_full(rank_neighbor.shape, float("inf"))
     has = torch.nonzero(rank_neighbor >= 0).squeeze(-1)
     if has.numel():
-        offset = torch.einsum("ni,nij->nj", rank_shift[has], cell[frame_index[has]])
+        offset = vec_mat(rank_shift[has], cell[frame_index[has]])
         vec = positions[rank_neighbor[has]] + offset - positions[has]
         d_ref = d_ref.index_put((has,), torch.linalg.norm(vec, dim=-1))
     return d_ref

@@ -91,12 +91,21 @@ def rank_candidates(block: dict[str, np.ndarray], neighbors: np.ndarray,
     return rank_neighbor, rank_shift
 
 
+def relative_positions(positions: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+    """(N, 3) Å -> each frame's positions minus its first atom's (float64; frames of
+    ``n_atoms`` (B,) atoms, at least one each)."""
+    first = np.cumsum(n_atoms) - n_atoms
+    return positions.astype(np.float64) - np.repeat(positions[first], n_atoms, axis=0)
+
+
 def collate_columns(block: dict[str, np.ndarray], k: int,
                     dtype: torch.dtype = torch.float64) -> Batch:
     """One block -> Batch.
 
     ``k`` is the k of the block's graphs; it locates each centre's (k+1)-th candidate
-    (:func:`rank_candidates`), which the model's rank envelope needs.
+    (:func:`rank_candidates`), which the model's rank envelope needs. Positions are taken
+    relative to each frame's first atom (in float64, before any cast): the energy does not
+    change, and float32 keeps its precision however far from the origin a frame sits.
     """
     n_atoms = block["n_atoms"].astype(np.int64)
     n_frames = n_atoms.size
@@ -110,7 +119,7 @@ def collate_columns(block: dict[str, np.ndarray], k: int,
     frame_ids = block.get("frame_id")
     return Batch(
         numbers=tensor(block["numbers"], torch.long),
-        positions=tensor(block["positions"].reshape(-1, 3)),
+        positions=tensor(relative_positions(block["positions"].reshape(-1, 3), n_atoms)),
         cell=tensor(block["cell"].reshape(-1, 3, 3)),
         frame_index=torch.repeat_interleave(torch.arange(n_frames), torch.from_numpy(n_atoms)),
         n_atoms=torch.from_numpy(n_atoms),

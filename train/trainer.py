@@ -54,6 +54,24 @@ class ResumeError(ValueError):
     """``--out`` holds a run this one cannot continue (another model, store or graph, or a
     mid-epoch plan this run would change); one line."""
 
+def e3nn_inputs_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the floating inputs of ``model``'s e3nn Linear and TensorProduct layers to
+    ``dtype``. Under bf16 autocast, torch's layers (MLPs, the symmetric contraction's
+    products) hand on bf16 tensors, and e3nn contracts them with its float32 weights in
+    code that autocast does not cover (tensordot): the e3nn layers then run in float32, the
+    torch layers in bf16, and lengths, strain and spherical harmonics in float32 outside
+    autocast (see model.geometry)."""
+    from e3nn import o3
+
+    def cast(module, args):
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a
+                     for a in args)
+
+    for module in model.modules():
+        if isinstance(module, (o3.Linear, o3.TensorProduct)):
+            module.register_forward_pre_hook(cast)
+
+
 # ------------------------------------------------------------------------ distributed
 
 @dataclass(frozen=True)
@@ -181,6 +199,8 @@ class Trainer:
         self.model: Potential = build_model(replace(mcfg, k=self.graph.k),
                                             self.store.manifest.statistics)
         self.model.to(device=self.device, dtype=self.dtype)
+        if self.cfg.precision == "bf16":
+            e3nn_inputs_in(self.model, self.dtype)
         self.ddp = None
         if self.info.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -216,10 +236,14 @@ class Trainer:
                 else f"{self.cfg.epochs} epochs")
 
     # ----------------------------------------------------------------- one step
+    def precision_context(self):
+        """bf16: autocast to bfloat16 (lengths stay outside it, see model.geometry); the
+        other precisions: nothing (TF32 is a global switch, set at construction)."""
+        return (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                if self.cfg.precision == "bf16" else nullcontext())
+
     def _forward(self, module, batch):
-        ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-               if self.cfg.precision == "bf16" else nullcontext())
-        with ctx:
+        with self.precision_context():
             return module(batch, forces=True, stress=True, training=True)
 
     def train_step(self, batch) -> float:

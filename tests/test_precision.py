@@ -1,0 +1,110 @@
+"""Reduced precision: bf16 autocast and TF32 training steps keep every length exact, and
+float32 keeps its precision far from the origin.
+
+Lengths (strain, positions, edge vectors, d_{k+1}) and the spherical harmonics are computed
+outside autocast and without matrix-multiply kernels; the layers after them may run in
+bf16 or TF32. On a CPU, TF32 changes nothing (the test then checks that the setting runs);
+on a GPU (benchmarks/gpu.sh) it is the real check.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from e3nn import o3
+
+from helpers import write_small_mptrj
+from model import build_model
+from model.geometry import edge_vectors
+from preprocess.cluster import ClusterConfig
+from preprocess.graph import knn_graph
+from preprocess.pipeline import build_store
+from preprocess.store import SplitParams
+from train.collate import collate, frame_from_graph
+from train.config import TrainConfig
+from train.testing import randomise, structure
+from train.trainer import Trainer
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TINY = {
+    "mace": {"preset": "mace", "channels": 8, "sh_l_max": 2, "species_dim": 4,
+             "radial_mlp": [16], "readout_mlp": [8]},
+    "sevennet": {"preset": "sevennet", "channels": 8, "layers": 2, "species_dim": 4,
+                 "radial_mlp": [16]},
+    "invariant": {"preset": "invariant", "hidden": 16, "species_dim": 4, "final_mlp": [16],
+                  "layers": 2},
+}
+QUIET = dict(log_every=10_000, checkpoint_every=10_000, plots=False, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("precision")
+    build_store(write_small_mptrj(root / "small.json", frames=12), root / "store",
+                frames_per_shard=12, cluster=ClusterConfig(kind="synchronous"), progress=False,
+                split=SplitParams(0.0, 0.0, 0), log=lambda s: None)
+    return root / "store"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+@pytest.mark.parametrize("preset", sorted(TINY))
+def test_reduced_precision_steps_keep_lengths_exact(store_path, tmp_path, device, precision,
+                                                    preset):
+    trainer = Trainer(store_path, TINY[preset], TrainConfig(
+        precision=precision, device=device, max_steps=1, **QUIET), tmp_path)
+    randomise(trainer.model)  # readouts start at zero: make the forces non-trivial
+    network = trainer.model.network
+    seen = {}
+
+    def keep(name, value):
+        seen.setdefault(name, value.detach())  # the first call: the training step's forward
+
+    network.register_forward_pre_hook(lambda m, args: keep("vectors", args[1]))
+    network.sh.register_forward_hook(lambda m, args, out: keep("sh", out))
+    g = trainer.graph
+    frames = []
+    for seed, n in ((1, 5), (2, 8)):  # rattled triclinic crystals
+        cell, pos, numbers = structure(seed, n)
+        graph = knn_graph(cell, pos, k=g.k, ties=g.ties, tie_tolerance=g.tie_tolerance)
+        frames.append(frame_from_graph(cell, pos, numbers, graph, energy=-3.0 * n,
+                                       forces=np.zeros((n, 3)), stress=np.zeros((3, 3))))
+    batch = collate(frames, k=g.k)
+    low = batch.to(trainer.device, trainer.dtype)
+    assert math.isfinite(trainer.train_step(low))
+    # the lengths the network received, against float64 on the CPU: float32 rounding only
+    # (bf16 autocast around them was off by ~1e-2 Å)
+    reference = edge_vectors(batch.positions, batch.cell, batch)
+    assert seen["vectors"].dtype == torch.float32
+    assert float((seen["vectors"].double().cpu() - reference).abs().max()) < 2e-5
+    sh = o3.spherical_harmonics(network.sh.irreps_out, reference, normalize=True,
+                                normalization="component")
+    assert float((seen["sh"].double().cpu() - sh).abs().max()) < 2e-5
+    # forces of the same weights, in this precision against plain float32
+    model = trainer.model
+    plain = model(low)["forces"].detach()
+    with trainer.precision_context():
+        reduced = model(low)["forces"].detach()
+    assert reduced.dtype == torch.float32
+    scale = float(plain.abs().max())
+    assert scale > 0 and float((reduced - plain).abs().max()) < 0.1 * scale
+
+
+@pytest.mark.parametrize("preset", sorted(TINY))
+def test_float32_far_from_the_origin(preset):
+    """A frame 3,000 Å from the origin gets in float32 the forces it gets at the origin
+    (positions enter relative to their frame)."""
+    torch.manual_seed(0)
+    model = randomise(build_model(TINY[preset])).double()
+    cell, pos, numbers = structure(3, 6)
+    far = pos + np.array([1000.0, -2000.0, 3000.0])
+    frames = [frame_from_graph(cell, p, numbers, knn_graph(cell, p, k=16)) for p in (pos, far)]
+    near_b, far_b = (collate([f], k=16) for f in frames)
+    reference = model(near_b)["forces"]
+    model = model.float()
+    for b in (near_b, far_b):
+        forces = model(b.to(dtype=torch.float32))["forces"].double()
+        assert float((forces - reference).abs().max()) < 1e-4 * float(reference.abs().max())
