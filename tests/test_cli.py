@@ -89,7 +89,7 @@ def test_readme_first_command_runs_the_default_pipeline(tmp_path):
     assert "absent from the training split" not in first.stdout
     table = first.stdout[first.stdout.index("experiments on store sample-k16"):]
     for name in (*experiments, "baselines"):
-        assert re.search(rf"^{name}\s", table, re.M), table
+        assert re.search(rf"^{name}[\s:]", table, re.M), table
     figure = tmp_path / "runs" / "experiments" / "comparison-sample-k16.png"
     assert figure.is_file() and figure.stat().st_size > 20_000
     stamp = figure.stat().st_mtime_ns

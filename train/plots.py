@@ -63,23 +63,27 @@ def plot_training_loss(ax, history: list[dict], step_losses: list | None = None)
 def plot_validation(ax, history: list[dict], baseline: dict) -> None:
     """Validation MAE / baseline MAE for each quantity, per validation (each epoch)."""
     steps = _steps(history)
+    highest = 1.0
     for key, label, unit, _ in QUANTITIES:
         base = baseline.get(key, float("nan"))
         values = np.array([h.get(key, np.nan) for h in history], dtype=float)
         if not (base > 0 and np.isfinite(values).any()):
             continue
+        highest = max(highest, float(np.nanmax(values / base)))
         ax.semilogy(steps, values / base, "o-", ms=3, color=COLORS[key],
                     label=f"{label}: {values[-1]:.3g} {unit} (baseline {base:.3g})")
     ax.axhline(1.0, color="grey", ls=":", lw=1)
     ax.axhline(0.5, color="grey", ls="--", lw=1)
-    for y, text in ((1.0, "baseline: learned nothing"), (0.5, "half the baseline")):
-        ax.annotate(text, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7,
-                    color="0.35", va="bottom")
+    for y, text, va in ((1.0, "baseline: learned nothing", "top"),
+                        (0.5, "half the baseline", "bottom")):
+        ax.annotate(text, (0.99, y), xycoords=("axes fraction", "data"), fontsize=7,
+                    color="0.35", ha="right", va=va)
+    ax.set_ylim(top=2.5 * highest)  # room for the legend above the curves
     ax.set(xlabel="optimiser step", ylabel="validation MAE / baseline MAE",
            title="validation error")
     _plain_log_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
 
 
 def plot_parity(ax, pairs: np.ndarray, title: str, unit: str, mae_text: str,

@@ -84,7 +84,9 @@ class Pairs:
         rng = np.random.default_rng(seed)
 
         def thin(p):
-            return p[np.sort(rng.choice(len(p), max_rows, replace=False))] if len(p) > max_rows else p
+            if len(p) <= max_rows:
+                return p
+            return p[np.sort(rng.choice(len(p), max_rows, replace=False))]
         return Pairs(thin(self.energy), thin(self.forces), thin(self.stress))
 
     def save(self, path: Path) -> None:
