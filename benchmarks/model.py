@@ -1,31 +1,37 @@
 """Forward + backward (energy and forces) time per batch: the mace preset against
-mace-torch's MACE with the same hyperparameters, on the same MPtrj-like frames, in one run.
+mace-torch's MACE, like for like, on the same MPtrj-like frames, in one run.
 
 usage: python benchmarks/model.py [--device cpu|cuda] [--channels 64] [--repeats 10]
+           [--mace-cueq]
 
-mace-torch pins its own e3nn (0.4.4), so it runs in its own virtual environment under
-benchmarks/_out/mace-venv (created on first use: pip install torch==2.13.0 mace-torch), fed
-the same batch through an .npz file; e3nn 0.4.4 needs TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
-on torch >= 2.6.
+Like for like: the same channels, hidden irreps (0e + 1o), max_ell, correlation, layers,
+8 Bessel functions, polynomial envelope, cutoff, radial MLP and readout MLP; the mace preset
+as users run it (its default rank envelope, on the store's graphs); and matched parameter
+counts: MACE's species-dependent weights are per element (one row per element of the batch),
+orbitgraph's are a projection of a species embedding, whose width is set to the number of
+elements less one so that both have as many species weights (``--species-dim`` overrides).
+Both counts are printed. float32.
+
+mace-torch runs in its own virtual environment (see benchmarks/_mace.py), fed the same
+batch through an .npz file; ``--mace-cueq`` converts its model to the cuEquivariance
+backend (CUDA, and cuequivariance-torch installed in that venv).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _mace import run_mace  # noqa: E402  (before _common drops this folder)
 from _common import OUT, require_shared, sample_store  # noqa: E402
 
 MACE_SCRIPT = r'''
 import json, sys, time, numpy as np, torch
 from e3nn import o3
 from mace import modules
-from mace.tools.scatter import scatter_sum
 args = json.loads(sys.argv[1]); d = np.load(args["npz"])
 torch.set_default_dtype(torch.float32)
 dev = torch.device(args["device"])
@@ -38,7 +44,17 @@ model = modules.MACE(r_max=args["cutoff"], num_bessel=8, num_polynomial_cutoff=5
     num_interactions=2, num_elements=len(z_table),
     hidden_irreps=o3.Irreps(f"{args['channels']}x0e + {args['channels']}x1o"),
     MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(len(z_table)), avg_num_neighbors=16.0,
-    atomic_numbers=z_table, correlation=args["correlation"], gate=torch.nn.functional.silu).to(dev)
+    atomic_numbers=z_table, correlation=args["correlation"], gate=torch.nn.functional.silu,
+    radial_MLP=[64, 64]).to(dev)
+params = sum(p.numel() for p in model.parameters())
+if args["cueq"]:
+    try:
+        import cuequivariance_torch  # noqa: F401
+    except ImportError:
+        print(json.dumps({"skipped": "cuequivariance-torch is not installed in the mace-torch venv"}))
+        sys.exit(0)
+    from mace.cli.convert_e3nn_cueq import run as to_cueq
+    model = to_cueq(model, device=args["device"])
 batch_index = torch.from_numpy(d["frame_index"]).long()
 cell = torch.from_numpy(d["cell"]).float()
 shifts = torch.einsum("ei,eij->ej", torch.from_numpy(d["shifts"]).float(), cell[batch_index[torch.from_numpy(d["centers"]).long()]])
@@ -56,18 +72,8 @@ for r in range(args["repeats"] + 2):
     out = model(data, training=True, compute_force=True)
     (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
     sync(); times.append(time.perf_counter() - t0)
-print(json.dumps({"median_s": float(np.median(times[2:])), "params": sum(p.numel() for p in model.parameters())}))
+print(json.dumps({"median_s": float(np.median(times[2:])), "params": params}))
 '''
-
-
-def mace_python() -> Path:
-    venv = OUT / "mace-venv"
-    py = venv / "bin" / "python"
-    if not py.is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0", "mace-torch"],
-                       check=True)
-    return py
 
 
 def main() -> None:
@@ -76,29 +82,38 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--sh-l-max", type=int, default=3)
     ap.add_argument("--correlation", type=int, default=3)
+    ap.add_argument("--cutoff", type=float, default=6.0, help="Å")
+    ap.add_argument("--species-dim", type=int, help="default: the batch's elements less one")
     ap.add_argument("--max-atoms", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--mace-cueq", action="store_true",
+                    help="mace-torch with its cuEquivariance backend (CUDA)")
     args = ap.parse_args()
     require_shared()
     import numpy as np
     import torch
 
     from model import build_model
+    from preprocess.store import open_store
     from train.loader import LoaderConfig, make_loader
 
-    out = sample_store("store_model", frames_per_shard=200)
-    from preprocess.store import open_store
-    batch = next(iter(make_loader(open_store(out), LoaderConfig(max_atoms=args.max_atoms, seed=3))))
+    store = open_store(sample_store("store_model", frames_per_shard=200))
+    batch = next(iter(make_loader(store, LoaderConfig(max_atoms=args.max_atoms, seed=3))))
     npz = OUT / "model_batch.npz"
     np.savez(npz, **{k: getattr(batch, k).numpy() for k in (
         "numbers", "positions", "cell", "frame_index", "n_atoms", "centers", "neighbors", "shifts")})
-    print(f"batch: {batch.n_frames} frames, {batch.positions.shape[0]} atoms, {batch.n_edges} edges; "
-          f"channels {args.channels}, L={args.sh_l_max}, correlation {args.correlation}, float32, "
-          f"{args.device}")
+    elements = len(set(batch.numbers.tolist()))
+    species_dim = args.species_dim or max(1, elements - 1)
+    print(f"batch: {batch.n_frames} frames, {batch.positions.shape[0]} atoms, {elements} "
+          f"elements, {batch.n_edges} edges (k = {store.manifest.graph.k}, ties within "
+          f"{store.manifest.graph.tie_tolerance} Å); channels {args.channels}, max_ell "
+          f"{args.sh_l_max}, L=1, correlation {args.correlation}, float32, {args.device}")
     dev = torch.device(args.device)
     model = build_model({"preset": "mace", "channels": args.channels, "sh_l_max": args.sh_l_max,
-                         "correlation": args.correlation, "num_radial": 8, "readout_mlp": [16],
-                         "rank_envelope": False}).to(dev, torch.float32)
+                         "hidden_l_max": 1, "correlation": args.correlation, "num_radial": 8,
+                         "cutoff": args.cutoff, "radial_mlp": [64, 64], "readout_mlp": [16],
+                         "species_dim": species_dim, "k": store.manifest.graph.k},
+                        store.manifest.statistics).to(dev, torch.float32)
     b = batch.to(dev, torch.float32)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = []
@@ -110,19 +125,23 @@ def main() -> None:
         sync()
         times.append(time.perf_counter() - t0)
     ours = float(np.median(times[2:]))
-    print(f"orbitgraph mace preset: {ours * 1e3:8.1f} ms per forward+backward "
-          f"({sum(p.numel() for p in model.parameters())} parameters)")
-    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-    proc = subprocess.run([str(mace_python()), "-c", MACE_SCRIPT, json.dumps({
+    ours_params = sum(p.numel() for p in model.parameters())
+    print(f"orbitgraph mace preset ({model.config.rank_envelope} rank envelope, species "
+          f"embedding {species_dim} wide): {ours * 1e3:8.1f} ms per forward+backward, "
+          f"{ours_params:,} parameters")
+    theirs = json.loads(run_mace(MACE_SCRIPT, json.dumps({
         "npz": str(npz), "device": args.device, "channels": args.channels,
-        "sh_l_max": args.sh_l_max, "correlation": args.correlation, "cutoff": 6.0,
-        "repeats": args.repeats})], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"mace-torch run failed:\n{proc.stderr[-3000:]}")
-    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"mace-torch MACE:        {theirs['median_s'] * 1e3:8.1f} ms per forward+backward "
-          f"({theirs['params']} parameters)")
-    print(f"ratio (mace-torch time / orbitgraph time): {theirs['median_s'] / ours:.2f}")
+        "sh_l_max": args.sh_l_max, "correlation": args.correlation, "cutoff": args.cutoff,
+        "repeats": args.repeats, "cueq": args.mace_cueq})).strip().splitlines()[-1])
+    if "skipped" in theirs:
+        print(f"mace-torch (cuEquivariance): skipped, {theirs['skipped']}")
+        return
+    backend = "cuEquivariance" if args.mace_cueq else "e3nn"
+    print(f"mace-torch MACE ({backend}, per-element weights for {elements} elements): "
+          f"{theirs['median_s'] * 1e3:8.1f} ms per forward+backward, {theirs['params']:,} "
+          f"parameters")
+    print(f"ratio (mace-torch time / orbitgraph time): {theirs['median_s'] / ours:.2f}; "
+          f"parameters {ours_params / theirs['params']:.2f}x mace-torch's")
 
 
 if __name__ == "__main__":
