@@ -167,7 +167,7 @@ def test_run_without_validation_frames_keeps_the_latest_model(tmp_path, capsys):
     run = tmp_path / "runs" / "experiments" / "tiny"
     assert (run / BEST).is_file() and (run / "metrics_test.json").is_file()
     best = torch.load(run / BEST, weights_only=False)["model_state"]
-    latest = torch.load(run / CHECKPOINT, weights_only=False)["ema_state"]
+    latest = torch.load(run / CHECKPOINT, weights_only=False)["ema_state"]["shadow"]
     for key, value in latest.items():  # best.pt holds the EMA weights of the last epoch
         torch.testing.assert_close(best[key], value, rtol=0, atol=0)
     store = next((tmp_path / "runs" / "stores").iterdir())
@@ -270,3 +270,28 @@ def test_stress_counts_in_gpa():
     stress_term = cfg.stress_weight * float(sums["stress"] / sums["n_stress"])
     forces_term = cfg.forces_weight * float(sums["forces"] / sums["n_forces"])
     assert stress_term == pytest.approx(forces_term, rel=1e-6) and stress_term > 0
+
+
+# ------------------------------------------------------------------------------ EMA
+
+def test_ema_decay_warms_up():
+    """d_t = min(decay, (1 + t) / (10 + t)), as torch_ema (mace-torch) does: after 20 steps
+    a fixed 0.99 would still hold 0.82 of the initial weights; this holds 0.09."""
+    from train.ema import EMA
+
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    ema = EMA(model, 0.99)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    initial_share = 1.0
+    for t in range(1, 21):
+        ema.update(model)
+        initial_share *= min(0.99, (1 + t) / (10 + t))
+    shadow = ema.module.weight
+    torch.testing.assert_close(shadow, torch.full_like(shadow, 1.0 - initial_share))
+    assert initial_share < 0.1 and ema.current_decay() == pytest.approx(22 / 31)
+    again = EMA(model, 0.99)
+    again.load_state_dict(ema.state_dict())
+    assert again.updates == 20 and torch.equal(again.module.weight, shadow)
