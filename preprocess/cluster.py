@@ -257,4 +257,5 @@ def _queue_states(kind: str, ids: list[str]) -> str:
                              timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
-    return "; ".join(" ".join(line.split()) for line in out.splitlines() if line.strip())
+    rows = {line.split()[0]: " ".join(line.split()) for line in out.splitlines() if line.strip()}
+    return "; ".join(rows[i] for i in ids if i in rows)  # in the order the jobs are named
