@@ -64,12 +64,14 @@ def plot_validation(ax, history: list[dict], baseline: dict) -> None:
     """Validation MAE / baseline MAE for each quantity, per validation (each epoch)."""
     steps = _steps(history)
     highest = 1.0
+    plotted = False
     for key, label, unit, _ in QUANTITIES:
         base = baseline.get(key, float("nan"))
         values = np.array([h.get(key, np.nan) for h in history], dtype=float)
         if not (base > 0 and np.isfinite(values).any()):
             continue
         highest = max(highest, float(np.nanmax(values / base)))
+        plotted = True
         ax.semilogy(steps, values / base, "o-", ms=3, color=COLORS[key],
                     label=f"{label}: {values[-1]:.3g} {unit} (baseline {base:.3g})")
     ax.axhline(1.0, color="grey", ls=":", lw=1)
@@ -83,7 +85,10 @@ def plot_validation(ax, history: list[dict], baseline: dict) -> None:
            title="validation error")
     _plain_log_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
+    if plotted:
+        ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
+    else:
+        ax.text(0.5, 0.5, "no validation frames", transform=ax.transAxes, ha="center")
 
 
 def plot_parity(ax, pairs: np.ndarray, title: str, unit: str, mae_text: str,
