@@ -308,7 +308,7 @@ def plot(curves: dict, path: Path, title: str) -> None:
     axes[1, 0].set_xlabel("epoch")
     axes[1, 1].set_xlabel("training wall time, min")
     axes[0, 0].set_title("energy per atom and forces vs epoch")
-    axes[0, 1].set_title("vs wall time (CPU, same threads)")
+    axes[0, 1].set_title("vs training wall time (same CPU threads each)")
     for ax in axes.flat:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
