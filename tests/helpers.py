@@ -62,3 +62,33 @@ def write_small_mptrj(path: Path, frames: int = 40, max_atoms: int = 20) -> Path
             break
     path.write_text(json.dumps(small))
     return path
+
+
+def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
+    """{material id: [ase.Atoms, ...]} as an MPtrj-format file, labelled by EMT (or with
+    zero energies, forces and stresses: ``labels="zero"``); open cells get no stress."""
+    from ase.calculators.emt import EMT
+
+    from preprocess.units import stress_to_vasp_kbar
+
+    def record(atoms):
+        periodic = bool(atoms.pbc.all())
+        if labels == "emt":
+            atoms.calc = EMT()
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            stress = atoms.get_stress(voigt=False) if periodic else None
+        else:
+            energy, forces, stress = 0.0, np.zeros((len(atoms), 3)), np.zeros((3, 3))
+        return {"structure": {"lattice": {"matrix": atoms.cell.array.tolist(),
+                                          "pbc": atoms.pbc.tolist()},
+                              "sites": [{"species": [{"element": el, "occu": 1}],
+                                         "xyz": p.tolist()}
+                                        for el, p in zip(atoms.get_chemical_symbols(),
+                                                         atoms.positions)]},
+                "uncorrected_total_energy": energy, "corrected_total_energy": energy,
+                "force": np.asarray(forces).tolist(), "magmom": None,
+                "stress": stress_to_vasp_kbar(stress).tolist() if stress is not None else None}
+
+    path.write_text(json.dumps({mid: {f"{mid}-{i}": record(a) for i, a in enumerate(frames)}
+                                for mid, frames in materials.items()}))
+    return path

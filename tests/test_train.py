@@ -1,7 +1,6 @@
-"""Loader, exact resume, DDP, learning and the ASE calculator."""
+"""Loader, exact resume, learning and the ASE calculator (DDP: tests/test_distributed.py)."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SMALL_MPTRJ
+from helpers import SMALL_MPTRJ, write_mptrj
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
 from preprocess.pipeline import build_store
@@ -222,11 +221,9 @@ def test_killed_and_resumed_run_follows_the_same_trajectory(store_path, tmp_path
 def emt_dataset(path: Path, n_frames: int = 96, seed: int = 0) -> Path:
     """Rattled, strained fcc Cu/Al/CuAl cells labelled by ASE's EMT, in MPtrj layout."""
     from ase.build import bulk
-    from ase.calculators.emt import EMT
-    from preprocess.units import stress_to_vasp_kbar
 
     rng = np.random.default_rng(seed)
-    data = {}
+    materials: dict = {}
     for i in range(n_frames):
         kind = ["Cu", "Al", "CuAl"][i % 3]
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True) if kind != "Al" else \
@@ -236,19 +233,8 @@ def emt_dataset(path: Path, n_frames: int = 96, seed: int = 0) -> Path:
             atoms.set_cell(atoms.cell * 1.04, scale_atoms=True)
         atoms.set_cell(atoms.cell @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
         atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
-        atoms.calc = EMT()
-        mid = f"mp-{i // 2}"
-        rec = {"structure": {"lattice": {"matrix": atoms.cell.array.tolist()},
-                             "sites": [{"species": [{"element": s, "occu": 1}], "xyz": p.tolist()}
-                                       for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]},
-               "uncorrected_total_energy": atoms.get_potential_energy(),
-               "corrected_total_energy": atoms.get_potential_energy(),
-               "force": atoms.get_forces().tolist(),
-               "stress": stress_to_vasp_kbar(atoms.get_stress(voigt=False)).tolist(),
-               "magmom": None}
-        data.setdefault(mid, {})[f"{mid}-0-{i}"] = rec
-    path.write_text(json.dumps(data))
-    return path
+        materials.setdefault(f"mp-{i // 2}", []).append(atoms)
+    return write_mptrj(path, materials)
 
 
 @pytest.fixture(scope="module")

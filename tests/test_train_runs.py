@@ -3,7 +3,6 @@ reused by mistake, stores without validation frames, frames over the batch budge
 elements the model never saw, and the weight stress gets in the loss."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from helpers import write_small_mptrj
+from helpers import write_mptrj, write_small_mptrj
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
 from preprocess.pipeline import build_store
 from preprocess.store import SplitParams, open_store
-from preprocess.units import EV_PER_A3_IN_GPA, stress_to_vasp_kbar
+from preprocess.units import EV_PER_A3_IN_GPA
 from train.cli import main
 from train.collate import collate, frame_from_graph
 from train.config import TrainConfig
@@ -108,34 +107,6 @@ def test_reusing_a_run_directory_for_another_run_is_one_line(store_path, tmp_pat
 
 
 # ------------------------------------------------------------- no validation frames
-
-def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
-    """{material id: [ase.Atoms, ...]} as an MPtrj-format file, labelled by EMT (or with
-    zero energies, forces and stresses: ``labels="zero"``); open cells get no stress."""
-    from ase.calculators.emt import EMT
-
-    def record(atoms):
-        periodic = bool(atoms.pbc.all())
-        if labels == "emt":
-            atoms.calc = EMT()
-            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-            stress = atoms.get_stress(voigt=False) if periodic else None
-        else:
-            energy, forces, stress = 0.0, np.zeros((len(atoms), 3)), np.zeros((3, 3))
-        return {"structure": {"lattice": {"matrix": atoms.cell.array.tolist(),
-                                          "pbc": atoms.pbc.tolist()},
-                              "sites": [{"species": [{"element": el, "occu": 1}],
-                                         "xyz": p.tolist()}
-                                        for el, p in zip(atoms.get_chemical_symbols(),
-                                                         atoms.positions)]},
-                "uncorrected_total_energy": energy, "corrected_total_energy": energy,
-                "force": np.asarray(forces).tolist(), "magmom": None,
-                "stress": stress_to_vasp_kbar(stress).tolist() if stress is not None else None}
-
-    path.write_text(json.dumps({mid: {f"{mid}-{i}": record(a) for i, a in enumerate(frames)}
-                                for mid, frames in materials.items()}))
-    return path
-
 
 def single_atom_frames(path: Path) -> Path:
     """Five one-atom frames: fcc Cu (primitive cell) at three lattice constants, and an
