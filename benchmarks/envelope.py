@@ -102,7 +102,7 @@ def force_jump(width: float) -> tuple[float, float]:
     from model import build_model
     from preprocess.store.params import GraphParams
     from train.calculator import OrbitCalculator
-    from train.testing import randomise
+    from model.testing import randomise
     torch.manual_seed(0)
     model = randomise(build_model({"preset": "mace", "channels": 8, "species_dim": 8,
                                    "radial_mlp": [16], "readout_mlp": [8],

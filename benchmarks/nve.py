@@ -97,7 +97,7 @@ def random_model(numbers):
     import torch
 
     from model import build_model
-    from train.testing import randomise
+    from model.testing import randomise
     torch.manual_seed(0)
     e0 = {int(z): -3.0 for z in set(numbers.tolist())}
     return randomise(build_model({**SMALL_MACE, "atomic_energies": e0})).double().eval()

@@ -13,7 +13,7 @@ import torch
 from model import build_model
 from preprocess.graph import knn_graph
 from train.collate import collate, frame_from_graph
-from train.testing import randomise, structure
+from model.testing import randomise, structure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -54,7 +54,7 @@ import sys, numpy as np, torch
 from model import build_model
 from preprocess.graph_reference import knn_graph_reference
 from train.collate import collate, frame_from_graph
-from train.testing import randomise, structure
+from model.testing import randomise, structure
 dtype, rtol = {"float64": (torch.float64, 1e-9), "float32": (torch.float32, 1e-4)}[sys.argv[1]]
 frames = []
 for seed, n in ((1, 5), (2, 8)):

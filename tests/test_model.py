@@ -1,4 +1,4 @@
-"""Physics of every model preset and variant: the harness of :mod:`train.testing`,
+"""Physics of every model preset and variant: the harness of :mod:`model.testing`,
 subclassed per configuration, plus the blocks' own checks."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from model import build_model
 from preprocess.graph import knn_graph
 from preprocess.store.params import GraphParams
 from train.collate import collate as _collate, frame_from_graph
-from train.testing import SMALL, PotentialTests, structure
+from model.testing import SMALL, PotentialTests, structure
 
 
 def frame(cell, pos, numbers, k=8):

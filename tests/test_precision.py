@@ -25,7 +25,7 @@ from preprocess.pipeline import build_store
 from preprocess.store import SplitParams
 from train.collate import collate, frame_from_graph
 from train.config import TrainConfig
-from train.testing import randomise, structure
+from model.testing import randomise, structure
 from train.trainer import Trainer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -6,12 +6,21 @@ filtered), collated, and evaluated in float64. Finite differences rebuild the gr
 every displaced or strained geometry, so they test the function a user's MD or relaxation
 sees, including the rank envelope's d_{k+1}.
 
-It lives in ``train/`` because it needs the graph builder (``preprocess``) and the ASE
-calculator next to the model; someone adding a block checks it the way the presets are::
+Shipped with the model (``from model.testing import PotentialTests``), so that someone
+adding a block checks it the way the presets are: make the block selectable by a model
+setting (its option in :data:`model.config.CHOICES`), then subclass the harness in a test
+file with the preset it slots into and the settings that select it (pytest collects every
+``test_*`` method of the subclass)::
+
+    from model.testing import PotentialTests
 
     class TestMyBlock(PotentialTests):
         preset = "mace"
         overrides = {"self_interaction": "my_block"}
+
+``tests/test_model.py`` does this for every preset and variant. The harness builds graphs
+with :mod:`preprocess.graph` and batches and the ASE calculator with :mod:`train`, so it
+imports those packages (``import model`` alone does not import this module).
 
 Checks: rotation equivariance; translation, permutation and wrapping invariance; supercell
 extensivity; forces and stress against central finite differences with rebuilt graphs
