@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from helpers import SMALL_MPTRJ, load_small_mptrj
 from preprocess.cluster import ClusterConfig
-from preprocess.pipeline import build_store
+from preprocess.pipeline import build_store, source_bytes
 from preprocess.sources import open_source
 from preprocess.store import open_store, verify_store
 from preprocess.store.shard import is_committed
@@ -144,24 +145,16 @@ def _frames_equal(a, b):
         assert fa.energy == fb.energy
 
 
-def test_threads_read_and_build_what_one_thread_does(tmp_path, monkeypatch):
-    """A partition parsed in pieces on several threads, and graphs built on several
-    threads, equal the one-thread results; a material id repeated in two pieces makes the
-    run be read whole (JSON keeps the last of repeated keys)."""
+def test_threads_build_what_one_thread_does_and_repeated_ids_keep_the_last(tmp_path):
+    """Graphs built on several threads equal the one-thread graphs; a material id given
+    twice in a partition keeps its last entry, as JSON's rule for repeated keys says."""
     from preprocess.graph import knn_graphs_screened
-    from preprocess.sources import mptrj_json
 
-    monkeypatch.setattr(mptrj_json, "SPLIT_BYTES", 50_000)
     plain = tmp_path / "mptrj.json"
     plain.write_bytes(gzip.open(SMALL_MPTRJ).read())
     part, = open_source(plain).partitions(100_000)
-    assert len(part.splits) > 10
-    one = open_source(plain).read(part, "uncorrected_total_energy", threads=1)
-    for threads in (2, 3, 7):
-        many = open_source(plain).read(part, "uncorrected_total_energy", threads=threads)
-        _frames_equal(one[0], many[0])
-        assert many[1] == one[1]
-    frames = one[0]
+    frames, quarantine = open_source(plain).read(part, "uncorrected_total_energy")
+    assert quarantine == [] and len(frames) == sum(map(len, load_small_mptrj().values()))
     args = (np.array([f.cell for f in frames]), [f.positions for f in frames],
             np.array([f.pbc for f in frames]), 16, "include", 0.01, None, 0.5)
     (g1, failed1), (g3, failed3) = (knn_graphs_screened(*args, threads=t) for t in (1, 3))
@@ -179,11 +172,9 @@ def test_threads_read_and_build_what_one_thread_does(tmp_path, monkeypatch):
     path = tmp_path / "repeated.json"
     path.write_bytes(repeated)
     part, = open_source(path).partitions(100_000)
-    whole = mptrj_json.parse_materials_general(
-        repeated[part.ranges[0][1]:part.ranges[0][2]], "uncorrected_total_energy")
-    got = open_source(path).read(part, "uncorrected_total_energy", threads=2)
-    _frames_equal(whole[0], got[0])
-    assert sum(f.material_id == first_id for f in got[0]) == 1
+    got, _ = open_source(path).read(part, "uncorrected_total_energy")
+    assert [f.frame_id for f in got if f.material_id == first_id] == list(last)
+    assert len(got) == len(frames) - len(first_entry) + 1
 
 
 def test_a_single_partition_is_built_in_process(tmp_path, reference_store):
@@ -200,6 +191,37 @@ def test_a_single_partition_is_built_in_process(tmp_path, reference_store):
     assert one["quarantine"] == ref["quarantine"]
 
 
+def test_a_small_source_is_built_in_process(tmp_path, reference_store):
+    """Under ``cluster.in_process_max_bytes`` the default local cluster is not started: the
+    partitions are built in this process into the same store as the Dask path builds (see
+    test_local_cluster_matches_synchronous), and an interrupted build resumes."""
+    out = tmp_path / "store"
+    lines = []
+    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
+                          log=lines.append)
+    assert any("in_process_max_bytes" in line and "in this process" in line
+               for line in lines), lines
+    n_shards = len(open_store(reference_store).manifest.shards)
+    assert summary.dashboard is None and summary.shards_built == n_shards > 1
+    assert open_store(out).manifest.store_id == open_store(reference_store).manifest.store_id
+    assert_same_store(out, reference_store)
+    (out / "manifest.json").unlink()  # as if interrupted before the last shard
+    shutil.rmtree(out / "shards" / "shard-000002")
+    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
+                          log=lambda s: None)
+    assert (summary.shards_built, summary.shards_skipped) == (1, n_shards - 1)
+    assert_same_store(out, reference_store)
+
+
+def test_source_bytes_counts_decompressed_bytes(tmp_path):
+    plain = tmp_path / "mptrj.json"
+    plain.write_bytes(gzip.open(SMALL_MPTRJ).read())
+    assert source_bytes(SMALL_MPTRJ) == source_bytes(plain) == plain.stat().st_size
+    assert source_bytes(tmp_path) == plain.stat().st_size
+    with pytest.raises(ValueError, match="in_process_max_bytes"):
+        ClusterConfig(in_process_max_bytes=-1)
+
+
 def test_rebuild_of_a_complete_store_does_nothing(reference_store):
     summary = build_store(SMALL_MPTRJ, reference_store, frames_per_shard=30, cluster=SYNC,
                           progress=False, log=lambda s: None)
@@ -211,8 +233,10 @@ def test_rebuild_of_a_complete_store_does_nothing(reference_store):
 def test_local_cluster_matches_synchronous(tmp_path, reference_store):
     out = tmp_path / "store"
     summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
-                          cluster=ClusterConfig(workers=2), log=lambda s: None)
+                          cluster=ClusterConfig(workers=2, in_process_max_bytes=0),
+                          log=lambda s: None)
     assert summary.dashboard and summary.shards_built == len(open_store(out).manifest.shards)
+    assert open_store(out).manifest.store_id == open_store(reference_store).manifest.store_id
     assert_same_store(out, reference_store)
 
 
