@@ -20,7 +20,6 @@ from preprocess.store.params import LabelKeys
 
 SAMPLE_BLOCKS = 16
 BLOCK = 1 << 20
-SPLIT_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,7 @@ class Partition:
 
     ``ranges`` are (path, byte start, byte end) pieces to read; ``payload`` holds the bytes
     of the pieces that cannot be read at an offset (gzip streams: offsets are then in the
-    decompressed bytes), in the order of ``ranges``. ``splits`` are offsets into the
-    partition's bytes where a material entry starts, about every :data:`SPLIT_BYTES`: cut
-    there, the pieces can be parsed independently (in parallel).
+    decompressed bytes), in the order of ``ranges``.
     """
 
     index: int
@@ -39,7 +36,6 @@ class Partition:
     n_frames: int
     ranges: tuple[tuple[str, int, int], ...] = ()
     payload: bytes | None = field(default=None, repr=False)
-    splits: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

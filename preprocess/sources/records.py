@@ -1,22 +1,49 @@
-"""MPtrj records to :class:`~preprocess.frame.Frame`, with validation.
+"""MPtrj records to :class:`~preprocess.frame.Frame`: the one reader of the format, with
+validation.
 
 A record is one value of the published MPtrj JSON, ``{material_id: {frame_id: record}}``:
 ``structure`` (a pymatgen Structure dict), ``uncorrected_total_energy`` and
 ``corrected_total_energy`` (eV), ``force`` (eV/Å), ``stress`` (kBar, VASP sign),
-``magmom`` (list or null). The structure dict is read directly (no pymatgen objects: they
-cost more than the graph).
+``magmom`` (list or null), and fields the store does not read.
 
-Every problem raises :class:`RecordError` with a reason that names the field; the pipeline
-puts such records in quarantine with their ids.
+Reading is two steps:
+
+1. msgspec decodes the bytes straight into the typed structures below (:class:`Structure`
+   and a :func:`record_type` per energy key). The types are the definition of a readable
+   record: a field of another type or shape fails the decode at its path (``force[2]:
+   expected array of length 3``); a number beyond the float range fails it too. Fields
+   the types do not name are skipped unread, whatever they hold; absent optional fields
+   and nulls take their defaults. Numbers are decoded exactly as Python's ``float()``
+   reads their text (``tests/test_mptrj_reader.py`` checks that bit for bit).
+2. The structures of a whole run become flat columns (positions, forces, ... of every
+   atom), and the checks that need values run on the columns: finite numbers, forces and
+   magnetic moments one per atom, known elements, full occupancy, a usable cell.
+
+A run of materials that does not decode whole (one bad record fails msgspec's decode of
+everything) is decoded again material by material and record by record, so that each bad
+record is quarantined with its reason and every other record is kept; a material whose
+JSON is malformed is parsed by the standard library (it reads the ``NaN`` and
+``Infinity`` that Python writes, which the checks then report), else quarantined whole.
+
+Every problem is a reason that names the field and the problem; the pipeline puts such
+records in quarantine with their ids.
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
+import re
+from typing import Any, Union
 
+import msgspec
 import numpy as np
 from ase.data import atomic_numbers
 
 from preprocess.frame import Frame
+from preprocess.sources.base import Quarantined
+from preprocess.sources.labels import LabelError
+from preprocess.sources.mptrj_scan import DEPTH, MaterialScanner
 from preprocess.units import stress_from_vasp_kbar
 
 
@@ -28,17 +55,364 @@ class RecordError(ValueError):
         self.reason = reason
 
 
-def _array(value, shape, field: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RecordError(f"{field}: not a numeric array") from None
-    if arr.shape != shape:
-        raise RecordError(f"{field}: shape {arr.shape}, expected {shape}")
-    if not np.all(np.isfinite(arr)):
-        raise RecordError(f"{field}: contains NaN or inf")
-    return arr
+# ------------------------------------------------------------------ the record's types
 
+Vec3 = tuple[float, float, float]
+Mat3 = tuple[Vec3, Vec3, Vec3]
+
+
+class Species(msgspec.Struct, gc=False):
+    element: str
+    occu: float = 1.0
+
+
+class SiteProperties(msgspec.Struct, gc=False):
+    magmom: Union[float, None] = None  # μB
+
+
+class Site(msgspec.Struct, gc=False):
+    species: list[Species]
+    xyz: Vec3  # Å
+    properties: Union[SiteProperties, None] = None
+
+
+class Lattice(msgspec.Struct, gc=False):
+    matrix: Mat3  # Å, rows = lattice vectors
+    pbc: tuple[bool, bool, bool] = (True, True, True)
+
+
+class Structure(msgspec.Struct, gc=False):
+    lattice: Lattice
+    sites: list[Site]
+
+
+FORCES_KEY = "force"  # eV/Å
+STRESS_KEY = "stress"  # kBar, VASP sign
+MAGMOM_KEY = "magmom"  # μB
+_FIXED = ("structure", FORCES_KEY, STRESS_KEY, MAGMOM_KEY)
+
+
+@functools.lru_cache(maxsize=None)
+def record_type(energy_key: str) -> type:
+    """The Struct of a record whose energy (eV) is the field ``energy_key``; its attribute
+    is ``energy`` whatever the key. Raises LabelError if the key is another field the
+    reader uses."""
+    if energy_key in _FIXED:
+        raise LabelError(f"energy key {energy_key!r} is the {energy_key} field of an MPtrj "
+                         "record, not an energy")
+    return msgspec.defstruct(
+        "Record",
+        [("structure", Union[Structure, None], None),
+         ("energy", Union[float, None], None),
+         ("force", Union[list[Vec3], None], None),
+         ("stress", Union[Mat3, None], None),
+         ("magmom", Union[list[float], None], None)],
+        rename={"energy": energy_key}, gc=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _decoders(energy_key: str) -> tuple[msgspec.json.Decoder, msgspec.json.Decoder]:
+    """(a run of materials, one record) decoders for ``energy_key``."""
+    record = record_type(energy_key)
+    return msgspec.json.Decoder(dict[str, dict[str, record]]), msgspec.json.Decoder(record)
+
+
+_ENTRIES = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+_TYPE_WORDS = {"object": "an object", "array": "an array", "float": "a number",
+               "int": "an integer", "str": "a string", "bool": "a boolean", "null": "null"}
+_EXPECTED = re.compile(r"Expected `([^`]*)`(?:, got `([^`]*)`)?")
+
+
+def _reason(err: msgspec.ValidationError) -> str:
+    """msgspec's message as a quarantine reason: the field's path, then the problem
+    (``Expected `float`, got `str` - at `$.force[0][2]``` becomes
+    ``force[0][2]: expected a number, got a string``)."""
+    problem, _, path = str(err).partition(" - at `$")
+    path = path.rstrip("`").lstrip(".")
+    if problem.startswith("Object missing required field `"):
+        name = problem[len("Object missing required field `"):].rstrip("`")
+        return f"{path + '.' if path else ''}{name}: missing"
+
+    def words(types: str) -> str:
+        return " or ".join(_TYPE_WORDS.get(t, t) for t in types.split(" | "))
+
+    problem = _EXPECTED.sub(lambda m: f"expected {words(m.group(1))}"
+                            + (f", got {words(m.group(2))}" if m.group(2) else ""), problem)
+    return f"{path or 'record'}: {problem[:1].lower()}{problem[1:]}".replace("`", "")
+
+
+# ------------------------------------------------------------------ reading a run
+
+def read_run(data: bytes | memoryview, energy_key: str
+             ) -> tuple[list[Frame], list[Quarantined]]:
+    """Frames of a run of ``"material_id": {frame_id: record, ...}`` entries (the bytes of
+    a partition: entries separated by commas, without the enclosing braces), in order, and
+    the records that cannot be used, in order, each with its reason.
+
+    As in any JSON object, a material id given twice keeps its last entry, and a frame id
+    given twice within a material its last record."""
+    run, one = _decoders(energy_key)
+    wrapped = b"{" + bytes(data) + b"}"
+    try:
+        materials = run.decode(wrapped)
+    except msgspec.DecodeError:  # a bad record or bad JSON: entry by entry
+        return _frames_of(_entries_one_by_one(wrapped, one, energy_key), energy_key)
+    return _frames_of([(mid, fid, rec) for mid, frames in materials.items()
+                       for fid, rec in frames.items()], energy_key)
+
+
+def frame_from_record(material_id: str, frame_id: str, record: Any,
+                      energy_key: str = "uncorrected_total_energy") -> Frame:
+    """One record given as Python objects (e.g. from ``json.load``), read and checked as
+    :func:`read_run` reads records. Raises RecordError."""
+    try:
+        rec = msgspec.convert(record, record_type(energy_key))
+    except msgspec.ValidationError as err:
+        raise RecordError(_reason(err)) from None
+    frames, quarantine = _frames_of([(str(material_id), str(frame_id), rec)], energy_key)
+    if quarantine:
+        raise RecordError(quarantine[0].reason)
+    return frames[0]
+
+
+Entry = tuple[str, str, Any]  # (material id, frame id, decoded record or reason string)
+
+
+def _entries_one_by_one(wrapped: bytes, one: msgspec.json.Decoder, energy_key: str
+                        ) -> list[Entry]:
+    """Each record of a run decoded on its own: ``(mid, fid, record)``, or ``(mid, fid,
+    reason)`` for a record that does not decode (``fid`` ``"?"`` for a material that
+    cannot be read at all)."""
+    try:
+        materials: dict[str, Any] = _ENTRIES.decode(wrapped)
+    except msgspec.DecodeError:  # not valid JSON: material by material
+        materials = _materials_one_by_one(wrapped)
+    out: list[Entry] = []
+    record = record_type(energy_key)
+    for mid, raw in materials.items():
+        if isinstance(raw, msgspec.Raw):
+            try:
+                frames = _ENTRIES.decode(raw)
+            except msgspec.ValidationError:
+                out.append((mid, "?", "material: value is not an object of frames"))
+                continue
+        elif isinstance(raw, dict):  # read by the standard library
+            frames = raw
+        elif isinstance(raw, str):
+            out.append((mid, "?", raw))
+            continue
+        else:
+            out.append((mid, "?", "material: value is not an object of frames"))
+            continue
+        for fid, rec in frames.items():
+            try:
+                value = one.decode(rec) if isinstance(rec, msgspec.Raw) else \
+                    msgspec.convert(rec, record)
+            except msgspec.ValidationError as err:
+                value = _reason(err)
+            out.append((mid, fid, value))
+    return out
+
+
+def _materials_one_by_one(wrapped: bytes) -> dict[str, Any]:
+    """{material id: the entry's value as msgspec.Raw, as Python objects read by the
+    standard library (NaN, Infinity), or the reason neither could read it}."""
+    out: dict[str, Any] = {}
+    scanner = MaterialScanner()
+    scanner.state[DEPTH] = 1  # the entries sit inside the top-level object
+    body = memoryview(wrapped)[1:-1]
+    for start, end, _ in scanner.feed(body):
+        piece = b"{" + bytes(body[start:end]) + b"}"
+        try:
+            out.update(_ENTRIES.decode(piece))
+            continue
+        except msgspec.DecodeError:
+            pass
+        try:
+            out.update(json.loads(piece))
+        except ValueError as err:
+            mid = bytes(body[start:end]).split(b'"')[1].decode(errors="replace")
+            out[mid] = f"malformed JSON: {err}"
+    return out
+
+
+# ------------------------------------------------------------------ records to columns
+
+def _frames_of(entries: list[Entry], energy_key: str) -> tuple[list[Frame], list[Quarantined]]:
+    """Frames of the decoded records of ``entries`` and the quarantined rest, each in the
+    order of ``entries``. The values of all records are gathered into flat columns first
+    (one numpy conversion per field, not per record) and checked there; a frame's arrays
+    are views of the columns."""
+    kept = [(mid, fid, rec) for mid, fid, rec in entries if not isinstance(rec, str)]
+    cols = _Columns([rec for _, _, rec in kept])
+    problems = cols.problems(energy_key)
+    frames: list[Frame] = []
+    quarantine: list[Quarantined] = []
+    b = 0
+    for mid, fid, rec in entries:
+        if isinstance(rec, str):
+            quarantine.append(Quarantined(mid, fid, rec))
+            continue
+        problem = problems.get(b)
+        if problem is not None:
+            quarantine.append(Quarantined(mid, fid, problem))
+        else:
+            frames.append(cols.frame(b, mid, fid))
+        b += 1
+    return frames, quarantine
+
+
+_Z = {symbol: z for symbol, z in atomic_numbers.items()}
+_NO_SPECIES = Species("", math.nan)  # stands in for a site without exactly one species
+_NO_STRUCTURE = Structure(Lattice(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))), [])
+
+
+class _Columns:
+    """The values of B decoded records as flat arrays: atom ``a`` of record ``b`` is row
+    ``atom_ptr[b] + a`` of the per-atom arrays, force row ``force_ptr[b] + a`` (the
+    pointers differ only where a record has as many force rows as atoms)."""
+
+    def __init__(self, records: list):
+        self.records = records
+        structures = [r.structure if r.structure is not None else _NO_STRUCTURE for r in records]
+        self.has_structure = np.array([r.structure is not None for r in records], dtype=bool)
+        sites_of = [s.sites for s in structures]
+        self.n_atoms = _lengths(sites_of)
+        self.atom_ptr = _ptr(self.n_atoms)
+        sites = [site for sites in sites_of for site in sites]
+        self.cell = np.array([s.lattice.matrix for s in structures],
+                             dtype=np.float64).reshape(-1, 3, 3)  # (B, 3, 3) Å
+        self.pbc = np.array([s.lattice.pbc for s in structures], dtype=bool).reshape(-1, 3)
+        self.positions = np.array([site.xyz for site in sites],
+                                  dtype=np.float64).reshape(-1, 3)  # (A, 3) Å
+        species = [site.species for site in sites]
+        self.n_species = _lengths(species)
+        first = ([sp[0] for sp in species] if (self.n_species == 1).all() else
+                 [sp[0] if len(sp) == 1 else _NO_SPECIES for sp in species])
+        self.symbols = [sp.element for sp in first]
+        self.numbers = np.array([_Z.get(symbol, -1) for symbol in self.symbols],
+                                dtype=np.int64)  # (A,)
+        self.occupancy = np.array([sp.occu for sp in first], dtype=np.float64)
+        site_magmom = [p.magmom if (p := site.properties) is not None else None
+                       for site in sites]
+        self.site_has_magmom = np.array([m is not None for m in site_magmom], dtype=bool)
+        self.site_magmom = np.array([math.nan if m is None else m for m in site_magmom],
+                                    dtype=np.float64)  # (A,) μB
+        self.energy = np.array([math.nan if r.energy is None else r.energy for r in records],
+                               dtype=np.float64)  # (B,) eV
+        forces = [r.force if r.force is not None else () for r in records]
+        self.force_ptr = _ptr(_lengths(forces))
+        self.forces = np.array([row for rows in forces for row in rows],
+                               dtype=np.float64).reshape(-1, 3)  # (F, 3) eV/Å
+        self.has_stress = np.array([r.stress is not None for r in records], dtype=bool)
+        stress = np.array([r.stress if r.stress is not None else _NAN33 for r in records],
+                          dtype=np.float64).reshape(-1, 3, 3)
+        self.stress_kbar_finite = np.isfinite(stress).all(axis=(1, 2))
+        self.stress = stress_from_vasp_kbar(stress)  # (B, 3, 3) eV/Å³, ASE sign
+        magmom = [r.magmom if r.magmom is not None else () for r in records]
+        self.magmom_ptr = _ptr(_lengths(magmom))
+        self.magmom = np.array([m for ms in magmom for m in ms], dtype=np.float64)  # μB
+        self.has_magmom = np.array([r.magmom is not None for r in records], dtype=bool)
+        self.use_site_magmom = ~self.has_magmom & (self.n_atoms > 0) & _all_per_record(
+            self.site_has_magmom, self.atom_ptr)
+
+    def problems(self, energy_key: str) -> dict[int, str]:
+        """Record index -> why it cannot be used (the first problem, in the order of the
+        record's fields: structure, cell, sites, energy, forces, stress, magmom)."""
+        out: dict[int, str] = {}
+        n_atoms, ptr = self.n_atoms, self.atom_ptr
+
+        def flag(mask, reason):
+            for b in np.flatnonzero(mask).tolist():
+                if b not in out:
+                    out[b] = reason(b)
+
+        flag(~self.has_structure, lambda b: "structure: missing")
+        flag(n_atoms == 0, lambda b: "structure.sites: empty")
+        cell_finite = np.isfinite(self.cell).all(axis=(1, 2))
+        flag(~cell_finite, lambda b: "structure.lattice.matrix: contains NaN or inf")
+        for b in np.flatnonzero(_suspect_cells(self.cell) & cell_finite).tolist():
+            problem = cell_problem(self.cell[b])
+            if problem is not None and b not in out:
+                out[b] = f"structure.lattice: {problem}"
+        partial = (self.n_species != 1) | ~(np.abs(self.occupancy - 1.0)
+                                            <= 1e-9 * np.maximum(np.abs(self.occupancy), 1.0))
+        unknown = self.numbers < 0
+        bad_site = partial | unknown
+        flag(_any_per_record(bad_site, ptr), lambda b: self._site_problem(b, partial, unknown))
+        flag(~_all_per_record(np.isfinite(self.positions).all(axis=1), ptr),
+             lambda b: "structure.sites.xyz: contains NaN or inf")
+        missing_energy = np.array([r.energy is None for r in self.records], dtype=bool)
+        flag(missing_energy, lambda b: f"{energy_key}: missing")
+        flag(~np.isfinite(self.energy), lambda b: f"{energy_key}: NaN or inf")
+        missing_force = np.array([r.force is None for r in self.records], dtype=bool)
+        flag(missing_force, lambda b: "force: missing")
+        n_force = np.diff(self.force_ptr)
+        flag(n_force != n_atoms, lambda b: f"force: {n_force[b]} rows for {n_atoms[b]} atoms")
+        flag(~_all_per_record(np.isfinite(self.forces).all(axis=1), self.force_ptr),
+             lambda b: "force: contains NaN or inf")
+        flag(self.has_stress & ~self.stress_kbar_finite, lambda b: "stress: contains NaN or inf")
+        n_magmom = np.diff(self.magmom_ptr)
+        flag(self.has_magmom & (n_magmom != n_atoms),
+             lambda b: f"magmom: {n_magmom[b]} values for {n_atoms[b]} atoms")
+        flag((self.has_magmom & ~_all_per_record(np.isfinite(self.magmom), self.magmom_ptr))
+             | (self.use_site_magmom & ~_all_per_record(np.isfinite(self.site_magmom), ptr)),
+             lambda b: "magmom: contains NaN or inf")
+        return out
+
+    def _site_problem(self, b: int, partial: np.ndarray, unknown: np.ndarray) -> str:
+        lo, hi = self.atom_ptr[b], self.atom_ptr[b + 1]
+        a = int(np.flatnonzero(partial[lo:hi] | unknown[lo:hi])[0])
+        if partial[lo + a]:
+            return f"structure.sites[{a}]: partial occupancy is not supported"
+        return f"structure.sites[{a}]: unknown element {self.symbols[lo + a]!r}"
+
+    def frame(self, b: int, material_id: str, frame_id: str) -> Frame:
+        a0, a1 = self.atom_ptr[b], self.atom_ptr[b + 1]
+        f0 = self.force_ptr[b]
+        if self.has_magmom[b]:
+            m0 = self.magmom_ptr[b]
+            magmom = self.magmom[m0:m0 + a1 - a0]
+        elif self.use_site_magmom[b]:
+            magmom = self.site_magmom[a0:a1]
+        else:
+            magmom = None
+        return Frame(frame_id=frame_id, material_id=material_id, cell=self.cell[b],
+                     positions=self.positions[a0:a1], numbers=self.numbers[a0:a1],
+                     energy=float(self.energy[b]), forces=self.forces[f0:f0 + a1 - a0],
+                     stress=self.stress[b] if self.has_stress[b] else None, magmom=magmom,
+                     pbc=self.pbc[b])
+
+
+_NAN33 = ((math.nan,) * 3,) * 3
+
+
+def _lengths(lists) -> np.ndarray:
+    return np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+
+
+def _ptr(lengths: np.ndarray) -> np.ndarray:
+    """(B + 1,) int64 offsets of B consecutive runs of ``lengths``."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def _any_per_record(mask: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """(B,) bool: any of ``mask[ptr[b]:ptr[b + 1]]``."""
+    counts = np.zeros(len(mask) + 1, dtype=np.int64)
+    np.cumsum(mask, out=counts[1:])
+    return counts[ptr[1:]] > counts[ptr[:-1]]
+
+
+def _all_per_record(mask: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """(B,) bool: all of ``mask[ptr[b]:ptr[b + 1]]`` (True for an empty run)."""
+    return ~_any_per_record(~mask, ptr)
+
+
+# ------------------------------------------------------------------ cells
 
 def cell_problem(cell: np.ndarray) -> str | None:
     """Why a (3, 3) cell (rows = lattice vectors, Å) is unusable, or None. Left-handed
@@ -60,68 +434,12 @@ def check_cell(cell: np.ndarray, field: str = "structure.lattice") -> None:
         raise RecordError(f"{field}: {problem}")
 
 
-def frame_from_record(material_id: str, frame_id: str, record: dict,
-                      energy_key: str = "uncorrected_total_energy") -> Frame:
-    """Parse and validate one MPtrj record. Raises RecordError."""
-    if not isinstance(record, dict):
-        raise RecordError(f"record: expected an object, got {type(record).__name__}")
-    structure = record.get("structure")
-    if not isinstance(structure, dict):
-        raise RecordError("structure: missing or not an object")
-    try:
-        lattice = structure["lattice"]
-        sites = structure["sites"]
-    except KeyError as err:
-        raise RecordError(f"structure: missing {err.args[0]!r}") from None
-    if not isinstance(sites, list) or not sites:
-        raise RecordError("structure.sites: missing or empty")
-    cell = _array(lattice.get("matrix") if isinstance(lattice, dict) else None, (3, 3),
-                  "structure.lattice.matrix")
-    check_cell(cell)
-    try:
-        pbc = np.asarray(lattice.get("pbc", (True, True, True)), dtype=bool).reshape(3)
-    except (TypeError, ValueError):
-        raise RecordError("structure.lattice.pbc: expected 3 booleans") from None
-    n = len(sites)
-    numbers = np.empty(n, dtype=np.int64)
-    site_magmom = []
-    try:
-        xyz = [site["xyz"] for site in sites]
-        for a, site in enumerate(sites):
-            species = site["species"]
-            if len(species) != 1 or not math.isclose(float(species[0].get("occu", 1.0)), 1.0):
-                raise RecordError(f"structure.sites[{a}]: partial occupancy is not supported")
-            symbol = species[0]["element"]
-            if symbol not in atomic_numbers:
-                raise RecordError(f"structure.sites[{a}]: unknown element {symbol!r}")
-            numbers[a] = atomic_numbers[symbol]
-            site_magmom.append((site.get("properties") or {}).get("magmom"))
-    except (KeyError, TypeError, IndexError, AttributeError) as err:
-        raise RecordError(f"structure.sites: malformed site ({type(err).__name__}: {err})") from None
-    positions = _array(xyz, (n, 3), "structure.sites.xyz")
-
-    if energy_key not in record or record[energy_key] is None:
-        raise RecordError(f"{energy_key}: missing")
-    try:
-        energy = float(record[energy_key])
-    except (TypeError, ValueError):
-        raise RecordError(f"{energy_key}: not a number") from None
-    if not math.isfinite(energy):
-        raise RecordError(f"{energy_key}: NaN or inf")
-    if record.get("force") is None:
-        raise RecordError("force: missing")
-    forces = np.asarray(record["force"], dtype=object)
-    if forces.shape[:1] != (n,):
-        raise RecordError(f"force: {forces.shape[0] if forces.ndim else 0} rows for {n} atoms")
-    forces = _array(record["force"], (n, 3), "force")
-    stress = None
-    if record.get("stress") is not None:
-        stress = stress_from_vasp_kbar(_array(record["stress"], (3, 3), "stress"))
-    magmom = record.get("magmom")
-    if magmom is None and all(m is not None for m in site_magmom):
-        magmom = site_magmom
-    if magmom is not None:
-        magmom = _array(magmom, (n,), "magmom")
-    return Frame(frame_id=str(frame_id), material_id=str(material_id), cell=cell,
-                 positions=positions, numbers=numbers, energy=energy, forces=forces,
-                 stress=stress, magmom=magmom, pbc=pbc)
+def _suspect_cells(cells: np.ndarray) -> np.ndarray:
+    """(B,) bool: the (B, 3, 3) cells that may be singular or too large, by a test looser
+    than :func:`cell_problem`, which then decides each."""
+    if not len(cells):
+        return np.zeros(0, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge entries: inf norms are suspect
+        det = np.linalg.det(cells)
+        norms = np.prod(np.linalg.norm(cells, axis=2), axis=1)
+        return ~(norms > 0) | ~np.isfinite(norms) | (np.abs(det) <= 1e-5 * norms)
