@@ -21,7 +21,6 @@ usage: python benchmarks/nve.py [--steps 300] [--train-steps 150] [--atoms 30-60
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,8 @@ def variants(model, width: float = 0.5):
     cfg = model.config
 
     def kind(envelope, width):
-        m = Potential(dataclasses.replace(cfg, rank_envelope=envelope, rank_envelope_width=width))
+        m = Potential(cfg.model_copy(update={"rank_envelope": envelope,
+                                             "rank_envelope_width": width}))
         m.load_state_dict(model.state_dict())
         return m.double().eval()
     return [("knn+adaptive", kind("adaptive", width), GraphParams(k=16, tie_tolerance=width)),

@@ -11,12 +11,13 @@ Presets:
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, model_validator
+
+from preprocess.config import Config
 
 KINDS = ("equivariant", "invariant")
 CHOICES = {
@@ -30,101 +31,124 @@ CHOICES = {
     "attention": ("none", "sigmoid", "softmax"),
     "rank_envelope": ("adaptive", "next", "none"),
 }
+# mace-torch's hyperparameter names, accepted with ``preset: mace`` (``correlation`` is the
+# same in both), so that a MACE user's settings carry over
+MACE_TORCH_NAMES = {"r_max": "cutoff", "max_ell": "sh_l_max", "max_L": "hidden_l_max",
+                    "num_channels": "channels", "num_interactions": "layers",
+                    "num_bessel": "num_radial", "num_polynomial_cutoff": "envelope_p"}
+
+Width = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "equivariant"
+class ModelConfig(Config):
+    """A model's hyperparameters (see the module docstring for presets)."""
+
+    section = "model"
+
+    kind: Literal[CHOICES["kind"]] = Field("equivariant", description="equivariant (MACE "
+                                           "family) or the invariant toolbox")
     # geometry and radial features
-    cutoff: float = 6.0  # Å, radial envelope cutoff
-    radial_basis: str = "bessel"
-    num_radial: int = 8
-    envelope_p: int = 5
+    cutoff: float = Field(6.0, gt=0, description="Å; radial envelope cutoff (mace-torch: "
+                          "r_max)")
+    radial_basis: Literal[CHOICES["radial_basis"]] = Field("bessel", description="radial "
+                                                           "basis functions")
+    num_radial: int = Field(8, ge=1, description="radial basis functions (mace-torch: "
+                            "num_bessel)")
+    envelope_p: int = Field(5, ge=0, description="exponent of the polynomial cutoff envelope "
+                            "(mace-torch: num_polynomial_cutoff)")
     # k-NN rank envelope (model.radial): "adaptive" (soft k nearest, C² energy; needs graphs
     # with ties: include and tie_tolerance >= width), "next" (ramp below d_{k+1}: continuous
     # energy, forces jump where the (k+1)-th candidate changes), or "none"
-    rank_envelope: str = "adaptive"
-    rank_envelope_width: float = 0.5  # Å (adaptive: needs graphs with tie_tolerance >= it)
-    k: int | None = None  # neighbours the model wants (None: what the store has)
+    rank_envelope: Literal[CHOICES["rank_envelope"]] = Field(
+        "adaptive", description="k-NN rank envelope: adaptive (soft k nearest, C² energy), "
+        "next (ramp below d_{k+1}) or none")
+    rank_envelope_width: float = Field(0.5, gt=0, description="Å; adaptive needs graphs with "
+                                       "tie_tolerance >= it")
+    k: int | None = Field(None, ge=1, description="neighbours the model wants (null: what "
+                          "the store has)")
     # species
-    species_dim: int = 16
+    species_dim: int = Field(16, ge=1, description="species embedding size")
     # equivariant network
-    channels: int = 64
-    sh_l_max: int = 3
-    hidden_l_max: int = 1
-    layers: int = 2
-    radial_mlp: tuple[int, ...] = (64, 64)
-    message_weights: str = "radial+species"
-    aggregation: str = "sum"
-    self_interaction: str = "symmetric_contraction"
-    correlation: int = 3
-    readout: str = "mlp_last"
-    readout_mlp: tuple[int, ...] = (16,)
-    block_reduction: str = "sum"
+    channels: int = Field(64, ge=1, description="channels per irrep (mace-torch: "
+                          "num_channels)")
+    sh_l_max: int = Field(3, ge=0, description="largest degree of the spherical harmonics "
+                          "(mace-torch: max_ell)")
+    hidden_l_max: int = Field(1, ge=0, description="largest degree of the hidden features, "
+                              "<= sh_l_max (mace-torch: max_L)")
+    layers: int = Field(2, ge=1, description="interaction blocks (mace-torch: "
+                        "num_interactions)")
+    radial_mlp: tuple[Width, ...] = Field((64, 64), description="hidden widths of the MLP "
+                                          "from radial features to message weights")
+    message_weights: Literal[CHOICES["message_weights"]] = Field(
+        "radial+species", description="what the message weights depend on")
+    aggregation: Literal[CHOICES["aggregation"]] = Field("sum", description="how messages "
+                                                         "are summed at each atom")
+    self_interaction: Literal[CHOICES["self_interaction"]] = Field(
+        "symmetric_contraction", description="node update after aggregation")
+    correlation: int = Field(3, ge=1, description="body order of the symmetric contraction "
+                             "(mace-torch: correlation)")
+    readout: Literal[CHOICES["readout"]] = Field("mlp_last", description="per-block energy "
+                                                 "readout")
+    readout_mlp: tuple[Width, ...] = Field((16,), description="hidden widths of the MLP "
+                                           "readout")
+    block_reduction: Literal[CHOICES["block_reduction"]] = Field(
+        "sum", description="how block energies combine")
     # invariant toolbox
-    hidden: int = 64
-    attention: str = "sigmoid"
-    bands: tuple[float, ...] = ()  # Å; edges split into distance bands at these radii
-    final_mlp: tuple[int, ...] = (64, 64)
+    hidden: int = Field(64, ge=1, description="invariant toolbox: hidden width")
+    attention: Literal[CHOICES["attention"]] = Field("sigmoid", description="invariant "
+                                                     "toolbox: attention over neighbours")
+    bands: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (), description="Å, increasing; edges split into distance bands at these radii")
+    final_mlp: tuple[Width, ...] = Field((64, 64), description="invariant toolbox: hidden "
+                                         "widths of the final MLP")
     # from the store manifest (filled in by build_model when statistics are given)
-    avg_num_neighbors: float = 16.0
-    atomic_energies: dict = field(default_factory=dict)  # {Z: E0 in eV}
-    scale: float = 1.0  # eV; initial species-wise scale
-    shift: float = 0.0  # eV; initial species-wise shift
+    avg_num_neighbors: float = Field(16.0, gt=0, description="normalises sum aggregation "
+                                     "(from the store's statistics when training)")
+    atomic_energies: dict[int, float] = Field(default_factory=dict, description="{Z: E0 in "
+                                              "eV} (from the store's statistics)")
+    scale: float = Field(1.0, gt=0, description="eV; initial species-wise scale (from the "
+                         "store's force RMS)")
+    shift: float = Field(0.0, description="eV; initial species-wise shift")
 
-    def __post_init__(self):
-        if isinstance(self.rank_envelope, bool):  # rank_envelope: true/false in older configs
-            object.__setattr__(self, "rank_envelope", "next" if self.rank_envelope else "none")
-        if not (isinstance(self.rank_envelope_width, (int, float)) and self.rank_envelope_width > 0):
-            raise ValueError(f"model.rank_envelope_width: expected a positive number of Å, "
-                             f"got {self.rank_envelope_width!r}")
-        for name, options in CHOICES.items():
-            value = getattr(self, name)
-            if value not in options:
-                raise ValueError(f"model.{name}: {value!r} is not one of {', '.join(options)}")
-        for name in ("num_radial", "species_dim", "channels", "layers", "correlation", "hidden"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name}: expected an integer >= 1, got {value!r}")
-        for name in ("sh_l_max", "hidden_l_max", "envelope_p"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"model.{name}: expected an integer >= 0, got {value!r}")
-        if self.hidden_l_max > self.sh_l_max:
-            raise ValueError(f"model.hidden_l_max ({self.hidden_l_max}) cannot exceed "
-                             f"sh_l_max ({self.sh_l_max})")
-        if not self.cutoff > 0:
-            raise ValueError(f"model.cutoff: expected a positive number of Å, got {self.cutoff!r}")
-        if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
-            raise ValueError(f"model.k: expected an integer >= 1 or null, got {self.k!r}")
-        if list(self.bands) != sorted(self.bands):
-            raise ValueError(f"model.bands: radii must increase, got {list(self.bands)}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for key in ("radial_mlp", "readout_mlp", "bands", "final_mlp"):
-            d[key] = list(d[key])
-        d["atomic_energies"] = {int(z): float(v) for z, v in self.atomic_energies.items()}
-        return d
-
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        d = dict(d)
+    def _presets_and_aliases(cls, data):
+        """A ``preset`` key starts from that preset; mace-torch's names (with preset mace)
+        stand for ours."""
+        if not isinstance(data, dict):
+            return data
+        d = dict(data)
         preset = d.pop("preset", None)
-        base = dict(PRESETS[_check_preset(preset)]) if preset is not None else {}
-        base.update(d)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(base) - known)
+        if preset is not None:
+            _check_preset(preset)
+        for alias, name in MACE_TORCH_NAMES.items():
+            if alias not in d:
+                continue
+            if preset != "mace":
+                raise ValueError(f"{alias} is mace-torch's name for {name}, accepted with "
+                                 f"preset: mace; give {name}")
+            if name in d:
+                raise ValueError(f"{alias} (mace-torch's name) and {name} are the same "
+                                 f"setting; give one of them")
+            d[name] = d.pop(alias)
+        unknown = sorted(set(d) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"model: unknown keys {unknown}; known keys are {sorted(known)}")
-        for key in ("radial_mlp", "readout_mlp", "bands", "final_mlp"):
-            if key in base:
-                if not isinstance(base[key], (list, tuple)):
-                    raise ValueError(f"model.{key}: expected a list, got {base[key]!r}")
-                base[key] = tuple(base[key])
-        if "atomic_energies" in base:
-            base["atomic_energies"] = {int(z): float(v) for z, v in base["atomic_energies"].items()}
-        return cls(**base)
+            raise ValueError(f"unknown keys {unknown}; known keys are "
+                             f"{sorted(cls.model_fields)}"
+                             + (f" and mace-torch's {sorted(MACE_TORCH_NAMES)}"
+                                if preset == "mace" else ""))
+        if isinstance(d.get("rank_envelope"), bool):  # rank_envelope: true/false in older configs
+            d["rank_envelope"] = "next" if d["rank_envelope"] else "none"
+        return {**PRESETS[preset], **d} if preset is not None else d
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.hidden_l_max > self.sh_l_max:
+            raise ValueError(f"hidden_l_max ({self.hidden_l_max}) cannot exceed sh_l_max "
+                             f"({self.sh_l_max})")
+        if list(self.bands) != sorted(self.bands):
+            raise ValueError(f"bands: radii must increase, got {list(self.bands)}")
+        return self
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -143,15 +167,14 @@ def _check_preset(name) -> str:
     return name
 
 
-def load_config(spec: str | Path | dict | ModelConfig) -> ModelConfig:
-    """A ModelConfig from a preset name, a YAML file, a dict or a ModelConfig."""
-    if isinstance(spec, ModelConfig):
-        return spec
+def model_spec(spec: str | Path | dict) -> dict:
+    """The settings mapping of a preset name (``{"preset": name}``), a YAML file (its
+    ``model:`` section, or the whole file) or a mapping, before validation."""
     if isinstance(spec, dict):
-        return ModelConfig.from_dict(spec)
+        return dict(spec)
     text = str(spec)
     if text in PRESETS:
-        return ModelConfig.from_dict({"preset": text})
+        return {"preset": text}
     path = Path(text)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         if not path.is_file():
@@ -162,18 +185,25 @@ def load_config(spec: str | Path | dict | ModelConfig) -> ModelConfig:
             raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of model settings")
-        return ModelConfig.from_dict(data.get("model", data))
+        return dict(data.get("model", data))
     raise ValueError(f"unknown model preset {text!r}; choose one of {', '.join(PRESETS)} "
                      "or give a YAML file")
+
+
+def load_config(spec: str | Path | dict | ModelConfig, where: str = "model") -> ModelConfig:
+    """A ModelConfig from a preset name, a YAML file, a dict or a ModelConfig; errors name
+    keys under ``where``."""
+    if isinstance(spec, ModelConfig):
+        return spec
+    return ModelConfig.from_dict(model_spec(spec), where=where)
 
 
 def with_statistics(cfg: ModelConfig, statistics: dict | None) -> ModelConfig:
     """Fill the dataset-derived fields from a store manifest's statistics."""
     if not statistics:
         return cfg
-    return dataclasses.replace(
-        cfg,
+    return cfg.model_copy(update=dict(
         avg_num_neighbors=float(statistics["mean_neighbors_per_atom"]),
         atomic_energies={int(z): float(v) for z, v in statistics["atomic_energies_eV"].items()},
         scale=float(statistics.get("force_rms_eV_per_A") or 1.0) or 1.0,
-    )
+    ))

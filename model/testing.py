@@ -320,7 +320,7 @@ class PotentialTests:
     def _path(self, model, points, numbers=np.array([14, 8, 1])) -> list[float]:
         """Energies of small molecules (positions (n, 3) Å per point) in a large open box,
         graphs with k = 1 and the harness's tie rule."""
-        graph = replace(self.graph, k=1)
+        graph = self.graph.model_copy(update={"k": 1})
         cell = np.eye(3) * 30.0
         return [self.energy(model, cell, p, numbers, pbc=(False, False, False), graph=graph)
                 for p in points]

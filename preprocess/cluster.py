@@ -31,9 +31,12 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
+
+from pydantic import Field, model_validator
+
+from preprocess.config import Config, validation_context
 
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
                   "lsf": "LSFCluster", "htcondor": "HTCondorCluster", "oar": "OARCluster",
@@ -46,54 +49,55 @@ class ClusterError(ValueError):
     no worker joined in time. A user error (check ``cluster.options``), printed as one line."""
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
-    kind: str = "local"
-    address: str | None = None  # for kind "address": tcp://host:8786
-    workers: int | None = None  # local: worker processes (default: one per core, at most 8)
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"  # per local worker
-    jobs: int = 1  # jobqueue: batch jobs
-    start_timeout: float = 600.0  # jobqueue: s from submission until the first worker joins
-    options: dict = field(default_factory=dict)  # jobqueue cluster keyword arguments
-    # kind "local": a source of at most this many bytes (decompressed) is built in this
-    # process on its cores instead of on a LocalCluster (0: always a LocalCluster)
-    in_process_max_bytes: int = 2_000_000_000
+class ClusterConfig(Config):
+    """Where a build runs: ``kind`` and the settings of that kind."""
 
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"cluster.kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
-        if self.kind == "address" and not self.address:
-            raise ValueError("cluster.address is required when cluster.kind is 'address'")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"cluster.workers must be >= 1, got {self.workers}")
-        if not isinstance(self.jobs, int) or self.jobs < 1:
-            raise ValueError(f"cluster.jobs must be an integer >= 1, got {self.jobs!r}")
-        if not isinstance(self.start_timeout, (int, float)) or not self.start_timeout > 0:
-            raise ValueError(f"cluster.start_timeout must be a number of seconds > 0, got "
-                             f"{self.start_timeout!r}")
-        if not isinstance(self.options, dict):
-            raise ValueError(f"cluster.options must be a mapping, got {self.options!r}")
-        if isinstance(self.in_process_max_bytes, bool) or \
-                not isinstance(self.in_process_max_bytes, int) or self.in_process_max_bytes < 0:
-            raise ValueError(f"cluster.in_process_max_bytes must be an integer >= 0, got "
-                             f"{self.in_process_max_bytes!r}")
+    section = "cluster"
 
+    kind: Literal[KINDS] = Field("local", description="local (a LocalCluster), address (a "
+                                 "running scheduler), synchronous (this process) or a batch "
+                                 "system through dask-jobqueue")
+    address: str | None = Field(None, description="kind address: the scheduler, "
+                                "tcp://host:8786")
+    workers: int | None = Field(None, ge=1, description="kind local: worker processes (null: "
+                                "one per core, at most 8)")
+    threads_per_worker: int = Field(1, ge=1, description="kind local: threads per worker")
+    memory_limit: str = Field("auto", description="kind local: memory per worker (e.g. 4GB)")
+    jobs: int = Field(1, ge=1, description="batch kinds: batch jobs to submit")
+    start_timeout: float = Field(600.0, gt=0, description="s; batch kinds: from submission "
+                                 "until the first worker joins, else a one-line error")
+    options: dict[str, Any] = Field(default_factory=dict, description="batch kinds: "
+                                    "dask_jobqueue cluster keyword arguments (a relative "
+                                    "log_directory is taken relative to pipelines.yaml)")
+    in_process_max_bytes: int = Field(2_000_000_000, ge=0, description="bytes; kind local: a "
+                                      "source of at most this many bytes (decompressed) is "
+                                      "built in this process on its cores instead of on a "
+                                      "LocalCluster (0: always a LocalCluster)")
+
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, d: dict | None, base: str | Path | None = None) -> "ClusterConfig":
-        """From pipelines.yaml's ``cluster`` mapping; a relative ``options.log_directory``
-        is taken relative to ``base`` (the directory of pipelines.yaml)."""
-        d = dict(d or {})
-        known = {"kind", "address", "workers", "threads_per_worker", "memory_limit", "jobs",
-                 "start_timeout", "options", "in_process_max_bytes"}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"cluster: unknown keys {sorted(unknown)}; expected {sorted(known)}")
-        options = d.get("options")
+    def _log_directory(cls, data):
+        """A relative ``options.log_directory`` is relative to the validation context's
+        ``base`` (the directory of pipelines.yaml)."""
+        base = validation_context().get("base")
+        options = data.get("options") if isinstance(data, dict) else None
         if base is not None and isinstance(options, dict) and options.get("log_directory"):
             log_dir = Path(os.path.expanduser(str(options["log_directory"])))
-            d["options"] = {**options, "log_directory": str(Path(base) / log_dir)}
-        return cls(**d)
+            data = {**data, "options": {**options, "log_directory": str(Path(base) / log_dir)}}
+        return data
+
+    @model_validator(mode="after")
+    def _address_given(self):
+        if self.kind == "address" and not self.address:
+            raise ValueError("address is required when kind is 'address'")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict | None, base: str | Path | None = None,
+                  where: str | None = None) -> "ClusterConfig":
+        """From pipelines.yaml's ``cluster`` mapping; a relative ``options.log_directory``
+        is taken relative to ``base`` (the directory of pipelines.yaml)."""
+        return super().from_dict(d, where=where, context={"base": base})
 
     @classmethod
     def for_scheduler(cls, scheduler: str | None, workers: int | None = None) -> "ClusterConfig":

@@ -30,7 +30,8 @@ from preprocess.sources.labels import LabelPlan, count_notes
 from preprocess.sources.limits import graph_problems, within_atom_limit, wrap_positions
 from preprocess.store.manifest import (MANIFEST_FILE, SourceInfo, StoreError, StoreSpec,
                                        read_manifest)
-from preprocess.store.params import GraphParams, LabelKeys, SplitParams
+from preprocess.store.params import (DEFAULT_BACKEND, FRAMES_PER_SHARD, MIN_DISTANCE, GraphParams,
+                                     LabelKeys, SplitParams)
 from preprocess.store.shard import (ShardRecord, is_committed, read_commit,
                                     remove_stale_temporaries, shard_name)
 from preprocess.store.parquet import read_parquet, write_parquet
@@ -193,9 +194,9 @@ def _check_out_dir(out: Path, spec: StoreSpec) -> None:
 
 
 def make_spec(source_path: str | Path, *, source_format: str | None = None,
-              graph: GraphParams = GraphParams(), backend: str = "zarr",
+              graph: GraphParams = GraphParams(), backend: str = DEFAULT_BACKEND,
               energy_key: str | None = None, split: SplitParams = SplitParams(),
-              frames_per_shard: int = 2000, min_distance: float = 0.5,
+              frames_per_shard: int = FRAMES_PER_SHARD, min_distance: float = MIN_DISTANCE,
               forces_key: str | None = None, stress_key: str | None = None,
               virial_key: str | None = None) -> tuple[Source, StoreSpec]:
     """The source and the spec of its store. Label keys left None follow the source's
@@ -211,10 +212,11 @@ def make_spec(source_path: str | Path, *, source_format: str | None = None,
 
 
 def build_store(source_path: str | Path, out: str | Path, *, source_format: str | None = None,
-                graph: GraphParams = GraphParams(), backend: str = "zarr",
+                graph: GraphParams = GraphParams(), backend: str = DEFAULT_BACKEND,
                 energy_key: str | None = None, split: SplitParams = SplitParams(),
-                frames_per_shard: int = 2000, cluster: ClusterConfig = ClusterConfig(),
-                min_distance: float = 0.5, progress: bool = True,
+                frames_per_shard: int = FRAMES_PER_SHARD,
+                cluster: ClusterConfig = ClusterConfig(),
+                min_distance: float = MIN_DISTANCE, progress: bool = True,
                 log: Callable[[str], None] = print, forces_key: str | None = None,
                 stress_key: str | None = None, virial_key: str | None = None
                 ) -> BuildSummary:

@@ -1,7 +1,6 @@
 """Loader, exact resume, learning and the ASE calculator (DDP: tests/test_distributed.py)."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +103,7 @@ def test_order_depends_only_on_seed_and_epoch(store_path):
     a = plan_rank(store, cfg, 2, 0, 1)
     assert a == plan_rank(open_store(store_path), cfg, 2, 0, 1)
     assert a != plan_rank(store, cfg, 3, 0, 1)
-    assert a != plan_rank(store, replace(cfg, seed=6), 2, 0, 1)
+    assert a != plan_rank(store, cfg.model_copy(update={"seed": 6}), 2, 0, 1)
 
 
 def test_batches_and_resume_do_not_depend_on_the_worker_count(store_path):
@@ -115,7 +114,7 @@ def test_batches_and_resume_do_not_depend_on_the_worker_count(store_path):
     full = [b.frame_ids for b in make_loader(store, cfg, epoch=4)]
     assert len(full) > 8
     for workers in (1, 3):
-        wcfg = replace(cfg, num_workers=workers)
+        wcfg = cfg.model_copy(update={"num_workers": workers})
         assert [b.frame_ids for b in make_loader(store, wcfg, epoch=4)] == full
         assert [b.frame_ids for b in make_loader(store, wcfg, epoch=4, skip=5)] == full[5:]
 

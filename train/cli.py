@@ -1,20 +1,126 @@
 """The ``orbitgraph`` command: ``build``, ``verify``, ``info``, ``train``, ``evaluate``, ``run``.
 
-Every error a user can cause (missing file, bad YAML, unknown preset, an incompatible
-store) is printed as one line, ``orbitgraph: error: ...``, with exit code 2.
+Settings follow one precedence everywhere: the declared defaults < the YAML file
+(``--config``, pipelines.yaml, a model YAML) < the command line. The common settings have
+flags; every other key is settable with ``--set KEY.PATH=VALUE`` (repeatable; the value is
+read as YAML, so ``--set train.lr=1e-3`` and ``--set model.radial_mlp=[32,32]`` work).
+``orbitgraph COMMAND --help`` lists the keys, their types and defaults.
+
+Every error a user can cause (missing file, bad YAML, a refused setting, unknown preset, an
+incompatible store) is printed as one line, ``orbitgraph: error: ...``, with exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+import yaml
+
 from preprocess.store.manifest import StoreError
-from preprocess.store.params import GraphParams
 
 
 class UserError(Exception):
     """An error in what the user asked for; printed as one line."""
 
+
+def _value(text: str):
+    """A flag's value read as YAML (``1e-3`` a number, ``null`` None); the configs then
+    validate it, so that a bad value is one line naming its key."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _given(args, **flags: str) -> dict[str, object]:
+    """{key path: value} of the flags given on the command line (their defaults are None)."""
+    return {path: getattr(args, dest) for dest, path in flags.items()
+            if getattr(args, dest, None) is not None}
+
+
+def _document(args, sections: dict, given: dict[str, object]) -> dict:
+    """``sections`` (from files) with the flags ``given`` set, then the --set items: on the
+    command line, the later wins."""
+    from train.pipelines import apply_overrides, set_path
+    doc = {name: dict(section) for name, section in sections.items()}
+    for path, value in given.items():
+        set_path(doc, path, value)
+    doc = apply_overrides(doc, args.set or ())
+    unknown = sorted(set(doc) - set(sections))
+    if unknown:
+        from preprocess.config import ConfigError
+        raise ConfigError(f"--set {unknown[0]}...: the keys of this command start with "
+                          f"{' or '.join(s + '.' for s in sections)}", unknown[0])
+    return doc
+
+
+def _read_yaml(path_text: str, what: str) -> dict:
+    from pathlib import Path
+    path = Path(path_text)
+    if not path.is_file():
+        raise UserError(f"{path}: no such {what} file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of settings, got {data!r}")
+    return data
+
+
+# ------------------------------------------------------------------------ settings
+
+def build_settings(args):
+    """(StoreParams, ClusterConfig) of ``orbitgraph build --source ... --out ...``."""
+    from preprocess.cluster import ClusterConfig
+    from preprocess.store.params import StoreParams
+    given = _given(args, k="store.graph.k", ties="store.graph.ties",
+                   tie_tolerance="store.graph.tie_tolerance", cutoff="store.graph.cutoff",
+                   backend="store.backend", energy_key="store.energy_key",
+                   forces_key="store.forces_key", stress_key="store.stress_key",
+                   virial_key="store.virial_key", frames_per_shard="store.frames_per_shard",
+                   min_distance="store.min_distance", workers="cluster.workers")
+    scheduler = getattr(args, "scheduler", None)
+    if scheduler == "synchronous":
+        given["cluster.kind"] = "synchronous"
+    elif scheduler not in (None, "local"):
+        given.update({"cluster.kind": "address", "cluster.address": scheduler})
+    doc = _document(args, {"store": {}, "cluster": {}}, given)
+    return (StoreParams.from_dict(doc["store"], where="store"),
+            ClusterConfig.from_dict(doc["cluster"], where="cluster"))
+
+
+def train_settings(args):
+    """(TrainConfig, ModelConfig) of ``orbitgraph train``: defaults < ``--config`` (its
+    ``train:`` section, or the whole file) and ``--model`` < flags and ``--set``."""
+    from model.config import ModelConfig, model_spec
+    from train.config import TrainConfig
+
+    train = {}
+    if args.config:
+        data = _read_yaml(args.config, "training config")
+        train = data.get("train", data)
+    given = _given(args, device="train.device", epochs="train.epochs",
+                   max_steps="train.max_steps")
+    if args.max_atoms is not None:  # this run's budget, whatever the per-device ones say
+        given.update({"train.loader.max_atoms": args.max_atoms,
+                      "train.loader.max_atoms_by_device": {}})
+    doc = _document(args, {"train": train, "model": model_spec(args.model)}, given)
+    return (TrainConfig.from_dict(doc["train"], where="train"),
+            ModelConfig.from_dict(doc["model"], where="model"))
+
+
+def evaluate_settings(args):
+    from train.config import EvaluateConfig
+
+    given = _given(args, split="evaluate.split", device="evaluate.device")
+    doc = _document(args, {"evaluate": {}}, given)
+    return EvaluateConfig.from_dict(doc["evaluate"], where="evaluate")
+
+
+# ------------------------------------------------------------------------ commands
 
 def _cmd_info(args) -> int:
     from preprocess.commands import info
@@ -29,14 +135,22 @@ def _cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+STORE_FLAGS = ("source", "out", "format", "k", "ties", "tie_tolerance", "cutoff", "backend",
+               "energy_key", "forces_key", "stress_key", "virial_key", "frames_per_shard",
+               "min_distance", "scheduler", "workers")
+
+
 def _cmd_build(args) -> int:
-    from preprocess.cluster import ClusterConfig
     from preprocess.pipeline import build_store
-    from preprocess.store.params import GraphParams
 
     if args.pipeline is not None:
         from train.pipelines import load_pipelines
-        config = load_pipelines(args.pipeline)
+        flags = [f"--{name.replace('_', '-')}" for name in STORE_FLAGS
+                 if getattr(args, name) is not None]
+        if flags:
+            raise UserError(f"{flags[0]}: with a pipelines.yaml, set its keys with --set "
+                            "(e.g. --set stores.NAME.graph.k=12)")
+        config = load_pipelines(args.pipeline, overrides=args.set or ())
         names = [args.store] if args.store else list(config.stores)
         for name in names:
             summary = config.build(name, progress=not args.quiet)
@@ -45,43 +159,23 @@ def _cmd_build(args) -> int:
         return 0
     if not (args.source and args.out):
         raise UserError("build needs either a pipelines.yaml or both --source and --out")
+    store, cluster = build_settings(args)
     summary = build_store(
-        args.source, args.out, source_format=args.format,
-        graph=GraphParams(k=args.k, ties=args.ties, tie_tolerance=args.tie_tolerance,
-                          cutoff=args.cutoff),
-        backend=args.backend, energy_key=args.energy_key, forces_key=args.forces_key,
-        stress_key=args.stress_key, virial_key=args.virial_key,
-        frames_per_shard=args.frames_per_shard, min_distance=args.min_distance,
-        cluster=ClusterConfig.for_scheduler(args.scheduler, args.workers), progress=not args.quiet)
+        args.source, args.out, source_format=args.format, graph=store.graph,
+        backend=store.backend, energy_key=store.energy_key, forces_key=store.forces_key,
+        stress_key=store.stress_key, virial_key=store.virial_key, split=store.split,
+        frames_per_shard=store.frames_per_shard, min_distance=store.min_distance,
+        cluster=cluster, progress=not args.quiet)
     print(summary.text())
     print(summary.store)
     return 0
 
 
 def _cmd_train(args) -> int:
-    from train.config import TrainConfig
     from train.trainer import Trainer
 
-    cfg: dict = {}  # defaults < the config file < the command line
-    if args.config:
-        import yaml
-        from pathlib import Path
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"{path}: no such training config file")
-        try:
-            extra = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        cfg = dict(extra.get("train", extra))
-    for key, value in (("device", args.device), ("epochs", args.epochs),
-                       ("max_steps", args.max_steps)):
-        if value is not None:
-            cfg[key] = value
-    if args.max_atoms is not None:
-        cfg["loader"] = {**(cfg.get("loader") or {}), "max_atoms": args.max_atoms,
-                         "max_atoms_by_device": {}}
-    trainer = Trainer(args.store, args.model, TrainConfig.from_dict(cfg), args.out)
+    train, model = train_settings(args)  # validated before the store is opened
+    trainer = Trainer(args.store, model, train, args.out)
     result = trainer.fit()
     if trainer.info.is_main:
         print(f"trained {result['steps_this_call']} steps in {result['wall_s']:.1f} s (step "
@@ -95,11 +189,14 @@ def _cmd_evaluate(args) -> int:
     from train.metrics import table
     from train.trainer import evaluate, write_json
 
+    settings = evaluate_settings(args)
     if not Path(args.checkpoint).is_file():
         raise UserError(f"{args.checkpoint}: no such checkpoint")
-    metrics = evaluate(args.checkpoint, args.store, split=args.split, device=args.device)
+    device = settings.device or "cpu"
+    metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device)
     print(table(metrics))
-    out = Path(args.json) if args.json else Path(args.checkpoint).with_name(f"metrics_{args.split}.json")
+    out = (Path(args.json) if args.json
+           else Path(args.checkpoint).with_name(f"metrics_{settings.split}.json"))
     write_json(out, metrics)
     print(f"metrics written to {out}")
     return 0
@@ -107,41 +204,81 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_run(args) -> int:
     from train.pipelines import load_pipelines
-    config = load_pipelines(args.pipeline)
+    config = load_pipelines(args.pipeline, overrides=args.set or ())
     config.run([args.experiment] if args.experiment else None, progress=not args.quiet)
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+# ------------------------------------------------------------------------ parser
+
+def _keys(*sections) -> str:
+    """The epilog listing the keys settable with --set: (config class, prefix, collapse)."""
+    from preprocess.config import reference_rows
+    if not sections[0][0]:
+        return ""
+    lines = ["settable with --set KEY.PATH=VALUE (defaults < file < command line):"]
+    for model, prefix, collapse in sections:
+        for path, kind, default, bounds, _ in reference_rows(model, prefix, collapse):
+            limits = f", {bounds}" if bounds else ""
+            lines.append(f"  {path}  {kind}{limits}; default {default}")
+    return "\n".join(lines)
+
+
+def _set_option(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                   help=f"set any key listed below (repeatable; VALUE read as YAML), e.g. "
+                        f"--set {example}")
+
+
+def parser(keys: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; with ``keys``, each command's help lists the keys it can set
+    (importing the configs, and torch with them: only when help is asked for)."""
+    if keys:
+        from model.config import ModelConfig
+        from preprocess.cluster import ClusterConfig
+        from preprocess.store.params import StoreParams
+        from train.config import EvaluateConfig, TrainConfig
+        from train.pipelines import PipelinesFile
+    else:
+        ModelConfig = ClusterConfig = StoreParams = EvaluateConfig = TrainConfig = None
+        PipelinesFile = None
+
+    raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="orbitgraph", description="Build periodic kNN graph "
                                 "stores once; train MACE-family potentials on them.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser("build", help="build a graph store (from pipelines.yaml or --source/--out)")
+    pipeline_keys = _keys((PipelinesFile, "", {TrainConfig: "train settings"}),
+                          (TrainConfig, "experiments.NAME.train", None))
+    s = sub.add_parser("build", formatter_class=raw,
+                       help="build a graph store (from pipelines.yaml or --source/--out)",
+                       epilog=_keys((StoreParams, "store", None), (ClusterConfig, "cluster", None))
+                       + "\nwith a pipelines.yaml, its keys:\n" + pipeline_keys)
     s.add_argument("pipeline", nargs="?", help="pipelines.yaml; builds its stores")
     s.add_argument("--store", help="with a pipelines.yaml: only this store")
     s.add_argument("--source", help="MPtrj .json/.json.gz, or extxyz file or folder")
     s.add_argument("--format", choices=["mptrj-json", "extxyz"], help="default: from the name")
     s.add_argument("--out", help="store directory")
-    s.add_argument("--k", type=int, default=16)
-    s.add_argument("--ties", choices=["include", "break"], default="include")
-    s.add_argument("--tie-tolerance", type=float, default=GraphParams().tie_tolerance,
-                   help="Å (default: %(default)s)")
-    s.add_argument("--cutoff", type=float, default=None, help="Å")
-    s.add_argument("--backend", choices=["zarr", "arrow"], default="zarr")
-    s.add_argument("--energy-key", help="field holding the energy, eV (default: MPtrj "
-                   "uncorrected_total_energy; extxyz the one energy or *_energy field present)")
-    s.add_argument("--forces-key", help="per-atom field holding the forces, eV/Å (default: "
-                   "MPtrj force; extxyz the one forces or *_forces column present)")
-    s.add_argument("--stress-key", help="field holding the stress, eV/Å³ with ASE's sign "
-                   "(MPtrj: stress, in kBar); naming it makes it required in every frame")
-    s.add_argument("--virial-key", help="extxyz field holding the virial, eV; stored as the "
-                   "stress -virial / V")
-    s.add_argument("--frames-per-shard", type=int, default=2000)
-    s.add_argument("--min-distance", type=float, default=0.5,
-                   help="Å; records with closer atoms are quarantined")
+    s.add_argument("--k", type=_value, help="store.graph.k")
+    s.add_argument("--ties", type=_value, help="store.graph.ties: include or break")
+    s.add_argument("--tie-tolerance", type=_value, help="store.graph.tie_tolerance, Å")
+    s.add_argument("--cutoff", type=_value, help="store.graph.cutoff, Å")
+    s.add_argument("--backend", type=_value, help="store.backend: zarr or arrow")
+    s.add_argument("--energy-key", help="store.energy_key: field holding the energy, eV "
+                   "(default: the source's convention)")
+    s.add_argument("--forces-key", help="store.forces_key: per-atom field holding the forces, "
+                   "eV/Å (default: the source's convention)")
+    s.add_argument("--stress-key", help="store.stress_key: field holding the stress, eV/Å³ "
+                   "with ASE's sign; naming it makes it required in every frame")
+    s.add_argument("--virial-key", help="store.virial_key: extxyz field holding the virial, "
+                   "eV; stored as the stress -virial / V")
+    s.add_argument("--frames-per-shard", type=_value, help="store.frames_per_shard")
+    s.add_argument("--min-distance", type=_value, help="store.min_distance, Å; records with "
+                   "closer atoms are quarantined")
     s.add_argument("--scheduler", help="'synchronous', or a Dask scheduler address "
                    "(default: a LocalCluster sized to this machine)")
-    s.add_argument("--workers", type=int, help="LocalCluster worker processes")
+    s.add_argument("--workers", type=_value, help="cluster.workers: LocalCluster worker "
+                   "processes")
+    _set_option(s, "store.split.val_fraction=0.1")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_build)
     s = sub.add_parser("info", help="summarise a store's manifest")
@@ -151,35 +288,46 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("store")
     s.add_argument("--sample", type=int, default=64, help="graphs to rebuild and compare")
     s.set_defaults(func=_cmd_verify)
-    s = sub.add_parser("train", help="train a potential on a store")
+    s = sub.add_parser("train", formatter_class=raw, help="train a potential on a store",
+                       epilog=_keys((TrainConfig, "train", None), (ModelConfig, "model", None)))
     s.add_argument("--store", required=True)
     s.add_argument("--model", required=True, help="preset (mace, sevennet, invariant) or YAML")
     s.add_argument("--out", required=True, help="run directory (resumes if it has a checkpoint)")
-    s.add_argument("--epochs", type=int, help="train to this many epochs (a finished run "
-                   "continues to a larger number)")
-    s.add_argument("--max-steps", type=int, help="train to this many steps (overrides --epochs)")
-    s.add_argument("--device", help="cpu (default), cuda or cuda:N")
-    s.add_argument("--max-atoms", type=int, help="atoms per batch on this device (overrides "
-                   "loader.max_atoms and loader.max_atoms_by_device)")
-    s.add_argument("--config", help="YAML with training settings (the train: section)")
+    s.add_argument("--epochs", type=_value, help="train.epochs: train to this many epochs (a "
+                   "finished run continues to a larger number)")
+    s.add_argument("--max-steps", type=_value, help="train.max_steps: train to this many "
+                   "steps (overrides --epochs)")
+    s.add_argument("--device", help="train.device: cpu (default), cuda, cuda:N or mps")
+    s.add_argument("--max-atoms", type=_value, help="atoms per batch on this device (sets "
+                   "train.loader.max_atoms and clears train.loader.max_atoms_by_device)")
+    s.add_argument("--config", help="YAML with training settings (its train: section, or the "
+                   "whole file)")
+    _set_option(s, "train.lr=1e-3 --set model.channels=32")
     s.set_defaults(func=_cmd_train)
-    s = sub.add_parser("evaluate", help="metrics of a checkpoint on a split of a store")
+    s = sub.add_parser("evaluate", formatter_class=raw,
+                       help="metrics of a checkpoint on a split of a store",
+                       epilog=_keys((EvaluateConfig, "evaluate", None)))
     s.add_argument("checkpoint")
     s.add_argument("--store", required=True)
-    s.add_argument("--split", default="test", choices=["train", "val", "test"])
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--split", help="evaluate.split: train, val or test (default: test)")
+    s.add_argument("--device", help="evaluate.device (default: cpu)")
     s.add_argument("--json", help="where to write the metrics (default: beside the checkpoint)")
+    _set_option(s, "evaluate.split=val")
     s.set_defaults(func=_cmd_evaluate)
-    s = sub.add_parser("run", help="build, train and evaluate the experiments of pipelines.yaml")
+    s = sub.add_parser("run", formatter_class=raw,
+                       help="build, train and evaluate the experiments of pipelines.yaml",
+                       epilog=pipeline_keys)
     s.add_argument("pipeline")
     s.add_argument("--experiment")
+    _set_option(s, "experiments.mace-small.train.lr=0.01")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parser(keys=any(a in ("-h", "--help") for a in argv)).parse_args(argv)
     try:
         return args.func(args)
     except (UserError, StoreError, FileNotFoundError, ValueError, KeyError) as err:

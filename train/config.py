@@ -1,10 +1,14 @@
-"""Typed training configuration (from a dict or the ``train:`` section of pipelines.yaml)."""
+"""Typed training and evaluation configuration (from a dict, the ``train:`` section of
+pipelines.yaml or ``orbitgraph train --config``), and the README's configuration reference
+generated from every declaration (:func:`reference_markdown`)."""
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
+from typing import Literal
 
-from train.loader import LoaderConfig
+from pydantic import Field
+
+from preprocess.config import Config
+from train.loader import Device, LoaderConfig
 
 CHOICES = {
     "loss": ("mse", "huber"),
@@ -12,75 +16,105 @@ CHOICES = {
     "schedule": ("cosine", "plateau", "constant"),
     "precision": ("float64", "float32", "tf32", "bf16"),
 }
+SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    amsgrad: bool = False  # the AMSGrad variant of Adam/AdamW (mace-torch's default)
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    plateau_patience: int = 3
-    plateau_factor: float = 0.5
-    min_lr: float = 1e-6
-    ema_decay: float | None = 0.99
-    grad_clip: float | None = 10.0
-    precision: str = "float64"
-    loss: str = "mse"
-    huber_delta: float = 0.01  # in each term's unit: eV/atom, eV/Å, GPa
+class TrainConfig(Config):
+    """How a model is trained: budget, optimiser, schedule, losses, logging, device, loader."""
+
+    section = "train"
+
+    epochs: int = Field(10, ge=1, description="train to this many epochs")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser "
+                                  "steps (overrides epochs)")
+    lr: float = Field(1e-3, gt=0, description="learning rate (peak, after warmup)")
+    optimizer: Literal[CHOICES["optimizer"]] = Field("adam", description="Adam or AdamW")
+    amsgrad: bool = Field(False, description="the AMSGrad variant of Adam/AdamW (mace-torch's "
+                          "default)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled (Adam's L2) weight "
+                                "decay")
+    schedule: Literal[CHOICES["schedule"]] = Field("cosine", description="learning-rate "
+                                                   "schedule after warmup")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup")
+    plateau_patience: int = Field(3, ge=0, description="plateau: epochs without validation "
+                                  "improvement before the rate drops")
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau: factor of each drop")
+    min_lr: float = Field(1e-6, ge=0, description="floor of the schedules")
+    ema_decay: float | None = Field(0.99, gt=0, lt=1, description="exponential moving "
+                                    "average of the weights (warmed up; null: none)")
+    grad_clip: float | None = Field(10.0, gt=0, description="gradient norm clip (null: none)")
+    precision: Literal[CHOICES["precision"]] = Field("float64", description="float64, "
+                                                     "float32, tf32 (TF32 matmuls) or bf16 "
+                                                     "(autocast)")
+    loss: Literal[CHOICES["loss"]] = Field("mse", description="mse or huber")
+    huber_delta: float = Field(0.01, gt=0, description="in each term's unit: eV/atom, eV/Å, "
+                               "GPa")
     # loss weights, on squared (or Huber) errors of: energy per atom in eV, force components
     # in eV/Å, stress components in GPa. In GPa (as CHGNet trains on MPtrj), a 1 GPa stress
     # error weighs as much as a 0.1 eV/Å force error; in eV/Å³ it would weigh 160² times
     # less and stress would go untrained.
-    energy_weight: float = 1.0
-    forces_weight: float = 10.0
-    stress_weight: float = 0.1
-    early_stopping_patience: int | None = None  # epochs without validation improvement
-    checkpoint_every: int = 100  # steps
-    log_every: int = 10  # steps
-    seed: int = 0
-    device: str = "cpu"
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
-    plots: bool = True
-    tensorboard: bool = True
+    energy_weight: float = Field(1.0, ge=0, description="on energy per atom errors, eV")
+    forces_weight: float = Field(10.0, ge=0, description="on force component errors, eV/Å")
+    stress_weight: float = Field(0.1, ge=0, description="on stress component errors, GPa")
+    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without "
+                                                "validation improvement (null: never stop)")
+    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
+    log_every: int = Field(10, ge=1, description="steps between log lines")
+    seed: int = Field(0, ge=0, description="seed of the weights and of torch, numpy, random")
+    device: Device = Field("cpu", description="where to train")
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
+    plots: bool = Field(True, description="loss curves and parity plots in the run directory")
+    tensorboard: bool = Field(True, description="TensorBoard logs in the run directory")
 
-    def __post_init__(self):
-        for name, options in CHOICES.items():
-            if getattr(self, name) not in options:
-                raise ValueError(f"train.{name}: {getattr(self, name)!r} is not one of "
-                                 f"{', '.join(options)}")
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        for name in ("energy_weight", "forces_weight", "stress_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"train.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return d
+class EvaluateConfig(Config):
+    """What ``orbitgraph evaluate`` and an experiment's ``evaluate:`` measure."""
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"train: unknown keys {unknown}; known keys are {sorted(known)}")
-        if "loader" in d and not isinstance(d["loader"], LoaderConfig):
-            loader = dict(d["loader"] or {})
-            lknown = {f.name for f in fields(LoaderConfig)}
-            bad = sorted(set(loader) - lknown)
-            if bad:
-                raise ValueError(f"train.loader: unknown keys {bad}; known keys are {sorted(lknown)}")
-            d["loader"] = LoaderConfig(**loader)
-        return cls(**d)
+    section = "evaluate"
+
+    split: Literal[SPLITS] = Field("test", description="the store's split to evaluate on")
+    device: Device | None = Field(None, description="null: the training device (pipelines), "
+                                  "cpu (orbitgraph evaluate)")
+
+
+REFERENCE_START = "<!-- config-reference:start -->"
+REFERENCE_END = "<!-- config-reference:end -->"
+
+
+def reference_markdown() -> str:
+    """The README's configuration reference: every key of pipelines.yaml, of ``train:``
+    (also ``orbitgraph train --config``) and of ``model:``, with its type, default,
+    constraint and description, generated from the declarations."""
+    from model.config import MACE_TORCH_NAMES, PRESETS, ModelConfig
+    from preprocess.config import markdown_table, reference_rows
+    from train.pipelines import PipelinesFile
+
+    aliases = ", ".join(f"`{alias}` → `{name}`" for alias, name in MACE_TORCH_NAMES.items())
+    parts = [
+        "Generated from the declarations (`train.config.reference_markdown()`; a test "
+        "checks this copy). Every key is also settable from the command line with "
+        "`--set KEY.PATH=VALUE`.",
+        "",
+        "**pipelines.yaml** (`NAME`: a name of yours; each experiment's `train` and `model` "
+        "take the keys of the tables below)",
+        "",
+        markdown_table(reference_rows(PipelinesFile, "",
+                                      collapse={TrainConfig: "train settings (below)"})),
+        "",
+        "**train** (`experiments.NAME.train` in pipelines.yaml, or the file of "
+        "`orbitgraph train --config`; `--set train.KEY=VALUE`)",
+        "",
+        markdown_table(reference_rows(TrainConfig, "train")),
+        "",
+        f"**model** (`experiments.NAME.model`, `orbitgraph train --model FILE`). `preset` "
+        f"({', '.join(PRESETS)}) starts from a preset; with `preset: mace`, mace-torch's "
+        f"names are accepted: {aliases} (`correlation` is the same; giving a name and its "
+        f"alias is an error).",
+        "",
+        markdown_table(reference_rows(ModelConfig, "model")),
+    ]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":  # python -m train.config > the README's block
+    print(reference_markdown())

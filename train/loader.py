@@ -21,14 +21,15 @@ smaller graph had been built.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Annotated, Iterator
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.batch import Batch
+from preprocess.config import Config
 from preprocess.graph import DISTANCE_QUANTUM
 from preprocess.schema import FIELDS, numpy_dtype
 from preprocess.store import GraphStore, ShardData
@@ -36,31 +37,32 @@ from preprocess.store.params import GraphParams
 from train.collate import collate_columns, concat_blocks, edge_index
 
 
-@dataclass(frozen=True)
-class LoaderConfig:
-    max_atoms: int = 1024  # atoms per batch (budget)
-    max_edges: int | None = None  # edges per batch (budget; default 20 x max_atoms)
-    # budgets for particular devices, e.g. {cuda: 4096, "cuda:1": 2048, cpu: 512}: the
-    # trainer's device ("cuda:1"), else its type ("cuda"), else max_atoms
-    max_atoms_by_device: dict[str, int] = field(default_factory=dict)
-    batch_frames: int | None = None  # fixed number of frames per batch instead of budgets
-    shuffle: bool = True
-    shuffle_shards: int = 4  # the shuffle buffer spans this many shards
-    num_workers: int = 0
-    pin_memory: bool = False
-    seed: int = 0
+DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?|mps)$"
+DEVICES = "cpu, cuda, cuda:N or mps"
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN, json_schema_extra={"expected": DEVICES})]
 
-    def __post_init__(self):
-        if self.max_atoms < 1:
-            raise ValueError(f"loader.max_atoms must be >= 1, got {self.max_atoms}")
-        for device, atoms in self.max_atoms_by_device.items():
-            if isinstance(atoms, bool) or not isinstance(atoms, int) or atoms < 1:
-                raise ValueError(f"loader.max_atoms_by_device.{device}: expected an integer "
-                                 f">= 1, got {atoms!r}")
-        if self.batch_frames is not None and self.batch_frames < 1:
-            raise ValueError(f"loader.batch_frames must be >= 1, got {self.batch_frames}")
-        if self.shuffle_shards < 1:
-            raise ValueError(f"loader.shuffle_shards must be >= 1, got {self.shuffle_shards}")
+
+class LoaderConfig(Config):
+    """How batches are planned and read (see the module docstring)."""
+
+    section = "loader"
+
+    max_atoms: int = Field(1024, ge=1, description="atoms per batch (budget)")
+    max_edges: int | None = Field(None, ge=1, description="edges per batch (budget; null: "
+                                  "20 x max_atoms)")
+    max_atoms_by_device: dict[Device, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="budgets for particular devices, e.g. {cuda: 4096, "
+        "cuda:1: 2048, cpu: 512}: the trainer's device, else its type, else max_atoms")
+    batch_frames: int | None = Field(None, ge=1, description="a fixed number of frames per "
+                                     "batch instead of the budgets")
+    shuffle: bool = Field(True, description="shuffle shards and frames each epoch")
+    shuffle_shards: int = Field(4, ge=1, description="the shuffle buffer spans this many "
+                                "shards")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (batches do "
+                             "not depend on it)")
+    pin_memory: bool = Field(False, description="pinned host memory for faster copies to a "
+                             "GPU")
+    seed: int = Field(0, ge=0, description="seed of the shard and frame order")
 
     @property
     def edge_budget(self) -> int:
@@ -71,7 +73,7 @@ class LoaderConfig:
         budgets = self.max_atoms_by_device
         kind = device.split(":")[0]
         atoms = budgets.get(device, budgets.get(kind, self.max_atoms))
-        return replace(self, max_atoms=atoms)
+        return self.model_copy(update={"max_atoms": atoms})
 
 
 def over_budget(store: GraphStore, cfg: LoaderConfig) -> tuple[int, int, int]:

@@ -3,19 +3,9 @@
     workdir: runs                      # stores and experiment outputs (relative to the file)
     cluster: {kind: local, workers: 2} # where builds run (see preprocess.cluster)
     sources:
-      NAME: {path: PATH, format: mptrj-json | extxyz}
+      NAME: {path: PATH, format: mptrj-json}
     stores:
-      NAME:
-        source: SOURCE_NAME
-        graph: {k: 16, ties: include, tie_tolerance: 0.01, cutoff: null}
-        backend: zarr | arrow
-        energy_key: KEY                # labels (default: the source's convention; see
-        forces_key: KEY                #   preprocess/sources/labels.py)
-        stress_key: KEY
-        virial_key: KEY
-        frames_per_shard: 2000
-        min_distance: 0.5
-        split: {val_fraction: 0.05, test_fraction: 0.05, seed: 0}
+      NAME: {source: SOURCE_NAME, graph: {k: 16}, split: {val_fraction: 0.05}, ...}
     experiments:
       NAME:
         store: STORE_NAME
@@ -24,68 +14,89 @@
         evaluate: {split: test}
         threads: 1                     # CPU threads of its training (default: torch's)
 
-A store lives in ``workdir/stores/NAME-ID`` where ID hashes what determines its contents, so
+Every key, its type, default and constraint is declared once, in :class:`PipelinesFile` and
+the configs it holds (the README's configuration reference is generated from them). A store
+lives in ``workdir/stores/NAME-ID`` where ID hashes what determines its contents, so
 experiments naming the same store share one build, and changing a store's parameters never
 overwrites the old one. Every mistake is reported as one line naming the key.
 """
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, model_validator
 
 from preprocess.cluster import ClusterConfig
+from preprocess.config import Config, ConfigError
 from preprocess.store.manifest import MANIFEST_FILE, read_manifest
-from preprocess.store.params import GraphParams, LabelKeys, SplitParams
+from preprocess.store.params import StoreParams
+from train.config import EvaluateConfig, TrainConfig
 
 
-class PipelineError(ValueError):
+class PipelineError(ConfigError):
     """A mistake in pipelines.yaml; the message names the key."""
 
 
-def _mapping(value, where: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise PipelineError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-    return value
+class SourceDecl(Config):
+    """A source of frames."""
+
+    section = "source"
+
+    path: Path = Field(description="MPtrj .json/.json.gz, or an extxyz file or folder "
+                       "(relative to pipelines.yaml)")
+    format: Literal["mptrj-json", "extxyz"] | None = Field(None, description="null: from "
+                                                           "the file name")
 
 
-def _only(d: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise PipelineError(f"{where}: unknown key {unknown[0]!r}; expected one of {sorted(allowed)}")
+class StoreDecl(StoreParams):
+    """A store: its source and the parameters that determine its contents."""
+
+    source: str = Field(description="name of a declared source")
 
 
-@dataclass(frozen=True)
-class SourceDecl:
-    name: str
-    path: Path
-    format: str | None
+class ExperimentDecl(Config):
+    """A model trained on a store, then evaluated."""
+
+    section = "experiment"
+
+    store: str = Field(description="name of a declared store")
+    model: str | dict[str, Any] = Field(description="a preset name, a mapping of model "
+                                        "settings (`preset` and the model keys below) or a "
+                                        "YAML file (relative to pipelines.yaml)")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    threads: int | None = Field(None, ge=1, description="torch's CPU threads while it trains "
+                                "(null: torch's default)")
 
 
-@dataclass(frozen=True)
-class StoreDecl:
-    name: str
-    source: str
-    graph: GraphParams
-    backend: str = "zarr"
-    frames_per_shard: int = 2000
-    min_distance: float = 0.5
-    split: SplitParams = field(default_factory=SplitParams)
-    labels: LabelKeys = field(default_factory=LabelKeys)
+class PipelinesFile(Config):
+    """pipelines.yaml as a whole."""
 
+    label: ClassVar[str] = "pipelines.yaml"
 
-@dataclass(frozen=True)
-class ExperimentDecl:
-    name: str
-    store: str
-    model: object
-    train: dict
-    evaluate_split: str = "test"
-    threads: int | None = None  # torch intra-op threads while it runs (None: torch's default)
+    workdir: str = Field("runs", description="stores (stores/NAME-ID) and experiments "
+                         "(experiments/NAME), relative to pipelines.yaml")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    sources: dict[str, SourceDecl] = Field(default_factory=dict)
+    stores: dict[str, StoreDecl] = Field(default_factory=dict)
+    experiments: dict[str, ExperimentDecl] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self):
+        for name, store in self.stores.items():
+            if store.source not in self.sources:
+                raise ValueError(f"stores.{name}.source: {store.source!r} is not a declared "
+                                 f"source; declared: {sorted(self.sources)}")
+        for name, exp in self.experiments.items():
+            if exp.store not in self.stores:
+                raise ValueError(f"experiments.{name}.store: {exp.store!r} is not a declared "
+                                 f"store; declared: {sorted(self.stores)}")
+        return self
 
 
 @dataclass
@@ -103,7 +114,8 @@ class Pipelines:
         decl = self.stores[name]
         src = self.sources[decl.source]
         if not src.path.exists():
-            raise PipelineError(f"sources.{src.name}.path: {src.path} does not exist")
+            raise PipelineError(f"sources.{decl.source}.path: {src.path} does not exist",
+                                f"sources.{decl.source}.path")
         return make_spec(src.path, source_format=src.format, graph=decl.graph,
                          backend=decl.backend, energy_key=decl.labels.energy, split=decl.split,
                          frames_per_shard=decl.frames_per_shard, min_distance=decl.min_distance,
@@ -133,7 +145,7 @@ class Pipelines:
 
     def metrics_path(self, name: str) -> Path:
         exp = self.experiments[name]
-        return self.experiment_dir(name) / f"metrics_{exp.evaluate_split}.json"
+        return self.experiment_dir(name) / f"metrics_{exp.evaluate.split}.json"
 
     def finished(self, name: str) -> bool:
         """Whether the experiment's metrics, checkpoint and store are all there."""
@@ -172,7 +184,6 @@ class Pipelines:
 
     def _train_and_evaluate(self, name: str, progress: bool, log) -> str:
         from model.config import load_config
-        from train.config import TrainConfig
         from train.plots import write_loss_curves, write_parity
         from train.report import baselines, load_potential, predict_pairs, results_table
         from train.trainer import BEST, CHECKPOINT, Trainer, evaluate, write_json
@@ -181,27 +192,29 @@ class Pipelines:
         out = self.experiment_dir(name)
         metrics_path = self.metrics_path(name)
         store_path = self.store_path(exp.store)
-        model_cfg = load_config(exp.model)
-        train_cfg = TrainConfig.from_dict(exp.train)
+        model_cfg = load_config(exp.model, where=f"experiments.{name}.model")
+        train_cfg = exp.train
         summary = self.build(exp.store, progress=progress, log=log)
         log(summary.text())
         stored = read_manifest(store_path).graph
-        wanted = replace(stored, k=model_cfg.k or stored.k)
+        wanted = stored.model_copy(update={"k": model_cfg.k or stored.k})
         if not stored.can_serve(wanted):
             raise PipelineError(
                 f"experiments.{name}.model.k: the experiment needs k={wanted.k}, store "
                 f"{exp.store!r} was built with k={stored.k}; raise stores.{exp.store}.graph.k")
         # the figures below replace the trainer's own (validation-split parity)
-        trainer = Trainer(store_path, model_cfg, replace(train_cfg, plots=False), out)
+        trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
+                          out)
         step_losses = _record_step_losses(trainer)
         result = trainer.fit(log=log)
-        split = exp.evaluate_split
-        metrics = evaluate(out / BEST, store_path, split=split, device=train_cfg.device)
+        split = exp.evaluate.split
+        device = exp.evaluate.device or train_cfg.device
+        metrics = evaluate(out / BEST, store_path, split=split, device=device)
         store = trainer.store
         baseline = baselines(store, split)
         val_baseline = baselines(store, "val")
-        model, graph = load_potential(out / BEST, device=train_cfg.device)
-        pairs = predict_pairs(model, store, graph, split=split, device=train_cfg.device)
+        model, graph = load_potential(out / BEST, device=device)
+        pairs = predict_pairs(model, store, graph, split=split, device=device)
         record = {"experiment": name, "store": exp.store, "model": _model_label(exp.model),
                   **metrics, "baseline": baseline, "val_baseline": val_baseline,
                   "parameters": sum(p.numel() for p in trainer.model.parameters()),
@@ -292,8 +305,11 @@ def _model_label(model) -> str:
     return Path(str(model)).stem
 
 
-def load_pipelines(path: str | Path) -> Pipelines:
-    """Parse and validate pipelines.yaml; raises PipelineError naming the key."""
+def load_pipelines(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pipelines:
+    """Parse and validate pipelines.yaml, with ``overrides`` (``KEY.PATH=VALUE``, as the
+    CLI's ``--set``) applied over the file; raises PipelineError naming the key."""
+    from model.config import load_config
+
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no such file")
@@ -301,87 +317,64 @@ def load_pipelines(path: str | Path) -> Pipelines:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise PipelineError(f"{path}: not valid YAML ({' '.join(str(err).split())[:160]})") from None
-    data = _mapping(data, str(path))
-    _only(data, {"workdir", "cluster", "sources", "stores", "experiments"}, str(path))
-    base = path.resolve().parent
-    workdir = base / str(data.get("workdir", "runs"))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: expected a mapping, got {type(data).__name__} {data!r}")
     try:
-        cluster = ClusterConfig.from_dict(_mapping(data.get("cluster"), "cluster"), base)
-    except (TypeError, ValueError) as err:
-        raise PipelineError(str(err)) from None
-
-    sources = {}
-    for name, d in _mapping(data.get("sources"), "sources").items():
-        d = _mapping(d, f"sources.{name}")
-        _only(d, {"path", "format"}, f"sources.{name}")
-        if "path" not in d:
-            raise PipelineError(f"sources.{name}.path: required (a .json/.json.gz or extxyz path)")
-        fmt = d.get("format")
-        if fmt not in (None, "mptrj-json", "extxyz"):
-            raise PipelineError(f"sources.{name}.format: {fmt!r}; expected mptrj-json or extxyz")
-        sources[name] = SourceDecl(name, base / str(d["path"]), fmt)
-
-    stores = {}
-    for name, d in _mapping(data.get("stores"), "stores").items():
-        d = _mapping(d, f"stores.{name}")
-        _only(d, {"source", "graph", "backend", "energy_key", "forces_key", "stress_key",
-                  "virial_key", "frames_per_shard", "min_distance", "split"}, f"stores.{name}")
-        if d.get("source") not in sources:
-            raise PipelineError(f"stores.{name}.source: {d.get('source')!r} is not a declared "
-                                f"source; declared: {sorted(sources)}")
-        try:
-            graph = GraphParams.from_dict(_mapping(d.get("graph"), f"stores.{name}.graph"))
-        except (TypeError, ValueError) as err:
-            raise PipelineError(f"stores.{name}.graph: {err}") from None
-        if d.get("backend", "zarr") not in ("zarr", "arrow"):
-            raise PipelineError(f"stores.{name}.backend: {d['backend']!r}; expected zarr or arrow")
-        try:
-            labels = LabelKeys(*(d.get(f"{label}_key") for label in
-                                 ("energy", "forces", "stress", "virial")))
-        except ValueError as err:
-            raise PipelineError(f"stores.{name}.{err}") from None
-        fps = d.get("frames_per_shard", 2000)
-        if not isinstance(fps, int) or fps < 1:
-            raise PipelineError(f"stores.{name}.frames_per_shard: expected an integer >= 1, "
-                                f"got {fps!r}")
-        try:
-            split = SplitParams(**_mapping(d.get("split"), f"stores.{name}.split"))
-        except (TypeError, ValueError) as err:
-            raise PipelineError(f"stores.{name}.split: {err}") from None
-        stores[name] = StoreDecl(name, d["source"], graph, d.get("backend", "zarr"), fps,
-                                 float(d.get("min_distance", 0.5)), split, labels)
-
+        data = apply_overrides(data, overrides)
+        config = PipelinesFile.from_dict(data, where="", context={"base": path.resolve().parent})
+    except ConfigError as err:
+        raise PipelineError(str(err), err.path) from None
+    base = path.resolve().parent
+    sources = {name: src.model_copy(update={"path": base / src.path})
+               for name, src in config.sources.items()}
     experiments = {}
-    from model.config import load_config
-    from train.config import TrainConfig
-    for name, d in _mapping(data.get("experiments"), "experiments").items():
-        d = _mapping(d, f"experiments.{name}")
-        _only(d, {"store", "model", "train", "evaluate", "threads"}, f"experiments.{name}")
-        if d.get("store") not in stores:
-            raise PipelineError(f"experiments.{name}.store: {d.get('store')!r} is not a declared "
-                                f"store; declared: {sorted(stores)}")
-        model = d.get("model")
-        if model is None:
-            raise PipelineError(f"experiments.{name}.model: required (a preset name, a mapping "
-                                "or a YAML file)")
-        if isinstance(model, str) and (model.endswith((".yaml", ".yml"))):
-            model = str(base / model)
+    for name, exp in config.experiments.items():
+        if isinstance(exp.model, str) and exp.model.endswith((".yaml", ".yml")):
+            exp = exp.model_copy(update={"model": str(base / exp.model)})
         try:
-            load_config(model)
-            TrainConfig.from_dict(_mapping(d.get("train"), f"experiments.{name}.train"))
-        except (TypeError, ValueError, FileNotFoundError) as err:
-            raise PipelineError(f"experiments.{name}: {err}") from None
-        ev = _mapping(d.get("evaluate"), f"experiments.{name}.evaluate")
-        split = ev.get("split", "test")
-        if split not in ("train", "val", "test"):
-            raise PipelineError(f"experiments.{name}.evaluate.split: {split!r}; expected "
-                                "train, val or test")
-        threads = d.get("threads")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or threads < 1):
-            raise PipelineError(f"experiments.{name}.threads: expected an integer >= 1 or "
-                                f"null, got {threads!r}")
-        experiments[name] = ExperimentDecl(name, d["store"], model,
-                                           dict(_mapping(d.get("train"), "train")), split,
-                                           threads)
-    return Pipelines(path, workdir, cluster, sources, stores, experiments)
+            load_config(exp.model, where=f"experiments.{name}.model")
+        except ConfigError as err:
+            raise PipelineError(str(err), err.path) from None
+        except FileNotFoundError as err:
+            raise PipelineError(f"experiments.{name}.model: {err}",
+                                f"experiments.{name}.model") from None
+        experiments[name] = exp
+    return Pipelines(path, base / config.workdir, config.cluster, sources, dict(config.stores),
+                     experiments)
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """A copy of ``data`` with each ``KEY.PATH=VALUE`` of ``overrides`` set (VALUE read as
+    YAML, so ``1e-3`` is a number and ``[32, 32]`` a list)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE, e.g. train.lr=0.001")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item}: the value is not valid YAML "
+                              f"({' '.join(str(err).split())[:120]})") from None
+        set_path(data, key.strip(), value)
+    return data
+
+
+def set_path(data: dict, key: str, value) -> None:
+    """Set ``data[a][b][c] = value`` for ``key`` "a.b.c", creating the mappings on the way;
+    a model given as a preset name becomes ``{preset: NAME}`` so that its keys can be set."""
+    *parents, last = key.split(".")
+    node = data
+    for i, part in enumerate(parents):
+        child = node.get(part)
+        if part == "model" and isinstance(child, str) and not child.endswith((".yaml", ".yml")):
+            child = node[part] = {"preset": child}
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parents[:i + 1])
+            raise ConfigError(f"{key}: {where} is {child!r}, not a mapping of settings", where)
+        node = child
+    node[last] = value

@@ -24,7 +24,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -163,7 +163,8 @@ def set_rng_state(state: dict) -> None:
 class Trainer:
     def __init__(self, store: str | Path | GraphStore, model_config, train_config: TrainConfig,
                  out: str | Path, resume: bool = True):
-        self.cfg = replace(train_config, loader=train_config.loader.for_device(train_config.device))
+        self.cfg = train_config.model_copy(
+            update={"loader": train_config.loader.for_device(train_config.device)})
         self.out = Path(out)
         self.info = init_distributed(self.cfg.device)
         self.device = torch.device(self.cfg.device if not self.cfg.device.startswith("cuda")
@@ -190,13 +191,13 @@ class Trainer:
         random.seed(self.cfg.seed)
         mcfg = load_config(model_config)
         stored = self.store.manifest.graph
-        self.graph = replace(stored, k=mcfg.k or stored.k)
+        self.graph = stored.model_copy(update={"k": mcfg.k or stored.k})
         if not stored.can_serve(self.graph):
             raise ValueError(f"model wants k={self.graph.k}, the store was built with "
                              f"k={stored.k}; build a store with k >= {self.graph.k}")
         check_graph(mcfg.rank_envelope, mcfg.rank_envelope_width, self.graph.ties,
                     self.graph.tie_tolerance)
-        self.model: Potential = build_model(replace(mcfg, k=self.graph.k),
+        self.model: Potential = build_model(mcfg.model_copy(update={"k": self.graph.k}),
                                             self.store.manifest.statistics)
         self.model.to(device=self.device, dtype=self.dtype)
         if self.cfg.precision == "bf16":
@@ -392,7 +393,8 @@ class Trainer:
         model = self.inference_model()
         model.eval()
         if len(store):
-            loader = make_loader(store, replace(self.cfg.loader, shuffle=False, num_workers=0),
+            in_order = self.cfg.loader.model_copy(update={"shuffle": False, "num_workers": 0})
+            loader = make_loader(store, in_order,
                                  0, self.info.rank, self.info.world, graph=self.graph)
             for batch in loader:
                 batch = batch.to(self.device, self.dtype)
@@ -459,7 +461,7 @@ class Trainer:
                                   f"({', '.join(changed[:4])}); {restart}")
         if ckpt["state"]["batches_in_epoch"]:
             theirs = ckpt["train_config"]["loader"]
-            ours = asdict(self.cfg.loader)
+            ours = self.cfg.loader.to_dict()
             changed = [f"loader.{key} {theirs[key]!r} -> {ours[key]!r}" for key in PLAN_SETTINGS
                        if theirs[key] != ours[key]]
             if ckpt.get("world", 1) != self.info.world:
@@ -500,7 +502,7 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a dependency; a broken install is reported once
                 log("tensorboard unavailable; CSV logs only")
-                self.cfg = replace(self.cfg, tensorboard=False)
+                self.cfg = self.cfg.model_copy(update={"tensorboard": False})
                 return
             if self._tb is None:
                 self._tb = SummaryWriter(str(self.out / "tensorboard"))

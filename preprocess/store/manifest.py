@@ -17,7 +17,8 @@ from pathlib import Path
 
 from preprocess.schema import SCHEMA_VERSION
 from preprocess.store.location import Location
-from preprocess.store.params import GraphParams, LabelKeys, SplitParams
+from preprocess.store.params import (BACKENDS, DEFAULT_BACKEND, FRAMES_PER_SHARD, MIN_DISTANCE,
+                                     GraphParams, LabelKeys, SplitParams)
 from preprocess.store.shard import ShardRecord
 
 MANIFEST_FILE = "manifest.json"
@@ -43,12 +44,12 @@ class StoreSpec:
 
     source: SourceInfo
     graph: GraphParams = field(default_factory=GraphParams)
-    backend: str = "zarr"
+    backend: str = DEFAULT_BACKEND
     # label keys (see LabelKeys): None = the source's convention
     energy_key: str | None = None
     split: SplitParams = field(default_factory=SplitParams)
-    frames_per_shard: int = 2000
-    min_distance: float = 0.5  # Å; records with closer atoms are quarantined
+    frames_per_shard: int = FRAMES_PER_SHARD
+    min_distance: float = MIN_DISTANCE  # Å; records with closer atoms are quarantined
     forces_key: str | None = None
     stress_key: str | None = None
     virial_key: str | None = None
@@ -57,8 +58,8 @@ class StoreSpec:
         if not self.min_distance >= 0:
             raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
         self.labels  # validates the keys
-        if self.backend not in ("zarr", "arrow"):
-            raise ValueError(f"backend must be 'zarr' or 'arrow', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.frames_per_shard < 1:
             raise ValueError(f"frames_per_shard must be >= 1, got {self.frames_per_shard}")
 
@@ -89,7 +90,7 @@ class Manifest:
     counts: dict
     shards: tuple[ShardRecord, ...]
     statistics: dict
-    min_distance: float = 0.5
+    min_distance: float = MIN_DISTANCE
     build: dict = field(default_factory=dict)  # wall time, workers: informative only
     labels: dict = field(default_factory=dict)  # the keys read (a LabelPlan's fields)
 
@@ -122,7 +123,7 @@ class Manifest:
                        split=SplitParams(**d["split"]), source=SourceInfo(**d["source"]),
                        code_version=d["code_version"], counts=dict(d["counts"]),
                        shards=tuple(ShardRecord.from_dict(s) for s in d["shards"]),
-                       statistics=stats, min_distance=float(d.get("min_distance", 0.5)),
+                       statistics=stats, min_distance=float(d.get("min_distance", MIN_DISTANCE)),
                        build=dict(d.get("build", {})), labels=dict(d.get("labels", {})))
         except (KeyError, TypeError, ValueError) as err:
             raise StoreError(f"{where}: damaged manifest ({type(err).__name__}: {err})") from None

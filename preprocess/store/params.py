@@ -1,36 +1,55 @@
-"""Typed parameters that determine a store's contents."""
+"""Typed parameters that determine a store's contents, declared once (pydantic models).
+
+:class:`StoreParams` is a store's section of pipelines.yaml (and the settings of
+``orbitgraph build``) less its source; :class:`GraphParams`, :class:`SplitParams` and
+:class:`LabelKeys` are the parts hashed into the store id (with the minimum distance).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
 
+from pydantic import Field, model_validator
+
+from preprocess.config import Config
 from preprocess.graph import DEFAULT_K, DEFAULT_TIE_TOLERANCE, _check_params
 
-ENERGY_KEYS = ("uncorrected_total_energy", "corrected_total_energy")
 LABELS = ("energy", "forces", "stress", "virial")
+TIES = ("include", "break")
+BACKENDS = ("zarr", "arrow")
+DEFAULT_BACKEND = "zarr"
+FRAMES_PER_SHARD = 2000
+MIN_DISTANCE = 0.5  # Å
+
+LabelKey = Annotated[str | None, Field(pattern=r"\S", json_schema_extra={
+    "expected": "a field name or null"})]
 
 
-@dataclass(frozen=True)
-class GraphParams:
+class GraphParams(Config):
     """How the graphs were built (see :mod:`preprocess.graph`)."""
 
-    k: int = DEFAULT_K
-    ties: str = "include"
-    tie_tolerance: float = DEFAULT_TIE_TOLERANCE
-    cutoff: float | None = None
+    section = "graph"
 
-    def __post_init__(self):
-        _check_params(self.k, self.ties, self.tie_tolerance, self.cutoff)
+    k: int = Field(DEFAULT_K, ge=1, description="neighbours kept per atom")
+    ties: Literal[TIES] = Field("include", description="include: every candidate within "
+                                "tie_tolerance of the k-th distance is kept too; break: "
+                                "exactly k, ties broken by index")
+    tie_tolerance: float = Field(DEFAULT_TIE_TOLERANCE, ge=0, description="Å; candidates "
+                                 "this close to the k-th distance are ties (the adaptive "
+                                 "rank envelope needs >= its width)")
+    cutoff: float | None = Field(None, gt=0, description="Å; drop neighbours farther than "
+                                 "this (null: none)")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, d: dict) -> "GraphParams":
-        unknown = set(d) - {"k", "ties", "tie_tolerance", "cutoff"}
-        if unknown:
-            raise ValueError(f"graph parameters: unknown keys {sorted(unknown)}; "
-                             "expected k, ties, tie_tolerance, cutoff")
-        return cls(**d)
+    def _ties_first(cls, data):
+        if isinstance(data, dict) and data.get("ties", "include") not in TIES:
+            raise ValueError(f"ties must be 'include' or 'break', got {data['ties']!r}")
+        return data
+
+    @model_validator(mode="after")
+    def _graph_rules(self):
+        _check_params(self.k, self.ties, self.tie_tolerance, self.cutoff)
+        return self
 
     def can_serve(self, wanted: "GraphParams") -> bool:
         """Whether graphs built with these parameters contain the graphs ``wanted`` asks for,
@@ -48,8 +67,7 @@ class GraphParams:
         return True
 
 
-@dataclass(frozen=True)
-class LabelKeys:
+class LabelKeys(Config):
     """Where a source's frames hold their labels: the names of the fields read as the
     energy (eV), forces (eV/Å, per atom), stress (eV/Å³, ASE sign) and virial (eV, stored
     as the stress σ = -virial / V). ``None``: the source's convention
@@ -59,36 +77,59 @@ class LabelKeys:
     is a frame's ``stress`` where it has one, else the stress from its ``virial``.
     """
 
-    energy: str | None = None
-    forces: str | None = None
-    stress: str | None = None
-    virial: str | None = None
+    section = "labels"
 
-    def __post_init__(self):
-        for name in LABELS:
-            key = getattr(self, name)
-            if key is not None and (not isinstance(key, str) or not key.strip()):
-                raise ValueError(f"{name}_key: expected a field name or None, got {key!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    energy: LabelKey = Field(None, description="field holding the energy, eV")
+    forces: LabelKey = Field(None, description="per-atom field holding the forces, eV/Å")
+    stress: LabelKey = Field(None, description="field holding the stress, eV/Å³ with ASE's "
+                             "sign")
+    virial: LabelKey = Field(None, description="field holding the virial, eV (stored as the "
+                             "stress -virial / V)")
 
 
-@dataclass(frozen=True)
-class SplitParams:
+class SplitParams(Config):
     """Train/validation/test split by material (a hash of the material id and the seed)."""
 
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    seed: int = 0
+    section = "split"
 
-    def __post_init__(self):
-        for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"split: {name} must be in [0, 1), got {v!r}")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of materials held "
+                                "out for validation")
+    test_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of materials held "
+                                 "out for testing")
+    seed: int = Field(0, description="seed of the hash that assigns materials to splits")
+
+    @model_validator(mode="after")
+    def _leaves_training_frames(self):
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("split: val_fraction + test_fraction must be < 1")
+            raise ValueError(f"val_fraction + test_fraction must be < 1, got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        return self
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+class StoreParams(Config):
+    """What ``orbitgraph build`` and a store of pipelines.yaml set: the graphs, the backend,
+    the label keys (null: the source's convention; see :mod:`preprocess.sources.labels`),
+    the shard size, the closest atoms accepted and the split."""
+
+    section = "store"
+
+    graph: GraphParams = Field(default_factory=GraphParams)
+    backend: Literal[BACKENDS] = Field(DEFAULT_BACKEND, description="zarr: one Zarr v3 array per "
+                                       "column; arrow: Arrow IPC files")
+    energy_key: LabelKey = Field(None, description="field holding the energy, eV (MPtrj: "
+                                 "uncorrected_total_energy; extxyz: the one energy or "
+                                 "*_energy field present)")
+    forces_key: LabelKey = Field(None, description="per-atom field holding the forces, eV/Å")
+    stress_key: LabelKey = Field(None, description="field holding the stress, eV/Å³ with "
+                                 "ASE's sign; naming it makes it required in every frame")
+    virial_key: LabelKey = Field(None, description="extxyz field holding the virial, eV; "
+                                 "stored as the stress -virial / V")
+    frames_per_shard: int = Field(FRAMES_PER_SHARD, ge=1, description="frames per shard "
+                                  "(the unit of work and of reading)")
+    min_distance: float = Field(MIN_DISTANCE, ge=0, description="Å; records with closer "
+                                "atoms are quarantined")
+    split: SplitParams = Field(default_factory=SplitParams)
+
+    @property
+    def labels(self) -> LabelKeys:
+        return LabelKeys(self.energy_key, self.forces_key, self.stress_key, self.virial_key)

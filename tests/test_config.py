@@ -1,0 +1,233 @@
+"""Configurations: one line per refused value, naming its key path, from the API and the CLI;
+defaults < YAML < command line; mace-torch's names; YAML's ambiguities; the README's
+reference generated from the declarations. Fast: nothing is built or trained."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model.config import MACE_TORCH_NAMES, ModelConfig, load_config
+from preprocess.cluster import ClusterConfig
+from preprocess.config import ConfigError
+from preprocess.store import SourceInfo, StoreSpec
+from preprocess.store.params import GraphParams, LabelKeys, SplitParams, StoreParams
+from train import cli
+from train.config import REFERENCE_END, REFERENCE_START, TrainConfig, reference_markdown
+from train.loader import LoaderConfig
+from train.pipelines import load_pipelines
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (key path, value as YAML text) of every bad value the issue lists
+BAD = [
+    ("train.checkpoint_every", "0"),
+    ("train.log_every", "0"),
+    ("train.warmup_steps", "-5"),
+    ("train.forces_weight", "-1"),
+    ("train.epochs", "2.5"),
+    ("train.loader.max_atoms", "1.5"),
+    ("train.loader.num_workers", "-2"),
+    ("train.loader.max_edges", "0"),
+    ("train.device", "gpu"),
+    ("model.rank_envelope_width", "0"),
+    ("model.avg_num_neighbors", "-3.0"),
+]
+
+
+def _nested(path: str, value) -> dict:
+    *parents, last = path.split(".")
+    d = {last: value}
+    for part in reversed(parents):
+        d = {part: d}
+    return d
+
+
+def _from_api(path: str, value):
+    section, rest = path.split(".", 1)
+    d = _nested(rest, value)
+    if section == "train":
+        return TrainConfig.from_dict(d)
+    return load_config({"preset": "mace", **d})
+
+
+def _check_line(line: str, path: str, value) -> None:
+    assert "\n" not in line
+    assert line.startswith(f"{path}: expected "), line
+    assert f"got {value!r}" in line, line
+
+
+@pytest.mark.parametrize("path,text", BAD)
+def test_bad_values_are_refused_by_the_api_naming_the_key_path(path, text):
+    value = yaml.safe_load(text)
+    with pytest.raises(ValueError) as err:
+        _from_api(path, value)
+    assert isinstance(err.value, ConfigError) and err.value.path == path
+    _check_line(str(err.value), path, value)
+
+
+@pytest.mark.parametrize("path,text", BAD)
+def test_bad_values_are_one_line_and_exit_2_from_the_cli(path, text, tmp_path, capsys):
+    code = cli.main(["train", "--store", tmp_path / "no-store", "--model", "mace",
+                     "--out", tmp_path / "run", "--set", f"{path}={text}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    _check_line(err.removeprefix("orbitgraph: error: ").strip(), path, yaml.safe_load(text))
+
+
+@pytest.mark.parametrize("path,text", BAD)
+def test_bad_values_in_pipelines_yaml_name_the_experiment(path, text, tmp_path):
+    section, rest = path.split(".", 1)
+    doc = {"sources": {"s": {"path": "frames.json"}}, "stores": {"k16": {"source": "s"}},
+           "experiments": {"e": {"store": "k16", "model": "mace"}}}
+    file = tmp_path / "pipelines.yaml"
+    file.write_text(yaml.safe_dump(doc))
+    load_pipelines(file)  # valid as written
+    with pytest.raises(ValueError) as err:
+        load_pipelines(file, overrides=[f"experiments.e.{path}={text}"])
+    _check_line(str(err.value), f"experiments.e.{path}", yaml.safe_load(text))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_devices_accepted(device):
+    assert TrainConfig.from_dict({"device": device}).device == device
+
+
+def test_other_refusals_name_the_key():
+    cases = [
+        (lambda: GraphParams(k=0), "graph.k: expected an integer >= 1, got 0"),
+        (lambda: GraphParams.from_dict({"k": 16, "cutof": 3}), "graph: unknown key 'cutof'"),
+        (lambda: SplitParams(0.6, 0.5), "split: val_fraction + test_fraction must be < 1"),
+        (lambda: StoreParams.from_dict({"frames_per_shard": 0}, where="stores.x"),
+         "stores.x.frames_per_shard: expected an integer >= 1, got 0"),
+        (lambda: ClusterConfig.from_dict({"kind": "slurm", "jobs": 0}),
+         "cluster.jobs: expected an integer >= 1, got 0"),
+        (lambda: TrainConfig.from_dict({"epochs": True}),
+         "train.epochs: expected an integer >= 1, got True"),
+        (lambda: TrainConfig.from_dict({"loader": {"max_atoms_by_device": {"gpu": 8}}}),
+         "train.loader.max_atoms_by_device.gpu: expected cpu, cuda, cuda:N or mps"),
+        (lambda: TrainConfig(ema_decay=1.0), "train.ema_decay: expected a number > 0 and < 1"),
+        (lambda: load_config({"preset": "mace", "radial_mlp": [32, 0]}),
+         "model.radial_mlp.1: expected an integer >= 1, got 0"),
+        (lambda: GraphParams(k=8).model_copy(update={"k": -1}), "graph.k: expected an integer"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError) as err:
+            make()
+        assert str(err.value).startswith(message), (message, str(err.value))
+
+
+def test_yaml_ambiguities_are_coerced_or_refused(tmp_path):
+    text = "train:\n  lr: 1e-3\n  min_lr: 1e-6\n  epochs: 3\n"
+    assert yaml.safe_load(text)["train"]["lr"] == "1e-3"  # what PyYAML makes of it
+    cfg = TrainConfig.from_dict(yaml.safe_load(text)["train"])
+    assert cfg.lr == 0.001 and isinstance(cfg.lr, float) and cfg.min_lr == 1e-6
+    assert TrainConfig.from_dict({"lr": "1e-3"}).lr == 0.001
+    assert TrainConfig.from_dict({"epochs": 4.0}).epochs == 4  # integral: accepted
+    with pytest.raises(ValueError, match="train.epochs: expected an integer >= 1, got 2.5"):
+        TrainConfig.from_dict({"epochs": 2.5})
+    with pytest.raises(ValueError, match="train.lr: expected a number > 0, got 'fast'"):
+        TrainConfig.from_dict({"lr": "fast"})
+
+
+def test_precedence_defaults_then_yaml_then_command_line(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("train:\n  epochs: 50\n  device: cuda\n  lr: 1e-3\n"
+                      "  loader: {max_atoms: 256, seed: 3}\n")
+
+    def settings(*extra):
+        args = cli.parser(keys=False).parse_args(
+            ["train", "--store", "s", "--model", "mace", "--out", "o", *map(str, extra)])
+        return cli.train_settings(args)
+
+    default, _ = settings()
+    assert (default.epochs, default.device, default.loader.max_atoms) == (10, "cpu", 1024)
+    from_file, _ = settings("--config", config)
+    assert (from_file.epochs, from_file.device, from_file.lr) == (50, "cuda", 0.001)
+    assert from_file.loader.max_atoms == 256 and from_file.loader.seed == 3
+    given, model = settings("--config", config, "--set", "train.epochs=7",
+                            "--set", "train.loader.max_atoms=64", "--set", "model.channels=32",
+                            "--set", "model.radial_mlp=[32,32]")
+    assert (given.epochs, given.device, given.loader.max_atoms) == (7, "cuda", 64)
+    assert given.loader.seed == 3, "a --set on one key keeps the file's others"
+    assert (model.channels, model.radial_mlp, model.self_interaction) == (
+        32, (32, 32), "symmetric_contraction")
+    flag, _ = settings("--config", config, "--epochs", "8", "--max-atoms", "99")
+    assert (flag.epochs, flag.loader.max_atoms) == (8, 99)
+    last, _ = settings("--config", config, "--epochs", "8", "--set", "train.epochs=9")
+    assert last.epochs == 9, "--set comes after the flags"
+
+
+def test_pipelines_overrides_take_precedence_over_the_file():
+    config = load_pipelines(ROOT / "pipelines.yaml")
+    assert config.experiments["mace-small"].train.lr == 0.02
+    changed = load_pipelines(ROOT / "pipelines.yaml", overrides=[
+        "experiments.mace-small.train.lr=1e-3", "stores.sample-k16.graph.k=12",
+        "experiments.invariant-small.model.hidden=16"])
+    assert changed.experiments["mace-small"].train.lr == 0.001
+    assert changed.stores["sample-k16"].graph.k == 12
+    assert changed.experiments["invariant-small"].model["hidden"] == 16
+    assert changed.experiments["mace-small"].train.max_steps == 300  # the file's, kept
+
+
+def test_mace_torch_names_are_aliases_with_the_mace_preset():
+    theirs = {"r_max": 5.0, "max_ell": 2, "max_L": 0, "num_channels": 32,
+              "num_interactions": 1, "num_bessel": 6, "num_polynomial_cutoff": 4,
+              "correlation": 2}
+    ours = {"cutoff": 5.0, "sh_l_max": 2, "hidden_l_max": 0, "channels": 32, "layers": 1,
+            "num_radial": 6, "envelope_p": 4, "correlation": 2}
+    assert set(MACE_TORCH_NAMES) | {"correlation"} == set(theirs)
+    assert load_config({"preset": "mace", **theirs}) == load_config({"preset": "mace", **ours})
+    with pytest.raises(ValueError, match="model: r_max .* and cutoff are the same setting"):
+        load_config({"preset": "mace", "r_max": 5.0, "cutoff": 5.0})
+    with pytest.raises(ValueError, match="num_channels is mace-torch's name for channels"):
+        load_config({"preset": "invariant", "num_channels": 8})
+    with pytest.raises(ValueError, match="model.channels: expected an integer >= 1, got 0"):
+        load_config({"preset": "mace", "num_channels": 0})
+
+
+def test_to_dict_and_store_ids_are_unchanged():
+    """The dicts hashed into store ids and written to checkpoints are those of the frozen
+    dataclasses these models replaced (ids computed with them)."""
+    src = SourceInfo("p", "mptrj-json", "abc")
+    assert StoreSpec(source=src).store_id == "7b3e7c6494b550a9"
+    spec = StoreSpec(source=src, graph=GraphParams(k=12, cutoff=5.0, tie_tolerance=0.01),
+                     split=SplitParams(0.1, 0.2, 3), min_distance=0.7, energy_key="e",
+                     forces_key="f")
+    assert spec.store_id == "26e2b3b04eb6f507"
+    assert GraphParams().to_dict() == {"k": 16, "ties": "include", "tie_tolerance": 0.5,
+                                       "cutoff": None}
+    assert LabelKeys("e").to_dict() == {"energy": "e", "forces": None, "stress": None,
+                                        "virial": None}
+    model = load_config({"preset": "mace", "radial_mlp": (16,), "atomic_energies": {"3": -1}})
+    d = model.to_dict()
+    assert d["radial_mlp"] == [16] and d["bands"] == [] and d["atomic_energies"] == {3: -1.0}
+    assert ModelConfig.from_dict(d) == model
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+    assert TrainConfig().to_dict()["loader"] == LoaderConfig().to_dict()
+
+
+def test_help_lists_the_settable_keys(capsys):
+    for command, keys in (("train", ["train.loader.max_atoms", "model.channels"]),
+                          ("build", ["store.graph.k", "store.split.seed", "cluster.kind"]),
+                          ("evaluate", ["evaluate.split"]),
+                          ("run", ["experiments.NAME.train.lr", "stores.NAME.graph.k"])):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert "--set" in out
+        for key in keys:
+            assert re.search(rf"^  {re.escape(key)}  ", out, re.M), (command, key)
+
+
+def test_readme_configuration_reference_is_generated():
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index(REFERENCE_START), text.index(REFERENCE_END)
+    block = text[start + len(REFERENCE_START):end].strip()
+    assert block == reference_markdown().strip(), (
+        "README's configuration reference differs from the declarations: paste "
+        "train.config.reference_markdown() between the markers")
