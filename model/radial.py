@@ -100,7 +100,7 @@ class RankEnvelope(nn.Module):
     gives weight 1.
     """
 
-    def __init__(self, width: float = 0.5):
+    def __init__(self, width: float):  # Å (default: ModelConfig.rank_envelope_width)
         super().__init__()
         if not width > 0:
             raise ValueError(f"rank envelope width must be > 0 Å, got {width}")
@@ -149,7 +149,7 @@ class AdaptiveRankEnvelope(nn.Module):
     BISECTIONS = 26  # (span + width) / 2²⁶: ~1e-7 Å for MPtrj-like neighbourhoods
     NEWTON = 2
 
-    def __init__(self, width: float = 0.5):
+    def __init__(self, width: float):  # Å (default: ModelConfig.rank_envelope_width)
         super().__init__()
         if not width > 0:
             raise ValueError(f"rank envelope width must be > 0 Å, got {width}")
