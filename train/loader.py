@@ -21,6 +21,7 @@ smaller graph had been built.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Annotated, Iterator
 
 import numpy as np
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.batch import Batch
 from preprocess.config import Config
-from preprocess.graph import DISTANCE_QUANTUM
+from preprocess.graph import DISTANCE_QUANTUM, concat_ranges
 from preprocess.schema import FIELDS, numpy_dtype
 from preprocess.store import GraphStore, ShardData
 from preprocess.store.params import GraphParams
@@ -92,6 +93,40 @@ def over_budget(store: GraphStore, cfg: LoaderConfig) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------------------- planning
 
+class RankPlan(Sequence):
+    """One rank's batches of one epoch, as arrays.
+
+    Frame f of the plan is row ``row[f]`` of shard ``shard[f]`` (int64 (F,)); batch b holds
+    frames ``batch_ptr[b]:batch_ptr[b + 1]`` (int64 (B + 1,)), in (shard, row) order. As a
+    sequence, batch b is the list ``[(shard, row), ...]`` of plain ints.
+    """
+
+    __hash__ = None
+
+    def __init__(self, shard: np.ndarray, row: np.ndarray, batch_ptr: np.ndarray):
+        self.shard, self.row, self.batch_ptr = shard, row, batch_ptr
+
+    def __len__(self) -> int:
+        return len(self.batch_ptr) - 1
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[i] for i in range(*b.indices(len(self)))]
+        if not -len(self) <= b < len(self):
+            raise IndexError(f"batch {b} of a plan of {len(self)} batches")
+        b = b % len(self)
+        a, z = self.batch_ptr[b], self.batch_ptr[b + 1]
+        return list(zip(self.shard[a:z].tolist(), self.row[a:z].tolist()))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, RankPlan):
+            return all(np.array_equal(x, y) for x, y in zip(
+                (self.shard, self.row, self.batch_ptr), (other.shard, other.row, other.batch_ptr)))
+        if isinstance(other, list):
+            return list(self) == other
+        return NotImplemented
+
+
 def epoch_shards(store: GraphStore, cfg: LoaderConfig, epoch: int) -> np.ndarray:
     shards = store.shard_indices.copy()
     if cfg.shuffle:
@@ -116,8 +151,7 @@ def shuffled_order(store: GraphStore, shards: np.ndarray, cfg: LoaderConfig,
     by_shard = np.argsort(shard_col, kind="stable")  # positions grouped by shard, rows in order
     first = np.searchsorted(shard_col[by_shard], shards, side="left")
     last = np.searchsorted(shard_col[by_shard], shards, side="right")
-    positions = np.concatenate([by_shard[a:b] for a, b in zip(first, last)]
-                               or [np.zeros(0, dtype=np.int64)])
+    positions = by_shard[concat_ranges(first, last)]
     if not cfg.shuffle:
         return positions
     sizes = last - first
@@ -130,40 +164,105 @@ def shuffled_order(store: GraphStore, shards: np.ndarray, cfg: LoaderConfig,
 
 
 def plan_rank(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int,
-              world: int) -> list[list[tuple[int, int]]]:
+              world: int) -> RankPlan:
     """Batches of (shard, row) for one DDP rank in one epoch.
 
     The plan depends on the store's index, the loader settings, the seed, the epoch and the
     rank's place among ``world`` ranks, never on the number of DataLoader workers (they
     share it out batch by batch, see :class:`ShardStream`): a run resumed with another
-    ``num_workers`` continues the same trajectory.
+    ``num_workers`` continues the same trajectory. Computed with whole-array operations
+    (no Python loop over frames); :func:`epoch_plan` keeps it for the epoch.
     """
     shards = epoch_shards(store, cfg, epoch)[rank::world]
     order = shuffled_order(store, shards, cfg, np.random.default_rng([cfg.seed, epoch, rank]))
-    shard_col = store.index.column("shard").to_numpy()
-    row_col = store.index.column("row").to_numpy()
+    starts = batch_starts(store, order, cfg)
+    sizes = np.diff(np.append(starts, len(order)))
+    shard = store.index.column("shard").to_numpy()[order]
+    row = store.index.column("row").to_numpy()[order]
     # within a batch, frames go in (shard, row) order so that each shard's rows are taken in
     # one step (the batch holds the same frames; the draw above decides which)
-    return [sorted(zip(shard_col[b].tolist(), row_col[b].tolist()))
-            for b in pack(store, order, cfg)]
+    within = _sort_within_batches(shard, row, np.repeat(np.arange(len(starts)), sizes))
+    return RankPlan(shard[within].astype(np.int64), row[within].astype(np.int64),
+                    np.append(starts, len(order)).astype(np.int64))
+
+
+def _sort_within_batches(shard: np.ndarray, row: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """The permutation that orders frames by (batch, shard, row): one sort of a combined
+    int64 key (a three-key lexsort takes ~14x longer on 1.6M frames)."""
+    if not len(row):
+        return np.zeros(0, dtype=np.int64)
+    rows, shards = int(row.max()) + 1, int(shard.max()) + 1
+    if (int(batch[-1]) + 1) * shards * rows >= 2**63:
+        return np.lexsort((row, shard, batch))
+    key = (batch.astype(np.int64) * shards + shard) * rows + row
+    return np.argsort(key, kind="stable")
+
+
+def batch_starts(store: GraphStore, order: np.ndarray, cfg: LoaderConfig) -> np.ndarray:
+    """int64 (B,): where each batch starts in ``order`` (positions in ``store``'s index, in
+    delivery order) when the frames are packed greedily under the atom and edge budgets, or
+    ``batch_frames`` at a time. A frame over the budget on its own makes a batch of its own
+    (see :func:`over_budget`).
+
+    Greedy packing is sequential, but where a batch starting at frame s ends depends on s
+    alone: the cumulative atom and edge counts give every s its successor at once
+    (``searchsorted``), and the batch starts are the chain of successors from 0, one step
+    per batch."""
+    n = len(order)
+    if cfg.batch_frames is not None:
+        return np.arange(0, n, cfg.batch_frames, dtype=np.int64)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    nxt = None
+    for column, budget in (("n_atoms", cfg.max_atoms), ("n_edges", cfg.edge_budget)):
+        total = np.concatenate([[0], np.cumsum(store.index.column(column).to_numpy()[order],
+                                               dtype=np.int64)])
+        # the batch from s holds frames s..e-1 while total[e] - total[s] <= budget
+        end = np.searchsorted(total, total[:-1] + budget, side="right") - 1
+        nxt = end if nxt is None else np.minimum(nxt, end)
+    nxt = np.maximum(nxt, np.arange(1, n + 1)).tolist()  # at least the frame itself
+    starts, s = [], 0
+    while s < n:
+        starts.append(s)
+        s = nxt[s]
+    return np.array(starts, dtype=np.int64)
 
 
 def pack(store: GraphStore, order: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
     """Frames (positions in ``store``'s index, in delivery order) packed greedily into
-    batches under the atom and edge budgets, or ``batch_frames`` at a time. A frame over
-    the budget on its own makes a batch of its own (see :func:`over_budget`)."""
-    if cfg.batch_frames is not None:
-        return [order[i:i + cfg.batch_frames] for i in range(0, len(order), cfg.batch_frames)]
-    n_atoms = store.index.column("n_atoms").to_numpy()[order].tolist()
-    n_edges = store.index.column("n_edges").to_numpy()[order].tolist()
-    starts, atoms, edges = [0], 0, 0
-    for i, (a, e) in enumerate(zip(n_atoms, n_edges)):
-        if i > starts[-1] and (atoms + a > cfg.max_atoms or edges + e > cfg.edge_budget):
-            starts.append(i)
-            atoms, edges = 0, 0
-        atoms += a
-        edges += e
-    return [order[a:b] for a, b in zip(starts, starts[1:] + [len(order)]) if b > a]
+    batches under the atom and edge budgets, or ``batch_frames`` at a time (see
+    :func:`batch_starts`)."""
+    return np.split(order, batch_starts(store, order, cfg)[1:])
+
+
+_plans: dict = {}  # the plans of one (store, settings, epoch, world): see epoch_plan
+
+
+def _plan_key(cfg: LoaderConfig) -> tuple:
+    """The settings a plan depends on."""
+    return (cfg.shuffle, cfg.shuffle_shards, cfg.seed, cfg.batch_frames, cfg.max_atoms,
+            cfg.edge_budget)
+
+
+def epoch_plan(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int,
+               world: int) -> RankPlan:
+    """:func:`plan_rank`, computed once per epoch: the plans of the latest (store,
+    settings, epoch, world) are kept in this process, so ``steps_per_epoch`` (which needs
+    every rank's length) and the rank's stream share them, and DataLoader workers inherit
+    the plan made before they start instead of each planning again."""
+    key = (id(store), _plan_key(cfg), epoch, world)
+    if _plans.get("key") != key or _plans.get("store") is not store:
+        _plans.clear()
+        _plans.update(key=key, store=store, ranks={})  # the store is held: its id stays its
+    ranks = _plans["ranks"]
+    if rank not in ranks:
+        ranks[rank] = plan_rank(store, cfg, epoch, rank, world)
+    return ranks[rank]
+
+
+def clear_plan_cache() -> None:
+    """Forget the plans kept by :func:`epoch_plan`."""
+    _plans.clear()
 
 
 # ------------------------------------------------------------------ load-time filtering
@@ -249,12 +348,11 @@ class ShardStream(IterableDataset):
                              f"ties={self.graph.ties}, cutoff={self.graph.cutoff}; build a "
                              "store with these graph parameters")
         self.dtype = dtype
-        self._plan: list[list[tuple[int, int]]] | None = None
+        # planned here, in the process that makes the DataLoader: its workers inherit it
+        self._plan = epoch_plan(store, cfg, epoch, rank, world)
 
-    def plan(self) -> list[list[tuple[int, int]]]:
-        """This rank's batches of the epoch (computed once)."""
-        if self._plan is None:
-            self._plan = plan_rank(self.store, self.cfg, self.epoch, self.rank, self.world)
+    def plan(self) -> RankPlan:
+        """This rank's batches of the epoch."""
         return self._plan
 
     def __len__(self) -> int:
@@ -266,14 +364,21 @@ class ShardStream(IterableDataset):
         # whatever W is (each worker reads the shards its batches need)
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        batches = self.plan()[self.skip + worker::workers]
+        plan = self.plan()
+        batches = np.arange(self.skip + worker, len(plan), workers)
         # each shard is read once and dropped after its last batch: about the shuffle
         # buffer's shards (plus those a batch spans across a refill) are in memory
-        last_use = {s: b for b, rows in enumerate(batches) for s, _ in rows}
+        a, z = plan.batch_ptr[batches], plan.batch_ptr[batches + 1]
+        used = plan.shard[concat_ranges(a, z)][::-1]  # this worker's frames, last first
+        shard_ids, last = np.unique(used, return_index=True)
+        last_batch = np.repeat(np.arange(len(batches)), z - a)[::-1][last]
+        dropped_after: dict[int, list[int]] = {}
+        for s, b in zip(shard_ids.tolist(), last_batch.tolist()):
+            dropped_after.setdefault(b, []).append(s)
         shards: dict[int, ShardData] = {}
-        for b, rows in enumerate(batches):
-            block = self.read_block(rows, shards)
-            for s in {s for s, _ in rows if last_use[s] == b}:
+        for b, batch in enumerate(batches.tolist()):
+            block = self.read_block(plan[batch], shards)
+            for s in dropped_after.get(b, ()):
                 del shards[s]
             yield collate_columns(filter_block(block, self.stored, self.graph),
                                   k=self.graph.k, dtype=self.dtype)
@@ -301,8 +406,10 @@ def make_loader(store: GraphStore, cfg: LoaderConfig, epoch: int = 0, rank: int 
 
 def steps_per_epoch(store: GraphStore, cfg: LoaderConfig, epoch: int, world: int) -> int:
     """Batches of the busiest rank: every rank takes this many steps (idle ones take empty
-    steps) so that DDP stays in lockstep and every frame is still seen exactly once."""
-    return max(len(ShardStream(store, cfg, epoch, r, world)) for r in range(world))
+    steps) so that DDP stays in lockstep and every frame is still seen exactly once. Every
+    rank's plan is made once per epoch (:func:`epoch_plan`); this rank's stream reuses its
+    own."""
+    return max(len(epoch_plan(store, cfg, epoch, r, world)) for r in range(world))
 
 
 def empty_batch(k: int, dtype: torch.dtype = torch.float64) -> Batch:

@@ -1,0 +1,164 @@
+"""The loader's epoch plan at MPtrj scale: 1,580,395 frames in 395 shards.
+
+usage: python benchmarks/loader_plan.py [--repeats 5] [--world 1 4] [--workers 4]
+
+An index shaped like MPtrj's (materials of ~11 frames stored together, lognormal sizes with
+a median of 25 atoms, 16 edges per atom; no store on disk: the planner reads only the
+index) is planned by the loader (:func:`train.loader.plan_rank`,
+:func:`train.loader.steps_per_epoch`) and by the planner it replaced, kept below as
+``before_*`` (a Python loop over frames for packing and sorting, and one plan per
+DataLoader worker and per ``steps_per_epoch`` call). The two must give identical batches.
+Prints medians over repeats, interleaved, and the ratios:
+
+- one rank's plan (all frames when world = 1);
+- what one rank paid per epoch before (``steps_per_epoch``: every rank's plan; then every
+  DataLoader worker its own) and what it pays now (``steps_per_epoch`` plans every rank
+  once, the rank's DataLoader reuses its plan).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402,F401  (drops this folder from the import path)
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+N_FRAMES, N_SHARDS = 1_580_395, 395
+
+
+def mptrj_index(seed: int = 0) -> types.SimpleNamespace:
+    """A store-like object with MPtrj's frame and shard counts: ``index`` (shard, row,
+    n_atoms, n_edges) and ``shard_indices``."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.geometric(1 / 11, size=N_FRAMES)  # frames per material (more than needed)
+    material = np.repeat(np.arange(len(sizes)), sizes)[:N_FRAMES]
+    atoms_of = np.clip(rng.lognormal(np.log(25), 0.6, size=material[-1] + 1), 1, 300)
+    atoms = atoms_of.astype(np.int64)[material]
+    shard = np.repeat(np.arange(N_SHARDS), np.diff(np.linspace(0, N_FRAMES, N_SHARDS + 1)
+                                                   .astype(np.int64)))
+    row = np.arange(N_FRAMES) - np.searchsorted(shard, shard, side="left")
+    index = pa.table({"shard": shard, "row": row, "n_atoms": atoms, "n_edges": 16 * atoms})
+    return types.SimpleNamespace(index=index, shard_indices=np.arange(N_SHARDS))
+
+
+# ------------------------------------------- the planner before (train/loader.py, 9b26ab2)
+
+def before_epoch_shards(store, cfg, epoch):
+    shards = store.shard_indices.copy()
+    if cfg.shuffle:
+        np.random.default_rng([cfg.seed, epoch, 0x5EED]).shuffle(shards)
+    return shards
+
+
+def before_shuffled_order(store, shards, cfg, rng):
+    shard_col = store.index.column("shard").to_numpy()
+    by_shard = np.argsort(shard_col, kind="stable")
+    first = np.searchsorted(shard_col[by_shard], shards, side="left")
+    last = np.searchsorted(shard_col[by_shard], shards, side="right")
+    positions = np.concatenate([by_shard[a:b] for a, b in zip(first, last)]
+                               or [np.zeros(0, dtype=np.int64)])
+    if not cfg.shuffle:
+        return positions
+    sizes = last - first
+    c = np.concatenate([[0], np.cumsum(sizes)]).astype(np.float64)
+    span_end = c[np.minimum(np.arange(len(shards)) + cfg.shuffle_shards, len(shards))]
+    start = np.repeat(c[:-1], sizes)
+    width = np.repeat(span_end - c[:-1], sizes)
+    times = start + rng.random(len(positions)) * width
+    return positions[np.argsort(times, kind="stable")]
+
+
+def before_pack(store, order, cfg):
+    if cfg.batch_frames is not None:
+        return [order[i:i + cfg.batch_frames] for i in range(0, len(order), cfg.batch_frames)]
+    n_atoms = store.index.column("n_atoms").to_numpy()[order].tolist()
+    n_edges = store.index.column("n_edges").to_numpy()[order].tolist()
+    starts, atoms, edges = [0], 0, 0
+    for i, (a, e) in enumerate(zip(n_atoms, n_edges)):
+        if i > starts[-1] and (atoms + a > cfg.max_atoms or edges + e > cfg.edge_budget):
+            starts.append(i)
+            atoms, edges = 0, 0
+        atoms += a
+        edges += e
+    return [order[a:b] for a, b in zip(starts, starts[1:] + [len(order)]) if b > a]
+
+
+def before_plan_rank(store, cfg, epoch, rank, world):
+    shards = before_epoch_shards(store, cfg, epoch)[rank::world]
+    order = before_shuffled_order(store, shards, cfg,
+                                  np.random.default_rng([cfg.seed, epoch, rank]))
+    shard_col = store.index.column("shard").to_numpy()
+    row_col = store.index.column("row").to_numpy()
+    return [sorted(zip(shard_col[b].tolist(), row_col[b].tolist()))
+            for b in before_pack(store, order, cfg)]
+
+
+def before_rank_epoch(store, cfg, epoch, rank, world, workers):
+    """What one rank computed per epoch: steps_per_epoch (every rank's plan), then each
+    DataLoader worker the rank's plan again (at least one: the main process)."""
+    max(len(before_plan_rank(store, cfg, epoch, r, world)) for r in range(world))
+    for _ in range(max(1, workers)):
+        before_plan_rank(store, cfg, epoch, rank, world)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--world", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers per rank")
+    args = ap.parse_args()
+    from train import loader
+    from train.loader import LoaderConfig, epoch_plan, plan_rank, steps_per_epoch
+
+    store = mptrj_index()
+    cfg = LoaderConfig()  # max_atoms 1024, shuffle_shards 4
+    print(f"index: {store.index.num_rows} frames in {len(store.shard_indices)} shards, "
+          f"{int(store.index['n_atoms'].to_numpy().sum())} atoms; {cfg.max_atoms} atoms per "
+          f"batch, shuffle_shards {cfg.shuffle_shards}; medians of {args.repeats}")
+    # identical batches (epoch 1, every rank)
+    for world in args.world:
+        for rank in range(world):
+            new = plan_rank(store, cfg, 1, rank, world)
+            old = before_plan_rank(store, cfg, 1, rank, world)
+            if list(new) != old:
+                raise SystemExit(f"plans differ: world {world}, rank {rank}")
+    print(f"plans identical to the planner before (world {', '.join(map(str, args.world))}, "
+          "every rank)")
+
+    def rank_epoch_now(world, rank):
+        steps_per_epoch(store, cfg, 2, world)
+        return epoch_plan(store, cfg, 2, rank, world)  # what the rank's ShardStream takes
+
+    print(f"{'':52s} {'before':>9s} {'now':>9s} {'ratio':>7s}")
+    for world in args.world:
+        cases = {
+            f"one rank's plan (world {world})": (
+                lambda: before_plan_rank(store, cfg, 2, 0, world),
+                lambda: plan_rank(store, cfg, 2, 0, world)),
+            f"one rank's epoch, {args.workers} workers (world {world})": (
+                lambda: before_rank_epoch(store, cfg, 2, 0, world, args.workers),
+                lambda: rank_epoch_now(world, 0)),
+        }
+        for name, (before, now) in cases.items():
+            times = {"before": [], "now": []}
+            for _ in range(args.repeats):
+                for key, fn in (("before", before), ("now", now)):
+                    loader.clear_plan_cache()
+                    t0 = time.perf_counter()
+                    fn()
+                    times[key].append(time.perf_counter() - t0)
+            b, n = statistics.median(times["before"]), statistics.median(times["now"])
+            print(f"{name:52s} {b:8.3f}s {n:8.3f}s {b / n:6.1f}x")
+
+
+if __name__ == "__main__":
+    main()
