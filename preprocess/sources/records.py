@@ -31,8 +31,10 @@ records in quarantine with their ids.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
+import operator
 import re
 from typing import Any, Union
 
@@ -275,46 +277,61 @@ class _Columns:
     pointers differ only where a record has as many force rows as atoms)."""
 
     def __init__(self, records: list):
-        self.records = records
-        structures = [r.structure if r.structure is not None else _NO_STRUCTURE for r in records]
-        self.has_structure = np.array([r.structure is not None for r in records], dtype=bool)
-        sites_of = [s.sites for s in structures]
+        n = len(records)
+        self.has_structure = np.fromiter(map(_IS_NOT_NONE, map(_STRUCTURE, records)), bool, n)
+        structures = list(map(_STRUCTURE, records))
+        if not self.has_structure.all():
+            structures = [s if s is not None else _NO_STRUCTURE for s in structures]
+        sites_of = list(map(_SITES, structures))
         self.n_atoms = _lengths(sites_of)
         self.atom_ptr = _ptr(self.n_atoms)
-        sites = [site for sites in sites_of for site in sites]
-        self.cell = np.array([s.lattice.matrix for s in structures],
-                             dtype=np.float64).reshape(-1, 3, 3)  # (B, 3, 3) Å
-        self.pbc = np.array([s.lattice.pbc for s in structures], dtype=bool).reshape(-1, 3)
-        self.positions = np.array([site.xyz for site in sites],
-                                  dtype=np.float64).reshape(-1, 3)  # (A, 3) Å
-        species = [site.species for site in sites]
+        n_atoms = int(self.atom_ptr[-1])
+        sites = list(_chain(sites_of))
+        lattices = list(map(_LATTICE, structures))
+        self.cell = _numbers(_chain(_chain(map(_MATRIX, lattices))), 9 * n).reshape(n, 3, 3)  # Å
+        self.pbc = np.fromiter(_chain(map(_PBC, lattices)), bool, 3 * n).reshape(n, 3)
+        self.positions = _numbers(_chain(map(_XYZ, sites)), 3 * n_atoms).reshape(-1, 3)  # Å
+        species = list(map(_SPECIES, sites))
         self.n_species = _lengths(species)
-        first = ([sp[0] for sp in species] if (self.n_species == 1).all() else
+        first = (list(map(_FIRST, species)) if (self.n_species == 1).all() else
                  [sp[0] if len(sp) == 1 else _NO_SPECIES for sp in species])
-        self.symbols = [sp.element for sp in first]
-        self.numbers = np.array([_Z.get(symbol, -1) for symbol in self.symbols],
-                                dtype=np.int64)  # (A,)
-        self.occupancy = np.array([sp.occu for sp in first], dtype=np.float64)
-        site_magmom = [p.magmom if (p := site.properties) is not None else None
-                       for site in sites]
-        self.site_has_magmom = np.array([m is not None for m in site_magmom], dtype=bool)
-        self.site_magmom = np.array([math.nan if m is None else m for m in site_magmom],
-                                    dtype=np.float64)  # (A,) μB
-        self.energy = np.array([math.nan if r.energy is None else r.energy for r in records],
-                               dtype=np.float64)  # (B,) eV
-        forces = [r.force if r.force is not None else () for r in records]
+        self.symbols = list(map(_ELEMENT, first))
+        try:
+            self.numbers = np.fromiter(map(_Z.__getitem__, self.symbols), np.int64, n_atoms)
+        except KeyError:  # an unknown element: -1, reported by problems()
+            self.numbers = np.array([_Z.get(symbol, -1) for symbol in self.symbols],
+                                    dtype=np.int64)
+        self.occupancy = _numbers(map(_OCCU, first), n_atoms)
+        properties = list(map(_PROPERTIES, sites))
+        site_magmom = (list(map(_MAGMOM, properties)) if None not in properties else
+                       [p.magmom if p is not None else None for p in properties])
+        if None not in site_magmom:  # the common case: every site has one
+            self.site_has_magmom = np.ones(n_atoms, dtype=bool)
+            self.site_magmom = _numbers(site_magmom, n_atoms)  # μB
+        else:
+            self.site_has_magmom = np.fromiter(map(_IS_NOT_NONE, site_magmom), bool, n_atoms)
+            self.site_magmom = _numbers((math.nan if m is None else m for m in site_magmom),
+                                        n_atoms)
+        energy = list(map(_ENERGY, records))
+        self.has_energy = np.fromiter(map(_IS_NOT_NONE, energy), bool, n)
+        self.energy = _numbers(energy if self.has_energy.all() else
+                               (math.nan if e is None else e for e in energy), n)  # eV
+        forces = [f if f is not None else () for f in map(_FORCE, records)]
+        self.has_force = np.fromiter(map(_IS_NOT_NONE, map(_FORCE, records)), bool, n)
         self.force_ptr = _ptr(_lengths(forces))
-        self.forces = np.array([row for rows in forces for row in rows],
-                               dtype=np.float64).reshape(-1, 3)  # (F, 3) eV/Å
-        self.has_stress = np.array([r.stress is not None for r in records], dtype=bool)
-        stress = np.array([r.stress if r.stress is not None else _NAN33 for r in records],
-                          dtype=np.float64).reshape(-1, 3, 3)
-        self.stress_kbar_finite = np.isfinite(stress).all(axis=(1, 2))
-        self.stress = stress_from_vasp_kbar(stress)  # (B, 3, 3) eV/Å³, ASE sign
-        magmom = [r.magmom if r.magmom is not None else () for r in records]
+        self.forces = _numbers(_chain(_chain(forces)),
+                               3 * int(self.force_ptr[-1])).reshape(-1, 3)  # eV/Å
+        stress = list(map(_STRESS, records))
+        self.has_stress = np.fromiter(map(_IS_NOT_NONE, stress), bool, n)
+        stress_kbar = _numbers(_chain(_chain(s if s is not None else _NAN33 for s in stress)),
+                               9 * n).reshape(n, 3, 3)
+        self.stress_kbar_finite = np.isfinite(stress_kbar).all(axis=(1, 2))
+        self.stress = stress_from_vasp_kbar(stress_kbar)  # (B, 3, 3) eV/Å³, ASE sign
+        magmom = list(map(_MAGMOM, records))
+        self.has_magmom = np.fromiter(map(_IS_NOT_NONE, magmom), bool, n)
+        magmom = [m if m is not None else () for m in magmom]
         self.magmom_ptr = _ptr(_lengths(magmom))
-        self.magmom = np.array([m for ms in magmom for m in ms], dtype=np.float64)  # μB
-        self.has_magmom = np.array([r.magmom is not None for r in records], dtype=bool)
+        self.magmom = _numbers(_chain(magmom), int(self.magmom_ptr[-1]))  # μB
         self.use_site_magmom = ~self.has_magmom & (self.n_atoms > 0) & _all_per_record(
             self.site_has_magmom, self.atom_ptr)
 
@@ -344,11 +361,9 @@ class _Columns:
         flag(_any_per_record(bad_site, ptr), lambda b: self._site_problem(b, partial, unknown))
         flag(~_all_per_record(np.isfinite(self.positions).all(axis=1), ptr),
              lambda b: "structure.sites.xyz: contains NaN or inf")
-        missing_energy = np.array([r.energy is None for r in self.records], dtype=bool)
-        flag(missing_energy, lambda b: f"{energy_key}: missing")
+        flag(~self.has_energy, lambda b: f"{energy_key}: missing")
         flag(~np.isfinite(self.energy), lambda b: f"{energy_key}: NaN or inf")
-        missing_force = np.array([r.force is None for r in self.records], dtype=bool)
-        flag(missing_force, lambda b: "force: missing")
+        flag(~self.has_force, lambda b: "force: missing")
         n_force = np.diff(self.force_ptr)
         flag(n_force != n_atoms, lambda b: f"force: {n_force[b]} rows for {n_atoms[b]} atoms")
         flag(~_all_per_record(np.isfinite(self.forces).all(axis=1), self.force_ptr),
@@ -387,6 +402,18 @@ class _Columns:
 
 
 _NAN33 = ((math.nan,) * 3,) * 3
+_chain = itertools.chain.from_iterable
+_FIRST = operator.itemgetter(0)
+(_STRUCTURE, _SITES, _LATTICE, _MATRIX, _PBC, _XYZ, _SPECIES, _ELEMENT, _OCCU, _PROPERTIES,
+ _MAGMOM, _ENERGY, _FORCE, _STRESS) = map(operator.attrgetter, (
+    "structure", "sites", "lattice", "matrix", "pbc", "xyz", "species", "element", "occu",
+    "properties", "magmom", "energy", "force", "stress"))
+_IS_NOT_NONE = functools.partial(operator.is_not, None)
+
+
+def _numbers(values, count: int) -> np.ndarray:
+    """(count,) float64 of an iterable of ``count`` Python numbers (one pass, no list)."""
+    return np.fromiter(values, np.float64, count)
 
 
 def _lengths(lists) -> np.ndarray:
