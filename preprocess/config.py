@@ -41,13 +41,13 @@ class ConfigError(ValueError):
 _DEPTH = contextvars.ContextVar("orbitgraph_config_depth", default=0)
 # what Config.from_dict's ``context`` gives the validators meanwhile (pydantic's own context
 # does not reach a nested config validated through its __init__)
-_CONTEXT: contextvars.ContextVar[dict] = contextvars.ContextVar("orbitgraph_config_context",
-                                                                default={})
+_CONTEXT: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "orbitgraph_config_context", default=None)
 
 
 def validation_context() -> dict:
     """The ``context`` of the :meth:`Config.from_dict` call in progress (empty if none)."""
-    return _CONTEXT.get()
+    return _CONTEXT.get() or {}
 
 
 @contextlib.contextmanager
@@ -80,7 +80,7 @@ class Config(BaseModel):
             if len(args) > len(names):
                 raise TypeError(f"{type(self).__name__} takes at most {len(names)} positional "
                                 f"arguments ({len(args)} given)")
-            for name, value in zip(names, args):
+            for name, value in zip(names, args, strict=False):
                 if name in data:
                     raise TypeError(f"{type(self).__name__}: {name} given twice")
                 data[name] = value

@@ -316,7 +316,8 @@ def load_pipelines(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise PipelineError(f"{path}: not valid YAML ({' '.join(str(err).split())[:160]})") from None
+        problem = " ".join(str(err).split())[:160]
+        raise PipelineError(f"{path}: not valid YAML ({problem})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
