@@ -67,5 +67,5 @@ def sample_store(name: str, backend: str = "zarr", frames_per_shard: int = 100,
         from preprocess.store.params import GraphParams
         build_store(plain_sample(), fresh(out), backend=backend, frames_per_shard=frames_per_shard,
                     graph=graph or GraphParams(), cluster=ClusterConfig(kind="synchronous"),
-                    progress=False, log=lambda m: None)
+                    progress=False)
     return out

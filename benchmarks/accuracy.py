@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -120,8 +121,7 @@ def build(args, root: Path) -> Path:
     if not (out / "manifest.json").is_file():
         build_store(source, out, graph=GraphParams(k=args.k), frames_per_shard=500,
                     split=SplitParams(args.val_fraction, args.test_fraction, args.seed),
-                    cluster=ClusterConfig(kind="synchronous"), progress=False,
-                    log=lambda m: None)
+                    cluster=ClusterConfig(kind="synchronous"), progress=False)
     return out
 
 
@@ -188,6 +188,7 @@ def train_ours(store: Path, args, root: Path) -> dict:
 
     from train.config import TrainConfig
     from train.loader import LoaderConfig
+    from train.logs import Formatter
     from train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
@@ -207,18 +208,31 @@ def train_ours(store: Path, args, root: Path) -> dict:
     curve = []
     t0, cpu0 = time.perf_counter(), time.process_time()
 
-    def log(line: str) -> None:
-        if line.startswith("epoch ") and ": train loss" in line:
-            h = trainer.state.history[-1]
-            curve.append({"epoch": h["epoch"] + 1, "t": time.perf_counter() - t0,
-                          "cpu": time.process_time() - cpu0,
-                          "energy_mae_meV_per_atom": h["energy_mae_meV_per_atom"],
-                          "forces_mae_meV_per_A": h["forces_mae_meV_per_A"]})
-            print(f"  orbitgraph {line}", flush=True)
-        elif line.startswith("warning") or line.startswith("note"):
-            print(f"  orbitgraph {line}", flush=True)
+    class Curve(logging.Handler):
+        """The trainer's epoch lines (and warnings) printed, and the curve sampled at each."""
 
-    result = trainer.fit(log=log)
+        def emit(self, record: logging.LogRecord) -> None:
+            line = self.format(record)
+            if line.startswith("epoch ") and ": train loss" in line:
+                h = trainer.state.history[-1]
+                curve.append({"epoch": h["epoch"] + 1, "t": time.perf_counter() - t0,
+                              "cpu": time.process_time() - cpu0,
+                              "energy_mae_meV_per_atom": h["energy_mae_meV_per_atom"],
+                              "forces_mae_meV_per_A": h["forces_mae_meV_per_A"]})
+                print(f"  orbitgraph {line}", flush=True)
+            elif record.levelno >= logging.WARNING:
+                print(f"  orbitgraph {line}", flush=True)
+
+    handler = Curve()
+    handler.setFormatter(Formatter("%(message)s"))
+    logger = logging.getLogger("orbitgraph.train")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = trainer.fit()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
     return {"params": sum(p.numel() for p in trainer.model.parameters()),
             "wall_s": result["wall_s"], "cpu_s": time.process_time() - cpu0,
             "steps": trainer.state.step, "curve": curve,
@@ -427,7 +441,7 @@ def main() -> None:
     ours = train_ours(store_path, args, root)
     preds["orbitgraph"] = predict_ours(ours["model"], frames["test"], args.threads)
     results["orbitgraph"] = ours
-    native = evaluate(ours["model"], store, split="test", log=lambda s: None)
+    native = evaluate(ours["model"], store, split="test")
     checks["orbitgraph"] = native
     if not args.skip_mace:
         print(f"training mace-torch {MACE_VERSION} ...", flush=True)

@@ -98,8 +98,7 @@ from preprocess.pipeline import build_store, load_kernels
 import pandas  # pyarrow loads it on first use
 load_kernels("mptrj-json")
 t0 = time.perf_counter()
-s = build_store(sys.argv[1], sys.argv[2], backend=sys.argv[3], progress=False,
-                log=lambda m: None)
+s = build_store(sys.argv[1], sys.argv[2], backend=sys.argv[3], progress=False)
 print(s.frames + s.quarantined, time.perf_counter() - t0)
 """
 
@@ -158,7 +157,7 @@ def main() -> None:
         out = fresh(OUT / "build_sample")
         t0 = time.perf_counter()
         s = build_store(src, out, frames_per_shard=frames_per_shard, cluster=cluster,
-                        backend=backend, progress=False, log=lambda m: None)
+                        backend=backend, progress=False)
         return (s.frames + s.quarantined) / (time.perf_counter() - t0)
 
     sync = ClusterConfig(kind="synchronous")
@@ -193,7 +192,7 @@ def main() -> None:
             t0 = time.perf_counter()
             s = build_store(big, fresh(OUT / "build_big"), frames_per_shard=args.frames_per_shard,
                             cluster=ClusterConfig(kind="address", address=cluster.scheduler_address),
-                            progress=False, log=lambda m: None)
+                            progress=False)
             dt = time.perf_counter() - t0
             rate = (s.frames + s.quarantined) / dt
             print(f"full-size build: {s.frames} frames ({s.quarantined} quarantined) in {dt:.0f} s "

@@ -113,7 +113,7 @@ def trained_model(store_path: Path, steps: int):
                       loader=LoaderConfig(max_atoms=512, num_workers=0),
                       plots=False, tensorboard=False, checkpoint_every=steps, log_every=10**9)
     trainer = Trainer(store_path, dict(SMALL_MACE), cfg, out)
-    trainer.fit(log=lambda *a, **k: None)
+    trainer.fit()
     best = out / "best.pt" if (out / "best.pt").is_file() else out / "checkpoint.pt"
     return OrbitCalculator.from_checkpoint(best).model.double().eval()
 

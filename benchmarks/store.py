@@ -54,7 +54,7 @@ def main() -> None:
     for backend in ("zarr", "arrow"):
         out = fresh(OUT / f"store_{backend}")
         build_store(src, out, backend=backend, frames_per_shard=1000,
-                    cluster=ClusterConfig(kind="synchronous"), progress=False, log=lambda s: None)
+                    cluster=ClusterConfig(kind="synchronous"), progress=False)
         store = open_store(out)
         edges = store.manifest.counts["edges"]
         size = du(out)

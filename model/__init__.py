@@ -3,15 +3,15 @@
 ``build_model(config)`` takes a preset name (``mace``, ``sevennet``, ``invariant``), a YAML
 file, a dict (``{"preset": "mace", "channels": 32}``) or a ModelConfig, optionally the
 statistics of a store manifest, and returns a :class:`Potential`. Checkpoints are the
-config plus the state_dict (:func:`save_model` / :func:`load_model`).
+config plus the state_dict (:func:`save_model` / :func:`load_model`), read and written by
+:mod:`model.checkpoint` (plain data and tensors, loaded with ``weights_only=True``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from model.batch import Batch
+from model.checkpoint import read_checkpoint, write_checkpoint
 from model.config import PRESETS, ModelConfig, load_config, with_statistics
 from model.potential import Potential
 
@@ -21,16 +21,23 @@ def build_model(config, statistics: dict | None = None) -> Potential:
 
 
 def save_model(model: Potential, path: str | Path, extra: dict | None = None) -> None:
-    torch.save({"model_config": model.config.to_dict(), "model_state": model.state_dict(),
-                **(extra or {})}, path)
+    """Config, weights and ``extra`` (plain data: graph parameters, training elements)."""
+    write_checkpoint({"model_config": model.config.to_dict(), "model_state": model.state_dict(),
+                      **(extra or {})}, path)
 
 
-def load_model(path: str | Path, map_location="cpu") -> Potential:
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+def model_from_checkpoint(ckpt: dict) -> Potential:
+    """The :class:`Potential` of a checkpoint's dict (:func:`model.checkpoint.read_checkpoint`):
+    ``save_model``'s files, the trainer's ``best.pt`` (EMA weights) and ``checkpoint.pt``."""
     model = Potential(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model_state"])
     return model
 
 
+def load_model(path: str | Path, map_location="cpu") -> Potential:
+    return model_from_checkpoint(read_checkpoint(path, map_location))
+
+
 __all__ = ["Batch", "ModelConfig", "PRESETS", "Potential", "build_model", "load_config",
-           "load_model", "save_model"]
+           "load_model", "model_from_checkpoint", "read_checkpoint", "save_model",
+           "write_checkpoint"]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from model.mlp import silu_mlp
-from model.scatter import scatter_sum
+from model.scatter import scatter_softmax, scatter_sum
 
 AggregationMode = Literal["sum", "sigmoid", "softmax"]
 
@@ -41,9 +41,5 @@ class Aggregation(nn.Module):
         if self.mode == "sigmoid":
             return scatter_sum(torch.sigmoid(a).unsqueeze(-1) * messages, centers,
                                n_nodes) / self.avg_num_neighbors
-        # envelope-weighted softmax, stabilised by the per-centre max logit
-        amax = a.new_full((n_nodes,), float("-inf")).scatter_reduce(
-            0, centers, a, reduce="amax", include_self=True)
-        weight = envelope * torch.exp(a - amax[centers].detach())
-        norm = scatter_sum(weight, centers, n_nodes)[centers] + 1e-9
-        return scatter_sum((weight / norm).unsqueeze(-1) * messages, centers, n_nodes)
+        alpha = scatter_softmax(a, centers, n_nodes, weight=envelope)
+        return scatter_sum(alpha.unsqueeze(-1) * messages, centers, n_nodes)

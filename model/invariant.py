@@ -22,7 +22,7 @@ from torch import nn
 from model.embedding import SpeciesEmbedding
 from model.mlp import silu_mlp, zero_last_layer
 from model.radial import RADIAL_BASES, AdaptiveRankEnvelope, PolynomialEnvelope, rank_envelope
-from model.scatter import scatter_sum
+from model.scatter import scatter_softmax, scatter_sum
 
 DIRECTIONAL_L_MAX = 3
 BAND_WIDTH = 0.5  # Å over which an edge moves from one distance band to the next
@@ -73,12 +73,8 @@ class InvariantLayer(nn.Module):
         if self.attention == "sigmoid":
             m = scatter_sum(torch.sigmoid(self.logit(e)) * e, centers, n) / self.avg_num_neighbors
         elif self.attention == "softmax":
-            a = self.logit(e).squeeze(-1)
-            amax = a.new_full((n,), float("-inf")).scatter_reduce(0, centers, a, reduce="amax",
-                                                                  include_self=True)
-            weight = envelope * torch.exp(a - amax[centers].detach())
-            norm = scatter_sum(weight, centers, n)[centers] + 1e-9
-            m = scatter_sum((weight / norm).unsqueeze(-1) * e, centers, n)
+            alpha = scatter_softmax(self.logit(e).squeeze(-1), centers, n, weight=envelope)
+            m = scatter_sum(alpha.unsqueeze(-1) * e, centers, n)
         else:
             m = scatter_sum(e, centers, n) / self.avg_num_neighbors
         return h + self.node_mlp(torch.cat([h, m], dim=-1))

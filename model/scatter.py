@@ -22,10 +22,23 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     return out.index_add_(0, index, src)
 
 
-def scatter_softmax(logits: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
-    """Softmax of ``logits`` (E, H) over the edges sharing an ``index`` (E,)."""
-    ref = logits.new_full((dim_size, *logits.shape[1:]), float("-inf"))
+def scatter_softmax(logits: torch.Tensor, index: torch.Tensor, dim_size: int,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax of ``logits`` over the edges sharing an ``index``, each edge's term scaled by
+    its ``weight`` (the edge envelope: an edge leaving the graph leaves the normalisation
+    smoothly too):
+
+        α_e = w_e exp(a_e - m_i) / (Σ_{e' → i} w_e' exp(a_e' - m_i) + 1e-9),   i = index[e]
+
+    with m_i the largest logit of centre i's edges (detached; it cancels but for the floor).
+    Shapes: logits (E,) or (E, H), index (E,), weight (E,) or None (all 1) -> like logits.
+    The 1e-9 floor keeps a centre whose weights are all 0 at α = 0; m_i counts zero-weight
+    edges too, so with logits 20+ apart an entering edge can move the result (README,
+    Known limitations)."""
     expanded = index.view(-1, *([1] * (logits.dim() - 1))).expand_as(logits)
-    ref = ref.scatter_reduce(0, expanded, logits, reduce="amax", include_self=True)
-    ex = torch.exp(logits - ref[index].detach())
-    return ex / (scatter_sum(ex, index, dim_size)[index] + 1e-16)
+    amax = logits.new_full((dim_size, *logits.shape[1:]), float("-inf")).scatter_reduce(
+        0, expanded, logits, reduce="amax", include_self=True)
+    ex = torch.exp(logits - amax[index].detach())
+    if weight is not None:
+        ex = weight.view(-1, *([1] * (logits.dim() - 1))) * ex
+    return ex / (scatter_sum(ex, index, dim_size)[index] + 1e-9)

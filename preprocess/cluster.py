@@ -26,18 +26,20 @@ cancelled when the build ends, fails, or the driver gets SIGTERM or Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import Field, model_validator
 
 from preprocess.config import Config, validation_context
 
+log = logging.getLogger("orbitgraph.cluster")
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
                   "lsf": "LSFCluster", "htcondor": "HTCondorCluster", "oar": "OARCluster",
                   "moab": "MoabCluster"}
@@ -114,8 +116,7 @@ def default_workers() -> int:
 
 
 @contextlib.contextmanager
-def dask_client(config: ClusterConfig,
-                log: Callable[[str], None] = lambda s: None) -> Iterator["object | None"]:
+def dask_client(config: ClusterConfig) -> Iterator["object | None"]:
     """A ``distributed.Client`` for the config (None for the synchronous scheduler).
 
     For a batch system the client is returned once the first worker has joined; raises
@@ -146,14 +147,14 @@ def dask_client(config: ClusterConfig,
     job_cls = _recording(cluster_cls.job_cls)
     cluster = cluster_cls(**config.options, job_cls=job_cls)
     log_dir = config.options.get("log_directory")
-    log(f"{config.kind} worker jobs write their output to "
-        + (f"{Path(log_dir).resolve()}/" if log_dir else
-           f"the batch system's default place (SLURM: slurm-JOBID.out in {Path.cwd()}; "
-           "set cluster.options.log_directory)"))
+    log.info(f"{config.kind} worker jobs write their output to "
+             + (f"{Path(log_dir).resolve()}/" if log_dir else
+                f"the batch system's default place (SLURM: slurm-JOBID.out in {Path.cwd()}; "
+                "set cluster.options.log_directory)"))
     with _terminate_unwinds(), cluster, Client(cluster) as client:
         cluster.scale(jobs=config.jobs)
-        _await_first_worker(client, config, job_cls, log_dir, log)
-        log(f"{config.kind} jobs {', '.join(job_cls.submitted)}: a worker has joined")
+        _await_first_worker(client, config, job_cls, log_dir)
+        log.info(f"{config.kind} jobs {', '.join(job_cls.submitted)}: a worker has joined")
         yield client
 
 
@@ -224,7 +225,7 @@ def _submit_error(err: Exception) -> str:
     return " ".join(text.split())
 
 
-def _await_first_worker(client, config: ClusterConfig, job_cls, log_dir, log) -> None:
+def _await_first_worker(client, config: ClusterConfig, job_cls, log_dir) -> None:
     deadline = time.monotonic() + config.start_timeout
     warned = 0
     announced = False
@@ -232,8 +233,9 @@ def _await_first_worker(client, config: ClusterConfig, job_cls, log_dir, log) ->
         refused = job_cls.refused
         if not announced and job_cls.submitted and \
                 len(job_cls.submitted) + len(refused) >= config.jobs:
-            log(f"submitted {config.kind} jobs {', '.join(job_cls.submitted)}; waiting up to "
-                f"{config.start_timeout:g} s (cluster.start_timeout) for the first worker")
+            log.info(f"submitted {config.kind} jobs {', '.join(job_cls.submitted)}; waiting "
+                     f"up to {config.start_timeout:g} s (cluster.start_timeout) for the first "
+                     "worker")
             announced = True
         try:
             client.wait_for_workers(1, timeout=0.25)
@@ -244,8 +246,8 @@ def _await_first_worker(client, config: ClusterConfig, job_cls, log_dir, log) ->
             raise ClusterError(f"cluster: the {config.kind} batch system refused the worker "
                                f"job ({refused[0]}); check cluster.options")
         if len(refused) > warned:
-            log(f"{config.kind} refused {len(refused)} of {config.jobs} worker jobs "
-                f"({refused[-1]}); waiting for the others")
+            log.warning(f"{config.kind} refused {len(refused)} of {config.jobs} worker "
+                        f"jobs ({refused[-1]}); waiting for the others")
             warned = len(refused)
         if time.monotonic() >= deadline:
             ids = job_cls.submitted

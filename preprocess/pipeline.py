@@ -12,15 +12,17 @@ import dataclasses
 import gc
 import itertools
 import json
+import logging
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from preprocess.cluster import ClusterConfig, batch_jobs, dask_client
 from preprocess.graph import knn_graphs_screened
@@ -40,6 +42,7 @@ from preprocess.store.writer import (QUARANTINE_NAME, QUARANTINE_SCHEMA, finaliz
 from preprocess.threads import local_cores
 
 BUILD_FILE = "build.json"
+log = logging.getLogger("orbitgraph.build")
 
 
 class EmptyStoreError(StoreError):
@@ -217,7 +220,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
                 frames_per_shard: int = FRAMES_PER_SHARD,
                 cluster: ClusterConfig = ClusterConfig(),
                 min_distance: float = MIN_DISTANCE, progress: bool = True,
-                log: Callable[[str], None] = print, forces_key: str | None = None,
+                forces_key: str | None = None,
                 stress_key: str | None = None, virial_key: str | None = None
                 ) -> BuildSummary:
     """Build (or finish building) the store of ``source_path`` in ``out``.
@@ -255,8 +258,8 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     head = list(itertools.islice(parts, 2))
     parts = itertools.chain(head, parts)
     if cluster.kind == "local" and len(head) < 2:
-        log("one partition: building it in this process (a local cluster would only add its "
-            "start-up time)")
+        log.info("one partition: building it in this process (a local cluster would only add "
+                 "its start-up time)")
         cluster = ClusterConfig(kind="synchronous")
     elif cluster.kind == "local":
         # In this process the partitions stream one at a time, so memory does not grow with
@@ -267,18 +270,18 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         # run the Python parts of the build in parallel.
         size = source_bytes(source_path)
         if size <= cluster.in_process_max_bytes:
-            log(f"source {size / 1e6:.0f} MB <= cluster.in_process_max_bytes "
-                f"({cluster.in_process_max_bytes / 1e6:.0f} MB): building it in this process "
-                "on its cores, one partition at a time")
+            log.info(f"source {size / 1e6:.0f} MB <= cluster.in_process_max_bytes "
+                     f"({cluster.in_process_max_bytes / 1e6:.0f} MB): building it in this "
+                     "process on its cores, one partition at a time")
             cluster = ClusterConfig(kind="synchronous")
 
     if cluster.kind != "synchronous":
         load_kernels(source.format)
 
-    with dask_client(cluster, log) as client, _progress(progress) as bar:
+    with dask_client(cluster) as client, _progress(progress) as bar:
         if client is not None:
             summary.dashboard = client.dashboard_link
-            log(f"dask dashboard: {client.dashboard_link}")
+            log.info(f"dask dashboard: {client.dashboard_link}")
             n_workers = max(1, len(client.scheduler_info().get("workers", {})))
             _run_distributed(client, parts, source, spec, out, bar, summary,
                              in_flight=4 * n_workers, labels=labels)
@@ -292,6 +295,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
                     build_partition(source, part, spec, str(out), threads=local_cores(),
                                     labels=labels)
                     summary.shards_built += 1
+                    log.debug(f"{shard_name(part.index)} committed")
                 bar.update(1)
         n_parts = summary.shards_built + summary.shards_skipped
     _refuse_empty(source_path, out, n_parts)
@@ -416,33 +420,11 @@ def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight, 
     return records
 
 
-class _progress:
-    """A tqdm bar on a terminal, a no-op otherwise."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-
-    def __enter__(self):
-        if self.enabled:
-            from tqdm import tqdm
-            self.bar = tqdm(total=0, unit="shard", desc="building")
-        else:
-            self.bar = _NoBar()
-        return self.bar
-
-    def __exit__(self, *exc):
-        self.bar.close()
-        return False
-
-
-class _NoBar:
-    total = 0
-
-    def update(self, n):
-        pass
-
-    def refresh(self):
-        pass
-
-    def close(self):
-        pass
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[tqdm]:
+    """The build's bar (partitions), on stderr while it is a terminal (tqdm's
+    ``disable=None``) and ``enabled``; log lines print above it meanwhile."""
+    with logging_redirect_tqdm(loggers=[logging.getLogger("orbitgraph")]), \
+            tqdm(total=0, unit="shard", desc="building",
+                 disable=None if enabled else True) as bar:
+        yield bar

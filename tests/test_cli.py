@@ -69,7 +69,8 @@ def test_readme_first_command_runs_the_default_pipeline(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     stores = list((tmp_path / "runs" / "stores").iterdir())
     assert len(stores) == 1, "two experiments share one store"
-    assert first.stdout.count("already complete") == 1, "the store is built once, then reused"
+    # progress (the stores' build summaries among it) on stderr, results on stdout
+    assert first.stderr.count("already complete") == 1, "the store is built once, then reused"
     experiments = ("mace-small", "invariant-small")
     results = printed_results(first.stdout)
     assert sorted(results) == sorted(experiments), first.stdout[-3000:]
@@ -86,7 +87,7 @@ def test_readme_first_command_runs_the_default_pipeline(tmp_path):
         metrics = json.loads((out / "metrics_test.json").read_text())
         assert metrics["frames_with_untrained_elements"] == 0, "test elements all trained"
         assert metrics["frames"] > 100 and metrics["steps"] >= 100
-    assert "absent from the training split" not in first.stdout
+    assert "absent from the training split" not in first.stdout + first.stderr
     table = first.stdout[first.stdout.index("experiments on store sample-k16"):]
     for name in (*experiments, "baselines"):
         assert re.search(rf"^{name}[\s:]", table, re.M), table
@@ -143,7 +144,7 @@ def test_store_with_other_graph_parameters_is_a_clear_error(tmp_path):
         d["experiments"]["mace-small"]["model"]["k"] = 12
         d["experiments"] = {"mace-small": d["experiments"]["mace-small"]}
     path = _pipeline_copy(tmp_path, mutate)
-    proc = run(["run", path])
+    proc = run(["run", path, "--quiet"])  # the build's progress off: stderr holds the error
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs k=12" in lines[0] and "built with k=8" in lines[0], proc.stderr

@@ -98,11 +98,11 @@ def test_training_steps_on_the_gpu(tmp_path, precision):
 
     build_store(write_small_mptrj(tmp_path / "s.json", frames=24), tmp_path / "store",
                 frames_per_shard=12, cluster=ClusterConfig(kind="synchronous"),
-                progress=False, split=SplitParams(0.2, 0.0, 0), log=lambda s: None)
+                progress=False, split=SplitParams(0.2, 0.0, 0))
     trainer = Trainer(tmp_path / "store", TINY["mace"], TrainConfig(
         device="cuda", precision=precision, max_steps=3, plots=False, tensorboard=False,
         loader=LoaderConfig(max_atoms=128, pin_memory=True)), tmp_path / "run")
-    result = trainer.fit(log=lambda s: None)
+    result = trainer.fit()
     assert result["steps"] == 3
     assert all(math.isfinite(h["train_loss"]) for h in result["history"])
     assert np.isfinite(result["history"][-1]["forces_mae_meV_per_A"])

@@ -77,7 +77,7 @@ def store_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     build_store(write_small_mptrj(root / "small.json"), root / "store", frames_per_shard=6,
                 cluster=ClusterConfig(kind="synchronous"), progress=False,
-                split=SplitParams(0.15, 0.0, 0), log=lambda s: None)
+                split=SplitParams(0.15, 0.0, 0))
     return root / "store"
 
 
@@ -96,7 +96,7 @@ for name, model in models.items():
         seen.append(batch.frame_ids)
         return original(batch)
     t.train_step = recording
-    t.fit(log=lambda s: None)
+    t.fit()
     torch.save(t.model.state_dict(), f"{out}/{name}-params-{rank}.pt")
     json.dump(seen, open(f"{out}/{name}-seen-{rank}.json", "w"))
 """

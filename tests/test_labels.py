@@ -15,7 +15,7 @@ from preprocess.pipeline import build_store, make_spec
 from preprocess.sources.labels import LabelError
 from preprocess.store import open_store, read_manifest
 
-QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False, log=lambda s: None)
+QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)
 CONVERTED = "stress = -virial / V from '{}'"
 
 

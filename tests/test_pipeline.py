@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import signal
@@ -47,8 +48,7 @@ def assert_same_store(a: Path, b: Path):
 @pytest.fixture(scope="module")
 def reference_store(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "store"
-    build_store(SMALL_MPTRJ, out, frames_per_shard=30, cluster=SYNC, progress=False,
-                log=lambda s: None)
+    build_store(SMALL_MPTRJ, out, frames_per_shard=30, cluster=SYNC, progress=False)
     return out
 
 
@@ -177,11 +177,12 @@ def test_threads_build_what_one_thread_does_and_repeated_ids_keep_the_last(tmp_p
     assert len(got) == len(frames) - len(first_entry) + 1
 
 
-def test_a_single_partition_is_built_in_process(tmp_path, reference_store):
+def test_a_single_partition_is_built_in_process(tmp_path, reference_store, caplog):
     """The default local cluster is not started for one task; the store is the same."""
-    lines = []
+    caplog.set_level(logging.INFO, logger="orbitgraph.build")
     summary = build_store(SMALL_MPTRJ, tmp_path / "store", frames_per_shard=100_000,
-                          progress=False, log=lines.append)
+                          progress=False)
+    lines = caplog.messages
     assert any(line.startswith("one partition") for line in lines), lines
     assert summary.dashboard is None and summary.shards_built == 1
     assert open_store(tmp_path / "store").manifest.build["cluster"] == "synchronous"
@@ -191,14 +192,14 @@ def test_a_single_partition_is_built_in_process(tmp_path, reference_store):
     assert one["quarantine"] == ref["quarantine"]
 
 
-def test_a_small_source_is_built_in_process(tmp_path, reference_store):
+def test_a_small_source_is_built_in_process(tmp_path, reference_store, caplog):
     """Under ``cluster.in_process_max_bytes`` the default local cluster is not started: the
     partitions are built in this process into the same store as the Dask path builds (see
     test_local_cluster_matches_synchronous), and an interrupted build resumes."""
     out = tmp_path / "store"
-    lines = []
-    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
-                          log=lines.append)
+    caplog.set_level(logging.INFO, logger="orbitgraph.build")
+    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
+    lines = caplog.messages
     assert any("in_process_max_bytes" in line and "in this process" in line
                for line in lines), lines
     n_shards = len(open_store(reference_store).manifest.shards)
@@ -207,8 +208,7 @@ def test_a_small_source_is_built_in_process(tmp_path, reference_store):
     assert_same_store(out, reference_store)
     (out / "manifest.json").unlink()  # as if interrupted before the last shard
     shutil.rmtree(out / "shards" / "shard-000002")
-    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
-                          log=lambda s: None)
+    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
     assert (summary.shards_built, summary.shards_skipped) == (1, n_shards - 1)
     assert_same_store(out, reference_store)
 
@@ -224,7 +224,7 @@ def test_source_bytes_counts_decompressed_bytes(tmp_path):
 
 def test_rebuild_of_a_complete_store_does_nothing(reference_store):
     summary = build_store(SMALL_MPTRJ, reference_store, frames_per_shard=30, cluster=SYNC,
-                          progress=False, log=lambda s: None)
+                          progress=False)
     assert summary.already_complete
     assert "nothing to do" in summary.text()
 
@@ -233,8 +233,7 @@ def test_rebuild_of_a_complete_store_does_nothing(reference_store):
 def test_local_cluster_matches_synchronous(tmp_path, reference_store):
     out = tmp_path / "store"
     summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
-                          cluster=ClusterConfig(workers=2, in_process_max_bytes=0),
-                          log=lambda s: None)
+                          cluster=ClusterConfig(workers=2, in_process_max_bytes=0))
     assert summary.dashboard and summary.shards_built == len(open_store(out).manifest.shards)
     assert open_store(out).manifest.store_id == open_store(reference_store).manifest.store_id
     assert_same_store(out, reference_store)
@@ -273,7 +272,7 @@ def test_killed_driver_resumes_with_only_missing_shards(tmp_path, reference_stor
     assert 0 < len(committed) < n_total, "the kill must land mid-build"
     assert not (out / "manifest.json").exists()
     summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, cluster=SYNC,
-                          progress=False, log=lambda s: None)
+                          progress=False)
     assert summary.shards_skipped == len(committed)
     assert summary.shards_built == n_total - len(committed)
     assert_same_store(out, reference_store)
@@ -302,8 +301,7 @@ def test_lost_worker_is_survived(tmp_path, reference_store):
         # slow tasks so the kill lands mid-build: run the build through a wrapper
         client.run(_install_slow_partitions, 0.3)
         summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
-                              cluster=ClusterConfig(kind="address", address=cluster.scheduler_address),
-                              log=lambda s: None)
+                              cluster=ClusterConfig(kind="address", address=cluster.scheduler_address))
         thread.join(5)
     assert killed, "a worker was killed mid-build"
     assert summary.frames == len(open_store(reference_store))
@@ -380,7 +378,7 @@ def test_planted_bad_records_are_quarantined(tmp_path):
     text = text[:-1] + ", " + nan_rec + ', "mp-broken": {"mp-broken-0": {"structure": [1, 2,]}}}'
     path.write_text(text)
     summary = build_store(path, tmp_path / "store", frames_per_shard=4, cluster=SYNC,
-                          progress=False, log=lambda s: None)
+                          progress=False)
     store = open_store(tmp_path / "store")
     reasons = {r["frame_id"]: r["reason"] for r in store.quarantine().to_pylist()}
     expected = {
@@ -436,7 +434,7 @@ def test_extxyz_source(tmp_path):
     write(tmp_path / "a.extxyz", frames[:4])
     write(tmp_path / "b.extxyz", frames[4:])
     summary = build_store(tmp_path, tmp_path / "store", frames_per_shard=2, cluster=SYNC,
-                          progress=False, log=lambda s: None)
+                          progress=False)
     store = open_store(tmp_path / "store")
     assert summary.frames == 6 and len(store.manifest.shards) == 3
     got = store.get("mp-1-0-3")

@@ -45,7 +45,7 @@ def store_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("precision")
     build_store(write_small_mptrj(root / "small.json", frames=12), root / "store",
                 frames_per_shard=12, cluster=ClusterConfig(kind="synchronous"), progress=False,
-                split=SplitParams(0.0, 0.0, 0), log=lambda s: None)
+                split=SplitParams(0.0, 0.0, 0))
     return root / "store"
 
 

@@ -92,12 +92,13 @@ def _pipelines(directory: Path, cluster: dict) -> Path:
 def reference(tmp_path_factory) -> Path:
     """The store built in this process (no cluster)."""
     path = _pipelines(tmp_path_factory.mktemp("in-process"), {"kind": "synchronous"})
-    summary = load_pipelines(path).build(STORE, progress=False, log=lambda s: None)
+    summary = load_pipelines(path).build(STORE, progress=False)
     return summary.store
 
 
 def _build_command(path: Path) -> list[str]:
-    return CLI + ["build", str(path), "--store", STORE, "--quiet"]
+    """Progress (INFO) goes to stderr, the summary to stdout; no bar off a terminal."""
+    return CLI + ["build", str(path), "--store", STORE]
 
 
 def _jobs_in_summary(stdout: str) -> list[str]:
@@ -193,7 +194,7 @@ def test_readme_cluster_section_builds_the_sample_store_through_slurm(slurm, ref
     jobs = _jobs_in_summary(run.stdout)
     assert len(jobs) == README_CLUSTER["jobs"]
     log_dir = tmp_path / README_CLUSTER["options"]["log_directory"]
-    assert f"slurm worker jobs write their output to {log_dir}/" in run.stdout
+    assert f"slurm worker jobs write their output to {log_dir}/" in run.stderr
     for job in jobs:  # the file names are SLURM's (%J): each job ran a Dask worker
         assert "Start worker" in (log_dir / f"dask-worker-{job}.err").read_text()
     store = Path(run.stdout.strip().splitlines()[-1])

@@ -21,7 +21,7 @@ from preprocess.store import open_store
 from preprocess.store.manifest import MANIFEST_FILE
 from preprocess.units import EV_PER_A3_IN_KBAR
 
-QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False, log=lambda s: None)
+QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)
 GRAPH_FIELDS = ("n_edges", "neighbors", "shifts", "next_neighbor", "next_shift")
 
 

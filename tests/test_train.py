@@ -27,7 +27,7 @@ TINY_MODEL = {"preset": "invariant", "hidden": 16, "species_dim": 8, "final_mlp"
 def store_path(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "store"
     build_store(SMALL_MPTRJ, out, frames_per_shard=12, cluster=SYNC, progress=False,
-                split=SplitParams(0.15, 0.1, 0), log=lambda s: None)
+                split=SplitParams(0.15, 0.1, 0))
     return out
 
 
@@ -195,18 +195,18 @@ def test_killed_and_resumed_run_follows_the_same_trajectory(store_path, tmp_path
     straight = Trainer(store_path, TINY_MODEL, _cfg(), tmp_path / "straight")
     n = straight.steps_per_epoch
     total = straight.total_steps
-    straight.fit(log=lambda s: None)
+    straight.fit()
     half = total // 2 + 1  # mid-epoch
     assert half % n != 0
     first = Trainer(store_path, TINY_MODEL, _cfg(), tmp_path / "resumed")
-    first.fit(stop_after=half, log=lambda s: None)
+    first.fit(stop_after=half)
     del first
     # resumed with DataLoader workers: the epoch's plan does not depend on them
     second = Trainer(store_path, TINY_MODEL,
                      _cfg(loader=LoaderConfig(max_atoms=300, seed=1, num_workers=2)),
                      tmp_path / "resumed")
     assert second.state.step == half and second.state.batches_in_epoch == half % n
-    second.fit(log=lambda s: None)
+    second.fit()
     a, b = _params(straight), _params(second)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
@@ -242,7 +242,7 @@ def trained(tmp_path_factory):
     src = emt_dataset(root / "emt.json")
     store = root / "store"
     build_store(src, store, frames_per_shard=16, cluster=SYNC, progress=False,
-                split=SplitParams(0.2, 0.0, 0), log=lambda s: None)
+                split=SplitParams(0.2, 0.0, 0))
     cfg = TrainConfig(epochs=40, lr=1e-2, loader=LoaderConfig(max_atoms=64, seed=0),
                       log_every=10_000, checkpoint_every=10_000, plots=True, tensorboard=False,
                       ema_decay=0.9, forces_weight=10.0, energy_weight=50.0, schedule="cosine",
@@ -250,7 +250,7 @@ def trained(tmp_path_factory):
     model = {"preset": "invariant", "hidden": 32, "species_dim": 8, "final_mlp": [32],
              "layers": 2, "cutoff": 5.0, "rank_envelope": True}
     trainer = Trainer(store, model, cfg, root / "run")
-    trainer.fit(log=lambda s: None)
+    trainer.fit()
     return trainer
 
 

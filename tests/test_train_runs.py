@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from helpers import write_mptrj, write_small_mptrj
+from model.checkpoint import read_checkpoint
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
 from preprocess.pipeline import build_store
@@ -21,6 +22,7 @@ from train.cli import main
 from train.collate import collate, frame_from_graph
 from train.config import TrainConfig
 from train.loader import LoaderConfig, plan_rank
+from train.logs import Formatter
 from train.metrics import loss_sums
 from train.trainer import BEST, CHECKPOINT, Trainer, elements, evaluate
 
@@ -30,13 +32,17 @@ TINY = {"preset": "invariant", "hidden": 8, "species_dim": 4, "final_mlp": [8], 
 QUIET = dict(log_every=10_000, checkpoint_every=10_000, plots=False, tensorboard=False)
 
 
+def logged(caplog, logger: str) -> list[str]:
+    """The lines ``logger`` (a child of ``orbitgraph``) logged, as the command prints them."""
+    return [Formatter("%(message)s").format(r) for r in caplog.records if r.name == logger]
+
+
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
     """~40 small frames; the test split holds elements the train split does not."""
     root = tmp_path_factory.mktemp("runs")
     build_store(write_small_mptrj(root / "small.json"), root / "store", frames_per_shard=6,
-                cluster=SYNC, progress=False, split=SplitParams(0.15, 0.15, 0),
-                log=lambda s: None)
+                cluster=SYNC, progress=False, split=SplitParams(0.15, 0.15, 0))
     return root / "store"
 
 
@@ -51,7 +57,7 @@ def _files(root: Path, model: dict, **train) -> tuple[str, str]:
 
 
 def _state(out: Path) -> dict:
-    return torch.load(out / CHECKPOINT, weights_only=False)
+    return read_checkpoint(out / CHECKPOINT)
 
 
 # ------------------------------------------------------ budgets and run directories
@@ -75,7 +81,7 @@ def test_a_finished_run_continues_to_a_larger_budget(store_path, tmp_path, capsy
     # the same budget again: nothing to do, said in a line
     capsys.readouterr()
     assert main([*args, "--out", str(out), "--max-steps", "5"]) == 0
-    assert "nothing to train" in capsys.readouterr().out
+    assert "nothing to train" in capsys.readouterr().err  # progress: stderr
     # epochs: one, then two
     out = tmp_path / "epochs"
     assert main([*args, "--out", str(out), "--epochs", "1"]) == 0
@@ -94,7 +100,7 @@ def test_reusing_a_run_directory_for_another_run_is_one_line(store_path, tmp_pat
     capsys.readouterr()
     other_store = tmp_path / "other"
     build_store(write_small_mptrj(tmp_path / "s.json", frames=20), other_store,
-                frames_per_shard=6, cluster=SYNC, progress=False, log=lambda s: None)
+                frames_per_shard=6, cluster=SYNC, progress=False)
     for argv, says in (([*args, "--model", other_model, "--max-steps", "2"], "another model"),
                        ([*args[:2], str(other_store), *args[3:], "--model", model,
                          "--max-steps", "2"], "on store"),
@@ -133,12 +139,13 @@ def test_run_without_validation_frames_keeps_the_latest_model(tmp_path, capsys):
                                  "train": {"epochs": 2, "lr": 0.005, **QUIET},
                                  "evaluate": {"split": "test"}}}}))
     assert main(["run", str(tmp_path / "pipelines.yaml"), "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # a warning: shown under --quiet too
+    assert "warning: the store has no validation frames" in printed
     assert "best.pt is the model at the end of the latest epoch" in printed
     run = tmp_path / "runs" / "experiments" / "tiny"
     assert (run / BEST).is_file() and (run / "metrics_test.json").is_file()
-    best = torch.load(run / BEST, weights_only=False)["model_state"]
-    latest = torch.load(run / CHECKPOINT, weights_only=False)["ema_state"]["shadow"]
+    best = read_checkpoint(run / BEST)["model_state"]
+    latest = read_checkpoint(run / CHECKPOINT)["ema_state"]["shadow"]
     for key, value in latest.items():  # best.pt holds the EMA weights of the last epoch
         torch.testing.assert_close(best[key], value, rtol=0, atol=0)
     store = next((tmp_path / "runs" / "stores").iterdir())
@@ -150,7 +157,8 @@ def test_run_without_validation_frames_keeps_the_latest_model(tmp_path, capsys):
 
 # ------------------------------------------------------------------ batch budgets
 
-def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_path, tmp_path):
+def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_path, tmp_path,
+                                                                       caplog):
     train = open_store(store_path).subset(split="train")
     atoms = np.asarray(train.index["n_atoms"])
     edges = np.asarray(train.index["n_edges"])
@@ -161,8 +169,8 @@ def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_pa
         max_atoms=4096, max_atoms_by_device={"cpu": budget, "cuda": 8192}), **QUIET)
     trainer = Trainer(store_path, TINY, cfg, tmp_path / "run")
     assert trainer.cfg.loader.max_atoms == budget  # this device's budget
-    lines = []
-    trainer.fit(log=lines.append)
+    trainer.fit()
+    lines = logged(caplog, "orbitgraph.train")
     said = [line for line in lines if "exceed the batch budget" in line]
     assert len(said) == 1 and said[0].startswith(f"warning: {over} training frames")
     assert f"largest {atoms.max()} atoms" in said[0]
@@ -173,23 +181,22 @@ def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_pa
         assert total <= budget or (len(batch) == 1 and total > budget)
     assert LoaderConfig(max_atoms_by_device={"cuda": 8}).for_device("cuda:1").max_atoms == 8
     assert LoaderConfig(max_atoms_by_device={"cuda:1": 8}).for_device("cuda:0").max_atoms == 1024
-    lines = []
-    Trainer(store_path, TINY, TrainConfig(max_steps=1, **QUIET), tmp_path / "roomy").fit(
-        log=lines.append)
+    caplog.clear()
+    Trainer(store_path, TINY, TrainConfig(max_steps=1, **QUIET), tmp_path / "roomy").fit()
+    lines = logged(caplog, "orbitgraph.train")
     assert not [line for line in lines if "exceed the batch budget" in line]
 
 
 # -------------------------------------------------------------- untrained elements
 
-def test_calculator_and_evaluate_warn_once_per_untrained_element(store_path, tmp_path):
+def test_calculator_and_evaluate_warn_once_per_untrained_element(store_path, tmp_path, caplog):
     from ase.build import bulk
 
     from train.calculator import OrbitCalculator, UntrainedElementWarning
 
     store = open_store(store_path)
     trained = elements(store.subset(split="train"))
-    Trainer(store, TINY, TrainConfig(max_steps=1, **QUIET), tmp_path / "run").fit(
-        log=lambda s: None)
+    Trainer(store, TINY, TrainConfig(max_steps=1, **QUIET), tmp_path / "run").fit()
     calc = OrbitCalculator.from_checkpoint(tmp_path / "run" / BEST)
     assert calc.known_elements == trained
     a, b = [el for el in ("Au", "Pt", "Ag", "Ir", "Rh", "Pd") if el not in trained][:2]
@@ -212,9 +219,10 @@ def test_calculator_and_evaluate_warn_once_per_untrained_element(store_path, tmp
               "m-3": [mixed]}
     other = tmp_path / "other"
     build_store(write_mptrj(tmp_path / "other.json", frames, labels="zero"), other,
-                cluster=SYNC, progress=False, split=SplitParams(0.0, 0.0, 0), log=lambda s: None)
-    lines = []
-    metrics = evaluate(tmp_path / "run" / BEST, other, split="train", log=lines.append)
+                cluster=SYNC, progress=False, split=SplitParams(0.0, 0.0, 0))
+    caplog.clear()
+    metrics = evaluate(tmp_path / "run" / BEST, other, split="train")
+    lines = logged(caplog, "orbitgraph.evaluate")
     assert metrics["untrained_elements"] == sorted([a, b])
     assert metrics["frames_with_untrained_elements"] == 3
     assert len(lines) == 2 and all(line.startswith("warning: element ") for line in lines)

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from model import Potential
-from model.config import ModelConfig
+from model import Potential, model_from_checkpoint, read_checkpoint
 from model.radial import check_graph
 from preprocess.graph import knn_graph
 from preprocess.store.params import GraphParams
@@ -50,10 +49,9 @@ class OrbitCalculator(Calculator):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "OrbitCalculator":
         """From ``best.pt`` (EMA weights) or ``checkpoint.pt`` written by the trainer."""
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        model = Potential(ModelConfig.from_dict(ckpt["model_config"]))
-        model.load_state_dict(ckpt["model_state"])
-        return cls(model, ckpt["graph"], device=device, known_elements=ckpt["trained_elements"],
+        ckpt = read_checkpoint(path, map_location=device)
+        return cls(model_from_checkpoint(ckpt), ckpt["graph"], device=device,
+                   known_elements=ckpt["trained_elements"],
                    **kwargs)
 
     def _warn_untrained(self, symbols: list[str]) -> None:

@@ -12,6 +12,7 @@ incompatible store) is printed as one line, ``orbitgraph: error: ...``, with exi
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import yaml
@@ -279,7 +280,6 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--workers", type=_value, help="cluster.workers: LocalCluster worker "
                    "processes")
     _set_option(s, "store.split.val_fraction=0.1")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_build)
     s = sub.add_parser("info", help="summarise a store's manifest")
     s.add_argument("store")
@@ -320,20 +320,36 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("pipeline")
     s.add_argument("--experiment")
     _set_option(s, "experiments.mace-small.train.lr=0.01")
-    s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_run)
+    _logging_options(p, sub)
     return p
+
+
+def _logging_options(p: argparse.ArgumentParser, sub) -> None:
+    """``--quiet`` (warnings only, no progress bar) and ``--verbose`` (debug messages too),
+    given before or after the command."""
+    for each, default in ((p, False), *((s, argparse.SUPPRESS) for s in sub.choices.values())):
+        group = each.add_mutually_exclusive_group()
+        group.add_argument("--quiet", action="store_true", default=default,
+                           help="warnings only, and no progress bar")
+        group.add_argument("--verbose", action="store_true", default=default,
+                           help="debug messages too")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser(keys=any(a in ("-h", "--help") for a in argv)).parse_args(argv)
+    from train.logs import setup_logging, teardown_logging
+    handler = setup_logging(logging.WARNING if args.quiet else
+                            logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except (UserError, StoreError, FileNotFoundError, ValueError, KeyError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"orbitgraph: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        teardown_logging(handler)
 
 
 if __name__ == "__main__":

@@ -3,36 +3,67 @@
 The decay warms up, d_t = min(decay, (1 + t) / (10 + t)) at the t-th update, as torch_ema
 (which mace-torch uses) does: with a fixed 0.99 the average of a short run is still 0.82
 the initial weights after 20 steps, and its validation barely moves.
+
+The averaging is torch's :class:`torch.optim.swa_utils.AveragedModel` with its EMA update
+(:func:`torch.optim.swa_utils.get_ema_multi_avg_fn`, one fused lerp over all parameters)
+given this step's warmed-up decay. AveragedModel copies the model at its first
+``update_parameters`` call and averages from the second on; :class:`EMA` makes that first
+call at construction, so the t-th :meth:`EMA.update` is AveragedModel's (t+1)-th and the
+average starts from the initial weights. Parameters only: the potentials' buffers are
+constants (E0, grids) and are copied from the model.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+def warmup_decay(decay: float, t: int) -> float:
+    """The decay of the t-th update (t = 1, 2, ...): min(decay, (1 + t) / (10 + t))."""
+    return min(decay, (1.0 + t) / (10.0 + t))
 
 
 class EMA:
+    """The averaged copy of ``model`` (:attr:`module`) and its update count (:attr:`updates`).
+
+    ``state_dict()`` is ``{"shadow": {name: tensor}, "updates": int}``: plain tensors and a
+    number, loadable with ``torch.load(weights_only=True)``, and the format of checkpoints
+    written before AveragedModel did the averaging."""
+
     def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1], got {decay!r}")
         self.decay = float(decay)
-        self.updates = 0
-        self.module = copy.deepcopy(model)
-        for p in self.module.parameters():
+        self.averaged = AveragedModel(model, multi_avg_fn=self._average)
+        _align_buffers(self.averaged.module, model)
+        for p in self.averaged.parameters():
             p.requires_grad_(False)
+        self.averaged.update_parameters(model)  # the copy: the average starts from it
+
+    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor],
+                 n_averaged: torch.Tensor) -> None:
+        """AveragedModel's hook: ``n_averaged`` counts the initial copy, so it is t."""
+        get_ema_multi_avg_fn(warmup_decay(self.decay, int(n_averaged)))(averaged, current,
+                                                                        n_averaged)
+
+    @property
+    def module(self) -> nn.Module:
+        """The model holding the averaged parameters (for validation and best.pt)."""
+        return self.averaged.module
+
+    @property
+    def updates(self) -> int:
+        """Updates made so far (the initial copy not counted)."""
+        return int(self.averaged.n_averaged) - 1
 
     def current_decay(self) -> float:
         """The decay the next update uses."""
-        t = self.updates + 1
-        return min(self.decay, (1.0 + t) / (10.0 + t))
+        return warmup_decay(self.decay, self.updates + 1)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Parameters only: the potentials' buffers are constants (E0, grids)."""
-        decay = self.current_decay()
-        shadows = dict(self.module.named_parameters())
-        for name, p in model.named_parameters():
-            shadows[name].mul_(decay).add_(p.detach(), alpha=1.0 - decay)
-        self.updates += 1
+        self.averaged.update_parameters(model)
 
     def shadow_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.module.named_parameters()}
@@ -45,10 +76,30 @@ class EMA:
         with torch.no_grad():
             for name, value in state["shadow"].items():
                 shadows[name].copy_(value)
-        self.updates = int(state["updates"])
+            self.averaged.n_averaged.fill_(int(state["updates"]) + 1)
 
     def model_state(self, model: nn.Module) -> dict:
         """``model``'s state_dict with the averaged parameter values (loadable anywhere)."""
         state = model.state_dict()
         state.update(self.shadow_state())
         return state
+
+
+def _align_buffers(copy: nn.Module, model: nn.Module) -> None:
+    """Give ``copy`` (a deep copy of ``model``) exactly ``model``'s buffers, as AveragedModel
+    pairs them by position when it copies them over at each update.
+
+    A deep copy of an e3nn TensorProduct holds two more: torch.fx re-creates its compiled
+    GraphModule and registers the code's tensor constants as buffers (the original holds
+    them as plain attributes). They are turned back into attributes here (the code reads
+    them as attributes either way); any other difference is an error."""
+    names = {name for name, _ in model.named_buffers()}
+    for prefix, module in copy.named_modules():
+        for name in list(module._buffers):
+            if (f"{prefix}.{name}" if prefix else name) not in names:
+                object.__setattr__(module, name, module._buffers.pop(name))
+    ours = [name for name, _ in copy.named_buffers()]
+    theirs = [name for name, _ in model.named_buffers()]
+    if ours != theirs:
+        raise RuntimeError(f"EMA: the averaged copy's buffers differ from the model's "
+                           f"({sorted(set(ours) ^ set(theirs))[:4]})")

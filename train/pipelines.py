@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,6 +38,8 @@ from preprocess.store.manifest import MANIFEST_FILE, read_manifest
 from preprocess.store.params import StoreParams
 from train.config import EvaluateConfig, TrainConfig
 
+
+log = logging.getLogger("orbitgraph.run")
 
 class PipelineError(ConfigError):
     """A mistake in pipelines.yaml; the message names the key."""
@@ -126,7 +129,7 @@ class Pipelines:
         _, spec = self.store_spec(name)
         return self.workdir / "stores" / f"{name}-{spec.store_id}"
 
-    def build(self, name: str, progress: bool = True, log=print):
+    def build(self, name: str, progress: bool = True):
         from preprocess.pipeline import build_store
         if name not in self.stores:
             raise PipelineError(f"stores: no store named {name!r}; declared: {sorted(self.stores)}")
@@ -136,7 +139,7 @@ class Pipelines:
                            graph=decl.graph, backend=decl.backend, energy_key=decl.labels.energy,
                            split=decl.split, frames_per_shard=decl.frames_per_shard,
                            min_distance=decl.min_distance, cluster=self.cluster,
-                           progress=progress, log=log, forces_key=decl.labels.forces,
+                           progress=progress, forces_key=decl.labels.forces,
                            stress_key=decl.labels.stress, virial_key=decl.labels.virial)
 
     # ------------------------------------------------------------- experiments
@@ -154,7 +157,7 @@ class Pipelines:
                 (self.experiment_dir(name) / CHECKPOINT).is_file() and
                 (self.store_path(self.experiments[name].store) / MANIFEST_FILE).is_file())
 
-    def run_experiment(self, name: str, progress: bool = True, log=print) -> str:
+    def run_experiment(self, name: str, progress: bool = True) -> str:
         """Build the experiment's store if needed, train, evaluate; the text to print.
 
         With ``threads``, torch uses that many CPU threads meanwhile (small models on a
@@ -178,11 +181,11 @@ class Pipelines:
         if self.experiments[name].threads is not None:
             torch.set_num_threads(self.experiments[name].threads)
         try:
-            return self._train_and_evaluate(name, progress, log)
+            return self._train_and_evaluate(name, progress)
         finally:
             torch.set_num_threads(threads)
 
-    def _train_and_evaluate(self, name: str, progress: bool, log) -> str:
+    def _train_and_evaluate(self, name: str, progress: bool) -> str:
         from model.config import load_config
         from train.plots import write_loss_curves, write_parity
         from train.report import baselines, load_potential, predict_pairs, results_table
@@ -194,8 +197,8 @@ class Pipelines:
         store_path = self.store_path(exp.store)
         model_cfg = load_config(exp.model, where=f"experiments.{name}.model")
         train_cfg = exp.train
-        summary = self.build(exp.store, progress=progress, log=log)
-        log(summary.text())
+        summary = self.build(exp.store, progress=progress)
+        log.info(summary.text())
         stored = read_manifest(store_path).graph
         wanted = stored.model_copy(update={"k": model_cfg.k or stored.k})
         if not stored.can_serve(wanted):
@@ -206,7 +209,7 @@ class Pipelines:
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out)
         step_losses = _record_step_losses(trainer)
-        result = trainer.fit(log=log)
+        result = trainer.fit()
         split = exp.evaluate.split
         device = exp.evaluate.device or train_cfg.device
         metrics = evaluate(out / BEST, store_path, split=split, device=device)
@@ -270,7 +273,7 @@ class Pipelines:
             lines.append(f"  figure      {figure}")
         return "\n".join(lines)
 
-    def run(self, names: list[str] | None = None, progress: bool = True, log=print) -> None:
+    def run(self, names: list[str] | None = None, progress: bool = True) -> None:
         """Run the experiments ``names`` (all if None) in order, printing each one's result,
         then compare the experiments that share each store."""
         names = list(self.experiments) if names is None else names
@@ -278,9 +281,9 @@ class Pipelines:
         for name in names:
             if name in self.experiments and not self.finished(name):
                 ran.add(self.experiments[name].store)
-            log(self.run_experiment(name, progress=progress, log=log))
+            print(self.run_experiment(name, progress=progress), flush=True)
         for store in dict.fromkeys(self.experiments[name].store for name in names):
-            log(self.compare(store, refresh_figure=store in ran))
+            print(self.compare(store, refresh_figure=store in ran), flush=True)
 
 
 def _record_step_losses(trainer) -> list[tuple[int, float]]:

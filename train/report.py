@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from preprocess.store import GraphStore
+from preprocess.store.stats import N_ELEMENTS, element_counts
 from preprocess.units import EV_PER_A3_IN_GPA
 
 # (key of the metrics, label, unit, baseline name)
@@ -33,7 +34,7 @@ def baselines(store: GraphStore, split: str | None) -> dict[str, float]:
     meV/Å, GPa), plus ``frames``. E0 (eV per element) is the manifest's, fitted on the
     train split."""
     e0_of = store.manifest.statistics["atomic_energies_eV"]
-    e0 = np.zeros(119)
+    e0 = np.zeros(N_ELEMENTS)
     for z, value in e0_of.items():
         e0[int(z)] = value
     subset = store.subset(split=split) if split is not None else store
@@ -41,8 +42,7 @@ def baselines(store: GraphStore, split: str | None) -> dict[str, float]:
     for _, data, rows in subset.iter_shards():
         block = data.take(rows)
         n_atoms = block["n_atoms"].astype(np.int64)
-        frame = np.repeat(np.arange(n_atoms.size), n_atoms)
-        e_ref = np.bincount(frame, weights=e0[block["numbers"]], minlength=n_atoms.size)
+        e_ref = element_counts(block["numbers"], n_atoms) @ e0
         e_abs.append(np.abs(block["energy"] - e_ref) / np.maximum(n_atoms, 1))
         f_abs.append(np.abs(block["forces"]).ravel())
         stress = block["stress"].reshape(-1, 9)
@@ -101,13 +101,11 @@ class Pairs:
 def load_potential(checkpoint: str | Path, device: str = "cpu"):
     """A saved model (``best.pt``) in float64 and the graph parameters it was trained with,
     as :func:`train.trainer.evaluate` loads it."""
-    from model import Potential
-    from model.config import ModelConfig
+    from model import model_from_checkpoint, read_checkpoint
     from preprocess.store.params import GraphParams
 
-    ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
-    model = Potential(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model_state"])
+    ckpt = read_checkpoint(checkpoint, map_location=device)
+    model = model_from_checkpoint(ckpt)
     return model.to(device=device, dtype=torch.float64).eval(), GraphParams.from_dict(ckpt["graph"])
 
 

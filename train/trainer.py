@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import random
@@ -32,8 +33,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import Potential, build_model
-from model.config import ModelConfig, load_config
+from model import (Potential, build_model, model_from_checkpoint, read_checkpoint,
+                   write_checkpoint)
+from model.config import load_config
 from model.radial import check_graph
 from preprocess.store import GraphStore, open_store
 from preprocess.store.params import GraphParams
@@ -46,6 +48,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.floa
           "bf16": torch.float32}
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+log = logging.getLogger("orbitgraph.train")
 # loader settings that decide which batches an epoch holds (num_workers does not)
 PLAN_SETTINGS = ("max_atoms", "max_edges", "batch_frames", "shuffle", "shuffle_shards", "seed")
 
@@ -152,12 +155,19 @@ class TrainState:
     finished: bool = False
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """torch's, numpy's and Python's global RNG states as tensors and plain data (numpy's
+    MT19937 key as an int64 tensor), so checkpoints load with weights_only=True."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": (str(name), torch.from_numpy(key.astype(np.int64)), int(pos),
+                      int(has_gauss), float(gauss)),
             "python": random.getstate()}
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.int64).astype(np.uint32), pos,
+                         has_gauss, gauss))
     random.setstate(state["python"])
 
 class Trainer:
@@ -271,14 +281,15 @@ class Trainer:
         return float(all_sum(loss.detach().double().reshape(1), self.info))
 
     # --------------------------------------------------------------- training loop
-    def fit(self, stop_after: int | None = None, log=print) -> dict:
+    def fit(self, stop_after: int | None = None) -> dict:
         """Train until ``epochs``/``max_steps``; ``stop_after`` steps ends the process's work
         early right after a checkpoint (what a kill after that checkpoint leaves behind).
+        Progress goes to the ``orbitgraph.train`` logger (INFO), problems at WARNING.
 
         Returns steps (in all), steps_this_call, epochs, wall_s, best_val and history."""
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._log_start(log)
+            self._log_start()
         t0 = time.perf_counter()
         steps_this_call = 0
         while not self.state.finished:
@@ -297,14 +308,14 @@ class Trainer:
                 self.state.batches_in_epoch += 1
                 steps_this_call += 1
                 if self.info.is_main and self.state.step % self.cfg.log_every == 0:
-                    log(f"epoch {epoch} step {self.state.step} loss {losses[-1]:.5g} "
-                        f"lr {self.schedule.lr(self.state.step):.3g}")
+                    log.info(f"epoch {epoch} step {self.state.step} loss {losses[-1]:.5g} "
+                             f"lr {self.schedule.lr(self.state.step):.3g}")
                 if self.state.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if stop_after is not None and steps_this_call >= stop_after:
                     self.save_checkpoint()
                     return {"stopped_at_step": self.state.step}
-            self._end_of_pass(epoch, self.state.batches_in_epoch >= n_steps, losses, log)
+            self._end_of_pass(epoch, self.state.batches_in_epoch >= n_steps, losses)
         if self.info.is_main and self.cfg.plots:
             from train.plots import write_plots
             write_plots(self)
@@ -312,7 +323,7 @@ class Trainer:
                 "epochs": self.state.epoch, "wall_s": time.perf_counter() - t0,
                 "best_val": self.state.best_val, "history": self.state.history}
 
-    def _end_of_pass(self, epoch: int, epoch_done: bool, losses: list[float], log) -> None:
+    def _end_of_pass(self, epoch: int, epoch_done: bool, losses: list[float]) -> None:
         """Validate, log, choose best.pt and checkpoint, at the end of an epoch or where the
         step budget stopped one part-way (the epoch then goes on if the budget is raised)."""
         metrics = self.validate()
@@ -335,7 +346,7 @@ class Trainer:
             self.state.batches_in_epoch = 0
         self.state.finished = self.budget_reached() or self.stopped_early()
         if self.info.is_main:
-            self._log_epoch(record, log)
+            self._log_epoch(record)
             if improved or not has_val:  # without validation: the latest epoch's model
                 self.save_inference_model(self.out / BEST)
         self.save_checkpoint()
@@ -350,7 +361,7 @@ class Trainer:
             loss += self.cfg.stress_weight * metrics["stress_mae_GPa"]
         return loss
 
-    def _log_start(self, log) -> None:
+    def _log_start(self) -> None:
         """What the user should know before the first step: where a resumed run stands,
         frames that the budget cannot hold or the model cannot know, and what best.pt is."""
         if self.resumed_from is not None:
@@ -360,28 +371,29 @@ class Trainer:
                 why = ("it stopped early: no validation improvement for "
                        f"{self.state.epochs_without_improvement} epochs" if self.stopped_early()
                        else f"it has reached {self.budget_text()}")
-                log(f"{self.out}: nothing to train, {why} (step {self.state.step}); raise "
-                    "--max-steps or --epochs to continue, or give another --out")
+                log.info(f"{self.out}: nothing to train, {why} (step {self.state.step}); "
+                         "raise --max-steps or --epochs to continue, or give another --out")
             else:
-                log(f"{self.out}: resuming at step {self.state.step} ({where}), training to "
-                    f"{self.budget_text()}")
+                log.info(f"{self.out}: resuming at step {self.state.step} ({where}), training "
+                         f"to {self.budget_text()}")
         n_over, atoms, edges = over_budget(self.train_set, self.cfg.loader)
         if n_over:
-            log(f"warning: {n_over} training frames exceed the batch budget "
-                f"(loader.max_atoms={self.cfg.loader.max_atoms} atoms, "
-                f"{self.cfg.loader.edge_budget} edges on {self.cfg.device}), the largest "
-                f"{atoms} atoms and {edges} edges: each makes a batch of its own, which can "
-                "exhaust the device's memory; raise the budget for this device "
-                "(loader.max_atoms_by_device, or --max-atoms) or leave such frames out")
+            log.warning(f"{n_over} training frames exceed the batch budget "
+                        f"(loader.max_atoms={self.cfg.loader.max_atoms} atoms, "
+                        f"{self.cfg.loader.edge_budget} edges on {self.cfg.device}), the "
+                        f"largest {atoms} atoms and {edges} edges: each makes a batch of its "
+                        "own, which can exhaust the device's memory; raise the budget for this "
+                        "device (loader.max_atoms_by_device, or --max-atoms) or leave such "
+                        "frames out")
         n_untrained, untrained = untrained_elements(self.trained_elements, self.val_set)
         if n_untrained:
-            log(f"warning: {n_untrained} of {len(self.val_set)} validation frames hold "
-                f"elements absent from the training split ({', '.join(untrained)}); "
-                f"their energy errors will be large")
+            log.warning(f"{n_untrained} of {len(self.val_set)} validation frames hold "
+                        f"elements absent from the training split ({', '.join(untrained)}); "
+                        f"their energy errors will be large")
         if not len(self.val_set):
-            log("note: the store has no validation frames, so no model can be chosen by "
-                "validation: best.pt is the model at the end of the latest epoch (EMA weights "
-                "where EMA is on)")
+            log.warning("the store has no validation frames, so no model can be chosen by "
+                        "validation: best.pt is the model at the end of the latest epoch (EMA "
+                        "weights where EMA is on)")
 
     # ---------------------------------------------------------------- evaluation
     def inference_model(self) -> Potential:
@@ -409,8 +421,6 @@ class Trainer:
     def save_checkpoint(self, path: Path | None = None) -> None:
         if not self.info.is_main:
             return
-        path = path or self.out / CHECKPOINT
-        path.parent.mkdir(parents=True, exist_ok=True)
         ckpt = {
             "model_config": self.model.config.to_dict(),
             "model_state": self.model.state_dict(),
@@ -425,14 +435,14 @@ class Trainer:
             "world": self.info.world,
             "trained_elements": self.trained_elements,
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
+        path = path or self.out / CHECKPOINT
+        write_checkpoint(ckpt, path)
+        log.debug(f"{path}: step {self.state.step} saved")
 
     def load_checkpoint(self, path: Path) -> None:
         """Continue the run in ``path``: its states, this run's budget and schedule settings
         (a larger budget continues a finished run; the cosine then spans the new one)."""
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = read_checkpoint(path, map_location=self.device)
         self._check_same_run(ckpt)
         self.model.load_state_dict(ckpt["model_state"])
         if self.ema is not None and ckpt["ema_state"] is not None:
@@ -476,12 +486,12 @@ class Trainer:
         """Config + (EMA) weights + graph parameters: what the calculator and evaluate need."""
         state = (self.ema.model_state(self.model) if self.ema is not None
                  else self.model.state_dict())
-        torch.save({"model_config": self.model.config.to_dict(), "model_state": state,
-                    "graph": self.graph.to_dict(), "store_id": self.store.manifest.store_id,
-                    "trained_elements": self.trained_elements}, path)
+        write_checkpoint({"model_config": self.model.config.to_dict(), "model_state": state,
+                          "graph": self.graph.to_dict(), "store_id": self.store.manifest.store_id,
+                          "trained_elements": self.trained_elements}, path)
 
     # -------------------------------------------------------------------- logging
-    def _log_epoch(self, record: dict, log) -> None:
+    def _log_epoch(self, record: dict) -> None:
         path = self.out / "metrics.csv"
         new = not path.exists()
         with open(path, "a", newline="") as f:
@@ -490,18 +500,18 @@ class Trainer:
                 writer.writeheader()
             writer.writerow(record)
         if record["frames"]:
-            log(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g}, val energy "
-                f"MAE {record['energy_mae_meV_per_atom']:.2f} meV/atom, forces MAE "
-                f"{record['forces_mae_meV_per_A']:.1f} meV/Å, stress MAE "
-                f"{record['stress_mae_GPa']:.3f} GPa")
+            log.info(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g}, val "
+                     f"energy MAE {record['energy_mae_meV_per_atom']:.2f} meV/atom, forces MAE "
+                     f"{record['forces_mae_meV_per_A']:.1f} meV/Å, stress MAE "
+                     f"{record['stress_mae_GPa']:.3f} GPa")
         else:
-            log(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g} (no validation "
-                "frames; best.pt is this model)")
+            log.info(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g} (no "
+                     "validation frames; best.pt is this model)")
         if self.cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a dependency; a broken install is reported once
-                log("tensorboard unavailable; CSV logs only")
+                log.warning("tensorboard unavailable; CSV logs only")
                 self.cfg = self.cfg.model_copy(update={"tensorboard": False})
                 return
             if self._tb is None:
@@ -528,15 +538,14 @@ def untrained_elements(trained: Iterable[str], frames: GraphStore) -> tuple[int,
 
 
 def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str = "test",
-             device: str = "cpu", max_atoms: int = 2048, log=print) -> dict:
+             device: str = "cpu", max_atoms: int = 2048) -> dict:
     """MAE/RMSE of a saved model on a split of a store, and how many of its frames hold
     elements that none of the model's training frames held (see :func:`untrained_elements`);
-    ``log`` gets one warning per such element."""
-    ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
+    one warning per such element (``orbitgraph.evaluate`` logger)."""
+    ckpt = read_checkpoint(checkpoint, map_location=device)
     store = store if isinstance(store, GraphStore) else open_store(store)
     graph = GraphParams.from_dict(ckpt["graph"])
-    model = Potential(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model_state"])
+    model = model_from_checkpoint(ckpt)
     model.to(device=device, dtype=torch.float64).eval()
     subset = store.subset(split=split)
     loader = make_loader(subset, LoaderConfig(max_atoms=max_atoms, shuffle=False), graph=graph)
@@ -548,7 +557,8 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
     per_frame = subset.index["elements"].to_pylist()
     for el in untrained:
         n = sum(1 for frame in per_frame if el in frame)
-        log(f"warning: element {el}: no training frame of this model held it (its E0 is 0 eV "
+        logging.getLogger("orbitgraph.evaluate").warning(
+            f"element {el}: no training frame of this model held it (its E0 is 0 eV "
             f"and the network never saw it); {n} of the {len(subset)} {split} frames hold it")
     return {"split": split, **acc.result(), "frames_with_untrained_elements": n_untrained,
             "untrained_elements": untrained}

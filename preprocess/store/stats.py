@@ -13,6 +13,18 @@ import numpy as np
 N_ELEMENTS = 119  # atomic numbers 0..118
 
 
+def element_counts(numbers, n_atoms) -> np.ndarray:
+    """How many atoms of each element each frame holds: (F, 119) int64, column z for atomic
+    number z. ``numbers`` (ΣN,) the frames' atomic numbers one after another, ``n_atoms``
+    (F,) their atom counts. The one element count: compositions, the E0 normal equations
+    and the E0-only baseline energies are all read from it."""
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    rows = np.repeat(np.arange(n_atoms.size), n_atoms)
+    z = np.asarray(numbers, dtype=np.int64)
+    return np.bincount(rows * N_ELEMENTS + z, minlength=n_atoms.size * N_ELEMENTS).reshape(
+        n_atoms.size, N_ELEMENTS)
+
+
 @dataclass
 class ShardStats:
     frames: int = 0
@@ -40,9 +52,7 @@ class ShardStats:
         n = n_atoms[train]
         e = np.asarray(energies, dtype=np.float64)[train]
         z = np.concatenate([np.asarray(numbers_per_frame[b], dtype=np.int64) for b in train])
-        rows = np.repeat(np.arange(train.size), n)
-        counts = np.bincount(rows * N_ELEMENTS + z, minlength=train.size * N_ELEMENTS)
-        counts = counts.reshape(train.size, N_ELEMENTS).astype(np.float64)
+        counts = element_counts(z, n).astype(np.float64)
         self.train_frames += int(train.size)
         self.train_atoms += int(n.sum())
         self.ata += counts.T @ counts  # integer counts: exact in float64

@@ -25,7 +25,7 @@ from preprocess.store.parquet import read_parquet, write_parquet
 from preprocess.store.shard import (INDEX_FILE, ShardRecord, build_columns,
                                     columns_from_frames, is_committed, read_commit, shard_dir,
                                     shard_name, write_shard)
-from preprocess.store.stats import ShardStats
+from preprocess.store.stats import ShardStats, element_counts
 
 INDEX_NAME = "index.parquet"
 QUARANTINE_NAME = "quarantine.parquet"
@@ -54,7 +54,7 @@ def split_of(material_id: str, split: SplitParams) -> str:
 
 def composition(numbers: np.ndarray) -> tuple[list[str], str]:
     """Sorted element symbols and a formula with counts, e.g. (['Fe', 'O'], 'Fe2O3')."""
-    counts = np.bincount(np.asarray(numbers, dtype=np.int64), minlength=len(chemical_symbols))
+    counts = element_counts(numbers, [len(numbers)])[0]
     present = sorted((chemical_symbols[z], int(counts[z])) for z in np.flatnonzero(counts))
     formula = "".join(f"{symbol}{n if n > 1 else ''}" for symbol, n in present)
     return [symbol for symbol, _ in present], formula

@@ -1,0 +1,72 @@
+"""Checkpoint files: one writer and one reader for everything orbitgraph saves with torch.
+
+Every checkpoint is a dict of plain data (dicts, lists, tuples, strings, numbers, None) and
+tensors, so one reader serves all of them with ``torch.load(weights_only=True)``, which
+never runs code from the file: the trainer's ``checkpoint.pt`` (model, EMA, optimiser,
+schedule, RNG states, loader position), its ``best.pt`` and :func:`model.save_model`'s
+files (config, weights, graph parameters), which the ASE calculator, ``evaluate`` and the
+reports load. :func:`plain` turns configs (dataclasses, pydantic models, paths) into such
+data before they are written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+
+def plain(value):
+    """``value`` as plain data: dataclasses and pydantic models as dicts, paths as strings,
+    numpy scalars as numbers, containers recursively (tuples stay tuples). Tensors and
+    other values are returned as they are."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    if hasattr(value, "model_dump") and not isinstance(value, type):
+        return plain(value.model_dump())
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and not torch.is_tensor(value) and getattr(value, "ndim", 1) == 0:
+        return value.item()  # numpy scalar
+    return value
+
+
+def write_checkpoint(data: dict, path: str | Path) -> None:
+    """Save ``data`` (configs made :func:`plain`) to ``path`` atomically: written beside it,
+    then renamed over it, so a kill mid-write leaves the previous file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(plain(data), tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The dict a checkpoint holds, loaded with ``weights_only=True`` (tensors and plain
+    data only). Raises FileNotFoundError for a missing file and ValueError, naming the
+    file, for one that holds anything else (another program's pickle, or an orbitgraph
+    checkpoint from before they held plain data: numpy RNG states)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines()
+                       if "Unsupported global" in line), str(err).splitlines()[0])
+        raise ValueError(f"{path}: not a checkpoint of plain data and tensors ({detail}); "
+                         "orbitgraph loads checkpoints with weights_only=True and never runs "
+                         "code from them") from None
+    except RuntimeError as err:  # not a torch file at all (truncated, another format)
+        raise ValueError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") \
+            from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a checkpoint holds a dict, this file a "
+                         f"{type(data).__name__}")
+    return data
