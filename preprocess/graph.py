@@ -261,11 +261,13 @@ def _kernel():
 def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: np.ndarray,
                 k: int, ties: str, tie_tolerance: float, cutoff: float | None,
                 coincident: float, threads: int = 1) -> tuple:
-    """Call the compiled kernel on checked, concatenated input; returns its outputs.
+    """Call the compiled kernel on checked, concatenated input; returns its outputs
+    (:data:`knn_kernel.KnnResult`).
 
     With ``threads`` > 1 the structures are cut into that many runs of similar atom counts,
     each run on its own thread (the kernel releases the GIL), and the outputs joined.
     """
+    kernel = _kernel()
     n_struct = len(atom_ptr) - 1
     threads = min(threads, n_struct // MIN_STRUCTURES_PER_THREAD)
     if threads > 1:
@@ -277,19 +279,21 @@ def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: n
         outs = thread_map(lambda r: _run_kernel(
             cells[r[0]:r[1]], pos[r[2]:r[3]], atom_ptr[r[0]:r[1] + 1] - r[2], pbc[r[0]:r[1]],
             k, ties, tie_tolerance, cutoff, coincident), runs)
-        i, j, s, d, nxt, nxt_j, nxt_s, status, bad = (
-            np.concatenate([out[f] for out in outs]) for f in (0, 1, 2, 3, 5, 6, 7, 8, 9))
-        edge_offsets = np.cumsum([0] + [out[4][-1] for out in outs[:-1]])
-        edge_ptr = np.concatenate([[0]] + [out[4][1:] + offset
+        joined = {f: np.concatenate([getattr(out, f) for out in outs])
+                  for f in kernel.KnnResult._fields if f != "edge_ptr"}
+        edge_offsets = np.cumsum([0] + [out.edge_ptr[-1] for out in outs[:-1]])
+        edge_ptr = np.concatenate([[0]] + [out.edge_ptr[1:] + offset
                                            for out, offset in zip(outs, edge_offsets)])
-        return i, j, s, d, edge_ptr, nxt, nxt_j, nxt_s, status, bad
+        return kernel.KnnResult(edge_ptr=edge_ptr, **joined)
     capacity = int(atom_ptr[-1]) * (k + 2) + 64  # grown by the kernel if ties need more
-    return _kernel().knn_batch(
-        np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3),
-        np.ascontiguousarray(pos, dtype=np.float64), atom_ptr, pbc, int(k), ties == "include",
-        float(tie_tolerance), np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM,
-        float(coincident), np.empty(capacity, np.int32), np.empty(capacity, np.int32),
-        np.empty((capacity, 3), np.int32), np.empty(capacity, np.float64))
+    return kernel.knn_batch(
+        kernel.Structures(np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3),
+                          np.ascontiguousarray(pos, dtype=np.float64), atom_ptr, pbc),
+        kernel.Params(int(k), ties == "include", float(tie_tolerance),
+                      np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM,
+                      float(coincident)),
+        kernel.Edges(np.empty(capacity, np.int32), np.empty(capacity, np.int32),
+                     np.empty((capacity, 3), np.int32), np.empty(capacity, np.float64)))
 
 
 def _failure(status: int, bad: np.ndarray, closer_than: str, k: int) -> str:

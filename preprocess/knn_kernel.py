@@ -37,38 +37,91 @@ structure instead of growing until memory runs out.
 """
 from __future__ import annotations
 
+import enum
 import math
+from collections import namedtuple
 
 import numba
 import numpy as np
 
-# Status codes returned per structure.
-STATUS_OK = 0
-STATUS_COINCIDENT = 1  # two atoms closer than ``coincident``; ``bad`` holds i, j, S
-STATUS_INCOMPLETE = 2  # a centre's search passed its radius limit; ``bad[b, 0]`` is the centre
+
+class Status(enum.IntEnum):
+    """Per-structure outcome of :func:`knn_batch` (its ``status`` array holds these ints)."""
+
+    OK = 0
+    COINCIDENT = 1  # two atoms closer than ``coincident``; ``bad`` holds i, j, S
+    INCOMPLETE = 2  # a centre's search passed its radius limit; ``bad[b, 0]`` is the centre
+
+
+# the same codes as plain ints, for the compiled code and for callers
+STATUS_OK = int(Status.OK)
+STATUS_COINCIDENT = int(Status.COINCIDENT)
+STATUS_INCOMPLETE = int(Status.INCOMPLETE)
+
+# The kernel's arguments, grouped (namedtuples compile to structs in nopython mode; a group
+# whose arrays are regrown is rebuilt, never mutated).
+
+# The batch of structures: cells float64 (B, 3, 3), rows are lattice vectors, Å; positions
+# float64 (N_total, 3), Å, concatenated; atom_ptr int64 (B + 1,), structure b owns atoms
+# atom_ptr[b]:atom_ptr[b + 1]; pbc bool (B, 3).
+Structures = namedtuple("Structures", "cells positions atom_ptr pbc")
+# The rules of the graph: k neighbours kept per atom (before ties); include_ties: keep every
+# candidate within tie_tolerance (Å) of the k-th; cutoff (Å, inf for none): longer edges are
+# dropped afterwards; quantum (Å): the distance grid; coincident (Å): a closer candidate is
+# an error.
+Params = namedtuple("Params", "k include_ties tie_tolerance cutoff quantum coincident")
+# Edge buffers (and, returned, the edges): i, j int32 (E,), s int32 (E, 3), d float64 (E,) Å.
+Edges = namedtuple("Edges", "i j s d")
+# Per atom, the first candidate not kept: distance float64 (N_total,) Å (inf: none),
+# neighbor int32 (N_total,) (-1: none), shift int32 (N_total, 3).
+NextCandidates = namedtuple("NextCandidates", "distance neighbor shift")
+# Per structure: status int64 (B,) (Status codes), bad int64 (B, 5) (see Status).
+Failures = namedtuple("Failures", "status bad")
+# What knn_batch returns.
+KnnResult = namedtuple("KnnResult", "centers neighbors shifts distances edge_ptr "
+                       "next_distance next_neighbor next_shift status bad")
+
+# Inside the kernel:
+# the rules on the distance grid: q_tolerance (grid steps) and inv_quantum (1 / Å)
+Rules = namedtuple("Rules", "k include_ties q_tolerance inv_quantum cutoff coincident")
+# one structure: its atoms are rows a0:a0 + n of positions (Å); frac (>= n, 3) their
+# fractional coordinates; cell (3, 3) Å; heights (3,) Å, the spacing of the lattice planes
+# normal to each axis; periodic bool (3,)
+Geometry = namedtuple("Geometry", "positions a0 n frac cell heights periodic")
+# the search of one structure: r_start (Å) the common radius of the pass over pairs,
+# r_limit (Å) the bound past which a search is a defect, q_inside the largest grid distance
+# that proves completeness within r_start
+Search = namedtuple("Search", "r_start r_limit q_inside")
+# candidate buckets: centre i owns rows i * (width + 1) onwards (width rows and a spare) of
+# j int64, s int64 (., 3), d float64 (Å); count (>= n,) candidates per centre; forward
+# (>= n,) scratch of the pass over pairs
+Buckets = namedtuple("Buckets", "j s d count forward width")
+# candidates to select from: j int64 (C,), s int64 (C, 3), d float64 (C,) Å (buckets and the
+# slow path's pool have the same fields)
+Candidates = namedtuple("Candidates", "j s d")
+# scratch of the all-pairs ranking: quantised distances, ranks, sizes of equal groups
+Ranking = namedtuple("Ranking", "q rank group")
+# scratch of the slow path: the bounded sorted list (lq grid distances, lc candidate rows)
+# and the pool of candidates gathered alone (cj, cs, cd)
+SlowScratch = namedtuple("SlowScratch", "lq lc cj cs cd")
 
 _GROW = 1.5
 
 
 @numba.njit(cache=True, nogil=True)
-def _grow_i32(a, n):
-    b = np.empty(max(2 * a.shape[0], n), np.int32)
-    b[: a.shape[0]] = a
-    return b
-
-
-@numba.njit(cache=True, nogil=True)
-def _grow_f64(a, n):
-    b = np.empty(max(2 * a.shape[0], n), np.float64)
-    b[: a.shape[0]] = a
-    return b
-
-
-@numba.njit(cache=True, nogil=True)
-def _grow_s(a, n):
-    b = np.empty((max(2 * a.shape[0], n), 3), np.int32)
-    b[: a.shape[0]] = a
-    return b
+def _grow_edges(edges, n):
+    """``edges`` with room for at least ``n`` (at least doubled), contents kept."""
+    size = max(2 * edges.i.shape[0], n)
+    used = edges.i.shape[0]
+    i = np.empty(size, np.int32)
+    j = np.empty(size, np.int32)
+    s = np.empty((size, 3), np.int32)
+    d = np.empty(size, np.float64)
+    i[:used] = edges.i
+    j[:used] = edges.j
+    s[:used] = edges.s
+    d[:used] = edges.d
+    return Edges(i, j, s, d)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -104,11 +157,15 @@ def _shift_range(periodic, span, df):
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd):
-    """Every candidate of centre ``i`` within ``r`` Å into ``cj, cs, cd``, in (j, S) order.
+def _gather(i, geo, span, r, scratch):
+    """Every candidate of centre ``i`` of structure ``geo`` within ``r`` Å (``span[a] =
+    r / heights[a]``) into the pool ``scratch.cj, cs, cd``, in (j, S) order.
 
-    Returns their number, or -1 when the buffers are too small (the caller grows them).
+    Returns their number, or -1 when the pool is too small (the caller grows it).
     """
+    positions, a0, n, frac, cell, periodic = (geo.positions, geo.a0, geo.n, geo.frac,
+                                              geo.cell, geo.periodic)
+    cj, cs, cd = scratch.cj, scratch.cs, scratch.cd
     m = 0
     r2 = r * r
     xi = positions[a0 + i, 0]
@@ -144,19 +201,23 @@ def _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd):
 
 
 @numba.njit(cache=True, nogil=True)
-def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count, forward,
-                   bj, bs, bd):
-    """Every candidate within ``r`` of every centre, each unordered pair visited once.
+def _collect_pairs(geo, span, r, buckets):
+    """Every candidate within ``r`` of every centre of ``geo``, each unordered pair
+    visited once (``span[a] = r / heights[a]``).
 
     Candidates of centre ``i`` go to its bucket, ``width`` rows from ``i * (width + 1)`` of
-    ``bj`` (j), ``bs`` (S) and ``bd`` (d, Å), plus one spare row that absorbs the writes of
-    images out of range and of overflow; ``count[i]`` is how many it has. The pass over
-    pairs ``j >= i`` fills ``i``'s bucket (``forward[i]`` rows), then each of those rows is
-    copied into ``j``'s bucket as ``(i, -S)``. Returns the largest count: if it exceeds
-    ``width`` the buckets overflowed and the caller calls again with wider ones.
+    ``buckets.j`` (j), ``.s`` (S) and ``.d`` (d, Å), plus one spare row that absorbs the
+    writes of images out of range and of overflow; ``buckets.count[i]`` is how many it has.
+    The pass over pairs ``j >= i`` fills ``i``'s bucket (``forward[i]`` rows), then each of
+    those rows is copied into ``j``'s bucket as ``(i, -S)``. Returns the largest count: if it
+    exceeds ``width`` the buckets overflowed and the caller calls again with wider ones.
     The edge vector is ``(r_j - r_i) + ((S0 a + S1 b) + S2 c)``, the association the
     reference uses, so distances agree to the last bit.
     """
+    positions, a0, n, frac, cell = geo.positions, geo.a0, geo.n, geo.frac, geo.cell
+    bj, bs, bd, count, forward = (buckets.j, buckets.s, buckets.d, buckets.count,
+                                  buckets.forward)
+    width = buckets.width
     r2 = r * r
     stride = width + 1
     # cell, spans and flags in locals: the stores below could alias arrays, locals cannot
@@ -164,7 +225,7 @@ def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count
     bx, by, bz = cell[1, 0], cell[1, 1], cell[1, 2]
     cx, cy, cz = cell[2, 0], cell[2, 1], cell[2, 2]
     sp0, sp1, sp2 = span[0], span[1], span[2]
-    p0, p1, p2 = periodic[0], periodic[1], periodic[2]
+    p0, p1, p2 = geo.periodic[0], geo.periodic[1], geo.periodic[2]
     for i in range(n):
         xi = positions[a0 + i, 0]
         yi = positions[a0 + i, 1]
@@ -229,7 +290,8 @@ def _collect_pairs(a0, n, positions, frac, cell, span, periodic, r, width, count
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _before(q, j, s0, s1, s2, qb, jb, sb0, sb1, sb2):
-    """Whether candidate (q, j, S) sorts strictly before (qb, jb, Sb)."""
+    """Whether candidate (q, j, S) sorts strictly before (qb, jb, Sb): the ordering key,
+    field by field (scalars, so that the comparison compiles to registers)."""
     if q != qb:
         return q < qb
     if j != jb:
@@ -245,9 +307,9 @@ _RANKED_MAX = 256  # candidates of one centre ranked all-pairs; more go the slow
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _rank_into(first, last, bj, bs, bd, inv_quantum, qbuf, rank, group, e, out_j, out_s,
-               out_d):
-    """Write the candidates in rows ``first:last`` of the buckets, sorted, to ``out_*[e:]``.
+def _rank_into(first, last, candidates, rules, ranking, e, edges):
+    """Write the candidates in rows ``first:last`` of ``candidates`` (:data:`Candidates`, or
+    the buckets, which have the same fields), sorted, to ``edges.j, .s, .d`` from row ``e``.
 
     The rank of a candidate is the number of candidates that sort before it, counted over
     all pairs in a branch-free (vectorised) loop over quantised distances, which also counts
@@ -255,6 +317,10 @@ def _rank_into(first, last, bj, bs, bd, inv_quantum, qbuf, rank, group, e, out_j
     members of such groups are then ordered among themselves by (j, S). Every candidate
     goes to ``e + rank``.
     """
+    bj, bs, bd = candidates.j, candidates.s, candidates.d
+    qbuf, rank, group = ranking.q, ranking.rank, ranking.group
+    out_j, out_s, out_d = edges.j, edges.s, edges.d
+    inv_quantum = rules.inv_quantum
     c = last - first
     for a in range(c):
         qbuf[a] = np.int64(bd[first + a] * inv_quantum + 0.5)
@@ -291,28 +357,32 @@ def _rank_into(first, last, bj, bs, bd, inv_quantum, qbuf, rank, group, e, out_j
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _n_kept(e, c, k, include_ties, q_tolerance, inv_quantum, out_d):
-    """How many of the sorted candidates ``out_d[e:e + c]`` are kept (k, plus ties):
+def _n_kept(e, c, rules, out_d):
+    """How many of the sorted candidates ``out_d[e:e + c]`` (Å) are kept (k, plus ties):
     a further candidate is kept while its quantised distance exceeds the k-th's by at most
-    the quantised tolerance ``q_tolerance``."""
+    the quantised tolerance ``rules.q_tolerance``."""
+    k = rules.k
     if c <= k:
         return c
     kept = k
-    if include_ties:
-        limit = np.int64(out_d[e + k - 1] * inv_quantum + 0.5) + q_tolerance
+    if rules.include_ties:
+        inv_quantum = rules.inv_quantum
+        limit = np.int64(out_d[e + k - 1] * inv_quantum + 0.5) + rules.q_tolerance
         while kept < c and np.int64(out_d[e + kept] * inv_quantum + 0.5) <= limit:
             kept += 1
     return kept
 
 
 @numba.njit(cache=True, nogil=True)
-def _select_insertion(first, last, cj, cs, cd, k, include_ties, q_tolerance,
-                      inv_quantum, lq, lc):
-    """Best candidates among rows ``first:last`` of ``cj, cs, cd``, inserted one by one
-    into the bounded list ``lq`` (quantised distances) / ``lc`` (rows) sorted by
-    (q, j, S). Returns ``(m, kept)``: the list length and how many of its entries are kept
-    (``m - kept`` is 0 or 1, the first candidate not kept), or ``(-1, 0)`` when the list
-    buffers are too small (the caller grows them and calls again)."""
+def _select_insertion(first, last, candidates, rules, lq, lc):
+    """Best candidates among rows ``first:last`` of ``candidates`` (:data:`Candidates`),
+    inserted one by one into the bounded list ``lq`` (quantised distances) / ``lc``
+    (rows) sorted by (q, j, S). Returns ``(m, kept)``: the list length and how many of its
+    entries are kept (``m - kept`` is 0 or 1, the first candidate not kept), or ``(-1, 0)``
+    when the list buffers are too small (the caller grows them and calls again)."""
+    cj, cs, cd = candidates.j, candidates.s, candidates.d
+    k, include_ties, q_tolerance = rules.k, rules.include_ties, rules.q_tolerance
+    inv_quantum = rules.inv_quantum
     m = 0
     kept = 0
     q_bound = np.int64(2) ** 62  # candidates beyond this grid value cannot enter the list
@@ -354,115 +424,112 @@ def _select_insertion(first, last, cj, cs, cd, k, include_ties, q_tolerance,
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _emit(b, i, a0, e, m, kept, cutoff, coincident, out_i, out_j, out_s, out_d,
-          next_distance, next_neighbor, next_shift, status, bad):
-    """Finish centre ``i`` whose sorted list of ``m`` candidates is at ``out_*[e:]``:
-    drop edges beyond the cutoff, record the first candidate not kept (distance, neighbour,
-    shift), fill the centre column. Returns the new edge count, or -1 if its nearest candidate is coincident (the
-    pair is recorded in ``status``/``bad``)."""
-    if m > 0 and out_d[e] < coincident:
-        status[b] = STATUS_COINCIDENT
-        bad[b, 0] = i
-        bad[b, 1] = out_j[e]
-        bad[b, 2] = out_s[e, 0]
-        bad[b, 3] = out_s[e, 1]
-        bad[b, 4] = out_s[e, 2]
-        return -1
+def _coincident(b, i, e, m, rules, edges, failures):
+    """Whether centre ``i``'s nearest candidate (row ``e`` of the sorted ``edges``, one of
+    ``m``) is closer than ``rules.coincident``; if so the pair is recorded for structure
+    ``b`` in ``failures``."""
+    if m == 0 or edges.d[e] >= rules.coincident:
+        return False
+    failures.status[b] = STATUS_COINCIDENT
+    failures.bad[b, 0] = i
+    failures.bad[b, 1] = edges.j[e]
+    failures.bad[b, 2] = edges.s[e, 0]
+    failures.bad[b, 3] = edges.s[e, 1]
+    failures.bad[b, 4] = edges.s[e, 2]
+    return True
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _emit(i, a0, e, m, kept, cutoff, edges, nxt):
+    """Finish centre ``i`` (atom ``a0 + i`` of the batch) whose sorted list of ``m``
+    candidates is at ``edges`` row ``e`` onwards: drop edges beyond ``cutoff`` (Å), record
+    the first candidate not kept in ``nxt``, fill the centre column. Returns the new edge
+    count."""
+    out_d = edges.d
     n_kept = kept  # sorted: all kept are within the cutoff if the last one is
     if kept > 0 and out_d[e + kept - 1] > cutoff:
         n_kept = 0
         while out_d[e + n_kept] <= cutoff:
             n_kept += 1
     if n_kept < m:
-        next_distance[a0 + i] = out_d[e + n_kept]
-        next_neighbor[a0 + i] = out_j[e + n_kept]
-        next_shift[a0 + i, 0] = out_s[e + n_kept, 0]
-        next_shift[a0 + i, 1] = out_s[e + n_kept, 1]
-        next_shift[a0 + i, 2] = out_s[e + n_kept, 2]
+        nxt.distance[a0 + i] = out_d[e + n_kept]
+        nxt.neighbor[a0 + i] = edges.j[e + n_kept]
+        nxt.shift[a0 + i, 0] = edges.s[e + n_kept, 0]
+        nxt.shift[a0 + i, 1] = edges.s[e + n_kept, 1]
+        nxt.shift[a0 + i, 2] = edges.s[e + n_kept, 2]
     for t in range(n_kept):
-        out_i[e + t] = i
+        edges.i[e + t] = i
     return e + n_kept
 
 
 @numba.njit(cache=True, nogil=True)
-def _centre_slow(i, first, last, pj, ps, pd, a0, n, positions, frac, cell, heights,
-                 periodic, r_start, r_limit, k, include_ties, q_tolerance, inv_quantum, lq, lc,
-                 cj, cs, cd, e, out_i, out_j, out_s, out_d):
+def _centre_slow(i, geo, search, buckets, rules, scratch, e, edges):
     """One centre the fast path cannot finish: too many candidates to rank all-pairs, or
-    the answer is not proven complete within ``r_start`` (then its candidates are gathered
-    again alone with a growing radius, up to ``r_limit``). Its bucket is rows
-    ``first:last`` of ``pj, ps, pd``. Writes the sorted list to ``out_*[e:]``; returns its
+    the answer is not proven complete within ``search.r_start`` (then its candidates are
+    gathered again alone with a growing radius, up to ``search.r_limit``). Its candidates
+    are its bucket's rows. Writes the sorted list to ``edges`` from row ``e``; returns its
     length ``m`` (-1 when completeness is not proven within ``r_limit``), the number kept,
-    and the (possibly regrown) buffers.
+    and the (possibly regrown) ``scratch`` and ``edges``.
     """
     span = np.empty(3, np.float64)
-    src_j, src_s, src_d = pj, ps, pd  # the candidates: the bucket's rows, then the pool
-    lo, hi = first, last
-    r = r_start
+    first = i * (buckets.width + 1)
+    # the candidates: the bucket's rows, then the pool gathered alone
+    src_j, src_s, src_d = buckets.j, buckets.s, buckets.d
+    lo, hi = first, first + buckets.count[i]
+    r = search.r_start
     while True:
-        m, kept = _select_insertion(lo, hi, src_j, src_s, src_d, k, include_ties,
-                                    q_tolerance, inv_quantum, lq, lc)
+        m, kept = _select_insertion(lo, hi, Candidates(src_j, src_s, src_d), rules,
+                                    scratch.lq, scratch.lc)
         if m < 0:
-            lq = np.empty(2 * lq.shape[0], np.int64)
-            lc = np.empty(2 * lc.shape[0], np.int64)
+            scratch = SlowScratch(np.empty(2 * scratch.lq.shape[0], np.int64),
+                                  np.empty(2 * scratch.lc.shape[0], np.int64),
+                                  scratch.cj, scratch.cs, scratch.cd)
             continue
         # The first candidate not kept must lie strictly inside the searched ball.
-        if r == np.inf or (m > kept and lq[kept] < np.int64(r * inv_quantum) - 1):
+        if r == np.inf or (m > kept and scratch.lq[kept] < np.int64(r * rules.inv_quantum) - 1):
             break
-        if r > r_limit:
-            return -1, 0, lq, lc, cj, cs, cd, out_i, out_j, out_s, out_d
+        if r > search.r_limit:
+            return -1, 0, scratch, edges
         r *= _GROW
         for a in range(3):
-            span[a] = r / heights[a]
-        pool = _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd)
+            span[a] = r / geo.heights[a]
+        pool = _gather(i, geo, span, r, scratch)
         while pool < 0:
-            cj = np.empty(2 * cj.shape[0], np.int64)
-            cs = np.empty((2 * cs.shape[0], 3), np.int64)
-            cd = np.empty(2 * cd.shape[0], np.float64)
-            pool = _gather(i, a0, n, positions, frac, cell, span, periodic, r, cj, cs, cd)
-        src_j, src_s, src_d = cj, cs, cd
+            size = 2 * scratch.cj.shape[0]
+            scratch = SlowScratch(scratch.lq, scratch.lc, np.empty(size, np.int64),
+                                  np.empty((size, 3), np.int64), np.empty(size, np.float64))
+            pool = _gather(i, geo, span, r, scratch)
+        src_j, src_s, src_d = scratch.cj, scratch.cs, scratch.cd
         lo, hi = 0, pool
-    if e + m > out_j.shape[0]:
-        need = e + m + (n - i) * (k + 2)
-        out_i = _grow_i32(out_i, need)
-        out_j = _grow_i32(out_j, need)
-        out_d = _grow_f64(out_d, need)
-        out_s = _grow_s(out_s, need)
+    if e + m > edges.j.shape[0]:
+        edges = _grow_edges(edges, e + m + (geo.n - i) * (rules.k + 2))
+    lc = scratch.lc
     for t in range(m):
         o = lc[t]
-        out_j[e + t] = src_j[o]
-        out_s[e + t, 0] = src_s[o, 0]
-        out_s[e + t, 1] = src_s[o, 1]
-        out_s[e + t, 2] = src_s[o, 2]
-        out_d[e + t] = src_d[o]
-    return m, kept, lq, lc, cj, cs, cd, out_i, out_j, out_s, out_d
+        edges.j[e + t] = src_j[o]
+        edges.s[e + t, 0] = src_s[o, 0]
+        edges.s[e + t, 1] = src_s[o, 1]
+        edges.s[e + t, 2] = src_s[o, 2]
+        edges.d[e + t] = src_d[o]
+    return m, kept, scratch, edges
 
 
 @numba.njit(cache=True, nogil=True)
-def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, cutoff,
-              quantum, coincident, out_i, out_j, out_s, out_d):
+def knn_batch(structures, params, edges):
     """Build the graphs of ``B`` structures.
 
     Parameters
     ----------
-    cells : float64 (B, 3, 3), rows are lattice vectors, Å
-    positions : float64 (N_total, 3), Å, structures concatenated
-    atom_ptr : int64 (B + 1,), structure b owns atoms ``atom_ptr[b]:atom_ptr[b+1]``
-    pbc : bool (B, 3)
-    k : int, neighbours kept per atom (before tie inclusion)
-    include_ties : bool, keep all candidates within ``tie_tolerance`` of the k-th distance
-    tie_tolerance : float, Å
-    cutoff : float, Å; edges longer than this are dropped afterwards (``inf`` for none)
-    quantum : float, Å; distances are ordered, and the tolerance applied, on this grid
-    coincident : float, Å; a candidate closer than this is an error
-
-    out_i, out_j : int32 (capacity,), out_s : int32 (capacity, 3), out_d : float64 (capacity,)
+    structures : :data:`Structures` (cells, positions, atom_ptr, pbc; shapes and units there)
+    params : :data:`Params` (k, include_ties, tie_tolerance, cutoff, quantum, coincident)
+    edges : :data:`Edges` of capacity C: i, j int32 (C,), s int32 (C, 3), d float64 (C,)
         Output buffers, allocated by the caller: numpy's allocator reuses memory between
         calls, while arrays allocated here start on fresh pages each call (~10% of the run
         time for MPtrj-like batches). Grown if too small.
 
     Returns
     -------
+    :data:`KnnResult`:
     centers, neighbors : int32 (E,) local to their structure
     shifts : int32 (E, 3)
     distances : float64 (E,)
@@ -470,36 +537,34 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
     next_distance : float64 (N_total,), Å, of the first candidate not kept (inf: none)
     next_neighbor : int32 (N_total,), its neighbour index local to the structure (-1: none)
     next_shift : int32 (N_total, 3), its cell shift
-    status : int64 (B,), STATUS_OK, STATUS_COINCIDENT or STATUS_INCOMPLETE
+    status : int64 (B,), :class:`Status` codes
     bad : int64 (B, 5), for a coincident pair: i, j, S; for an incomplete search: i
     """
+    cells, positions, atom_ptr, pbc = (structures.cells, structures.positions,
+                                       structures.atom_ptr, structures.pbc)
+    k = params.k
+    tie_tolerance = params.tie_tolerance
     n_struct = cells.shape[0]
     n_total = positions.shape[0]
-    inv_quantum = 1.0 / quantum
-    q_tolerance = np.int64(tie_tolerance * inv_quantum + 0.5)
+    inv_quantum = 1.0 / params.quantum
+    rules = Rules(k, params.include_ties, np.int64(tie_tolerance * inv_quantum + 0.5),
+                  inv_quantum, params.cutoff, params.coincident)
     edge_ptr = np.zeros(n_struct + 1, np.int64)
-    next_distance = np.full(n_total, np.inf)
-    next_neighbor = np.full(n_total, -1, np.int32)
-    next_shift = np.zeros((n_total, 3), np.int32)
-    status = np.zeros(n_struct, np.int64)
-    bad = np.zeros((n_struct, 5), np.int64)
+    nxt = NextCandidates(np.full(n_total, np.inf), np.full(n_total, -1, np.int32),
+                         np.zeros((n_total, 3), np.int32))
+    failures = Failures(np.zeros(n_struct, np.int64), np.zeros((n_struct, 5), np.int64))
 
-    lq = np.empty(2 * (k + 2), np.int64)
-    lc = np.empty(2 * (k + 2), np.int64)
-    cj = np.empty(8 * (k + 2), np.int64)
-    cs = np.empty((8 * (k + 2), 3), np.int64)
-    cd = np.empty(8 * (k + 2), np.float64)
-
+    scratch = SlowScratch(np.empty(2 * (k + 2), np.int64), np.empty(2 * (k + 2), np.int64),
+                          np.empty(8 * (k + 2), np.int64), np.empty((8 * (k + 2), 3), np.int64),
+                          np.empty(8 * (k + 2), np.float64))
     # candidate buckets of the current structure, ``width`` rows (+ 1 spare) per atom
     width = 2 * (k + 2)
-    count = np.empty(64, np.int64)
-    forward = np.empty(64, np.int64)
-    bj = np.empty(64 * (width + 1), np.int64)
-    bs = np.empty((64 * (width + 1), 3), np.int64)
-    bd = np.empty(64 * (width + 1), np.float64)
-    qbuf = np.empty(_RANKED_MAX, np.int64)
-    rank = np.empty(_RANKED_MAX, np.int64)
-    group = np.empty(_RANKED_MAX, np.int64)
+    buckets = Buckets(np.empty(64 * (width + 1), np.int64),
+                      np.empty((64 * (width + 1), 3), np.int64),
+                      np.empty(64 * (width + 1), np.float64),
+                      np.empty(64, np.int64), np.empty(64, np.int64), width)
+    ranking = Ranking(np.empty(_RANKED_MAX, np.int64), np.empty(_RANKED_MAX, np.int64),
+                      np.empty(_RANKED_MAX, np.int64))
 
     frac = np.empty((64, 3), np.float64)
     inv = np.empty((3, 3), np.float64)
@@ -514,8 +579,8 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
         det = _inv3(cell, inv)
         if frac.shape[0] < n:
             frac = np.empty((n, 3), np.float64)
-            count = np.empty(n, np.int64)
-            forward = np.empty(n, np.int64)
+            buckets = Buckets(buckets.j, buckets.s, buckets.d, np.empty(n, np.int64),
+                              np.empty(n, np.int64), buckets.width)
         for i in range(n):
             for a in range(3):
                 frac[i, a] = (positions[a0 + i, 0] * inv[0, a] + positions[a0 + i, 1] * inv[1, a]
@@ -523,6 +588,7 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
         for a in range(3):
             heights[a] = 1.0 / math.sqrt(inv[0, a] ** 2 + inv[1, a] ** 2 + inv[2, a] ** 2)
             periodic[a] = pbc[b, a]
+        geo = Geometry(positions, a0, n, frac, cell, heights, periodic)
         if not (periodic[0] or periodic[1] or periodic[2]):
             r_start = np.inf
             r_limit = np.inf
@@ -537,83 +603,76 @@ def knn_batch(cells, positions, atom_ptr, pbc, k, include_ties, tie_tolerance, c
             # A ball holding ~1.5 (k + 1) atoms at the cell's density (1.15 in radius: a
             # smaller one saves less than its extra slow-path searches cost).
             r_start = 1.15 * (3.0 * (k + 1) * abs(det) / (4.0 * math.pi * max(n, 1))) ** (1.0 / 3.0)
-            if include_ties:
+            if rules.include_ties:
                 r_start += tie_tolerance
+        # largest quantised distance that proves completeness within r_start
+        q_inside = np.int64(r_start * inv_quantum) - 1 if r_start < np.inf else np.int64(2) ** 62
+        search = Search(r_start, r_limit, q_inside)
         # One pass over unordered pairs at the common radius r_start collects every
         # candidate of every centre; an atom whose answer is not proven complete by it is
         # searched again on its own with a growing radius.
         for a in range(3):
             span[a] = r_start / heights[a] if r_start < np.inf else 0.0
         while True:
-            if bj.shape[0] < n * (width + 1):
-                bj = np.empty(n * (width + 1), np.int64)
-                bs = np.empty((n * (width + 1), 3), np.int64)
-                bd = np.empty(n * (width + 1), np.float64)
-            widest = _collect_pairs(a0, n, positions, frac, cell, span, periodic, r_start,
-                                    width, count, forward, bj, bs, bd)
-            if widest <= width:
+            rows = n * (buckets.width + 1)
+            if buckets.j.shape[0] < rows:
+                buckets = Buckets(np.empty(rows, np.int64), np.empty((rows, 3), np.int64),
+                                  np.empty(rows, np.float64), buckets.count, buckets.forward,
+                                  buckets.width)
+            widest = _collect_pairs(geo, span, r_start, buckets)
+            if widest <= buckets.width:
                 break
-            width = widest + widest // 2
-        # largest quantised distance that proves completeness within r_start
-        q_inside = np.int64(r_start * inv_quantum) - 1 if r_start < np.inf else np.int64(2) ** 62
+            buckets = Buckets(buckets.j, buckets.s, buckets.d, buckets.count, buckets.forward,
+                              widest + widest // 2)
+        stride = buckets.width + 1
+        count = buckets.count
 
         failed = False
-        i = 0
-        while i < n:
+        centre = 0  # the first centre not yet finished
+        while centre < n:
             # room for every candidate still to come: the loop below never reallocates, so
             # no array is reassigned inside it (numba then adds no reference counting)
             need = e
-            for t in range(i, n):
+            for t in range(centre, n):
                 need += count[t]
-            if need > out_j.shape[0]:
-                need += (n_struct - b) * (k + 2)
-                out_i = _grow_i32(out_i, need)
-                out_j = _grow_i32(out_j, need)
-                out_d = _grow_f64(out_d, need)
-                out_s = _grow_s(out_s, need)
+            if need > edges.j.shape[0]:
+                edges = _grow_edges(edges, need + (n_struct - b) * (k + 2))
             slow = n
-            for i in range(i, n):
-                first = i * (width + 1)
+            for i in range(centre, n):
+                first = i * stride
                 c_i = count[i]
                 if c_i > _RANKED_MAX:
                     slow = i
                     break
-                _rank_into(first, first + c_i, bj, bs, bd, inv_quantum, qbuf, rank, group, e,
-                           out_j, out_s, out_d)
-                kept = _n_kept(e, c_i, k, include_ties, q_tolerance, inv_quantum, out_d)
+                _rank_into(first, first + c_i, buckets, rules, ranking, e, edges)
+                kept = _n_kept(e, c_i, rules, edges.d)
                 if not (r_start == np.inf or (
-                        kept < c_i and np.int64(out_d[e + kept] * inv_quantum + 0.5) < q_inside)):
+                        kept < c_i and np.int64(edges.d[e + kept] * inv_quantum + 0.5) < q_inside)):
                     slow = i
                     break
-                e = _emit(b, i, a0, e, c_i, kept, cutoff, coincident, out_i, out_j, out_s,
-                          out_d, next_distance, next_neighbor, next_shift, status, bad)
-                if e < 0:
+                if _coincident(b, i, e, c_i, rules, edges, failures):
                     failed = True
                     break
+                e = _emit(i, a0, e, c_i, kept, rules.cutoff, edges, nxt)
             if failed or slow == n:
                 break
-            i = slow
-            first = i * (width + 1)
-            m, kept, lq, lc, cj, cs, cd, out_i, out_j, out_s, out_d = _centre_slow(
-                i, first, first + count[i], bj, bs, bd, a0, n, positions, frac, cell, heights,
-                periodic, r_start, r_limit, k, include_ties, q_tolerance, inv_quantum, lq, lc,
-                cj, cs, cd, e, out_i, out_j, out_s, out_d)
+            m, kept, scratch, edges = _centre_slow(slow, geo, search, buckets, rules, scratch,
+                                                   e, edges)
             if m < 0:
-                status[b] = STATUS_INCOMPLETE
-                bad[b, 0] = i
+                failures.status[b] = STATUS_INCOMPLETE
+                failures.bad[b, 0] = slow
                 failed = True
                 break
-            e = _emit(b, i, a0, e, m, kept, cutoff, coincident, out_i, out_j, out_s, out_d,
-                      next_distance, next_neighbor, next_shift, status, bad)
-            if e < 0:
+            if _coincident(b, slow, e, m, rules, edges, failures):
                 failed = True
                 break
-            i += 1
+            e = _emit(slow, a0, e, m, kept, rules.cutoff, edges, nxt)
+            centre = slow + 1
         if failed:
             e = edge_ptr[b]
             for i in range(n):
-                next_distance[a0 + i] = np.inf
-                next_neighbor[a0 + i] = -1
+                nxt.distance[a0 + i] = np.inf
+                nxt.neighbor[a0 + i] = -1
         edge_ptr[b + 1] = e
-    return (out_i[:e], out_j[:e], out_s[:e], out_d[:e], edge_ptr, next_distance, next_neighbor,
-            next_shift, status, bad)
+    return KnnResult(edges.i[:e], edges.j[:e], edges.s[:e], edges.d[:e], edge_ptr, nxt.distance,
+                     nxt.neighbor, nxt.shift, failures.status, failures.bad)

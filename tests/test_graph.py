@@ -381,15 +381,18 @@ def test_ranked_selection_equals_insertion(ties):
 
         out_j, out_s, out_d = (np.empty(c, np.int32), np.empty((c, 3), np.int32),
                                np.empty(c, np.float64))
-        kk._rank_into(0, c, cj, cs, d, 1e9, np.empty(256, np.int64), np.empty(256, np.int64),
-                      np.empty(256, np.int64), 0, out_j, out_s, out_d)
-        kept_ranked = kk._n_kept(0, c, k, ties, 10_000_000, 1e9, out_d)  # 0.01 Å on the grid
+        rules = kk.Rules(k, ties, 10_000_000, 1e9, np.inf, 1e-6)  # tolerance 0.01 Å on the grid
+        candidates = kk.Candidates(cj, cs, d)
+        ranking = kk.Ranking(*(np.empty(256, np.int64) for _ in range(3)))
+        kk._rank_into(0, c, candidates, rules, ranking, 0,
+                      kk.Edges(np.empty(c, np.int32), out_j, out_s, out_d))
+        kept_ranked = kk._n_kept(0, c, rules, out_d)
         ranked = [(out_j[t], *out_s[t], out_d[t]) for t in range(c)]
 
         lq = np.empty(2 * (k + 2), np.int64)
         lc = np.empty(2 * (k + 2), np.int64)
         while True:
-            m, kept = kk._select_insertion(0, c, cj, cs, d, k, ties, 10_000_000, 1e9, lq, lc)
+            m, kept = kk._select_insertion(0, c, candidates, rules, lq, lc)
             if m >= 0:
                 break
             lq = np.empty(2 * lq.shape[0], np.int64)

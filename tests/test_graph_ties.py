@@ -142,15 +142,17 @@ def test_unprovable_search_fails_loudly():
     # sanity: the real call works
     assert knn_graph(cell, pos, k=16).n_edges >= 32
     # the slow path with a limit below the first radius: not proven, reported
-    bj = np.zeros(4, np.int64)
-    bs = np.zeros((4, 3), np.int64)
-    bd = np.full(4, 3.0)
-    out = kk._centre_slow(0, 0, 4, bj, bs, bd, 0, 2, pos, pos @ np.linalg.inv(cell), cell,
-                          np.full(3, 3.0), np.ones(3, np.bool_), 1.0, 0.5, 16, True, 10_000_000,
-                          1e9, np.empty(36, np.int64), np.empty(36, np.int64),
-                          np.empty(16, np.int64), np.empty((16, 3), np.int64),
-                          np.empty(16), 0, np.empty(64, np.int32), np.empty(64, np.int32),
-                          np.empty((64, 3), np.int32), np.empty(64))
+    buckets = kk.Buckets(np.zeros(4, np.int64), np.zeros((4, 3), np.int64), np.full(4, 3.0),
+                         np.array([4, 0]), np.zeros(2, np.int64), 4)
+    geo = kk.Geometry(pos, 0, 2, pos @ np.linalg.inv(cell), cell, np.full(3, 3.0),
+                      np.ones(3, np.bool_))
+    search = kk.Search(1.0, 0.5, np.int64(1e9) - 1)  # r_start 1 Å, r_limit 0.5 Å
+    rules = kk.Rules(16, True, 10_000_000, 1e9, np.inf, 1e-6)
+    scratch = kk.SlowScratch(np.empty(36, np.int64), np.empty(36, np.int64),
+                             np.empty(16, np.int64), np.empty((16, 3), np.int64), np.empty(16))
+    edges = kk.Edges(np.empty(64, np.int32), np.empty(64, np.int32),
+                     np.empty((64, 3), np.int32), np.empty(64))
+    out = kk._centre_slow(0, geo, search, buckets, rules, scratch, 0, edges)
     assert out[0] == -1
     # how the kernel's status for such a structure reads to the user
     from preprocess.graph import _failure
