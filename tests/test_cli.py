@@ -169,3 +169,26 @@ def test_cli_user_errors(tmp_path):
     other = run(["build", "--source", src, "--out", tmp_path / "s", "--k", "8",
                  "--scheduler", "synchronous"])
     assert other.returncode == 2 and "already holds another store" in other.stderr
+
+
+def test_quiet_and_verbose_decide_what_reaches_stderr(tmp_path, capsys):
+    """Progress (INFO) on stderr, ``--verbose`` adds debug lines, ``--quiet`` (before or
+    after the command) keeps warnings only; the result, the build summary and the store's
+    path, on stdout each time; no progress bar off a terminal."""
+    from train.cli import main
+
+    src = ROOT / "tests" / "data" / "mptrj_small.json.gz"
+    build = ["build", "--source", str(src), "--frames-per-shard", "50"]
+    said = {}
+    for name, argv in (("default", build), ("verbose", [*build, "--verbose"]),
+                       ("quiet", ["--quiet", *build]), ("quiet-after", [*build, "--quiet"])):
+        assert main([*argv, "--out", str(tmp_path / name)]) == 0
+        said[name] = capsys.readouterr()
+        assert said[name].out.strip().splitlines()[-1] == str(tmp_path / name)
+        assert "building:" not in said[name].err, "no tqdm bar when stderr is not a terminal"
+    # the small source is built in this process, which the build says at INFO
+    assert "in this process" in said["default"].err
+    assert "shard-000000 committed" not in said["default"].err
+    assert "in this process" in said["verbose"].err
+    assert "shard-000000 committed" in said["verbose"].err
+    assert said["quiet"].err == said["quiet-after"].err == ""

@@ -251,6 +251,26 @@ def test_stress_counts_in_gpa():
     assert stress_term == pytest.approx(forces_term, rel=1e-6) and stress_term > 0
 
 
+# ----------------------------------------------------------------------- checkpoints
+
+def test_checkpoints_are_read_as_plain_data_only(tmp_path):
+    """One reader, torch.load(weights_only=True): configs and tensors come back (paths as
+    strings, tuples as tuples); a file holding any other object is refused in one line
+    naming it, without running its code."""
+    from fractions import Fraction
+
+    from model.checkpoint import write_checkpoint
+
+    write_checkpoint({"weights": torch.ones(2), "config": {"bands": (2.5, 3.5)},
+                      "where": tmp_path}, tmp_path / "ok.pt")
+    got = read_checkpoint(tmp_path / "ok.pt")
+    assert torch.equal(got["weights"], torch.ones(2))
+    assert got["config"] == {"bands": (2.5, 3.5)} and got["where"] == str(tmp_path)
+    torch.save({"state": Fraction(1, 3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt: not a checkpoint of plain data"):
+        read_checkpoint(tmp_path / "other.pt")
+
+
 # ------------------------------------------------------------------------------ EMA
 
 def test_ema_decay_warms_up():
