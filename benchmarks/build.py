@@ -1,6 +1,7 @@
-"""End-to-end build throughput against the naive path, and an optional full-size run.
+"""End-to-end build throughput against the naive path, on three source sizes.
 
-usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--scale FRAMES]
+usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--frames 20000] [--full]
+                                  [--dir DIR]
 
 1. The shared sample (1,027 frames), each contender in a fresh process, repeats interleaved,
    medians:
@@ -18,18 +19,27 @@ usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--scale FRAMES]
    per-frame work sets on a source of any size.
 3. Through Dask with 2 workers and 250-frame partitions: a LocalCluster started for the
    build (start-up included), and one already running (as on a real cluster).
-4. With --scale N: write an MPtrj-format file of N frames by replicating the sample with fresh
-   material and frame ids (streamed, never in memory), build it on a local cluster and
-   report wall time, frames/s and peak memory per worker (1,580,395 frames is MPtrj).
+4. ``--frames N`` (default 20,000; 0 skips it): an MPtrj-format file of N frames, the
+   sample's materials replicated with fresh material and frame ids, written to a temporary
+   folder (or ``--dir``); the baseline and a fresh ``orbitgraph build`` process on it,
+   interleaved, medians of ``--repeats``: both clocks, the ratios, and the build
+   process's peak memory.
+5. ``--full``: the same at MPtrj's size (``--full-frames``, default 1,580,395 frames, about
+   17 GB written), built once on a LocalCluster of ``--workers`` single-threaded workers
+   (3 GB memory limit each) started before the clock: wall time, frames/s, peak memory
+   per worker. The baseline cannot load a 17 GB file (json.load holds it all as Python
+   objects): its ratio is against its rate on the N-frame source of this run.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,57 +48,86 @@ from _common import ANCHOR, OUT, SAMPLE, fresh, plain_sample, require_shared  # 
 
 
 def write_replicated(path: Path, n_frames: int) -> int:
-    """Replicate the sample's materials with fresh ids until ``n_frames`` frames."""
+    """Replicate the sample's materials with fresh ids (material ``ID-rC`` for copy C, its
+    frame ids likewise) until at least ``n_frames`` frames (whole materials); returns the
+    frames written. Each copy is one text substitution in the sample's text, so that a
+    full-size file is written at disk speed."""
     import gzip
-    sample = json.load(gzip.open(SAMPLE))
-    materials = list(sample.items())
-    written = 0
-    copy = 0
+    mark = "@COPY@"  # in no id or value of the sample
+    pieces = []
+    with gzip.open(SAMPLE) as f:
+        sample = json.load(f)
+    for mid, frames in sample.items():
+        new_mid = f"{mid}-r{mark}"
+        entry = {fid.replace(mid, new_mid, 1): rec for fid, rec in frames.items()}
+        pieces.append((json.dumps(new_mid) + ": " + json.dumps(entry), len(entry)))
+    whole = ", ".join(text for text, _ in pieces)
+    per_copy = sum(n for _, n in pieces)
+    assert whole.count(mark) == len(pieces) + per_copy
+    written = copy = 0
     with open(path, "w") as f:
         f.write("{")
-        first = True
         while written < n_frames:
-            for mid, frames in materials:
-                new_mid = f"{mid}-r{copy}"
-                entry = {fid.replace(mid, new_mid, 1): rec for fid, rec in frames.items()}
-                f.write(("" if first else ", ") + json.dumps(new_mid) + ": " + json.dumps(entry))
-                first = False
-                written += len(entry)
-                if written >= n_frames:
-                    break
+            if written + per_copy <= n_frames:
+                text, count = whole, per_copy
+            else:
+                taken = []
+                count = 0
+                for piece, n in pieces:
+                    taken.append(piece)
+                    count += n
+                    if written + count >= n_frames:
+                        break
+                text = ", ".join(taken)
+            f.write((", " if copy else "") + text.replace(mark, str(copy)))
+            written += count
             copy += 1
         f.write("}")
     return written
 
 
-def worker_peak_mb(client) -> float:
+def worker_peaks_mb(client) -> list[float]:
+    """Peak resident memory (MB) of each worker process."""
     import resource
 
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    return max(client.run(peak).values())
+    return list(client.run(peak).values())
+
+
+def _run(cmd: list[str]) -> tuple[str, float, float]:
+    """(stdout, wall seconds, peak resident MB) of a child process."""
+    with tempfile.TemporaryFile("w+") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
+    return text, wall, usage.ru_maxrss / 1024
 
 
 def run_anchor(src: Path) -> tuple[float, float, int]:
     """(own seconds, process seconds, frames) of one baseline run."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ANCHOR), str(src), str(fresh(OUT / "anchor_build"))],
-                          capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
-    m = re.search(r"(\d+) frames \d+ edges in ([\d.]+) s", proc.stdout)
+    text, wall, _ = _run([sys.executable, str(ANCHOR), str(src), str(fresh(OUT / "anchor_build"))])
+    m = re.search(r"(\d+) frames \d+ edges in ([\d.]+) s", text)
     return float(m.group(2)), wall, int(m.group(1))
 
 
-def run_cli(src: Path, backend: str) -> tuple[float, float, int]:
-    """(own seconds, process seconds, records) of one ``orbitgraph build`` run."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "train.cli", "build", "--source", str(src),
-                           "--out", str(fresh(OUT / "build_cli")), "--backend", backend,
-                           "--quiet"], capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
-    frames = re.search(r"frames (\d+) .* quarantined (\d+)", proc.stdout)
-    own = float(re.search(r"wall ([\d.]+) s", proc.stdout).group(1))
+def run_cli(src: Path, backend: str, peaks: list | None = None) -> tuple[float, float, int]:
+    """(own seconds, process seconds, records) of one ``orbitgraph build`` run; its peak
+    memory (MB) appended to ``peaks``."""
+    text, wall, peak = _run([sys.executable, "-m", "train.cli", "build", "--source", str(src),
+                             "--out", str(fresh(OUT / "build_cli")), "--backend", backend,
+                             "--quiet"])
+    if peaks is not None:
+        peaks.append(peak)
+    frames = re.search(r"frames (\d+) .* quarantined (\d+)", text)
+    own = float(re.search(r"wall ([\d.]+) s", text).group(1))
     return own, wall, int(frames.group(1)) + int(frames.group(2))
 
 
@@ -106,12 +145,9 @@ print(s.frames + s.quarantined, time.perf_counter() - t0)
 def run_loaded(src: Path, backend: str) -> tuple[float, float, int]:
     """(own seconds, process seconds, records) of ``build_store`` in a fresh process whose
     libraries were loaded before its clock started."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", LOADED, str(src),
-                           str(fresh(OUT / "build_loaded")), backend],
-                          capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
-    records, own = proc.stdout.split()
+    text, wall, _ = _run([sys.executable, "-c", LOADED, str(src),
+                          str(fresh(OUT / "build_loaded")), backend])
+    records, own = text.split()[-2:]
     return float(own), wall, int(records)
 
 
@@ -119,14 +155,31 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--scale", type=int, default=0, help="frames of a replicated full-size run")
+    ap.add_argument("--frames", type=int, default=20_000,
+                    help="frames of the replicated source built by fresh processes (0: skip)")
+    ap.add_argument("--full", action="store_true", help="also a full-size source (long)")
+    ap.add_argument("--full-frames", type=int, default=1_580_395)
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="where replicated sources are written and kept (default: a "
+                         "temporary folder, removed at the end)")
     ap.add_argument("--frames-per-shard", type=int, default=4000)
+    ap.add_argument("--skip-sample", action="store_true", help="only sections 4 and 5")
     args = ap.parse_args()
     require_shared()
+    src = plain_sample()
+    if not args.skip_sample:
+        sample_sections(src, args)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        where = Path(args.dir or tmp)
+        base_rate = replicated_section(where, args) if args.frames else None
+        if args.full:
+            full_section(where, args, base_rate)
+
+
+def sample_sections(src: Path, args) -> None:
     from preprocess.cluster import ClusterConfig
     from preprocess.pipeline import build_store
 
-    src = plain_sample()
     runs: dict[str, list[tuple[float, float, int]]] = {
         name: [] for name in ("anchor", "zarr", "arrow", "loaded zarr", "loaded arrow")}
     for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits all alike
@@ -180,24 +233,70 @@ def main() -> None:
     print(f"{f'running cluster, {args.workers} workers':42s} {rate:9.0f} fr/s "
           f"{rate / base_own:4.1f}x  (arrow, 250-frame partitions)")
 
-    if args.scale:
-        big = OUT / f"mptrj_replicated_{args.scale}.json"
-        if not big.is_file():
-            t0 = time.perf_counter()
-            n = write_replicated(big, args.scale)
-            print(f"wrote {n} frames, {big.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s")
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                          memory_limit="3GB", dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
-            t0 = time.perf_counter()
-            s = build_store(big, fresh(OUT / "build_big"), frames_per_shard=args.frames_per_shard,
-                            cluster=ClusterConfig(kind="address", address=cluster.scheduler_address),
-                            progress=False)
-            dt = time.perf_counter() - t0
-            rate = (s.frames + s.quarantined) / dt
-            print(f"full-size build: {s.frames} frames ({s.quarantined} quarantined) in {dt:.0f} s "
-                  f"= {rate:.0f} frames/s = {rate / base_own:.1f}x baseline; peak worker memory "
-                  f"{worker_peak_mb(client):.0f} MB")
+
+
+def _medians(runs: list[tuple[float, float, int]]) -> tuple[float, float]:
+    """(own-clock frames/s, whole-process frames/s) medians."""
+    return (statistics.median(n / t for t, _, n in runs),
+            statistics.median(n / w for _, w, n in runs))
+
+
+def replicated_section(where: Path, args) -> float:
+    """Section 4; returns the baseline's own-clock rate on the replicated source."""
+    src = where / f"mptrj_replicated_{args.frames}.json"
+    if not src.is_file():
+        t0 = time.perf_counter()
+        n = write_replicated(src, args.frames)
+        print(f"\nwrote {n} frames, {src.stat().st_size / 1e6:.0f} MB in "
+              f"{time.perf_counter() - t0:.0f} s: {src}")
+    anchor, cli, peaks = [], [], []
+    for _ in range(args.repeats):  # interleaved
+        anchor.append(run_anchor(src))
+        cli.append(run_cli(src, "zarr", peaks))
+    base_own, base_proc = _medians(anchor)
+    own, proc = _medians(cli)
+    print(f"replicated source: {cli[0][2]} frames; medians of {args.repeats} interleaved runs, "
+          "each a fresh process")
+    print(f"{'':42s} {'own clock':>16s} {'whole process':>16s}")
+    print(f"{'baseline (json.load + pymatgen + 16-NN)':42s} {base_own:9.0f} fr/s    "
+          f"{base_proc:9.0f} fr/s")
+    print(f"{'orbitgraph build, zarr':42s} {own:9.0f} fr/s {own / base_own:4.1f}x "
+          f"{proc:9.0f} fr/s {proc / base_proc:4.1f}x   (peak memory "
+          f"{max(peaks):.0f} MB)")
+    print(f"  seconds, median: baseline {statistics.median(w for _, w, _ in anchor):.1f} s, "
+          f"orbitgraph build {statistics.median(w for _, w, _ in cli):.1f} s (whole process)")
+    return base_own
+
+
+def full_section(where: Path, args, base_rate: float | None) -> None:
+    """Section 5."""
+    from distributed import Client, LocalCluster
+
+    from preprocess.cluster import ClusterConfig
+    from preprocess.pipeline import build_store
+
+    big = where / f"mptrj_replicated_{args.full_frames}.json"
+    if not big.is_file():
+        t0 = time.perf_counter()
+        n = write_replicated(big, args.full_frames)
+        print(f"\nwrote {n} frames, {big.stat().st_size / 1e9:.2f} GB in "
+              f"{time.perf_counter() - t0:.0f} s: {big}")
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      memory_limit="3GB", dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        t0 = time.perf_counter()
+        s = build_store(big, fresh(OUT / "build_big"), frames_per_shard=args.frames_per_shard,
+                        cluster=ClusterConfig(kind="address", address=cluster.scheduler_address),
+                        progress=False)
+        dt = time.perf_counter() - t0
+        peaks = sorted(worker_peaks_mb(client))
+    rate = (s.frames + s.quarantined) / dt
+    versus = (f" = {rate / base_rate:.1f}x the baseline's rate on the replicated source"
+              if base_rate else "")
+    print(f"full-size build: {s.frames} frames ({s.quarantined} quarantined) in {dt:.0f} s "
+          f"({dt / 60:.1f} min) = {rate:.0f} frames/s{versus}; {args.workers} workers, peak "
+          f"memory per worker " + ", ".join(f"{p:.0f}" for p in peaks) + " MB")
+    fresh(OUT / "build_big")
 
 
 if __name__ == "__main__":
