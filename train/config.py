@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from preprocess.config import Config
-from train.loader import Device, LoaderConfig
+from train.loader_config import Device, LoaderConfig
 
 CHOICES = {
     "loss": ("mse", "huber"),
