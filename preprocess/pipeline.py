@@ -265,7 +265,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         # In this process the partitions stream one at a time, so memory does not grow with
         # the source (peak RSS measured: 0.35 GB for the 1,027-frame sample, 0.63 GB for
         # 20,000 frames in 2,000-frame partitions); the threshold bounds the time instead.
-        # 2 GB is ~190,000 MPtrj frames, about a minute here, past which a LocalCluster's
+        # 2 GB is ~190,000 MPtrj frames, one to two minutes here, past which a LocalCluster's
         # start (~3-10 s on 2 busy cores) is a small share and its worker processes also
         # run the Python parts of the build in parallel.
         size = source_bytes(source_path)
