@@ -297,7 +297,7 @@ def test_a_terminated_build_cancels_its_jobs(slurm, tmp_path):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         said = []
-        for line in proc.stdout:  # until the driver says it submitted the jobs
+        for line in proc.stderr:  # progress (INFO): until the driver says it submitted the jobs
             said.append(line)
             if line.startswith("submitted slurm jobs"):
                 break
