@@ -111,7 +111,7 @@ def small_source(source: Path, max_frames: int, root: Path) -> Path:
 
 def build(args, root: Path) -> Path:
     from preprocess.cluster import ClusterConfig
-    from preprocess.pipeline import build_store
+    from preprocess.build import build_store
     from preprocess.store import GraphParams, SplitParams
 
     source = Path(args.source)

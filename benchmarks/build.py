@@ -10,7 +10,7 @@ usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--frames 20000] [
    - ``build_store`` in a fresh process whose libraries are loaded before its clock starts,
      as the baseline's are (its clock starts after importing torch and pymatgen, whose
      compiled neighbour search loads at import): here numba's cached kernels
-     (:func:`preprocess.pipeline.load_kernels`) and pandas, which pyarrow loads on first
+     (:func:`preprocess.build.load_kernels`) and pandas, which pyarrow loads on first
      use. Together ~0.6 s that the CLI's clock includes.
    Two clocks each: the program's own (the rate the anchor prints; the wall time in the
    build summary) and the whole process (interpreter and imports too).
@@ -133,7 +133,7 @@ def run_cli(src: Path, backend: str, peaks: list | None = None) -> tuple[float, 
 
 LOADED = """
 import sys, time
-from preprocess.pipeline import build_store, load_kernels
+from preprocess.build import build_store, load_kernels
 import pandas  # pyarrow loads it on first use
 load_kernels("mptrj-json")
 t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def main() -> None:
 
 def sample_sections(src: Path, args) -> None:
     from preprocess.cluster import ClusterConfig
-    from preprocess.pipeline import build_store
+    from preprocess.build import build_store
 
     runs: dict[str, list[tuple[float, float, int]]] = {
         name: [] for name in ("anchor", "zarr", "arrow", "loaded zarr", "loaded arrow")}
@@ -273,7 +273,7 @@ def full_section(where: Path, args, base_rate: float | None) -> None:
     from distributed import Client, LocalCluster
 
     from preprocess.cluster import ClusterConfig
-    from preprocess.pipeline import build_store
+    from preprocess.build import build_store
 
     big = where / f"mptrj_replicated_{args.full_frames}.json"
     if not big.is_file():

@@ -7,7 +7,7 @@ ties):
 * edges per atom and the effective neighbour count Σ_j w_ij per atom (mean), and the mean
   weight by rank;
 * the store's bytes per edge, and the share of the per-atom first-candidate-not-kept
-  columns (``next_neighbor``, ``next_shift``) in it;
+  columns (``next_neighbor``, ``next_unit_shift``) in it;
 * model time (forward + forces + stress, mace preset, float32) per batch for each envelope
   and without one, medians;
 * the force jump where the (k+1)-th and (k+2)-th candidates swap (``next`` only; the
@@ -34,8 +34,8 @@ def weights(kind: str, width: float, batch):
     r = torch.linalg.norm(edge_vectors(batch.positions, batch.cell, batch), dim=-1)
     if kind == "adaptive":
         return AdaptiveRankEnvelope(width)(r, batch.centers, len(batch.numbers), batch.k)
-    d_ref = rank_reference_distance(batch.positions, batch.cell, batch.frame_index,
-                                    batch.rank_neighbor, batch.rank_shift)
+    d_ref = rank_reference_distance(batch.positions, batch.cell, batch.batch,
+                                    batch.rank_neighbor, batch.rank_unit_shift)
     return RankEnvelope(width)(r, d_ref[batch.centers])
 
 
@@ -65,7 +65,7 @@ def column_bytes(store_path: Path) -> dict:
     edges = store.manifest.counts["edges"]
     shards = store_path / "shards"
     extra = sum(du(p) for p in shards.rglob("*") if p.is_dir() and p.name in
-                ("next_neighbor", "next_shift"))
+                ("next_neighbor", "next_unit_shift"))
     return {"total": du(shards) / edges, "next_columns": extra / edges}
 
 

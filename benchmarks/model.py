@@ -55,12 +55,12 @@ if args["cueq"]:
         sys.exit(0)
     from mace.cli.convert_e3nn_cueq import run as to_cueq
     model = to_cueq(model, device=args["device"])
-batch_index = torch.from_numpy(d["frame_index"]).long()
+batch_index = torch.from_numpy(d["batch"]).long()
 cell = torch.from_numpy(d["cell"]).float()
-shifts = torch.einsum("ei,eij->ej", torch.from_numpy(d["shifts"]).float(), cell[batch_index[torch.from_numpy(d["centers"]).long()]])
+shifts = torch.einsum("ei,eij->ej", torch.from_numpy(d["unit_shifts"]).float(), cell[batch_index[torch.from_numpy(d["centers"]).long()]])
 data = {"positions": torch.from_numpy(d["positions"]).float(), "node_attrs": one_hot,
         "edge_index": torch.stack([torch.from_numpy(d["neighbors"]).long(), torch.from_numpy(d["centers"]).long()]),
-        "shifts": shifts, "unit_shifts": torch.from_numpy(d["shifts"]).float(), "cell": cell.reshape(-1, 3),
+        "shifts": shifts, "unit_shifts": torch.from_numpy(d["unit_shifts"]).float(), "cell": cell.reshape(-1, 3),
         "batch": batch_index, "ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(d["n_atoms"])])).long(),
         "weight": torch.ones(len(d["n_atoms"])), "energy_weight": torch.ones(len(d["n_atoms"])),
         "forces_weight": torch.ones(len(d["n_atoms"])), "head": torch.zeros(len(d["n_atoms"])).long()}
@@ -101,7 +101,7 @@ def main() -> None:
     batch = next(iter(make_loader(store, LoaderConfig(max_atoms=args.max_atoms, seed=3))))
     npz = OUT / "model_batch.npz"
     np.savez(npz, **{k: getattr(batch, k).numpy() for k in (
-        "numbers", "positions", "cell", "frame_index", "n_atoms", "centers", "neighbors", "shifts")})
+        "numbers", "positions", "cell", "batch", "n_atoms", "centers", "neighbors", "unit_shifts")})
     elements = len(set(batch.numbers.tolist()))
     species_dim = args.species_dim or max(1, elements - 1)
     print(f"batch: {batch.n_frames} frames, {batch.positions.shape[0]} atoms, {elements} "

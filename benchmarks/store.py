@@ -29,7 +29,7 @@ def main() -> None:
     import torch
 
     from preprocess.cluster import ClusterConfig
-    from preprocess.pipeline import build_store
+    from preprocess.build import build_store
     from preprocess.store import open_store
 
     src = plain_sample()

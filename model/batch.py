@@ -2,27 +2,31 @@
 
 Offsets are applied once, at collation: ``centers`` and ``neighbors`` index the batch's atom
 rows. Edge vectors are not stored; the model recomputes them from positions, cell and
-integer shifts so that forces and stress come from autograd.
+integer cell shifts so that forces and stress come from autograd.
 
 Shapes (B frames, N atoms, E edges) and units
 ---------------------------------------------
-numbers        (N,)      int64   atomic numbers
-positions      (N, 3)    float   Å
-cell           (B, 3, 3) float   Å, lattice vectors as rows
-frame_index    (N,)      int64   frame of each atom
-n_atoms        (B,)      int64
-centers        (E,)      int64   receiving atom i of edge i <- j
-neighbors      (E,)      int64   sending atom j
-shifts         (E, 3)    float   integer cell shifts S: r_ij = r_j + S @ cell - r_i
-rank_neighbor  (N,)      int64   atom j of the centre's (k+1)-th nearest candidate (j, S), whose
-                                 distance is the rank envelope's d_{k+1}; -1 if none (no
-                                 periodic axis and too few atoms)
-rank_shift     (N, 3)    float   its integer cell shift S
-k              int               the k the graphs were built (or filtered) with
-energy         (B,)      float   eV        (labels; optional)
-forces         (N, 3)    float   eV/Å
-stress         (B, 3, 3) float   eV/Å³, ASE sign; NaN rows where unknown
-frame_ids      list[str]
+numbers          (N,)      int64   atomic numbers
+positions        (N, 3)    float   Å
+cell             (B, 3, 3) float   Å, lattice vectors as rows
+batch            (N,)      int64   frame of each atom (PyG's, nequip's and MACE's ``batch``)
+n_atoms          (B,)      int64
+centers          (E,)      int64   receiving atom i of edge i <- j
+neighbors        (E,)      int64   sending atom j
+edge_index       (2, E)    int64   property: stack (neighbors, centers) = (senders j,
+                                   receivers i), PyG's source_to_target flow and MACE's
+                                   (sender, receiver); messages aggregate onto edge_index[1]
+unit_shifts      (E, 3)    float   integer cell shifts S: r_ij = r_j + S @ cell - r_i
+                                   (mace-torch's ``unit_shifts``; its ``shifts`` = S @ cell)
+rank_neighbor    (N,)      int64   atom j of the centre's (k+1)-th nearest candidate (j, S),
+                                   whose distance is the rank envelope's d_{k+1}; -1 if none
+                                   (no periodic axis and too few atoms)
+rank_unit_shift  (N, 3)    float   its integer cell shift S
+k                int               the k the graphs were built (or filtered) with
+energy           (B,)      float   eV        (labels; optional)
+forces           (N, 3)    float   eV/Å
+stress           (B, 3, 3) float   eV/Å³, ASE sign; NaN rows where unknown
+frame_ids        list[str]
 """
 from __future__ import annotations
 
@@ -30,10 +34,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-TENSOR_FIELDS = ("numbers", "positions", "cell", "frame_index", "n_atoms", "centers",
-                 "neighbors", "shifts", "rank_neighbor", "rank_shift", "energy", "forces",
-                 "stress")
-FLOAT_FIELDS = ("positions", "cell", "shifts", "rank_shift", "energy", "forces", "stress")
+TENSOR_FIELDS = ("numbers", "positions", "cell", "batch", "n_atoms", "centers",
+                 "neighbors", "unit_shifts", "rank_neighbor", "rank_unit_shift", "energy",
+                 "forces", "stress")
+FLOAT_FIELDS = ("positions", "cell", "unit_shifts", "rank_unit_shift", "energy", "forces", "stress")
 
 
 @dataclass
@@ -41,13 +45,13 @@ class Batch:
     numbers: torch.Tensor
     positions: torch.Tensor
     cell: torch.Tensor
-    frame_index: torch.Tensor
+    batch: torch.Tensor
     n_atoms: torch.Tensor
     centers: torch.Tensor
     neighbors: torch.Tensor
-    shifts: torch.Tensor
+    unit_shifts: torch.Tensor
     rank_neighbor: torch.Tensor
-    rank_shift: torch.Tensor
+    rank_unit_shift: torch.Tensor
     k: int
     energy: torch.Tensor | None = None
     forces: torch.Tensor | None = None
@@ -61,6 +65,12 @@ class Batch:
     @property
     def n_edges(self) -> int:
         return int(self.centers.shape[0])
+
+    @property
+    def edge_index(self) -> torch.Tensor:
+        """(2, E) int64: row 0 the senders j (``neighbors``), row 1 the receivers i
+        (``centers``), as PyG (flow ``source_to_target``) and MACE (sender, receiver) use it."""
+        return torch.stack((self.neighbors, self.centers))
 
     def _map(self, fn) -> "Batch":
         return replace(self, **{f: fn(f, getattr(self, f)) for f in TENSOR_FIELDS

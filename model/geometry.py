@@ -1,4 +1,4 @@
-"""Edge vectors from positions, cell and shifts, with the strain used for stress.
+"""Edge vectors from positions, cell and integer cell shifts, with the strain used for stress.
 
 A symmetric strain ε (B, 3, 3), zero-valued but requiring grad, deforms positions and cell:
 r' = r (I + ε), cell' = cell (I + ε). Then forces = -dE/dr and stress = (1/V) dE/dε
@@ -26,15 +26,15 @@ def strained(batch: Batch, strain: torch.Tensor | None) -> tuple[torch.Tensor, t
     if strain is None:
         return batch.positions, batch.cell
     sym = 0.5 * (strain + strain.transpose(1, 2))
-    positions = batch.positions + vec_mat(batch.positions, sym[batch.frame_index])
+    positions = batch.positions + vec_mat(batch.positions, sym[batch.batch])
     cell = batch.cell + vec_mat(batch.cell, sym.unsqueeze(1))
     return positions, cell
 
 
 def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, batch: Batch) -> torch.Tensor:
     """r_ij = r_j + S @ cell - r_i, shape (E, 3), Å."""
-    edge_frame = batch.frame_index[batch.centers]
-    offsets = vec_mat(batch.shifts, cell[edge_frame])
+    edge_frame = batch.batch[batch.centers]
+    offsets = vec_mat(batch.unit_shifts, cell[edge_frame])
     return positions[batch.neighbors] + offsets - positions[batch.centers]
 
 

@@ -43,8 +43,8 @@ class Potential(nn.Module):
             vectors = edge_vectors(positions, cell, batch)
             d_ref = None
             if self.config.rank_envelope == "next":
-                d_ref = rank_reference_distance(positions, cell, batch.frame_index,
-                                                batch.rank_neighbor, batch.rank_shift)
+                d_ref = rank_reference_distance(positions, cell, batch.batch,
+                                                batch.rank_neighbor, batch.rank_unit_shift)
         raw = self.network(batch.numbers, vectors, batch.centers, batch.neighbors, d_ref, batch.k)
         return self.scale_shift(raw, batch.numbers)
 
@@ -64,7 +64,7 @@ class Potential(nn.Module):
         with torch.autocast(positions.device.type, enabled=False):  # lengths: model.geometry
             pos, cell = strained(batch_in, strain)
         atomic = self.atomic_energies(batch_in, pos, cell)
-        energy = scatter_sum(atomic, batch.frame_index, batch.n_frames)
+        energy = scatter_sum(atomic, batch.batch, batch.n_frames)
         out = {"energy": energy, "atomic_energies": atomic}
         if inputs:
             grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training,

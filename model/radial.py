@@ -74,20 +74,20 @@ class PolynomialEnvelope(nn.Module):
 
 
 def rank_reference_distance(positions: torch.Tensor, cell: torch.Tensor,
-                            frame_index: torch.Tensor, rank_neighbor: torch.Tensor,
-                            rank_shift: torch.Tensor) -> torch.Tensor:
+                            batch: torch.Tensor, rank_neighbor: torch.Tensor,
+                            rank_unit_shift: torch.Tensor) -> torch.Tensor:
     """d_{k+1} per centre: |r_j + S @ cell - r_i| of its (k+1)-th nearest candidate (j, S).
 
     Computed from the (strained) positions and cell with the edge-vector formula, so forces
     and stress include d_{k+1}'s dependence on them.
 
-    Shapes: positions (N, 3) Å, cell (B, 3, 3) Å, frame_index (N,), rank_neighbor (N,)
-    (-1: no candidate), rank_shift (N, 3) -> (N,) Å, ``inf`` where there is no candidate.
+    Shapes: positions (N, 3) Å, cell (B, 3, 3) Å, batch (N,), rank_neighbor (N,)
+    (-1: no candidate), rank_unit_shift (N, 3) -> (N,) Å, ``inf`` where there is no candidate.
     """
     d_ref = positions.new_full(rank_neighbor.shape, float("inf"))
     has = torch.nonzero(rank_neighbor >= 0).squeeze(-1)
     if has.numel():
-        offset = vec_mat(rank_shift[has], cell[frame_index[has]])
+        offset = vec_mat(rank_unit_shift[has], cell[batch[has]])
         vec = positions[rank_neighbor[has]] + offset - positions[has]
         d_ref = d_ref.index_put((has,), torch.linalg.norm(vec, dim=-1))
     return d_ref

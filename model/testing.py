@@ -129,8 +129,8 @@ class PotentialTests:
             from train.loader import filter_block
             block = filter_block(frames_to_block([frame]), built, g)
             frame = {**frame, **{name: block[name] for name in
-                                 ("n_edges", "neighbors", "shifts", "next_distance",
-                                  "next_neighbor", "next_shift")}}
+                                 ("n_edges", "neighbors", "unit_shifts", "next_distance",
+                                  "next_neighbor", "next_unit_shift")}}
         return frame
 
     def batch(self, frames, graph=None):
@@ -226,8 +226,8 @@ class PotentialTests:
         if isinstance(envelope, AdaptiveRankEnvelope):
             w = envelope(r, b.centers, len(pos), b.k)
         else:
-            w = envelope(r, rank_reference_distance(b.positions, b.cell, b.frame_index,
-                                                    b.rank_neighbor, b.rank_shift)[b.centers])
+            w = envelope(r, rank_reference_distance(b.positions, b.cell, b.batch,
+                                                    b.rank_neighbor, b.rank_unit_shift)[b.centers])
         return float(((w > 0) & (w < 1)).double().mean())
 
     def test_forces_and_stress_are_derivatives_of_the_rebuilt_graph_energy(self):
@@ -363,7 +363,7 @@ class PotentialTests:
         pos = b.positions.clone().requires_grad_(True)
         e = model(replace(b, positions=pos), forces=False, stress=False)["energy"]
         (g,) = torch.autograd.grad(e[0], pos)
-        assert torch.all(g[b.frame_index != 0] == 0)
+        assert torch.all(g[b.batch != 0] == 0)
 
     def test_float32_runs_and_agrees(self):
         model = self.make()

@@ -1,5 +1,5 @@
 """Command-line actions of the preprocessing stage: ``info`` and ``verify`` (``build`` lives
-in :mod:`preprocess.pipeline`)."""
+in :mod:`preprocess.build`)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -17,7 +17,7 @@ vector is ``r_j + S @ cell - r_i`` and its length ``d`` is computed in float64 (
   exactly ``k``.
 * ``cutoff`` (Å), if given, then drops edges longer than it.
 * The first candidate not kept is recorded per atom: ``next_distance[i]`` (Å),
-  ``next_neighbor[i]`` and ``next_shift[i]``; ``inf`` and ``-1`` if there is none, which
+  ``next_neighbor[i]`` and ``next_unit_shift[i]``; ``inf`` and ``-1`` if there is none, which
   only happens without any periodic axis. A model computes d_{k+1} from it (and from the
   centre's (k+1)-th edge where ties kept more than ``k``), so that d_{k+1} follows the
   positions and the cell under autograd.
@@ -59,20 +59,20 @@ class KnnGraph:
     Shapes
     ------
     centers, neighbors : int32 (E,), atom indices within the structure
-    shifts : int32 (E, 3), integer cell shifts S (edge vector = r_j + S @ cell - r_i)
+    unit_shifts : int32 (E, 3), integer cell shifts S (edge vector = r_j + S @ cell - r_i)
     distances : float64 (E,), Å
     next_distance : float64 (N,), Å, distance of the first candidate not kept (inf: none)
     next_neighbor : int32 (N,), its neighbour index (-1: none)
-    next_shift : int32 (N, 3), its integer cell shift
+    next_unit_shift : int32 (N, 3), its integer cell shift
     """
 
     centers: np.ndarray
     neighbors: np.ndarray
-    shifts: np.ndarray
+    unit_shifts: np.ndarray
     distances: np.ndarray
     next_distance: np.ndarray
     next_neighbor: np.ndarray
-    next_shift: np.ndarray
+    next_unit_shift: np.ndarray
 
     @property
     def n_atoms(self) -> int:
@@ -103,7 +103,7 @@ def concat_ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class KnnGraphBatch:
-    """The graphs of many structures, concatenated (what the pipeline writes).
+    """The graphs of many structures, concatenated (what the build writes).
 
     ``centers``/``neighbors`` are local to each structure. ``edge_ptr`` (B + 1,) and
     ``atom_ptr`` (B + 1,) delimit the structures.
@@ -111,11 +111,11 @@ class KnnGraphBatch:
 
     centers: np.ndarray
     neighbors: np.ndarray
-    shifts: np.ndarray
+    unit_shifts: np.ndarray
     distances: np.ndarray
     next_distance: np.ndarray
     next_neighbor: np.ndarray
-    next_shift: np.ndarray
+    next_unit_shift: np.ndarray
     edge_ptr: np.ndarray
     atom_ptr: np.ndarray
 
@@ -128,9 +128,9 @@ class KnnGraphBatch:
         b %= len(self)
         e0, e1 = self.edge_ptr[b], self.edge_ptr[b + 1]
         a0, a1 = self.atom_ptr[b], self.atom_ptr[b + 1]
-        return KnnGraph(self.centers[e0:e1], self.neighbors[e0:e1], self.shifts[e0:e1],
+        return KnnGraph(self.centers[e0:e1], self.neighbors[e0:e1], self.unit_shifts[e0:e1],
                         self.distances[e0:e1], self.next_distance[a0:a1],
-                        self.next_neighbor[a0:a1], self.next_shift[a0:a1])
+                        self.next_neighbor[a0:a1], self.next_unit_shift[a0:a1])
 
     def __iter__(self) -> Iterator[KnnGraph]:
         return (self[b] for b in range(len(self)))
@@ -145,9 +145,9 @@ class KnnGraphBatch:
             edges = slice(None)  # only structures without edges left out: every edge stays
         else:
             edges = concat_ranges(self.edge_ptr[idx], self.edge_ptr[idx + 1])
-        return KnnGraphBatch(self.centers[edges], self.neighbors[edges], self.shifts[edges],
+        return KnnGraphBatch(self.centers[edges], self.neighbors[edges], self.unit_shifts[edges],
                              self.distances[edges], self.next_distance[atoms],
-                             self.next_neighbor[atoms], self.next_shift[atoms],
+                             self.next_neighbor[atoms], self.next_unit_shift[atoms],
                              np.concatenate(([0], np.cumsum(n_edges))).astype(np.int64),
                              np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64))
 
@@ -329,7 +329,7 @@ def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc:
     """Like :func:`knn_graphs` for inputs already checked, but a structure with two atoms
     closer than ``min_distance`` Å, or whose search fails (:data:`knn_kernel.STATUS_INCOMPLETE`),
     is reported (index -> reason) instead of raising; its graph in the returned batch is
-    empty. Used by the pipeline to quarantine such records.
+    empty. Used by the build to quarantine such records.
     ``threads``: structures built on that many threads (same result).
     """
     _check_params(k, ties, tie_tolerance, cutoff)

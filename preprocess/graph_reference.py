@@ -35,7 +35,7 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
     rows = []
     next_distance = np.full(n, np.inf)
     next_neighbor = np.full(n, -1, dtype=np.int64)
-    next_shift = np.zeros((n, 3), dtype=np.int64)
+    next_unit_shift = np.zeros((n, 3), dtype=np.int64)
     for i in range(n):
         r = radius
         while True:
@@ -71,7 +71,7 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
         if len(keep) < len(d):
             next_distance[i] = d[len(keep)]
             next_neighbor[i] = jj[len(keep)]
-            next_shift[i] = ss[len(keep)]
+            next_unit_shift[i] = ss[len(keep)]
         rows.append((np.full(len(keep), i), jj[keep], ss[keep], d[keep]))
     if rows:
         ci, cj, cs, cd = (np.concatenate(x) for x in zip(*rows))
@@ -79,4 +79,4 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
         ci, cj, cs, cd = (np.empty(0, np.int64), np.empty(0, np.int64),
                           np.empty((0, 3), np.int64), np.empty(0))
     return KnnGraph(ci.astype(np.int64), cj.astype(np.int64), cs.astype(np.int64).reshape(-1, 3),
-                    cd, next_distance, next_neighbor, next_shift)
+                    cd, next_distance, next_neighbor, next_unit_shift)

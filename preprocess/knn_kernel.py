@@ -78,8 +78,8 @@ NextCandidates = namedtuple("NextCandidates", "distance neighbor shift")
 # Per structure: status int64 (B,) (Status codes), bad int64 (B, 5) (see Status).
 Failures = namedtuple("Failures", "status bad")
 # What knn_batch returns.
-KnnResult = namedtuple("KnnResult", "centers neighbors shifts distances edge_ptr "
-                       "next_distance next_neighbor next_shift status bad")
+KnnResult = namedtuple("KnnResult", "centers neighbors unit_shifts distances edge_ptr "
+                       "next_distance next_neighbor next_unit_shift status bad")
 
 # Inside the kernel:
 # the rules on the distance grid: q_tolerance (grid steps) and inv_quantum (1 / Å)
@@ -531,12 +531,12 @@ def knn_batch(structures, params, edges):
     -------
     :data:`KnnResult`:
     centers, neighbors : int32 (E,) local to their structure
-    shifts : int32 (E, 3)
+    unit_shifts : int32 (E, 3)
     distances : float64 (E,)
     edge_ptr : int64 (B + 1,)
     next_distance : float64 (N_total,), Å, of the first candidate not kept (inf: none)
     next_neighbor : int32 (N_total,), its neighbour index local to the structure (-1: none)
-    next_shift : int32 (N_total, 3), its cell shift
+    next_unit_shift : int32 (N_total, 3), its cell shift
     status : int64 (B,), :class:`Status` codes
     bad : int64 (B, 5), for a coincident pair: i, j, S; for an incomplete search: i
     """

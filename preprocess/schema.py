@@ -20,9 +20,11 @@ from typing import Literal
 
 import numpy as np
 
-SCHEMA_VERSION = 2
-"""Store schema. 2: per-atom ``next_neighbor`` and ``next_shift`` (the first candidate not
-kept, so that a model can differentiate d_{k+1}); 1: without them."""
+SCHEMA_VERSION = 3
+"""Store schema. 3: the integer cell shifts named ``unit_shifts`` and ``next_unit_shift``
+(mace-torch's term; other codes use ``shifts`` for Cartesian offsets); 2: the same columns
+named ``shifts`` and ``next_shift``; 1: without the per-atom ``next_neighbor`` and
+``next_shift`` (the first candidate not kept, so that a model can differentiate d_{k+1})."""
 
 Level = Literal["frame", "atom", "edge"]
 
@@ -58,12 +60,12 @@ FIELDS: tuple[Field, ...] = (
           "distance of the first neighbour candidate not kept (inf if none)"),
     Field("next_neighbor", "atom", "int32", (), "",
           "neighbour index of the first candidate not kept, local to the frame (-1 if none)"),
-    Field("next_shift", "atom", "int8", (3,), "",
+    Field("next_unit_shift", "atom", "int8", (3,), "",
           "integer cell shift of the first candidate not kept"),
     Field("n_edges", "atom", "uint16", (), "", "edges of this centre (CSR over edge rows)"),
     # per edge
     Field("neighbors", "edge", "uint16", (), "", "neighbour atom index, local to the frame"),
-    Field("shifts", "edge", "int8", (3,), "", "integer cell shift S: r_j + S @ cell - r_i"),
+    Field("unit_shifts", "edge", "int8", (3,), "", "integer cell shift S: r_j + S @ cell - r_i"),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}

@@ -35,7 +35,7 @@ def sample_structures(limit: int | None = None) -> list[tuple[str, np.ndarray, n
 
 def canonical_edges(g) -> list[tuple]:
     """Edges as a sorted list of (centre, neighbour, S) tuples."""
-    return sorted(zip(g.centers.tolist(), g.neighbors.tolist(), map(tuple, g.shifts.tolist())))
+    return sorted(zip(g.centers.tolist(), g.neighbors.tolist(), map(tuple, g.unit_shifts.tolist())))
 
 
 def per_atom_sorted_distances(g) -> list[np.ndarray]:

@@ -189,10 +189,15 @@ def test_mace_torch_names_are_aliases_with_the_mace_preset():
         load_config({"preset": "mace", "num_channels": 0})
 
 
-def test_to_dict_and_store_ids_are_unchanged():
+def test_to_dict_and_store_ids_are_unchanged(monkeypatch):
     """The dicts hashed into store ids and written to checkpoints are those of the frozen
-    dataclasses these models replaced (ids computed with them)."""
+    dataclasses these models replaced (ids computed with them, at store schema 2; each schema
+    version gives its stores new ids)."""
+    import preprocess.store.manifest as manifest
+
     src = SourceInfo("p", "mptrj-json", "abc")
+    assert StoreSpec(source=src).store_id != "7b3e7c6494b550a9"  # schema 3: another store
+    monkeypatch.setattr(manifest, "SCHEMA_VERSION", 2)
     assert StoreSpec(source=src).store_id == "7b3e7c6494b550a9"
     spec = StoreSpec(source=src, graph=GraphParams(k=12, cutoff=5.0, tie_tolerance=0.01),
                      split=SplitParams(0.1, 0.2, 3), min_distance=0.7, energy_key="e",

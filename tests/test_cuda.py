@@ -90,7 +90,7 @@ def test_compiled_network_matches_eager_on_the_gpu(dtype):
 def test_training_steps_on_the_gpu(tmp_path, precision):
     from helpers import write_small_mptrj
     from preprocess.cluster import ClusterConfig
-    from preprocess.pipeline import build_store
+    from preprocess.build import build_store
     from preprocess.store import SplitParams
     from train.config import TrainConfig
     from train.loader import LoaderConfig

@@ -21,7 +21,7 @@ from helpers import write_small_mptrj
 from model import build_model
 from model.config import PRESETS
 from preprocess.cluster import ClusterConfig
-from preprocess.pipeline import build_store
+from preprocess.build import build_store
 from preprocess.store import SplitParams, open_store
 from train.collate import collate
 from train.config import TrainConfig

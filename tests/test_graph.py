@@ -73,12 +73,12 @@ def test_fast_matches_reference(structure, k, ties, cutoff):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(fast.next_distance, ref.next_distance)
     np.testing.assert_array_equal(fast.next_neighbor, ref.next_neighbor)
-    np.testing.assert_array_equal(fast.next_shift, ref.next_shift)
+    np.testing.assert_array_equal(fast.next_unit_shift, ref.next_unit_shift)
     # the kernel and the reference compute distances with the same float64 formula, so the
     # whole ordered edge list is identical, in both tie modes
     np.testing.assert_array_equal(fast.centers, ref.centers)
     np.testing.assert_array_equal(fast.neighbors, ref.neighbors)
-    np.testing.assert_array_equal(fast.shifts, ref.shifts)
+    np.testing.assert_array_equal(fast.unit_shifts, ref.unit_shifts)
     np.testing.assert_array_equal(fast.distances, ref.distances)
 
 
@@ -89,10 +89,10 @@ def test_graph_properties(structure, k):
     n = len(pos)
     assert np.all(np.diff(g.centers) >= 0), "edges sorted by centre"
     assert len(set(canonical_edges(g))) == g.n_edges, "no duplicate (i, j, S)"
-    assert not np.any((g.centers == g.neighbors) & ~g.shifts.any(axis=1)), "no self edge"
-    assert np.all(g.shifts[:, ~np.array(pbc)] == 0), "no images along open axes"
-    # distances are what the shifts say
-    vec = pos[g.neighbors] + g.shifts @ cell - pos[g.centers]
+    assert not np.any((g.centers == g.neighbors) & ~g.unit_shifts.any(axis=1)), "no self edge"
+    assert np.all(g.unit_shifts[:, ~np.array(pbc)] == 0), "no images along open axes"
+    # distances are what the unit shifts say
+    vec = pos[g.neighbors] + g.unit_shifts @ cell - pos[g.centers]
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), g.distances, atol=1e-9)
     counts = g.counts
     if any(pbc):
@@ -118,8 +118,8 @@ def test_batch_equals_one_by_one():
         for b, (cell, pos) in enumerate(zip(cells, poss)):
             one = knn_graph(cell, pos, k=16, ties=ties)
             got = batch[b]
-            for field in ("centers", "neighbors", "shifts", "distances", "next_distance",
-                          "next_neighbor", "next_shift"):
+            for field in ("centers", "neighbors", "unit_shifts", "distances", "next_distance",
+                          "next_neighbor", "next_unit_shift"):
                 np.testing.assert_array_equal(getattr(got, field), getattr(one, field))
 
 
@@ -166,8 +166,8 @@ def test_slow_paths_equal_reference(ties):
     for b, (cell, pos) in enumerate(zip(cells, poss)):
         ref = knn_graph_reference(cell, pos, k=16, ties=ties)
         for got in (batch[b], knn_graph(cell, pos, k=16, ties=ties)):
-            for field in ("centers", "neighbors", "shifts", "distances", "next_distance",
-                          "next_neighbor", "next_shift"):
+            for field in ("centers", "neighbors", "unit_shifts", "distances", "next_distance",
+                          "next_neighbor", "next_unit_shift"):
                 np.testing.assert_array_equal(getattr(got, field), getattr(ref, field))
 
 
@@ -175,8 +175,8 @@ def test_batch_with_per_structure_pbc():
     cell = np.eye(3) * 4.0
     pos = np.random.default_rng(0).random((5, 3)) * 4.0
     batch = knn_graphs([cell, cell], [pos, pos], pbc=[(True, True, True), (False, False, False)], k=4)
-    assert batch[0].shifts.any()
-    assert not batch[1].shifts.any()
+    assert batch[0].unit_shifts.any()
+    assert not batch[1].unit_shifts.any()
     assert batch[1].n_edges == 5 * 4
 
 
@@ -204,7 +204,7 @@ def test_against_independent_radius_list(library):
             sel = (i == a) & (d <= last + 1e-9)
             theirs = sorted(zip(j[sel].tolist(), map(tuple, np.asarray(s[sel]).tolist())))
             ours = sorted(zip(g.neighbors[ptr[a]:ptr[a + 1]].tolist(),
-                              map(tuple, g.shifts[ptr[a]:ptr[a + 1]].tolist())))
+                              map(tuple, g.unit_shifts[ptr[a]:ptr[a + 1]].tolist())))
             assert ours == theirs, f"{fid} atom {a}: edge sets differ from {library}"
             beyond = np.sort(d[(i == a) & (d > last + 1e-9)])
             assert beyond.size and abs(beyond[0] - g.next_distance[a]) < 1e-9, f"{fid} atom {a}"
@@ -239,9 +239,9 @@ def test_translation_rotation_permutation_wrapping():
         wrapped = (np.linalg.solve(cell.T, pos.T).T % 1.0) @ cell
         gw = knn_graph(cell, wrapped)
         _assert_same_distances(g, gw)
-        # wrapping changes shifts, never (centre, neighbour, edge vector)
-        v1 = np.round(pos[g.neighbors] + g.shifts @ cell - pos[g.centers], 8)
-        v2 = np.round(wrapped[gw.neighbors] + gw.shifts @ cell - wrapped[gw.centers], 8)
+        # wrapping changes unit shifts, never (centre, neighbour, edge vector)
+        v1 = np.round(pos[g.neighbors] + g.unit_shifts @ cell - pos[g.centers], 8)
+        v2 = np.round(wrapped[gw.neighbors] + gw.unit_shifts @ cell - wrapped[gw.centers], 8)
         assert sorted(map(tuple, np.c_[g.centers, g.neighbors, v1].tolist())) == \
             sorted(map(tuple, np.c_[gw.centers, gw.neighbors, v2].tolist()))
         perm = rng.permutation(len(pos))

@@ -68,8 +68,8 @@ def displaced(name: str, atom: int, axis: str, disp: float):
     return cell, pos
 
 
-FIELDS = ("centers", "neighbors", "shifts", "distances", "next_distance", "next_neighbor",
-          "next_shift")
+FIELDS = ("centers", "neighbors", "unit_shifts", "distances", "next_distance", "next_neighbor",
+          "next_unit_shift")
 
 CHILD = textwrap.dedent("""
     import json, resource, sys

@@ -11,7 +11,7 @@ import pytest
 
 from extxyz_writer import frame_text, nacl
 from preprocess.cluster import ClusterConfig
-from preprocess.pipeline import build_store, make_spec
+from preprocess.build import build_store, make_spec
 from preprocess.sources.labels import LabelError
 from preprocess.store import open_store, read_manifest
 

@@ -21,7 +21,7 @@ from model import build_model
 from model.geometry import edge_vectors
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
-from preprocess.pipeline import build_store
+from preprocess.build import build_store
 from preprocess.store import SplitParams
 from train.collate import collate, frame_from_graph
 from train.config import TrainConfig

@@ -13,16 +13,16 @@ import pytest
 from extxyz_writer import frame_text, nacl
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
-from preprocess.pipeline import EmptyStoreError, build_store, reason_kind
+from preprocess.build import EmptyStoreError, build_store, reason_kind
 from preprocess.sources import open_source
-from preprocess.sources.limits import MAX_ATOMS, MAX_SHIFT, WRAP_EPS, atom_count_problem
+from preprocess.sources.limits import MAX_ATOMS, MAX_UNIT_SHIFT, WRAP_EPS, atom_count_problem
 from preprocess.sources.records import frame_from_record
 from preprocess.store import open_store
 from preprocess.store.manifest import MANIFEST_FILE
 from preprocess.units import EV_PER_A3_IN_KBAR
 
 QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)
-GRAPH_FIELDS = ("n_edges", "neighbors", "shifts", "next_neighbor", "next_shift")
+GRAPH_FIELDS = ("n_edges", "neighbors", "unit_shifts", "next_neighbor", "next_unit_shift")
 
 
 def _stored(path) -> dict[str, dict]:
@@ -37,7 +37,7 @@ def _edge_vectors(row: dict) -> list[np.ndarray]:
     out = []
     for i in range(len(pos)):
         j = row["neighbors"][ptr[i]:ptr[i + 1]].astype(np.int64)
-        v = pos[j] + row["shifts"][ptr[i]:ptr[i + 1]].astype(np.float64) @ cell - pos[i]
+        v = pos[j] + row["unit_shifts"][ptr[i]:ptr[i + 1]].astype(np.float64) @ cell - pos[i]
         out.append(np.sort(np.linalg.norm(v, axis=1)))
     return out
 
@@ -98,10 +98,10 @@ def test_a_left_handed_cell_has_the_graph_of_its_right_handed_relabelling(name, 
     for ties in ("include", "break"):
         gr, gl = knn_graph(right, pos, ties=ties), knn_graph(left, pos, ties=ties)
         if ties == "include":  # every tied candidate kept: the same edges, relabelled
-            s_left = np.rint(gr.shifts @ np.linalg.inv(p)).astype(np.int64)  # S @ right = S' @ left
+            s_left = np.rint(gr.unit_shifts @ np.linalg.inv(p)).astype(np.int64)  # S @ right = S' @ left
             assert set(zip(gr.centers.tolist(), gr.neighbors.tolist(),
                            map(tuple, s_left.tolist()))) == \
-                set(zip(gl.centers.tolist(), gl.neighbors.tolist(), map(tuple, gl.shifts.tolist())))
+                set(zip(gl.centers.tolist(), gl.neighbors.tolist(), map(tuple, gl.unit_shifts.tolist())))
         # "break" keeps the first of tied candidates (equal on the 1e-9 Å grid) in (j, S)
         # order, which the labels change
         for c in range(len(pos)):
@@ -151,7 +151,7 @@ def _cu_frame(fid, repeat=(1, 1, 1)):
 
 
 def test_atom_limit_is_the_largest_uint16():
-    assert MAX_ATOMS == 65535 and MAX_SHIFT == 127
+    assert MAX_ATOMS == 65535 and MAX_UNIT_SHIFT == 127
     assert atom_count_problem(65535) is None
     assert atom_count_problem(65536) == ("frame: more atoms than the 65535 that the store's "
                                          "uint16 neighbour indices can address (65536 atoms)")
@@ -204,31 +204,31 @@ def test_a_cell_shift_beyond_int8_quarantines_only_that_frame(tmp_path, axis):
         assert reason.startswith("structure: a neighbour needs a cell shift beyond the ±127 "
                                  "lattice vectors of the store's int8 shifts (")
     assert summary.quarantined == 2
-    assert np.abs(_stored(tmp_path / "store")["skew100"]["shifts"]).max() <= 127
+    assert np.abs(_stored(tmp_path / "store")["skew100"]["unit_shifts"]).max() <= 127
 
 
 def test_graph_limits_name_the_structures_beyond_them():
     from preprocess.sources.limits import graph_problems
     # three structures of 2 atoms: edges 0-1 fine, 2-3 an edge shift of -128, 4-5 a next
     # candidate's shift of 130; then one whose atom 0 has 65,536 edges
-    shifts = np.zeros((6 + 65536, 3), dtype=np.int32)
-    shifts[3] = [0, -128, 0]
-    next_shift = np.zeros((8, 3), dtype=np.int32)
-    next_shift[5] = [0, 0, 130]
-    centers = np.zeros(len(shifts), dtype=np.int32)
+    unit_shifts = np.zeros((6 + 65536, 3), dtype=np.int32)
+    unit_shifts[3] = [0, -128, 0]
+    next_unit_shift = np.zeros((8, 3), dtype=np.int32)
+    next_unit_shift[5] = [0, 0, 130]
+    centers = np.zeros(len(unit_shifts), dtype=np.int32)
     edge_ptr = np.array([0, 2, 4, 6, 6 + 65536])
     atom_ptr = np.array([0, 2, 4, 6, 8])
-    problems = graph_problems(shifts, next_shift, centers, edge_ptr, atom_ptr)
+    problems = graph_problems(unit_shifts, next_unit_shift, centers, edge_ptr, atom_ptr)
     assert sorted(problems) == [1, 2, 3]
     assert "(128 along an axis" in problems[1] and "(130 along an axis" in problems[2]
     assert problems[3] == ("structure: an atom has more edges than the 65535 of the store's "
                            "uint16 edge counts (65536 edges)")
-    assert graph_problems(shifts[:6], next_shift[:6] * 0, centers[:6], edge_ptr[:4],
+    assert graph_problems(unit_shifts[:6], next_unit_shift[:6] * 0, centers[:6], edge_ptr[:4],
                           atom_ptr[:4]).keys() == {1}
 
 
 def test_a_graph_that_cannot_be_built_costs_only_its_frame(tmp_path, monkeypatch):
-    import preprocess.pipeline as P
+    import preprocess.build as P
     original = P.knn_graphs_screened
 
     def failing_second(*args, **kwargs):  # as the kernel reports an incomplete search

@@ -87,7 +87,7 @@ class StoreConformance:
                 np.testing.assert_array_equal(got["magmom"], f.magmom.astype(np.float32))
             a0, a1 = atom_ptr[i], atom_ptr[i + 1]
             np.testing.assert_array_equal(got["n_edges"], expected["n_edges"][a0:a1])
-            for name in ("next_distance", "next_neighbor", "next_shift"):
+            for name in ("next_distance", "next_neighbor", "next_unit_shift"):
                 np.testing.assert_array_equal(got[name], expected[name][a0:a1])
         # edges: compare each frame's graph with a fresh build
         from preprocess.graph import knn_graph
@@ -95,7 +95,7 @@ class StoreConformance:
             got = store.get(f.frame_id)
             g = knn_graph(f.cell, f.positions)
             np.testing.assert_array_equal(got["neighbors"], g.neighbors)
-            np.testing.assert_array_equal(got["shifts"], g.shifts)
+            np.testing.assert_array_equal(got["unit_shifts"], g.unit_shifts)
         for field in FIELDS:
             assert field.name in store[0]
 
@@ -203,16 +203,16 @@ class StoreConformance:
         graphs = knn_graphs([f.cell for f in frames], [f.positions for f in frames], k=16)
         bad_range = graphs.neighbors.copy()
         bad_range[0] = frames[0].n_atoms  # one past the last atom of frame 0
-        swapped = graphs.shifts.copy()
+        swapped = graphs.unit_shifts.copy()
         swapped[0] = swapped[0] + 1  # a different image of the same neighbour
-        next_shift = graphs.next_shift.copy()
-        next_shift[3] = next_shift[3] + 1  # another image as the first candidate not kept
+        next_unit_shift = graphs.next_unit_shift.copy()
+        next_unit_shift[3] = next_unit_shift[3] + 1  # another image as the first candidate not kept
         next_range = graphs.next_neighbor.copy()
         next_range[0] = frames[0].n_atoms
         for name, graphs_written, problem in (
                 ("range", replace(graphs, neighbors=bad_range), "out of range"),
-                ("rebuilt", replace(graphs, shifts=swapped), "differ from the rebuilt graph"),
-                ("next", replace(graphs, next_shift=next_shift), "differ from the rebuilt graph"),
+                ("rebuilt", replace(graphs, unit_shifts=swapped), "differ from the rebuilt graph"),
+                ("next", replace(graphs, next_unit_shift=next_unit_shift), "differ from the rebuilt graph"),
                 ("next-range", replace(graphs, next_neighbor=next_range),
                  "next_neighbor values out of range")):
             root = tmp_path / name
@@ -275,6 +275,10 @@ class StoreConformance:
         manifest["schema_version"] = 1  # before the first candidate not kept was stored
         path.write_text(json.dumps(manifest))
         with pytest.raises(StoreError, match="schema 1, which lacks .*rebuild the store"):
+            open_store(store.root)
+        manifest["schema_version"] = 2  # integer cell shifts named `shifts`/`next_shift`
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(StoreError, match="schema 2, which names .*`shifts`.*rebuild the store"):
             open_store(store.root)
         path.write_text("{not json")
         with pytest.raises(StoreError, match="damaged manifest"):
@@ -397,7 +401,7 @@ def test_zarr_shards_are_what_zarr_python_writes(tmp_path, monkeypatch, n_frames
         columns["positions"][0, 0] = -0.0
         columns["forces"][1, 2] = np.nan
     # no inner chunk may hold only the fill value: zarr-python leaves those out
-    for name in ("positions", "forces", "n_edges", "neighbors", "shifts") if n_frames else ():
+    for name in ("positions", "forces", "n_edges", "neighbors", "unit_shifts") if n_frames else ():
         columns[name] = columns[name].copy()
         columns[name].reshape(len(columns[name]), -1)[::2, :1] += 1
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
@@ -409,8 +413,8 @@ def test_zarr_shards_are_what_zarr_python_writes(tmp_path, monkeypatch, n_frames
         if f.dtype != "str":
             chunk_rows[f.name] = meta["codecs"][0]["configuration"]["chunk_shape"][0]
     if n_frames == 40:  # several inner chunks, the last one padded
-        assert len(columns["shifts"]) % chunk_rows["shifts"] and \
-            chunk_rows["shifts"] < len(columns["shifts"]) // 2
+        assert len(columns["unit_shifts"]) % chunk_rows["unit_shifts"] and \
+            chunk_rows["unit_shifts"] < len(columns["unit_shifts"]) // 2
     _zarr_python_write(theirs / "data.zarr", columns, chunk_rows, backends.ZSTD_LEVEL,
                        backends.BLOSC_BLOCK)
     files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())

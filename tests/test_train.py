@@ -10,7 +10,7 @@ import torch
 from helpers import SMALL_MPTRJ, write_mptrj
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
-from preprocess.pipeline import build_store
+from preprocess.build import build_store
 from preprocess.store import GraphParams, SplitParams, open_store
 from preprocess.units import EV_PER_A3_IN_GPA
 from train.collate import collate, collate_columns, frame_from_graph
@@ -135,19 +135,38 @@ def test_load_time_filtering_equals_direct_build(store_path, wanted):
     assert len(rows) > 3
     np.testing.assert_array_equal(got["n_edges"], np.concatenate([g.counts for g in graphs]))
     np.testing.assert_array_equal(got["neighbors"], np.concatenate([g.neighbors for g in graphs]))
-    np.testing.assert_array_equal(got["shifts"], np.concatenate([g.shifts for g in graphs]))
+    np.testing.assert_array_equal(got["unit_shifts"], np.concatenate([g.unit_shifts for g in graphs]))
     np.testing.assert_array_equal(got["next_distance"],
                                   np.concatenate([g.next_distance for g in graphs]).astype(np.float32))
     np.testing.assert_array_equal(got["next_neighbor"],
                                   np.concatenate([g.next_neighbor for g in graphs]))
-    np.testing.assert_array_equal(got["next_shift"], np.concatenate([g.next_shift for g in graphs]))
+    np.testing.assert_array_equal(got["next_unit_shift"], np.concatenate([g.next_unit_shift for g in graphs]))
     # and the collated batch of the filtered block equals collating the direct builds
     frames = [frame_from_graph(f["cell"], f["positions"], f["numbers"], g, pbc=f["pbc"])
               for f, g in zip((shard.frame(int(r)) for r in rows), graphs)]
     a, b = collate_columns(got, k=wanted.k), collate(frames, k=wanted.k)
-    for name in ("numbers", "positions", "cell", "centers", "neighbors", "shifts",
-                 "rank_neighbor", "rank_shift", "frame_index"):
+    for name in ("numbers", "positions", "cell", "centers", "neighbors", "unit_shifts",
+                 "rank_neighbor", "rank_unit_shift", "batch"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_edge_index_is_senders_then_receivers():
+    """``Batch.edge_index`` = (senders j, receivers i): messages x_j summed over
+    ``edge_index[1]`` land on each edge's centre. Four atoms on a line at 0, 1, 2.2 and 6 Å
+    (no periodicity, k = 1): centres 0..3 receive from 1, 0, 1, 2; no atom sends to 3, so
+    summing onto the senders instead would give another result."""
+    line = np.array([[0.0, 0, 0], [1.0, 0, 0], [2.2, 0, 0], [6.0, 0, 0]])
+    cell, pbc = np.eye(3) * 10.0, (False, False, False)
+    graph = knn_graph(cell, line, pbc=pbc, k=1, ties="break")
+    frame = frame_from_graph(cell, line, np.full(4, 14), graph, pbc=pbc)
+    batch = collate([frame, frame], k=1)
+    edge_index = batch.edge_index
+    assert edge_index.shape == (2, batch.n_edges) and edge_index.dtype == torch.int64
+    assert torch.equal(edge_index[0], batch.neighbors)
+    assert torch.equal(edge_index[1], batch.centers)
+    x = torch.arange(1.0, 9.0, dtype=torch.float64)  # one distinct value per atom of the batch
+    received = torch.zeros(8, dtype=torch.float64).index_add_(0, edge_index[1], x[edge_index[0]])
+    assert received.tolist() == [2.0, 1.0, 2.0, 3.0, 6.0, 5.0, 6.0, 7.0]
 
 
 def test_untrained_elements_are_counted(store_path):

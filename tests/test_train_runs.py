@@ -15,7 +15,7 @@ from helpers import write_mptrj, write_small_mptrj
 from model.checkpoint import read_checkpoint
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
-from preprocess.pipeline import build_store
+from preprocess.build import build_store
 from preprocess.store import SplitParams, open_store
 from preprocess.units import EV_PER_A3_IN_GPA
 from train.cli import main

@@ -142,7 +142,7 @@ STORE_FLAGS = ("source", "out", "format", "k", "ties", "tie_tolerance", "cutoff"
 
 
 def _cmd_build(args) -> int:
-    from preprocess.pipeline import build_store
+    from preprocess.build import build_store
 
     if args.pipeline is not None:
         from train.pipelines import load_pipelines

@@ -69,26 +69,26 @@ def rank_candidates(block: dict[str, np.ndarray], neighbors: np.ndarray,
     """Each centre's (k+1)-th nearest candidate, which the rank envelope's d_{k+1} follows.
 
     It is the centre's edge of rank k where tie inclusion kept more than ``k`` edges, else
-    the stored first candidate not kept (``next_neighbor``, ``next_shift``).
+    the stored first candidate not kept (``next_neighbor``, ``next_unit_shift``).
 
     Returns
     -------
     rank_neighbor : int64 (N,), index into the block's atoms (-1: no such candidate, which
         only happens without any periodic axis)
-    rank_shift : int64 (N, 3), its integer cell shift
+    rank_unit_shift : int64 (N, 3), its integer cell shift
     """
     n_atoms = block["n_atoms"].astype(np.int64)
     n_edges = block["n_edges"].astype(np.int64)
     atom_offset = np.repeat(np.cumsum(n_atoms) - n_atoms, n_atoms)
     stored = block["next_neighbor"].astype(np.int64)
     rank_neighbor = np.where(stored >= 0, stored + atom_offset, -1)
-    rank_shift = block["next_shift"].astype(np.int64).reshape(-1, 3).copy()
+    rank_unit_shift = block["next_unit_shift"].astype(np.int64).reshape(-1, 3).copy()
     tied = np.nonzero(n_edges > k)[0]
     if tied.size:
         edge = (np.cumsum(n_edges) - n_edges)[tied] + k
         rank_neighbor[tied] = neighbors[edge]
-        rank_shift[tied] = block["shifts"].reshape(-1, 3)[edge]
-    return rank_neighbor, rank_shift
+        rank_unit_shift[tied] = block["unit_shifts"].reshape(-1, 3)[edge]
+    return rank_neighbor, rank_unit_shift
 
 
 def relative_positions(positions: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
@@ -110,7 +110,7 @@ def collate_columns(block: dict[str, np.ndarray], k: int,
     n_atoms = block["n_atoms"].astype(np.int64)
     n_frames = n_atoms.size
     centers, neighbors, _ = edge_index(block)
-    rank_neighbor, rank_shift = rank_candidates(block, neighbors, k)
+    rank_neighbor, rank_unit_shift = rank_candidates(block, neighbors, k)
 
     def tensor(a, dt=dtype):
         return torch.from_numpy(np.ascontiguousarray(a)).to(dt)
@@ -121,13 +121,13 @@ def collate_columns(block: dict[str, np.ndarray], k: int,
         numbers=tensor(block["numbers"], torch.long),
         positions=tensor(relative_positions(block["positions"].reshape(-1, 3), n_atoms)),
         cell=tensor(block["cell"].reshape(-1, 3, 3)),
-        frame_index=torch.repeat_interleave(torch.arange(n_frames), torch.from_numpy(n_atoms)),
+        batch=torch.repeat_interleave(torch.arange(n_frames), torch.from_numpy(n_atoms)),
         n_atoms=torch.from_numpy(n_atoms),
         centers=torch.from_numpy(centers),
         neighbors=torch.from_numpy(neighbors),
-        shifts=tensor(block["shifts"].reshape(-1, 3)),
+        unit_shifts=tensor(block["unit_shifts"].reshape(-1, 3)),
         rank_neighbor=torch.from_numpy(rank_neighbor),
-        rank_shift=tensor(rank_shift),
+        rank_unit_shift=tensor(rank_unit_shift),
         k=int(k),
         energy=tensor(block["energy"].astype(np.float64)) if has_labels else None,
         forces=tensor(block["forces"].reshape(-1, 3)) if has_labels else None,
@@ -147,6 +147,6 @@ def frame_from_graph(cell, positions, numbers, graph, pbc=(True, True, True), **
     return {"cell": np.asarray(cell, dtype=np.float64),
             "positions": np.asarray(positions, dtype=np.float64),
             "numbers": np.asarray(numbers), "pbc": np.asarray(pbc, dtype=bool),
-            "n_edges": graph.counts, "neighbors": graph.neighbors, "shifts": graph.shifts,
+            "n_edges": graph.counts, "neighbors": graph.neighbors, "unit_shifts": graph.unit_shifts,
             "next_distance": graph.next_distance, "next_neighbor": graph.next_neighbor,
-            "next_shift": graph.next_shift, **labels}
+            "next_unit_shift": graph.next_unit_shift, **labels}

@@ -233,7 +233,7 @@ def edge_distances(block: dict, centers: np.ndarray, neighbors: np.ndarray,
     same float64 formula as the graph kernel: (r_j - r_i) + (S_0 a + S_1 b + S_2 c)."""
     pos = block["positions"]
     cell = block["cell"][frame_of_edge]  # (E, 3, 3)
-    s = block["shifts"].astype(np.float64)
+    s = block["unit_shifts"].astype(np.float64)
     v = (pos[neighbors] - pos[centers]) + (s[:, 0:1] * cell[:, 0] + s[:, 1:2] * cell[:, 1]
                                            + s[:, 2:3] * cell[:, 2])
     return np.sqrt(v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1] + v[:, 2] * v[:, 2])
@@ -246,7 +246,7 @@ def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
     is a prefix of each centre's edges: the first k, the ties within the tolerance of the
     k-th (``include``, compared on the graph's distance grid as the kernel does), and none
     beyond the cutoff. The first candidate not kept (``next_distance``, ``next_neighbor``,
-    ``next_shift``) becomes the first dropped edge, so the block equals a direct build.
+    ``next_unit_shift``) becomes the first dropped edge, so the block equals a direct build.
     """
     if wanted == stored:
         return block
@@ -280,11 +280,11 @@ def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
     nxt[cut] = d[first_dropped]
     nxt_j = block["next_neighbor"].copy()
     nxt_j[cut] = block["neighbors"][first_dropped]
-    nxt_s = block["next_shift"].copy()
-    nxt_s[cut] = block["shifts"][first_dropped]
+    nxt_s = block["next_unit_shift"].copy()
+    nxt_s[cut] = block["unit_shifts"][first_dropped]
     return {**block, "n_edges": keep.astype(block["n_edges"].dtype),
-            "neighbors": block["neighbors"][mask], "shifts": block["shifts"][mask],
-            "next_distance": nxt, "next_neighbor": nxt_j, "next_shift": nxt_s}
+            "neighbors": block["neighbors"][mask], "unit_shifts": block["unit_shifts"][mask],
+            "next_distance": nxt, "next_neighbor": nxt_j, "next_unit_shift": nxt_s}
 
 
 # ---------------------------------------------------------------------- the stream

@@ -113,7 +113,7 @@ class Pipelines:
 
     # ------------------------------------------------------------------ stores
     def store_spec(self, name: str):
-        from preprocess.pipeline import make_spec
+        from preprocess.build import make_spec
         decl = self.stores[name]
         src = self.sources[decl.source]
         if not src.path.exists():
@@ -130,7 +130,7 @@ class Pipelines:
         return self.workdir / "stores" / f"{name}-{spec.store_id}"
 
     def build(self, name: str, progress: bool = True):
-        from preprocess.pipeline import build_store
+        from preprocess.build import build_store
         if name not in self.stores:
             raise PipelineError(f"stores: no store named {name!r}; declared: {sorted(self.stores)}")
         decl = self.stores[name]

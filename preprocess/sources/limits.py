@@ -5,7 +5,7 @@ Limits (from the dtypes in :mod:`preprocess.schema`):
 
 * at most :data:`MAX_ATOMS` = 65,535 atoms per frame: neighbour indices (``neighbors``) and
   per-atom edge counts (``n_edges``) are uint16. Checked before the graph is built.
-* cell shifts within ±:data:`MAX_SHIFT` = ±127 per axis (``shifts``, ``next_shift`` are
+* cell shifts within ±:data:`MAX_UNIT_SHIFT` = ±127 per axis (``unit_shifts``, ``next_unit_shift`` are
   int8): only a cell far thinner or more skewed than its neighbour shell needs more.
   Checked on the built graph.
 
@@ -29,7 +29,7 @@ from preprocess.sources.base import Quarantined
 
 MAX_ATOMS = int(min(np.iinfo(BY_NAME["neighbors"].dtype).max,
                     np.iinfo(BY_NAME["n_edges"].dtype).max))
-MAX_SHIFT = int(np.iinfo(BY_NAME["shifts"].dtype).max)
+MAX_UNIT_SHIFT = int(np.iinfo(BY_NAME["unit_shifts"].dtype).max)
 WRAP_EPS = 1e-7  # fractional; atoms at f = 0 (and just below) stay where they are
 
 
@@ -79,27 +79,27 @@ def wrap_positions(cells: np.ndarray, positions: Sequence[np.ndarray], pbc: np.n
     return out
 
 
-def graph_problems(shifts: np.ndarray, next_shift: np.ndarray, centers: np.ndarray,
+def graph_problems(unit_shifts: np.ndarray, next_unit_shift: np.ndarray, centers: np.ndarray,
                    edge_ptr: np.ndarray, atom_ptr: np.ndarray) -> dict[int, str]:
     """Structure index -> why its graph does not fit the store: a cell shift beyond
-    ±MAX_SHIFT (edges or the first candidate not kept), or an atom with more than
-    MAX_ATOMS edges. ``shifts`` (E, 3), ``next_shift`` (N, 3), ``centers`` (E,) local to
+    ±MAX_UNIT_SHIFT (edges or the first candidate not kept), or an atom with more than
+    MAX_ATOMS edges. ``unit_shifts`` (E, 3), ``next_unit_shift`` (N, 3), ``centers`` (E,) local to
     each structure; ``edge_ptr``, ``atom_ptr`` (B + 1,) delimit the structures."""
     n_struct = len(atom_ptr) - 1
     problems: dict[int, str] = {}
-    shifts_fit = all(a.size == 0 or (a.max() <= MAX_SHIFT and a.min() >= -MAX_SHIFT)
-                     for a in (shifts, next_shift))
+    shifts_fit = all(a.size == 0 or (a.max() <= MAX_UNIT_SHIFT and a.min() >= -MAX_UNIT_SHIFT)
+                     for a in (unit_shifts, next_unit_shift))
     edges = np.diff(edge_ptr)
     if shifts_fit and (edges.size == 0 or edges.max() <= MAX_ATOMS):
         return problems  # the common case, without per-atom reductions
-    edge_shift = _per_structure_max(np.abs(shifts).max(axis=1) if len(shifts) else
+    edge_shift = _per_structure_max(np.abs(unit_shifts).max(axis=1) if len(unit_shifts) else
                                     np.zeros(0, np.int64), edge_ptr, n_struct)
-    next_max = _per_structure_max(np.abs(next_shift).max(axis=1) if len(next_shift) else
+    next_max = _per_structure_max(np.abs(next_unit_shift).max(axis=1) if len(next_unit_shift) else
                                   np.zeros(0, np.int64), atom_ptr, n_struct)
     per_atom = np.bincount(centers + np.repeat(atom_ptr[:-1], edges), minlength=int(atom_ptr[-1]))
     most_edges = _per_structure_max(per_atom, atom_ptr, n_struct)
-    for b in np.nonzero(np.maximum(edge_shift, next_max) > MAX_SHIFT)[0].tolist():
-        problems[b] = (f"structure: a neighbour needs a cell shift beyond the ±{MAX_SHIFT} "
+    for b in np.nonzero(np.maximum(edge_shift, next_max) > MAX_UNIT_SHIFT)[0].tolist():
+        problems[b] = (f"structure: a neighbour needs a cell shift beyond the ±{MAX_UNIT_SHIFT} "
                        f"lattice vectors of the store's int8 shifts "
                        f"({max(edge_shift[b], next_max[b])} along an axis: the cell is far "
                        "thinner or more skewed than the neighbour shell; a reduced cell, e.g. "

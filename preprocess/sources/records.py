@@ -25,7 +25,7 @@ record is quarantined with its reason and every other record is kept; a material
 JSON is malformed is parsed by the standard library (it reads the ``NaN`` and
 ``Infinity`` that Python writes, which the checks then report), else quarantined whole.
 
-Every problem is a reason that names the field and the problem; the pipeline puts such
+Every problem is a reason that names the field and the problem; the build puts such
 records in quarantine with their ids.
 """
 from __future__ import annotations

@@ -110,11 +110,14 @@ class Manifest:
             raise StoreError(f"{where}: written with store schema {version}, this orbitgraph "
                              f"reads schema <= {SCHEMA_VERSION}; upgrade orbitgraph")
         if version < SCHEMA_VERSION:
+            lacks = ("lacks the first neighbour candidate not kept that models need since "
+                     "schema 2 (for forces that are the exact derivatives of the energy)"
+                     if version < 2 else
+                     "names the integer cell shifts `shifts`/`next_shift` (since schema 3 "
+                     "`unit_shifts`/`next_unit_shift`)")
             raise StoreError(
-                f"{where}: written with store schema {version}, which lacks the first "
-                f"neighbour candidate not kept that models need since schema {SCHEMA_VERSION} "
-                "(for forces that are the exact derivatives of the energy); rebuild the store "
-                "with `orbitgraph build` (or delete it and rerun `orbitgraph run`)")
+                f"{where}: written with store schema {version}, which {lacks}; rebuild the "
+                "store with `orbitgraph build` (or delete it and rerun `orbitgraph run`)")
         try:
             e0 = d["statistics"].get("atomic_energies_eV", {})
             stats = {**d["statistics"], "atomic_energies_eV": {int(z): v for z, v in e0.items()}}

@@ -60,8 +60,8 @@ def columns_from_frames(frames: Sequence[Frame], graphs: KnnGraphBatch) -> dict[
     n_atoms = np.array([f.n_atoms for f in frames], dtype=np.int32)
     if n_atoms.size and n_atoms.max() > np.iinfo(np.uint16).max:
         raise ValueError("a frame has more than 65535 atoms; neighbour indices are uint16")
-    if ((graphs.shifts.size and np.abs(graphs.shifts).max() > 127)
-            or (graphs.next_shift.size and np.abs(graphs.next_shift).max() > 127)):
+    if ((graphs.unit_shifts.size and np.abs(graphs.unit_shifts).max() > 127)
+            or (graphs.next_unit_shift.size and np.abs(graphs.next_unit_shift).max() > 127)):
         raise ValueError("a cell shift exceeds the int8 range; the cell is too small for k")
 
     def stack(values, shape, dtype):
@@ -90,10 +90,10 @@ def columns_from_frames(frames: Sequence[Frame], graphs: KnnGraphBatch) -> dict[
                        for f in frames], (), np.float32),
         "next_distance": graphs.next_distance.astype(np.float32),
         "next_neighbor": graphs.next_neighbor.astype(np.int32),
-        "next_shift": graphs.next_shift.astype(np.int8),
+        "next_unit_shift": graphs.next_unit_shift.astype(np.int8),
         "n_edges": counts.astype(np.uint16),
         "neighbors": graphs.neighbors.astype(np.uint16),
-        "shifts": graphs.shifts.astype(np.int8),
+        "unit_shifts": graphs.unit_shifts.astype(np.int8),
     }
 
 

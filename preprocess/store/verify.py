@@ -40,7 +40,7 @@ def _check_shard(data: ShardData, where: str) -> list[str]:
             problems.append(f"{where}: {int(too_big.sum())} neighbour indices out of range "
                             f"(first in frame {c['frame_id'][edge_frame[np.argmax(too_big)]]})")
         open_axes = ~c["pbc"][edge_frame]
-        if np.any(c["shifts"][open_axes] != 0):
+        if np.any(c["unit_shifts"][open_axes] != 0):
             problems.append(f"{where}: cell shifts along non-periodic axes")
     # the first candidate not kept: in range, or -1 exactly where next_distance is inf
     atom_frame = np.repeat(np.arange(data.n_frames), c["n_atoms"].astype(np.int64))
@@ -112,11 +112,11 @@ def verify_store(path: str | Path, sample: int = 64, seed: int = 0) -> VerifyRep
                           ties=m.graph.ties, tie_tolerance=m.graph.tie_tolerance,
                           cutoff=m.graph.cutoff)
             same = (np.array_equal(g.neighbors, fr["neighbors"].astype(np.int64))
-                    and np.array_equal(g.shifts, fr["shifts"].astype(np.int64))
+                    and np.array_equal(g.unit_shifts, fr["unit_shifts"].astype(np.int64))
                     and np.array_equal(g.counts, fr["n_edges"].astype(np.int64))
                     and np.array_equal(g.next_distance.astype(np.float32), fr["next_distance"])
                     and np.array_equal(g.next_neighbor, fr["next_neighbor"].astype(np.int64))
-                    and np.array_equal(g.next_shift, fr["next_shift"].astype(np.int64)))
+                    and np.array_equal(g.next_unit_shift, fr["next_unit_shift"].astype(np.int64)))
             if not same:
                 report.problems.append(f"{where}: frame {fr['frame_id']}: stored edges or "
                                        "first candidates not kept differ from the rebuilt graph")

@@ -11,15 +11,15 @@ import os
 import time
 from pathlib import Path
 
-import preprocess.pipeline as pipeline
+import preprocess.build as build
 from preprocess.store.shard import shard_name
 
 
 def _install() -> None:
     """Wrap the partition builder once (distributed may import a preload more than once)."""
-    if getattr(pipeline._build_partition, "_marked_and_slow", False):
+    if getattr(build._build_partition, "_marked_and_slow", False):
         return
-    original = pipeline._build_partition
+    original = build._build_partition
 
     def marked_and_slow(source, part, *args, **kwargs):
         markers = Path(os.environ["ORBITGRAPH_TEST_MARKERS"])
@@ -29,7 +29,7 @@ def _install() -> None:
         return original(source, part, *args, **kwargs)
 
     marked_and_slow._marked_and_slow = True
-    pipeline._build_partition = marked_and_slow
+    build._build_partition = marked_and_slow
 
 
 _install()

@@ -163,7 +163,7 @@ def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Pat
     graphs, failed = knn_graphs_screened(cells, positions, pbc, g.k, g.ties, g.tie_tolerance,
                                          g.cutoff, spec.min_distance, threads)
     failed = {b: f"structure: {reason}" for b, reason in failed.items()}
-    for b, reason in graph_problems(graphs.shifts, graphs.next_shift, graphs.centers,
+    for b, reason in graph_problems(graphs.unit_shifts, graphs.next_unit_shift, graphs.centers,
                                     graphs.edge_ptr, graphs.atom_ptr).items():
         failed.setdefault(b, reason)
     quarantine = quarantine + too_large

@@ -19,7 +19,7 @@ import pytest
 
 from helpers import SMALL_MPTRJ, load_small_mptrj
 from preprocess.cluster import ClusterConfig
-from preprocess.pipeline import build_store, source_bytes
+from preprocess.build import build_store, source_bytes
 from preprocess.sources import open_source
 from preprocess.store import open_store, verify_store
 from preprocess.store.shard import is_committed
@@ -159,8 +159,8 @@ def test_threads_build_what_one_thread_does_and_repeated_ids_keep_the_last(tmp_p
             np.array([f.pbc for f in frames]), 16, "include", 0.01, None, 0.5)
     (g1, failed1), (g3, failed3) = (knn_graphs_screened(*args, threads=t) for t in (1, 3))
     assert failed1 == failed3
-    for name in ("centers", "neighbors", "shifts", "distances", "next_distance", "next_neighbor",
-                 "next_shift", "edge_ptr", "atom_ptr"):
+    for name in ("centers", "neighbors", "unit_shifts", "distances", "next_distance", "next_neighbor",
+                 "next_unit_shift", "edge_ptr", "atom_ptr"):
         assert np.array_equal(getattr(g1, name), getattr(g3, name)), name
 
     # the first material again at the end, with other frames: the last one wins
@@ -241,7 +241,7 @@ def test_local_cluster_matches_synchronous(tmp_path, reference_store):
 
 def _slow_source_script(out: Path, delay: float, frames_per_shard: int) -> str:
     return f"""
-import time, preprocess.pipeline as P
+import time, preprocess.build as P
 from preprocess.cluster import ClusterConfig
 original = P.build_partition
 def slow(*a, **k):
@@ -325,7 +325,7 @@ def _install_slow_partitions(delay: float) -> None:
 
     slow._slowed = True
     W.write_frames_shard = slow
-    import preprocess.pipeline as P
+    import preprocess.build as P
     P.write_frames_shard = slow
 
 
@@ -405,7 +405,7 @@ def test_planted_bad_records_are_quarantined(tmp_path):
 
 
 def test_quarantine_summary_groups_reasons_by_kind():
-    from preprocess.pipeline import reason_kind
+    from preprocess.build import reason_kind
     same = ["structure: atoms 0 and 0 (cell shift (-1, 1, 0)) are closer than 0.5 Å",
             "structure: atoms 3 and 17 (cell shift (0, 0, 0)) are closer than 0.5 Å"]
     assert {reason_kind(r) for r in same} == {"structure: atoms # and # are closer than 0.5 Å"}
