@@ -59,8 +59,8 @@ def sample_store(name: str, backend: str = "zarr", frames_per_shard: int = 100,
                  graph=None) -> Path:
     """A store of the shared sample under benchmarks/_out/NAME, built once and then reused
     (``graph``: GraphParams, default the store default)."""
-    from preprocess.cluster import ClusterConfig
     from preprocess.build import build_store
+    from preprocess.cluster import ClusterConfig
 
     out = OUT / name
     if not (out / "manifest.json").is_file():

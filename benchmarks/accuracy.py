@@ -39,9 +39,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _mace import MACE_VERSION, run_mace  # noqa: E402  (before _common drops this folder)
-from _common import OUT, SAMPLE  # noqa: E402
 
+# isort: split
 import numpy as np  # noqa: E402
+from _common import OUT, SAMPLE  # noqa: E402
 
 GPA = 160.21766208  # GPa per eV/Å³
 HIGH_FORCE = 50.0  # eV/Å: frames with a larger force component dominate a squared loss
@@ -110,8 +111,8 @@ def small_source(source: Path, max_frames: int, root: Path) -> Path:
 
 
 def build(args, root: Path) -> Path:
-    from preprocess.cluster import ClusterConfig
     from preprocess.build import build_store
+    from preprocess.cluster import ClusterConfig
     from preprocess.store import GraphParams, SplitParams
 
     source = Path(args.source)
@@ -334,7 +335,8 @@ def plot(curves: dict, path: Path, title: str) -> None:
 
 
 def row(name: str, r: dict, m: dict) -> str:
-    return (f"{name:12s} {r['params']:>9,d} {r['wall_s']:>8.0f} {r['cpu_s']:>7.0f} {r['steps']:>6d} "
+    return (f"{name:12s} {r['params']:>9,d} {r['wall_s']:>8.0f} {r['cpu_s']:>7.0f} "
+            f"{r['steps']:>6d} "
             f"{m['energy_mae_meV_per_atom']:>8.1f} {m['energy_rmse_meV_per_atom']:>8.1f} "
             f"{m['forces_mae_meV_per_A']:>8.1f} {m['forces_rmse_meV_per_A']:>8.1f} "
             f"{m['stress_mae_GPa']:>7.3f} {m['stress_rmse_GPa']:>7.3f}")

@@ -15,8 +15,8 @@ usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--frames 20000] [
    Two clocks each: the program's own (the rate the anchor prints; the wall time in the
    build summary) and the whole process (interpreter and imports too).
 2. In this process, after a first build has paid the one-time loads (imports, numba's
-   cache, pyarrow's first use, the thread pool): the steady-state rate of the same build, the rate the
-   per-frame work sets on a source of any size.
+   cache, pyarrow's first use, the thread pool): the steady-state rate of the same build, the
+   rate the per-frame work sets on a source of any size.
 3. Through Dask with 2 workers and 250-frame partitions: a LocalCluster started for the
    build (start-up included), and one already running (as on a real cluster).
 4. ``--frames N`` (default 20,000; 0 skips it): an MPtrj-format file of N frames, the
@@ -177,8 +177,8 @@ def main() -> None:
 
 
 def sample_sections(src: Path, args) -> None:
-    from preprocess.cluster import ClusterConfig
     from preprocess.build import build_store
+    from preprocess.cluster import ClusterConfig
 
     runs: dict[str, list[tuple[float, float, int]]] = {
         name: [] for name in ("anchor", "zarr", "arrow", "loaded zarr", "loaded arrow")}
@@ -272,8 +272,8 @@ def full_section(where: Path, args, base_rate: float | None) -> None:
     """Section 5."""
     from distributed import Client, LocalCluster
 
-    from preprocess.cluster import ClusterConfig
     from preprocess.build import build_store
+    from preprocess.cluster import ClusterConfig
 
     big = where / f"mptrj_replicated_{args.full_frames}.json"
     if not big.is_file():

@@ -100,9 +100,9 @@ def force_jump(width: float) -> tuple[float, float]:
     import torch
 
     from model import build_model
+    from model.testing import randomise
     from preprocess.store.params import GraphParams
     from train.calculator import OrbitCalculator
-    from model.testing import randomise
     torch.manual_seed(0)
     model = randomise(build_model({"preset": "mace", "channels": 8, "species_dim": 8,
                                    "radial_mlp": [16], "readout_mlp": [8],

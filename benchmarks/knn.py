@@ -31,11 +31,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("n", type=int, nargs="?", default=1000)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--check", type=int, default=200, help="structures checked against the reference")
+    ap.add_argument("--check", type=int, default=200,
+                    help="structures checked against the reference")
     args = ap.parse_args()
     sys.path.insert(0, str(SHARED_BENCH))
-    from structures import mptrj_like  # noqa: E402
     import knn_anchors  # noqa: E402
+    from structures import mptrj_like  # noqa: E402
 
     from preprocess.graph import knn_graph, knn_graphs
     from preprocess.graph_reference import knn_graph_reference
@@ -50,7 +51,8 @@ def main() -> None:
     contenders = {
         "orbitgraph knn_graphs ties=include": lambda: knn_graphs(cells, poss, k=16, ties="include"),
         "orbitgraph knn_graphs ties=break": lambda: knn_graphs(cells, poss, k=16, ties="break"),
-        "orbitgraph knn_graph one by one": lambda: [knn_graph(c, p) for c, p in zip(cells, poss)],
+        "orbitgraph knn_graph one by one": lambda: [knn_graph(c, p)
+                                                    for c, p in zip(cells, poss, strict=True)],
         "pymatgen get_neighbor_list + top-k": lambda: [knn_anchors.knn_pymatgen(s, 16)
                                                        for s in structs],
     }
@@ -69,12 +71,13 @@ def main() -> None:
 
     # identical to the reference (exact edge lists, both tie modes)
     bad = 0
-    for c, p in list(zip(cells, poss))[: args.check]:
+    for c, p in list(zip(cells, poss, strict=True))[: args.check]:
         for ties in ("include", "break"):
             a = knn_graph(c, p, ties=ties)
             b = knn_graph_reference(c, p, ties=ties)
             same = all(np.array_equal(getattr(a, f), getattr(b, f))
-                       for f in ("centers", "neighbors", "unit_shifts", "distances", "next_distance"))
+                       for f in ("centers", "neighbors", "unit_shifts", "distances",
+                                 "next_distance"))
             bad += not same
     print(f"reference check: {bad} of {2 * min(args.check, args.n)} graphs differ")
 

@@ -66,7 +66,8 @@ def main() -> None:
             data.append(Data(z=torch.from_numpy(f["numbers"].astype(np.int64)),
                              pos=torch.from_numpy(f["positions"]),
                              cell=torch.from_numpy(f["cell"]).unsqueeze(0),
-                             edge_index=torch.from_numpy(np.stack([f["neighbors"].astype(np.int64), centers])),
+                             edge_index=torch.from_numpy(
+                                 np.stack([f["neighbors"].astype(np.int64), centers])),
                              shift=torch.from_numpy(f["unit_shifts"].astype(np.int64)),
                              forces=torch.from_numpy(f["forces"]),
                              energy=torch.tensor([float(f["energy"])])))

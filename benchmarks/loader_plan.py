@@ -26,7 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402,F401  (drops this folder from the import path)
-
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
@@ -62,7 +61,7 @@ def before_shuffled_order(store, shards, cfg, rng):
     by_shard = np.argsort(shard_col, kind="stable")
     first = np.searchsorted(shard_col[by_shard], shards, side="left")
     last = np.searchsorted(shard_col[by_shard], shards, side="right")
-    positions = np.concatenate([by_shard[a:b] for a, b in zip(first, last)]
+    positions = np.concatenate([by_shard[a:b] for a, b in zip(first, last, strict=True)]
                                or [np.zeros(0, dtype=np.int64)])
     if not cfg.shuffle:
         return positions
@@ -81,13 +80,13 @@ def before_pack(store, order, cfg):
     n_atoms = store.index.column("n_atoms").to_numpy()[order].tolist()
     n_edges = store.index.column("n_edges").to_numpy()[order].tolist()
     starts, atoms, edges = [0], 0, 0
-    for i, (a, e) in enumerate(zip(n_atoms, n_edges)):
+    for i, (a, e) in enumerate(zip(n_atoms, n_edges, strict=True)):
         if i > starts[-1] and (atoms + a > cfg.max_atoms or edges + e > cfg.edge_budget):
             starts.append(i)
             atoms, edges = 0, 0
         atoms += a
         edges += e
-    return [order[a:b] for a, b in zip(starts, starts[1:] + [len(order)]) if b > a]
+    return [order[a:b] for a, b in zip(starts, starts[1:] + [len(order)], strict=True) if b > a]
 
 
 def before_plan_rank(store, cfg, epoch, rank, world):
@@ -96,7 +95,7 @@ def before_plan_rank(store, cfg, epoch, rank, world):
                                   np.random.default_rng([cfg.seed, epoch, rank]))
     shard_col = store.index.column("shard").to_numpy()
     row_col = store.index.column("row").to_numpy()
-    return [sorted(zip(shard_col[b].tolist(), row_col[b].tolist()))
+    return [sorted(zip(shard_col[b].tolist(), row_col[b].tolist(), strict=True))
             for b in before_pack(store, order, cfg)]
 
 
@@ -142,11 +141,11 @@ def main() -> None:
     for world in args.world:
         cases = {
             f"one rank's plan (world {world})": (
-                lambda: before_plan_rank(store, cfg, 2, 0, world),
-                lambda: plan_rank(store, cfg, 2, 0, world)),
+                lambda world=world: before_plan_rank(store, cfg, 2, 0, world),
+                lambda world=world: plan_rank(store, cfg, 2, 0, world)),
             f"one rank's epoch, {args.workers} workers (world {world})": (
-                lambda: before_rank_epoch(store, cfg, 2, 0, world, args.workers),
-                lambda: rank_epoch_now(world, 0)),
+                lambda world=world: before_rank_epoch(store, cfg, 2, 0, world, args.workers),
+                lambda world=world: rank_epoch_now(world, 0)),
         }
         for name, (before, now) in cases.items():
             times = {"before": [], "now": []}

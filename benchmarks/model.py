@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _mace import run_mace  # noqa: E402  (before _common drops this folder)
+
+# isort: split
 from _common import OUT, require_shared, sample_store  # noqa: E402
 
 MACE_SCRIPT = r'''
@@ -37,8 +39,10 @@ torch.set_default_dtype(torch.float32)
 dev = torch.device(args["device"])
 z_table = sorted(set(d["numbers"].tolist()))
 idx = {z: i for i, z in enumerate(z_table)}
-one_hot = torch.nn.functional.one_hot(torch.tensor([idx[z] for z in d["numbers"]]), len(z_table)).float()
-model = modules.MACE(r_max=args["cutoff"], num_bessel=8, num_polynomial_cutoff=5, max_ell=args["sh_l_max"],
+one_hot = torch.nn.functional.one_hot(torch.tensor([idx[z] for z in d["numbers"]]),
+                                      len(z_table)).float()
+model = modules.MACE(r_max=args["cutoff"], num_bessel=8, num_polynomial_cutoff=5,
+    max_ell=args["sh_l_max"],
     interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
     interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
     num_interactions=2, num_elements=len(z_table),
@@ -51,19 +55,24 @@ if args["cueq"]:
     try:
         import cuequivariance_torch  # noqa: F401
     except ImportError:
-        print(json.dumps({"skipped": "cuequivariance-torch is not installed in the mace-torch venv"}))
+        print(json.dumps(
+            {"skipped": "cuequivariance-torch is not installed in the mace-torch venv"}))
         sys.exit(0)
     from mace.cli.convert_e3nn_cueq import run as to_cueq
     model = to_cueq(model, device=args["device"])
 batch_index = torch.from_numpy(d["batch"]).long()
 cell = torch.from_numpy(d["cell"]).float()
-shifts = torch.einsum("ei,eij->ej", torch.from_numpy(d["unit_shifts"]).float(), cell[batch_index[torch.from_numpy(d["centers"]).long()]])
+centers = torch.from_numpy(d["centers"]).long()
+unit_shifts = torch.from_numpy(d["unit_shifts"]).float()
+shifts = torch.einsum("ei,eij->ej", unit_shifts, cell[batch_index[centers]])  # Å
 data = {"positions": torch.from_numpy(d["positions"]).float(), "node_attrs": one_hot,
-        "edge_index": torch.stack([torch.from_numpy(d["neighbors"]).long(), torch.from_numpy(d["centers"]).long()]),
-        "shifts": shifts, "unit_shifts": torch.from_numpy(d["unit_shifts"]).float(), "cell": cell.reshape(-1, 3),
-        "batch": batch_index, "ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(d["n_atoms"])])).long(),
+        "edge_index": torch.stack([torch.from_numpy(d["neighbors"]).long(), centers]),
+        "shifts": shifts, "unit_shifts": unit_shifts, "cell": cell.reshape(-1, 3),
+        "batch": batch_index,
+        "ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(d["n_atoms"])])).long(),
         "weight": torch.ones(len(d["n_atoms"])), "energy_weight": torch.ones(len(d["n_atoms"])),
-        "forces_weight": torch.ones(len(d["n_atoms"])), "head": torch.zeros(len(d["n_atoms"])).long()}
+        "forces_weight": torch.ones(len(d["n_atoms"])),
+        "head": torch.zeros(len(d["n_atoms"])).long()}
 data = {k: v.to(dev) for k, v in data.items()}
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 times = []

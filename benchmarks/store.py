@@ -28,8 +28,8 @@ def main() -> None:
     require_shared()
     import torch
 
-    from preprocess.cluster import ClusterConfig
     from preprocess.build import build_store
+    from preprocess.cluster import ClusterConfig
     from preprocess.store import open_store
 
     src = plain_sample()
@@ -59,7 +59,7 @@ def main() -> None:
         edges = store.manifest.counts["edges"]
         size = du(out)
 
-        def read_shards():
+        def read_shards(out=out):
             s = open_store(out)
             s._cache_size = 0
             n = 0
@@ -67,7 +67,7 @@ def main() -> None:
                 n += s._backend.read(out / "shards" / s.manifest.shards[i].name)["n_atoms"].shape[0]
             return n
 
-        def read_frames():
+        def read_frames(out=out):
             s = open_store(out)
             return sum(1 for i in range(len(s)) if s[i]["numbers"].size)
 
@@ -75,8 +75,10 @@ def main() -> None:
         t_frames, _ = timed(read_frames, args.repeats)
         print(f"orbitgraph {backend:5s} store:      {size / edges:6.2f} bytes/edge "
               f"({base_bytes / base_edges / (size / edges):4.1f}x smaller), read "
-              f"{n / t_shards:9.0f} frames/s as columns ({t_base / t_shards * n / base_frames:5.1f}x), "
-              f"{n / t_frames:8.0f} frames/s as dicts ({t_base / t_frames * n / base_frames:4.1f}x)")
+              f"{n / t_shards:9.0f} frames/s as columns "
+              f"({t_base / t_shards * n / base_frames:5.1f}x), "
+              f"{n / t_frames:8.0f} frames/s as dicts "
+              f"({t_base / t_frames * n / base_frames:4.1f}x)")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ class Batch:
         return replace(self, **{f: fn(f, getattr(self, f)) for f in TENSOR_FIELDS
                                 if getattr(self, f) is not None})
 
-    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> "Batch":
+    def to(self, device=None, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> "Batch":
         """Move to ``device``; cast float fields to ``dtype`` if given."""
         def move(name, t):
             if dtype is not None and name in FLOAT_FIELDS:

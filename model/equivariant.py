@@ -90,7 +90,8 @@ class EquivariantNetwork(nn.Module):
             check_chain(f"interaction {t}", irreps, block.irreps_in)
             self.blocks.append(block)
             use_mlp = cfg.readout == "mlp" or (cfg.readout == "mlp_last" and last)
-            self.readouts.append(MLPReadout(out, cfg.readout_mlp) if use_mlp else LinearReadout(out))
+            self.readouts.append(MLPReadout(out, cfg.readout_mlp) if use_mlp
+                                 else LinearReadout(out))
             irreps = out
 
     def forward(self, numbers, vectors, centers, neighbors, d_ref, k) -> torch.Tensor:
@@ -109,7 +110,7 @@ class EquivariantNetwork(nn.Module):
                                    species[neighbors]], dim=-1)
         h = self.embed(species)
         per_block = []
-        for block, readout in zip(self.blocks, self.readouts):
+        for block, readout in zip(self.blocks, self.readouts, strict=True):
             h = block(h, species, sh, radial, envelope, edge_features, centers, neighbors)
             per_block.append(readout(h))
         return reduce_blocks(per_block, self.cfg.block_reduction)

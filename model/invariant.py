@@ -91,7 +91,8 @@ class InvariantNetwork(nn.Module):
         self.rank_envelope = rank_envelope(cfg)
         self.irreps_sh = o3.Irreps.spherical_harmonics(DIRECTIONAL_L_MAX)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
-        self.register_buffer("bands", torch.tensor(list(cfg.bands), dtype=torch.get_default_dtype()))
+        self.register_buffer("bands", torch.tensor(list(cfg.bands),
+                                                   dtype=torch.get_default_dtype()))
         self.layers = nn.ModuleList(
             InvariantLayer(cfg.hidden, cfg.num_radial, len(cfg.bands) + 1, cfg.attention,
                            cfg.avg_num_neighbors) for _ in range(cfg.layers))

@@ -10,7 +10,7 @@ class MLP(nn.Sequential):
 
     def __init__(self, sizes: list[int], bias_last: bool = True):
         layers: list[nn.Module] = []
-        for a, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for a, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             last = a == len(sizes) - 2
             layers.append(nn.Linear(n_in, n_out, bias=bias_last or not last))
             if not last:

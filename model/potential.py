@@ -37,7 +37,8 @@ class Potential(nn.Module):
         self.network = NETWORKS[config.kind](config)
         self.scale_shift = ScaleShift(config.atomic_energies, config.scale, config.shift)
 
-    def atomic_energies(self, batch: Batch, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    def atomic_energies(self, batch: Batch, positions: torch.Tensor,
+                        cell: torch.Tensor) -> torch.Tensor:
         """(N,) eV, from positions (N, 3) Å and cell (B, 3, 3) Å."""
         with torch.autocast(positions.device.type, enabled=False):  # lengths: model.geometry
             vectors = edge_vectors(positions, cell, batch)

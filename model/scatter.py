@@ -15,7 +15,9 @@ if _USE_TORCH_SCATTER:  # fails loudly here if asked for and missing
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
-    """``out[index[e]] += src[e]`` along dim 0. Shapes: src (E, ...), index (E,) -> (dim_size, ...)."""
+    """``out[index[e]] += src[e]`` along dim 0.
+
+    Shapes: src (E, ...), index (E,) -> (dim_size, ...)."""
     if _USE_TORCH_SCATTER:
         return _torch_scatter_sum(src, index, dim=0, dim_size=dim_size)
     out = src.new_zeros((dim_size, *src.shape[1:]))

@@ -111,7 +111,7 @@ class SymmetricContraction(nn.Module):
 
     With A_i in channel-last layout (N, C, D):
 
-        B¹ = A,   B^ν_L = Σ_{paths p → L} w_{ν,p}(z) · [B^{ν-1}_{l1} ⊗ A_{l2}]_L     (CG, per channel)
+        B¹ = A,   B^ν_L = Σ_{paths p → L} w_{ν,p}(z) · [B^{ν-1}_{l1} ⊗ A_{l2}]_L  (CG, per channel)
         out_L = Σ_ν v_{ν,L}(z) · B^ν_L,   then one shared linear map
 
     Every channelwise Clebsch-Gordan product of all type pairs is one GEMM of the outer
@@ -189,7 +189,7 @@ class SymmetricContraction(nn.Module):
         out = self._contract(0, x, species)
         b = x
         for nu, ((left, _), paths, reduce) in enumerate(
-                zip(self._orders, self._paths, self.reduce), start=2):
+                zip(self._orders, self._paths, self.reduce, strict=True), start=2):
             outer = (b.unsqueeze(-1) * x.unsqueeze(-2)).reshape(n, c, left.dim * x.shape[-1])
             y = outer @ getattr(self, f"coupling_{nu}")  # (N, C, Q)
             # sizes spelled out (no -1): an empty batch (N = 0) has no size to infer

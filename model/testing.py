@@ -317,9 +317,10 @@ class PotentialTests:
         assert asym < 1e-6, asym
 
     # ------------------------------------------------------------------- continuity
-    def _path(self, model, points, numbers=np.array([14, 8, 1])) -> list[float]:
+    def _path(self, model, points, numbers=(14, 8, 1)) -> list[float]:
         """Energies of small molecules (positions (n, 3) Å per point) in a large open box,
         graphs with k = 1 and the harness's tie rule."""
+        numbers = np.asarray(numbers)
         graph = self.graph.model_copy(update={"k": 1})
         cell = np.eye(3) * 30.0
         return [self.energy(model, cell, p, numbers, pbc=(False, False, False), graph=graph)

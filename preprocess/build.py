@@ -30,15 +30,35 @@ from preprocess.sources import open_source
 from preprocess.sources.base import Partition, Quarantined, Source, fingerprint
 from preprocess.sources.labels import LabelPlan, count_notes
 from preprocess.sources.limits import graph_problems, within_atom_limit, wrap_positions
-from preprocess.store.manifest import (MANIFEST_FILE, SourceInfo, StoreError, StoreSpec,
-                                       read_manifest)
-from preprocess.store.params import (DEFAULT_BACKEND, FRAMES_PER_SHARD, MIN_DISTANCE, GraphParams,
-                                     LabelKeys, SplitParams)
-from preprocess.store.shard import (ShardRecord, is_committed, read_commit,
-                                    remove_stale_temporaries, shard_name)
+from preprocess.store.manifest import (
+    MANIFEST_FILE,
+    SourceInfo,
+    StoreError,
+    StoreSpec,
+    read_manifest,
+)
+from preprocess.store.params import (
+    DEFAULT_BACKEND,
+    FRAMES_PER_SHARD,
+    MIN_DISTANCE,
+    GraphParams,
+    LabelKeys,
+    SplitParams,
+)
 from preprocess.store.parquet import read_parquet, write_parquet
-from preprocess.store.writer import (QUARANTINE_NAME, QUARANTINE_SCHEMA, finalize_store,
-                                     write_frames_shard)
+from preprocess.store.shard import (
+    ShardRecord,
+    is_committed,
+    read_commit,
+    remove_stale_temporaries,
+    shard_name,
+)
+from preprocess.store.writer import (
+    QUARANTINE_NAME,
+    QUARANTINE_SCHEMA,
+    finalize_store,
+    write_frames_shard,
+)
 from preprocess.threads import local_cores
 
 BUILD_FILE = "build.json"
@@ -158,7 +178,7 @@ def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Pat
     pbc = np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3)
     positions = wrap_positions(cells, [f.positions for f in frames], pbc)
     frames = [f if p is f.positions else dataclasses.replace(f, positions=p)
-              for f, p in zip(frames, positions)]
+              for f, p in zip(frames, positions, strict=True)]
     g = spec.graph
     graphs, failed = knn_graphs_screened(cells, positions, pbc, g.k, g.ties, g.tie_tolerance,
                                          g.cutoff, spec.min_distance, threads)
@@ -189,7 +209,8 @@ def _check_out_dir(out: Path, spec: StoreSpec) -> None:
                 f"this build is {spec.store_id}); use another --out or delete it")
         if existing.get("frames_per_shard") != spec.frames_per_shard:
             raise StoreError(f"{out}: a partial build with frames_per_shard="
-                             f"{existing.get('frames_per_shard')} exists; resume it with the same value")
+                             f"{existing.get('frames_per_shard')} exists; resume it with the "
+                             "same value")
         return
     out.mkdir(parents=True, exist_ok=True)
     build_file.write_text(json.dumps({"store_id": spec.store_id, "backend": spec.backend,

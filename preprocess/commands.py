@@ -18,7 +18,8 @@ def info(path: str | Path) -> str:
     splits = {}
     for s in store.index.column("split").to_pylist():
         splits[s] = splits.get(s, 0) + 1
-    e0 = ", ".join(f"{chemical_symbols[z]} {v:.3f}" for z, v in sorted(st["atomic_energies_eV"].items()))
+    e0 = ", ".join(f"{chemical_symbols[z]} {v:.3f}"
+                   for z, v in sorted(st["atomic_energies_eV"].items()))
     size = sum(r.bytes for r in m.shards)
     lines = [
         f"store      {store.root}",
@@ -34,10 +35,12 @@ def info(path: str | Path) -> str:
         f"counts     {m.counts['frames']} frames, {m.counts['atoms']} atoms, {m.counts['edges']} "
         f"edges, {m.counts['shards']} shards, {m.counts['quarantined']} quarantined",
         "splits     " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())),
-        f"size       {size / 1e6:.1f} MB of shard data, {size / max(m.counts['edges'], 1):.2f} bytes/edge",
+        f"size       {size / 1e6:.1f} MB of shard data, "
+        f"{size / max(m.counts['edges'], 1):.2f} bytes/edge",
         f"neighbours {st['mean_neighbors_per_atom']:.3f} per atom (mean)",
         f"forces     RMS {st['force_rms_eV_per_A']:.4f} eV/Å (train)",
-        f"energy     {st['energy_per_atom_mean_eV']:.4f} ± {st['energy_per_atom_std_eV']:.4f} eV/atom (train)",
+        f"energy     {st['energy_per_atom_mean_eV']:.4f} ± "
+        f"{st['energy_per_atom_std_eV']:.4f} eV/atom (train)",
         f"E0 (eV)    {e0 if e0 else '-'}",
     ]
     for title, key in (("converted", "labels_converted"), ("not stored", "labels_not_stored")):

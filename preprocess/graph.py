@@ -32,6 +32,7 @@ Units: Å throughout. Cells are given with lattice vectors as rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
@@ -170,7 +171,8 @@ def _as_pbc(pbc, n_struct: int) -> np.ndarray:
     if arr.shape == (3,):
         arr = np.broadcast_to(arr, (n_struct, 3))
     if arr.shape != (n_struct, 3):
-        raise ValueError(f"pbc must be a bool, 3 bools or ({n_struct}, 3) bools, got shape {arr.shape}")
+        raise ValueError(f"pbc must be a bool, 3 bools or ({n_struct}, 3) bools, "
+                         f"got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
@@ -246,7 +248,7 @@ def _check_batch(cells: np.ndarray, pos_list: list[np.ndarray]) -> tuple[np.ndar
         if (np.isfinite(cells).all() and np.isfinite(joined[0]).all()
                 and np.all(np.abs(dets) > 1e-10 * scales) and np.all(scales > 0)):
             return joined
-    for b, (cell, pos) in enumerate(zip(cells, pos_list)):
+    for b, (cell, pos) in enumerate(zip(cells, pos_list, strict=True)):
         _check_structure(b, cell, pos)
     raise AssertionError("the vectorised and per-structure checks disagree")  # unreachable
 
@@ -275,7 +277,7 @@ def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: n
         cuts = np.unique(np.searchsorted(atom_ptr, targets).clip(1, n_struct - 1))
         bounds = [0, *cuts.tolist(), n_struct]
         runs = [(b0, b1, int(atom_ptr[b0]), int(atom_ptr[b1]))
-                for b0, b1 in zip(bounds, bounds[1:])]
+                for b0, b1 in pairwise(bounds)]
         outs = thread_map(lambda r: _run_kernel(
             cells[r[0]:r[1]], pos[r[2]:r[3]], atom_ptr[r[0]:r[1] + 1] - r[2], pbc[r[0]:r[1]],
             k, ties, tie_tolerance, cutoff, coincident), runs)
@@ -283,7 +285,7 @@ def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: n
                   for f in kernel.KnnResult._fields if f != "edge_ptr"}
         edge_offsets = np.cumsum([0] + [out.edge_ptr[-1] for out in outs[:-1]])
         edge_ptr = np.concatenate([[0]] + [out.edge_ptr[1:] + offset
-                                           for out, offset in zip(outs, edge_offsets)])
+                                           for out, offset in zip(outs, edge_offsets, strict=True)])
         return kernel.KnnResult(edge_ptr=edge_ptr, **joined)
     capacity = int(atom_ptr[-1]) * (k + 2) + 64  # grown by the kernel if ties need more
     return kernel.knn_batch(

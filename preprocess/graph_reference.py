@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocess.graph import (COINCIDENT_DISTANCE, DEFAULT_K, DEFAULT_TIE_TOLERANCE,
-                              DISTANCE_QUANTUM, KnnGraph, _as_pbc, _check_params,
-                              _check_structure)
+from preprocess.graph import (
+    COINCIDENT_DISTANCE,
+    DEFAULT_K,
+    DEFAULT_TIE_TOLERANCE,
+    DISTANCE_QUANTUM,
+    KnnGraph,
+    _as_pbc,
+    _check_params,
+    _check_structure,
+)
 
 
 def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAULT_K,
@@ -62,7 +69,8 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
                     kept = int(np.sum(q <= q[k - 1] + q_tolerance))
             else:
                 kept = len(d)
-            if not np.isfinite(r) or (kept < len(d) and q[kept] < np.int64(r * (1.0 / DISTANCE_QUANTUM)) - 1):
+            if not np.isfinite(r) or (
+                    kept < len(d) and q[kept] < np.int64(r * (1.0 / DISTANCE_QUANTUM)) - 1):
                 break
             r *= 2.0
         keep = np.arange(kept)
@@ -74,7 +82,7 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
             next_unit_shift[i] = ss[len(keep)]
         rows.append((np.full(len(keep), i), jj[keep], ss[keep], d[keep]))
     if rows:
-        ci, cj, cs, cd = (np.concatenate(x) for x in zip(*rows))
+        ci, cj, cs, cd = (np.concatenate(x) for x in zip(*rows, strict=True))
     else:
         ci, cj, cs, cd = (np.empty(0, np.int64), np.empty(0, np.int64),
                           np.empty((0, 3), np.int64), np.empty(0))

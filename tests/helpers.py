@@ -17,7 +17,8 @@ def load_small_mptrj() -> dict:
         return json.load(f)
 
 
-def sample_structures(limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+def sample_structures(limit: int | None = None
+                      ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(frame_id, cell, positions, numbers) of the bundled MPtrj-format sample."""
     out = []
     for frames in load_small_mptrj().values():
@@ -35,7 +36,8 @@ def sample_structures(limit: int | None = None) -> list[tuple[str, np.ndarray, n
 
 def canonical_edges(g) -> list[tuple]:
     """Edges as a sorted list of (centre, neighbour, S) tuples."""
-    return sorted(zip(g.centers.tolist(), g.neighbors.tolist(), map(tuple, g.unit_shifts.tolist())))
+    return sorted(zip(g.centers.tolist(), g.neighbors.tolist(),
+                      map(tuple, g.unit_shifts.tolist()), strict=True))
 
 
 def per_atom_sorted_distances(g) -> list[np.ndarray]:
@@ -84,7 +86,7 @@ def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
                               "sites": [{"species": [{"element": el, "occu": 1}],
                                          "xyz": p.tolist()}
                                         for el, p in zip(atoms.get_chemical_symbols(),
-                                                         atoms.positions)]},
+                                                         atoms.positions, strict=True)]},
                 "uncorrected_total_energy": energy, "corrected_total_energy": energy,
                 "force": np.asarray(forces).tolist(), "magmom": None,
                 "stress": stress_to_vasp_kbar(stress).tolist() if stress is not None else None}

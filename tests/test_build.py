@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from helpers import SMALL_MPTRJ, load_small_mptrj
-from preprocess.cluster import ClusterConfig
 from preprocess.build import build_store, source_bytes
+from preprocess.cluster import ClusterConfig
 from preprocess.sources import open_source
 from preprocess.store import open_store, verify_store
 from preprocess.store.shard import is_committed
@@ -72,7 +72,7 @@ def test_gzip_and_plain_sources_partition_alike(tmp_path):
     b = list(open_source(SMALL_MPTRJ).partitions(25))
     assert [(p.n_frames, p.n_materials) for p in a] == [(p.n_frames, p.n_materials) for p in b]
     src = open_source(plain)
-    for pa_, pb in zip(a, b):
+    for pa_, pb in zip(a, b, strict=True):
         fa, _ = src.read(pa_, "uncorrected_total_energy")
         fb, _ = open_source(SMALL_MPTRJ).read(pb, "uncorrected_total_energy")
         assert [f.frame_id for f in fa] == [f.frame_id for f in fb]
@@ -116,7 +116,8 @@ def test_material_scanner_matches_a_byte_by_byte_reference():
         frames = {}
         for f in range(int(rng.integers(0, 4))):
             frames[f"{rng.choice(tricky)}-{m}-{f}"] = {
-                "label": str(rng.choice(tricky)), "xyz": rng.normal(size=int(rng.integers(0, 5))).tolist(),
+                "label": str(rng.choice(tricky)),
+                "xyz": rng.normal(size=int(rng.integers(0, 5))).tolist(),
                 "nested": [[{"s": str(rng.choice(tricky))}]] * int(rng.integers(0, 3))}
         doc[f"mp-{m}{rng.choice(tricky)}"] = frames
     for indent in (None, 1):
@@ -136,7 +137,7 @@ def test_material_scanner_matches_a_byte_by_byte_reference():
 
 def _frames_equal(a, b):
     assert [(f.material_id, f.frame_id) for f in a] == [(f.material_id, f.frame_id) for f in b]
-    for fa, fb in zip(a, b):
+    for fa, fb in zip(a, b, strict=True):
         for name in ("cell", "positions", "numbers", "forces", "stress", "magmom", "pbc"):
             x, y = getattr(fa, name), getattr(fb, name)
             assert (x is None) == (y is None), name
@@ -159,8 +160,8 @@ def test_threads_build_what_one_thread_does_and_repeated_ids_keep_the_last(tmp_p
             np.array([f.pbc for f in frames]), 16, "include", 0.01, None, 0.5)
     (g1, failed1), (g3, failed3) = (knn_graphs_screened(*args, threads=t) for t in (1, 3))
     assert failed1 == failed3
-    for name in ("centers", "neighbors", "unit_shifts", "distances", "next_distance", "next_neighbor",
-                 "next_unit_shift", "edge_ptr", "atom_ptr"):
+    for name in ("centers", "neighbors", "unit_shifts", "distances", "next_distance",
+                 "next_neighbor", "next_unit_shift", "edge_ptr", "atom_ptr"):
         assert np.array_equal(getattr(g1, name), getattr(g3, name)), name
 
     # the first material again at the end, with other frames: the last one wins
@@ -301,7 +302,8 @@ def test_lost_worker_is_survived(tmp_path, reference_store):
         # slow tasks so the kill lands mid-build: run the build through a wrapper
         client.run(_install_slow_partitions, 0.3)
         summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
-                              cluster=ClusterConfig(kind="address", address=cluster.scheduler_address))
+                              cluster=ClusterConfig(kind="address",
+                                                    address=cluster.scheduler_address))
         thread.join(5)
     assert killed, "a worker was killed mid-build"
     assert summary.frames == len(open_store(reference_store))
@@ -374,7 +376,8 @@ def test_planted_bad_records_are_quarantined(tmp_path):
     path = tmp_path / "planted.json"
     text = json.dumps({**dict(list(good.items())[:3]), **bad, **dict(list(good.items())[3:])})
     # a NaN literal as Python writes it, and a material whose JSON is broken
-    nan_rec = json.dumps({"mp-nan": {"mp-nan-0": _record(2, uncorrected_total_energy=float("nan"))}})[1:-1]
+    nan_rec = json.dumps(
+        {"mp-nan": {"mp-nan-0": _record(2, uncorrected_total_energy=float("nan"))}})[1:-1]
     text = text[:-1] + ", " + nan_rec + ', "mp-broken": {"mp-broken-0": {"structure": [1, 2,]}}}'
     path.write_text(text)
     summary = build_store(path, tmp_path / "store", frames_per_shard=4, cluster=SYNC,
@@ -421,7 +424,7 @@ def test_extxyz_source(tmp_path):
     from ase.io import write
 
     frames = []
-    for i, fid in enumerate(load_small_mptrj()):
+    for i, _ in enumerate(load_small_mptrj()):
         if i >= 6:
             break
         rng = np.random.default_rng(i)

@@ -147,7 +147,8 @@ def test_store_with_other_graph_parameters_is_a_clear_error(tmp_path):
     proc = run(["run", path, "--quiet"])  # the build's progress off: stderr holds the error
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "needs k=12" in lines[0] and "built with k=8" in lines[0], proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert "needs k=12" in lines[0] and "built with k=8" in lines[0], proc.stderr
 
 
 def test_cli_user_errors(tmp_path):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from model import build_model
+from model.testing import randomise, structure
 from preprocess.graph import knn_graph
 from train.collate import collate, frame_from_graph
-from model.testing import randomise, structure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -89,8 +89,8 @@ def test_compiled_network_matches_eager_on_the_gpu(dtype):
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_training_steps_on_the_gpu(tmp_path, precision):
     from helpers import write_small_mptrj
-    from preprocess.cluster import ClusterConfig
     from preprocess.build import build_store
+    from preprocess.cluster import ClusterConfig
     from preprocess.store import SplitParams
     from train.config import TrainConfig
     from train.loader import LoaderConfig

@@ -20,8 +20,8 @@ import torch
 from helpers import write_small_mptrj
 from model import build_model
 from model.config import PRESETS
-from preprocess.cluster import ClusterConfig
 from preprocess.build import build_store
+from preprocess.cluster import ClusterConfig
 from preprocess.store import SplitParams, open_store
 from train.collate import collate
 from train.config import TrainConfig

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import (canonical_edges, per_atom_sorted_distances, random_rotation,
-                     sample_structures)
+from helpers import canonical_edges, per_atom_sorted_distances, random_rotation, sample_structures
 from preprocess.graph import KnnGraph, knn_graph, knn_graphs
 from preprocess.graph_reference import knn_graph_reference
 
@@ -69,7 +68,7 @@ def test_fast_matches_reference(structure, k, ties, cutoff):
     fast = knn_graph(cell, pos, pbc=pbc, k=k, ties=ties, cutoff=cutoff)
     ref = knn_graph_reference(cell, pos, pbc=pbc, k=k, ties=ties, cutoff=cutoff)
     # identical distance multisets per atom, always
-    for a, b in zip(per_atom_sorted_distances(fast), per_atom_sorted_distances(ref)):
+    for a, b in zip(per_atom_sorted_distances(fast), per_atom_sorted_distances(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(fast.next_distance, ref.next_distance)
     np.testing.assert_array_equal(fast.next_neighbor, ref.next_neighbor)
@@ -115,7 +114,7 @@ def test_batch_equals_one_by_one():
     for ties in ("include", "break"):
         batch = knn_graphs(cells, poss, k=16, ties=ties)
         assert len(batch) == len(items)
-        for b, (cell, pos) in enumerate(zip(cells, poss)):
+        for b, (cell, pos) in enumerate(zip(cells, poss, strict=True)):
             one = knn_graph(cell, pos, k=16, ties=ties)
             got = batch[b]
             for field in ("centers", "neighbors", "unit_shifts", "distances", "next_distance",
@@ -163,7 +162,7 @@ def test_slow_paths_equal_reference(ties):
     poss = [p for _, _, p, _ in items]
     cells[2:2], poss[2:2] = [dense[0], adatom[0]], [dense[1], adatom[1]]
     batch = knn_graphs(cells, poss, k=16, ties=ties)
-    for b, (cell, pos) in enumerate(zip(cells, poss)):
+    for b, (cell, pos) in enumerate(zip(cells, poss, strict=True)):
         ref = knn_graph_reference(cell, pos, k=16, ties=ties)
         for got in (batch[b], knn_graph(cell, pos, k=16, ties=ties)):
             for field in ("centers", "neighbors", "unit_shifts", "distances", "next_distance",
@@ -174,7 +173,8 @@ def test_slow_paths_equal_reference(ties):
 def test_batch_with_per_structure_pbc():
     cell = np.eye(3) * 4.0
     pos = np.random.default_rng(0).random((5, 3)) * 4.0
-    batch = knn_graphs([cell, cell], [pos, pos], pbc=[(True, True, True), (False, False, False)], k=4)
+    batch = knn_graphs([cell, cell], [pos, pos], pbc=[(True, True, True), (False, False, False)],
+                       k=4)
     assert batch[0].unit_shifts.any()
     assert not batch[1].unit_shifts.any()
     assert batch[1].n_edges == 5 * 4
@@ -202,9 +202,10 @@ def test_against_independent_radius_list(library):
         for a in range(g.n_atoms):
             last = g.distances[ptr[a + 1] - 1]
             sel = (i == a) & (d <= last + 1e-9)
-            theirs = sorted(zip(j[sel].tolist(), map(tuple, np.asarray(s[sel]).tolist())))
+            theirs = sorted(zip(j[sel].tolist(), map(tuple, np.asarray(s[sel]).tolist()),
+                                strict=True))
             ours = sorted(zip(g.neighbors[ptr[a]:ptr[a + 1]].tolist(),
-                              map(tuple, g.unit_shifts[ptr[a]:ptr[a + 1]].tolist())))
+                              map(tuple, g.unit_shifts[ptr[a]:ptr[a + 1]].tolist()), strict=True))
             assert ours == theirs, f"{fid} atom {a}: edge sets differ from {library}"
             beyond = np.sort(d[(i == a) & (d > last + 1e-9)])
             assert beyond.size and abs(beyond[0] - g.next_distance[a]) < 1e-9, f"{fid} atom {a}"
@@ -224,7 +225,7 @@ def _assert_same_distances(g1: KnnGraph, g2: KnnGraph, perm=None):
     d2 = per_atom_sorted_distances(g2)
     if perm is not None:
         d2 = [d2[p] for p in np.argsort(perm)]
-    for a, b in zip(d1, d2):
+    for a, b in zip(d1, d2, strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-9)
 
@@ -293,7 +294,8 @@ def test_bcc_keeps_three_shells():
     cell = np.eye(3) * a
     g = knn_graph(cell, np.array([[0, 0, 0], [a / 2] * 3]), k=16)
     assert np.all(g.counts == 26)  # 8 + 6 + 12
-    assert np.all(knn_graph(cell, np.array([[0, 0, 0], [a / 2] * 3]), k=16, ties="break").counts == 16)
+    broken = knn_graph(cell, np.array([[0, 0, 0], [a / 2] * 3]), k=16, ties="break")
+    assert np.all(broken.counts == 16)
 
 
 def test_break_is_translation_invariant_in_perfect_crystals():

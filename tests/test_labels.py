@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from extxyz_writer import frame_text, nacl
-from preprocess.cluster import ClusterConfig
 from preprocess.build import build_store, make_spec
+from preprocess.cluster import ClusterConfig
 from preprocess.sources.labels import LabelError
 from preprocess.store import open_store, read_manifest
 

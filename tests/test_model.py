@@ -8,10 +8,11 @@ import torch
 
 from helpers import random_rotation
 from model import build_model
+from model.testing import SMALL, PotentialTests, structure
 from preprocess.graph import knn_graph
 from preprocess.store.params import GraphParams
-from train.collate import collate as _collate, frame_from_graph
-from model.testing import SMALL, PotentialTests, structure
+from train.collate import collate as _collate
+from train.collate import frame_from_graph
 
 
 def frame(cell, pos, numbers, k=8):
@@ -91,7 +92,8 @@ def test_untrained_potential_predicts_the_reference_energies():
     cell, pos, _ = structure(11, 4)
     z = np.array([1, 8, 8, 1])
     out = model(collate([frame(cell, pos, z)]))
-    torch.testing.assert_close(out["energy"], torch.tensor([-7.0], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out["energy"], torch.tensor([-7.0], dtype=torch.float64),
+                               rtol=0, atol=1e-12)
     assert float(out["forces"].abs().max()) == 0.0
 
 
@@ -109,10 +111,11 @@ def test_config_errors_are_clear():
 def test_blocks_declare_irreps_that_chain():
     model = build_model({"preset": "mace", **SMALL})
     blocks = model.network.blocks
-    for prev, nxt in zip(blocks[:-1], blocks[1:]):
+    for prev, nxt in zip(blocks[:-1], blocks[1:], strict=True):
         assert prev.irreps_out == nxt.irreps_in
-    from model.equivariant import check_chain
     from e3nn import o3
+
+    from model.equivariant import check_chain
     with pytest.raises(ValueError, match="expects irreps"):
         check_chain("x", o3.Irreps("1x0e"), o3.Irreps("1x1o"))
 
@@ -123,6 +126,7 @@ class TestSymmetricContraction:
 
     def make(self, correlation=3, out="4x0e+4x1o"):
         from e3nn import o3
+
         from model.self_interaction import SymmetricContraction
         torch.manual_seed(1)
         sc = SymmetricContraction(o3.Irreps("4x0e+4x1o+4x2e+4x3o"), o3.Irreps(out),
@@ -165,6 +169,7 @@ class TestSymmetricContraction:
 
     def test_layout_round_trip_and_errors(self):
         from e3nn import o3
+
         from model.self_interaction import SymmetricContraction, from_channels, to_channels
         a = torch.randn(3, o3.Irreps("4x0e+4x1o+4x2e").dim)
         torch.testing.assert_close(from_channels(to_channels(a, 4, [0, 1, 2]), [0, 1, 2]), a)

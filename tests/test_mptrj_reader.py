@@ -287,7 +287,7 @@ def test_unusual_but_valid_records_and_runs():
     frames, quarantine = read_run(_run(materials), KEY)
     assert quarantine == []
     assert [f.frame_id for f in frames] == [f"f-{name}" for name in variants]
-    for f, (_, exp) in zip(frames, variants.values()):
+    for f, (_, exp) in zip(frames, variants.values(), strict=True):
         assert_frame(f, exp)
 
     g = json.dumps(good)
@@ -398,7 +398,8 @@ NON_FINITE = {
     "energy NaN": ((KEY,), "NaN", f"{KEY}: NaN or inf"),
     "force inf": (("force", 1, 2), "Infinity", "force: contains NaN or inf"),
     "position -inf": (SITE0 + ("xyz", 1), "-Infinity", "structure.sites.xyz: contains NaN or inf"),
-    "cell NaN": (S + ("lattice", "matrix", 0, 0), "NaN", "structure.lattice.matrix: contains NaN or inf"),
+    "cell NaN": (S + ("lattice", "matrix", 0, 0), "NaN",
+                 "structure.lattice.matrix: contains NaN or inf"),
     "stress NaN": (("stress", 2, 2), "NaN", "stress: contains NaN or inf"),
     "magmom inf": (("magmom", 0), "Infinity", "magmom: contains NaN or inf"),
     "site magmom NaN": (SITE0 + ("properties", "magmom"), "NaN", "magmom: contains NaN or inf"),

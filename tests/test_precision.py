@@ -19,13 +19,13 @@ from e3nn import o3
 from helpers import write_small_mptrj
 from model import build_model
 from model.geometry import edge_vectors
+from model.testing import randomise, structure
+from preprocess.build import build_store
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
-from preprocess.build import build_store
 from preprocess.store import SplitParams
 from train.collate import collate, frame_from_graph
 from train.config import TrainConfig
-from model.testing import randomise, structure
 from train.trainer import Trainer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -62,7 +62,7 @@ def store():
 @pytest.fixture(scope="module")
 def material_of(store):
     cols = [store.index[c].to_numpy() for c in ("shard", "row", "material_id")]
-    return {(s, r): m for s, r, m in zip(*cols)}
+    return {(s, r): m for s, r, m in zip(*cols, strict=True)}
 
 
 @pytest.mark.parametrize("shuffle_shards", [2, 4, 8])
@@ -71,10 +71,11 @@ def test_batches_mix_the_buffer_shards_as_well_as_its_size_allows(store, materia
     cfg = LoaderConfig(max_atoms=1024, shuffle_shards=shuffle_shards)
     plan = plan_rank(store, cfg, epoch=0, rank=0, world=1)
     cols = [store.index[c].to_numpy() for c in ("shard", "row")]
-    assert sorted(x for b in plan for x in b) == sorted(zip(*cols))  # every frame once
+    assert sorted(x for b in plan for x in b) == sorted(zip(*cols, strict=True))  # every frame once
     shard_col, row_col = cols
     permutation = np.random.default_rng(1).permutation(len(store.index))
-    global_shuffle = [list(zip(shard_col[b], row_col[b])) for b in pack(store, permutation, cfg)]
+    global_shuffle = [list(zip(shard_col[b], row_col[b], strict=True))
+                      for b in pack(store, permutation, cfg)]
     ideal = batch_mixing(global_shuffle, material_of)
     # past the first tenth of the epoch (refilling only when a shard drained gave 2.5
     # shards per batch, the largest holding 0.72 of it, at shuffle_shards = 4)
@@ -117,7 +118,7 @@ def greedy_batches(atoms: list[int], edges: list[int], max_atoms: int,
     the budgets, else it starts the next batch (alone if it is over the budget by itself)."""
     batches: list[list[int]] = []
     a_sum = e_sum = 0
-    for i, (a, e) in enumerate(zip(atoms, edges)):
+    for i, (a, e) in enumerate(zip(atoms, edges, strict=True)):
         if batches and batches[-1] and a_sum + a <= max_atoms and e_sum + e <= max_edges:
             batches[-1].append(i)
             a_sum, e_sum = a_sum + a, e_sum + e

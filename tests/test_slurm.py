@@ -27,7 +27,7 @@ from cluster.slurm_node import missing_programs, one_node_slurm
 from helpers import SMALL_MPTRJ
 from preprocess.cluster import ClusterConfig
 from preprocess.store import open_store, verify_store
-from preprocess.store.shard import is_committed, shard_name
+from preprocess.store.shard import is_committed
 from train.pipelines import load_pipelines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def assert_same_store(a: Path, b: Path) -> None:
     assert sa.manifest.statistics == sb.manifest.statistics
     assert sa.manifest.shards == sb.manifest.shards
     shards = range(len(sa.manifest.shards))
-    for (s, da, _), (_, db, _) in zip(sa.iter_shards(shards), sb.iter_shards(shards)):
+    for (s, da, _), (_, db, _) in zip(sa.iter_shards(shards), sb.iter_shards(shards), strict=True):
         assert da.columns.keys() == db.columns.keys()
         for name, x in da.columns.items():
             y = db.columns[name]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from extxyz_writer import frame_text, nacl
+from preprocess.build import EmptyStoreError, build_store, reason_kind
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
-from preprocess.build import EmptyStoreError, build_store, reason_kind
 from preprocess.sources import open_source
 from preprocess.sources.limits import MAX_ATOMS, MAX_UNIT_SHIFT, WRAP_EPS, atom_count_problem
 from preprocess.sources.records import frame_from_record
@@ -61,7 +61,7 @@ def _record(cell, positions, symbols, stress_kbar=None, energy=-1.0) -> dict:
     return {"structure": {"lattice": {"matrix": np.asarray(cell).tolist()},
                           "sites": [{"species": [{"element": s, "occu": 1}],
                                      "xyz": list(map(float, p))}
-                                    for s, p in zip(symbols, positions)]},
+                                    for s, p in zip(symbols, positions, strict=True)]},
             "uncorrected_total_energy": energy, "corrected_total_energy": energy,
             "force": np.zeros((len(symbols), 3)).tolist(),
             "stress": None if stress_kbar is None else np.asarray(stress_kbar).tolist()}
@@ -98,10 +98,12 @@ def test_a_left_handed_cell_has_the_graph_of_its_right_handed_relabelling(name, 
     for ties in ("include", "break"):
         gr, gl = knn_graph(right, pos, ties=ties), knn_graph(left, pos, ties=ties)
         if ties == "include":  # every tied candidate kept: the same edges, relabelled
-            s_left = np.rint(gr.unit_shifts @ np.linalg.inv(p)).astype(np.int64)  # S @ right = S' @ left
+            # S @ right = S' @ left
+            s_left = np.rint(gr.unit_shifts @ np.linalg.inv(p)).astype(np.int64)
             assert set(zip(gr.centers.tolist(), gr.neighbors.tolist(),
-                           map(tuple, s_left.tolist()))) == \
-                set(zip(gl.centers.tolist(), gl.neighbors.tolist(), map(tuple, gl.unit_shifts.tolist())))
+                           map(tuple, s_left.tolist()), strict=True)) == \
+                set(zip(gl.centers.tolist(), gl.neighbors.tolist(),
+                        map(tuple, gl.unit_shifts.tolist()), strict=True))
         # "break" keeps the first of tied candidates (equal on the 1e-9 Å grid) in (j, S)
         # order, which the labels change
         for c in range(len(pos)):
@@ -137,7 +139,7 @@ def test_left_handed_cells_are_stored_with_volume_abs_det(tmp_path, fmt):
         np.testing.assert_array_equal(got[fid]["cell"], cell)
         np.testing.assert_allclose(got[fid]["stress"], stress, rtol=1e-12, atol=1e-18)
         name = fid.split("-")[0]
-        for a, b in zip(_edge_vectors(got[fid]), _edge_vectors(got[f"{name}-right"])):
+        for a, b in zip(_edge_vectors(got[fid]), _edge_vectors(got[f"{name}-right"]), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12)
 
 

@@ -12,8 +12,17 @@ from helpers import load_small_mptrj
 from preprocess.frame import Frame
 from preprocess.schema import FIELDS
 from preprocess.sources.records import frame_from_record
-from preprocess.store import (GraphParams, SourceInfo, SplitParams, StoreError, StoreSpec,
-                              finalize_store, open_store, verify_store, write_frames_shard)
+from preprocess.store import (
+    GraphParams,
+    SourceInfo,
+    SplitParams,
+    StoreError,
+    StoreSpec,
+    finalize_store,
+    open_store,
+    verify_store,
+    write_frames_shard,
+)
 from preprocess.store import shard as shard_module
 from preprocess.store.shard import is_committed, remove_stale_temporaries, shard_dir
 from preprocess.units import EV_PER_A3_IN_KBAR
@@ -212,7 +221,8 @@ class StoreConformance:
         for name, graphs_written, problem in (
                 ("range", replace(graphs, neighbors=bad_range), "out of range"),
                 ("rebuilt", replace(graphs, unit_shifts=swapped), "differ from the rebuilt graph"),
-                ("next", replace(graphs, next_unit_shift=next_unit_shift), "differ from the rebuilt graph"),
+                ("next", replace(graphs, next_unit_shift=next_unit_shift),
+                 "differ from the rebuilt graph"),
                 ("next-range", replace(graphs, next_neighbor=next_range),
                  "next_neighbor values out of range")):
             root = tmp_path / name
@@ -220,7 +230,8 @@ class StoreConformance:
             finalize_store(root, spec, 1)
             report = verify_store(root, sample=len(frames))
             assert not any("checksum" in p for p in report.problems)
-            assert any(problem in p and "shard-000000" in p for p in report.problems), report.problems
+            assert any(problem in p and "shard-000000" in p
+                       for p in report.problems), report.problems
 
     def test_truncated_shard_detected(self, tmp_path):
         store = self.build(tmp_path / "s", [sample_frames(30)])
@@ -296,9 +307,11 @@ class StoreConformance:
         m = store.manifest
         assert m.counts["frames"] == 80
         assert m.counts["atoms"] == sum(f.n_atoms for f in frames)
-        assert stats["mean_neighbors_per_atom"] == pytest.approx(m.counts["edges"] / m.counts["atoms"])
+        assert stats["mean_neighbors_per_atom"] == pytest.approx(
+            m.counts["edges"] / m.counts["atoms"])
         assert stats["mean_neighbors_per_atom"] >= 16
-        train = [f for f, r in zip(frames, store.index.to_pylist()) if r["split"] == "train"]
+        train = [f for f, r in zip(frames, store.index.to_pylist(), strict=True)
+                 if r["split"] == "train"]
         forces = np.concatenate([f.forces for f in train])
         assert stats["force_rms_eV_per_A"] == pytest.approx(np.sqrt(np.mean(forces ** 2)), rel=1e-6)
         # E0 solves the least-squares problem on the training frames
@@ -322,7 +335,8 @@ class TestArrowStore(StoreConformance):
 def test_store_id_depends_on_what_determines_contents():
     src = SourceInfo("a.json", "mptrj-json", "f1")
     base = StoreSpec(source=src)
-    assert base.store_id == StoreSpec(source=SourceInfo("elsewhere.json", "mptrj-json", "f1")).store_id
+    elsewhere = SourceInfo("elsewhere.json", "mptrj-json", "f1")
+    assert base.store_id == StoreSpec(source=elsewhere).store_id
     assert base.store_id == StoreSpec(source=src, backend="arrow").store_id
     assert base.store_id != StoreSpec(source=SourceInfo("a.json", "mptrj-json", "f2")).store_id
     assert base.store_id != StoreSpec(source=src, graph=GraphParams(k=12)).store_id
@@ -352,6 +366,7 @@ def test_mptrj_stress_kbar_to_ase_ev_per_a3():
 def test_real_vasp_frame_units():
     """The bundled real VASP frames: pressure sign survives the conversion."""
     import gzip
+
     from helpers import VASP_FRAMES
     data = json.load(gzip.open(VASP_FRAMES))
     for mid, frames in data.items():

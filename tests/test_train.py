@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from helpers import SMALL_MPTRJ, write_mptrj
+from preprocess.build import build_store
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
-from preprocess.build import build_store
 from preprocess.store import GraphParams, SplitParams, open_store
 from preprocess.units import EV_PER_A3_IN_GPA
 from train.collate import collate, collate_columns, frame_from_graph
@@ -41,7 +41,8 @@ def test_every_frame_once_per_epoch(store_path, world):
     for rank in range(world):
         for batch in plan_rank(store, cfg, 3, rank, world):
             seen.extend(batch)
-    assert sorted(seen) == sorted(zip(store.index["shard"].to_pylist(), store.index["row"].to_pylist()))
+    assert sorted(seen) == sorted(zip(store.index["shard"].to_pylist(),
+                                      store.index["row"].to_pylist(), strict=True))
     # ranks take disjoint shards
     owners = {}
     for rank in range(world):
@@ -65,7 +66,8 @@ def test_stream_reads_each_shard_once_and_holds_few(store_path, monkeypatch):
     cfg = LoaderConfig(max_atoms=150, shuffle_shards=2)
     reads = []
     original = store.read_shard
-    monkeypatch.setattr(store, "read_shard", lambda s, cache=True: reads.append(s) or original(s, cache))
+    monkeypatch.setattr(store, "read_shard",
+                        lambda s, cache=True: reads.append(s) or original(s, cache))
     stream = ShardStream(store, cfg, epoch=2)
     plan = stream.plan()
     alive, most = set(), 0
@@ -86,8 +88,10 @@ def test_stream_reads_each_shard_once_and_holds_few(store_path, monkeypatch):
 
 def test_batches_within_budget_and_fixed_size(store_path):
     store = open_store(store_path)
-    sizes = dict(zip(zip(store.index["shard"].to_pylist(), store.index["row"].to_pylist()),
-                     zip(store.index["n_atoms"].to_pylist(), store.index["n_edges"].to_pylist())))
+    index = store.index
+    sizes = dict(zip(zip(index["shard"].to_pylist(), index["row"].to_pylist(), strict=True),
+                     zip(index["n_atoms"].to_pylist(), index["n_edges"].to_pylist(), strict=True),
+                     strict=True))
     cfg = LoaderConfig(max_atoms=120, max_edges=2500)
     for batch in plan_rank(store, cfg, 0, 0, 1):
         atoms = sum(sizes[x][0] for x in batch)
@@ -135,15 +139,17 @@ def test_load_time_filtering_equals_direct_build(store_path, wanted):
     assert len(rows) > 3
     np.testing.assert_array_equal(got["n_edges"], np.concatenate([g.counts for g in graphs]))
     np.testing.assert_array_equal(got["neighbors"], np.concatenate([g.neighbors for g in graphs]))
-    np.testing.assert_array_equal(got["unit_shifts"], np.concatenate([g.unit_shifts for g in graphs]))
-    np.testing.assert_array_equal(got["next_distance"],
-                                  np.concatenate([g.next_distance for g in graphs]).astype(np.float32))
+    np.testing.assert_array_equal(got["unit_shifts"],
+                                  np.concatenate([g.unit_shifts for g in graphs]))
+    np.testing.assert_array_equal(
+        got["next_distance"], np.concatenate([g.next_distance for g in graphs]).astype(np.float32))
     np.testing.assert_array_equal(got["next_neighbor"],
                                   np.concatenate([g.next_neighbor for g in graphs]))
-    np.testing.assert_array_equal(got["next_unit_shift"], np.concatenate([g.next_unit_shift for g in graphs]))
+    np.testing.assert_array_equal(got["next_unit_shift"],
+                                  np.concatenate([g.next_unit_shift for g in graphs]))
     # and the collated batch of the filtered block equals collating the direct builds
     frames = [frame_from_graph(f["cell"], f["positions"], f["numbers"], g, pbc=f["pbc"])
-              for f, g in zip((shard.frame(int(r)) for r in rows), graphs)]
+              for f, g in zip((shard.frame(int(r)) for r in rows), graphs, strict=True)]
     a, b = collate_columns(got, k=wanted.k), collate(frames, k=wanted.k)
     for name in ("numbers", "positions", "cell", "centers", "neighbors", "unit_shifts",
                  "rank_neighbor", "rank_unit_shift", "batch"):
@@ -173,12 +179,14 @@ def test_untrained_elements_are_counted(store_path):
     """Frames whose elements the train split never shows are counted (from the index),
     matching the atomic numbers read from the shards themselves."""
     from ase.data import chemical_symbols
+
     from train.trainer import elements, untrained_elements
     store = open_store(store_path)
 
     def symbols(split):
         subset = store.subset(split=split)
-        return [{chemical_symbols[int(z)] for z in subset[i]["numbers"]} for i in range(len(subset))]
+        return [{chemical_symbols[int(z)] for z in subset[i]["numbers"]}
+                for i in range(len(subset))]
 
     trained = set().union(*symbols("train"))
     train = store.subset(split="train")
@@ -280,8 +288,8 @@ def test_small_model_learns(trained):
     forces = np.concatenate([val[i]["forces"] for i in range(len(val))])
     zero_force_mae = 1000 * np.mean(np.abs(forces))
     e0 = trained.store.manifest.statistics["atomic_energies_eV"]
-    e0_err = [abs(val[i]["energy"] - sum(e0[int(z)] for z in val[i]["numbers"])) / len(val[i]["numbers"])
-              for i in range(len(val))]
+    e0_err = [abs(val[i]["energy"] - sum(e0[int(z)] for z in val[i]["numbers"]))
+              / len(val[i]["numbers"]) for i in range(len(val))]
     e0_mae = 1000 * float(np.mean(e0_err))
     assert metrics["forces_mae_meV_per_A"] < 0.5 * zero_force_mae, (metrics, zero_force_mae)
     assert metrics["energy_mae_meV_per_atom"] < 0.5 * e0_mae, (metrics, e0_mae)
@@ -297,6 +305,7 @@ def test_small_model_learns(trained):
 def test_ase_relaxation_and_stress(trained):
     from ase.build import bulk
     from ase.optimize import BFGS
+
     from train.calculator import OrbitCalculator
 
     calc = OrbitCalculator.from_checkpoint(trained.out / "best.pt")

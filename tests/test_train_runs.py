@@ -13,9 +13,9 @@ import yaml
 
 from helpers import write_mptrj, write_small_mptrj
 from model.checkpoint import read_checkpoint
+from preprocess.build import build_store
 from preprocess.cluster import ClusterConfig
 from preprocess.graph import knn_graph
-from preprocess.build import build_store
 from preprocess.store import SplitParams, open_store
 from preprocess.units import EV_PER_A3_IN_GPA
 from train.cli import main
@@ -174,8 +174,9 @@ def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_pa
     said = [line for line in lines if "exceed the batch budget" in line]
     assert len(said) == 1 and said[0].startswith(f"warning: {over} training frames")
     assert f"largest {atoms.max()} atoms" in said[0]
-    sizes = dict(zip(zip(train.index["shard"].to_pylist(), train.index["row"].to_pylist()),
-                     atoms.tolist()))
+    sizes = dict(zip(zip(train.index["shard"].to_pylist(), train.index["row"].to_pylist(),
+                         strict=True),
+                     atoms.tolist(), strict=True))
     for batch in plan_rank(train, trainer.cfg.loader, 0, 0, 1):
         total = sum(sizes[x] for x in batch)
         assert total <= budget or (len(batch) == 1 and total > budget)

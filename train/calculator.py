@@ -86,4 +86,6 @@ class OrbitCalculator(Calculator):
                         "forces": out["forces"].detach().cpu().double().numpy()}
         if want_stress:
             s = out["stress"][0].detach().cpu().double().numpy()
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            # Voigt order xx, yy, zz, yz, xz, xy, as ASE
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2],
+                                               s[1, 2], s[0, 2], s[0, 1]])

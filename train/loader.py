@@ -76,12 +76,13 @@ class RankPlan(Sequence):
             raise IndexError(f"batch {b} of a plan of {len(self)} batches")
         b = b % len(self)
         a, z = self.batch_ptr[b], self.batch_ptr[b + 1]
-        return list(zip(self.shard[a:z].tolist(), self.row[a:z].tolist()))
+        return list(zip(self.shard[a:z].tolist(), self.row[a:z].tolist(), strict=True))
 
     def __eq__(self, other) -> bool:
         if isinstance(other, RankPlan):
             return all(np.array_equal(x, y) for x, y in zip(
-                (self.shard, self.row, self.batch_ptr), (other.shard, other.row, other.batch_ptr)))
+                (self.shard, self.row, self.batch_ptr),
+                (other.shard, other.row, other.batch_ptr), strict=True))
         if isinstance(other, list):
             return list(self) == other
         return NotImplemented
@@ -333,7 +334,7 @@ class ShardStream(IterableDataset):
         shard_ids, last = np.unique(used, return_index=True)
         last_batch = np.repeat(np.arange(len(batches)), z - a)[::-1][last]
         dropped_after: dict[int, list[int]] = {}
-        for s, b in zip(shard_ids.tolist(), last_batch.tolist()):
+        for s, b in zip(shard_ids.tolist(), last_batch.tolist(), strict=True):
             dropped_after.setdefault(b, []).append(s)
         shards: dict[int, ShardData] = {}
         for b, batch in enumerate(batches.tolist()):

@@ -8,7 +8,6 @@ from pydantic import Field
 
 from preprocess.config import Config
 
-
 DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?|mps)$"
 DEVICES = "cpu, cuda, cuda:N or mps"
 Device = Annotated[str, Field(pattern=DEVICE_PATTERN, json_schema_extra={"expected": DEVICES})]

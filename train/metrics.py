@@ -72,7 +72,7 @@ class ErrorAccumulator:
         return torch.tensor([self.sums[k] for k in sorted(self.sums)], dtype=torch.float64)
 
     def load_tensor(self, t: torch.Tensor) -> None:
-        for k, v in zip(sorted(self.sums), t.tolist()):
+        for k, v in zip(sorted(self.sums), t.tolist(), strict=True):
             self.sums[k] = v
 
     def result(self) -> dict[str, float]:

@@ -38,7 +38,6 @@ from preprocess.store.manifest import MANIFEST_FILE, read_manifest
 from preprocess.store.params import StoreParams
 from train.config import EvaluateConfig, TrainConfig
 
-
 log = logging.getLogger("orbitgraph.run")
 
 class PipelineError(ConfigError):

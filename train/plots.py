@@ -133,7 +133,7 @@ def write_loss_curves(path: Path, history: list[dict], baseline: dict, title: st
 def write_parity(path: Path, pairs: Pairs, metrics: dict, baseline: dict, title: str) -> str:
     pairs = pairs.thinned()
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    for ax, (field, label, unit, key) in zip(axes, PARITY):
+    for ax, (field, label, unit, key) in zip(axes, PARITY, strict=True):
         plot_parity(ax, getattr(pairs, field), label, unit, _mae_text(metrics, baseline, key))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -152,12 +152,12 @@ def write_comparison(path: Path, experiments: list[dict], title: str) -> str:
     fig, axes = plt.subplots(n, 5, figsize=(20, 3.9 * n), squeeze=False)
     lims = {field: parity_limits([getattr(e["pairs"], field) for e in experiments])
             for field, *_ in PARITY}
-    for row, e in zip(axes, experiments):
+    for row, e in zip(axes, experiments, strict=True):
         plot_training_loss(row[0], e["history"], e.get("step_losses"))
         plot_validation(row[1], e["history"], e["val_baseline"])
         row[0].set_title(f"{e['name']}: training loss")
         row[1].set_title(f"{e['name']}: validation error")
-        for ax, (field, label, unit, key) in zip(row[2:], PARITY):
+        for ax, (field, label, unit, key) in zip(row[2:], PARITY, strict=True):
             plot_parity(ax, getattr(e["pairs"], field), f"{e['name']}: test {label}", unit,
                         _mae_text(e["metrics"], e["baseline"], key), lims[field])
     for col in (0, 1):

@@ -33,8 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import (Potential, build_model, model_from_checkpoint, read_checkpoint,
-                   write_checkpoint)
+from model import Potential, build_model, model_from_checkpoint, read_checkpoint, write_checkpoint
 from model.config import load_config
 from model.radial import check_graph
 from preprocess.store import GraphStore, open_store
@@ -225,7 +224,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(self.train_set, self.cfg.loader, 0, self.info.world)
         total = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.schedule = Schedule(self.cfg.schedule, self.cfg.lr, self.cfg.warmup_steps, total,
-                                 self.cfg.plateau_patience, self.cfg.plateau_factor, self.cfg.min_lr)
+                                 self.cfg.plateau_patience, self.cfg.plateau_factor,
+                                 self.cfg.min_lr)
         self.state = TrainState()
         self.total_steps = total
         self.resumed_from: int | None = None  # the step a checkpoint left off at
@@ -266,7 +266,7 @@ class Trainer:
                          .to(torch.float64), self.info)
         w = (self.cfg.energy_weight, self.cfg.forces_weight, self.cfg.stress_weight)
         loss = sum(wi * sums[key] / max(float(c), 1.0)
-                   for wi, key, c in zip(w, ("energy", "forces", "stress"), counts))
+                   for wi, key, c in zip(w, ("energy", "forces", "stress"), counts, strict=True))
         # DDP averages gradients over ranks; scale so the result is the global-batch mean
         (loss * self.info.world).backward()
         if self.cfg.grad_clip:

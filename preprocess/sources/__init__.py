@@ -25,7 +25,8 @@ def open_source(path: str | Path, source_format: str | None = None) -> Source:
             raise ValueError(f"{path}: cannot tell the format from the name; "
                              f"give one of {sorted(FORMATS)}")
     if source_format not in FORMATS:
-        raise ValueError(f"unknown source format {source_format!r}; expected one of {sorted(FORMATS)}")
+        raise ValueError(f"unknown source format {source_format!r}; "
+                         f"expected one of {sorted(FORMATS)}")
     return FORMATS[source_format](p)
 
 

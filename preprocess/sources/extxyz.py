@@ -27,8 +27,14 @@ import numpy as np
 
 from preprocess.frame import Frame
 from preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
-from preprocess.sources.labels import (CandidateCount, LabelPlan, needs_scan, parse_comment,
-                                       plan_from_keys, read_labels)
+from preprocess.sources.labels import (
+    CandidateCount,
+    LabelPlan,
+    needs_scan,
+    parse_comment,
+    plan_from_keys,
+    read_labels,
+)
 from preprocess.sources.records import RecordError, check_cell
 from preprocess.store.params import LabelKeys
 

@@ -121,7 +121,10 @@ def header_candidates(comment: bytes) -> list[tuple[str, str]]:
         name = key.decode()
         if name == "Properties":
             fields = value.strip(b'"{}').decode().split(":")
-            for col, kind, width in zip(fields[0::3], fields[1::3], fields[2::3]):
+            # name:type:columns triples; a malformed string (not whole triples) is for ASE's
+            # reader to report, not for this scan of label keys
+            for col, kind, width in zip(fields[0::3], fields[1::3], fields[2::3],
+                                        strict=False):
                 if kind == "R" and width == "3" and FAMILIES["forces"].fullmatch(col):
                     out.append(("forces", col))
             continue

@@ -5,8 +5,9 @@ Limits (from the dtypes in :mod:`preprocess.schema`):
 
 * at most :data:`MAX_ATOMS` = 65,535 atoms per frame: neighbour indices (``neighbors``) and
   per-atom edge counts (``n_edges``) are uint16. Checked before the graph is built.
-* cell shifts within ±:data:`MAX_UNIT_SHIFT` = ±127 per axis (``unit_shifts``, ``next_unit_shift`` are
-  int8): only a cell far thinner or more skewed than its neighbour shell needs more.
+* cell shifts within ±:data:`MAX_UNIT_SHIFT` = ±127 per axis (``unit_shifts``,
+  ``next_unit_shift`` are int8): only a cell far thinner or more skewed than its neighbour
+  shell needs more.
   Checked on the built graph.
 
 Positions rule: the store holds positions wrapped into the cell. Along each periodic axis

@@ -99,7 +99,7 @@ class MaterialScanner:
             count = self._starts.shape[0] if n < 0 else n
             pos = pos - n - 1 if n < 0 else buf.shape[0]
             out.extend(zip(self._starts[:count].tolist(), self._ends[:count].tolist(),
-                           self._frames[:count].tolist()))
+                           self._frames[:count].tolist(), strict=True))
             if self.state[DEPTH] < 0:
                 raise ValueError(f"MPtrj JSON: unbalanced closing bracket near byte "
                                  f"{self.offset + pos}")

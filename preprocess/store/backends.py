@@ -144,4 +144,5 @@ def get_backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
     except KeyError:
-        raise ValueError(f"unknown store backend {name!r}; expected one of {sorted(BACKENDS)}") from None
+        raise ValueError(f"unknown store backend {name!r}; "
+                         f"expected one of {sorted(BACKENDS)}") from None

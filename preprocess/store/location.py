@@ -23,7 +23,8 @@ class Location:
     ``is_file(name)`` look at a file in this directory.
     """
 
-    def __init__(self, where: "str | Path | Location", storage_options: dict[str, Any] | None = None):
+    def __init__(self, where: "str | Path | Location",
+                 storage_options: dict[str, Any] | None = None):
         if isinstance(where, Location):
             self.url, self.path = where.url, where.path
             self.storage_options = dict(where.storage_options)

@@ -8,7 +8,6 @@ graphs find the same store.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import json
 import os
@@ -17,8 +16,15 @@ from pathlib import Path
 
 from preprocess.schema import SCHEMA_VERSION
 from preprocess.store.location import Location
-from preprocess.store.params import (BACKENDS, DEFAULT_BACKEND, FRAMES_PER_SHARD, MIN_DISTANCE,
-                                     GraphParams, LabelKeys, SplitParams)
+from preprocess.store.params import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    FRAMES_PER_SHARD,
+    MIN_DISTANCE,
+    GraphParams,
+    LabelKeys,
+    SplitParams,
+)
 from preprocess.store.shard import ShardRecord
 
 MANIFEST_FILE = "manifest.json"
@@ -57,7 +63,7 @@ class StoreSpec:
     def __post_init__(self):
         if not self.min_distance >= 0:
             raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
-        self.labels  # validates the keys
+        _ = self.labels  # the property validates the keys (ValueError)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.frames_per_shard < 1:

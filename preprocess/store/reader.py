@@ -116,11 +116,13 @@ class GraphStore:
 
     def get(self, frame_id: str) -> dict[str, np.ndarray]:
         if self._by_id is None:
-            self._by_id = {fid: i for i, fid in enumerate(self.index.column("frame_id").to_pylist())}
+            ids = self.index.column("frame_id").to_pylist()
+            self._by_id = {fid: i for i, fid in enumerate(ids)}
         try:
             return self[self._by_id[frame_id]]
         except KeyError:
-            raise KeyError(f"frame {frame_id!r} is not in this store{' subset' if self.is_subset else ''}") from None
+            where = "this store subset" if self.is_subset else "this store"
+            raise KeyError(f"frame {frame_id!r} is not in {where}") from None
 
     @property
     def frame_ids(self) -> list[str]:
@@ -169,7 +171,8 @@ class GraphStore:
         """Rows of ``shard`` that belong to this (sub)set, in index order."""
         return self._row[self._shard == shard]
 
-    def iter_shards(self, shards: Iterable[int] | None = None) -> Iterator[tuple[int, ShardData, np.ndarray]]:
+    def iter_shards(self, shards: Iterable[int] | None = None
+                    ) -> Iterator[tuple[int, ShardData, np.ndarray]]:
         """Yield (shard index, shard data, selected rows) for each shard, in order."""
         for s in (self.shard_indices if shards is None else shards):
             yield int(s), self.read_shard(int(s)), self.shard_rows(int(s))
@@ -193,10 +196,12 @@ class GraphStore:
             splits = [split] if isinstance(split, str) else list(split)
             unknown = set(splits) - {"train", "val", "test"}
             if unknown:
-                raise ValueError(f"subset: unknown split {sorted(unknown)}; expected train, val, test")
+                raise ValueError(f"subset: unknown split {sorted(unknown)}; "
+                                 "expected train, val, test")
             mask = pc.and_(mask, pc.is_in(table["split"], pa.array(splits)))
         if frame_ids is not None:
-            mask = pc.and_(mask, pc.is_in(table["frame_id"], pa.array(list(frame_ids), pa.string())))
+            wanted = pa.array(list(frame_ids), pa.string())
+            mask = pc.and_(mask, pc.is_in(table["frame_id"], wanted))
         if material_ids is not None:
             mask = pc.and_(mask, pc.is_in(table["material_id"],
                                           pa.array(list(material_ids), pa.string())))

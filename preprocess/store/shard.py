@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from preprocess.frame import Frame
 from preprocess.graph import KnnGraphBatch, knn_graphs
-from preprocess.schema import check_columns, numpy_dtype, BY_NAME
+from preprocess.schema import BY_NAME, check_columns, numpy_dtype
 from preprocess.store.backends import get_backend
 from preprocess.store.params import GraphParams
 from preprocess.store.parquet import write_parquet

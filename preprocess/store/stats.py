@@ -105,7 +105,7 @@ class ShardStats:
         if present.size:
             sol, *_ = np.linalg.lstsq(self.ata[np.ix_(present, present)], self.aty[present],
                                       rcond=None)
-            e0 = {int(z): float(v) for z, v in zip(present, sol)}
+            e0 = {int(z): float(v) for z, v in zip(present, sol, strict=True)}
         n = max(self.train_frames, 1)
         mean = self.epa_sum / n
         var = max(self.epa_sq_sum / n - mean * mean, 0.0)

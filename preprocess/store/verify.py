@@ -95,7 +95,8 @@ def verify_store(path: str | Path, sample: int = 64, seed: int = 0) -> VerifyRep
             report.problems.append(f"{where}: unreadable ({type(err).__name__}: {err})")
             continue
         data = ShardData.from_columns(record.name, columns)
-        if (rows["frame"], rows["atom"], rows["edge"]) != (record.frames, record.atoms, record.edges):
+        counted = (rows["frame"], rows["atom"], rows["edge"])
+        if counted != (record.frames, record.atoms, record.edges):
             report.problems.append(f"{where}: counts {rows} differ from the manifest's record")
         report.problems.extend(_check_shard(data, where))
         idx_rows = store.index.filter(np.asarray(store.index["shard"]) == s)

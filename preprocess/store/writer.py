@@ -18,13 +18,20 @@ from ase.data import chemical_symbols
 from preprocess.frame import Frame
 from preprocess.graph import KnnGraphBatch
 from preprocess.schema import SCHEMA_VERSION
-from preprocess.store.manifest import (Manifest, StoreError, StoreSpec, code_version,
-                                       write_manifest)
+from preprocess.store.manifest import Manifest, StoreError, StoreSpec, code_version, write_manifest
 from preprocess.store.params import SplitParams
 from preprocess.store.parquet import read_parquet, write_parquet
-from preprocess.store.shard import (INDEX_FILE, ShardRecord, build_columns,
-                                    columns_from_frames, is_committed, read_commit, shard_dir,
-                                    shard_name, write_shard)
+from preprocess.store.shard import (
+    INDEX_FILE,
+    ShardRecord,
+    build_columns,
+    columns_from_frames,
+    is_committed,
+    read_commit,
+    shard_dir,
+    shard_name,
+    write_shard,
+)
 from preprocess.store.stats import ShardStats, element_counts
 
 INDEX_NAME = "index.parquet"

@@ -155,7 +155,7 @@ MinJobAge=300
 InactiveLimit=0
 NodeName={node} NodeAddr=127.0.0.1 NodeHostname={node} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
-""")
+""")  # noqa: E501 (slurm.conf has no line continuation for its NodeName line)
     return conf
 
 
