@@ -1,8 +1,10 @@
 """Equal-budget accuracy race: orbitgraph's mace preset against mace-torch's MACE, trained
-on exactly the same frames with matched hyperparameters, on CPU, one after the other.
+on exactly the same frames with matched hyperparameters, on CPU, one after the other (or,
+with ``--concurrent``, at the same time: each sees the same load on a shared machine).
 
 usage: python benchmarks/accuracy.py [--source MPtrj.json[.gz]] [--epochs 3] [--threads 2]
            [--max-frames N] [--k 16] [--model-overrides '{"species_dim": 64}'] [--skip-mace]
+           [--concurrent]
 
 1. A store is built from ``--source`` (any MPtrj-format file; default the shared sample),
    split by material (train/val/test), and its splits are exported to extended XYZ
@@ -35,6 +37,7 @@ import json
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -405,6 +408,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-overrides", default="{}", help="JSON, e.g. an ablation's")
     ap.add_argument("--skip-mace", action="store_true", help="train orbitgraph only")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="train both codes at the same time, each on --threads threads")
     ap.add_argument("--reuse-mace", action="store_true",
                     help="reuse mace-torch's model and curve from an earlier run in --out")
     ap.add_argument("--out", default=str(OUT / "accuracy"))
@@ -439,6 +444,11 @@ def main() -> None:
     test_ref = labels(frames["test"])
 
     results, preds, checks = {}, {}, {}
+    mace_run = None
+    if args.concurrent and not args.skip_mace:
+        # mace-torch trains in its own process; this thread only waits for it
+        mace_run = ThreadPoolExecutor(1).submit(train_mace, paths, e0_path, numbers,
+                                                len(frames["train"]), args, root)
     print("training orbitgraph ...", flush=True)
     ours = train_ours(store_path, args, root)
     preds["orbitgraph"] = predict_ours(ours["model"], frames["test"], args.threads)
@@ -447,7 +457,8 @@ def main() -> None:
     checks["orbitgraph"] = native
     if not args.skip_mace:
         print(f"training mace-torch {MACE_VERSION} ...", flush=True)
-        theirs = train_mace(paths, e0_path, numbers, len(frames["train"]), args, root)
+        theirs = mace_run.result() if mace_run is not None else \
+            train_mace(paths, e0_path, numbers, len(frames["train"]), args, root)
         preds["mace-torch"], theirs["params"] = predict_mace(theirs["model"], paths["test"],
                                                              root, args.threads)
         results["mace-torch"] = theirs
