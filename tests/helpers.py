@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.testing import random_rotation  # noqa: F401  (re-exported for the tests)
+
 DATA = Path(__file__).parent / "data"
 SMALL_MPTRJ = DATA / "mptrj_small.json.gz"
 VASP_FRAMES = DATA / "vasp_frames.json.gz"
@@ -45,12 +47,6 @@ def per_atom_sorted_distances(g) -> list[np.ndarray]:
     return [np.sort(g.distances[ptr[i]:ptr[i + 1]]) for i in range(g.n_atoms)]
 
 
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q *= np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] *= -1
-    return q
 
 
 def write_small_mptrj(path: Path, frames: int = 40, max_atoms: int = 20) -> Path:
