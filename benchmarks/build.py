@@ -241,14 +241,20 @@ def _medians(runs: list[tuple[float, float, int]]) -> tuple[float, float]:
             statistics.median(n / w for _, w, n in runs))
 
 
+def replicated_source(where: Path, frames: int) -> Path:
+    """``where``/mptrj_replicated_{frames}.json, written by :func:`write_replicated` once."""
+    path = where / f"mptrj_replicated_{frames}.json"
+    if not path.is_file():
+        t0 = time.perf_counter()
+        n = write_replicated(path, frames)
+        print(f"\nwrote {n} frames, {path.stat().st_size / 1e6:.0f} MB in "
+              f"{time.perf_counter() - t0:.0f} s: {path}")
+    return path
+
+
 def replicated_section(where: Path, args) -> float:
     """Section 4; returns the baseline's own-clock rate on the replicated source."""
-    src = where / f"mptrj_replicated_{args.frames}.json"
-    if not src.is_file():
-        t0 = time.perf_counter()
-        n = write_replicated(src, args.frames)
-        print(f"\nwrote {n} frames, {src.stat().st_size / 1e6:.0f} MB in "
-              f"{time.perf_counter() - t0:.0f} s: {src}")
+    src = replicated_source(where, args.frames)
     anchor, cli, peaks = [], [], []
     for _ in range(args.repeats):  # interleaved
         anchor.append(run_anchor(src))
@@ -275,12 +281,7 @@ def full_section(where: Path, args, base_rate: float | None) -> None:
     from preprocess.build import build_store
     from preprocess.cluster import ClusterConfig
 
-    big = where / f"mptrj_replicated_{args.full_frames}.json"
-    if not big.is_file():
-        t0 = time.perf_counter()
-        n = write_replicated(big, args.full_frames)
-        print(f"\nwrote {n} frames, {big.stat().st_size / 1e9:.2f} GB in "
-              f"{time.perf_counter() - t0:.0f} s: {big}")
+    big = replicated_source(where, args.full_frames)
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       memory_limit="3GB", dashboard_address=":0") as cluster, \
             Client(cluster) as client:
