@@ -46,6 +46,18 @@ SMALL = {"channels": 8, "hidden": 16, "species_dim": 8, "radial_mlp": [16], "lay
 E0 = {1: -1.0, 8: -2.0, 14: -3.0, 26: -4.0}
 
 
+def central_difference_forces(energy, positions: np.ndarray, h: float) -> np.ndarray:
+    """Forces -dE/dr (N, 3) by central differences of ``energy(positions) -> float`` (eV)
+    with steps of ``h`` Å along each Cartesian component."""
+    fd = np.zeros_like(positions)
+    for i in range(len(positions)):
+        for a in range(3):
+            d = np.zeros_like(positions)
+            d[i, a] = h
+            fd[i, a] = -(energy(positions + d) - energy(positions - d)) / (2 * h)
+    return fd
+
+
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A proper rotation matrix (3, 3)."""
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
@@ -238,13 +250,7 @@ class PotentialTests:
         assert self._envelope_share(model, cell, pos) > 0.1  # many edges in the ramp
         out = self.evaluate(model, cell, pos, z)
         h = 1e-5
-        fd = np.zeros_like(pos)
-        for i in range(len(z)):
-            for a in range(3):
-                d = np.zeros_like(pos)
-                d[i, a] = h
-                fd[i, a] = -(self.energy(model, cell, pos + d, z)
-                             - self.energy(model, cell, pos - d, z)) / (2 * h)
+        fd = central_difference_forces(lambda p: self.energy(model, cell, p, z), pos, h)
         forces = out["forces"].detach().numpy()
         scale = np.abs(fd).max()
         assert scale > 1e-3, "forces too small to test"
@@ -270,14 +276,9 @@ class PotentialTests:
         f = self.frame(cell, pos, z)
         out = model(self.batch([f]))
         h = 1e-5
-        fd = np.zeros_like(pos)
-        for i in range(len(z)):
-            for a in range(3):
-                d = np.zeros_like(pos)
-                d[i, a] = h
-                e = [model(self.batch([dict(f, positions=pos + sign * d)]), forces=False,
-                           stress=False)["energy"].item() for sign in (1, -1)]
-                fd[i, a] = -(e[0] - e[1]) / (2 * h)
+        fd = central_difference_forces(
+            lambda p: model(self.batch([dict(f, positions=p)]), forces=False,
+                            stress=False)["energy"].item(), pos, h)
         np.testing.assert_allclose(out["forces"].detach().numpy(), fd, rtol=1e-5, atol=1e-7)
 
     def test_calculator_matches_ase_finite_differences(self):
