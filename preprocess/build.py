@@ -13,8 +13,12 @@ import gc
 import itertools
 import json
 import logging
+import multiprocessing
 import re
+import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +26,6 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from preprocess.cluster import ClusterConfig, batch_jobs, dask_client
 from preprocess.graph import knn_graphs_screened
@@ -154,10 +157,11 @@ def build_partition(source: Source, part: Partition, spec: StoreSpec, out: str,
                     threads: int = 1, labels: LabelPlan | None = None) -> ShardRecord:
     """Parse, validate, build graphs for and commit one partition (idempotent).
 
-    ``threads``: the compiled parts (record extraction, graphs) run on that many threads;
-    1 on a Dask worker, whose cores are the cluster's to use; the cores of this process
-    when the build runs in it. ``labels``: the keys to read (decided once by the driver);
-    None resolves them here from ``spec``."""
+    ``threads``: the graph kernel (which releases the GIL) runs on that many threads;
+    decoding the records holds the GIL and runs on one. 1 on a Dask worker or a forked
+    build process, whose cores are shared with the other workers; this process's cores
+    when it builds the partitions one at a time. ``labels``: the keys to read (decided
+    once by the driver); None resolves them here from ``spec``."""
     root = Path(out)
     if is_committed(root, shard_name(part.index)):
         return read_commit(root, shard_name(part.index))[0]
@@ -278,26 +282,9 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     parts = source.partitions(spec.frames_per_shard)
     head = list(itertools.islice(parts, 2))
     parts = itertools.chain(head, parts)
-    if cluster.kind == "local" and len(head) < 2:
-        log.info("one partition: building it in this process (a local cluster would only add "
-                 "its start-up time)")
-        cluster = ClusterConfig(kind="synchronous")
-    elif cluster.kind == "local":
-        # In this process the partitions stream one at a time, so memory does not grow with
-        # the source (peak RSS measured: 0.35 GB for the 1,027-frame sample, 0.63 GB for
-        # 20,000 frames in 2,000-frame partitions); the threshold bounds the time instead.
-        # 2 GB is ~190,000 MPtrj frames, one to two minutes here, past which a LocalCluster's
-        # start (~3-10 s on 2 busy cores) is a small share and its worker processes also
-        # run the Python parts of the build in parallel.
-        size = source_bytes(source_path)
-        if size <= cluster.in_process_max_bytes:
-            log.info(f"source {size / 1e6:.0f} MB <= cluster.in_process_max_bytes "
-                     f"({cluster.in_process_max_bytes / 1e6:.0f} MB): building it in this "
-                     "process on its cores, one partition at a time")
-            cluster = ClusterConfig(kind="synchronous")
-
-    if cluster.kind != "synchronous":
-        load_kernels(source.format)
+    cluster, processes = _without_cluster(cluster, len(head), source_path)
+    if cluster.kind != "synchronous" or processes:
+        load_kernels(source.format)  # once, before workers start (they inherit or share it)
 
     with dask_client(cluster) as client, _progress(progress) as bar:
         if client is not None:
@@ -307,6 +294,8 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
             _run_distributed(client, parts, source, spec, out, bar, summary,
                              in_flight=4 * n_workers, labels=labels)
             summary.jobs = batch_jobs(client)
+        elif processes:
+            _run_on_processes(processes, parts, source, spec, out, bar, summary, labels)
         else:
             for part in parts:
                 bar.total = (bar.total or 0) + 1
@@ -321,7 +310,8 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         n_parts = summary.shards_built + summary.shards_skipped
     _refuse_empty(source_path, out, n_parts)
     manifest = finalize_store(out, spec, n_parts, build_info={
-        "wall_s": round(time.perf_counter() - t0, 3), "cluster": cluster.kind},
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "cluster": f"processes ({processes})" if processes else cluster.kind},
         labels=labels.to_dict())
     summary.frames, summary.atoms, summary.edges = (manifest.counts["frames"],
                                                     manifest.counts["atoms"],
@@ -333,6 +323,39 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist())
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
+                     ) -> tuple[ClusterConfig, int]:
+    """Where a build runs when ``cluster`` is the default LocalCluster: ``(cluster,
+    worker processes)``.
+
+    - One partition (``n_head`` < 2): in this process (a cluster would only add its start).
+    - A source of at most ``cluster.in_process_max_bytes`` (decompressed): on
+      :func:`local_processes` processes forked from this one, without a cluster (a
+      LocalCluster's start, 3-10 s here, is most of a small build's time); in this process,
+      partition by partition, on one core or where fork is missing. Memory does not grow
+      with the source: each worker holds one partition (peak RSS ~0.3 GB per process for
+      2,000-frame partitions).
+    - A larger source: the LocalCluster (its start is then a small share, and it adds a
+      dashboard, per-worker memory limits and retries of a lost worker's tasks).
+    Any other kind is returned unchanged, with 0 processes."""
+    if cluster.kind != "local":
+        return cluster, 0
+    if n_head < 2:
+        log.info("one partition: building it in this process (a local cluster would only add "
+                 "its start-up time)")
+        return ClusterConfig(kind="synchronous"), 0
+    size = source_bytes(source_path)
+    if size > cluster.in_process_max_bytes:
+        return cluster, 0
+    processes = local_processes()
+    where = (f"on {processes} processes forked from this one" if processes else
+             "in this process, one partition at a time")
+    log.info(f"source {size / 1e6:.0f} MB <= cluster.in_process_max_bytes "
+             f"({cluster.in_process_max_bytes / 1e6:.0f} MB): building it without a cluster, "
+             f"{where}")
+    return ClusterConfig(kind="synchronous"), processes
 
 
 def source_bytes(path: str | Path) -> int:
@@ -441,11 +464,77 @@ def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight, 
     return records
 
 
+def local_processes() -> int:
+    """Worker processes for a build without a cluster: one per core this process may run
+    on, on Linux, where a forked child starts in milliseconds with this process's modules
+    and compiled kernels loaded (a spawned one would import them again, ~1-2 s). 0 (build
+    in this process, partition by partition) on one core, and on other systems, where
+    fork is unsafe (macOS system libraries) or missing (Windows)."""
+    cores = local_cores()
+    if cores < 2 or not sys.platform.startswith("linux"):
+        return 0
+    return cores
+
+
+def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labels) -> None:
+    """Build every uncommitted partition of ``parts`` on ``workers`` forked processes, one
+    partition per process at a time, each on one thread: decoding and the Python parts of
+    the build hold the GIL, so processes, not threads, use the cores. At most
+    ``2 * workers`` partitions are queued (a gzip source's partitions carry their bytes).
+    The first error stops the build: queued partitions are cancelled, running ones finish
+    and stay committed for a resume."""
+    context = multiprocessing.get_context("fork")
+    # What each worker would otherwise import on its first partition is imported once here
+    # and inherited: pyarrow imports pandas, when installed, on its first array (~0.25 s).
+    pa.array([0])
+    pending: set[Future] = set()
+
+    def collect(block: bool) -> None:
+        nonlocal pending
+        while pending and (block or len(pending) >= 2 * workers):
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                log.debug(f"{fut.result().name} committed")
+                bar.update(1)
+
+    # Objects this process holds stay out of the workers' garbage collections (which would
+    # otherwise touch, and so copy, every inherited page; Python's gc.freeze advice).
+    gc.freeze()
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        try:
+            for part in parts:
+                bar.total = (bar.total or 0) + 1
+                bar.refresh()
+                if is_committed(out, shard_name(part.index)):
+                    summary.shards_skipped += 1
+                    bar.update(1)
+                    continue
+                pending.add(pool.submit(build_partition, source, part, spec, str(out), 1,
+                                        labels))
+                summary.shards_built += 1
+                collect(block=False)
+            collect(block=True)
+        except BrokenProcessPool as err:
+            raise RuntimeError(
+                f"{out}: a build process died (killed, or out of memory) while building a "
+                "partition; the committed shards are kept: run the same build again to "
+                "resume it") from err
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            gc.unfreeze()
+
+
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[tqdm]:
     """The build's bar (partitions), on stderr while it is a terminal (tqdm's
     ``disable=None``) and ``enabled``; log lines print above it meanwhile."""
-    with logging_redirect_tqdm(loggers=[logging.getLogger("orbitgraph")]), \
-            tqdm(total=0, unit="shard", desc="building",
-                 disable=None if enabled else True) as bar:
-        yield bar
+    with tqdm(total=0, unit="shard", desc="building", disable=None if enabled else True) as bar:
+        if bar.disable:
+            yield bar
+            return
+        from tqdm.contrib.logging import logging_redirect_tqdm  # imports asyncio: ~40 ms
+
+        with logging_redirect_tqdm(loggers=[logging.getLogger("orbitgraph")]):
+            yield bar

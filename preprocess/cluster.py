@@ -73,8 +73,9 @@ class ClusterConfig(Config):
                                     "log_directory is taken relative to pipelines.yaml)")
     in_process_max_bytes: int = Field(2_000_000_000, ge=0, description="bytes; kind local: a "
                                       "source of at most this many bytes (decompressed) is "
-                                      "built in this process on its cores instead of on a "
-                                      "LocalCluster (0: always a LocalCluster)")
+                                      "built without a cluster, on one process per core "
+                                      "forked from this one, instead of on a LocalCluster "
+                                      "(0: always a LocalCluster)")
 
     @model_validator(mode="before")
     @classmethod

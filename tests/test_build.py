@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import preprocess.build as build_module
 from helpers import SMALL_MPTRJ, load_small_mptrj
 from preprocess.build import build_store, source_bytes
 from preprocess.cluster import ClusterConfig
@@ -193,24 +194,87 @@ def test_a_single_partition_is_built_in_process(tmp_path, reference_store, caplo
     assert one["quarantine"] == ref["quarantine"]
 
 
-def test_a_small_source_is_built_in_process(tmp_path, reference_store, caplog):
-    """Under ``cluster.in_process_max_bytes`` the default local cluster is not started: the
-    partitions are built in this process into the same store as the Dask path builds (see
-    test_local_cluster_matches_synchronous), and an interrupted build resumes."""
+@pytest.mark.parametrize("cores", [2, 1], ids=["forked-processes", "one-core"])
+@pytest.mark.parametrize("compressed", [True, False], ids=["gzip", "plain"])
+def test_a_small_source_is_built_without_a_cluster(tmp_path, reference_store, caplog,
+                                                   monkeypatch, cores, compressed):
+    """Under ``cluster.in_process_max_bytes`` the default local cluster is not started:
+    the partitions are built on processes forked from this one (or, on one core, in this
+    process) into the same store as the Dask path builds (see
+    test_local_cluster_matches_synchronous), from a gzip file (partitions carry their
+    bytes) or a plain one (byte ranges), and an interrupted build resumes."""
+    monkeypatch.setattr(build_module, "local_cores", lambda: cores)
+    src = SMALL_MPTRJ
+    if not compressed:
+        src = tmp_path / "mptrj.json"
+        src.write_bytes(gzip.open(SMALL_MPTRJ).read())
     out = tmp_path / "store"
     caplog.set_level(logging.INFO, logger="orbitgraph.build")
-    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
-    lines = caplog.messages
-    assert any("in_process_max_bytes" in line and "in this process" in line
-               for line in lines), lines
+    summary = build_store(src, out, frames_per_shard=30, progress=False)
+    where = "on 2 processes forked" if cores == 2 else "in this process, one partition"
+    assert any("in_process_max_bytes" in line and where in line
+               for line in caplog.messages), caplog.messages
+    assert open_store(out).manifest.build["cluster"] == (
+        "processes (2)" if cores == 2 else "synchronous")
     n_shards = len(open_store(reference_store).manifest.shards)
     assert summary.dashboard is None and summary.shards_built == n_shards > 1
-    assert open_store(out).manifest.store_id == open_store(reference_store).manifest.store_id
+    if compressed:  # a plain copy hashes the same bytes only after decompression
+        assert (open_store(out).manifest.store_id
+                == open_store(reference_store).manifest.store_id)
     assert_same_store(out, reference_store)
     (out / "manifest.json").unlink()  # as if interrupted before the last shard
     shutil.rmtree(out / "shards" / "shard-000002")
-    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
+    summary = build_store(src, out, frames_per_shard=30, progress=False)
     assert (summary.shards_built, summary.shards_skipped) == (1, n_shards - 1)
+    assert_same_store(out, reference_store)
+
+
+def _fail_on_shard_2(source, part, *args, **kwargs):
+    """build_partition, except that partition 2 fails as a full disk would."""
+    if part.index == 2:
+        raise OSError(f"no space left on device (partition {part.index})")
+    return _BUILD_PARTITION(source, part, *args, **kwargs)
+
+
+_BUILD_PARTITION = build_module.build_partition
+
+
+def _die_on_shard_2(source, part, *args, **kwargs):
+    """build_partition, except that the process building partition 2 is killed (as the
+    kernel's out-of-memory killer would)."""
+    if part.index == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _BUILD_PARTITION(source, part, *args, **kwargs)
+
+
+def test_a_killed_build_process_is_named_and_the_build_resumes(tmp_path, reference_store,
+                                                               monkeypatch):
+    monkeypatch.setattr(build_module, "local_cores", lambda: 2)
+    monkeypatch.setattr(build_module, "build_partition", _die_on_shard_2)
+    out = tmp_path / "store"
+    with pytest.raises(RuntimeError, match="a build process died .* run the same build again"):
+        build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(build_module, "build_partition", _BUILD_PARTITION)
+    build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
+    assert_same_store(out, reference_store)
+
+
+def test_a_failing_partition_stops_a_forked_build_and_a_rerun_finishes_it(
+        tmp_path, reference_store, monkeypatch):
+    """A partition's error in a forked worker reaches the caller as itself (not a broken
+    pool); the shards committed before it stay, no manifest is written, and a rerun builds
+    only what is missing."""
+    monkeypatch.setattr(build_module, "local_cores", lambda: 2)
+    monkeypatch.setattr(build_module, "build_partition", _fail_on_shard_2)
+    out = tmp_path / "store"
+    with pytest.raises(OSError, match=r"no space left on device \(partition 2\)"):
+        build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
+    assert not (out / "manifest.json").exists()
+    assert not is_committed(out, "shard-000002")
+    monkeypatch.setattr(build_module, "build_partition", _BUILD_PARTITION)
+    summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
+    assert summary.shards_skipped >= 1 and summary.shards_built >= 1
     assert_same_store(out, reference_store)
 
 

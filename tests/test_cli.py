@@ -187,9 +187,9 @@ def test_quiet_and_verbose_decide_what_reaches_stderr(tmp_path, capsys):
         said[name] = capsys.readouterr()
         assert said[name].out.strip().splitlines()[-1] == str(tmp_path / name)
         assert "building:" not in said[name].err, "no tqdm bar when stderr is not a terminal"
-    # the small source is built in this process, which the build says at INFO
-    assert "in this process" in said["default"].err
+    # the small source is built without a cluster, which the build says at INFO
+    assert "without a cluster" in said["default"].err
     assert "shard-000000 committed" not in said["default"].err
-    assert "in this process" in said["verbose"].err
+    assert "without a cluster" in said["verbose"].err
     assert "shard-000000 committed" in said["verbose"].err
     assert said["quiet"].err == said["quiet-after"].err == ""

@@ -12,8 +12,10 @@ incompatible store) is printed as one line, ``orbitgraph: error: ...``, with exi
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
+from typing import NoReturn
 
 import yaml
 
@@ -352,5 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         teardown_logging(handler)
 
 
+def run() -> NoReturn:
+    """The ``orbitgraph`` program: :func:`main`, then exit with its status. Before exiting,
+    every object is frozen out of the garbage collector: the interpreter's teardown would
+    otherwise traverse them all (0.3-0.4 s with numba's kernels loaded, against 0.04 s) to
+    collect what the operating system reclaims anyway; every command has closed its files
+    by then."""
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

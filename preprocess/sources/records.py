@@ -302,16 +302,6 @@ class _Columns:
             self.numbers = np.array([_Z.get(symbol, -1) for symbol in self.symbols],
                                     dtype=np.int64)
         self.occupancy = _numbers(map(_OCCU, first), n_atoms)
-        properties = list(map(_PROPERTIES, sites))
-        site_magmom = (list(map(_MAGMOM, properties)) if None not in properties else
-                       [p.magmom if p is not None else None for p in properties])
-        if None not in site_magmom:  # the common case: every site has one
-            self.site_has_magmom = np.ones(n_atoms, dtype=bool)
-            self.site_magmom = _numbers(site_magmom, n_atoms)  # μB
-        else:
-            self.site_has_magmom = np.fromiter(map(_IS_NOT_NONE, site_magmom), bool, n_atoms)
-            self.site_magmom = _numbers((math.nan if m is None else m for m in site_magmom),
-                                        n_atoms)
         energy = list(map(_ENERGY, records))
         self.has_energy = np.fromiter(map(_IS_NOT_NONE, energy), bool, n)
         self.energy = _numbers(energy if self.has_energy.all() else
@@ -332,8 +322,21 @@ class _Columns:
         magmom = [m if m is not None else () for m in magmom]
         self.magmom_ptr = _ptr(_lengths(magmom))
         self.magmom = _numbers(_chain(magmom), int(self.magmom_ptr[-1]))  # μB
-        self.use_site_magmom = ~self.has_magmom & (self.n_atoms > 0) & _all_per_record(
-            self.site_has_magmom, self.atom_ptr)
+        # the sites' moments (μB), read only for records without a top-level magmom (a
+        # tenth of MPtrj's): NaN where a site has none
+        self.site_magmom = np.full(n_atoms, math.nan)
+        site_has_magmom = np.zeros(n_atoms, dtype=bool)
+        need = np.flatnonzero(~self.has_magmom & (self.n_atoms > 0))
+        if need.size:
+            atoms = np.concatenate([np.arange(self.atom_ptr[b], self.atom_ptr[b + 1])
+                                    for b in need.tolist()])
+            values = [p.magmom if p is not None else None for p in
+                      map(_PROPERTIES, _chain(sites_of[b] for b in need.tolist()))]
+            site_has_magmom[atoms] = np.fromiter(map(_IS_NOT_NONE, values), bool, len(atoms))
+            self.site_magmom[atoms] = _numbers((math.nan if m is None else m for m in values),
+                                               len(atoms))
+        self.use_site_magmom = np.zeros(n, dtype=bool)
+        self.use_site_magmom[need] = _all_per_record(site_has_magmom, self.atom_ptr)[need]
 
     def problems(self, energy_key: str) -> dict[int, str]:
         """Record index -> why it cannot be used (the first problem, in the order of the
