@@ -1,7 +1,7 @@
 """End-to-end build throughput against the naive path, on three source sizes.
 
 usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--frames 20000] [--full]
-                                  [--dir DIR]
+                                  [--cluster] [--skip-sample] [--dir DIR]
 
 1. The shared sample (1,027 frames), each contender in a fresh process, repeats interleaved,
    medians:
@@ -23,7 +23,9 @@ usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--frames 20000] [
    sample's materials replicated with fresh material and frame ids, written to a temporary
    folder (or ``--dir``); the baseline and a fresh ``orbitgraph build`` process on it,
    interleaved, medians of ``--repeats``: both clocks, the ratios, and the build
-   process's peak memory.
+   peak memory of the largest of the build's processes (wait4 reports the maximum over the
+   process and the workers it forked and reaped).
+   With ``--cluster`` also the same command on a LocalCluster started for it.
 5. ``--full``: the same at MPtrj's size (``--full-frames``, default 1,580,395 frames, about
    17 GB written), built once on a LocalCluster of ``--workers`` single-threaded workers
    (3 GB memory limit each) started before the clock: wall time, frames/s, peak memory
@@ -118,12 +120,13 @@ def run_anchor(src: Path) -> tuple[float, float, int]:
     return float(m.group(2)), wall, int(m.group(1))
 
 
-def run_cli(src: Path, backend: str, peaks: list | None = None) -> tuple[float, float, int]:
-    """(own seconds, process seconds, records) of one ``orbitgraph build`` run; its peak
-    memory (MB) appended to ``peaks``."""
+def run_cli(src: Path, backend: str, peaks: list | None = None, *extra: str
+            ) -> tuple[float, float, int]:
+    """(own seconds, process seconds, records) of one ``orbitgraph build`` run (``extra``:
+    more arguments); its peak memory (MB) appended to ``peaks``."""
     text, wall, peak = _run([sys.executable, "-m", "train.cli", "build", "--source", str(src),
                              "--out", str(fresh(OUT / "build_cli")), "--backend", backend,
-                             "--quiet"])
+                             "--quiet", *extra])
     if peaks is not None:
         peaks.append(peak)
     frames = re.search(r"frames (\d+) .* quarantined (\d+)", text)
@@ -164,6 +167,9 @@ def main() -> None:
                          "temporary folder, removed at the end)")
     ap.add_argument("--frames-per-shard", type=int, default=4000)
     ap.add_argument("--skip-sample", action="store_true", help="only sections 4 and 5")
+    ap.add_argument("--cluster", action="store_true",
+                    help="section 4 also on a LocalCluster started for the build "
+                         "(--set cluster.in_process_max_bytes=0)")
     args = ap.parse_args()
     require_shared()
     src = plain_sample()
@@ -255,22 +261,30 @@ def replicated_source(where: Path, frames: int) -> Path:
 def replicated_section(where: Path, args) -> float:
     """Section 4; returns the baseline's own-clock rate on the replicated source."""
     src = replicated_source(where, args.frames)
-    anchor, cli, peaks = [], [], []
+    anchor, cli, cluster, peaks = [], [], [], []
     for _ in range(args.repeats):  # interleaved
         anchor.append(run_anchor(src))
         cli.append(run_cli(src, "zarr", peaks))
+        if args.cluster:
+            cluster.append(run_cli(src, "zarr", None, "--set", "cluster.in_process_max_bytes=0"))
     base_own, base_proc = _medians(anchor)
-    own, proc = _medians(cli)
     print(f"replicated source: {cli[0][2]} frames; medians of {args.repeats} interleaved runs, "
           "each a fresh process")
     print(f"{'':42s} {'own clock':>16s} {'whole process':>16s}")
     print(f"{'baseline (json.load + pymatgen + 16-NN)':42s} {base_own:9.0f} fr/s    "
           f"{base_proc:9.0f} fr/s")
-    print(f"{'orbitgraph build, zarr':42s} {own:9.0f} fr/s {own / base_own:4.1f}x "
-          f"{proc:9.0f} fr/s {proc / base_proc:4.1f}x   (peak memory "
-          f"{max(peaks):.0f} MB)")
+    rows = [("orbitgraph build, zarr", cli)]
+    if cluster:
+        rows.append(("same, on a LocalCluster started for it", cluster))
+    for label, runs in rows:
+        own, proc = _medians(runs)
+        print(f"{label:42s} {own:9.0f} fr/s {own / base_own:4.1f}x "
+              f"{proc:9.0f} fr/s {proc / base_proc:4.1f}x"
+              + (f"   (peak memory {max(peaks):.0f} MB)" if runs is cli else ""))
     print(f"  seconds, median: baseline {statistics.median(w for _, w, _ in anchor):.1f} s, "
-          f"orbitgraph build {statistics.median(w for _, w, _ in cli):.1f} s (whole process)")
+          f"orbitgraph build {statistics.median(w for _, w, _ in cli):.1f} s"
+          + (f", on a LocalCluster {statistics.median(w for _, w, _ in cluster):.1f} s"
+             if cluster else "") + " (whole process)")
     return base_own
 
 

@@ -14,7 +14,9 @@ import itertools
 import json
 import logging
 import multiprocessing
+import os
 import re
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -27,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from preprocess.cluster import ClusterConfig, batch_jobs, dask_client
+from preprocess.cluster import BuildProcessError, ClusterConfig, batch_jobs, dask_client
 from preprocess.graph import knn_graphs_screened
 from preprocess.sources import open_source
 from preprocess.sources.base import Partition, Quarantined, Source, fingerprint
@@ -468,12 +470,27 @@ def local_processes() -> int:
     """Worker processes for a build without a cluster: one per core this process may run
     on, on Linux, where a forked child starts in milliseconds with this process's modules
     and compiled kernels loaded (a spawned one would import them again, ~1-2 s). 0 (build
-    in this process, partition by partition) on one core, and on other systems, where
+    in this process, partition by partition) on one core, in a daemon process (a
+    multiprocessing or Dask worker may not have children), and on other systems, where
     fork is unsafe (macOS system libraries) or missing (Windows)."""
     cores = local_cores()
     if cores < 2 or not sys.platform.startswith("linux"):
         return 0
+    if multiprocessing.current_process().daemon:  # a Pool or Dask worker: no children
+        return 0
     return cores
+
+
+def _die_with_parent(parent: int) -> None:
+    """Initializer of a forked build process: killed when the build's process dies (SIGKILL
+    or an unhandled SIGTERM leave no chance to stop the workers), instead of living on,
+    orphaned, waiting for work (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
 
 
 def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labels) -> None:
@@ -499,8 +516,10 @@ def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labe
 
     # Objects this process holds stay out of the workers' garbage collections (which would
     # otherwise touch, and so copy, every inherited page; Python's gc.freeze advice).
+    caller_froze = gc.get_freeze_count() > 0
     gc.freeze()
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         try:
             for part in parts:
                 bar.total = (bar.total or 0) + 1
@@ -515,7 +534,7 @@ def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labe
                 collect(block=False)
             collect(block=True)
         except BrokenProcessPool as err:
-            raise RuntimeError(
+            raise BuildProcessError(
                 f"{out}: a build process died (killed, or out of memory) while building a "
                 "partition; the committed shards are kept: run the same build again to "
                 "resume it") from err
@@ -523,7 +542,8 @@ def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labe
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
-            gc.unfreeze()
+            if not caller_froze:  # a caller's own gc.freeze() stays in force
+                gc.unfreeze()
 
 
 @contextlib.contextmanager

@@ -51,6 +51,11 @@ class ClusterError(ValueError):
     no worker joined in time. A user error (check ``cluster.options``), printed as one line."""
 
 
+class BuildProcessError(RuntimeError):
+    """A process building partitions without a cluster died (killed, or out of memory): the
+    build stopped; its committed shards are kept and a rerun resumes it."""
+
+
 class ClusterConfig(Config):
     """Where a build runs: ``kind`` and the settings of that kind."""
 

@@ -20,7 +20,7 @@ import pytest
 import preprocess.build as build_module
 from helpers import SMALL_MPTRJ, load_small_mptrj
 from preprocess.build import build_store, source_bytes
-from preprocess.cluster import ClusterConfig
+from preprocess.cluster import BuildProcessError, ClusterConfig
 from preprocess.sources import open_source
 from preprocess.store import open_store, verify_store
 from preprocess.store.shard import is_committed
@@ -35,15 +35,20 @@ def store_contents(path: Path) -> dict:
            "counts": store.manifest.counts, "stats": store.manifest.statistics}
     for s, data, _ in store.iter_shards(range(len(store.manifest.shards))):
         for name, arr in data.columns.items():
-            out[f"{s}/{name}"] = arr.tolist()
+            out[f"{s}/{name}"] = arr
     return out
 
 
 def assert_same_store(a: Path, b: Path):
+    """Equal contents; a NaN (a magnetic moment the source lacks) equals a NaN."""
     ca, cb = store_contents(a), store_contents(b)
     assert ca.keys() == cb.keys()
     for key in ca:
-        assert ca[key] == cb[key], key
+        if isinstance(ca[key], np.ndarray):
+            assert ca[key].dtype == cb[key].dtype, key
+            np.testing.assert_array_equal(ca[key], cb[key], err_msg=key, strict=True)
+        else:
+            assert repr(ca[key]) == repr(cb[key]), key
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +257,8 @@ def test_a_killed_build_process_is_named_and_the_build_resumes(tmp_path, referen
     monkeypatch.setattr(build_module, "local_cores", lambda: 2)
     monkeypatch.setattr(build_module, "build_partition", _die_on_shard_2)
     out = tmp_path / "store"
-    with pytest.raises(RuntimeError, match="a build process died .* run the same build again"):
+    with pytest.raises(BuildProcessError,
+                       match="a build process died .* run the same build again"):
         build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False)
     assert not (out / "manifest.json").exists()
     monkeypatch.setattr(build_module, "build_partition", _BUILD_PARTITION)
@@ -307,7 +313,7 @@ def test_local_cluster_matches_synchronous(tmp_path, reference_store):
 def _slow_source_script(out: Path, delay: float, frames_per_shard: int) -> str:
     return f"""
 import time, preprocess.build as P
-from preprocess.cluster import ClusterConfig
+from preprocess.cluster import BuildProcessError, ClusterConfig
 original = P.build_partition
 def slow(*a, **k):
     time.sleep({delay})
@@ -508,3 +514,88 @@ def test_extxyz_source(tmp_path):
     assert got["energy"] == -9.5
     np.testing.assert_allclose(got["forces"], frames[3].get_forces(), rtol=1e-6)
     np.testing.assert_allclose(got["stress"], frames[3].get_stress(voigt=False))
+
+
+def _forked_build_script(out: Path, delay: float) -> str:
+    """A build on 2 forked processes, each partition slowed by ``delay`` s; prints its pid."""
+    return f"""
+import os, time, preprocess.build as P
+original = P.build_partition
+def slow(*a, **k):
+    time.sleep({delay})
+    return original(*a, **k)
+P.build_partition = slow
+P.local_cores = lambda: 2
+print(os.getpid(), flush=True)
+P.build_store({str(SMALL_MPTRJ)!r}, {str(out)!r}, frames_per_shard=30, progress=False)
+"""
+
+
+def test_the_forked_build_processes_die_with_a_killed_driver(tmp_path, reference_store):
+    """SIGKILL (or an unhandled SIGTERM) of the build's process leaves no chance to stop its
+    workers: they are killed with it (PR_SET_PDEATHSIG), not left orphaned waiting for
+    work; a rerun resumes to the same store."""
+    import psutil
+
+    out = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", _forked_build_script(out, 1.0)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert int(proc.stdout.readline()) == proc.pid
+        deadline = time.time() + 120
+        workers = []
+        while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+            workers = psutil.Process(proc.pid).children()
+            time.sleep(0.05)
+        assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else workers
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"orphaned build processes: {alive}"
+    build_store(SMALL_MPTRJ, out, frames_per_shard=30, cluster=SYNC, progress=False)
+    assert_same_store(out, reference_store)
+
+
+def _build_in_a_daemon(src: str, out: str) -> str:
+    from preprocess.build import build_store
+    from preprocess.store import open_store
+
+    build_store(src, out, frames_per_shard=30, progress=False)
+    return open_store(out).manifest.build["cluster"]
+
+
+def test_a_build_inside_a_daemon_process_runs_in_it(tmp_path, reference_store, monkeypatch):
+    """A multiprocessing or Dask worker (a daemon) may not have children: the build runs in
+    it, partition by partition."""
+    import multiprocessing
+
+    monkeypatch.setattr(build_module, "local_cores", lambda: 2)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        where = pool.apply(_build_in_a_daemon, (str(SMALL_MPTRJ), str(tmp_path / "store")))
+    assert where == "synchronous"
+    assert_same_store(tmp_path / "store", reference_store)
+
+
+def test_the_caller_s_gc_freeze_stays(tmp_path, monkeypatch):
+    import gc
+
+    monkeypatch.setattr(build_module, "local_cores", lambda: 2)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        build_store(SMALL_MPTRJ, tmp_path / "store", frames_per_shard=30, progress=False)
+        # objects frozen leave the count only when freed (an unfreeze would empty it)
+        assert gc.get_freeze_count() > frozen // 2 > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_a_truncated_gzip_source_is_one_clear_error(tmp_path):
+    data = SMALL_MPTRJ.read_bytes()
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="cut.json.gz: the gzip stream is truncated or "
+                                         "damaged after"):
+        build_store(cut, tmp_path / "store", frames_per_shard=30, cluster=SYNC,
+                    progress=False)

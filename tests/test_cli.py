@@ -193,3 +193,45 @@ def test_quiet_and_verbose_decide_what_reaches_stderr(tmp_path, capsys):
     assert "without a cluster" in said["verbose"].err
     assert "shard-000000 committed" in said["verbose"].err
     assert said["quiet"].err == said["quiet-after"].err == ""
+
+
+@pytest.mark.parametrize("raised, status, line", [
+    (KeyboardInterrupt(), 130, "orbitgraph: interrupted; what was committed is kept"),
+    (PermissionError(13, "Permission denied", "/x/shards"), 2,
+     "orbitgraph: error: [Errno 13] Permission denied: '/x/shards'"),
+    ("process died", 1, "orbitgraph: error: /x: a build process died"),
+], ids=["ctrl-c", "permission", "dead-process"])
+def test_an_interrupted_or_failed_build_is_one_line(tmp_path, capsys, monkeypatch, raised,
+                                                     status, line):
+    """Ctrl-C (KeyboardInterrupt) ends a command with one line saying the same command
+    resumes, status 130 (128 + SIGINT); a file that cannot be written is one line, status 2;
+    a build process that died, one line, status 1. No traceback."""
+    import preprocess.build
+    from preprocess.cluster import BuildProcessError
+    from train.cli import main
+
+    if raised == "process died":
+        raised = BuildProcessError("/x: a build process died (killed, or out of memory)")
+
+    def failing(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(preprocess.build, "build_store", failing)
+    src = ROOT / "tests" / "data" / "mptrj_small.json.gz"
+    assert main(["build", "--source", str(src), "--out", str(tmp_path / "s")]) == status
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(line) and "Traceback" not in err
+
+
+def test_a_closed_stdout_ends_the_program_quietly(tmp_path):
+    """`orbitgraph ... | head -1`: stdout's reader may leave before the program writes (here
+    `true`, which reads nothing); no BrokenPipeError traceback, status 1."""
+    src = ROOT / "tests" / "data" / "mptrj_small.json.gz"
+    proc = subprocess.run(
+        f"{sys.executable} -m train.cli build --source {src} --out {tmp_path / 's'} "
+        "--scheduler synchronous --quiet | true; echo status ${PIPESTATUS[0]} >&2",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "status 1"
+    from preprocess.store import open_store
+    assert open_store(tmp_path / "s").manifest.counts["frames"] > 0

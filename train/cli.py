@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
+import textwrap
 from typing import NoReturn
 
 import yaml
 
+from preprocess.cluster import BuildProcessError
 from preprocess.store.manifest import StoreError
 
 
@@ -221,9 +224,12 @@ def _keys(*sections) -> str:
         return ""
     lines = ["settable with --set KEY.PATH=VALUE (defaults < file < command line):"]
     for model, prefix, collapse in sections:
-        for path, kind, default, bounds, _ in reference_rows(model, prefix, collapse):
+        for path, kind, default, bounds, description in reference_rows(model, prefix, collapse):
             limits = f", {bounds}" if bounds else ""
             lines.append(f"  {path}  {kind}{limits}; default {default}")
+            if description:
+                lines.append(textwrap.fill(description, width=90, initial_indent=" " * 6,
+                                           subsequent_indent=" " * 6))
     return "\n".join(lines)
 
 
@@ -277,8 +283,10 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--frames-per-shard", type=_value, help="store.frames_per_shard")
     s.add_argument("--min-distance", type=_value, help="store.min_distance, Å; records with "
                    "closer atoms are quarantined")
-    s.add_argument("--scheduler", help="'synchronous', or a Dask scheduler address "
-                   "(default: a LocalCluster sized to this machine)")
+    s.add_argument("--scheduler", help="'synchronous' (this process), or a Dask scheduler "
+                   "address (default: without a cluster, one forked process per core, for a "
+                   "source up to cluster.in_process_max_bytes; a LocalCluster sized to this "
+                   "machine above it)")
     s.add_argument("--workers", type=_value, help="cluster.workers: LocalCluster worker "
                    "processes")
     _set_option(s, "store.split.val_fraction=0.1")
@@ -346,10 +354,18 @@ def main(argv: list[str] | None = None) -> int:
                             logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
-    except (UserError, StoreError, FileNotFoundError, ValueError, KeyError) as err:
+    except (UserError, StoreError, FileNotFoundError, PermissionError, ValueError,
+            KeyError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"orbitgraph: error: {msg}", file=sys.stderr)
         return 2
+    except BuildProcessError as err:  # not the user's doing: status 1, as a crash
+        print(f"orbitgraph: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("orbitgraph: interrupted; what was committed is kept (a build's shards, a "
+              "training run's checkpoints): the same command resumes", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
     finally:
         teardown_logging(handler)
 
@@ -360,7 +376,12 @@ def run() -> NoReturn:
     otherwise traverse them all (0.3-0.4 s with numba's kernels loaded, against 0.04 s) to
     collect what the operating system reclaims anyway; every command has closed its files
     by then."""
-    status = main()
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # stdout's reader left (`| head -1`): Python's documented recipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 1
     gc.freeze()
     sys.exit(status)
 

@@ -11,6 +11,7 @@ the decompressed bytes and hands each partition its bytes.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -82,7 +83,12 @@ class MPtrjJsonSource:
         index = 0
         with gzip.open(self.path, "rb") as f:
             while True:
-                chunk = f.read(CHUNK)
+                try:
+                    chunk = f.read(CHUNK)
+                except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+                    raise ValueError(f"{self.path}: the gzip stream is truncated or damaged "
+                                     f"after {scanner.offset} decompressed bytes ({err})"
+                                     ) from None
                 if chunk:
                     window += chunk
                     found = scanner.feed(chunk)
