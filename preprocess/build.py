@@ -1,9 +1,11 @@
-"""The build: source -> partitions -> Dask tasks -> committed shards -> manifest.
+"""The build: source -> partitions -> tasks -> committed shards -> manifest.
 
 Each task is a pure function ``(source, partition, spec) -> committed shard``: it parses and
-validates its records, builds the graphs and commits one shard atomically. A lost worker's
-task is simply run again; a rerun after an interruption skips committed shards; the
-statistics are reduced from the shards' commit records at the end.
+validates its records, builds the graphs and commits one shard atomically. The tasks run on
+a Dask cluster, on processes forked from this one (a local source of up to
+``cluster.in_process_max_bytes``), or in this process (see :func:`_without_cluster`). A
+lost worker's task is simply run again; a rerun after an interruption skips committed
+shards; the statistics are reduced from the shards' commit records at the end.
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class BuildSummary:
     quarantined: int = 0
     shards_built: int = 0
     shards_skipped: int = 0
+    frames_built: int = 0  # frames stored by the shards built in this run (the rate's)
     wall_s: float = 0.0
     already_complete: bool = False
     dashboard: str | None = None
@@ -97,12 +100,14 @@ class BuildSummary:
         if self.already_complete:
             return (f"store {self.store} (id {self.store_id}) is already complete: "
                     f"{self.frames} frames; nothing to do")
-        rate = self.frames / self.wall_s if self.wall_s > 0 else float("nan")
+        rate = self.frames_built / self.wall_s if self.wall_s > 0 else float("nan")
         lines = [f"built {self.store} (id {self.store_id})",
                  f"  frames {self.frames}  atoms {self.atoms}  edges {self.edges}  "
                  f"quarantined {self.quarantined}",
                  f"  shards built {self.shards_built}, already committed {self.shards_skipped}",
-                 f"  wall {self.wall_s:.2f} s, {rate:.0f} frames/s"]
+                 f"  wall {self.wall_s:.2f} s, {rate:.0f} frames/s"
+                 + (f" ({self.frames_built} frames built in this run)"
+                    if self.shards_skipped else "")]
         if self.jobs:
             lines.append(f"  batch jobs {', '.join(self.jobs)}")
         lines.extend(self._label_lines())
@@ -304,9 +309,10 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
                 if is_committed(out, shard_name(part.index)):
                     summary.shards_skipped += 1
                 else:
-                    build_partition(source, part, spec, str(out), threads=local_cores(),
-                                    labels=labels)
+                    record = build_partition(source, part, spec, str(out),
+                                             threads=local_cores(), labels=labels)
                     summary.shards_built += 1
+                    summary.frames_built += record.frames
                     log.debug(f"{shard_name(part.index)} committed")
                 bar.update(1)
         n_parts = summary.shards_built + summary.shards_skipped
@@ -445,6 +451,7 @@ def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight, 
         while running and (block or running >= in_flight):
             fut = next(pending)
             records.append(fut.result())
+            summary.frames_built += records[-1].frames
             running -= 1
             bar.update(1)
 
@@ -511,7 +518,9 @@ def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labe
         while pending and (block or len(pending) >= 2 * workers):
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                log.debug(f"{fut.result().name} committed")
+                record = fut.result()
+                summary.frames_built += record.frames
+                log.debug(f"{record.name} committed")
                 bar.update(1)
 
     # Objects this process holds stay out of the workers' garbage collections (which would

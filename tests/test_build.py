@@ -223,6 +223,7 @@ def test_a_small_source_is_built_without_a_cluster(tmp_path, reference_store, ca
         "processes (2)" if cores == 2 else "synchronous")
     n_shards = len(open_store(reference_store).manifest.shards)
     assert summary.dashboard is None and summary.shards_built == n_shards > 1
+    assert summary.frames_built == summary.frames == len(open_store(out))
     if compressed:  # a plain copy hashes the same bytes only after decompression
         assert (open_store(out).manifest.store_id
                 == open_store(reference_store).manifest.store_id)
@@ -231,6 +232,8 @@ def test_a_small_source_is_built_without_a_cluster(tmp_path, reference_store, ca
     shutil.rmtree(out / "shards" / "shard-000002")
     summary = build_store(src, out, frames_per_shard=30, progress=False)
     assert (summary.shards_built, summary.shards_skipped) == (1, n_shards - 1)
+    assert summary.frames_built == open_store(out).manifest.shards[2].frames < summary.frames
+    assert f"({summary.frames_built} frames built in this run)" in summary.text()
     assert_same_store(out, reference_store)
 
 
@@ -306,6 +309,7 @@ def test_local_cluster_matches_synchronous(tmp_path, reference_store):
     summary = build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
                           cluster=ClusterConfig(workers=2, in_process_max_bytes=0))
     assert summary.dashboard and summary.shards_built == len(open_store(out).manifest.shards)
+    assert summary.frames_built == summary.frames
     assert open_store(out).manifest.store_id == open_store(reference_store).manifest.store_id
     assert_same_store(out, reference_store)
 
