@@ -21,7 +21,7 @@ import re
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -437,23 +437,22 @@ def load_kernels(source_format: str) -> None:
                         k=1, ties="include", tie_tolerance=0.01, cutoff=None, min_distance=0.5)
 
 
-def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight, labels):
-    """Submit every uncommitted partition of ``parts``; at most ``in_flight`` at once
-    (partitions that carry their bytes must not pile up in the scheduler's memory)."""
-    from distributed import as_completed
+def _submit_all(parts, out: Path, bar, summary: BuildSummary, submit, first_done,
+                in_flight: int) -> None:
+    """Submit every uncommitted partition of ``parts`` with ``submit(part) -> future``, at
+    most ``in_flight`` pending at once (partitions that carry their bytes must not pile up
+    in memory); ``first_done(pending) -> done futures`` waits until one or more end. The
+    first error is raised here."""
+    pending: set = set()
 
-    pending = as_completed()
-    running = 0
-    records = []
-
-    def drain(block: bool):
-        nonlocal running
-        while running and (block or running >= in_flight):
-            fut = next(pending)
-            records.append(fut.result())
-            summary.frames_built += records[-1].frames
-            running -= 1
-            bar.update(1)
+    def collect(block: bool) -> None:
+        while pending and (block or len(pending) >= in_flight):
+            for fut in first_done(pending):
+                pending.discard(fut)
+                record = fut.result()
+                summary.frames_built += record.frames
+                log.debug(f"{record.name} committed")
+                bar.update(1)
 
     for part in parts:
         bar.total = (bar.total or 0) + 1
@@ -462,15 +461,25 @@ def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight, 
             summary.shards_skipped += 1
             bar.update(1)
             continue
-        fut = client.submit(build_partition, source, part, spec, str(out), labels=labels,
-                            key=f"orbitgraph-{spec.store_id}-{shard_name(part.index)}",
-                            retries=2, pure=False)
-        pending.add(fut)
-        running += 1
+        pending.add(submit(part))
         summary.shards_built += 1
-        drain(block=False)
-    drain(block=True)
-    return records
+        collect(block=False)
+    collect(block=True)
+
+
+def _run_distributed(client, parts, source, spec, out, bar, summary, in_flight, labels):
+    """Build every uncommitted partition of ``parts`` as Dask tasks, at most ``in_flight``
+    at once; a task whose worker is lost is retried twice."""
+    from distributed import wait as wait_dask
+
+    def submit(part):
+        return client.submit(build_partition, source, part, spec, str(out), labels=labels,
+                             key=f"orbitgraph-{spec.store_id}-{shard_name(part.index)}",
+                             retries=2, pure=False)
+
+    _submit_all(parts, out, bar, summary, submit, in_flight=in_flight,
+                first_done=lambda pending: wait_dask(list(pending),
+                                                     return_when="FIRST_COMPLETED").done)
 
 
 def local_processes() -> int:
@@ -511,18 +520,6 @@ def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labe
     # What each worker would otherwise import on its first partition is imported once here
     # and inherited: pyarrow imports pandas, when installed, on its first array (~0.25 s).
     pa.array([0])
-    pending: set[Future] = set()
-
-    def collect(block: bool) -> None:
-        nonlocal pending
-        while pending and (block or len(pending) >= 2 * workers):
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                record = fut.result()
-                summary.frames_built += record.frames
-                log.debug(f"{record.name} committed")
-                bar.update(1)
-
     # Objects this process holds stay out of the workers' garbage collections (which would
     # otherwise touch, and so copy, every inherited page; Python's gc.freeze advice).
     caller_froze = gc.get_freeze_count() > 0
@@ -530,18 +527,11 @@ def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labe
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent,
                              initargs=(os.getpid(),)) as pool:
         try:
-            for part in parts:
-                bar.total = (bar.total or 0) + 1
-                bar.refresh()
-                if is_committed(out, shard_name(part.index)):
-                    summary.shards_skipped += 1
-                    bar.update(1)
-                    continue
-                pending.add(pool.submit(build_partition, source, part, spec, str(out), 1,
-                                        labels))
-                summary.shards_built += 1
-                collect(block=False)
-            collect(block=True)
+            _submit_all(parts, out, bar, summary, in_flight=2 * workers,
+                        submit=lambda part: pool.submit(build_partition, source, part, spec,
+                                                        str(out), 1, labels),
+                        first_done=lambda pending: wait(pending,
+                                                        return_when=FIRST_COMPLETED).done)
         except BrokenProcessPool as err:
             raise BuildProcessError(
                 f"{out}: a build process died (killed, or out of memory) while building a "

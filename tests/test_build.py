@@ -314,17 +314,23 @@ def test_local_cluster_matches_synchronous(tmp_path, reference_store):
     assert_same_store(out, reference_store)
 
 
-def _slow_source_script(out: Path, delay: float, frames_per_shard: int) -> str:
+def _slow_source_script(out: Path, delay: float, frames_per_shard: int,
+                        forked: bool = False) -> str:
+    """A build of the small source whose partitions each take ``delay`` s more; on this
+    process (``forked``: on 2 processes forked from it); it prints its pid first."""
+    cluster = "ClusterConfig()" if forked else "ClusterConfig(kind='synchronous')"
     return f"""
-import time, preprocess.build as P
-from preprocess.cluster import BuildProcessError, ClusterConfig
+import os, time, preprocess.build as P
+from preprocess.cluster import ClusterConfig
 original = P.build_partition
 def slow(*a, **k):
     time.sleep({delay})
     return original(*a, **k)
 P.build_partition = slow
+P.local_cores = lambda: 2
+print(os.getpid(), flush=True)
 P.build_store({str(SMALL_MPTRJ)!r}, {str(out)!r}, frames_per_shard={frames_per_shard},
-              cluster=ClusterConfig(kind="synchronous"), progress=False)
+              cluster={cluster}, progress=False)
 """
 
 
@@ -520,21 +526,6 @@ def test_extxyz_source(tmp_path):
     np.testing.assert_allclose(got["stress"], frames[3].get_stress(voigt=False))
 
 
-def _forked_build_script(out: Path, delay: float) -> str:
-    """A build on 2 forked processes, each partition slowed by ``delay`` s; prints its pid."""
-    return f"""
-import os, time, preprocess.build as P
-original = P.build_partition
-def slow(*a, **k):
-    time.sleep({delay})
-    return original(*a, **k)
-P.build_partition = slow
-P.local_cores = lambda: 2
-print(os.getpid(), flush=True)
-P.build_store({str(SMALL_MPTRJ)!r}, {str(out)!r}, frames_per_shard=30, progress=False)
-"""
-
-
 def test_the_forked_build_processes_die_with_a_killed_driver(tmp_path, reference_store):
     """SIGKILL (or an unhandled SIGTERM) of the build's process leaves no chance to stop its
     workers: they are killed with it (PR_SET_PDEATHSIG), not left orphaned waiting for
@@ -542,7 +533,7 @@ def test_the_forked_build_processes_die_with_a_killed_driver(tmp_path, reference
     import psutil
 
     out = tmp_path / "store"
-    proc = subprocess.Popen([sys.executable, "-c", _forked_build_script(out, 1.0)],
+    proc = subprocess.Popen([sys.executable, "-c", _slow_source_script(out, 1.0, 30, True)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert int(proc.stdout.readline()) == proc.pid
