@@ -342,7 +342,7 @@ def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
     - A source of at most ``cluster.in_process_max_bytes`` (decompressed): on
       :func:`local_processes` processes forked from this one, without a cluster (a
       LocalCluster's start, 3-10 s here, is most of a small build's time); in this process,
-      partition by partition, on one core or where fork is missing. Memory does not grow
+      partition by partition, where :func:`local_processes` is 0. Memory does not grow
       with the source: each worker holds one partition (peak RSS ~0.3 GB per process for
       2,000-frame partitions).
     - A larger source: the LocalCluster (its start is then a small share, and it adds a
