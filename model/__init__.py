@@ -20,9 +20,13 @@ def build_model(config, statistics: dict | None = None) -> Potential:
     return Potential(with_statistics(load_config(config), statistics))
 
 
-def save_model(model: Potential, path: str | Path, extra: dict | None = None) -> None:
-    """Config, weights and ``extra`` (plain data: graph parameters, training elements)."""
-    write_checkpoint({"model_config": model.config.to_dict(), "model_state": model.state_dict(),
+def save_model(model: Potential, path: str | Path, extra: dict | None = None,
+               state: dict | None = None) -> None:
+    """Config, weights and ``extra`` (plain data: graph parameters, training elements).
+    ``state``: the weights to write instead of ``model.state_dict()`` (same keys; the
+    trainer's EMA weights)."""
+    write_checkpoint({"model_config": model.config.to_dict(),
+                      "model_state": model.state_dict() if state is None else state,
                       **(extra or {})}, path)
 
 

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import Potential, build_model, model_from_checkpoint, read_checkpoint, write_checkpoint
+from model import (
+    Potential,
+    build_model,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_model,
+    write_checkpoint,
+)
 from model.config import load_config
 from model.radial import check_graph
 from preprocess.store import GraphStore, open_store
@@ -486,9 +493,9 @@ class Trainer:
         """Config + (EMA) weights + graph parameters: what the calculator and evaluate need."""
         state = (self.ema.model_state(self.model) if self.ema is not None
                  else self.model.state_dict())
-        write_checkpoint({"model_config": self.model.config.to_dict(), "model_state": state,
-                          "graph": self.graph.to_dict(), "store_id": self.store.manifest.store_id,
-                          "trained_elements": self.trained_elements}, path)
+        save_model(self.model, path, state=state,
+                   extra={"graph": self.graph.to_dict(), "store_id": self.store.manifest.store_id,
+                          "trained_elements": self.trained_elements})
 
     # -------------------------------------------------------------------- logging
     def _log_epoch(self, record: dict) -> None:
