@@ -69,6 +69,12 @@ FIELDS: tuple[Field, ...] = (
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+
+# What the integer columns can hold: atoms per frame (neighbour indices, edge counts) and
+# integer cell shifts per axis (±); checked by the build before writing (limits, shard).
+MAX_ATOMS = int(min(np.iinfo(BY_NAME["neighbors"].dtype).max,
+                    np.iinfo(BY_NAME["n_edges"].dtype).max))
+MAX_UNIT_SHIFT = int(np.iinfo(BY_NAME["unit_shifts"].dtype).max)
 LEVELS: tuple[Level, ...] = ("frame", "atom", "edge")
 
 

@@ -25,12 +25,11 @@ from typing import Sequence
 import numpy as np
 
 from preprocess.frame import Frame
-from preprocess.schema import BY_NAME
+from preprocess.schema import MAX_ATOMS, MAX_UNIT_SHIFT
 from preprocess.sources.base import Quarantined
 
-MAX_ATOMS = int(min(np.iinfo(BY_NAME["neighbors"].dtype).max,
-                    np.iinfo(BY_NAME["n_edges"].dtype).max))
-MAX_UNIT_SHIFT = int(np.iinfo(BY_NAME["unit_shifts"].dtype).max)
+__all__ = ["MAX_ATOMS", "MAX_UNIT_SHIFT", "WRAP_EPS", "atom_count_problem", "graph_problems",
+           "within_atom_limit", "wrap_positions"]
 WRAP_EPS = 1e-7  # fractional; atoms at f = 0 (and just below) stay where they are
 
 

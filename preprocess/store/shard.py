@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from preprocess.frame import Frame
 from preprocess.graph import KnnGraphBatch, knn_graphs
-from preprocess.schema import BY_NAME, check_columns, numpy_dtype
+from preprocess.schema import BY_NAME, MAX_ATOMS, MAX_UNIT_SHIFT, check_columns, numpy_dtype
 from preprocess.store.backends import get_backend
 from preprocess.store.params import GraphParams
 from preprocess.store.parquet import write_parquet
@@ -58,10 +58,11 @@ def columns_from_frames(frames: Sequence[Frame], graphs: KnnGraphBatch) -> dict[
     if len(graphs) != n:
         raise ValueError(f"{n} frames but {len(graphs)} graphs")
     n_atoms = np.array([f.n_atoms for f in frames], dtype=np.int32)
-    if n_atoms.size and n_atoms.max() > np.iinfo(np.uint16).max:
-        raise ValueError("a frame has more than 65535 atoms; neighbour indices are uint16")
-    if ((graphs.unit_shifts.size and np.abs(graphs.unit_shifts).max() > 127)
-            or (graphs.next_unit_shift.size and np.abs(graphs.next_unit_shift).max() > 127)):
+    if n_atoms.size and n_atoms.max() > MAX_ATOMS:
+        raise ValueError(f"a frame has more than {MAX_ATOMS} atoms; neighbour indices are uint16")
+    if ((graphs.unit_shifts.size and np.abs(graphs.unit_shifts).max() > MAX_UNIT_SHIFT)
+            or (graphs.next_unit_shift.size
+                and np.abs(graphs.next_unit_shift).max() > MAX_UNIT_SHIFT)):
         raise ValueError("a cell shift exceeds the int8 range; the cell is too small for k")
 
     def stack(values, shape, dtype):
