@@ -342,7 +342,8 @@ def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
     - A source of at most ``cluster.in_process_max_bytes`` (decompressed): on
       :func:`local_processes` processes forked from this one, without a cluster (a
       LocalCluster's start, 3-10 s here, is most of a small build's time); in this process,
-      partition by partition, where :func:`local_processes` is 0. Memory does not grow
+      partition by partition, where :func:`local_processes` is 0 or ``cluster.workers``
+      is 1 (``cluster.workers`` bounds the processes, as a LocalCluster's). Memory does not grow
       with the source: each worker holds one partition (peak RSS ~0.3 GB per process for
       2,000-frame partitions).
     - A larger source: the LocalCluster (its start is then a small share, and it adds a
@@ -351,13 +352,15 @@ def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
     if cluster.kind != "local":
         return cluster, 0
     if n_head < 2:
-        log.info("one partition: building it in this process (a local cluster would only add "
-                 "its start-up time)")
+        log.info("one partition: building it in this process (other processes would only add "
+                 "their start-up time)")
         return ClusterConfig(kind="synchronous"), 0
     size = source_bytes(source_path)
     if size > cluster.in_process_max_bytes:
         return cluster, 0
     processes = local_processes()
+    if cluster.workers is not None:  # the user's bound on worker processes
+        processes = min(processes, cluster.workers) if cluster.workers > 1 else 0
     where = (f"on {processes} processes forked from this one" if processes else
              "in this process, one partition at a time")
     log.info(f"source {size / 1e6:.0f} MB <= cluster.in_process_max_bytes "

@@ -61,13 +61,16 @@ class ClusterConfig(Config):
 
     section = "cluster"
 
-    kind: Literal[KINDS] = Field("local", description="local (a LocalCluster), address (a "
+    kind: Literal[KINDS] = Field("local", description="local (this machine: processes "
+                                 "forked from this one for a source up to "
+                                 "in_process_max_bytes, a LocalCluster above it), address (a "
                                  "running scheduler), synchronous (this process) or a batch "
                                  "system through dask-jobqueue")
     address: str | None = Field(None, description="kind address: the scheduler, "
                                 "tcp://host:8786")
-    workers: int | None = Field(None, ge=1, description="kind local: worker processes (null: "
-                                "one per core, at most 8)")
+    workers: int | None = Field(None, ge=1, description="kind local: worker processes, "
+                                "forked or a LocalCluster's (null: one per core, at most 8 "
+                                "for a LocalCluster; 1 without a cluster: this process)")
     threads_per_worker: int = Field(1, ge=1, description="kind local: threads per worker")
     memory_limit: str = Field("auto", description="kind local: memory per worker (e.g. 4GB)")
     jobs: int = Field(1, ge=1, description="batch kinds: batch jobs to submit")

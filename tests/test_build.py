@@ -594,3 +594,16 @@ def test_a_truncated_gzip_source_is_one_clear_error(tmp_path):
                                          "damaged after"):
         build_store(cut, tmp_path / "store", frames_per_shard=30, cluster=SYNC,
                     progress=False)
+
+
+@pytest.mark.parametrize("workers, where", [(1, "synchronous"), (2, "processes (2)")])
+def test_cluster_workers_bounds_the_forked_processes(tmp_path, reference_store, monkeypatch,
+                                                     workers, where):
+    """``cluster.workers`` (``--workers``) bounds the processes of a build without a
+    cluster as it sizes a LocalCluster; 1 builds in this process."""
+    monkeypatch.setattr(build_module, "local_cores", lambda: 4)
+    out = tmp_path / "store"
+    build_store(SMALL_MPTRJ, out, frames_per_shard=30, progress=False,
+                cluster=ClusterConfig(workers=workers))
+    assert open_store(out).manifest.build["cluster"] == where
+    assert_same_store(out, reference_store)

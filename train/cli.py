@@ -287,8 +287,8 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
                    "address (default: without a cluster, one forked process per core, for a "
                    "source up to cluster.in_process_max_bytes; a LocalCluster sized to this "
                    "machine above it)")
-    s.add_argument("--workers", type=_value, help="cluster.workers: LocalCluster worker "
-                   "processes")
+    s.add_argument("--workers", type=_value, help="cluster.workers: worker processes, "
+                   "forked or a LocalCluster's (1 without a cluster: this process)")
     _set_option(s, "store.split.val_fraction=0.1")
     s.set_defaults(func=_cmd_build)
     s = sub.add_parser("info", help="summarise a store's manifest")
