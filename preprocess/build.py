@@ -17,10 +17,12 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import re
 import signal
 import sys
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -500,16 +502,41 @@ def local_processes() -> int:
     return cores
 
 
-def _die_with_parent(parent: int) -> None:
-    """Initializer of a forked build process: killed when the build's process dies (SIGKILL
-    or an unhandled SIGTERM leave no chance to stop the workers), instead of living on,
-    orphaned, waiting for work (Linux's PR_SET_PDEATHSIG)."""
+def _init_build_process(parent: int) -> None:
+    """Initializer of a forked build process.
+
+    - Killed when the build's process dies (SIGKILL or an unhandled SIGTERM leave no chance
+      to stop the workers), instead of living on, orphaned, waiting for work (Linux's
+      PR_SET_PDEATHSIG).
+    - Ctrl-C is the build's process's to handle (it reaches the whole process group): a
+      worker finishes the partition it is building, so that its shard is committed, and an
+      idle one prints no traceback of its own."""
     import ctypes
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before the request took effect
         os._exit(1)
+
+
+def _build_partition_in_process(*args):
+    """:func:`build_partition` in a forked process. Its exception travels back pickled; one
+    that cannot be rebuilt from its pickle (an ``__init__`` with other arguments) would
+    break the pool and read as a dead process: it is sent as a RuntimeError naming its
+    type, message and traceback instead."""
+    try:
+        return build_partition(*args)
+    except Exception as err:
+        try:
+            pickle.loads(pickle.dumps(err))
+        except Exception:
+            message = f"{type(err).__name__}: {err}\n{''.join(traceback.format_exception(err))}"
+        else:
+            raise
+    # raised here, outside the handler, so that it carries no __context__ (a pickler that
+    # keeps contexts, as tblib's, which distributed installs, would pickle the original too)
+    raise RuntimeError(message)
 
 
 def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labels) -> None:
@@ -527,12 +554,12 @@ def _run_on_processes(workers: int, parts, source, spec, out, bar, summary, labe
     # otherwise touch, and so copy, every inherited page; Python's gc.freeze advice).
     caller_froze = gc.get_freeze_count() > 0
     gc.freeze()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent,
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_build_process,
                              initargs=(os.getpid(),)) as pool:
         try:
             _submit_all(parts, out, bar, summary, in_flight=2 * workers,
-                        submit=lambda part: pool.submit(build_partition, source, part, spec,
-                                                        str(out), 1, labels),
+                        submit=lambda part: pool.submit(_build_partition_in_process, source,
+                                                        part, spec, str(out), 1, labels),
                         first_done=lambda pending: wait(pending,
                                                         return_when=FIRST_COMPLETED).done)
         except BrokenProcessPool as err:

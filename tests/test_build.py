@@ -590,8 +590,9 @@ def test_a_truncated_gzip_source_is_one_clear_error(tmp_path):
     data = SMALL_MPTRJ.read_bytes()
     cut = tmp_path / "cut.json.gz"
     cut.write_bytes(data[:len(data) // 2])
-    with pytest.raises(ValueError, match="cut.json.gz: the gzip stream is truncated or "
-                                         "damaged after"):
+    with pytest.raises(ValueError, match=r"cut.json.gz: the gzip stream is truncated or "
+                                         r"damaged \(reading on from decompressed byte 0: "
+                                         "Compressed file ended"):
         build_store(cut, tmp_path / "store", frames_per_shard=30, cluster=SYNC,
                     progress=False)
 
@@ -607,3 +608,50 @@ def test_cluster_workers_bounds_the_forked_processes(tmp_path, reference_store, 
                 cluster=ClusterConfig(workers=workers))
     assert open_store(out).manifest.build["cluster"] == where
     assert_same_store(out, reference_store)
+
+
+def _refuse_to_rebuild():
+    raise TypeError("this object cannot be rebuilt")
+
+
+class _Unrebuildable:
+    def __reduce__(self):
+        return _refuse_to_rebuild, ()
+
+
+class _TwoArgumentError(Exception):
+    """An exception that pickles but cannot be rebuilt from its pickle (its attribute's
+    rebuild fails, whoever pickles exceptions: the standard library or tblib, which
+    distributed installs)."""
+
+    def __init__(self, what, where):
+        super().__init__(f"{what} at {where}")
+        self.detail = _Unrebuildable()
+
+
+def _raise_unrebuildable(source, part, *args, **kwargs):
+    if part.index == 1:
+        raise _TwoArgumentError("bad thing", f"partition {part.index}")
+    return _BUILD_PARTITION(source, part, *args, **kwargs)
+
+
+def test_an_exception_that_cannot_be_unpickled_is_reported_not_a_dead_process(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(build_module, "local_cores", lambda: 2)
+    monkeypatch.setattr(build_module, "build_partition", _raise_unrebuildable)
+    with pytest.raises(RuntimeError, match="_TwoArgumentError: bad thing at partition 1") as err:
+        build_store(SMALL_MPTRJ, tmp_path / "store", frames_per_shard=30, progress=False)
+    assert not isinstance(err.value, BuildProcessError)
+
+
+def test_forked_build_processes_leave_ctrl_c_to_the_build(tmp_path):
+    """Ctrl-C reaches the whole process group: a worker ignores it (it finishes its
+    partition; an idle one prints no traceback), the build's process handles it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
+                             initializer=build_module._init_build_process,
+                             initargs=(os.getpid(),)) as pool:
+        assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

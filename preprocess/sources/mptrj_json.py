@@ -87,8 +87,8 @@ class MPtrjJsonSource:
                     chunk = f.read(CHUNK)
                 except (EOFError, gzip.BadGzipFile, zlib.error) as err:
                     raise ValueError(f"{self.path}: the gzip stream is truncated or damaged "
-                                     f"after {scanner.offset} decompressed bytes ({err})"
-                                     ) from None
+                                     f"(reading on from decompressed byte {scanner.offset}: "
+                                     f"{err})") from None
                 if chunk:
                     window += chunk
                     found = scanner.feed(chunk)
