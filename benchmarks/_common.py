@@ -58,13 +58,17 @@ def fresh(path: Path) -> Path:
 def sample_store(name: str, backend: str = "zarr", frames_per_shard: int = 100,
                  graph=None) -> Path:
     """A store of the shared sample under benchmarks/_out/NAME, built once and then reused
-    (``graph``: GraphParams, default the store default)."""
+    (``graph``: GraphParams, default the store default); built again when the one there is
+    incomplete or of an older store schema, which this code cannot read."""
     from preprocess.build import build_store
     from preprocess.cluster import ClusterConfig
+    from preprocess.store.manifest import StoreError, read_manifest
+    from preprocess.store.params import GraphParams
 
     out = OUT / name
-    if not (out / "manifest.json").is_file():
-        from preprocess.store.params import GraphParams
+    try:
+        read_manifest(out)
+    except StoreError:
         build_store(plain_sample(), fresh(out), backend=backend, frames_per_shard=frames_per_shard,
                     graph=graph or GraphParams(), cluster=ClusterConfig(kind="synchronous"),
                     progress=False)
