@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from preprocess.config import Config
+from orbitgraph.config import Config
 
 KINDS = ("equivariant", "invariant")
 CHOICES = {

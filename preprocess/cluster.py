@@ -37,7 +37,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import Field, model_validator
 
-from preprocess.config import Config, validation_context
+from orbitgraph.config import Config, validation_context
 
 log = logging.getLogger("orbitgraph.cluster")
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",

@@ -25,7 +25,7 @@ class Frame:
     magmom : (N,) float64 μB or None
     notes : what the source's reader did with this frame's labels, for the build summary:
         (``"not_stored"`` or ``"converted"``, what), e.g. ("converted", "stress = -virial / V
-        from 'virial'"); see :mod:`preprocess.sources.labels`
+        from 'virial'"); see :mod:`orbitgraph.preprocess.sources.labels`
     """
 
     frame_id: str

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from model.testing import random_rotation  # noqa: F401  (re-exported for the tests)
+from orbitgraph.model.testing import random_rotation  # noqa: F401  (re-exported for the tests)
 
 DATA = Path(__file__).parent / "data"
 SMALL_MPTRJ = DATA / "mptrj_small.json.gz"
@@ -67,7 +66,7 @@ def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
     zero energies, forces and stresses: ``labels="zero"``); open cells get no stress."""
     from ase.calculators.emt import EMT
 
-    from preprocess.units import stress_to_vasp_kbar
+    from orbitgraph.units import stress_to_vasp_kbar
 
     def record(atoms):
         periodic = bool(atoms.pbc.all())

@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from orbitgraph.preprocess.build import build_store, make_spec
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.sources.labels import LabelError
+from orbitgraph.preprocess.store import open_store, read_manifest
 
 from extxyz_writer import frame_text, nacl
-from preprocess.build import build_store, make_spec
-from preprocess.cluster import ClusterConfig
-from preprocess.sources.labels import LabelError
-from preprocess.store import open_store, read_manifest
 
 QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)
 CONVERTED = "stress = -virial / V from '{}'"
@@ -97,7 +97,7 @@ def test_label_keys_name_any_field(tmp_path):
     with pytest.raises(LabelError, match="no energy label.*--energy-key.*no forces label"):
         build_store(src, tmp_path / "refused", **QUIET)
 
-    from train.cli import main
+    from orbitgraph.train.cli import main
     rc = main(["build", "--source", str(src), "--out", str(tmp_path / "store"), "--quiet",
                "--scheduler", "synchronous", "--energy-key", "E_dft", "--forces-key", "grad",
                "--stress-key", "sigma"])
@@ -126,7 +126,7 @@ def test_label_keys_are_part_of_the_store_id(tmp_path):
             == make_spec(mptrj, energy_key="uncorrected_total_energy")[1].store_id
             != make_spec(mptrj, energy_key="corrected_total_energy")[1].store_id)
 
-    from train.pipelines import load_pipelines
+    from orbitgraph.train.pipelines import load_pipelines
     yaml = tmp_path / "pipelines.yaml"
     yaml.write_text("sources: {a: {path: a.extxyz}}\nstores:\n"
                     "  plain: {source: a}\n"
@@ -216,7 +216,7 @@ def test_several_candidates_stop_the_build_and_are_listed(tmp_path, variant, lis
         assert phrase in str(err.value)
     assert not (tmp_path / "store" / "shards").exists()  # stopped before any work
 
-    from train.cli import main
+    from orbitgraph.train.cli import main
     args = ["build", "--source", str(src), "--out", str(tmp_path / "cli"), "--quiet"]
     args += [a for k, v in keys.items() for a in (f"--{k.replace('_', '-')}", v)]
     assert main(args) == 2

@@ -1,4 +1,4 @@
-"""MPtrj records to :class:`~preprocess.frame.Frame`: the one reader of the format, with
+"""MPtrj records to :class:`~orbitgraph.preprocess.frame.Frame`: the one reader of the format, with
 validation.
 
 A record is one value of the published MPtrj JSON, ``{material_id: {frame_id: record}}``:
@@ -41,12 +41,12 @@ from typing import Any, Union
 import msgspec
 import numpy as np
 from ase.data import atomic_numbers
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.sources.base import Quarantined
+from orbitgraph.preprocess.sources.labels import LabelError
+from orbitgraph.preprocess.sources.mptrj_scan import DEPTH, MaterialScanner
 
-from preprocess.frame import Frame
-from preprocess.sources.base import Quarantined
-from preprocess.sources.labels import LabelError
-from preprocess.sources.mptrj_scan import DEPTH, MaterialScanner
-from preprocess.units import stress_from_vasp_kbar
+from orbitgraph.units import stress_from_vasp_kbar
 
 
 class RecordError(ValueError):
