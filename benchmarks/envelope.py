@@ -96,9 +96,9 @@ def force_jump(width: float) -> tuple[float, float]:
     import numpy as np
     import torch
     from orbitgraph.model import build_model
-    from orbitgraph.model.testing import randomise
     from orbitgraph.preprocess.store.params import GraphParams
     from orbitgraph.train.calculator import OrbitCalculator
+    from orbitgraph.train.testing import randomise
     torch.manual_seed(0)
     model = randomise(build_model({"preset": "mace", "channels": 8, "species_dim": 8,
                                    "radial_mlp": [16], "readout_mlp": [8],

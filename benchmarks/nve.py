@@ -94,7 +94,7 @@ def drift(model, graph, atoms0, steps: int, dt_fs: float, seed: int) -> tuple[fl
 def random_model(numbers):
     import torch
     from orbitgraph.model import build_model
-    from orbitgraph.model.testing import randomise
+    from orbitgraph.train.testing import randomise
     torch.manual_seed(0)
     e0 = {int(z): -3.0 for z in set(numbers.tolist())}
     return randomise(build_model({**SMALL_MACE, "atomic_energies": e0})).double().eval()

@@ -21,9 +21,7 @@ from orbitgraph.model.embedding import SpeciesEmbedding
 from orbitgraph.model.message import TensorProductMessage
 from orbitgraph.model.radial import (
     RADIAL_BASES,
-    AdaptiveRankEnvelope,
-    PolynomialEnvelope,
-    rank_envelope,
+    EdgeEnvelope,
 )
 from orbitgraph.model.readout import LinearReadout, MLPReadout, reduce_blocks
 from orbitgraph.model.self_interaction import SELF_INTERACTIONS, SpeciesLinear
@@ -78,8 +76,7 @@ class EquivariantNetwork(nn.Module):
         self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.sh_l_max)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.radial = RADIAL_BASES[cfg.radial_basis](cfg.cutoff, cfg.num_radial)
-        self.cutoff_envelope = PolynomialEnvelope(cfg.cutoff, cfg.envelope_p)
-        self.rank_envelope = rank_envelope(cfg)
+        self.envelope = EdgeEnvelope(cfg)
         scalars = o3.Irreps(f"{cfg.channels}x0e")
         hidden = o3.Irreps([(cfg.channels, o3.Irrep(l, (-1) ** l))
                             for l in range(cfg.hidden_l_max + 1)])
@@ -105,11 +102,7 @@ class EquivariantNetwork(nn.Module):
         r = torch.linalg.norm(vectors, dim=-1)
         sh = self.sh(vectors)
         radial = self.radial(r)
-        envelope = self.cutoff_envelope(r)
-        if isinstance(self.rank_envelope, AdaptiveRankEnvelope):
-            envelope = envelope * self.rank_envelope(r, centers, numbers.shape[0], k)
-        elif self.rank_envelope is not None:
-            envelope = envelope * self.rank_envelope(r, d_ref[centers])
+        envelope = self.envelope(r, centers, numbers.shape[0], d_ref, k)
         edge_features = torch.cat([radial * envelope.unsqueeze(-1), species[centers],
                                    species[neighbors]], dim=-1)
         h = self.embed(species)

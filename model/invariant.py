@@ -21,21 +21,14 @@ from orbitgraph.model.embedding import SpeciesEmbedding
 from orbitgraph.model.mlp import silu_mlp, zero_last_layer
 from orbitgraph.model.radial import (
     RADIAL_BASES,
-    AdaptiveRankEnvelope,
-    PolynomialEnvelope,
-    rank_envelope,
+    EdgeEnvelope,
+    smoothstep,
 )
 from orbitgraph.model.scatter import scatter_softmax, scatter_sum
 from torch import nn
 
 DIRECTIONAL_L_MAX = 3
 BAND_WIDTH = 0.5  # Å over which an edge moves from one distance band to the next
-
-
-def smoothstep(x: torch.Tensor) -> torch.Tensor:
-    """C² step from 0 (x <= 0) to 1 (x >= 1)."""
-    x = torch.clamp(x, 0.0, 1.0)
-    return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
 
 
 def band_weights(r: torch.Tensor, radii: torch.Tensor, width: float) -> torch.Tensor:
@@ -91,8 +84,7 @@ class InvariantNetwork(nn.Module):
         self.species = SpeciesEmbedding(cfg.species_dim)
         self.embed = nn.Linear(cfg.species_dim, cfg.hidden)
         self.radial = RADIAL_BASES[cfg.radial_basis](cfg.cutoff, cfg.num_radial)
-        self.cutoff_envelope = PolynomialEnvelope(cfg.cutoff, cfg.envelope_p)
-        self.rank_envelope = rank_envelope(cfg)
+        self.envelope = EdgeEnvelope(cfg)
         self.irreps_sh = o3.Irreps.spherical_harmonics(DIRECTIONAL_L_MAX)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.register_buffer("bands", torch.tensor(list(cfg.bands),
@@ -109,11 +101,7 @@ class InvariantNetwork(nn.Module):
         n = numbers.shape[0]
         r = torch.linalg.norm(vectors, dim=-1)
         radial = self.radial(r)
-        envelope = self.cutoff_envelope(r)
-        if isinstance(self.rank_envelope, AdaptiveRankEnvelope):
-            envelope = envelope * self.rank_envelope(r, centers, numbers.shape[0], k)
-        elif self.rank_envelope is not None:
-            envelope = envelope * self.rank_envelope(r, d_ref[centers])
+        envelope = self.envelope(r, centers, numbers.shape[0], d_ref, k)
         y = self.sh(vectors)
         density = scatter_sum(envelope.unsqueeze(-1) * y, centers, n) / self.cfg.avg_num_neighbors
         proj = y * density[centers]

@@ -92,6 +92,12 @@ def rank_reference_distance(positions: torch.Tensor, cell: torch.Tensor,
     return d_ref
 
 
+def smoothstep(x: torch.Tensor) -> torch.Tensor:
+    """C² step s(x): 0 for x <= 0, 1 for x >= 1, 6x⁵ - 15x⁴ + 10x³ between."""
+    x = torch.clamp(x, 0.0, 1.0)
+    return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+
+
 class RankEnvelope(nn.Module):
     """w(d) = s((d_{k+1} - d) / width) with s the C² smoothstep on [0, 1].
 
@@ -108,14 +114,7 @@ class RankEnvelope(nn.Module):
     def forward(self, r: torch.Tensor, d_ref: torch.Tensor) -> torch.Tensor:
         """r (E,) Å, d_ref (E,) Å: d_{k+1} of each edge's centre -> (E,) weights in [0, 1]."""
         gap = torch.where(torch.isinf(d_ref), torch.full_like(r, 1e6), d_ref - r)
-        x = torch.clamp(gap / self.width, 0.0, 1.0)
-        return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
-
-
-def smoothstep(x: torch.Tensor) -> torch.Tensor:
-    """C² step s(x): 0 for x <= 0, 1 for x >= 1, 6x⁵ - 15x⁴ + 10x³ between."""
-    x = torch.clamp(x, 0.0, 1.0)
-    return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+        return smoothstep(gap / self.width)
 
 
 def smoothstep_slope(x: torch.Tensor) -> torch.Tensor:
@@ -191,9 +190,6 @@ class AdaptiveRankEnvelope(nn.Module):
         return torch.where(enough[centers], weight, torch.ones_like(weight))
 
 
-ENVELOPES = ("adaptive", "next", "none")
-
-
 def check_graph(kind: str, width: float, ties: str, tie_tolerance: float) -> None:
     """Raise ValueError unless graphs with these parameters serve the rank envelope ``kind``:
     the adaptive envelope needs every candidate within ``width`` of the k-th."""
@@ -203,6 +199,28 @@ def check_graph(kind: str, width: float, ties: str, tie_tolerance: float) -> Non
             f"candidate within {width} Å of the k-th (graph ties: include, tie_tolerance >= "
             f"{width}); these graphs have ties: {ties}, tie_tolerance: {tie_tolerance} Å. "
             "Build a store with a larger tie_tolerance, or set model.rank_envelope to 'next'")
+
+
+class EdgeEnvelope(nn.Module):
+    """The weight of each edge in every message: the polynomial cutoff envelope times the
+    model's rank envelope (``cfg.rank_envelope``: adaptive | next | none), shared by the
+    equivariant and the invariant networks. No parameters."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cutoff_envelope = PolynomialEnvelope(cfg.cutoff, cfg.envelope_p)
+        self.rank_envelope = rank_envelope(cfg)
+
+    def forward(self, r: torch.Tensor, centers: torch.Tensor, n_nodes: int,
+                d_ref: torch.Tensor | None, k: int) -> torch.Tensor:
+        """r (E,) Å, centers (E,), d_ref (N,) Å: d_{k+1} per atom (or None), k of the
+        graphs -> (E,) weights in [0, 1]."""
+        envelope = self.cutoff_envelope(r)
+        if isinstance(self.rank_envelope, AdaptiveRankEnvelope):
+            envelope = envelope * self.rank_envelope(r, centers, n_nodes, k)
+        elif self.rank_envelope is not None:
+            envelope = envelope * self.rank_envelope(r, d_ref[centers])
+        return envelope
 
 
 def rank_envelope(cfg) -> nn.Module | None:

@@ -15,7 +15,3 @@ def stress_from_vasp_kbar(stress_kbar) -> np.ndarray:
     """(3, 3) kBar, VASP sign -> (3, 3) eV/Å³, ASE sign."""
     return -np.asarray(stress_kbar, dtype=np.float64) / EV_PER_A3_IN_KBAR
 
-
-def stress_to_vasp_kbar(stress_ev_a3) -> np.ndarray:
-    """(3, 3) eV/Å³, ASE sign -> (3, 3) kBar, VASP sign."""
-    return -np.asarray(stress_ev_a3, dtype=np.float64) * EV_PER_A3_IN_KBAR

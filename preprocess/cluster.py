@@ -110,15 +110,6 @@ class ClusterConfig(Config):
         is taken relative to ``base`` (the directory of pipelines.yaml)."""
         return super().from_dict(d, where=where, context={"base": base})
 
-    @classmethod
-    def for_scheduler(cls, scheduler: str | None, workers: int | None = None) -> "ClusterConfig":
-        """From a CLI ``--scheduler``: None (local), 'synchronous', or an address."""
-        if scheduler in (None, "local"):
-            return cls(workers=workers)
-        if scheduler == "synchronous":
-            return cls(kind="synchronous")
-        return cls(kind="address", address=scheduler)
-
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from orbitgraph.model.testing import random_rotation  # noqa: F401  (re-exported for the tests)
+from orbitgraph.train.testing import random_rotation  # noqa: F401  (re-exported for the tests)
 
 DATA = Path(__file__).parent / "data"
 SMALL_MPTRJ = DATA / "mptrj_small.json.gz"
@@ -66,7 +66,11 @@ def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
     zero energies, forces and stresses: ``labels="zero"``); open cells get no stress."""
     from ase.calculators.emt import EMT
 
-    from orbitgraph.units import stress_to_vasp_kbar
+    from orbitgraph.units import EV_PER_A3_IN_KBAR
+
+    def stress_to_vasp_kbar(stress_ev_a3) -> np.ndarray:
+        """(3, 3) eV/Å³, ASE sign -> (3, 3) kBar, VASP sign (how MPtrj holds stress)."""
+        return -np.asarray(stress_ev_a3, dtype=np.float64) * EV_PER_A3_IN_KBAR
 
     def record(atoms):
         periodic = bool(atoms.pbc.all())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from orbitgraph.model import build_model
-from orbitgraph.model.testing import randomise, structure
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.testing import randomise, structure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -53,7 +53,7 @@ import sys, numpy as np, torch
 from orbitgraph.model import build_model
 from orbitgraph.preprocess.graph_reference import knn_graph_reference
 from orbitgraph.train.collate import collate, frame_from_graph
-from orbitgraph.model.testing import randomise, structure
+from orbitgraph.train.testing import randomise, structure
 dtype, rtol = {"float64": (torch.float64, 1e-9), "float32": (torch.float32, 1e-4)}[sys.argv[1]]
 frames = []
 for seed, n in ((1, 5), (2, 8)):

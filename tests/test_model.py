@@ -1,4 +1,4 @@
-"""Physics of every model preset and variant: the harness of :mod:`orbitgraph.model.testing`,
+"""Physics of every model preset and variant: the harness of :mod:`orbitgraph.train.testing`,
 subclassed per configuration, plus the blocks' own checks."""
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from orbitgraph.model import build_model
-from orbitgraph.model.testing import SMALL, PotentialTests, structure
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.collate import collate as _collate
 from orbitgraph.train.collate import frame_from_graph
+from orbitgraph.train.testing import SMALL, PotentialTests, structure
 
 from helpers import random_rotation
 

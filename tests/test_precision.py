@@ -17,13 +17,13 @@ import torch
 from e3nn import o3
 from orbitgraph.model import build_model
 from orbitgraph.model.geometry import edge_vectors
-from orbitgraph.model.testing import randomise, structure
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.store import SplitParams
 from orbitgraph.train.collate import collate, frame_from_graph
 from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.testing import randomise, structure
 from orbitgraph.train.trainer import Trainer
 
 from helpers import write_small_mptrj

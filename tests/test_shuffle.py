@@ -13,7 +13,13 @@ import types
 import numpy as np
 import pyarrow as pa
 import pytest
-from orbitgraph.train.loader import LoaderConfig, pack, plan_rank
+from orbitgraph.train.loader import LoaderConfig, batch_starts, plan_rank
+
+
+def pack(store, order: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
+    """Frames (positions in ``store``'s index, in delivery order) packed greedily into
+    batches under the atom and edge budgets, or ``batch_frames`` at a time."""
+    return np.split(order, batch_starts(store, order, cfg)[1:])
 
 N_SHARDS, PER_SHARD = 40, 4000
 

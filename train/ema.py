@@ -57,10 +57,6 @@ class EMA:
         """Updates made so far (the initial copy not counted)."""
         return int(self.averaged.n_averaged) - 1
 
-    def current_decay(self) -> float:
-        """The decay the next update uses."""
-        return warmup_decay(self.decay, self.updates + 1)
-
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.averaged.update_parameters(model)

@@ -188,13 +188,6 @@ def batch_starts(store: GraphStore, order: np.ndarray, cfg: LoaderConfig) -> np.
     return np.array(starts, dtype=np.int64)
 
 
-def pack(store: GraphStore, order: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
-    """Frames (positions in ``store``'s index, in delivery order) packed greedily into
-    batches under the atom and edge budgets, or ``batch_frames`` at a time (see
-    :func:`batch_starts`)."""
-    return np.split(order, batch_starts(store, order, cfg)[1:])
-
-
 _plans: dict = {}  # the plans of one (store, settings, epoch, world): see epoch_plan
 
 
