@@ -97,6 +97,7 @@ class BuildSummary:
     labels: LabelPlan | None = None  # the keys the frames were read with
     labels_not_stored: dict[str, int] = field(default_factory=dict)  # what -> frames
     labels_converted: dict[str, int] = field(default_factory=dict)  # what -> frames
+    labels_masked: dict[str, int] = field(default_factory=dict)  # what -> frames
 
     def text(self) -> str:
         if self.already_complete:
@@ -122,13 +123,16 @@ class BuildSummary:
         if self.labels is not None:
             lines.append(f"  labels: {self.labels.describe()}")
         for what, n in sorted(self.labels_converted.items(), key=lambda x: (-x[1], x[0])):
-            lines.append(f"  converted: {n} frames, {what} (virial in eV, V = abs(det(cell)) "
-                         "in Å³, stress in eV/Å³ with ASE's sign)")
-        if self.labels_not_stored:
-            listed = ", ".join(f"{n} x {what}" for what, n in
-                               sorted(self.labels_not_stored.items(),
-                                      key=lambda x: (-x[1], x[0])))
-            lines.append(f"  present in the source but not stored (frames): {listed}")
+            lines.append(f"  converted: {n} frames, {what}")
+        for title, counts in (("optional labels masked: frames kept, the label stored as NaN "
+                               "and left out of the loss and statistics (frames)",
+                               self.labels_masked),
+                              ("present in the source but not stored (frames)",
+                               self.labels_not_stored)):
+            if counts:
+                listed = ", ".join(f"{n} x {what}" for what, n in
+                                   sorted(counts.items(), key=lambda x: (-x[1], x[0])))
+                lines.append(f"  {title}: {listed}")
         return lines
 
 
@@ -282,6 +286,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         summary.labels = LabelPlan(**m.labels) if m.labels else None
         summary.labels_not_stored = dict(m.counts.get("labels_not_stored", {}))
         summary.labels_converted = dict(m.counts.get("labels_converted", {}))
+        summary.labels_masked = dict(m.counts.get("labels_masked", {}))
         return summary
     labels = source.resolve_labels(spec.labels)
     summary.labels = labels
@@ -329,6 +334,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     summary.quarantined = manifest.counts["quarantined"]
     summary.labels_not_stored = dict(manifest.counts["labels_not_stored"])
     summary.labels_converted = dict(manifest.counts["labels_converted"])
+    summary.labels_masked = dict(manifest.counts["labels_masked"])
     summary.quarantine_reasons = reason_counts(
         read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist())
     summary.wall_s = time.perf_counter() - t0

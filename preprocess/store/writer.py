@@ -88,8 +88,8 @@ def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: St
     """Commit ``frames`` (and their graphs, built here unless given) as shard ``index``.
 
     ``quarantine`` rows (material_id, frame_id, reason) of this partition and
-    ``label_counts`` ({"not_stored" | "converted": {what: frames}}) are kept with the
-    shard's commit record and gathered by :func:`finalize_store`.
+    ``label_counts`` ({"not_stored" | "converted" | "masked": {what: frames}}) are kept with
+    the shard's commit record and gathered by :func:`finalize_store`.
     """
     root = Path(root)
     if is_committed(root, shard_name(index)):
@@ -132,7 +132,7 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
         raise StoreError(f"{root}: cannot finalise, {len(missing)} shards are not committed "
                          f"(first: {missing[0]})")
     records, total, tables, quarantine = [], ShardStats(), [], []
-    label_counts: dict[str, dict[str, int]] = {"not_stored": {}, "converted": {}}
+    label_counts: dict[str, dict[str, int]] = {"not_stored": {}, "converted": {}, "masked": {}}
     for i in range(n_shards):
         record, commit = read_commit(root, shard_name(i))
         if commit["backend"] != spec.backend:
@@ -166,7 +166,8 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
         counts={"frames": total.frames, "atoms": total.atoms, "edges": total.edges,
                 "shards": n_shards, "quarantined": len(quarantine),
                 "labels_not_stored": label_counts["not_stored"],
-                "labels_converted": label_counts["converted"]},
+                "labels_converted": label_counts["converted"],
+                "labels_masked": label_counts["masked"]},
         shards=tuple(records), statistics=total.summary(), min_distance=spec.min_distance,
         build=dict(build_info or {}), labels=labels)
     write_manifest(root, manifest)
