@@ -432,3 +432,41 @@ def test_nan_or_missing_stress_and_magmom_are_masked_and_counted_in_every_format
     sums = loss_sums(out, batch, "mse", 0.01)
     assert float(sums["n_stress"]) == 9 * 2 and np.isfinite(float(sums["stress"]))
 
+
+# ------------------------------------------------------------------ 7. energy per atom
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_energy_per_atom_key_is_stored_as_the_total_energy_and_said(tmp_path, fmt):
+    """``energy_key: energy_per_atom`` (eV/atom) stores value × n_atoms (eV), the total
+    energy the store and the models hold, and says so in the summary and the manifest;
+    the store then holds the same energies as one read from the total-energy field."""
+    from ase.build import bulk
+
+    from helpers import write_source
+
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)  # 4 atoms, beside NaCl's 2
+    frames = [_frame("nacl", 0), _frame("cu", 1, symbols=cu.get_chemical_symbols(),
+                                        positions=cu.positions, cell=cu.cell.array,
+                                        forces=np.zeros((4, 3)), magmom=None)]
+    for f in frames:
+        f["info"] = {"energy_per_atom": f["energy"] / len(f["symbols"])}
+    src = write_source(tmp_path / "frames", fmt, frames)
+    summary = build_store(src, tmp_path / "per_atom", energy_key="energy_per_atom", **QUIET)
+    total_key = {"mptrj-json": "uncorrected_total_energy", "extxyz": "energy"}[fmt]
+    build_store(src, tmp_path / "total", energy_key=total_key, **QUIET)
+
+    per_atom, total = _stored(tmp_path / "per_atom"), _stored(tmp_path / "total")
+    for f in frames:
+        n = len(f["symbols"])
+        assert per_atom[f["fid"]]["energy"] == f["info"]["energy_per_atom"] * n
+        assert per_atom[f["fid"]]["energy"] == pytest.approx(total[f["fid"]]["energy"],
+                                                             rel=1e-15)
+    note = "energy = 'energy_per_atom' × n_atoms (eV/atom to eV)"
+    assert summary.labels_converted == {note: 2}
+    assert summary.labels.energy_per_atom
+    assert f"converted: 2 frames, {note}" in summary.text()
+    assert "energy 'energy_per_atom' (eV/atom, stored × n_atoms" in summary.text()
+    m = read_manifest(tmp_path / "per_atom")
+    assert m.labels["energy"] == "energy_per_atom" and m.labels["energy_per_atom"] is True
+    assert m.counts["labels_converted"] == {note: 2}
+    assert read_manifest(tmp_path / "total").labels["energy_per_atom"] is False

@@ -34,9 +34,11 @@ Per frame, one rule for every source format:
   whole (3, 3) tensor; magmom: every atom of the frame), which the loss, the metrics and the
   statistics leave out. Each masked label is counted, with why (:data:`MASKED`).
 
-Every label-like field present but not stored (another candidate, a per-atom column of
-three numbers that looks like forces) is counted too; the counts go to the build summary
-and the manifest.
+An energy key that names an energy per atom (a name with ``per_atom`` in it, as MPtrj's
+``energy_per_atom``: eV/atom) is stored as the total energy, value × n_atoms (eV), and
+counted as converted. Every label-like field present but not stored (another candidate, a
+per-atom column of three numbers that looks like forces) is counted too; the counts go to
+the build summary and the manifest.
 """
 from __future__ import annotations
 
@@ -72,6 +74,19 @@ CONVERTED = "converted"
 MASKED = "masked"
 CATEGORIES = (NOT_STORED, CONVERTED, MASKED)
 
+_PER_ATOM = re.compile(r"(?:^|_)per_atom(?:_|$)", re.IGNORECASE)
+
+
+def is_energy_per_atom(key: str) -> bool:
+    """Whether the energy field ``key`` holds an energy per atom (eV/atom): its name has
+    ``per_atom`` as a word (``energy_per_atom``, ``ef_per_atom``, ``REF_energy_per_atom``)."""
+    return bool(_PER_ATOM.search(key))
+
+
+def energy_note(key: str) -> tuple[str, str]:
+    """The note of a frame whose energy was read from the per-atom field ``key``."""
+    return CONVERTED, f"energy = '{key}' × n_atoms (eV/atom to eV)"
+
 
 @dataclass(frozen=True)
 class LabelPlan:
@@ -81,6 +96,8 @@ class LabelPlan:
     ``stress`` where a frame has it (in ``stress_units``), else converted from ``virial``.
     ``stress_required``: a stress or virial key was chosen by the build, so a frame with
     neither is quarantined (keys found by the scan are optional: absent means NaN).
+    ``energy_per_atom``: the energy key holds eV/atom, stored × n_atoms as the total energy
+    (eV); always derived from the key (:func:`is_energy_per_atom`), whatever is passed.
     """
 
     energy: str
@@ -89,12 +106,18 @@ class LabelPlan:
     virial: str | None = None
     stress_required: bool = False
     stress_units: str = "eV/Å³, ASE sign"
+    energy_per_atom: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "energy_per_atom", is_energy_per_atom(self.energy))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
-        parts = [f"energy '{self.energy}' (eV)", f"forces '{self.forces}' (eV/Å)"]
+        energy = (f"energy '{self.energy}' (eV/atom, stored × n_atoms as the total energy in "
+                  "eV)" if self.energy_per_atom else f"energy '{self.energy}' (eV)")
+        parts = [energy, f"forces '{self.forces}' (eV/Å)"]
         stress = []
         if self.stress is not None:
             stress.append(f"stress '{self.stress}' ({self.stress_units})")
@@ -283,6 +306,9 @@ def read_labels(atoms, plan: LabelPlan, cell: np.ndarray, pbc: np.ndarray) -> Fr
         raise RecordError(f"{plan.energy}: not a number") from None
     if not np.isfinite(energy):
         raise RecordError(f"{plan.energy}: NaN or inf")
+    if plan.energy_per_atom:  # eV/atom to eV
+        energy *= n
+        notes.append(energy_note(plan.energy))
 
     value = _lookup(atoms, results, plan.forces)
     if value is None:

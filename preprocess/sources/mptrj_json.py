@@ -122,10 +122,11 @@ class MPtrjJsonSource:
     def label_keys(self, keys: LabelKeys) -> LabelKeys:
         """MPtrj records hold forces under ``force`` and stress under ``stress`` (kBar,
         VASP sign); the energy is any number field of the record, by default
-        ``uncorrected_total_energy`` (filled in). Naming ``stress`` requires the field in
-        every frame (a frame without it is quarantined; one holding NaN is kept, its stress
-        masked). Raises LabelError for other forces, stress or virial keys, and for an
-        energy key that names another field the reader uses."""
+        ``uncorrected_total_energy`` (filled in; a field per atom, as ``energy_per_atom``,
+        is stored × n_atoms). Naming ``stress`` requires the field in every frame (a frame
+        without it is quarantined; one holding NaN is kept, its stress masked). Raises
+        LabelError for other forces, stress or virial keys, and for an energy key that
+        names another field the reader uses."""
         for name, fixed in (("forces", FORCES_KEY), ("stress", STRESS_KEY), ("virial", None)):
             key = getattr(keys, name)
             if key is not None and key != fixed:

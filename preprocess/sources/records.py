@@ -20,7 +20,8 @@ Reading is two steps:
    per atom, known elements, full occupancy, a usable cell. The optional labels follow the
    one rule of :mod:`preprocess.sources.labels`: a stress that is absent or holds NaN or
    inf, magnetic moments absent, not finite or not one per atom are masked (the frame is
-   kept, the label stored as NaN) and noted.
+   kept, the label stored as NaN) and noted. An energy key naming an energy per atom
+   (``energy_per_atom``) is stored × n_atoms as the total energy.
 
 A run of materials that does not decode whole (one bad record fails msgspec's decode of
 everything) is decoded again material by material and record by record, so that each bad
@@ -53,6 +54,8 @@ from preprocess.sources.labels import (
     MASKED,
     STRESS_MISSING,
     LabelError,
+    energy_note,
+    is_energy_per_atom,
     not_finite,
 )
 from preprocess.sources.mptrj_scan import DEPTH, MaterialScanner
@@ -261,6 +264,9 @@ def _frames_of(entries: list[Entry], energy_key: str) -> tuple[list[Frame], list
     kept = [(mid, fid, rec) for mid, fid, rec in entries if not isinstance(rec, str)]
     cols = _Columns([rec for _, _, rec in kept])
     problems = cols.problems(energy_key)
+    if is_energy_per_atom(energy_key):
+        cols.energy = cols.energy * cols.n_atoms  # eV/atom to eV
+        cols.notes = (energy_note(energy_key),)
     frames: list[Frame] = []
     quarantine: list[Quarantined] = []
     b = 0
