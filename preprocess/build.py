@@ -63,8 +63,10 @@ from preprocess.store.shard import (
     shard_name,
 )
 from preprocess.store.writer import (
+    INDEX_NAME,
     QUARANTINE_NAME,
     QUARANTINE_SCHEMA,
+    empty_splits,
     finalize_store,
     write_frames_shard,
 )
@@ -98,6 +100,7 @@ class BuildSummary:
     labels_not_stored: dict[str, int] = field(default_factory=dict)  # what -> frames
     labels_converted: dict[str, int] = field(default_factory=dict)  # what -> frames
     labels_masked: dict[str, int] = field(default_factory=dict)  # what -> frames
+    warnings: list[str] = field(default_factory=list)  # also logged as the build ends
 
     def text(self) -> str:
         if self.already_complete:
@@ -335,6 +338,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     summary.labels_not_stored = dict(manifest.counts["labels_not_stored"])
     summary.labels_converted = dict(manifest.counts["labels_converted"])
     summary.labels_masked = dict(manifest.counts["labels_masked"])
+    summary.warnings = split_warnings(out, spec.split)
     summary.quarantine_reasons = reason_counts(
         read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist())
     summary.wall_s = time.perf_counter() - t0
@@ -395,6 +399,20 @@ def source_bytes(path: str | Path) -> int:
                 size = isize + max(0, -(-(size - isize) // 2**32)) * 2**32
         total += size
     return total
+
+
+def split_warnings(out: Path, split: SplitParams) -> list[str]:
+    """A logged warning for each split of the store in ``out`` that holds no frames though
+    asked for (val and test with a fraction above 0; train always), naming the fraction
+    that would give it some (:func:`~preprocess.store.writer.empty_splits`)."""
+    materials = read_parquet(out / INDEX_NAME).column("material_id").to_pylist()
+    asked = {"test": split.test_fraction > 0, "val": split.val_fraction > 0, "train": True}
+    found = [f"{out}: {text} (the split is set by store.split.* of orbitgraph build, "
+             "stores.NAME.split in pipelines.yaml)" for name, text in
+             empty_splits(materials, split).items() if asked[name]]
+    for text in found:
+        log.warning(text)
+    return found
 
 
 def reason_counts(reasons) -> dict[str, int]:

@@ -34,6 +34,7 @@ from pydantic import Field, model_validator
 
 from preprocess.cluster import ClusterConfig
 from preprocess.config import Config, ConfigError
+from preprocess.store import open_store
 from preprocess.store.manifest import MANIFEST_FILE, read_manifest
 from preprocess.store.params import StoreParams
 from train.config import EvaluateConfig, TrainConfig
@@ -188,7 +189,14 @@ class Pipelines:
         from model.config import load_config
         from train.plots import write_loss_curves, write_parity
         from train.report import baselines, load_potential, predict_pairs, results_table
-        from train.trainer import BEST, CHECKPOINT, Trainer, evaluate, write_json
+        from train.trainer import (
+            BEST,
+            CHECKPOINT,
+            Trainer,
+            evaluate,
+            frames_to_evaluate,
+            write_json,
+        )
 
         exp = self.experiments[name]
         out = self.experiment_dir(name)
@@ -204,6 +212,7 @@ class Pipelines:
             raise PipelineError(
                 f"experiments.{name}.model.k: the experiment needs k={wanted.k}, store "
                 f"{exp.store!r} was built with k={stored.k}; raise stores.{exp.store}.graph.k")
+        frames_to_evaluate(open_store(store_path), exp.evaluate.split)  # before training, not after
         # the figures below replace the trainer's own (validation-split parity)
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out)

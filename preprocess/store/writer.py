@@ -8,6 +8,8 @@ last, ``manifest.json``.
 from __future__ import annotations
 
 import hashlib
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -47,16 +49,75 @@ QUARANTINE_SCHEMA = pa.schema([("material_id", pa.string()), ("frame_id", pa.str
                                ("reason", pa.string())])
 
 
+def split_position(material_id: str, seed: int) -> float:
+    """Where a material falls in [0, 1), from a hash of (seed, material id): the test split
+    takes [0, test_fraction), the val split the next val_fraction, train the rest."""
+    h = hashlib.blake2b(f"{seed}:{material_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2.0**64
+
+
 def split_of(material_id: str, split: SplitParams) -> str:
-    """'train', 'val' or 'test' from a hash of (seed, material id): all frames of a material
-    share a split, and the assignment never depends on which other materials exist."""
-    h = hashlib.blake2b(f"{split.seed}:{material_id}".encode(), digest_size=8).digest()
-    u = int.from_bytes(h, "little") / 2.0**64
+    """'train', 'val' or 'test' by :func:`split_position`: all frames of a material share a
+    split, and the assignment never depends on which other materials exist."""
+    u = split_position(material_id, split.seed)
     if u < split.test_fraction:
         return "test"
     if u < split.test_fraction + split.val_fraction:
         return "val"
     return "train"
+
+
+def empty_splits(material_ids: Sequence[str], split: SplitParams) -> dict[str, str]:
+    """{split: why it holds no frames and what would give it some} for each of 'test',
+    'val' and 'train' that no frame of ``material_ids`` (one entry per frame) falls in, e.g.
+    ``"the test split holds no frames: test_fraction 0.05 takes none of the 32 materials;
+    test_fraction 0.072 would give it 1 material (5 frames)"``. The fraction named is
+    the smallest of two significant digits that does (train: the largest sum)."""
+    frames = Counter(material_ids)
+    u = {mid: split_position(mid, split.seed) for mid in frames}
+    t, v = split.test_fraction, split.val_fraction
+    have = {split_of(mid, split) for mid in frames}
+    out = {}
+    for name in ("test", "val", "train"):
+        if name in have or not frames:
+            continue
+        if name == "train":
+            head = (f"val_fraction + test_fraction {t + v:g} take all {len(frames)} "
+                    "materials")
+            value = _below(max(u.values()))
+            gets = [mid for mid in frames if u[mid] >= value]
+            advice = f"val_fraction + test_fraction {value:g}"
+        else:
+            head = (f"{name}_fraction {getattr(split, f'{name}_fraction'):g} takes none of "
+                    f"the {len(frames)} materials")
+            start = 0.0 if name == "test" else t
+            rest = [x for x in u.values() if x >= start]
+            if not rest:
+                out[name] = (f"the {name} split holds no frames: {head}; every material "
+                             "falls in the test split")
+                continue
+            value = _above(min(rest) - start)
+            gets = [mid for mid in frames if start <= u[mid] < start + value]
+            advice = f"{name}_fraction {value:g}"
+        n = sum(frames[mid] for mid in gets)
+        out[name] = (f"the {name} split holds no frames: {head}; {advice} would give it "
+                     f"{len(gets)} material{'s' * (len(gets) != 1)} ({n} "
+                     f"frame{'s' * (n != 1)})")
+    return out
+
+
+def _above(x: float) -> float:
+    """The smallest number of two significant digits above ``x`` (>= 0)."""
+    step = 10.0 ** (math.floor(math.log10(max(x, 1e-12))) - 1)
+    value = float(f"{(math.floor(x / step) + 1) * step:.12g}")
+    return value if value > x else float(f"{value + step:.12g}")
+
+
+def _below(x: float) -> float:
+    """The largest number of two significant digits at most ``x`` (> 0)."""
+    step = 10.0 ** (math.floor(math.log10(max(x, 1e-12))) - 1)
+    value = float(f"{math.floor(x / step) * step:.12g}")
+    return value if value <= x else float(f"{value - step:.12g}")
 
 
 def composition(numbers: np.ndarray) -> tuple[list[str], str]:
