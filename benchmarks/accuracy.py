@@ -114,9 +114,9 @@ def small_source(source: Path, max_frames: int, root: Path) -> Path:
 
 
 def build(args, root: Path) -> Path:
-    from preprocess.build import build_store
-    from preprocess.cluster import ClusterConfig
-    from preprocess.store import GraphParams, SplitParams
+    from orbitgraph.preprocess.build import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.store import GraphParams, SplitParams
 
     source = Path(args.source)
     if args.max_frames:
@@ -189,11 +189,10 @@ def errors(ref: dict, pred: dict, keep: np.ndarray | None = None) -> dict:
 
 def train_ours(store: Path, args, root: Path) -> dict:
     import torch
-
-    from train.config import TrainConfig
-    from train.loader import LoaderConfig
-    from train.logs import Formatter
-    from train.trainer import Trainer
+    from orbitgraph.train.config import TrainConfig
+    from orbitgraph.train.loader import LoaderConfig
+    from orbitgraph.train.logs import Formatter
+    from orbitgraph.train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     model = {"preset": "mace", "channels": args.channels, "hidden_l_max": 1,
@@ -247,8 +246,7 @@ def predict_ours(checkpoint: Path, frames: list, threads: int) -> dict:
     import warnings
 
     import torch
-
-    from train.calculator import OrbitCalculator, UntrainedElementWarning
+    from orbitgraph.train.calculator import OrbitCalculator, UntrainedElementWarning
 
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore", UntrainedElementWarning)  # counted in the diagnostics
@@ -416,8 +414,8 @@ def main() -> None:
     args = ap.parse_args()
     if not Path(args.source).is_file():
         raise SystemExit(f"{args.source}: no such file (give --source an MPtrj-format file)")
-    from preprocess.store import open_store
-    from train.trainer import evaluate
+    from orbitgraph.preprocess.store import open_store
+    from orbitgraph.train.trainer import evaluate
 
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

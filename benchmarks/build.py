@@ -10,7 +10,7 @@ usage: python benchmarks/build.py [--repeats 3] [--workers 2] [--frames 20000] [
    - ``build_store`` in a fresh process whose libraries are loaded before its clock starts,
      as the baseline's are (its clock starts after importing torch and pymatgen, whose
      compiled neighbour search loads at import): here numba's cached kernels
-     (:func:`preprocess.build.load_kernels`) and pandas, which pyarrow loads on first
+     (:func:`orbitgraph.preprocess.build.load_kernels`) and pandas, which pyarrow loads on first
      use. Together ~0.6 s that the CLI's clock includes.
    Two clocks each: the program's own (the rate the anchor prints; the wall time in the
    build summary) and the whole process (interpreter and imports too).
@@ -124,7 +124,7 @@ def run_cli(src: Path, backend: str, peaks: list | None = None, *extra: str
             ) -> tuple[float, float, int]:
     """(own seconds, process seconds, records) of one ``orbitgraph build`` run (``extra``:
     more arguments); its peak memory (MB) appended to ``peaks``."""
-    text, wall, peak = _run([sys.executable, "-m", "train.cli", "build", "--source", str(src),
+    text, wall, peak = _run([sys.executable, "-m", "orbitgraph.train.cli", "build", "--source", str(src),
                              "--out", str(fresh(OUT / "build_cli")), "--backend", backend,
                              "--quiet", *extra])
     if peaks is not None:
@@ -136,7 +136,7 @@ def run_cli(src: Path, backend: str, peaks: list | None = None, *extra: str
 
 LOADED = """
 import sys, time
-from preprocess.build import build_store, load_kernels
+from orbitgraph.preprocess.build import build_store, load_kernels
 import pandas  # pyarrow loads it on first use
 load_kernels("mptrj-json")
 t0 = time.perf_counter()
@@ -183,8 +183,8 @@ def main() -> None:
 
 
 def sample_sections(src: Path, args) -> None:
-    from preprocess.build import build_store
-    from preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.build import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
 
     runs: dict[str, list[tuple[float, float, int]]] = {
         name: [] for name in ("anchor", "zarr", "arrow", "loaded zarr", "loaded arrow")}
@@ -291,9 +291,8 @@ def replicated_section(where: Path, args) -> float:
 def full_section(where: Path, args, base_rate: float | None) -> None:
     """Section 5."""
     from distributed import Client, LocalCluster
-
-    from preprocess.build import build_store
-    from preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.build import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
 
     big = replicated_source(where, args.full_frames)
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,

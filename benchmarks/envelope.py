@@ -28,9 +28,8 @@ from _common import du, require_shared, sample_store  # noqa: E402
 
 def weights(kind: str, width: float, batch):
     import torch
-
-    from model.geometry import edge_vectors
-    from model.radial import AdaptiveRankEnvelope, RankEnvelope, rank_reference_distance
+    from orbitgraph.model.geometry import edge_vectors
+    from orbitgraph.model.radial import AdaptiveRankEnvelope, RankEnvelope, rank_reference_distance
     r = torch.linalg.norm(edge_vectors(batch.positions, batch.cell, batch), dim=-1)
     if kind == "adaptive":
         return AdaptiveRankEnvelope(width)(r, batch.centers, len(batch.numbers), batch.k)
@@ -42,9 +41,8 @@ def weights(kind: str, width: float, batch):
 def neighbour_figures(store_path: Path, kind: str, width: float, frames: int) -> dict:
     import numpy as np
     import torch
-
-    from preprocess.store import open_store
-    from train.collate import collate
+    from orbitgraph.preprocess.store import open_store
+    from orbitgraph.train.collate import collate
     store = open_store(store_path)
     batch = collate([store[i] for i in range(min(frames, len(store)))], k=store.manifest.graph.k)
     w = weights(kind, width, batch).double()
@@ -60,7 +58,7 @@ def neighbour_figures(store_path: Path, kind: str, width: float, frames: int) ->
 
 def column_bytes(store_path: Path) -> dict:
     """Bytes on disk per edge, in all and for the first-candidate-not-kept columns."""
-    from preprocess.store import open_store
+    from orbitgraph.preprocess.store import open_store
     store = open_store(store_path)
     edges = store.manifest.counts["edges"]
     shards = store_path / "shards"
@@ -73,10 +71,9 @@ def model_time(store_path: Path, kind: str, width: float, repeats: int) -> float
     import statistics
 
     import torch
-
-    from model import build_model
-    from preprocess.store import open_store
-    from train.collate import collate
+    from orbitgraph.model import build_model
+    from orbitgraph.preprocess.store import open_store
+    from orbitgraph.train.collate import collate
     store = open_store(store_path)
     batch = collate([store[i] for i in range(24)], k=store.manifest.graph.k).to(
         dtype=torch.float32)
@@ -98,11 +95,10 @@ def force_jump(width: float) -> tuple[float, float]:
     largest change elsewhere on the path (eV/Å)."""
     import numpy as np
     import torch
-
-    from model import build_model
-    from model.testing import randomise
-    from preprocess.store.params import GraphParams
-    from train.calculator import OrbitCalculator
+    from orbitgraph.model import build_model
+    from orbitgraph.preprocess.store.params import GraphParams
+    from orbitgraph.train.calculator import OrbitCalculator
+    from orbitgraph.train.testing import randomise
     torch.manual_seed(0)
     model = randomise(build_model({"preset": "mace", "channels": 8, "species_dim": 8,
                                    "radial_mlp": [16], "readout_mlp": [8],
@@ -130,7 +126,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     require_shared()
-    from preprocess.store.params import GraphParams
+    from orbitgraph.preprocess.store.params import GraphParams
     stores = {"adaptive": (sample_store("store_ties050", graph=GraphParams(tie_tolerance=0.5)),
                            0.5),
               "adaptive ": (sample_store("store_ties025", graph=GraphParams(tie_tolerance=0.25)),

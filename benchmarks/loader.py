@@ -30,9 +30,8 @@ def main() -> None:
     require_shared()
     import numpy as np
     import torch
-
-    from preprocess.store import open_store
-    from train.loader import LoaderConfig, make_loader
+    from orbitgraph.preprocess.store import open_store
+    from orbitgraph.train.loader import LoaderConfig, make_loader
 
     store = open_store(sample_store(f"store_loader_{args.backend}_{args.frames_per_shard}",
                                     backend=args.backend,

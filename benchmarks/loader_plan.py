@@ -4,8 +4,8 @@ usage: python benchmarks/loader_plan.py [--repeats 5] [--world 1 4] [--workers 4
 
 An index shaped like MPtrj's (materials of ~11 frames stored together, lognormal sizes with
 a median of 25 atoms, 16 edges per atom; no store on disk: the planner reads only the
-index) is planned by the loader (:func:`train.loader.plan_rank`,
-:func:`train.loader.steps_per_epoch`) and by the planner it replaced, kept below as
+index) is planned by the loader (:func:`orbitgraph.train.loader.plan_rank`,
+:func:`orbitgraph.train.loader.steps_per_epoch`) and by the planner it replaced, kept below as
 ``before_*`` (a Python loop over frames for packing and sorting, and one plan per
 DataLoader worker and per ``steps_per_epoch`` call). The two must give identical batches.
 Prints medians over repeats, interleaved, and the ratios:
@@ -115,8 +115,8 @@ def main() -> None:
     ap.add_argument("--world", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--workers", type=int, default=4, help="DataLoader workers per rank")
     args = ap.parse_args()
-    from train import loader
-    from train.loader import LoaderConfig, epoch_plan, plan_rank, steps_per_epoch
+    from orbitgraph.train import loader
+    from orbitgraph.train.loader import LoaderConfig, epoch_plan, plan_rank, steps_per_epoch
 
     store = mptrj_index()
     cfg = LoaderConfig()  # max_atoms 1024, shuffle_shards 4

@@ -101,10 +101,9 @@ def main() -> None:
     require_shared()
     import numpy as np
     import torch
-
-    from model import build_model
-    from preprocess.store import open_store
-    from train.loader import LoaderConfig, make_loader
+    from orbitgraph.model import build_model
+    from orbitgraph.preprocess.store import open_store
+    from orbitgraph.train.loader import LoaderConfig, make_loader
 
     store = open_store(sample_store("store_model", frames_per_shard=200))
     batch = next(iter(make_loader(store, LoaderConfig(max_atoms=args.max_atoms, seed=3))))

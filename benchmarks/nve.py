@@ -36,8 +36,7 @@ def start_structure(store_path: Path, lo: int, hi: int, seed: int):
     """A training frame of the sample with lo..hi atoms, rattled by 0.05 Å (ase.Atoms)."""
     import numpy as np
     from ase import Atoms
-
-    from preprocess.store import open_store
+    from orbitgraph.preprocess.store import open_store
     store = open_store(store_path)
     train = store.subset(split="train")
     for i in range(len(train)):
@@ -52,8 +51,8 @@ def start_structure(store_path: Path, lo: int, hi: int, seed: int):
 
 def variants(model, width: float = 0.5):
     """(name, model, graph) for the four graphs, sharing the model's weights."""
-    from model import Potential
-    from preprocess.store.params import GraphParams
+    from orbitgraph.model import Potential
+    from orbitgraph.preprocess.store.params import GraphParams
     cfg = model.config
 
     def kind(envelope, width):
@@ -73,9 +72,8 @@ def drift(model, graph, atoms0, steps: int, dt_fs: float, seed: int) -> tuple[fl
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.md.verlet import VelocityVerlet
-
-    from preprocess.graph import knn_graph
-    from train.calculator import OrbitCalculator
+    from orbitgraph.preprocess.graph import knn_graph
+    from orbitgraph.train.calculator import OrbitCalculator
     atoms = atoms0.copy()
     atoms.calc = OrbitCalculator(model, graph)
     MaxwellBoltzmannDistribution(atoms, temperature_K=1000, rng=np.random.default_rng(seed))
@@ -95,19 +93,18 @@ def drift(model, graph, atoms0, steps: int, dt_fs: float, seed: int) -> tuple[fl
 
 def random_model(numbers):
     import torch
-
-    from model import build_model
-    from model.testing import randomise
+    from orbitgraph.model import build_model
+    from orbitgraph.train.testing import randomise
     torch.manual_seed(0)
     e0 = {int(z): -3.0 for z in set(numbers.tolist())}
     return randomise(build_model({**SMALL_MACE, "atomic_energies": e0})).double().eval()
 
 
 def trained_model(store_path: Path, steps: int):
-    from train.calculator import OrbitCalculator
-    from train.config import TrainConfig
-    from train.loader import LoaderConfig
-    from train.trainer import Trainer
+    from orbitgraph.train.calculator import OrbitCalculator
+    from orbitgraph.train.config import TrainConfig
+    from orbitgraph.train.loader import LoaderConfig
+    from orbitgraph.train.trainer import Trainer
     out = fresh(OUT / "nve_train")
     cfg = TrainConfig(max_steps=steps, lr=0.005, precision="float64",
                       loader=LoaderConfig(max_atoms=512, num_workers=0),

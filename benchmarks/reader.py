@@ -7,7 +7,7 @@ Rows, each the median (and minimum) of ``--repeats`` calls on the sample's bytes
 garbage collector held as the build holds it:
 
 - ``read_run``: the build's reader (msgspec typed decoding, then columns and checks),
-  bytes to :class:`~preprocess.frame.Frame` objects;
+  bytes to :class:`~orbitgraph.preprocess.frame.Frame` objects;
 - of which the typed decode alone (bytes to msgspec Structs);
 - JSON libraries to plain Python objects, no conversion to arrays: msgspec untyped,
   orjson and pysimdjson where installed (they are not dependencies).
@@ -46,8 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     require_shared()
     import msgspec
-
-    from preprocess.sources.records import _decoders, read_run
+    from orbitgraph.preprocess.sources.records import _decoders, read_run
 
     data = plain_sample().read_bytes().strip()[1:-1]  # a partition's bytes: no outer braces
     wrapped = b"{" + data + b"}"

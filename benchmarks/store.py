@@ -27,10 +27,9 @@ def main() -> None:
     args = ap.parse_args()
     require_shared()
     import torch
-
-    from preprocess.build import build_store
-    from preprocess.cluster import ClusterConfig
-    from preprocess.store import open_store
+    from orbitgraph.preprocess.build import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.store import open_store
 
     src = plain_sample()
     base_dir = fresh(OUT / "anchor_store")

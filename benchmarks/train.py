@@ -27,10 +27,9 @@ def main() -> None:
     require_shared()
     import numpy as np
     import torch
-
-    from train.config import TrainConfig
-    from train.loader import LoaderConfig, make_loader
-    from train.trainer import Trainer
+    from orbitgraph.train.config import TrainConfig
+    from orbitgraph.train.loader import LoaderConfig, make_loader
+    from orbitgraph.train.trainer import Trainer
 
     out = sample_store("store_train")
     cfg = TrainConfig(max_steps=args.steps, device=args.device, precision=args.precision,

@@ -4,16 +4,16 @@
 file, a dict (``{"preset": "mace", "channels": 32}``) or a ModelConfig, optionally the
 statistics of a store manifest, and returns a :class:`Potential`. Checkpoints are the
 config plus the state_dict (:func:`save_model` / :func:`load_model`), read and written by
-:mod:`model.checkpoint` (plain data and tensors, loaded with ``weights_only=True``).
+:mod:`orbitgraph.model.checkpoint` (plain data and tensors, loaded with ``weights_only=True``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from model.batch import Batch
-from model.checkpoint import read_checkpoint, write_checkpoint
-from model.config import PRESETS, ModelConfig, load_config, with_statistics
-from model.potential import Potential
+from orbitgraph.model.batch import Batch
+from orbitgraph.model.checkpoint import read_checkpoint, write_checkpoint
+from orbitgraph.model.config import PRESETS, ModelConfig, load_config, with_statistics
+from orbitgraph.model.potential import Potential
 
 
 def build_model(config, statistics: dict | None = None) -> Potential:
@@ -31,7 +31,7 @@ def save_model(model: Potential, path: str | Path, extra: dict | None = None,
 
 
 def model_from_checkpoint(ckpt: dict) -> Potential:
-    """The :class:`Potential` of a checkpoint's dict (:func:`model.checkpoint.read_checkpoint`):
+    """The :class:`Potential` of a checkpoint's dict (:func:`orbitgraph.model.checkpoint.read_checkpoint`):
     ``save_model``'s files, the trainer's ``best.pt`` (EMA weights) and ``checkpoint.pt``."""
     model = Potential(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model_state"])

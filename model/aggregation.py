@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from orbitgraph.model.mlp import silu_mlp
+from orbitgraph.model.scatter import scatter_softmax, scatter_sum
 from torch import nn
-
-from model.mlp import silu_mlp
-from model.scatter import scatter_softmax, scatter_sum
 
 AggregationMode = Literal["sum", "sigmoid", "softmax"]
 

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from orbitgraph.config import Config
 from pydantic import Field, model_validator
-
-from preprocess.config import Config
 
 KINDS = ("equivariant", "invariant")
 CHOICES = {

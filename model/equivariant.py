@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
+from orbitgraph.model.aggregation import Aggregation
+from orbitgraph.model.embedding import SpeciesEmbedding
+from orbitgraph.model.message import TensorProductMessage
+from orbitgraph.model.radial import (
+    RADIAL_BASES,
+    AdaptiveRankEnvelope,
+    PolynomialEnvelope,
+    rank_envelope,
+)
+from orbitgraph.model.readout import LinearReadout, MLPReadout, reduce_blocks
+from orbitgraph.model.self_interaction import SELF_INTERACTIONS, SpeciesLinear
 from torch import nn
-
-from model.aggregation import Aggregation
-from model.embedding import SpeciesEmbedding
-from model.message import TensorProductMessage
-from model.radial import RADIAL_BASES, AdaptiveRankEnvelope, PolynomialEnvelope, rank_envelope
-from model.readout import LinearReadout, MLPReadout, reduce_blocks
-from model.self_interaction import SELF_INTERACTIONS, SpeciesLinear
 
 
 def check_chain(name: str, produced: o3.Irreps, expected: o3.Irreps) -> None:

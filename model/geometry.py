@@ -11,8 +11,7 @@ mantissa: edge vectors off by ~1e-2 Å); the potential also keeps them out of au
 from __future__ import annotations
 
 import torch
-
-from model.batch import Batch
+from orbitgraph.model.batch import Batch
 
 
 def vec_mat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

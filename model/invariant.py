@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
+from orbitgraph.model.embedding import SpeciesEmbedding
+from orbitgraph.model.mlp import silu_mlp, zero_last_layer
+from orbitgraph.model.radial import (
+    RADIAL_BASES,
+    AdaptiveRankEnvelope,
+    PolynomialEnvelope,
+    rank_envelope,
+)
+from orbitgraph.model.scatter import scatter_softmax, scatter_sum
 from torch import nn
-
-from model.embedding import SpeciesEmbedding
-from model.mlp import silu_mlp, zero_last_layer
-from model.radial import RADIAL_BASES, AdaptiveRankEnvelope, PolynomialEnvelope, rank_envelope
-from model.scatter import scatter_softmax, scatter_sum
 
 DIRECTIONAL_L_MAX = 3
 BAND_WIDTH = 0.5  # Å over which an edge moves from one distance band to the next

@@ -16,16 +16,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from orbitgraph.model.batch import Batch
+from orbitgraph.model.config import ModelConfig
+from orbitgraph.model.equivariant import EquivariantNetwork
+from orbitgraph.model.geometry import cell_volume, edge_vectors, strained
+from orbitgraph.model.invariant import InvariantNetwork
+from orbitgraph.model.radial import rank_reference_distance
+from orbitgraph.model.readout import ScaleShift
+from orbitgraph.model.scatter import scatter_sum
 from torch import nn
-
-from model.batch import Batch
-from model.config import ModelConfig
-from model.equivariant import EquivariantNetwork
-from model.geometry import cell_volume, edge_vectors, strained
-from model.invariant import InvariantNetwork
-from model.radial import rank_reference_distance
-from model.readout import ScaleShift
-from model.scatter import scatter_sum
 
 NETWORKS = {"equivariant": EquivariantNetwork, "invariant": InvariantNetwork}
 

@@ -24,10 +24,9 @@ from __future__ import annotations
 import math
 
 import torch
+from orbitgraph.model.geometry import vec_mat
+from orbitgraph.model.scatter import scatter_sum
 from torch import nn
-
-from model.geometry import vec_mat
-from model.scatter import scatter_sum
 
 
 class BesselBasis(nn.Module):

@@ -8,10 +8,9 @@ from typing import Literal
 
 import torch
 from e3nn import o3
+from orbitgraph.model.embedding import NUM_ELEMENTS
+from orbitgraph.model.mlp import silu_mlp, zero_last_layer
 from torch import nn
-
-from model.embedding import NUM_ELEMENTS
-from model.mlp import silu_mlp, zero_last_layer
 
 BlockReduction = Literal["sum", "last", "mean"]
 

@@ -23,10 +23,9 @@ from collections import Counter
 import torch
 from e3nn import nn as enn
 from e3nn import o3
+from orbitgraph.model.embedding import SpeciesProjection
+from orbitgraph.model.message import channelwise_instructions
 from torch import nn
-
-from model.embedding import SpeciesProjection
-from model.message import channelwise_instructions
 
 
 class SpeciesLinear(nn.Module):

@@ -8,18 +8,18 @@ sees, including the rank envelope's d_{k+1}.
 
 Shipped with the model (``from model.testing import PotentialTests``), so that someone
 adding a block checks it the way the presets are: make the block selectable by a model
-setting (its option in :data:`model.config.CHOICES`), then subclass the harness in a test
+setting (its option in :data:`orbitgraph.model.config.CHOICES`), then subclass the harness in a test
 file with the preset it slots into and the settings that select it (pytest collects every
 ``test_*`` method of the subclass)::
 
-    from model.testing import PotentialTests
+    from orbitgraph.train.testing import PotentialTests
 
     class TestMyBlock(PotentialTests):
         preset = "mace"
         overrides = {"self_interaction": "my_block"}
 
 ``tests/test_model.py`` does this for every preset and variant. The harness builds graphs
-with :mod:`preprocess.graph` and batches and the ASE calculator with :mod:`train`, so it
+with :mod:`orbitgraph.preprocess.graph` and batches and the ASE calculator with :mod:`train`, so it
 imports those packages (``import model`` alone does not import this module).
 
 Checks: rotation equivariance; translation, permutation and wrapping invariance; supercell
@@ -35,11 +35,10 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-
-from model import Potential, build_model, load_model, save_model
-from preprocess.graph import knn_graph
-from preprocess.store.params import GraphParams
-from train.collate import collate, collate_columns, frame_from_graph, frames_to_block
+from orbitgraph.model import Potential, build_model, load_model, save_model
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.train.collate import collate, collate_columns, frame_from_graph, frames_to_block
 
 SMALL = {"channels": 8, "hidden": 16, "species_dim": 8, "radial_mlp": [16], "layers": 2,
          "readout_mlp": [8], "final_mlp": [16]}
@@ -138,7 +137,7 @@ class PotentialTests:
                        tie_tolerance=built.tie_tolerance, cutoff=built.cutoff)
         frame = frame_from_graph(cell, positions, numbers, kg, pbc=pbc)
         if built is not g:
-            from train.loader import filter_block
+            from orbitgraph.train.loader import filter_block
             block = filter_block(frames_to_block([frame]), built, g)
             frame = {**frame, **{name: block[name] for name in
                                  ("n_edges", "neighbors", "unit_shifts", "next_distance",
@@ -228,8 +227,8 @@ class PotentialTests:
     # ----------------------------------------------------- derivatives of the user's energy
     def _envelope_share(self, model, cell, pos) -> float:
         """Fraction of edges strictly inside the rank envelope's ramp (0 < w < 1)."""
-        from model.geometry import edge_vectors
-        from model.radial import AdaptiveRankEnvelope, rank_reference_distance
+        from orbitgraph.model.geometry import edge_vectors
+        from orbitgraph.model.radial import AdaptiveRankEnvelope, rank_reference_distance
         envelope = model.network.rank_envelope
         if envelope is None:
             return 1.0
@@ -286,8 +285,7 @@ class PotentialTests:
         equal ASE's numerical derivatives of the calculator's own energy."""
         from ase import Atoms
         from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
-
-        from train.calculator import OrbitCalculator
+        from orbitgraph.train.calculator import OrbitCalculator
         if self.filtered_from is not None:
             return  # the calculator builds the model's graph directly; covered above
         model = self.make()

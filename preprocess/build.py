@@ -31,22 +31,20 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
-
-from preprocess.cluster import BuildProcessError, ClusterConfig, batch_jobs, dask_client
-from preprocess.graph import knn_graphs_screened
-from preprocess.sources import open_source
-from preprocess.sources.base import Partition, Quarantined, Source, fingerprint
-from preprocess.sources.labels import LabelPlan, count_notes
-from preprocess.sources.limits import graph_problems, within_atom_limit, wrap_positions
-from preprocess.store.manifest import (
+from orbitgraph.preprocess.cluster import BuildProcessError, ClusterConfig, batch_jobs, dask_client
+from orbitgraph.preprocess.graph import knn_graphs_screened
+from orbitgraph.preprocess.sources import open_source
+from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source, fingerprint
+from orbitgraph.preprocess.sources.labels import LabelPlan, count_notes
+from orbitgraph.preprocess.sources.limits import graph_problems, within_atom_limit, wrap_positions
+from orbitgraph.preprocess.store.manifest import (
     MANIFEST_FILE,
     SourceInfo,
     StoreError,
     StoreSpec,
     read_manifest,
 )
-from preprocess.store.params import (
+from orbitgraph.preprocess.store.params import (
     DEFAULT_BACKEND,
     FRAMES_PER_SHARD,
     MIN_DISTANCE,
@@ -54,15 +52,15 @@ from preprocess.store.params import (
     LabelKeys,
     SplitParams,
 )
-from preprocess.store.parquet import read_parquet, write_parquet
-from preprocess.store.shard import (
+from orbitgraph.preprocess.store.parquet import read_parquet, write_parquet
+from orbitgraph.preprocess.store.shard import (
     ShardRecord,
     is_committed,
     read_commit,
     remove_stale_temporaries,
     shard_name,
 )
-from preprocess.store.writer import (
+from orbitgraph.preprocess.store.writer import (
     INDEX_NAME,
     QUARANTINE_NAME,
     QUARANTINE_SCHEMA,
@@ -70,7 +68,8 @@ from preprocess.store.writer import (
     finalize_store,
     write_frames_shard,
 )
-from preprocess.threads import local_cores
+from orbitgraph.preprocess.threads import local_cores
+from tqdm import tqdm
 
 BUILD_FILE = "build.json"
 log = logging.getLogger("orbitgraph.build")
@@ -244,7 +243,7 @@ def make_spec(source_path: str | Path, *, source_format: str | None = None,
               forces_key: str | None = None, stress_key: str | None = None,
               virial_key: str | None = None) -> tuple[Source, StoreSpec]:
     """The source and the spec of its store. Label keys left None follow the source's
-    convention (see :mod:`preprocess.sources.labels`); the names a format fixes are filled
+    convention (see :mod:`orbitgraph.preprocess.sources.labels`); the names a format fixes are filled
     in here, so that the store id is the same whether they were given or not."""
     source = open_source(source_path, source_format)
     info = SourceInfo(str(source_path), source.format, fingerprint(source_path))
@@ -404,7 +403,7 @@ def source_bytes(path: str | Path) -> int:
 def split_warnings(out: Path, split: SplitParams) -> list[str]:
     """A logged warning for each split of the store in ``out`` that holds no frames though
     asked for (val and test with a fraction above 0; train always), naming the fraction
-    that would give it some (:func:`~preprocess.store.writer.empty_splits`)."""
+    that would give it some (:func:`~orbitgraph.preprocess.store.writer.empty_splits`)."""
     materials = read_parquet(out / INDEX_NAME).column("material_id").to_pylist()
     asked = {"test": split.test_fraction > 0, "val": split.val_fraction > 0, "train": True}
     found = [f"{out}: {text} (the split is set by store.split.* of orbitgraph build, "
@@ -457,10 +456,10 @@ def load_kernels(source_format: str) -> None:
     about a second instead of each compiling them (about 20 s on a fresh install). Loading
     them from the cache takes ~0.6 s in a fresh process (numba's type registries, and scipy
     for its BLAS check); otherwise the first partition pays that."""
-    from preprocess.graph import knn_graphs_screened
+    from orbitgraph.preprocess.graph import knn_graphs_screened
 
     if source_format == "mptrj-json":
-        from preprocess.sources.mptrj_json import MaterialScanner
+        from orbitgraph.preprocess.sources.mptrj_json import MaterialScanner
         MaterialScanner().feed(b'{"m": {"f": {}}}')
     knn_graphs_screened(np.eye(3)[None] * 3.0, [np.zeros((1, 3))], np.ones((1, 3), bool),
                         k=1, ties="include", tie_tolerance=0.01, cutoff=None, min_distance=0.5)

@@ -35,9 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from orbitgraph.config import Config, validation_context
 from pydantic import Field, model_validator
-
-from preprocess.config import Config, validation_context
 
 log = logging.getLogger("orbitgraph.cluster")
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",

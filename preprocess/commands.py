@@ -1,13 +1,12 @@
 """Command-line actions of the preprocessing stage: ``info`` and ``verify`` (``build`` lives
-in :mod:`preprocess.build`)."""
+in :mod:`orbitgraph.preprocess.build`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ase.data import chemical_symbols
-
-from preprocess.store import open_store, verify_store
-from preprocess.store.params import LABELS
+from orbitgraph.preprocess.store import open_store, verify_store
+from orbitgraph.preprocess.store.params import LABELS
 
 
 def info(path: str | Path) -> str:

@@ -26,7 +26,7 @@ class Frame:
     notes : what the source's reader did with this frame's labels, for the build summary:
         (``"not_stored"``, ``"converted"`` or ``"masked"``, what), e.g. ("converted",
         "stress = -virial / V from 'virial' ..."), ("masked", "stress: missing"); see
-        :mod:`preprocess.sources.labels`
+        :mod:`orbitgraph.preprocess.sources.labels`
     """
 
     frame_id: str

@@ -36,8 +36,7 @@ from itertools import pairwise
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
-
-from preprocess.threads import thread_map
+from orbitgraph.preprocess.threads import thread_map
 
 DEFAULT_K = 16
 # Å. Any tolerance keeps symmetry-equivalent neighbours together (fairchem uses 0.01 Å for
@@ -256,7 +255,7 @@ def _check_batch(cells: np.ndarray, pos_list: list[np.ndarray]) -> tuple[np.ndar
 def _kernel():
     """The compiled kernel, imported on first use: processes that only read stores or train
     never load numba (its LLVM does not coexist with torch.compile's CPU kernels)."""
-    from preprocess import knn_kernel
+    from orbitgraph.preprocess import knn_kernel
     return knn_kernel
 
 

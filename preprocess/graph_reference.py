@@ -4,14 +4,13 @@ Brute force in numpy: for a radius ``R``, enumerate the whole box of cell shifts
 ``|S_a| <= ceil(R / h_a) + 1`` (``h_a`` the lattice-plane spacing; the ``+ 1`` covers atoms
 anywhere within one cell of each other, and unwrapped positions are covered by widening the
 box by their fractional spread), compute every distance, sort all candidates with
-``np.lexsort`` by the key of :mod:`preprocess.graph`, and double ``R`` until the first
+``np.lexsort`` by the key of :mod:`orbitgraph.preprocess.graph`, and double ``R`` until the first
 candidate not kept lies well inside ``R``. No pruning, no reuse between atoms.
 """
 from __future__ import annotations
 
 import numpy as np
-
-from preprocess.graph import (
+from orbitgraph.preprocess.graph import (
     COINCIDENT_DISTANCE,
     DEFAULT_K,
     DEFAULT_TIE_TOLERANCE,

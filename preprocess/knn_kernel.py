@@ -1,6 +1,6 @@
 """Numba kernel for periodic k-nearest-neighbour graphs of many structures.
 
-The public API and the full specification live in :mod:`preprocess.graph`; this module
+The public API and the full specification live in :mod:`orbitgraph.preprocess.graph`; this module
 only holds the compiled loops so that the definition of the graph reads apart from the
 arithmetic. Every structure of a batch is processed in one call, because per-call overhead,
 not arithmetic, dominates for the ~25-atom cells of MPtrj.

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from model.testing import random_rotation  # noqa: F401  (re-exported for the tests)
+from orbitgraph.train.testing import random_rotation  # noqa: F401  (re-exported for the tests)
 
 DATA = Path(__file__).parent / "data"
 SMALL_MPTRJ = DATA / "mptrj_small.json.gz"
@@ -66,8 +65,7 @@ def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
     """{material id: [ase.Atoms, ...]} as an MPtrj-format file, labelled by EMT (or with
     zero energies, forces and stresses: ``labels="zero"``); open cells get no stress."""
     from ase.calculators.emt import EMT
-
-    from preprocess.units import stress_to_vasp_kbar
+    from orbitgraph.units import stress_to_vasp_kbar
 
     def record(atoms):
         periodic = bool(atoms.pbc.all())
@@ -103,8 +101,9 @@ def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
     Python writes it, ``nan`` in extxyz). MPtrj: the energy is ``uncorrected_total_energy``
     and the stress kBar with VASP's sign; extxyz: ``energy=``, ``stress=`` (9 values),
     ``forces`` and ``magmoms`` columns, ``mp_id`` and ``frame_id``."""
+    from orbitgraph.units import stress_to_vasp_kbar
+
     from extxyz_writer import frame_text
-    from preprocess.units import stress_to_vasp_kbar
 
     if fmt == "extxyz":
         texts = []

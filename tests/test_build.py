@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orbitgraph.preprocess.build as build_module
 import pytest
+from orbitgraph.preprocess.build import build_store, source_bytes
+from orbitgraph.preprocess.cluster import BuildProcessError, ClusterConfig
+from orbitgraph.preprocess.sources import open_source
+from orbitgraph.preprocess.store import open_store, verify_store
+from orbitgraph.preprocess.store.shard import is_committed
 
-import preprocess.build as build_module
 from helpers import SMALL_MPTRJ, load_small_mptrj
-from preprocess.build import build_store, source_bytes
-from preprocess.cluster import BuildProcessError, ClusterConfig
-from preprocess.sources import open_source
-from preprocess.store import open_store, verify_store
-from preprocess.store.shard import is_committed
 
 SYNC = ClusterConfig(kind="synchronous")
 
@@ -113,7 +113,7 @@ def _scan_reference(data: bytes) -> list[tuple[int, int, int]]:
 def test_material_scanner_matches_a_byte_by_byte_reference():
     """Escapes, brackets and quotes inside strings, at every offset within the scanner's
     8-byte words and across the chunks it is fed."""
-    from preprocess.sources.mptrj_json import MaterialScanner
+    from orbitgraph.preprocess.sources.mptrj_json import MaterialScanner
 
     rng = np.random.default_rng(11)
     tricky = ['a"b', "back\\slash", "x\\", "{[}]", "\\\"", "é-ü", "", "] } ,", "q" * 17]
@@ -155,7 +155,7 @@ def _frames_equal(a, b):
 def test_threads_build_what_one_thread_does_and_repeated_ids_keep_the_last(tmp_path):
     """Graphs built on several threads equal the one-thread graphs; a material id given
     twice in a partition keeps its last entry, as JSON's rule for repeated keys says."""
-    from preprocess.graph import knn_graphs_screened
+    from orbitgraph.preprocess.graph import knn_graphs_screened
 
     plain = tmp_path / "mptrj.json"
     plain.write_bytes(gzip.open(SMALL_MPTRJ).read())
@@ -321,7 +321,7 @@ def _slow_source_script(out: Path, delay: float, frames_per_shard: int,
     cluster = "ClusterConfig()" if forked else "ClusterConfig(kind='synchronous')"
     return f"""
 import os, time, preprocess.build as P
-from preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.cluster import ClusterConfig
 original = P.build_partition
 def slow(*a, **k):
     time.sleep({delay})
@@ -395,7 +395,7 @@ def _install_slow_partitions(delay: float) -> None:
     """On a worker: make every partition take ``delay`` s longer (keeps the kill mid-build)."""
     import time as _time
 
-    import preprocess.store.writer as W
+    import orbitgraph.preprocess.store.writer as W
 
     if getattr(W.write_frames_shard, "_slowed", False):
         return
@@ -407,7 +407,7 @@ def _install_slow_partitions(delay: float) -> None:
 
     slow._slowed = True
     W.write_frames_shard = slow
-    import preprocess.build as P
+    import orbitgraph.preprocess.build as P
     P.write_frames_shard = slow
 
 
@@ -488,7 +488,7 @@ def test_planted_bad_records_are_quarantined(tmp_path):
 
 
 def test_quarantine_summary_groups_reasons_by_kind():
-    from preprocess.build import reason_kind
+    from orbitgraph.preprocess.build import reason_kind
     same = ["structure: atoms 0 and 0 (cell shift (-1, 1, 0)) are closer than 0.5 Å",
             "structure: atoms 3 and 17 (cell shift (0, 0, 0)) are closer than 0.5 Å"]
     assert {reason_kind(r) for r in same} == {"structure: atoms # and # are closer than 0.5 Å"}
@@ -553,8 +553,8 @@ def test_the_forked_build_processes_die_with_a_killed_driver(tmp_path, reference
 
 
 def _build_in_a_daemon(src: str, out: str) -> str:
-    from preprocess.build import build_store
-    from preprocess.store import open_store
+    from orbitgraph.preprocess.build import build_store
+    from orbitgraph.preprocess.store import open_store
 
     build_store(src, out, frames_per_shard=30, progress=False)
     return open_store(out).manifest.build["cluster"]
@@ -666,8 +666,9 @@ def test_forked_build_processes_leave_ctrl_c_to_the_build(tmp_path):
 
 def _small_as_extxyz(path: Path) -> Path:
     """The bundled MPtrj sample's frames, materials and ids as an extended XYZ file."""
+    from orbitgraph.units import stress_from_vasp_kbar
+
     from helpers import write_source
-    from preprocess.units import stress_from_vasp_kbar
 
     frames = []
     for mid, records in load_small_mptrj().items():
@@ -692,7 +693,7 @@ def test_an_empty_split_is_a_build_warning_naming_the_fraction_that_fills_it(tmp
     (fraction 0) is no warning."""
     import re
 
-    from preprocess.store.params import SplitParams
+    from orbitgraph.preprocess.store.params import SplitParams
 
     src = SMALL_MPTRJ if fmt == "mptrj-json" else _small_as_extxyz(tmp_path / "small")
     with caplog.at_level(logging.WARNING, logger="orbitgraph.build"):
@@ -720,8 +721,8 @@ def test_empty_splits_names_each_empty_split_and_the_fraction_that_fills_it():
     frames, it says."""
     import re
 
-    from preprocess.store import SplitParams, empty_splits, split_of
-    from preprocess.store.writer import split_position
+    from orbitgraph.preprocess.store import SplitParams, empty_splits, split_of
+    from orbitgraph.preprocess.store.writer import split_position
 
     ids = [f"mp-{i}" for i in range(5) for _ in range(i + 1)]  # mp-i has i + 1 frames
     by_u = sorted(set(ids), key=lambda mid: split_position(mid, 0))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "train.cli"]
+CLI = [sys.executable, "-m", "orbitgraph.train.cli"]
 
 
 def run(args, cwd=ROOT, timeout=900):
@@ -177,8 +177,8 @@ def test_quiet_and_verbose_decide_what_reaches_stderr(tmp_path, capsys):
     after the command) keeps warnings only (here: the sample's empty test split); the result,
     the build summary and the store's path, on stdout each time; no progress bar off a
     terminal."""
-    from preprocess.store import SplitParams, empty_splits, open_store
-    from train.cli import main
+    from orbitgraph.preprocess.store import SplitParams, empty_splits, open_store
+    from orbitgraph.train.cli import main
 
     src = ROOT / "tests" / "data" / "mptrj_small.json.gz"
     build = ["build", "--source", str(src), "--frames-per-shard", "50"]
@@ -213,9 +213,10 @@ def test_an_interrupted_or_failed_build_is_one_line(tmp_path, capsys, monkeypatc
     """Ctrl-C (KeyboardInterrupt) ends a command with one line saying the same command
     resumes, status 130 (128 + SIGINT); a file that cannot be written is one line, status 2;
     a build process that died, one line, status 1. No traceback."""
+    from orbitgraph.preprocess.cluster import BuildProcessError
+    from orbitgraph.train.cli import main
+
     import preprocess.build
-    from preprocess.cluster import BuildProcessError
-    from train.cli import main
 
     if raised == "process died":
         raised = BuildProcessError("/x: a build process died (killed, or out of memory)")
@@ -235,10 +236,10 @@ def test_a_closed_stdout_ends_the_program_quietly(tmp_path):
     `true`, which reads nothing); no BrokenPipeError traceback, status 1."""
     src = ROOT / "tests" / "data" / "mptrj_small.json.gz"
     proc = subprocess.run(
-        f"{sys.executable} -m train.cli build --source {src} --out {tmp_path / 's'} "
+        f"{sys.executable} -m orbitgraph.train.cli build --source {src} --out {tmp_path / 's'} "
         "--scheduler synchronous --quiet | true; echo status ${PIPESTATUS[0]} >&2",
         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=300)
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "status 1"
-    from preprocess.store import open_store
+    from orbitgraph.preprocess.store import open_store
     assert open_store(tmp_path / "s").manifest.counts["frames"] > 0

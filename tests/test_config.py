@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from model.config import MACE_TORCH_NAMES, ModelConfig, load_config
-from preprocess.cluster import ClusterConfig
-from preprocess.config import ConfigError
-from preprocess.store import SourceInfo, StoreSpec
-from preprocess.store.params import GraphParams, LabelKeys, SplitParams, StoreParams
-from train import cli
-from train.config import REFERENCE_END, REFERENCE_START, TrainConfig, reference_markdown
-from train.loader import LoaderConfig
-from train.pipelines import load_pipelines
+from orbitgraph.config import ConfigError
+from orbitgraph.model.config import MACE_TORCH_NAMES, ModelConfig, load_config
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.store import SourceInfo, StoreSpec
+from orbitgraph.preprocess.store.params import GraphParams, LabelKeys, SplitParams, StoreParams
+from orbitgraph.train import cli
+from orbitgraph.train.config import REFERENCE_END, REFERENCE_START, TrainConfig, reference_markdown
+from orbitgraph.train.loader import LoaderConfig
+from orbitgraph.train.pipelines import load_pipelines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,7 +192,7 @@ def test_to_dict_and_store_ids_are_unchanged(monkeypatch):
     """The dicts hashed into store ids and written to checkpoints are those of the frozen
     dataclasses these models replaced (ids computed with them, at store schema 2; each schema
     version gives its stores new ids)."""
-    import preprocess.store.manifest as manifest
+    import orbitgraph.preprocess.store.manifest as manifest
 
     src = SourceInfo("p", "mptrj-json", "abc")
     assert StoreSpec(source=src).store_id != "7b3e7c6494b550a9"  # schema 3: another store

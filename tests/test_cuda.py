@@ -9,11 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from model import build_model
-from model.testing import randomise, structure
-from preprocess.graph import knn_graph
-from train.collate import collate, frame_from_graph
+from orbitgraph.model import build_model
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.testing import randomise, structure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -51,10 +50,10 @@ def test_gpu_matches_cpu(preset, dtype, rtol):
 
 COMPILE_SCRIPT = """
 import sys, numpy as np, torch
-from model import build_model
-from preprocess.graph_reference import knn_graph_reference
-from train.collate import collate, frame_from_graph
-from model.testing import randomise, structure
+from orbitgraph.model import build_model
+from orbitgraph.preprocess.graph_reference import knn_graph_reference
+from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.testing import randomise, structure
 dtype, rtol = {"float64": (torch.float64, 1e-9), "float32": (torch.float32, 1e-4)}[sys.argv[1]]
 frames = []
 for seed, n in ((1, 5), (2, 8)):
@@ -88,13 +87,14 @@ def test_compiled_network_matches_eager_on_the_gpu(dtype):
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_training_steps_on_the_gpu(tmp_path, precision):
+    from orbitgraph.preprocess.build import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.store import SplitParams
+    from orbitgraph.train.config import TrainConfig
+    from orbitgraph.train.loader import LoaderConfig
+    from orbitgraph.train.trainer import Trainer
+
     from helpers import write_small_mptrj
-    from preprocess.build import build_store
-    from preprocess.cluster import ClusterConfig
-    from preprocess.store import SplitParams
-    from train.config import TrainConfig
-    from train.loader import LoaderConfig
-    from train.trainer import Trainer
 
     build_store(write_small_mptrj(tmp_path / "s.json", frames=24), tmp_path / "store",
                 frames_per_shard=12, cluster=ClusterConfig(kind="synchronous"),

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from orbitgraph.model import build_model
+from orbitgraph.model.config import PRESETS
+from orbitgraph.preprocess.build import build_store
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.store import SplitParams, open_store
+from orbitgraph.train.collate import collate
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.loader import LoaderConfig, empty_batch, plan_rank
+from orbitgraph.train.trainer import Trainer
 
 from helpers import write_small_mptrj
-from model import build_model
-from model.config import PRESETS
-from preprocess.build import build_store
-from preprocess.cluster import ClusterConfig
-from preprocess.store import SplitParams, open_store
-from train.collate import collate
-from train.config import TrainConfig
-from train.loader import LoaderConfig, empty_batch, plan_rank
-from train.trainer import Trainer
 
 # small versions of every preset (the preset's blocks, few channels)
 TINY = {
@@ -84,8 +84,8 @@ def store_path(tmp_path_factory) -> Path:
 DDP_SCRIPT = """
 import json, os, sys
 import torch
-from train.config import TrainConfig
-from train.trainer import Trainer
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.trainer import Trainer
 store, out, models, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 rank = int(os.environ["RANK"])
 for name, model in models.items():

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from orbitgraph.preprocess.graph import KnnGraph, knn_graph, knn_graphs
+from orbitgraph.preprocess.graph_reference import knn_graph_reference
 
 from helpers import canonical_edges, per_atom_sorted_distances, random_rotation, sample_structures
-from preprocess.graph import KnnGraph, knn_graph, knn_graphs
-from preprocess.graph_reference import knn_graph_reference
 
 # ---------------------------------------------------------------------------- structures
 
@@ -366,7 +366,7 @@ def test_ranked_selection_equals_insertion(ties):
     """The kernel's two selection paths (all-pairs ranking for the usual ~25 candidates,
     insertion for large sets and the slow path) keep the same candidates in the same
     order, ties included, and that order is the (quantised distance, j, S) key."""
-    from preprocess import knn_kernel as kk
+    from orbitgraph.preprocess import knn_kernel as kk
     rng = np.random.default_rng(7)
     for trial in range(300):
         c = int(rng.integers(1, 80))

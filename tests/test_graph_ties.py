@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from preprocess.graph import DEFAULT_TIE_TOLERANCE, DISTANCE_QUANTUM, knn_graph
-from preprocess.graph_reference import knn_graph_reference
+from orbitgraph.preprocess.graph import DEFAULT_TIE_TOLERANCE, DISTANCE_QUANTUM, knn_graph
+from orbitgraph.preprocess.graph_reference import knn_graph_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PHONON = 0.01  # Å, the default displacement of finite-displacement phonon codes
@@ -77,7 +76,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, "tests")
     import numpy as np
     from test_graph_ties import displaced
-    from preprocess.graph import knn_graph
+    from orbitgraph.preprocess.graph import knn_graph
     done = []
     for name, atom, axis, disp, k, ties, tol in json.loads(sys.argv[1]):
         cell, pos = displaced(name, atom, axis, disp)
@@ -136,7 +135,7 @@ def test_unprovable_search_fails_loudly():
     """A kernel search that cannot prove completeness within its radius limit names the
     structure and the atom (the limit itself is unreachable for a correct kernel, so it is
     exercised through the compiled function with a tiny limit)."""
-    from preprocess import knn_kernel as kk
+    from orbitgraph.preprocess import knn_kernel as kk
     cell = np.eye(3) * 3.0
     pos = np.array([[0.0, 0, 0], [1.5, 1.5, 1.5]])
     # sanity: the real call works
@@ -155,6 +154,6 @@ def test_unprovable_search_fails_loudly():
     out = kk._centre_slow(0, geo, search, buckets, rules, scratch, 0, edges)
     assert out[0] == -1
     # how the kernel's status for such a structure reads to the user
-    from preprocess.graph import _failure
+    from orbitgraph.preprocess.graph import _failure
     why = _failure(kk.STATUS_INCOMPLETE, np.array([3, 0, 0, 0, 0]), "", 16)
     assert "atom 3" in why and "16 nearest" in why and "report this structure" in why

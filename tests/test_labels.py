@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from orbitgraph.preprocess.build import build_store, make_spec
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.sources.labels import LabelError, virial_note
+from orbitgraph.preprocess.store import open_store, read_manifest
 
 from extxyz_writer import frame_text, nacl
-from preprocess.build import build_store, make_spec
-from preprocess.cluster import ClusterConfig
-from preprocess.sources.labels import LabelError, virial_note
-from preprocess.store import open_store, read_manifest
 
 QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)
 
@@ -96,7 +96,7 @@ def test_label_keys_name_any_field(tmp_path):
     with pytest.raises(LabelError, match="no energy label.*--energy-key.*no forces label"):
         build_store(src, tmp_path / "refused", **QUIET)
 
-    from train.cli import main
+    from orbitgraph.train.cli import main
     rc = main(["build", "--source", str(src), "--out", str(tmp_path / "store"), "--quiet",
                "--scheduler", "synchronous", "--energy-key", "E_dft", "--forces-key", "grad",
                "--stress-key", "sigma"])
@@ -125,7 +125,7 @@ def test_label_keys_are_part_of_the_store_id(tmp_path):
             == make_spec(mptrj, energy_key="uncorrected_total_energy")[1].store_id
             != make_spec(mptrj, energy_key="corrected_total_energy")[1].store_id)
 
-    from train.pipelines import load_pipelines
+    from orbitgraph.train.pipelines import load_pipelines
     yaml = tmp_path / "pipelines.yaml"
     yaml.write_text("sources: {a: {path: a.extxyz}}\nstores:\n"
                     "  plain: {source: a}\n"
@@ -215,7 +215,7 @@ def test_several_candidates_stop_the_build_and_are_listed(tmp_path, variant, lis
         assert phrase in str(err.value)
     assert not (tmp_path / "store" / "shards").exists()  # stopped before any work
 
-    from train.cli import main
+    from orbitgraph.train.cli import main
     args = ["build", "--source", str(src), "--out", str(tmp_path / "cli"), "--quiet"]
     args += [a for k, v in keys.items() for a in (f"--{k.replace('_', '-')}", v)]
     assert main(args) == 2
@@ -376,7 +376,7 @@ def _frame(fid: str, i: int, **edit) -> dict:
 
 
 def test_every_source_format_is_in_the_label_tests():
-    from preprocess.sources import FORMATS as SOURCE_FORMATS
+    from orbitgraph.preprocess.sources import FORMATS as SOURCE_FORMATS
     assert sorted(SOURCE_FORMATS) == sorted(FORMATS)
 
 
@@ -388,10 +388,10 @@ def test_nan_or_missing_stress_and_magmom_are_masked_and_counted_in_every_format
     per-frame mask and the statistics leave out) and counted, with why, in the summary and
     the manifest. Energy and forces stay required: NaN quarantines."""
     import torch
+    from orbitgraph.train.loader import LoaderConfig, make_loader
+    from orbitgraph.train.metrics import loss_sums
 
     from helpers import write_source
-    from train.loader import LoaderConfig, make_loader
-    from train.metrics import loss_sums
 
     nan_stress = _labels(1)[2].copy()
     nan_stress[2, 2] = np.nan

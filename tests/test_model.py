@@ -1,18 +1,18 @@
-"""Physics of every model preset and variant: the harness of :mod:`model.testing`,
+"""Physics of every model preset and variant: the harness of :mod:`orbitgraph.train.testing`,
 subclassed per configuration, plus the blocks' own checks."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from orbitgraph.model import build_model
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.train.collate import collate as _collate
+from orbitgraph.train.collate import frame_from_graph
+from orbitgraph.train.testing import SMALL, PotentialTests, structure
 
 from helpers import random_rotation
-from model import build_model
-from model.testing import SMALL, PotentialTests, structure
-from preprocess.graph import knn_graph
-from preprocess.store.params import GraphParams
-from train.collate import collate as _collate
-from train.collate import frame_from_graph
 
 
 def frame(cell, pos, numbers, k=8):
@@ -114,8 +114,7 @@ def test_blocks_declare_irreps_that_chain():
     for prev, nxt in zip(blocks[:-1], blocks[1:], strict=True):
         assert prev.irreps_out == nxt.irreps_in
     from e3nn import o3
-
-    from model.equivariant import check_chain
+    from orbitgraph.model.equivariant import check_chain
     with pytest.raises(ValueError, match="expects irreps"):
         check_chain("x", o3.Irreps("1x0e"), o3.Irreps("1x1o"))
 
@@ -126,8 +125,7 @@ class TestSymmetricContraction:
 
     def make(self, correlation=3, out="4x0e+4x1o"):
         from e3nn import o3
-
-        from model.self_interaction import SymmetricContraction
+        from orbitgraph.model.self_interaction import SymmetricContraction
         torch.manual_seed(1)
         sc = SymmetricContraction(o3.Irreps("4x0e+4x1o+4x2e+4x3o"), o3.Irreps(out),
                                   correlation, species_dim=5)
@@ -158,7 +156,7 @@ class TestSymmetricContraction:
     def test_channels_do_not_mix_before_the_final_linear(self):
         sc, a, species = self.make()
         sc.mix = torch.nn.Identity()
-        from model.self_interaction import from_channels, to_channels
+        from orbitgraph.model.self_interaction import from_channels, to_channels
         x = to_channels(a, 4, [0, 1, 2, 3])
         x2 = x.clone()
         x2[:, 1] += torch.randn_like(x2[:, 1])  # change channel 1 only
@@ -169,8 +167,11 @@ class TestSymmetricContraction:
 
     def test_layout_round_trip_and_errors(self):
         from e3nn import o3
-
-        from model.self_interaction import SymmetricContraction, from_channels, to_channels
+        from orbitgraph.model.self_interaction import (
+            SymmetricContraction,
+            from_channels,
+            to_channels,
+        )
         a = torch.randn(3, o3.Irreps("4x0e+4x1o+4x2e").dim)
         torch.testing.assert_close(from_channels(to_channels(a, 4, [0, 1, 2]), [0, 1, 2]), a)
         with pytest.raises(ValueError, match="natural-parity"):
@@ -182,9 +183,9 @@ class TestSymmetricContraction:
 COMPILE_SCRIPT = """
 import sys, numpy as np, torch
 torch.set_default_dtype(torch.float64)
-from model import build_model
-from preprocess.graph_reference import knn_graph_reference
-from train.collate import collate, frame_from_graph
+from orbitgraph.model import build_model
+from orbitgraph.preprocess.graph_reference import knn_graph_reference
+from orbitgraph.train.collate import collate, frame_from_graph
 rng = np.random.default_rng(0)
 cell = np.eye(3) * 4 + rng.normal(0, 0.2, (3, 3)); pos = rng.random((5, 3)) @ cell
 b = collate([frame_from_graph(cell, pos, np.array([1, 8, 8, 14, 26]),

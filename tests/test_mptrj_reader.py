@@ -14,14 +14,14 @@ import struct
 
 import numpy as np
 import pytest
+from orbitgraph.preprocess.sources import open_source
+from orbitgraph.preprocess.sources.labels import LabelError
+from orbitgraph.preprocess.sources.records import RecordError, frame_from_record, read_run
+from orbitgraph.preprocess.store.params import LabelKeys
+from orbitgraph.units import EV_PER_A3_IN_KBAR
 from pymatgen.core import Lattice, Structure
 
 from helpers import SMALL_MPTRJ, load_small_mptrj
-from preprocess.sources import open_source
-from preprocess.sources.labels import LabelError
-from preprocess.sources.records import RecordError, frame_from_record, read_run
-from preprocess.store.params import LabelKeys
-from preprocess.units import EV_PER_A3_IN_KBAR
 
 KEY = "uncorrected_total_energy"
 ELEMENTS = ["Fe", "O", "Li", "H", "Na", "Cl", "Si", "Cu", "U", "Og"]

@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 import torch
 from e3nn import o3
+from orbitgraph.model import build_model
+from orbitgraph.model.geometry import edge_vectors
+from orbitgraph.preprocess.build import build_store
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.store import SplitParams
+from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.testing import randomise, structure
+from orbitgraph.train.trainer import Trainer
 
 from helpers import write_small_mptrj
-from model import build_model
-from model.geometry import edge_vectors
-from model.testing import randomise, structure
-from preprocess.build import build_store
-from preprocess.cluster import ClusterConfig
-from preprocess.graph import knn_graph
-from preprocess.store import SplitParams
-from train.collate import collate, frame_from_graph
-from train.config import TrainConfig
-from train.trainer import Trainer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TINY = {

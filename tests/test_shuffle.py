@@ -13,8 +13,7 @@ import types
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from train.loader import LoaderConfig, pack, plan_rank
+from orbitgraph.train.loader import LoaderConfig, pack, plan_rank
 
 N_SHARDS, PER_SHARD = 40, 4000
 

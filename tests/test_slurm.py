@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.store import open_store, verify_store
+from orbitgraph.preprocess.store.shard import is_committed
+from orbitgraph.train.pipelines import load_pipelines
 
 from cluster.slurm_node import missing_programs, one_node_slurm
 from helpers import SMALL_MPTRJ
-from preprocess.cluster import ClusterConfig
-from preprocess.store import open_store, verify_store
-from preprocess.store.shard import is_committed
-from train.pipelines import load_pipelines
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "train.cli"]
+CLI = [sys.executable, "-m", "orbitgraph.train.cli"]
 STORE = "sample-k16"
 SLOW_SHARDS = ROOT / "tests" / "cluster" / "slow_shards.py"
 

@@ -9,17 +9,22 @@ import shutil
 
 import numpy as np
 import pytest
+from orbitgraph.preprocess.build import EmptyStoreError, build_store, reason_kind
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.sources import open_source
+from orbitgraph.preprocess.sources.limits import (
+    MAX_ATOMS,
+    MAX_UNIT_SHIFT,
+    WRAP_EPS,
+    atom_count_problem,
+)
+from orbitgraph.preprocess.sources.records import frame_from_record
+from orbitgraph.preprocess.store import open_store
+from orbitgraph.preprocess.store.manifest import MANIFEST_FILE
+from orbitgraph.units import EV_PER_A3_IN_KBAR
 
 from extxyz_writer import frame_text, nacl
-from preprocess.build import EmptyStoreError, build_store, reason_kind
-from preprocess.cluster import ClusterConfig
-from preprocess.graph import knn_graph
-from preprocess.sources import open_source
-from preprocess.sources.limits import MAX_ATOMS, MAX_UNIT_SHIFT, WRAP_EPS, atom_count_problem
-from preprocess.sources.records import frame_from_record
-from preprocess.store import open_store
-from preprocess.store.manifest import MANIFEST_FILE
-from preprocess.units import EV_PER_A3_IN_KBAR
 
 QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)
 GRAPH_FIELDS = ("n_edges", "neighbors", "unit_shifts", "next_neighbor", "next_unit_shift")
@@ -210,7 +215,7 @@ def test_a_cell_shift_beyond_int8_quarantines_only_that_frame(tmp_path, axis):
 
 
 def test_graph_limits_name_the_structures_beyond_them():
-    from preprocess.sources.limits import graph_problems
+    from orbitgraph.preprocess.sources.limits import graph_problems
     # three structures of 2 atoms: edges 0-1 fine, 2-3 an edge shift of -128, 4-5 a next
     # candidate's shift of 130; then one whose atom 0 has 65,536 edges
     unit_shifts = np.zeros((6 + 65536, 3), dtype=np.int32)
@@ -230,7 +235,7 @@ def test_graph_limits_name_the_structures_beyond_them():
 
 
 def test_a_graph_that_cannot_be_built_costs_only_its_frame(tmp_path, monkeypatch):
-    import preprocess.build as P
+    import orbitgraph.preprocess.build as P
     original = P.knn_graphs_screened
 
     def failing_second(*args, **kwargs):  # as the kernel reports an incomplete search
@@ -392,7 +397,7 @@ def test_an_empty_store_is_a_build_error_naming_the_reasons(tmp_path, capsys, va
     assert phrase in str(err.value)
     assert not (tmp_path / "store" / MANIFEST_FILE).exists()
 
-    from train.cli import main
+    from orbitgraph.train.cli import main
     args = ["build", "--source", str(src), "--out", str(tmp_path / "cli"), "--quiet"]
     args += [a for k, v in keys.items() for a in (f"--{k.replace('_', '-')}", v)]
     assert main(args) == 2

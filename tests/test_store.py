@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import load_small_mptrj
-from preprocess.frame import Frame
-from preprocess.schema import FIELDS
-from preprocess.sources.records import frame_from_record
-from preprocess.store import (
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.schema import FIELDS
+from orbitgraph.preprocess.sources.records import frame_from_record
+from orbitgraph.preprocess.store import (
     GraphParams,
     SourceInfo,
     SplitParams,
@@ -23,9 +21,11 @@ from preprocess.store import (
     verify_store,
     write_frames_shard,
 )
-from preprocess.store import shard as shard_module
-from preprocess.store.shard import is_committed, remove_stale_temporaries, shard_dir
-from preprocess.units import EV_PER_A3_IN_KBAR
+from orbitgraph.preprocess.store import shard as shard_module
+from orbitgraph.preprocess.store.shard import is_committed, remove_stale_temporaries, shard_dir
+from orbitgraph.units import EV_PER_A3_IN_KBAR
+
+from helpers import load_small_mptrj
 
 
 def random_frame(rng, n, fid, mid, stress=True, magmom=True) -> Frame:
@@ -74,7 +74,7 @@ class StoreConformance:
                                                    magmom=False)]
         store = self.build(tmp_path / "s", [frames[:20], frames[20:]])
         assert len(store) == len(frames)
-        from preprocess.store.shard import build_columns
+        from orbitgraph.preprocess.store.shard import build_columns
         expected = build_columns(frames, GraphParams())
         atom_ptr = np.concatenate(([0], np.cumsum(expected["n_atoms"])))
         for i, f in enumerate(frames):
@@ -99,7 +99,7 @@ class StoreConformance:
             for name in ("next_distance", "next_neighbor", "next_unit_shift"):
                 np.testing.assert_array_equal(got[name], expected[name][a0:a1])
         # edges: compare each frame's graph with a fresh build
-        from preprocess.graph import knn_graph
+        from orbitgraph.preprocess.graph import knn_graph
         for f in frames[::7]:
             got = store.get(f.frame_id)
             g = knn_graph(f.cell, f.positions)
@@ -189,7 +189,7 @@ class StoreConformance:
             verify_store(url)
 
     def _damage_target(self, store) -> Path:
-        from preprocess.store.backends import get_backend
+        from orbitgraph.preprocess.store.backends import get_backend
         files = get_backend(self.backend).data_files(shard_dir(store.root, "shard-000000"))
         return max(files, key=lambda p: p.stat().st_size)
 
@@ -206,7 +206,7 @@ class StoreConformance:
     def test_verify_finds_wrong_graphs_behind_valid_checksums(self, tmp_path):
         """Edges that were wrong when written (checksums fine): an index out of its frame's
         range, and edges that differ from a rebuilt graph."""
-        from preprocess.graph import knn_graphs
+        from orbitgraph.preprocess.graph import knn_graphs
         frames = sample_frames(12)
         spec = self.spec()
         graphs = knn_graphs([f.cell for f in frames], [f.positions for f in frames], k=16)
@@ -381,9 +381,8 @@ def _zarr_python_write(group_path: Path, columns: dict, chunk_rows: dict, clevel
                        blocksize: int) -> None:
     """The same arrays written through zarr-python's own API, for comparison."""
     import zarr
+    from orbitgraph.preprocess.schema import numpy_dtype
     from zarr.codecs import BloscCodec
-
-    from preprocess.schema import numpy_dtype
     group = zarr.open_group(str(group_path), mode="w", zarr_format=3)
     blosc = BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle", blocksize=blocksize)
     for f in FIELDS:
@@ -404,9 +403,8 @@ def test_zarr_shards_are_what_zarr_python_writes(tmp_path, monkeypatch, n_frames
     arrays (small inner chunks, so that arrays hold several and the last one is padded),
     read back bit for bit by zarr-python, -0.0 and NaN included."""
     import zarr
-
-    from preprocess.store import backends
-    from preprocess.store.shard import build_columns
+    from orbitgraph.preprocess.store import backends
+    from orbitgraph.preprocess.store.shard import build_columns
     monkeypatch.setattr(backends, "CHUNK_BYTES", 2000)
     rng = np.random.default_rng(5)
     frames = [random_frame(rng, int(rng.integers(1, 12)), f"f{i}", f"m{i // 3}",

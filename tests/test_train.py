@@ -6,17 +6,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from orbitgraph.preprocess.build import build_store
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.store import GraphParams, SplitParams, open_store
+from orbitgraph.train.collate import collate, collate_columns, frame_from_graph
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.loader import LoaderConfig, ShardStream, filter_block, make_loader, plan_rank
+from orbitgraph.train.trainer import Trainer
+from orbitgraph.units import EV_PER_A3_IN_GPA
 
 from helpers import SMALL_MPTRJ, write_mptrj
-from preprocess.build import build_store
-from preprocess.cluster import ClusterConfig
-from preprocess.graph import knn_graph
-from preprocess.store import GraphParams, SplitParams, open_store
-from preprocess.units import EV_PER_A3_IN_GPA
-from train.collate import collate, collate_columns, frame_from_graph
-from train.config import TrainConfig
-from train.loader import LoaderConfig, ShardStream, filter_block, make_loader, plan_rank
-from train.trainer import Trainer
 
 SYNC = ClusterConfig(kind="synchronous")
 TINY_MODEL = {"preset": "invariant", "hidden": 16, "species_dim": 8, "final_mlp": [16],
@@ -179,8 +179,7 @@ def test_untrained_elements_are_counted(store_path):
     """Frames whose elements the train split never shows are counted (from the index),
     matching the atomic numbers read from the shards themselves."""
     from ase.data import chemical_symbols
-
-    from train.trainer import elements, untrained_elements
+    from orbitgraph.train.trainer import elements, untrained_elements
     store = open_store(store_path)
 
     def symbols(split):
@@ -305,8 +304,7 @@ def test_small_model_learns(trained):
 def test_ase_relaxation_and_stress(trained):
     from ase.build import bulk
     from ase.optimize import BFGS
-
-    from train.calculator import OrbitCalculator
+    from orbitgraph.train.calculator import OrbitCalculator
 
     calc = OrbitCalculator.from_checkpoint(trained.out / "best.pt")
     atoms = bulk("Cu", "fcc", a=3.62, cubic=True) * (2, 1, 1)

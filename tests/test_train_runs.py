@@ -10,21 +10,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from orbitgraph.model.checkpoint import read_checkpoint
+from orbitgraph.preprocess.build import build_store
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.store import SplitParams, open_store
+from orbitgraph.train.cli import main
+from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.loader import LoaderConfig, plan_rank
+from orbitgraph.train.logs import Formatter
+from orbitgraph.train.metrics import loss_sums
+from orbitgraph.train.trainer import BEST, CHECKPOINT, Trainer, elements, evaluate
+from orbitgraph.units import EV_PER_A3_IN_GPA
 
 from helpers import write_mptrj, write_small_mptrj
-from model.checkpoint import read_checkpoint
-from preprocess.build import build_store
-from preprocess.cluster import ClusterConfig
-from preprocess.graph import knn_graph
-from preprocess.store import SplitParams, open_store
-from preprocess.units import EV_PER_A3_IN_GPA
-from train.cli import main
-from train.collate import collate, frame_from_graph
-from train.config import TrainConfig
-from train.loader import LoaderConfig, plan_rank
-from train.logs import Formatter
-from train.metrics import loss_sums
-from train.trainer import BEST, CHECKPOINT, Trainer, elements, evaluate
 
 SYNC = ClusterConfig(kind="synchronous")
 TINY = {"preset": "invariant", "hidden": 8, "species_dim": 4, "final_mlp": [8], "layers": 1,
@@ -228,8 +228,7 @@ def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_pa
 
 def test_calculator_and_evaluate_warn_once_per_untrained_element(store_path, tmp_path, caplog):
     from ase.build import bulk
-
-    from train.calculator import OrbitCalculator, UntrainedElementWarning
+    from orbitgraph.train.calculator import OrbitCalculator, UntrainedElementWarning
 
     store = open_store(store_path)
     trained = elements(store.subset(split="train"))
@@ -296,7 +295,7 @@ def test_checkpoints_are_read_as_plain_data_only(tmp_path):
     naming it, without running its code."""
     from fractions import Fraction
 
-    from model.checkpoint import write_checkpoint
+    from orbitgraph.model.checkpoint import write_checkpoint
 
     write_checkpoint({"weights": torch.ones(2), "config": {"bands": (2.5, 3.5)},
                       "where": tmp_path}, tmp_path / "ok.pt")
@@ -313,7 +312,7 @@ def test_checkpoints_are_read_as_plain_data_only(tmp_path):
 def test_ema_decay_warms_up():
     """d_t = min(decay, (1 + t) / (10 + t)), as torch_ema (mace-torch) does: after 20 steps
     a fixed 0.99 would still hold 0.82 of the initial weights; this holds 0.09."""
-    from train.ema import EMA
+    from orbitgraph.train.ema import EMA
 
     model = torch.nn.Linear(3, 1, bias=False)
     with torch.no_grad():

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
-
-from model import Potential, model_from_checkpoint, read_checkpoint
-from model.radial import check_graph
-from preprocess.graph import knn_graph
-from preprocess.store.params import GraphParams
-from train.collate import collate, frame_from_graph
+from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
+from orbitgraph.model.radial import check_graph
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.train.collate import collate, frame_from_graph
 
 
 class UntrainedElementWarning(UserWarning):

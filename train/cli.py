@@ -20,9 +20,8 @@ import textwrap
 from typing import NoReturn
 
 import yaml
-
-from preprocess.cluster import BuildProcessError
-from preprocess.store.manifest import StoreError
+from orbitgraph.preprocess.cluster import BuildProcessError
+from orbitgraph.preprocess.store.manifest import StoreError
 
 
 class UserError(Exception):
@@ -47,14 +46,14 @@ def _given(args, **flags: str) -> dict[str, object]:
 def _document(args, sections: dict, given: dict[str, object]) -> dict:
     """``sections`` (from files) with the flags ``given`` set, then the --set items: on the
     command line, the later wins."""
-    from train.pipelines import apply_overrides, set_path
+    from orbitgraph.train.pipelines import apply_overrides, set_path
     doc = {name: dict(section) for name, section in sections.items()}
     for path, value in given.items():
         set_path(doc, path, value)
     doc = apply_overrides(doc, args.set or ())
     unknown = sorted(set(doc) - set(sections))
     if unknown:
-        from preprocess.config import ConfigError
+        from orbitgraph.config import ConfigError
         raise ConfigError(f"--set {unknown[0]}...: the keys of this command start with "
                           f"{' or '.join(s + '.' for s in sections)}", unknown[0])
     return doc
@@ -80,8 +79,8 @@ def _read_yaml(path_text: str, what: str) -> dict:
 
 def build_settings(args):
     """(StoreParams, ClusterConfig) of ``orbitgraph build --source ... --out ...``."""
-    from preprocess.cluster import ClusterConfig
-    from preprocess.store.params import StoreParams
+    from orbitgraph.preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.store.params import StoreParams
     given = _given(args, k="store.graph.k", ties="store.graph.ties",
                    tie_tolerance="store.graph.tie_tolerance", cutoff="store.graph.cutoff",
                    backend="store.backend", energy_key="store.energy_key",
@@ -101,8 +100,8 @@ def build_settings(args):
 def train_settings(args):
     """(TrainConfig, ModelConfig) of ``orbitgraph train``: defaults < ``--config`` (its
     ``train:`` section, or the whole file) and ``--model`` < flags and ``--set``."""
-    from model.config import ModelConfig, model_spec
-    from train.config import TrainConfig
+    from orbitgraph.model.config import ModelConfig, model_spec
+    from orbitgraph.train.config import TrainConfig
 
     train = {}
     if args.config:
@@ -119,7 +118,7 @@ def train_settings(args):
 
 
 def evaluate_settings(args):
-    from train.config import EvaluateConfig
+    from orbitgraph.train.config import EvaluateConfig
 
     given = _given(args, split="evaluate.split", device="evaluate.device")
     doc = _document(args, {"evaluate": {}}, given)
@@ -129,13 +128,13 @@ def evaluate_settings(args):
 # ------------------------------------------------------------------------ commands
 
 def _cmd_info(args) -> int:
-    from preprocess.commands import info
+    from orbitgraph.preprocess.commands import info
     print(info(args.store))
     return 0
 
 
 def _cmd_verify(args) -> int:
-    from preprocess.commands import verify
+    from orbitgraph.preprocess.commands import verify
     ok, text = verify(args.store, sample=args.sample)
     print(text)
     return 0 if ok else 1
@@ -147,10 +146,10 @@ STORE_FLAGS = ("source", "out", "format", "k", "ties", "tie_tolerance", "cutoff"
 
 
 def _cmd_build(args) -> int:
-    from preprocess.build import build_store
+    from orbitgraph.preprocess.build import build_store
 
     if args.pipeline is not None:
-        from train.pipelines import load_pipelines
+        from orbitgraph.train.pipelines import load_pipelines
         flags = [f"--{name.replace('_', '-')}" for name in STORE_FLAGS
                  if getattr(args, name) is not None]
         if flags:
@@ -178,7 +177,7 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from train.trainer import Trainer
+    from orbitgraph.train.trainer import Trainer
 
     train, model = train_settings(args)  # validated before the store is opened
     trainer = Trainer(args.store, model, train, args.out)
@@ -192,8 +191,8 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from train.metrics import table
-    from train.trainer import evaluate, write_json
+    from orbitgraph.train.metrics import table
+    from orbitgraph.train.trainer import evaluate, write_json
 
     settings = evaluate_settings(args)
     if not Path(args.checkpoint).is_file():
@@ -209,7 +208,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from train.pipelines import load_pipelines
+    from orbitgraph.train.pipelines import load_pipelines
     config = load_pipelines(args.pipeline, overrides=args.set or ())
     config.run([args.experiment] if args.experiment else None, progress=not args.quiet)
     return 0
@@ -219,7 +218,7 @@ def _cmd_run(args) -> int:
 
 def _keys(*sections) -> str:
     """The epilog listing the keys settable with --set: (config class, prefix, collapse)."""
-    from preprocess.config import reference_rows
+    from orbitgraph.config import reference_rows
     if not sections[0][0]:
         return ""
     lines = ["settable with --set KEY.PATH=VALUE (defaults < file < command line):"]
@@ -243,11 +242,11 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     """The argument parser; with ``keys``, each command's help lists the keys it can set
     (importing the configs, and torch with them: only when help is asked for)."""
     if keys:
-        from model.config import ModelConfig
-        from preprocess.cluster import ClusterConfig
-        from preprocess.store.params import StoreParams
-        from train.config import EvaluateConfig, TrainConfig
-        from train.pipelines import PipelinesFile
+        from orbitgraph.model.config import ModelConfig
+        from orbitgraph.preprocess.cluster import ClusterConfig
+        from orbitgraph.preprocess.store.params import StoreParams
+        from orbitgraph.train.config import EvaluateConfig, TrainConfig
+        from orbitgraph.train.pipelines import PipelinesFile
     else:
         ModelConfig = ClusterConfig = StoreParams = EvaluateConfig = TrainConfig = None
         PipelinesFile = None
@@ -349,7 +348,7 @@ def _logging_options(p: argparse.ArgumentParser, sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser(keys=any(a in ("-h", "--help") for a in argv)).parse_args(argv)
-    from train.logs import setup_logging, teardown_logging
+    from orbitgraph.train.logs import setup_logging, teardown_logging
     handler = setup_logging(logging.WARNING if args.quiet else
                             logging.DEBUG if args.verbose else logging.INFO)
     try:

@@ -10,7 +10,7 @@ Two shapes of the same data:
 
 :func:`collate_columns` turns a block into a Batch: neighbour indices get their frame's atom
 offset, centres come from the CSR counts. Which field is which follows
-:mod:`preprocess.schema`, never the name.
+:mod:`orbitgraph.preprocess.schema`, never the name.
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
-from model.batch import Batch
-from preprocess.schema import BY_NAME
+from orbitgraph.model.batch import Batch
+from orbitgraph.preprocess.schema import BY_NAME
 
 
 def _level(name: str) -> str:
@@ -143,7 +142,7 @@ def collate(frames: Sequence[dict], k: int, dtype: torch.dtype = torch.float64) 
 
 
 def frame_from_graph(cell, positions, numbers, graph, pbc=(True, True, True), **labels) -> dict:
-    """A frame dict from a structure and its :class:`preprocess.graph.KnnGraph`."""
+    """A frame dict from a structure and its :class:`orbitgraph.preprocess.graph.KnnGraph`."""
     return {"cell": np.asarray(cell, dtype=np.float64),
             "positions": np.asarray(positions, dtype=np.float64),
             "numbers": np.asarray(numbers), "pbc": np.asarray(pbc, dtype=bool),

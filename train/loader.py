@@ -26,15 +26,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from orbitgraph.model.batch import Batch
+from orbitgraph.preprocess.graph import DISTANCE_QUANTUM, concat_ranges
+from orbitgraph.preprocess.schema import FIELDS, numpy_dtype
+from orbitgraph.preprocess.store import GraphStore, ShardData
+from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.train.collate import collate_columns, concat_blocks, edge_index
+from orbitgraph.train.loader_config import DEVICE_PATTERN, DEVICES, Device, LoaderConfig  # noqa: F401
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
-from model.batch import Batch
-from preprocess.graph import DISTANCE_QUANTUM, concat_ranges
-from preprocess.schema import FIELDS, numpy_dtype
-from preprocess.store import GraphStore, ShardData
-from preprocess.store.params import GraphParams
-from train.collate import collate_columns, concat_blocks, edge_index
-from train.loader_config import DEVICE_PATTERN, DEVICES, Device, LoaderConfig  # noqa: F401
 
 
 def over_budget(store: GraphStore, cfg: LoaderConfig) -> tuple[int, int, int]:
@@ -230,7 +229,7 @@ def clear_plan_cache() -> None:
 
 def edge_distances(block: dict, centers: np.ndarray, neighbors: np.ndarray,
                    frame_of_edge: np.ndarray) -> np.ndarray:
-    """(E,) Å for a block of frames (indices from :func:`train.collate.edge_index`), with the
+    """(E,) Å for a block of frames (indices from :func:`orbitgraph.train.collate.edge_index`), with the
     same float64 formula as the graph kernel: (r_j - r_i) + (S_0 a + S_1 b + S_2 c)."""
     pos = block["positions"]
     cell = block["cell"][frame_of_edge]  # (E, 3, 3)

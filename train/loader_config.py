@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from orbitgraph.config import Config
 from pydantic import Field
-
-from preprocess.config import Config
 
 DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?|mps)$"
 DEVICES = "cpu, cuda, cuda:N or mps"
@@ -14,7 +13,7 @@ Device = Annotated[str, Field(pattern=DEVICE_PATTERN, json_schema_extra={"expect
 
 
 class LoaderConfig(Config):
-    """How batches are planned and read (see :mod:`train.loader`)."""
+    """How batches are planned and read (see :mod:`orbitgraph.train.loader`)."""
 
     section = "loader"
 

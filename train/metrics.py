@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-from model.batch import Batch
-from preprocess.units import EV_PER_A3_IN_GPA
+from orbitgraph.model.batch import Batch
+from orbitgraph.units import EV_PER_A3_IN_GPA
 
 
 def elementwise(kind: str, pred: torch.Tensor, target: torch.Tensor, delta: float) -> torch.Tensor:

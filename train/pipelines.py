@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
+from orbitgraph.config import Config, ConfigError
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.store import open_store
+from orbitgraph.preprocess.store.manifest import MANIFEST_FILE, read_manifest
+from orbitgraph.preprocess.store.params import StoreParams
+from orbitgraph.train.config import EvaluateConfig, TrainConfig
 from pydantic import Field, model_validator
-
-from preprocess.cluster import ClusterConfig
-from preprocess.config import Config, ConfigError
-from preprocess.store import open_store
-from preprocess.store.manifest import MANIFEST_FILE, read_manifest
-from preprocess.store.params import StoreParams
-from train.config import EvaluateConfig, TrainConfig
 
 log = logging.getLogger("orbitgraph.run")
 
@@ -113,7 +112,7 @@ class Pipelines:
 
     # ------------------------------------------------------------------ stores
     def store_spec(self, name: str):
-        from preprocess.build import make_spec
+        from orbitgraph.preprocess.build import make_spec
         decl = self.stores[name]
         src = self.sources[decl.source]
         if not src.path.exists():
@@ -130,7 +129,7 @@ class Pipelines:
         return self.workdir / "stores" / f"{name}-{spec.store_id}"
 
     def build(self, name: str, progress: bool = True):
-        from preprocess.build import build_store
+        from orbitgraph.preprocess.build import build_store
         if name not in self.stores:
             raise PipelineError(f"stores: no store named {name!r}; declared: {sorted(self.stores)}")
         decl = self.stores[name]
@@ -152,7 +151,7 @@ class Pipelines:
 
     def finished(self, name: str) -> bool:
         """Whether the experiment's metrics, checkpoint and store are all there."""
-        from train.trainer import CHECKPOINT
+        from orbitgraph.train.trainer import CHECKPOINT
         return (self.metrics_path(name).is_file() and
                 (self.experiment_dir(name) / CHECKPOINT).is_file() and
                 (self.store_path(self.experiments[name].store) / MANIFEST_FILE).is_file())
@@ -166,7 +165,7 @@ class Pipelines:
         Writes, in ``workdir/experiments/NAME``: checkpoints, ``metrics.csv`` (per epoch),
         ``metrics_SPLIT.json`` (the test metrics, the baselines on the same frames, model
         size, steps, training wall time and the validation history), ``parity_SPLIT.npz``
-        (reference and predicted values, see :class:`train.report.Pairs`),
+        (reference and predicted values, see :class:`orbitgraph.train.report.Pairs`),
         ``loss_curves.png`` and ``parity.png``.
         """
         import torch
@@ -186,10 +185,10 @@ class Pipelines:
             torch.set_num_threads(threads)
 
     def _train_and_evaluate(self, name: str, progress: bool) -> str:
-        from model.config import load_config
-        from train.plots import write_loss_curves, write_parity
-        from train.report import baselines, load_potential, predict_pairs, results_table
-        from train.trainer import (
+        from orbitgraph.model.config import load_config
+        from orbitgraph.train.plots import write_loss_curves, write_parity
+        from orbitgraph.train.report import baselines, load_potential, predict_pairs, results_table
+        from orbitgraph.train.trainer import (
             BEST,
             CHECKPOINT,
             Trainer,
@@ -250,8 +249,8 @@ class Pipelines:
         """The table comparing every finished experiment on ``store`` (from their metrics
         files) and, with ``refresh_figure`` or when it is missing, the side-by-side figure
         ``workdir/experiments/comparison-STORE.png``."""
-        from train.plots import write_comparison
-        from train.report import Pairs, comparison_table
+        from orbitgraph.train.plots import write_comparison
+        from orbitgraph.train.report import Pairs, comparison_table
 
         rows, missing = [], []
         for name, exp in self.experiments.items():
@@ -319,7 +318,7 @@ def _model_label(model) -> str:
 def load_pipelines(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pipelines:
     """Parse and validate pipelines.yaml, with ``overrides`` (``KEY.PATH=VALUE``, as the
     CLI's ``--set``) applied over the file; raises PipelineError naming the key."""
-    from model.config import load_config
+    from orbitgraph.model.config import load_config
 
     path = Path(path)
     if not path.is_file():

@@ -2,7 +2,7 @@
 
 * ``loss_curves.png``: the training loss per logged step (log scale), and the validation
   MAEs of energy, forces and stress divided by their baselines (log scale): 1 is a model
-  that learned nothing (E0-only energy, zero force, zero stress; :mod:`train.report`),
+  that learned nothing (E0-only energy, zero force, zero stress; :mod:`orbitgraph.train.report`),
   0.5 is half the baseline's error.
 * ``parity.png``: predicted against reference energy per atom (eV/atom), force components
   (eV/Å) and stress components (GPa), equal axes, MAE and the baseline's MAE in the legend.
@@ -19,8 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
-
-from train.report import QUANTITIES, Pairs  # noqa: E402
+from orbitgraph.train.report import QUANTITIES, Pairs  # noqa: E402
 
 COLORS = {"energy_mae_meV_per_atom": "tab:blue", "forces_mae_meV_per_A": "tab:orange",
           "stress_mae_GPa": "tab:green"}
@@ -174,7 +173,7 @@ def write_comparison(path: Path, experiments: list[dict], title: str) -> str:
 def write_plots(trainer) -> list[str]:
     """The trainer's end-of-run figures in its output folder: loss curves, and parity on
     the validation split with the current (EMA) weights."""
-    from train.report import baselines, predict_pairs
+    from orbitgraph.train.report import baselines, predict_pairs
 
     out = trainer.out
     written = []

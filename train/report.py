@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from preprocess.store import GraphStore
-from preprocess.store.stats import N_ELEMENTS, element_counts
-from preprocess.units import EV_PER_A3_IN_GPA
+from orbitgraph.preprocess.store import GraphStore
+from orbitgraph.preprocess.store.stats import N_ELEMENTS, element_counts
+from orbitgraph.units import EV_PER_A3_IN_GPA
 
 # (key of the metrics, label, unit, baseline name)
 QUANTITIES = (("energy_mae_meV_per_atom", "energy/atom", "meV/atom", "E0 only"),
@@ -30,7 +29,7 @@ QUANTITIES = (("energy_mae_meV_per_atom", "energy/atom", "meV/atom", "E0 only"),
 
 def baselines(store: GraphStore, split: str | None) -> dict[str, float]:
     """MAEs of the E0-only energy, zero force and zero stress on ``split`` of ``store`` (all
-    of it if None), keyed like :meth:`train.metrics.ErrorAccumulator.result` (meV/atom,
+    of it if None), keyed like :meth:`orbitgraph.train.metrics.ErrorAccumulator.result` (meV/atom,
     meV/Å, GPa), plus ``frames``. E0 (eV per element) is the manifest's, fitted on the
     train split."""
     e0_of = store.manifest.statistics["atomic_energies_eV"]
@@ -100,9 +99,9 @@ class Pairs:
 
 def load_potential(checkpoint: str | Path, device: str = "cpu"):
     """A saved model (``best.pt``) in float64 and the graph parameters it was trained with,
-    as :func:`train.trainer.evaluate` loads it."""
-    from model import model_from_checkpoint, read_checkpoint
-    from preprocess.store.params import GraphParams
+    as :func:`orbitgraph.train.trainer.evaluate` loads it."""
+    from orbitgraph.model import model_from_checkpoint, read_checkpoint
+    from orbitgraph.preprocess.store.params import GraphParams
 
     ckpt = read_checkpoint(checkpoint, map_location=device)
     model = model_from_checkpoint(ckpt)
@@ -114,7 +113,7 @@ def predict_pairs(model: torch.nn.Module, store: GraphStore, graph, split: str |
     """Run ``model`` (a :class:`model.Potential`, in its own dtype) over ``split`` of
     ``store`` (all of it if None) with the graphs ``graph`` asks for; the pairs for parity
     plots."""
-    from train.loader import LoaderConfig, make_loader
+    from orbitgraph.train.loader import LoaderConfig, make_loader
 
     subset = store.subset(split=split) if split is not None else store
     dtype = next(model.parameters()).dtype
@@ -163,7 +162,7 @@ def results_table(metrics: dict, baseline: dict) -> str:
 def comparison_table(store_name: str, rows: list[dict]) -> str:
     """One line per experiment on one store: model, parameters, steps, training wall time
     and the test MAEs, then the baselines' line. ``rows`` are the experiments' metrics
-    files (see :meth:`train.pipelines.Pipelines.run_experiment`)."""
+    files (see :meth:`orbitgraph.train.pipelines.Pipelines.run_experiment`)."""
     if not rows:
         return f"store {store_name}: no finished experiments"
     split = rows[0]["split"]

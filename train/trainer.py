@@ -32,8 +32,7 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.distributed as dist
-
-from model import (
+from orbitgraph.model import (
     Potential,
     build_model,
     model_from_checkpoint,
@@ -41,14 +40,20 @@ from model import (
     save_model,
     write_checkpoint,
 )
-from model.config import load_config
-from model.radial import check_graph
-from preprocess.store import GraphStore, StoreError, empty_splits, open_store
-from preprocess.store.params import GraphParams
-from train.config import TrainConfig
-from train.ema import EMA
-from train.loader import LoaderConfig, empty_batch, make_loader, over_budget, steps_per_epoch
-from train.metrics import ErrorAccumulator, loss_sums
+from orbitgraph.model.config import load_config
+from orbitgraph.model.radial import check_graph
+from orbitgraph.preprocess.store import GraphStore, StoreError, empty_splits, open_store
+from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.ema import EMA
+from orbitgraph.train.loader import (
+    LoaderConfig,
+    empty_batch,
+    make_loader,
+    over_budget,
+    steps_per_epoch,
+)
+from orbitgraph.train.metrics import ErrorAccumulator, loss_sums
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.float32,
           "bf16": torch.float32}
@@ -324,7 +329,7 @@ class Trainer:
                     return {"stopped_at_step": self.state.step}
             self._end_of_pass(epoch, self.state.batches_in_epoch >= n_steps, losses)
         if self.info.is_main and self.cfg.plots:
-            from train.plots import write_plots
+            from orbitgraph.train.plots import write_plots
             write_plots(self)
         return {"steps": self.state.step, "steps_this_call": steps_this_call,
                 "epochs": self.state.epoch, "wall_s": time.perf_counter() - t0,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from preprocess.sources.base import Partition, Quarantined, Source, fingerprint
-from preprocess.sources.extxyz import ExtxyzSource, is_extxyz_name
-from preprocess.sources.mptrj_json import MPtrjJsonSource
+from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source, fingerprint
+from orbitgraph.preprocess.sources.extxyz import ExtxyzSource, is_extxyz_name
+from orbitgraph.preprocess.sources.mptrj_json import MPtrjJsonSource
 
 FORMATS = {"mptrj-json": MPtrjJsonSource, "extxyz": ExtxyzSource}
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from preprocess.frame import Frame
-from preprocess.sources.labels import LabelPlan
-from preprocess.store.params import LabelKeys
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.sources.labels import LabelPlan
+from orbitgraph.preprocess.store.params import LabelKeys
 
 SAMPLE_BLOCKS = 16
 BLOCK = 1 << 20
@@ -61,7 +61,7 @@ class Source(Protocol):
 
     def resolve_labels(self, keys: LabelKeys) -> LabelPlan:
         """The keys every frame is read with; may read the source (once, in the driver).
-        Raises :class:`~preprocess.sources.labels.LabelError` when a key is not given and
+        Raises :class:`~orbitgraph.preprocess.sources.labels.LabelError` when a key is not given and
         the source does not say which field it is."""
 
     def read(self, part: Partition, labels: LabelPlan, threads: int = 1

@@ -2,8 +2,8 @@
 and matbench-discovery distribute MPtrj).
 
 Per frame: the labels are the fields named by the build's
-:class:`~preprocess.sources.labels.LabelPlan` (decided once for the whole source by
-:meth:`ExtxyzSource.resolve_labels`; see :mod:`preprocess.sources.labels` for the
+:class:`~orbitgraph.preprocess.sources.labels.LabelPlan` (decided once for the whole source by
+:meth:`ExtxyzSource.resolve_labels`; see :mod:`orbitgraph.preprocess.sources.labels` for the
 conventions); magnetic moments from ``magmoms``/``magmom`` if present. The material id is
 ``info['mp_id']`` or ``info['material_id']``; frames of one material must be contiguous to
 share a shard. The frame id is ``info['frame_id']``, else ``{mp_id}-{calc_id}-{ionic_step}``,
@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-
-from preprocess.frame import Frame
-from preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
-from preprocess.sources.labels import (
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
+from orbitgraph.preprocess.sources.labels import (
     CandidateCount,
     LabelPlan,
     needs_scan,
@@ -35,8 +34,8 @@ from preprocess.sources.labels import (
     plan_from_keys,
     read_labels,
 )
-from preprocess.sources.records import RecordError, check_cell
-from preprocess.store.params import LabelKeys
+from orbitgraph.preprocess.sources.records import RecordError, check_cell
+from orbitgraph.preprocess.store.params import LabelKeys
 
 SUFFIXES = (".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")
 

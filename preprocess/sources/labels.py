@@ -3,7 +3,7 @@ labels are read and counted.
 
 A build reads one energy (eV), one forces array (eV/Å per atom) and at most one stress
 (eV/Å³, ASE sign: positive = tensile). The keys come from the build's
-:class:`~preprocess.store.params.LabelKeys`; a key left ``None`` is filled from the
+:class:`~orbitgraph.preprocess.store.params.LabelKeys`; a key left ``None`` is filled from the
 source's convention. For extended XYZ the convention is "the one candidate present": the
 driver scans every frame's comment line before any work starts and collects the fields
 that look like a label of each kind (names below, case-insensitive):
@@ -47,8 +47,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from preprocess.store.params import LabelKeys
+from orbitgraph.preprocess.store.params import LabelKeys
 
 
 class LabelError(ValueError):
@@ -286,9 +285,9 @@ class FrameLabels:
 
 def read_labels(atoms, plan: LabelPlan, cell: np.ndarray, pbc: np.ndarray) -> FrameLabels:
     """One frame's labels by ``plan``. Raises RecordError (from
-    :mod:`preprocess.sources.records`) naming the field when a required label is absent or
+    :mod:`orbitgraph.preprocess.sources.records`) naming the field when a required label is absent or
     unreadable; an optional one (stress, magmom) that is not usable is masked and noted."""
-    from preprocess.sources.records import RecordError
+    from orbitgraph.preprocess.sources.records import RecordError
 
     calc = atoms.calc
     results = getattr(calc, "results", {}) if calc is not None else {}
@@ -363,7 +362,7 @@ def _stress(atoms, results: dict, plan: LabelPlan, cell: np.ndarray, pbc: np.nda
     is noted as masked (why: the first problem met); a value present but not used beside
     the one stored is noted as not stored. A required stress that is absent raises
     RecordError."""
-    from preprocess.sources.records import RecordError
+    from orbitgraph.preprocess.sources.records import RecordError
 
     handled: list[str] = []
     problems: list[str] = []

@@ -1,7 +1,7 @@
 """What the store can hold, checked frame by frame so that a frame it cannot hold is
 quarantined with its reason and the rest of the build goes on; and the positions rule.
 
-Limits (from the dtypes in :mod:`preprocess.schema`):
+Limits (from the dtypes in :mod:`orbitgraph.preprocess.schema`):
 
 * at most :data:`MAX_ATOMS` = 65,535 atoms per frame: neighbour indices (``neighbors``) and
   per-atom edge counts (``n_edges``) are uint16. Checked before the graph is built.
@@ -23,10 +23,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-
-from preprocess.frame import Frame
-from preprocess.schema import MAX_ATOMS, MAX_UNIT_SHIFT
-from preprocess.sources.base import Quarantined
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.schema import MAX_ATOMS, MAX_UNIT_SHIFT
+from orbitgraph.preprocess.sources.base import Quarantined
 
 __all__ = ["MAX_ATOMS", "MAX_UNIT_SHIFT", "WRAP_EPS", "atom_count_problem", "graph_problems",
            "within_atom_limit", "wrap_positions"]

@@ -1,10 +1,10 @@
 """The MPtrj JSON file as published: ``{material_id: {frame_id: record}}``, ``.json`` or
 ``.json.gz``, streamed with memory bounded by the partition, never by the file.
 
-The material scanner (:mod:`preprocess.sources.mptrj_scan`) walks the file once and finds
+The material scanner (:mod:`orbitgraph.preprocess.sources.mptrj_scan`) walks the file once and finds
 where each material's ``"id": {...}`` entry starts and ends and how many frames it holds.
 Runs of whole materials become partitions. A worker reads its partition's byte range and
-the record reader (:func:`preprocess.sources.records.read_run`, msgspec typed decoding)
+the record reader (:func:`orbitgraph.preprocess.sources.records.read_run`, msgspec typed decoding)
 turns the bytes into frames and quarantined records. For a gzip file the driver streams
 the decompressed bytes and hands each partition its bytes.
 """
@@ -15,12 +15,12 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from preprocess.frame import Frame
-from preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
-from preprocess.sources.labels import MASKED, STRESS_MISSING, LabelError, LabelPlan
-from preprocess.sources.mptrj_scan import DEPTH, START, MaterialScanner
-from preprocess.sources.records import FORCES_KEY, STRESS_KEY, read_run, record_type
-from preprocess.store.params import LabelKeys
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
+from orbitgraph.preprocess.sources.labels import MASKED, STRESS_MISSING, LabelError, LabelPlan
+from orbitgraph.preprocess.sources.mptrj_scan import DEPTH, START, MaterialScanner
+from orbitgraph.preprocess.sources.records import FORCES_KEY, STRESS_KEY, read_run, record_type
+from orbitgraph.preprocess.store.params import LabelKeys
 
 __all__ = ["MPtrjJsonSource", "MaterialScanner", "read_run"]
 

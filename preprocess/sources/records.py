@@ -1,4 +1,4 @@
-"""MPtrj records to :class:`~preprocess.frame.Frame`: the one reader of the format, with
+"""MPtrj records to :class:`~orbitgraph.preprocess.frame.Frame`: the one reader of the format, with
 validation.
 
 A record is one value of the published MPtrj JSON, ``{material_id: {frame_id: record}}``:
@@ -18,7 +18,7 @@ Reading is two steps:
 2. The structures of a whole run become flat columns (positions, forces, ... of every
    atom), and the checks that need values run on the columns: finite numbers, forces one
    per atom, known elements, full occupancy, a usable cell. The optional labels follow the
-   one rule of :mod:`preprocess.sources.labels`: a stress that is absent or holds NaN or
+   one rule of :mod:`orbitgraph.preprocess.sources.labels`: a stress that is absent or holds NaN or
    inf, magnetic moments absent, not finite or not one per atom are masked (the frame is
    kept, the label stored as NaN) and noted. An energy key naming an energy per atom
    (``energy_per_atom``) is stored × n_atoms as the total energy.
@@ -45,10 +45,9 @@ from typing import Any, Union
 import msgspec
 import numpy as np
 from ase.data import atomic_numbers
-
-from preprocess.frame import Frame
-from preprocess.sources.base import Quarantined
-from preprocess.sources.labels import (
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.sources.base import Quarantined
+from orbitgraph.preprocess.sources.labels import (
     MAGMOM_MISSING,
     MAGMOM_NOT_FINITE,
     MASKED,
@@ -58,8 +57,8 @@ from preprocess.sources.labels import (
     is_energy_per_atom,
     not_finite,
 )
-from preprocess.sources.mptrj_scan import DEPTH, MaterialScanner
-from preprocess.units import stress_from_vasp_kbar
+from orbitgraph.preprocess.sources.mptrj_scan import DEPTH, MaterialScanner
+from orbitgraph.units import stress_from_vasp_kbar
 
 
 class RecordError(ValueError):
@@ -396,7 +395,7 @@ class _Columns:
     def _mask_optional_labels(self) -> None:
         """Decide, per record, the optional labels it keeps (``stress_ok``, ``magmom_ok``:
         (B,) bool) and why the others are masked (``stress_masked``, ``magmom_masked``:
-        (B,) the :data:`~preprocess.sources.labels.MASKED` note's text, or None)."""
+        (B,) the :data:`~orbitgraph.preprocess.sources.labels.MASKED` note's text, or None)."""
         n = len(self.n_atoms)
         self.stress_ok = self.has_stress & self.stress_kbar_finite
         self.stress_masked = np.where(~self.has_stress, STRESS_MISSING,

@@ -7,11 +7,22 @@ Layout of a store directory::
     quarantine.parquet     records that could not be used, with the reason
     shards/shard-NNNNNN/   one committed shard: data files, index.parquet, commit.json
 """
-from preprocess.store.manifest import Manifest, SourceInfo, StoreError, StoreSpec, read_manifest
-from preprocess.store.params import GraphParams, SplitParams
-from preprocess.store.reader import GraphStore, ShardData, centers_of, open_store
-from preprocess.store.verify import VerifyReport, verify_store
-from preprocess.store.writer import empty_splits, finalize_store, split_of, write_frames_shard
+from orbitgraph.preprocess.store.manifest import (
+    Manifest,
+    SourceInfo,
+    StoreError,
+    StoreSpec,
+    read_manifest,
+)
+from orbitgraph.preprocess.store.params import GraphParams, SplitParams
+from orbitgraph.preprocess.store.reader import GraphStore, ShardData, centers_of, open_store
+from orbitgraph.preprocess.store.verify import VerifyReport, verify_store
+from orbitgraph.preprocess.store.writer import (
+    empty_splits,
+    finalize_store,
+    split_of,
+    write_frames_shard,
+)
 
 __all__ = [
     "GraphParams", "GraphStore", "Manifest", "ShardData", "SourceInfo", "SplitParams",

@@ -1,8 +1,8 @@
 """Physical layouts of one shard: Zarr v3 or Arrow IPC, one logical schema.
 
-A backend writes the columns of one shard (see :mod:`preprocess.schema`) into a directory
+A backend writes the columns of one shard (see :mod:`orbitgraph.preprocess.schema`) into a directory
 and reads them back as numpy arrays, bit for bit. It knows nothing about commits,
-checksums or manifests (:mod:`preprocess.store.shard` does).
+checksums or manifests (:mod:`orbitgraph.preprocess.store.shard` does).
 
 * ``zarr``: one Zarr v3 group per shard, one array per field, blosc-zstd (level 1, one block
   per inner chunk) with byte shuffle inside the sharding codec (one file per array, inner
@@ -18,10 +18,9 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-
-from preprocess.schema import FIELDS, LEVELS, fields_at, numpy_dtype
-from preprocess.store import zarr_v3
-from preprocess.store.location import Location
+from orbitgraph.preprocess.schema import FIELDS, LEVELS, fields_at, numpy_dtype
+from orbitgraph.preprocess.store import zarr_v3
+from orbitgraph.preprocess.store.location import Location
 
 CHUNK_BYTES = 1 << 20
 # blosc-zstd level and block: on the sample's shard (3.8 MB of numbers) level 1 with one block
@@ -98,7 +97,7 @@ class ZarrBackend:
     GROUP = "data.zarr"
 
     def write(self, directory: Path, columns: dict[str, np.ndarray]) -> None:
-        """One array per field, encoded by :mod:`preprocess.store.zarr_v3` (through
+        """One array per field, encoded by :mod:`orbitgraph.preprocess.store.zarr_v3` (through
         zarr-python, its per-array overhead cost more than the data of a shard)."""
         group = directory / self.GROUP
         zarr_v3.write_group(group)

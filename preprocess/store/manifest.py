@@ -14,9 +14,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from preprocess.schema import SCHEMA_VERSION
-from preprocess.store.location import Location
-from preprocess.store.params import (
+from orbitgraph.preprocess.schema import SCHEMA_VERSION
+from orbitgraph.preprocess.store.location import Location
+from orbitgraph.preprocess.store.params import (
     BACKENDS,
     DEFAULT_BACKEND,
     FRAMES_PER_SHARD,
@@ -25,7 +25,7 @@ from preprocess.store.params import (
     LabelKeys,
     SplitParams,
 )
-from preprocess.store.shard import ShardRecord
+from orbitgraph.preprocess.store.shard import ShardRecord
 
 MANIFEST_FILE = "manifest.json"
 

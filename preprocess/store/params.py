@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from orbitgraph.config import Config
+from orbitgraph.preprocess.graph import DEFAULT_K, DEFAULT_TIE_TOLERANCE, _check_params
 from pydantic import Field, model_validator
-
-from preprocess.config import Config
-from preprocess.graph import DEFAULT_K, DEFAULT_TIE_TOLERANCE, _check_params
 
 LABELS = ("energy", "forces", "stress", "virial")
 TIES = ("include", "break")
@@ -25,7 +24,7 @@ LabelKey = Annotated[str | None, Field(pattern=r"\S", json_schema_extra={
 
 
 class GraphParams(Config):
-    """How the graphs were built (see :mod:`preprocess.graph`)."""
+    """How the graphs were built (see :mod:`orbitgraph.preprocess.graph`)."""
 
     section = "graph"
 
@@ -71,7 +70,7 @@ class LabelKeys(Config):
     """Where a source's frames hold their labels: the names of the fields read as the
     energy (eV), forces (eV/Å, per atom), stress (eV/Å³, ASE sign) and virial (eV, stored
     as the stress σ = -virial / V). ``None``: the source's convention
-    (:meth:`preprocess.sources.base.Source.resolve_labels` says which).
+    (:meth:`orbitgraph.preprocess.sources.base.Source.resolve_labels` says which).
 
     The keys determine what a store holds, so they are part of its id. The stored stress
     is a frame's ``stress`` where it has one, else the stress from its ``virial``.
@@ -108,7 +107,7 @@ class SplitParams(Config):
 
 class StoreParams(Config):
     """What ``orbitgraph build`` and a store of pipelines.yaml set: the graphs, the backend,
-    the label keys (null: the source's convention; see :mod:`preprocess.sources.labels`),
+    the label keys (null: the source's convention; see :mod:`orbitgraph.preprocess.sources.labels`),
     the shard size, the closest atoms accepted and the split."""
 
     section = "store"

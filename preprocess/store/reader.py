@@ -12,15 +12,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from preprocess.graph import concat_ranges
-from preprocess.schema import fields_at
-from preprocess.store.backends import get_backend
-from preprocess.store.location import Location
-from preprocess.store.manifest import Manifest, StoreError, read_manifest
-from preprocess.store.parquet import read_parquet
-from preprocess.store.shard import COMMIT_FILE
-from preprocess.store.writer import INDEX_NAME, INDEX_SCHEMA, QUARANTINE_NAME
+from orbitgraph.preprocess.graph import concat_ranges
+from orbitgraph.preprocess.schema import fields_at
+from orbitgraph.preprocess.store.backends import get_backend
+from orbitgraph.preprocess.store.location import Location
+from orbitgraph.preprocess.store.manifest import Manifest, StoreError, read_manifest
+from orbitgraph.preprocess.store.parquet import read_parquet
+from orbitgraph.preprocess.store.shard import COMMIT_FILE
+from orbitgraph.preprocess.store.writer import INDEX_NAME, INDEX_SCHEMA, QUARANTINE_NAME
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class ShardData:
     def take(self, rows: np.ndarray | list[int]) -> dict[str, np.ndarray]:
         """Rows ``rows`` (in that order) as one block of columns: frame fields (F, ...),
         atom fields (N, ...) and edge fields (E, ...) of those frames, concatenated; edge
-        fields stay local to their frame (see :func:`train.collate.collate_columns`)."""
+        fields stay local to their frame (see :func:`orbitgraph.train.collate.collate_columns`)."""
         rows = np.asarray(rows, dtype=np.int64)
         frame_edge_ptr = self.edge_ptr[self.atom_ptr]
         atoms = concat_ranges(self.atom_ptr[rows], self.atom_ptr[rows + 1])

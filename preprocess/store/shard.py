@@ -19,14 +19,19 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-
-from preprocess.frame import Frame
-from preprocess.graph import KnnGraphBatch, knn_graphs
-from preprocess.schema import BY_NAME, MAX_ATOMS, MAX_UNIT_SHIFT, check_columns, numpy_dtype
-from preprocess.store.backends import get_backend
-from preprocess.store.params import GraphParams
-from preprocess.store.parquet import write_parquet
-from preprocess.store.stats import ShardStats
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.graph import KnnGraphBatch, knn_graphs
+from orbitgraph.preprocess.schema import (
+    BY_NAME,
+    MAX_ATOMS,
+    MAX_UNIT_SHIFT,
+    check_columns,
+    numpy_dtype,
+)
+from orbitgraph.preprocess.store.backends import get_backend
+from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.preprocess.store.parquet import write_parquet
+from orbitgraph.preprocess.store.stats import ShardStats
 
 COMMIT_FILE = "commit.json"
 INDEX_FILE = "index.parquet"

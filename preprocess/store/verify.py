@@ -5,13 +5,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from preprocess.graph import knn_graph
-from preprocess.schema import check_columns
-from preprocess.store.backends import get_backend
-from preprocess.store.manifest import StoreError
-from preprocess.store.reader import ShardData, open_store
-from preprocess.store.shard import checksum, is_committed, shard_dir
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.schema import check_columns
+from orbitgraph.preprocess.store.backends import get_backend
+from orbitgraph.preprocess.store.manifest import StoreError
+from orbitgraph.preprocess.store.reader import ShardData, open_store
+from orbitgraph.preprocess.store.shard import checksum, is_committed, shard_dir
 
 
 @dataclass

@@ -16,14 +16,19 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 from ase.data import chemical_symbols
-
-from preprocess.frame import Frame
-from preprocess.graph import KnnGraphBatch
-from preprocess.schema import SCHEMA_VERSION
-from preprocess.store.manifest import Manifest, StoreError, StoreSpec, code_version, write_manifest
-from preprocess.store.params import SplitParams
-from preprocess.store.parquet import read_parquet, write_parquet
-from preprocess.store.shard import (
+from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.graph import KnnGraphBatch
+from orbitgraph.preprocess.schema import SCHEMA_VERSION
+from orbitgraph.preprocess.store.manifest import (
+    Manifest,
+    StoreError,
+    StoreSpec,
+    code_version,
+    write_manifest,
+)
+from orbitgraph.preprocess.store.params import SplitParams
+from orbitgraph.preprocess.store.parquet import read_parquet, write_parquet
+from orbitgraph.preprocess.store.shard import (
     INDEX_FILE,
     ShardRecord,
     build_columns,
@@ -34,7 +39,7 @@ from preprocess.store.shard import (
     shard_name,
     write_shard,
 )
-from preprocess.store.stats import ShardStats, element_counts
+from orbitgraph.preprocess.store.stats import ShardStats, element_counts
 
 INDEX_NAME = "index.parquet"
 QUARANTINE_NAME = "quarantine.parquet"

@@ -11,8 +11,8 @@ import os
 import time
 from pathlib import Path
 
-import preprocess.build as build
-from preprocess.store.shard import shard_name
+import orbitgraph.preprocess.build as build
+from orbitgraph.preprocess.store.shard import shard_name
 
 
 def _install() -> None:
