@@ -189,6 +189,7 @@ def errors(ref: dict, pred: dict, keep: np.ndarray | None = None) -> dict:
 
 def train_ours(store: Path, args, root: Path) -> dict:
     import torch
+
     from orbitgraph.train.config import TrainConfig
     from orbitgraph.train.loader import LoaderConfig
     from orbitgraph.train.logs import Formatter
@@ -246,6 +247,7 @@ def predict_ours(checkpoint: Path, frames: list, threads: int) -> dict:
     import warnings
 
     import torch
+
     from orbitgraph.train.calculator import OrbitCalculator, UntrainedElementWarning
 
     torch.set_num_threads(threads)

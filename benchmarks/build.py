@@ -292,6 +292,7 @@ def replicated_section(where: Path, args) -> float:
 def full_section(where: Path, args, base_rate: float | None) -> None:
     """Section 5."""
     from distributed import Client, LocalCluster
+
     from orbitgraph.preprocess.build import build_store
     from orbitgraph.preprocess.cluster import ClusterConfig
 

@@ -28,6 +28,7 @@ from _common import du, require_shared, sample_store  # noqa: E402
 
 def weights(kind: str, width: float, batch):
     import torch
+
     from orbitgraph.model.geometry import edge_vectors
     from orbitgraph.model.radial import AdaptiveRankEnvelope, RankEnvelope, rank_reference_distance
     r = torch.linalg.norm(edge_vectors(batch.positions, batch.cell, batch), dim=-1)
@@ -41,6 +42,7 @@ def weights(kind: str, width: float, batch):
 def neighbour_figures(store_path: Path, kind: str, width: float, frames: int) -> dict:
     import numpy as np
     import torch
+
     from orbitgraph.preprocess.store import open_store
     from orbitgraph.train.collate import collate
     store = open_store(store_path)
@@ -71,6 +73,7 @@ def model_time(store_path: Path, kind: str, width: float, repeats: int) -> float
     import statistics
 
     import torch
+
     from orbitgraph.model import build_model
     from orbitgraph.preprocess.store import open_store
     from orbitgraph.train.collate import collate
@@ -95,6 +98,7 @@ def force_jump(width: float) -> tuple[float, float]:
     largest change elsewhere on the path (eV/Å)."""
     import numpy as np
     import torch
+
     from orbitgraph.model import build_model
     from orbitgraph.preprocess.store.params import GraphParams
     from orbitgraph.train.calculator import OrbitCalculator

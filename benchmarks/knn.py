@@ -36,9 +36,10 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(SHARED_BENCH))
     import knn_anchors  # noqa: E402
+    from structures import mptrj_like  # noqa: E402
+
     from orbitgraph.preprocess.graph import knn_graph, knn_graphs
     from orbitgraph.preprocess.graph_reference import knn_graph_reference
-    from structures import mptrj_like  # noqa: E402
 
     structs = mptrj_like(args.n, seed=1)
     cells = np.array([s.lattice.matrix for s in structs])

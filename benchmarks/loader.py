@@ -30,6 +30,7 @@ def main() -> None:
     require_shared()
     import numpy as np
     import torch
+
     from orbitgraph.preprocess.store import open_store
     from orbitgraph.train.loader import LoaderConfig, make_loader
 

@@ -36,6 +36,7 @@ def start_structure(store_path: Path, lo: int, hi: int, seed: int):
     """A training frame of the sample with lo..hi atoms, rattled by 0.05 Å (ase.Atoms)."""
     import numpy as np
     from ase import Atoms
+
     from orbitgraph.preprocess.store import open_store
     store = open_store(store_path)
     train = store.subset(split="train")
@@ -72,6 +73,7 @@ def drift(model, graph, atoms0, steps: int, dt_fs: float, seed: int) -> tuple[fl
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.md.verlet import VelocityVerlet
+
     from orbitgraph.preprocess.graph import knn_graph
     from orbitgraph.train.calculator import OrbitCalculator
     atoms = atoms0.copy()
@@ -93,6 +95,7 @@ def drift(model, graph, atoms0, steps: int, dt_fs: float, seed: int) -> tuple[fl
 
 def random_model(numbers):
     import torch
+
     from orbitgraph.model import build_model
     from orbitgraph.train.testing import randomise
     torch.manual_seed(0)

@@ -46,6 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     require_shared()
     import msgspec
+
     from orbitgraph.preprocess.sources.records import _decoders, read_run
 
     data = plain_sample().read_bytes().strip()[1:-1]  # a partition's bytes: no outer braces

@@ -27,6 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     require_shared()
     import torch
+
     from orbitgraph.preprocess.build import build_store
     from orbitgraph.preprocess.cluster import ClusterConfig
     from orbitgraph.preprocess.store import open_store

@@ -27,6 +27,7 @@ def main() -> None:
     require_shared()
     import numpy as np
     import torch
+
     from orbitgraph.train.config import TrainConfig
     from orbitgraph.train.loader import LoaderConfig, make_loader
     from orbitgraph.train.trainer import Trainer

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch import nn
+
 from orbitgraph.model.mlp import silu_mlp
 from orbitgraph.model.scatter import scatter_softmax, scatter_sum
-from torch import nn
 
 AggregationMode = Literal["sum", "sigmoid", "softmax"]
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
+from torch import nn
+
 from orbitgraph.model.aggregation import Aggregation
 from orbitgraph.model.embedding import SpeciesEmbedding
 from orbitgraph.model.message import TensorProductMessage
@@ -25,7 +27,6 @@ from orbitgraph.model.radial import (
 )
 from orbitgraph.model.readout import LinearReadout, MLPReadout, reduce_blocks
 from orbitgraph.model.self_interaction import SELF_INTERACTIONS, SpeciesLinear
-from torch import nn
 
 
 def check_chain(name: str, produced: o3.Irreps, expected: o3.Irreps) -> None:

@@ -11,6 +11,7 @@ mantissa: edge vectors off by ~1e-2 Å); the potential also keeps them out of au
 from __future__ import annotations
 
 import torch
+
 from orbitgraph.model.batch import Batch
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
+from torch import nn
+
 from orbitgraph.model.embedding import SpeciesEmbedding
 from orbitgraph.model.mlp import silu_mlp, zero_last_layer
 from orbitgraph.model.radial import (
@@ -25,7 +27,6 @@ from orbitgraph.model.radial import (
     smoothstep,
 )
 from orbitgraph.model.scatter import scatter_softmax, scatter_sum
-from torch import nn
 
 DIRECTIONAL_L_MAX = 3
 BAND_WIDTH = 0.5  # Å over which an edge moves from one distance band to the next

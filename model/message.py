@@ -10,8 +10,9 @@ from typing import Literal
 
 import torch
 from e3nn import o3
-from orbitgraph.model.mlp import silu_mlp
 from torch import nn
+
+from orbitgraph.model.mlp import silu_mlp
 
 WeightInputs = Literal["radial", "radial+species", "radial+species+features"]
 

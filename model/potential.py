@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from torch import nn
+
 from orbitgraph.model.batch import Batch
 from orbitgraph.model.config import ModelConfig
 from orbitgraph.model.equivariant import EquivariantNetwork
@@ -24,7 +26,6 @@ from orbitgraph.model.invariant import InvariantNetwork
 from orbitgraph.model.radial import rank_reference_distance
 from orbitgraph.model.readout import ScaleShift
 from orbitgraph.model.scatter import scatter_sum
-from torch import nn
 
 NETWORKS = {"equivariant": EquivariantNetwork, "invariant": InvariantNetwork}
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
 from orbitgraph.model.geometry import vec_mat
 from orbitgraph.model.scatter import scatter_sum
-from torch import nn
 
 
 class BesselBasis(nn.Module):

@@ -8,9 +8,10 @@ from typing import Literal
 
 import torch
 from e3nn import o3
+from torch import nn
+
 from orbitgraph.model.embedding import NUM_ELEMENTS
 from orbitgraph.model.mlp import silu_mlp, zero_last_layer
-from torch import nn
 
 BlockReduction = Literal["sum", "last", "mean"]
 

@@ -23,9 +23,10 @@ from collections import Counter
 import torch
 from e3nn import nn as enn
 from e3nn import o3
+from torch import nn
+
 from orbitgraph.model.embedding import SpeciesProjection
 from orbitgraph.model.message import channelwise_instructions
-from torch import nn
 
 
 class SpeciesLinear(nn.Module):

@@ -31,6 +31,8 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
+
 from orbitgraph.preprocess.cluster import BuildProcessError, ClusterConfig, batch_jobs, dask_client
 from orbitgraph.preprocess.graph import knn_graphs_screened
 from orbitgraph.preprocess.sources import open_source
@@ -61,13 +63,14 @@ from orbitgraph.preprocess.store.shard import (
     shard_name,
 )
 from orbitgraph.preprocess.store.writer import (
+    INDEX_NAME,
     QUARANTINE_NAME,
     QUARANTINE_SCHEMA,
+    empty_splits,
     finalize_store,
     write_frames_shard,
 )
 from orbitgraph.preprocess.threads import local_cores
-from tqdm import tqdm
 
 BUILD_FILE = "build.json"
 log = logging.getLogger("orbitgraph.build")
@@ -96,6 +99,8 @@ class BuildSummary:
     labels: LabelPlan | None = None  # the keys the frames were read with
     labels_not_stored: dict[str, int] = field(default_factory=dict)  # what -> frames
     labels_converted: dict[str, int] = field(default_factory=dict)  # what -> frames
+    labels_masked: dict[str, int] = field(default_factory=dict)  # what -> frames
+    warnings: list[str] = field(default_factory=list)  # also logged as the build ends
 
     def text(self) -> str:
         if self.already_complete:
@@ -121,13 +126,16 @@ class BuildSummary:
         if self.labels is not None:
             lines.append(f"  labels: {self.labels.describe()}")
         for what, n in sorted(self.labels_converted.items(), key=lambda x: (-x[1], x[0])):
-            lines.append(f"  converted: {n} frames, {what} (virial in eV, V = abs(det(cell)) "
-                         "in Å³, stress in eV/Å³ with ASE's sign)")
-        if self.labels_not_stored:
-            listed = ", ".join(f"{n} x {what}" for what, n in
-                               sorted(self.labels_not_stored.items(),
-                                      key=lambda x: (-x[1], x[0])))
-            lines.append(f"  present in the source but not stored (frames): {listed}")
+            lines.append(f"  converted: {n} frames, {what}")
+        for title, counts in (("optional labels masked: frames kept, the label stored as NaN "
+                               "and left out of the loss and statistics (frames)",
+                               self.labels_masked),
+                              ("present in the source but not stored (frames)",
+                               self.labels_not_stored)):
+            if counts:
+                listed = ", ".join(f"{n} x {what}" for what, n in
+                                   sorted(counts.items(), key=lambda x: (-x[1], x[0])))
+                lines.append(f"  {title}: {listed}")
         return lines
 
 
@@ -281,6 +289,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         summary.labels = LabelPlan(**m.labels) if m.labels else None
         summary.labels_not_stored = dict(m.counts.get("labels_not_stored", {}))
         summary.labels_converted = dict(m.counts.get("labels_converted", {}))
+        summary.labels_masked = dict(m.counts.get("labels_masked", {}))
         return summary
     labels = source.resolve_labels(spec.labels)
     summary.labels = labels
@@ -328,6 +337,8 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     summary.quarantined = manifest.counts["quarantined"]
     summary.labels_not_stored = dict(manifest.counts["labels_not_stored"])
     summary.labels_converted = dict(manifest.counts["labels_converted"])
+    summary.labels_masked = dict(manifest.counts["labels_masked"])
+    summary.warnings = split_warnings(out, spec.split)
     summary.quarantine_reasons = reason_counts(
         read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist())
     summary.wall_s = time.perf_counter() - t0
@@ -388,6 +399,20 @@ def source_bytes(path: str | Path) -> int:
                 size = isize + max(0, -(-(size - isize) // 2**32)) * 2**32
         total += size
     return total
+
+
+def split_warnings(out: Path, split: SplitParams) -> list[str]:
+    """A logged warning for each split of the store in ``out`` that holds no frames though
+    asked for (val and test with a fraction above 0; train always), naming the fraction
+    that would give it some (:func:`~orbitgraph.preprocess.store.writer.empty_splits`)."""
+    materials = read_parquet(out / INDEX_NAME).column("material_id").to_pylist()
+    asked = {"test": split.test_fraction > 0, "val": split.val_fraction > 0, "train": True}
+    found = [f"{out}: {text} (the split is set by store.split.* of orbitgraph build, "
+             "stores.NAME.split in pipelines.yaml)" for name, text in
+             empty_splits(materials, split).items() if asked[name]]
+    for text in found:
+        log.warning(text)
+    return found
 
 
 def reason_counts(reasons) -> dict[str, int]:

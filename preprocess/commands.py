@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ase.data import chemical_symbols
+
 from orbitgraph.preprocess.store import open_store, verify_store
 from orbitgraph.preprocess.store.params import LABELS
 

@@ -21,11 +21,12 @@ class Frame:
     numbers : (N,) int atomic numbers
     energy : float eV
     forces : (N, 3) float64 eV/Å
-    stress : (3, 3) float64 eV/Å³ (ASE sign) or None
-    magmom : (N,) float64 μB or None
+    stress : (3, 3) float64 eV/Å³ (ASE sign), or None: masked (stored as NaN)
+    magmom : (N,) float64 μB, or None: masked (stored as NaN)
     notes : what the source's reader did with this frame's labels, for the build summary:
-        (``"not_stored"`` or ``"converted"``, what), e.g. ("converted", "stress = -virial / V
-        from 'virial'"); see :mod:`orbitgraph.preprocess.sources.labels`
+        (``"not_stored"``, ``"converted"`` or ``"masked"``, what), e.g. ("converted",
+        "stress = -virial / V from 'virial' ..."), ("masked", "stress: missing"); see
+        :mod:`orbitgraph.preprocess.sources.labels`
     """
 
     frame_id: str

@@ -36,6 +36,7 @@ from itertools import pairwise
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
+
 from orbitgraph.preprocess.threads import thread_map
 
 DEFAULT_K = 16

@@ -10,6 +10,7 @@ candidate not kept lies well inside ``R``. No pruning, no reuse between atoms.
 from __future__ import annotations
 
 import numpy as np
+
 from orbitgraph.preprocess.graph import (
     COINCIDENT_DISTANCE,
     DEFAULT_K,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from orbitgraph.train.testing import random_rotation  # noqa: F401  (re-exported for the tests)
 
 DATA = Path(__file__).parent / "data"
@@ -92,4 +93,52 @@ def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
 
     path.write_text(json.dumps({mid: {f"{mid}-{i}": record(a) for i, a in enumerate(frames)}
                                 for mid, frames in materials.items()}))
+    return path
+
+
+def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
+    """The same labelled frames as an MPtrj JSON file (``fmt`` "mptrj-json") or an extended
+    XYZ file ("extxyz"), at ``path`` with the format's suffix.
+
+    Each frame: ``mid``, ``fid``, ``symbols``, ``positions`` (N, 3) Å, ``cell`` (3, 3) Å,
+    ``energy`` eV, ``forces`` (N, 3) eV/Å, optional ``stress`` (3, 3) eV/Å³ with ASE's sign
+    (symmetric), ``magmom`` (N,) μB and ``info`` (more per-frame numbers, e.g.
+    ``energy_per_atom``). NaN is written as each format writes it (``NaN`` in JSON as
+    Python writes it, ``nan`` in extxyz). MPtrj: the energy is ``uncorrected_total_energy``
+    and the stress kBar with VASP's sign; extxyz: ``energy=``, ``stress=`` (9 values),
+    ``forces`` and ``magmoms`` columns, ``mp_id`` and ``frame_id``."""
+    from extxyz_writer import frame_text
+    from orbitgraph.units import stress_to_vasp_kbar
+
+    if fmt == "extxyz":
+        texts = []
+        for f in frames:
+            info = {"frame_id": f["fid"], "mp_id": f["mid"], "energy": f["energy"],
+                    **f.get("info", {})}
+            if f.get("stress") is not None:
+                info["stress"] = np.asarray(f["stress"], dtype=np.float64)
+            columns = {"forces": np.asarray(f["forces"], dtype=np.float64)}
+            if f.get("magmom") is not None:
+                columns["magmoms"] = np.asarray(f["magmom"], dtype=np.float64)
+            texts.append(frame_text(f["symbols"], f["positions"], f["cell"], info, columns))
+        path = path.with_suffix(".extxyz")
+        path.write_text("".join(texts))
+        return path
+    materials: dict = {}
+    for f in frames:
+        stress = f.get("stress")
+        magmom = f.get("magmom")
+        materials.setdefault(f["mid"], {})[f["fid"]] = {
+            "structure": {"lattice": {"matrix": np.asarray(f["cell"]).tolist()},
+                          "sites": [{"species": [{"element": s, "occu": 1}],
+                                     "xyz": list(map(float, p))}
+                                    for s, p in zip(f["symbols"], f["positions"], strict=True)]},
+            "uncorrected_total_energy": f["energy"], "corrected_total_energy": f["energy"],
+            "force": np.asarray(f["forces"]).tolist(),
+            "stress": None if stress is None else stress_to_vasp_kbar(
+                np.asarray(stress, dtype=np.float64)).tolist(),
+            "magmom": None if magmom is None else np.asarray(magmom).tolist(),
+            **f.get("info", {})}
+    path = path.with_suffix(".json")
+    path.write_text(json.dumps(materials))
     return path

@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orbitgraph.preprocess.build as build_module
 import pytest
+
+import orbitgraph.preprocess.build as build_module
+from helpers import SMALL_MPTRJ, load_small_mptrj
 from orbitgraph.preprocess.build import build_store, source_bytes
 from orbitgraph.preprocess.cluster import BuildProcessError, ClusterConfig
 from orbitgraph.preprocess.sources import open_source
 from orbitgraph.preprocess.store import open_store, verify_store
 from orbitgraph.preprocess.store.shard import is_committed
-
-from helpers import SMALL_MPTRJ, load_small_mptrj
 
 SYNC = ClusterConfig(kind="synchronous")
 
@@ -660,3 +660,85 @@ def test_forked_build_processes_leave_ctrl_c_to_the_build(tmp_path):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, ours)
+
+
+# ------------------------------------------------------------------ empty splits
+
+def _small_as_extxyz(path: Path) -> Path:
+    """The bundled MPtrj sample's frames, materials and ids as an extended XYZ file."""
+    from helpers import write_source
+    from orbitgraph.units import stress_from_vasp_kbar
+
+    frames = []
+    for mid, records in load_small_mptrj().items():
+        for fid, rec in records.items():
+            sites = rec["structure"]["sites"]
+            frames.append({"mid": mid, "fid": fid,
+                           "symbols": [s["species"][0]["element"] for s in sites],
+                           "positions": np.array([s["xyz"] for s in sites]),
+                           "cell": np.array(rec["structure"]["lattice"]["matrix"]),
+                           "energy": rec["uncorrected_total_energy"],
+                           "forces": np.array(rec["force"]),
+                           "stress": stress_from_vasp_kbar(np.array(rec["stress"]))})
+    return write_source(path, "extxyz", frames)
+
+
+@pytest.mark.parametrize("fmt", ["mptrj-json", "extxyz"])
+def test_an_empty_split_is_a_build_warning_naming_the_fraction_that_fills_it(tmp_path, fmt,
+                                                                            caplog):
+    """The bundled sample's 31 stored materials with the default 5 % test split: the test
+    split holds none. The build warns (logged, and in the summary), naming the split and
+    the fraction that gives it frames; that fraction does, and a split asked to be empty
+    (fraction 0) is no warning."""
+    import re
+
+    from orbitgraph.preprocess.store.params import SplitParams
+
+    src = SMALL_MPTRJ if fmt == "mptrj-json" else _small_as_extxyz(tmp_path / "small")
+    with caplog.at_level(logging.WARNING, logger="orbitgraph.build"):
+        summary = build_store(src, tmp_path / "default", cluster=SYNC, progress=False)
+    assert len(summary.warnings) == 1, summary.warnings
+    warning = summary.warnings[0]
+    assert "the test split holds no frames: test_fraction 0.05 takes none of the 31 " \
+           "materials" in warning
+    assert warning in [r.getMessage() for r in caplog.records]
+    found = re.search(r"test_fraction ([0-9.]+) would give it 1 material \((\d+) frames\)",
+                      warning)
+    assert found, warning
+    filled = build_store(src, tmp_path / "filled", cluster=SYNC, progress=False,
+                         split=SplitParams(test_fraction=float(found.group(1))))
+    assert filled.warnings == []
+    splits = open_store(tmp_path / "filled").index.column("split").to_pylist()
+    assert splits.count("test") == int(found.group(2)) > 0
+    no_test = build_store(src, tmp_path / "no-test", cluster=SYNC, progress=False,
+                          split=SplitParams(val_fraction=0.1, test_fraction=0.0))
+    assert no_test.warnings == []
+
+
+def test_empty_splits_names_each_empty_split_and_the_fraction_that_fills_it():
+    """val and train too: the fraction named gives the split exactly the material, and the
+    frames, it says."""
+    import re
+
+    from orbitgraph.preprocess.store import SplitParams, empty_splits, split_of
+    from orbitgraph.preprocess.store.writer import split_position
+
+    ids = [f"mp-{i}" for i in range(5) for _ in range(i + 1)]  # mp-i has i + 1 frames
+    by_u = sorted(set(ids), key=lambda mid: split_position(mid, 0))
+    first, last = by_u[0], by_u[-1]
+    cases = {  # split: (params that leave it empty, the material its advice adds)
+        "val": (SplitParams(val_fraction=1e-6, test_fraction=0.0), first),
+        "train": (SplitParams(val_fraction=split_position(last, 0) + 1e-9,
+                              test_fraction=0.0), last),
+    }
+    for name, (params, material) in cases.items():
+        text = empty_splits(ids, params)[name]
+        assert text.startswith(f"the {name} split holds no frames"), text
+        found = re.search(r"(val_fraction|val_fraction \+ test_fraction) ([0-9.e-]+) would give "
+                          r"it 1 material \((\d+) frames?\)", text)
+        assert found, text
+        value = float(found.group(2))
+        held = [mid for mid in set(ids)
+                if split_of(mid, SplitParams(val_fraction=value, test_fraction=0.0)) == name]
+        assert held == [material] and int(found.group(3)) == ids.count(material), text
+    assert empty_splits([], SplitParams()) == {}

@@ -174,8 +174,10 @@ def test_cli_user_errors(tmp_path):
 
 def test_quiet_and_verbose_decide_what_reaches_stderr(tmp_path, capsys):
     """Progress (INFO) on stderr, ``--verbose`` adds debug lines, ``--quiet`` (before or
-    after the command) keeps warnings only; the result, the build summary and the store's
-    path, on stdout each time; no progress bar off a terminal."""
+    after the command) keeps warnings only (here: the sample's empty test split); the result,
+    the build summary and the store's path, on stdout each time; no progress bar off a
+    terminal."""
+    from orbitgraph.preprocess.store import SplitParams, empty_splits, open_store
     from orbitgraph.train.cli import main
 
     src = ROOT / "tests" / "data" / "mptrj_small.json.gz"
@@ -192,7 +194,12 @@ def test_quiet_and_verbose_decide_what_reaches_stderr(tmp_path, capsys):
     assert "shard-000000 committed" not in said["default"].err
     assert "without a cluster" in said["verbose"].err
     assert "shard-000000 committed" in said["verbose"].err
-    assert said["quiet"].err == said["quiet-after"].err == ""
+    materials = open_store(tmp_path / "quiet").index.column("material_id").to_pylist()
+    for name in ("quiet", "quiet-after"):  # the one warning: the sample's test split is empty
+        assert said[name].err.splitlines() == [
+            f"warning: {tmp_path / name}: {empty_splits(materials, SplitParams())['test']} "
+            "(the split is set by store.split.* of orbitgraph build, stores.NAME.split in "
+            "pipelines.yaml)"], said[name].err
 
 
 @pytest.mark.parametrize("raised, status, line", [

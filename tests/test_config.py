@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from orbitgraph.config import ConfigError
 from orbitgraph.model.config import MACE_TORCH_NAMES, ModelConfig, load_config
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import SourceInfo, StoreSpec
@@ -16,8 +18,6 @@ from orbitgraph.train import cli
 from orbitgraph.train.config import REFERENCE_END, REFERENCE_START, TrainConfig, reference_markdown
 from orbitgraph.train.loader import LoaderConfig
 from orbitgraph.train.pipelines import load_pipelines
-
-from orbitgraph.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from orbitgraph.model import build_model
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.train.collate import collate, frame_from_graph
@@ -87,14 +88,13 @@ def test_compiled_network_matches_eager_on_the_gpu(dtype):
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_training_steps_on_the_gpu(tmp_path, precision):
+    from helpers import write_small_mptrj
     from orbitgraph.preprocess.build import build_store
     from orbitgraph.preprocess.cluster import ClusterConfig
     from orbitgraph.preprocess.store import SplitParams
     from orbitgraph.train.config import TrainConfig
     from orbitgraph.train.loader import LoaderConfig
     from orbitgraph.train.trainer import Trainer
-
-    from helpers import write_small_mptrj
 
     build_store(write_small_mptrj(tmp_path / "s.json", frames=24), tmp_path / "store",
                 frames_per_shard=12, cluster=ClusterConfig(kind="synchronous"),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import write_small_mptrj
 from orbitgraph.model import build_model
 from orbitgraph.model.config import PRESETS
 from orbitgraph.preprocess.build import build_store
@@ -25,8 +27,6 @@ from orbitgraph.train.collate import collate
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.loader import LoaderConfig, empty_batch, plan_rank
 from orbitgraph.train.trainer import Trainer
-
-from helpers import write_small_mptrj
 
 # small versions of every preset (the preset's blocks, few channels)
 TINY = {

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from orbitgraph.preprocess.graph import KnnGraph, knn_graph, knn_graphs
-from orbitgraph.preprocess.graph_reference import knn_graph_reference
 
 from helpers import canonical_edges, per_atom_sorted_distances, random_rotation, sample_structures
+from orbitgraph.preprocess.graph import KnnGraph, knn_graph, knn_graphs
+from orbitgraph.preprocess.graph_reference import knn_graph_reference
 
 # ---------------------------------------------------------------------------- structures
 

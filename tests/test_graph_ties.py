@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from orbitgraph.preprocess.graph import DEFAULT_TIE_TOLERANCE, DISTANCE_QUANTUM, knn_graph
 from orbitgraph.preprocess.graph_reference import knn_graph_reference
 

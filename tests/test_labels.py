@@ -8,15 +8,14 @@ import json
 
 import numpy as np
 import pytest
-from orbitgraph.preprocess.build import build_store, make_spec
-from orbitgraph.preprocess.cluster import ClusterConfig
-from orbitgraph.preprocess.sources.labels import LabelError
-from orbitgraph.preprocess.store import open_store, read_manifest
 
 from extxyz_writer import frame_text, nacl
+from orbitgraph.preprocess.build import build_store, make_spec
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.sources.labels import LabelError, virial_note
+from orbitgraph.preprocess.store import open_store, read_manifest
 
 QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)
-CONVERTED = "stress = -virial / V from '{}'"
 
 
 def _labels(i: int, n: int = 2):
@@ -82,8 +81,8 @@ def test_each_extxyz_convention_is_read_without_keys(tmp_path, convention):
         np.testing.assert_allclose(got[fid]["forces"], forces, rtol=1e-6)
         np.testing.assert_allclose(got[fid]["stress"], stress, rtol=1e-12, atol=1e-17)
     if layout.startswith("virial"):
-        assert summary.labels_converted == {CONVERTED.format(s_key): 3}
-        assert CONVERTED.format(s_key) in summary.text()
+        assert summary.labels_converted == {virial_note(s_key): 3}
+        assert virial_note(s_key) in summary.text()
 
 
 def test_label_keys_name_any_field(tmp_path):
@@ -292,12 +291,12 @@ def test_virial_is_stored_as_stress_minus_virial_over_volume(tmp_path, key, layo
     for fid, stress in expected.items():
         np.testing.assert_allclose(got[fid]["stress"], stress, rtol=1e-12, atol=1e-17)
     # cubic cell of 5.2 Å: V = 140.608 Å³
-    assert summary.labels_converted == {CONVERTED.format(key): 3}
+    assert summary.labels_converted == {virial_note(key): 3}
     assert summary.labels_not_stored == {f"virial '{key}'": 1}
     text = summary.text()
-    assert f"converted: 3 frames, {CONVERTED.format(key)}" in text and "abs(det(cell))" in text
+    assert f"converted: 3 frames, {virial_note(key)}" in text and "abs(det(cell))" in text
     assert read_manifest(tmp_path / "store").counts["labels_converted"] == \
-        {CONVERTED.format(key): 3}
+        {virial_note(key): 3}
 
 
 def test_virial_of_a_frame_without_volume_is_counted_not_stored(tmp_path):
@@ -314,8 +313,10 @@ def test_virial_of_a_frame_without_volume_is_counted_not_stored(tmp_path):
     assert np.isnan(got["slab"]["stress"]).all()
     np.testing.assert_allclose(got["bulk"]["stress"],
                                -np.eye(3) / abs(np.linalg.det(cell)), rtol=1e-12)
-    assert summary.labels_not_stored == {
-        "virial 'virial': the frame is not periodic along all three axes (no volume)": 1}
+    assert summary.labels_not_stored == {}
+    assert summary.labels_masked == {
+        "virial 'virial': the frame is not periodic along all three axes (no volume)": 1,
+        "magmom: missing": 2}
 
 
 # ------------------------------------------------------------------ 5. present, not stored
@@ -342,15 +343,130 @@ def test_labels_present_but_not_stored_are_counted(tmp_path):
     expected = {
         "energy 'MACE_energy'": 2,
         "forces 'MACE_forces'": 2,
-        "stress 'REF_stress': not understood (shape (4,))": 1,
         "per-atom column 'dft_gradient' (3 numbers per atom, like forces)": 1,
-        "magnetic moments: shape (3,) per atom, the store holds one number per atom": 1,
+    }
+    masked = {  # present, but not in a form the store holds: the frame kept, the label NaN
+        "stress 'REF_stress': not understood (shape (4,))": 1,
+        "magmom: shape (3,) per atom, the store holds one number per atom": 1,
+        "magmom: missing": 3,
     }
     assert summary.frames == 4 and summary.quarantined == 0
-    assert summary.labels_not_stored == expected
-    assert read_manifest(tmp_path / "store").counts["labels_not_stored"] == expected
+    assert (summary.labels_not_stored, summary.labels_masked) == (expected, masked)
+    counts = read_manifest(tmp_path / "store").counts
+    assert (counts["labels_not_stored"], counts["labels_masked"]) == (expected, masked)
     assert "present in the source but not stored (frames): 2 x energy 'MACE_energy'" in \
         summary.text()
     got = _stored(tmp_path / "store")
     assert np.isnan(got["f2"]["stress"]).all() and np.isnan(got["f3"]["magmom"]).all()
     np.testing.assert_allclose(got["f1"]["stress"], _labels(1)[2], rtol=1e-12)
+
+
+# ------------------------------------------------------------------ 6. one rule, every format
+
+FORMATS = ["mptrj-json", "extxyz"]  # every source class of preprocess.sources.FORMATS
+
+
+def _frame(fid: str, i: int, **edit) -> dict:
+    """A labelled NaCl frame of material ``fid`` for :func:`helpers.write_source`."""
+    symbols, pos, cell = nacl(0.05 * i)
+    energy, forces, stress = _labels(i)
+    return {"mid": f"mp-{fid}", "fid": fid, "symbols": symbols, "positions": pos,
+            "cell": cell, "energy": energy, "forces": forces, "stress": stress,
+            "magmom": np.array([0.5 + i, -0.25]), **edit}
+
+
+def test_every_source_format_is_in_the_label_tests():
+    from orbitgraph.preprocess.sources import FORMATS as SOURCE_FORMATS
+    assert sorted(SOURCE_FORMATS) == sorted(FORMATS)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_nan_or_missing_stress_and_magmom_are_masked_and_counted_in_every_format(tmp_path,
+                                                                                  fmt):
+    """Stress and magmom are optional: NaN (in any component, any atom) or absent, the frame
+    is kept, the label is stored as NaN (the whole tensor, every atom: what the loss's
+    per-frame mask and the statistics leave out) and counted, with why, in the summary and
+    the manifest. Energy and forces stay required: NaN quarantines."""
+    import torch
+
+    from helpers import write_source
+    from orbitgraph.train.loader import LoaderConfig, make_loader
+    from orbitgraph.train.metrics import loss_sums
+
+    nan_stress = _labels(1)[2].copy()
+    nan_stress[2, 2] = np.nan
+    frames = [_frame("ok", 0), _frame("stress-nan", 1, stress=nan_stress),
+              _frame("magmom-nan", 2, magmom=np.array([np.nan, 0.5])),
+              _frame("none", 3, stress=None, magmom=None),
+              _frame("energy-nan", 4, energy=np.nan),
+              _frame("forces-nan", 5, forces=np.where(np.eye(2, 3) > 0, np.nan, 0.1))]
+    src = write_source(tmp_path / "frames", fmt, frames)
+    summary = build_store(src, tmp_path / "store", **QUIET)
+
+    store = open_store(tmp_path / "store")
+    reasons = {q["frame_id"]: q["reason"] for q in store.quarantine().to_pylist()}
+    assert sorted(reasons) == ["energy-nan", "forces-nan"]
+    assert all("NaN or inf" in r for r in reasons.values()), reasons
+    got = _stored(tmp_path / "store")
+    assert sorted(got) == ["magmom-nan", "none", "ok", "stress-nan"]
+    for fid, i in (("ok", 0), ("magmom-nan", 2)):
+        np.testing.assert_allclose(got[fid]["stress"], _labels(i)[2], rtol=1e-12)
+    for fid in ("stress-nan", "none"):
+        assert np.isnan(got[fid]["stress"]).all(), fid
+    for fid in ("magmom-nan", "none"):
+        assert np.isnan(got[fid]["magmom"]).all(), fid
+    np.testing.assert_array_equal(got["stress-nan"]["magmom"], [1.5, -0.25])
+    np.testing.assert_array_equal(got["ok"]["magmom"], [0.5, -0.25])
+    masked = {"stress 'stress': NaN or inf": 1, "stress: missing": 1,
+              "magmom: NaN or inf": 1, "magmom: missing": 1}
+    assert summary.labels_masked == masked
+    assert read_manifest(tmp_path / "store").counts["labels_masked"] == masked
+    assert "optional labels masked" in summary.text() and \
+        "1 x stress 'stress': NaN or inf" in summary.text()
+
+    # the loss counts the stress of the two frames that have one, and stays finite
+    batch = next(iter(make_loader(store, LoaderConfig(max_atoms=1000, shuffle=False))))
+    assert batch.n_frames == 4
+    out = {"energy": batch.energy.double(), "forces": batch.forces.double(),
+           "stress": torch.zeros_like(batch.stress, dtype=torch.float64)}
+    sums = loss_sums(out, batch, "mse", 0.01)
+    assert float(sums["n_stress"]) == 9 * 2 and np.isfinite(float(sums["stress"]))
+
+
+# ------------------------------------------------------------------ 7. energy per atom
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_energy_per_atom_key_is_stored_as_the_total_energy_and_said(tmp_path, fmt):
+    """``energy_key: energy_per_atom`` (eV/atom) stores value × n_atoms (eV), the total
+    energy the store and the models hold, and says so in the summary and the manifest;
+    the store then holds the same energies as one read from the total-energy field."""
+    from ase.build import bulk
+
+    from helpers import write_source
+
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)  # 4 atoms, beside NaCl's 2
+    frames = [_frame("nacl", 0), _frame("cu", 1, symbols=cu.get_chemical_symbols(),
+                                        positions=cu.positions, cell=cu.cell.array,
+                                        forces=np.zeros((4, 3)), magmom=None)]
+    for f in frames:
+        f["info"] = {"energy_per_atom": f["energy"] / len(f["symbols"])}
+    src = write_source(tmp_path / "frames", fmt, frames)
+    summary = build_store(src, tmp_path / "per_atom", energy_key="energy_per_atom", **QUIET)
+    total_key = {"mptrj-json": "uncorrected_total_energy", "extxyz": "energy"}[fmt]
+    build_store(src, tmp_path / "total", energy_key=total_key, **QUIET)
+
+    per_atom, total = _stored(tmp_path / "per_atom"), _stored(tmp_path / "total")
+    for f in frames:
+        n = len(f["symbols"])
+        assert per_atom[f["fid"]]["energy"] == f["info"]["energy_per_atom"] * n
+        assert per_atom[f["fid"]]["energy"] == pytest.approx(total[f["fid"]]["energy"],
+                                                             rel=1e-15)
+    note = "energy = 'energy_per_atom' × n_atoms (eV/atom to eV)"
+    assert summary.labels_converted == {note: 2}
+    assert summary.labels.energy_per_atom
+    assert f"converted: 2 frames, {note}" in summary.text()
+    assert "energy 'energy_per_atom' (eV/atom, stored × n_atoms" in summary.text()
+    m = read_manifest(tmp_path / "per_atom")
+    assert m.labels["energy"] == "energy_per_atom" and m.labels["energy_per_atom"] is True
+    assert m.counts["labels_converted"] == {note: 2}
+    assert read_manifest(tmp_path / "total").labels["energy_per_atom"] is False

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from helpers import random_rotation
 from orbitgraph.model import build_model
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.collate import collate as _collate
 from orbitgraph.train.collate import frame_from_graph
 from orbitgraph.train.testing import SMALL, PotentialTests, structure
-
-from helpers import random_rotation
 
 
 def frame(cell, pos, numbers, k=8):
@@ -114,6 +114,7 @@ def test_blocks_declare_irreps_that_chain():
     for prev, nxt in zip(blocks[:-1], blocks[1:], strict=True):
         assert prev.irreps_out == nxt.irreps_in
     from e3nn import o3
+
     from orbitgraph.model.equivariant import check_chain
     with pytest.raises(ValueError, match="expects irreps"):
         check_chain("x", o3.Irreps("1x0e"), o3.Irreps("1x1o"))
@@ -125,6 +126,7 @@ class TestSymmetricContraction:
 
     def make(self, correlation=3, out="4x0e+4x1o"):
         from e3nn import o3
+
         from orbitgraph.model.self_interaction import SymmetricContraction
         torch.manual_seed(1)
         sc = SymmetricContraction(o3.Irreps("4x0e+4x1o+4x2e+4x3o"), o3.Irreps(out),
@@ -167,6 +169,7 @@ class TestSymmetricContraction:
 
     def test_layout_round_trip_and_errors(self):
         from e3nn import o3
+
         from orbitgraph.model.self_interaction import (
             SymmetricContraction,
             from_channels,

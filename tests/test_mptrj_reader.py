@@ -14,13 +14,13 @@ import struct
 
 import numpy as np
 import pytest
+from pymatgen.core import Lattice, Structure
+
+from helpers import SMALL_MPTRJ, load_small_mptrj
 from orbitgraph.preprocess.sources import open_source
 from orbitgraph.preprocess.sources.labels import LabelError
 from orbitgraph.preprocess.sources.records import RecordError, frame_from_record, read_run
 from orbitgraph.preprocess.store.params import LabelKeys
-from pymatgen.core import Lattice, Structure
-
-from helpers import SMALL_MPTRJ, load_small_mptrj
 from orbitgraph.units import EV_PER_A3_IN_KBAR
 
 KEY = "uncorrected_total_energy"
@@ -386,7 +386,6 @@ BAD_RECORDS = {
     "force text": (_edit(("force",), "none"), "force: expected an array or null, got a string"),
     "stress shape": (_edit(("stress",), [[1.0, 0.0, 0.0]]),
                      "stress: expected an array of length 3"),
-    "magmom length": (_edit(("magmom",), [1.0]), "magmom: 1 values for 3 atoms"),
     "magmom text": (_edit(("magmom",), ["a", "b", "c"]),
                     "magmom[0]: expected a number, got a string"),
     "record a list": (lambda rec: [1, 2, 3], "record: expected an object, got an array"),
@@ -400,9 +399,6 @@ NON_FINITE = {
     "position -inf": (SITE0 + ("xyz", 1), "-Infinity", "structure.sites.xyz: contains NaN or inf"),
     "cell NaN": (S + ("lattice", "matrix", 0, 0), "NaN",
                  "structure.lattice.matrix: contains NaN or inf"),
-    "stress NaN": (("stress", 2, 2), "NaN", "stress: contains NaN or inf"),
-    "magmom inf": (("magmom", 0), "Infinity", "magmom: contains NaN or inf"),
-    "site magmom NaN": (SITE0 + ("properties", "magmom"), "NaN", "magmom: contains NaN or inf"),
     "force beyond float": (("force", 1, 2), "1e400", "force[1][2]: number out of range"),
     "energy beyond float": ((KEY,), "-1e999", f"{KEY}: number out of range"),
 }
@@ -454,6 +450,37 @@ def test_each_bad_record_is_quarantined_with_its_reason_and_its_neighbours_kept(
         assert got[fid].startswith(reason), (fid, got[fid])
         if fid != "mp-broken/?":
             assert got[fid] == reason, (fid, got[fid])
+
+
+# an optional label that cannot be stored: (edit, literal written for "@placeholder@",
+# the label masked, the note)
+MASKED_LABELS = {
+    "stress NaN": (("stress", 2, 2), "NaN", "stress", "stress 'stress': NaN or inf"),
+    "stress inf": (("stress", 0, 1), "-Infinity", "stress", "stress 'stress': NaN or inf"),
+    "magmom inf": (("magmom", 0), "Infinity", "magmom", "magmom: NaN or inf"),
+    "site magmom NaN": (SITE0 + ("properties", "magmom"), "NaN", "magmom",
+                        "magmom: NaN or inf"),
+    "magmom length": (("magmom",), "[1.0]", "magmom", "magmom: not one value per atom"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_LABELS))
+def test_an_unusable_optional_label_is_masked_and_the_record_kept(name):
+    """A stress or magmom holding NaN or inf, or magmoms not one per atom: the record is a
+    frame with that label None (stored as NaN) and a note saying why; every other field
+    is read as from the intact record, and its neighbours are untouched."""
+    path, literal, label, note = MASKED_LABELS[name]
+    rng = np.random.default_rng(21)
+    rec, want = _good(rng, magmom="sites" if name.startswith("site") else "record")
+    keep, want_keep = _good(rng)
+    _edit(path, "@placeholder@")(rec)
+    text = json.dumps({"mp-1": {"bad": rec, "keep": keep}})[1:-1]
+    frames, quarantine = read_run(text.replace('"@placeholder@"', literal).encode(), KEY)
+    assert quarantine == [] and [f.frame_id for f in frames] == ["bad", "keep"]
+    assert_frame(frames[0], dict(want, **{label: None}))
+    assert_frame(frames[1], want_keep)
+    assert ("masked", note) in frames[0].notes
+    assert not any(what.startswith(label) for _, what in frames[1].notes)
 
 
 def test_a_run_of_only_good_records_equals_the_same_records_among_bad_ones():

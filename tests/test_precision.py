@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 from e3nn import o3
+
+from helpers import write_small_mptrj
 from orbitgraph.model import build_model
 from orbitgraph.model.geometry import edge_vectors
 from orbitgraph.preprocess.build import build_store
@@ -25,8 +27,6 @@ from orbitgraph.train.collate import collate, frame_from_graph
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.testing import randomise, structure
 from orbitgraph.train.trainer import Trainer
-
-from helpers import write_small_mptrj
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TINY = {

@@ -13,6 +13,7 @@ import types
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from orbitgraph.train.loader import LoaderConfig, batch_starts, plan_rank
 
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from cluster.slurm_node import missing_programs, one_node_slurm
+from helpers import SMALL_MPTRJ
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import open_store, verify_store
 from orbitgraph.preprocess.store.shard import is_committed
 from orbitgraph.train.pipelines import load_pipelines
-
-from cluster.slurm_node import missing_programs, one_node_slurm
-from helpers import SMALL_MPTRJ
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "orbitgraph.train.cli"]

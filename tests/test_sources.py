@@ -9,6 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from extxyz_writer import frame_text, nacl
 from orbitgraph.preprocess.build import EmptyStoreError, build_store, reason_kind
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph import knn_graph
@@ -22,8 +24,6 @@ from orbitgraph.preprocess.sources.limits import (
 from orbitgraph.preprocess.sources.records import frame_from_record
 from orbitgraph.preprocess.store import open_store
 from orbitgraph.preprocess.store.manifest import MANIFEST_FILE
-
-from extxyz_writer import frame_text, nacl
 from orbitgraph.units import EV_PER_A3_IN_KBAR
 
 QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import load_small_mptrj
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.schema import FIELDS
 from orbitgraph.preprocess.sources.records import frame_from_record
@@ -23,8 +25,6 @@ from orbitgraph.preprocess.store import (
 )
 from orbitgraph.preprocess.store import shard as shard_module
 from orbitgraph.preprocess.store.shard import is_committed, remove_stale_temporaries, shard_dir
-
-from helpers import load_small_mptrj
 from orbitgraph.units import EV_PER_A3_IN_KBAR
 
 
@@ -381,8 +381,9 @@ def _zarr_python_write(group_path: Path, columns: dict, chunk_rows: dict, clevel
                        blocksize: int) -> None:
     """The same arrays written through zarr-python's own API, for comparison."""
     import zarr
-    from orbitgraph.preprocess.schema import numpy_dtype
     from zarr.codecs import BloscCodec
+
+    from orbitgraph.preprocess.schema import numpy_dtype
     group = zarr.open_group(str(group_path), mode="w", zarr_format=3)
     blosc = BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle", blocksize=blocksize)
     for f in FIELDS:
@@ -403,6 +404,7 @@ def test_zarr_shards_are_what_zarr_python_writes(tmp_path, monkeypatch, n_frames
     arrays (small inner chunks, so that arrays hold several and the last one is padded),
     read back bit for bit by zarr-python, -0.0 and NaN included."""
     import zarr
+
     from orbitgraph.preprocess.store import backends
     from orbitgraph.preprocess.store.shard import build_columns
     monkeypatch.setattr(backends, "CHUNK_BYTES", 2000)

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from helpers import SMALL_MPTRJ, write_mptrj
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph import knn_graph
@@ -14,8 +16,6 @@ from orbitgraph.train.collate import collate, collate_columns, frame_from_graph
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.loader import LoaderConfig, ShardStream, filter_block, make_loader, plan_rank
 from orbitgraph.train.trainer import Trainer
-
-from helpers import SMALL_MPTRJ, write_mptrj
 from orbitgraph.units import EV_PER_A3_IN_GPA
 
 SYNC = ClusterConfig(kind="synchronous")
@@ -179,6 +179,7 @@ def test_untrained_elements_are_counted(store_path):
     """Frames whose elements the train split never shows are counted (from the index),
     matching the atomic numbers read from the shards themselves."""
     from ase.data import chemical_symbols
+
     from orbitgraph.train.trainer import elements, untrained_elements
     store = open_store(store_path)
 
@@ -304,6 +305,7 @@ def test_small_model_learns(trained):
 def test_ase_relaxation_and_stress(trained):
     from ase.build import bulk
     from ase.optimize import BFGS
+
     from orbitgraph.train.calculator import OrbitCalculator
 
     calc = OrbitCalculator.from_checkpoint(trained.out / "best.pt")

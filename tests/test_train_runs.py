@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+from helpers import write_mptrj, write_small_mptrj
 from orbitgraph.model.checkpoint import read_checkpoint
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
@@ -22,8 +24,6 @@ from orbitgraph.train.loader import LoaderConfig, plan_rank
 from orbitgraph.train.logs import Formatter
 from orbitgraph.train.metrics import loss_sums
 from orbitgraph.train.trainer import BEST, CHECKPOINT, Trainer, elements, evaluate
-
-from helpers import write_mptrj, write_small_mptrj
 from orbitgraph.units import EV_PER_A3_IN_GPA
 
 SYNC = ClusterConfig(kind="synchronous")
@@ -155,6 +155,42 @@ def test_run_without_validation_frames_keeps_the_latest_model(tmp_path, capsys):
             Trainer(store, TINY, TrainConfig(**QUIET, **setting), tmp_path / "refused")
 
 
+def test_an_empty_split_is_a_one_line_error_for_evaluate_and_stops_a_run_before_training(
+        tmp_path, capsys):
+    """A store whose test split holds no frames: `orbitgraph run` that would evaluate on it
+    stops before training, and `orbitgraph evaluate --split test` is one line naming the
+    store, the split and the fraction that would give it frames (not a table of NaN)."""
+    single_atom_frames(tmp_path / "single_atom.json")
+    pipeline = {
+        "workdir": "runs", "cluster": {"kind": "synchronous"},
+        "sources": {"single": {"path": "single_atom.json", "format": "mptrj-json"}},
+        "stores": {"single": {"source": "single", "frames_per_shard": 10,
+                              "split": {"val_fraction": 0.34, "test_fraction": 0.0}}},
+        "experiments": {"tiny": {"store": "single", "model": TINY,
+                                 "train": {"max_steps": 1, **QUIET},
+                                 "evaluate": {"split": "test"}}}}
+    (tmp_path / "pipelines.yaml").write_text(yaml.safe_dump(pipeline))
+    assert main(["run", str(tmp_path / "pipelines.yaml"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("orbitgraph: error: ") and "cannot evaluate on the test split: " \
+        "the test split holds no frames: test_fraction 0 takes none of the 3 materials; " \
+        "test_fraction " in error
+    run = tmp_path / "runs" / "experiments" / "tiny"
+    assert not (run / BEST).exists(), "refused before training"
+
+    pipeline["experiments"]["tiny"]["evaluate"]["split"] = "val"
+    (tmp_path / "pipelines.yaml").write_text(yaml.safe_dump(pipeline))
+    assert main(["run", str(tmp_path / "pipelines.yaml"), "--quiet"]) == 0
+    store = next((tmp_path / "runs" / "stores").iterdir())
+    capsys.readouterr()
+    assert main(["evaluate", str(run / BEST), "--store", str(store), "--split", "test",
+                 "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert f"orbitgraph: error: {store}: cannot evaluate on the test split" in err
+    assert not (run / "metrics_test.json").exists()
+
+
 # ------------------------------------------------------------------ batch budgets
 
 def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_path, tmp_path,
@@ -192,6 +228,7 @@ def test_frames_over_the_budget_are_reported_and_budgets_are_per_device(store_pa
 
 def test_calculator_and_evaluate_warn_once_per_untrained_element(store_path, tmp_path, caplog):
     from ase.build import bulk
+
     from orbitgraph.train.calculator import OrbitCalculator, UntrainedElementWarning
 
     store = open_store(store_path)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
+
 from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
 from orbitgraph.model.radial import check_graph
 from orbitgraph.preprocess.graph import knn_graph

@@ -20,6 +20,7 @@ import textwrap
 from typing import NoReturn
 
 import yaml
+
 from orbitgraph.preprocess.cluster import BuildProcessError
 from orbitgraph.preprocess.store.manifest import StoreError
 

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.schema import BY_NAME
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from orbitgraph.train.loader_config import Device, LoaderConfig
 from pydantic import Field
 
 from orbitgraph.config import Config
+from orbitgraph.train.loader_config import Device, LoaderConfig
 
 CHOICES = {
     "loss": ("mse", "huber"),
@@ -85,10 +85,9 @@ def reference_markdown() -> str:
     """The README's configuration reference: every key of pipelines.yaml, of ``train:``
     (also ``orbitgraph train --config``) and of ``model:``, with its type, default,
     constraint and description, generated from the declarations."""
+    from orbitgraph.config import markdown_table, reference_rows
     from orbitgraph.model.config import MACE_TORCH_NAMES, PRESETS, ModelConfig
     from orbitgraph.train.pipelines import PipelinesFile
-
-    from orbitgraph.config import markdown_table, reference_rows
 
     aliases = ", ".join(f"`{alias}` → `{name}`" for alias, name in MACE_TORCH_NAMES.items())
     parts = [

@@ -26,6 +26,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.graph import DISTANCE_QUANTUM, concat_ranges
 from orbitgraph.preprocess.schema import FIELDS, numpy_dtype
@@ -33,7 +35,6 @@ from orbitgraph.preprocess.store import GraphStore, ShardData
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.collate import collate_columns, concat_blocks, edge_index
 from orbitgraph.train.loader_config import DEVICE_PATTERN, DEVICES, Device, LoaderConfig  # noqa: F401
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
 def over_budget(store: GraphStore, cfg: LoaderConfig) -> tuple[int, int, int]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from orbitgraph.model.batch import Batch
 
+from orbitgraph.model.batch import Batch
 from orbitgraph.units import EV_PER_A3_IN_GPA
 
 

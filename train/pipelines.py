@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from orbitgraph.preprocess.cluster import ClusterConfig
-from orbitgraph.preprocess.store.manifest import MANIFEST_FILE, read_manifest
-from orbitgraph.preprocess.store.params import StoreParams
-from orbitgraph.train.config import EvaluateConfig, TrainConfig
 from pydantic import Field, model_validator
 
 from orbitgraph.config import Config, ConfigError
+from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.store import open_store
+from orbitgraph.preprocess.store.manifest import MANIFEST_FILE, read_manifest
+from orbitgraph.preprocess.store.params import StoreParams
+from orbitgraph.train.config import EvaluateConfig, TrainConfig
 
 log = logging.getLogger("orbitgraph.run")
 
@@ -188,7 +189,14 @@ class Pipelines:
         from orbitgraph.model.config import load_config
         from orbitgraph.train.plots import write_loss_curves, write_parity
         from orbitgraph.train.report import baselines, load_potential, predict_pairs, results_table
-        from orbitgraph.train.trainer import BEST, CHECKPOINT, Trainer, evaluate, write_json
+        from orbitgraph.train.trainer import (
+            BEST,
+            CHECKPOINT,
+            Trainer,
+            evaluate,
+            frames_to_evaluate,
+            write_json,
+        )
 
         exp = self.experiments[name]
         out = self.experiment_dir(name)
@@ -204,6 +212,7 @@ class Pipelines:
             raise PipelineError(
                 f"experiments.{name}.model.k: the experiment needs k={wanted.k}, store "
                 f"{exp.store!r} was built with k={stored.k}; raise stores.{exp.store}.graph.k")
+        frames_to_evaluate(open_store(store_path), exp.evaluate.split)  # before training, not after
         # the figures below replace the trainer's own (validation-split parity)
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out)

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
+
 from orbitgraph.train.report import QUANTITIES, Pairs  # noqa: E402
 
 COLORS = {"energy_mae_meV_per_atom": "tab:blue", "forces_mae_meV_per_A": "tab:orange",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from orbitgraph.preprocess.store import GraphStore
 from orbitgraph.preprocess.store.stats import N_ELEMENTS, element_counts
-
 from orbitgraph.units import EV_PER_A3_IN_GPA
 
 # (key of the metrics, label, unit, baseline name)

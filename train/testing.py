@@ -37,6 +37,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+
 from orbitgraph.model import Potential, build_model, load_model, save_model
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.store.params import GraphParams
@@ -287,6 +288,7 @@ class PotentialTests:
         equal ASE's numerical derivatives of the calculator's own energy."""
         from ase import Atoms
         from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
         from orbitgraph.train.calculator import OrbitCalculator
         if self.filtered_from is not None:
             pytest.skip("the calculator builds the model's graph directly, not a filtered one: "

@@ -32,6 +32,7 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.distributed as dist
+
 from orbitgraph.model import (
     Potential,
     build_model,
@@ -42,7 +43,7 @@ from orbitgraph.model import (
 )
 from orbitgraph.model.config import load_config
 from orbitgraph.model.radial import check_graph
-from orbitgraph.preprocess.store import GraphStore, open_store
+from orbitgraph.preprocess.store import GraphStore, StoreError, empty_splits, open_store
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.ema import EMA
@@ -549,17 +550,31 @@ def untrained_elements(trained: Iterable[str], frames: GraphStore) -> tuple[int,
     return sum(1 for m in missing if m), sorted(set().union(*missing))
 
 
+def frames_to_evaluate(store: GraphStore, split: str) -> GraphStore:
+    """The frames of ``split`` ('train', 'val' or 'test') of ``store``. Raises StoreError,
+    naming the store, the split and the fraction that would give it frames, when it holds
+    none (a metric over no frames is NaN, not a result)."""
+    subset = store.subset(split=split)
+    if len(subset):
+        return subset
+    why = empty_splits(store.index.column("material_id").to_pylist(),
+                       store.manifest.split).get(split, f"the {split} split holds no frames")
+    raise StoreError(f"{store.root}: cannot evaluate on the {split} split: {why}; choose "
+                     "another split (evaluate.split) or rebuild the store with that fraction")
+
+
 def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str = "test",
              device: str = "cpu", max_atoms: int = 2048) -> dict:
     """MAE/RMSE of a saved model on a split of a store, and how many of its frames hold
     elements that none of the model's training frames held (see :func:`untrained_elements`);
-    one warning per such element (``orbitgraph.evaluate`` logger)."""
+    one warning per such element (``orbitgraph.evaluate`` logger). Raises StoreError when
+    the split holds no frames (:func:`frames_to_evaluate`)."""
     ckpt = read_checkpoint(checkpoint, map_location=device)
     store = store if isinstance(store, GraphStore) else open_store(store)
+    subset = frames_to_evaluate(store, split)
     graph = GraphParams.from_dict(ckpt["graph"])
     model = model_from_checkpoint(ckpt)
     model.to(device=device, dtype=torch.float64).eval()
-    subset = store.subset(split=split)
     loader = make_loader(subset, LoaderConfig(max_atoms=max_atoms, shuffle=False), graph=graph)
     acc = ErrorAccumulator()
     for batch in loader:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
 from orbitgraph.preprocess.sources.labels import (

@@ -24,11 +24,21 @@ With more than one candidate of a kind and no key given, the build stops with a
 predictions must not be read as either silently). The stored stress is the frame's stress
 where it has one, else the stress from its virial.
 
-Per frame: a required label (energy, forces, and a stress or virial whose key the build was
-given) that is absent or unreadable quarantines the frame with the reason; a stress the
-reader does not understand (another shape, NaN) is not stored and is counted. Every
-label-like field present but not stored (another candidate, a per-atom column of three
-numbers that looks like forces) is counted in the build summary and the manifest.
+Per frame, one rule for every source format:
+
+* energy and forces are required: absent, unreadable, NaN or inf quarantines the frame with
+  the reason. So does a frame without any stress or virial when the build named one of
+  their keys (the key must be present in every frame).
+* stress and magnetic moments are optional: a frame whose value is absent, NaN or inf or of
+  a form the store does not hold is kept and the label is masked, stored as NaN (stress: the
+  whole (3, 3) tensor; magmom: every atom of the frame), which the loss, the metrics and the
+  statistics leave out. Each masked label is counted, with why (:data:`MASKED`).
+
+An energy key that names an energy per atom (a name with ``per_atom`` in it, as MPtrj's
+``energy_per_atom``: eV/atom) is stored as the total energy, value × n_atoms (eV), and
+counted as converted. Every label-like field present but not stored (another candidate, a
+per-atom column of three numbers that looks like forces) is counted too; the counts go to
+the build summary and the manifest.
 """
 from __future__ import annotations
 
@@ -37,6 +47,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from orbitgraph.preprocess.store.params import LabelKeys
 
 
@@ -56,8 +67,25 @@ PER_FRAME = ("energy", "stress", "virial")
 NOT_LABELS = frozenset({"positions", "numbers", "momenta", "velocities", "initial_magmoms",
                         "magmoms", "magmom", "initial_charges", "masses", "tags", "move_mask"})
 
+# the categories of a frame's notes (see count_notes): a label-like field not stored; a
+# label converted to the store's units; an optional label masked (stored as NaN)
 NOT_STORED = "not_stored"
 CONVERTED = "converted"
+MASKED = "masked"
+CATEGORIES = (NOT_STORED, CONVERTED, MASKED)
+
+_PER_ATOM = re.compile(r"(?:^|_)per_atom(?:_|$)", re.IGNORECASE)
+
+
+def is_energy_per_atom(key: str) -> bool:
+    """Whether the energy field ``key`` holds an energy per atom (eV/atom): its name has
+    ``per_atom`` as a word (``energy_per_atom``, ``ef_per_atom``, ``REF_energy_per_atom``)."""
+    return bool(_PER_ATOM.search(key))
+
+
+def energy_note(key: str) -> tuple[str, str]:
+    """The note of a frame whose energy was read from the per-atom field ``key``."""
+    return CONVERTED, f"energy = '{key}' × n_atoms (eV/atom to eV)"
 
 
 @dataclass(frozen=True)
@@ -68,6 +96,8 @@ class LabelPlan:
     ``stress`` where a frame has it (in ``stress_units``), else converted from ``virial``.
     ``stress_required``: a stress or virial key was chosen by the build, so a frame with
     neither is quarantined (keys found by the scan are optional: absent means NaN).
+    ``energy_per_atom``: the energy key holds eV/atom, stored × n_atoms as the total energy
+    (eV); always derived from the key (:func:`is_energy_per_atom`), whatever is passed.
     """
 
     energy: str
@@ -76,12 +106,18 @@ class LabelPlan:
     virial: str | None = None
     stress_required: bool = False
     stress_units: str = "eV/Å³, ASE sign"
+    energy_per_atom: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "energy_per_atom", is_energy_per_atom(self.energy))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
-        parts = [f"energy '{self.energy}' (eV)", f"forces '{self.forces}' (eV/Å)"]
+        energy = (f"energy '{self.energy}' (eV/atom, stored × n_atoms as the total energy in "
+                  "eV)" if self.energy_per_atom else f"energy '{self.energy}' (eV)")
+        parts = [energy, f"forces '{self.forces}' (eV/Å)"]
         stress = []
         if self.stress is not None:
             stress.append(f"stress '{self.stress}' ({self.stress_units})")
@@ -241,17 +277,18 @@ def _tensor(value) -> np.ndarray | None:
 
 @dataclass
 class FrameLabels:
-    energy: float
+    energy: float  # eV
     forces: np.ndarray  # (N, 3) eV/Å
-    stress: np.ndarray | None  # (3, 3) eV/Å³, ASE sign
-    magmom: np.ndarray | None  # (N,) μB
-    notes: tuple[tuple[str, str], ...]  # (NOT_STORED | CONVERTED, what)
+    stress: np.ndarray | None  # (3, 3) eV/Å³, ASE sign; None: masked
+    magmom: np.ndarray | None  # (N,) μB; None: masked
+    notes: tuple[tuple[str, str], ...]  # (NOT_STORED | CONVERTED | MASKED, what)
 
 
 def read_labels(atoms, plan: LabelPlan, cell: np.ndarray, pbc: np.ndarray) -> FrameLabels:
     """One frame's labels by ``plan``. Raises RecordError (from
     :mod:`orbitgraph.preprocess.sources.records`) naming the field when a required label is
-    absent or unreadable."""
+    absent or unreadable; an optional one (stress, magmom) that is not usable is masked and
+    noted."""
     from orbitgraph.preprocess.sources.records import RecordError
 
     calc = atoms.calc
@@ -270,6 +307,9 @@ def read_labels(atoms, plan: LabelPlan, cell: np.ndarray, pbc: np.ndarray) -> Fr
         raise RecordError(f"{plan.energy}: not a number") from None
     if not np.isfinite(energy):
         raise RecordError(f"{plan.energy}: NaN or inf")
+    if plan.energy_per_atom:  # eV/atom to eV
+        energy *= n
+        notes.append(energy_note(plan.energy))
 
     value = _lookup(atoms, results, plan.forces)
     if value is None:
@@ -284,18 +324,7 @@ def read_labels(atoms, plan: LabelPlan, cell: np.ndarray, pbc: np.ndarray) -> Fr
         raise RecordError(f"{plan.forces}: contain NaN or inf")
 
     stress, handled = _stress(atoms, results, plan, cell, pbc, notes)
-
-    magmom = None
-    value = _lookup(atoms, results, "magmoms")
-    if value is None:
-        value = atoms.arrays.get("magmom")
-    if value is not None:
-        arr = np.asarray(value, dtype=np.float64)
-        if arr.shape == (n,):
-            magmom = arr
-        else:
-            notes.append((NOT_STORED, f"magnetic moments: shape {arr.shape[1:]} per atom, "
-                                      "the store holds one number per atom"))
+    magmom = _magmom(atoms, results, n, notes)
 
     used = {plan.energy, plan.forces, *handled}
     for name in sorted({*atoms.info, *atoms.arrays, *results} - used):
@@ -307,14 +336,38 @@ def read_labels(atoms, plan: LabelPlan, cell: np.ndarray, pbc: np.ndarray) -> Fr
     return FrameLabels(energy, forces, stress, magmom, tuple(notes))
 
 
+def _magmom(atoms, results: dict, n: int, notes: list) -> np.ndarray | None:
+    """(N,) μB from the calculator's ``magmoms`` or the ``magmoms``/``magmom`` column; None,
+    noted as masked, where the frame has none, or one that is not one finite number per
+    atom."""
+    value = _lookup(atoms, results, "magmoms")
+    if value is None:
+        value = atoms.arrays.get("magmom")
+    if value is None:
+        notes.append((MASKED, MAGMOM_MISSING))
+        return None
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (n,):
+        notes.append((MASKED, f"magmom: shape {arr.shape[1:]} per atom, the store holds one "
+                              "number per atom"))
+        return None
+    if not np.all(np.isfinite(arr)):
+        notes.append((MASKED, MAGMOM_NOT_FINITE))
+        return None
+    return arr
+
+
 def _stress(atoms, results: dict, plan: LabelPlan, cell: np.ndarray, pbc: np.ndarray,
             notes: list) -> tuple[np.ndarray | None, list[str]]:
     """(stress (3, 3) eV/Å³ ASE sign or None, the keys read) by ``plan``: the stress key
-    where the frame holds a usable one, else the virial key. What is present but not
-    usable is noted; a required stress that is absent raises RecordError."""
+    where the frame holds a usable one, else the virial key. A frame without a usable one
+    is noted as masked (why: the first problem met); a value present but not used beside
+    the one stored is noted as not stored. A required stress that is absent raises
+    RecordError."""
     from orbitgraph.preprocess.sources.records import RecordError
 
     handled: list[str] = []
+    problems: list[str] = []
     for kind, key in (("stress", plan.stress), ("virial", plan.virial)):
         value = None if key is None else _lookup(atoms, results, key)
         if value is None:
@@ -323,21 +376,40 @@ def _stress(atoms, results: dict, plan: LabelPlan, cell: np.ndarray, pbc: np.nda
         tensor = _tensor(value)
         if tensor is None:
             shape = "text" if isinstance(value, str) else np.shape(value)
-            notes.append((NOT_STORED, f"{kind} '{key}': not understood (shape {shape})"))
+            problems.append(f"{kind} '{key}': not understood (shape {shape})")
         elif not np.all(np.isfinite(tensor)):
-            notes.append((NOT_STORED, f"{kind} '{key}': NaN or inf"))
+            problems.append(not_finite(kind, key))
         elif kind == "stress":
             return tensor, handled
         elif not np.all(pbc):
-            notes.append((NOT_STORED, f"virial '{key}': the frame is not periodic along all "
-                                      "three axes (no volume)"))
+            problems.append(f"virial '{key}': the frame is not periodic along all three axes "
+                            "(no volume)")
         else:
-            notes.append((CONVERTED, f"stress = -virial / V from '{key}'"))
+            notes.extend((NOT_STORED, what) for what in problems)
+            notes.append((CONVERTED, virial_note(key)))
             return -tensor / abs(float(np.linalg.det(cell))), handled
     if plan.stress_required and not handled:
         named = " or ".join(f"'{k}'" for k in (plan.stress, plan.virial) if k is not None)
         raise RecordError(f"stress: missing (no {named} in this frame)")
+    notes.append((MASKED, problems[0] if problems else STRESS_MISSING))
+    notes.extend((NOT_STORED, what) for what in problems[1:])
     return None, handled
+
+
+STRESS_MISSING = "stress: missing"
+MAGMOM_MISSING = "magmom: missing"
+MAGMOM_NOT_FINITE = "magmom: NaN or inf"
+
+
+def not_finite(kind: str, key: str) -> str:
+    """Why a stress or virial read from field ``key`` is masked: it holds NaN or inf."""
+    return f"{kind} '{key}': NaN or inf"
+
+
+def virial_note(key: str) -> str:
+    """The note of a frame whose stress was converted from the virial field ``key``."""
+    return (f"stress = -virial / V from '{key}' (virial in eV, V = abs(det(cell)) in Å³, "
+            "stress in eV/Å³ with ASE's sign)")
 
 
 def _unused(name: str, value, n: int) -> list[str]:
@@ -355,8 +427,8 @@ def _unused(name: str, value, n: int) -> list[str]:
 
 
 def count_notes(notes_per_frame) -> dict[str, dict[str, int]]:
-    """{NOT_STORED: {what: frames}, CONVERTED: {what: frames}} over frames' notes."""
-    out: dict[str, Counter] = {NOT_STORED: Counter(), CONVERTED: Counter()}
+    """{category: {what: frames}} over frames' notes, for each of :data:`CATEGORIES`."""
+    out: dict[str, Counter] = {category: Counter() for category in CATEGORIES}
     for notes in notes_per_frame:
         for category, what in sorted(set(notes)):
             out[category][what] += 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.schema import MAX_ATOMS, MAX_UNIT_SHIFT
 from orbitgraph.preprocess.sources.base import Quarantined

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
-from orbitgraph.preprocess.sources.labels import LabelError, LabelPlan
+from orbitgraph.preprocess.sources.labels import MASKED, STRESS_MISSING, LabelError, LabelPlan
 from orbitgraph.preprocess.sources.mptrj_scan import DEPTH, START, MaterialScanner
 from orbitgraph.preprocess.sources.records import FORCES_KEY, STRESS_KEY, read_run, record_type
 from orbitgraph.preprocess.store.params import LabelKeys
@@ -122,9 +122,11 @@ class MPtrjJsonSource:
     def label_keys(self, keys: LabelKeys) -> LabelKeys:
         """MPtrj records hold forces under ``force`` and stress under ``stress`` (kBar,
         VASP sign); the energy is any number field of the record, by default
-        ``uncorrected_total_energy`` (filled in). Naming ``stress`` makes it required in
-        every frame. Raises LabelError for other forces, stress or virial keys, and for an
-        energy key that names another field the reader uses."""
+        ``uncorrected_total_energy`` (filled in; a field per atom, as ``energy_per_atom``,
+        is stored × n_atoms). Naming ``stress`` requires the field in every frame (a frame
+        without it is quarantined; one holding NaN is kept, its stress masked). Raises
+        LabelError for other forces, stress or virial keys, and for an energy key that
+        names another field the reader uses."""
         for name, fixed in (("forces", FORCES_KEY), ("stress", STRESS_KEY), ("virial", None)):
             key = getattr(keys, name)
             if key is not None and key != fixed:
@@ -159,9 +161,10 @@ class MPtrjJsonSource:
             (path, start, end), = part.ranges
             data = read_range(path, start, end)
         frames, quarantine = read_run(data, labels.energy)
-        if labels.stress_required and any(f.stress is None for f in frames):
+        if labels.stress_required:  # a frame without the field; one holding NaN is masked
+            absent = [(MASKED, STRESS_MISSING) in f.notes for f in frames]
             quarantine = quarantine + [Quarantined(f.material_id, f.frame_id,
                                                    f"{STRESS_KEY}: missing")
-                                       for f in frames if f.stress is None]
-            frames = [f for f in frames if f.stress is not None]
+                                       for f, a in zip(frames, absent, strict=True) if a]
+            frames = [f for f, a in zip(frames, absent, strict=True) if not a]
         return frames, quarantine

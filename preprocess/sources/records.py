@@ -16,8 +16,12 @@ Reading is two steps:
    and nulls take their defaults. Numbers are decoded exactly as Python's ``float()``
    reads their text (``tests/test_mptrj_reader.py`` checks that bit for bit).
 2. The structures of a whole run become flat columns (positions, forces, ... of every
-   atom), and the checks that need values run on the columns: finite numbers, forces and
-   magnetic moments one per atom, known elements, full occupancy, a usable cell.
+   atom), and the checks that need values run on the columns: finite numbers, forces one
+   per atom, known elements, full occupancy, a usable cell. The optional labels follow the
+   one rule of :mod:`orbitgraph.preprocess.sources.labels`: a stress that is absent or holds NaN or
+   inf, magnetic moments absent, not finite or not one per atom are masked (the frame is
+   kept, the label stored as NaN) and noted. An energy key naming an energy per atom
+   (``energy_per_atom``) is stored × n_atoms as the total energy.
 
 A run of materials that does not decode whole (one bad record fails msgspec's decode of
 everything) is decoded again material by material and record by record, so that each bad
@@ -41,11 +45,20 @@ from typing import Any, Union
 import msgspec
 import numpy as np
 from ase.data import atomic_numbers
+
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Quarantined
-from orbitgraph.preprocess.sources.labels import LabelError
+from orbitgraph.preprocess.sources.labels import (
+    MAGMOM_MISSING,
+    MAGMOM_NOT_FINITE,
+    MASKED,
+    STRESS_MISSING,
+    LabelError,
+    energy_note,
+    is_energy_per_atom,
+    not_finite,
+)
 from orbitgraph.preprocess.sources.mptrj_scan import DEPTH, MaterialScanner
-
 from orbitgraph.units import stress_from_vasp_kbar
 
 
@@ -91,6 +104,7 @@ class Structure(msgspec.Struct, gc=False):
 FORCES_KEY = "force"  # eV/Å
 STRESS_KEY = "stress"  # kBar, VASP sign
 MAGMOM_KEY = "magmom"  # μB
+MAGMOM_COUNT = f"{MAGMOM_KEY}: not one value per atom"
 _FIXED = ("structure", FORCES_KEY, STRESS_KEY, MAGMOM_KEY)
 
 
@@ -250,6 +264,9 @@ def _frames_of(entries: list[Entry], energy_key: str) -> tuple[list[Frame], list
     kept = [(mid, fid, rec) for mid, fid, rec in entries if not isinstance(rec, str)]
     cols = _Columns([rec for _, _, rec in kept])
     problems = cols.problems(energy_key)
+    if is_energy_per_atom(energy_key):
+        cols.energy = cols.energy * cols.n_atoms  # eV/atom to eV
+        cols.notes = (energy_note(energy_key),)
     frames: list[Frame] = []
     quarantine: list[Quarantined] = []
     b = 0
@@ -337,10 +354,13 @@ class _Columns:
                                                len(atoms))
         self.use_site_magmom = np.zeros(n, dtype=bool)
         self.use_site_magmom[need] = _all_per_record(site_has_magmom, self.atom_ptr)[need]
+        self.notes: tuple[tuple[str, str], ...] = ()  # notes of every record of the run
+        self._mask_optional_labels()
 
     def problems(self, energy_key: str) -> dict[int, str]:
         """Record index -> why it cannot be used (the first problem, in the order of the
-        record's fields: structure, cell, sites, energy, forces, stress, magmom)."""
+        record's fields: structure, cell, sites, energy, forces). The optional stress and
+        magmom never make a record unusable (see :meth:`_mask_optional_labels`)."""
         out: dict[int, str] = {}
         n_atoms, ptr = self.n_atoms, self.atom_ptr
 
@@ -371,14 +391,28 @@ class _Columns:
         flag(n_force != n_atoms, lambda b: f"force: {n_force[b]} rows for {n_atoms[b]} atoms")
         flag(~_all_per_record(np.isfinite(self.forces).all(axis=1), self.force_ptr),
              lambda b: "force: contains NaN or inf")
-        flag(self.has_stress & ~self.stress_kbar_finite, lambda b: "stress: contains NaN or inf")
-        n_magmom = np.diff(self.magmom_ptr)
-        flag(self.has_magmom & (n_magmom != n_atoms),
-             lambda b: f"magmom: {n_magmom[b]} values for {n_atoms[b]} atoms")
-        flag((self.has_magmom & ~_all_per_record(np.isfinite(self.magmom), self.magmom_ptr))
-             | (self.use_site_magmom & ~_all_per_record(np.isfinite(self.site_magmom), ptr)),
-             lambda b: "magmom: contains NaN or inf")
         return out
+
+    def _mask_optional_labels(self) -> None:
+        """Decide, per record, the optional labels it keeps (``stress_ok``, ``magmom_ok``:
+        (B,) bool) and why the others are masked (``stress_masked``, ``magmom_masked``:
+        (B,) the :data:`~orbitgraph.preprocess.sources.labels.MASKED` note's text, or None)."""
+        n = len(self.n_atoms)
+        self.stress_ok = self.has_stress & self.stress_kbar_finite
+        self.stress_masked = np.where(~self.has_stress, STRESS_MISSING,
+                                      np.where(self.stress_ok, None,
+                                               not_finite("stress", STRESS_KEY)))
+        n_magmom = np.diff(self.magmom_ptr)
+        top_count = self.has_magmom & (n_magmom == self.n_atoms)
+        top_finite = _all_per_record(np.isfinite(self.magmom), self.magmom_ptr)
+        site_finite = _all_per_record(np.isfinite(self.site_magmom), self.atom_ptr)
+        self.magmom_ok = np.where(self.has_magmom, top_count & top_finite,
+                                  self.use_site_magmom & site_finite)
+        masked = np.full(n, None, dtype=object)
+        masked[~self.has_magmom & ~self.use_site_magmom] = MAGMOM_MISSING
+        masked[~self.magmom_ok & (self.use_site_magmom | top_count)] = MAGMOM_NOT_FINITE
+        masked[self.has_magmom & ~top_count] = MAGMOM_COUNT
+        self.magmom_masked = masked
 
     def _site_problem(self, b: int, partial: np.ndarray, unknown: np.ndarray) -> str:
         lo, hi = self.atom_ptr[b], self.atom_ptr[b + 1]
@@ -388,20 +422,24 @@ class _Columns:
         return f"structure.sites[{a}]: unknown element {self.symbols[lo + a]!r}"
 
     def frame(self, b: int, material_id: str, frame_id: str) -> Frame:
+        """Record ``b`` as a Frame: its masked optional labels are None and noted."""
         a0, a1 = self.atom_ptr[b], self.atom_ptr[b + 1]
         f0 = self.force_ptr[b]
-        if self.has_magmom[b]:
+        if not self.magmom_ok[b]:
+            magmom = None
+        elif self.has_magmom[b]:
             m0 = self.magmom_ptr[b]
             magmom = self.magmom[m0:m0 + a1 - a0]
-        elif self.use_site_magmom[b]:
-            magmom = self.site_magmom[a0:a1]
         else:
-            magmom = None
+            magmom = self.site_magmom[a0:a1]
+        notes = self.notes + tuple((MASKED, what) for what in
+                                   (self.stress_masked[b], self.magmom_masked[b])
+                                   if what is not None)
         return Frame(frame_id=frame_id, material_id=material_id, cell=self.cell[b],
                      positions=self.positions[a0:a1], numbers=self.numbers[a0:a1],
                      energy=float(self.energy[b]), forces=self.forces[f0:f0 + a1 - a0],
-                     stress=self.stress[b] if self.has_stress[b] else None, magmom=magmom,
-                     pbc=self.pbc[b])
+                     stress=self.stress[b] if self.stress_ok[b] else None, magmom=magmom,
+                     pbc=self.pbc[b], notes=notes)
 
 
 _NAN33 = ((math.nan,) * 3,) * 3

@@ -17,10 +17,15 @@ from orbitgraph.preprocess.store.manifest import (
 from orbitgraph.preprocess.store.params import GraphParams, SplitParams
 from orbitgraph.preprocess.store.reader import GraphStore, ShardData, centers_of, open_store
 from orbitgraph.preprocess.store.verify import VerifyReport, verify_store
-from orbitgraph.preprocess.store.writer import finalize_store, split_of, write_frames_shard
+from orbitgraph.preprocess.store.writer import (
+    empty_splits,
+    finalize_store,
+    split_of,
+    write_frames_shard,
+)
 
 __all__ = [
     "GraphParams", "GraphStore", "Manifest", "ShardData", "SourceInfo", "SplitParams",
-    "StoreError", "StoreSpec", "VerifyReport", "centers_of", "finalize_store", "open_store",
-    "read_manifest", "split_of", "verify_store", "write_frames_shard",
+    "StoreError", "StoreSpec", "VerifyReport", "centers_of", "empty_splits", "finalize_store",
+    "open_store", "read_manifest", "split_of", "verify_store", "write_frames_shard",
 ]

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
 from orbitgraph.preprocess.schema import FIELDS, LEVELS, fields_at, numpy_dtype
 from orbitgraph.preprocess.store import zarr_v3
 from orbitgraph.preprocess.store.location import Location

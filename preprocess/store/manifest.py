@@ -91,8 +91,9 @@ class Manifest:
     split: SplitParams
     source: SourceInfo
     code_version: str
-    # frames, atoms, edges, shards, quarantined; labels_not_stored and labels_converted:
-    # {what: frames} (see preprocess.sources.labels)
+    # frames, atoms, edges, shards, quarantined; labels_not_stored, labels_converted and
+    # labels_masked (optional labels stored as NaN): {what: frames} (see
+    # preprocess.sources.labels)
     counts: dict
     shards: tuple[ShardRecord, ...]
     statistics: dict

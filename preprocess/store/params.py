@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from orbitgraph.preprocess.graph import DEFAULT_K, DEFAULT_TIE_TOLERANCE, _check_params
 from pydantic import Field, model_validator
 
 from orbitgraph.config import Config
+from orbitgraph.preprocess.graph import DEFAULT_K, DEFAULT_TIE_TOLERANCE, _check_params
 
 LABELS = ("energy", "forces", "stress", "virial")
 TIES = ("include", "break")

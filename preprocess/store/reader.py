@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from orbitgraph.preprocess.graph import concat_ranges
 from orbitgraph.preprocess.schema import fields_at
 from orbitgraph.preprocess.store.backends import get_backend

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.graph import KnnGraphBatch, knn_graphs
 from orbitgraph.preprocess.schema import (

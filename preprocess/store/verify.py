@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.schema import check_columns
 from orbitgraph.preprocess.store.backends import get_backend

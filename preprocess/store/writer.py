@@ -8,12 +8,15 @@ last, ``manifest.json``.
 from __future__ import annotations
 
 import hashlib
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 from ase.data import chemical_symbols
+
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.graph import KnnGraphBatch
 from orbitgraph.preprocess.schema import SCHEMA_VERSION
@@ -52,16 +55,75 @@ QUARANTINE_SCHEMA = pa.schema([("material_id", pa.string()), ("frame_id", pa.str
                                ("reason", pa.string())])
 
 
+def split_position(material_id: str, seed: int) -> float:
+    """Where a material falls in [0, 1), from a hash of (seed, material id): the test split
+    takes [0, test_fraction), the val split the next val_fraction, train the rest."""
+    h = hashlib.blake2b(f"{seed}:{material_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2.0**64
+
+
 def split_of(material_id: str, split: SplitParams) -> str:
-    """'train', 'val' or 'test' from a hash of (seed, material id): all frames of a material
-    share a split, and the assignment never depends on which other materials exist."""
-    h = hashlib.blake2b(f"{split.seed}:{material_id}".encode(), digest_size=8).digest()
-    u = int.from_bytes(h, "little") / 2.0**64
+    """'train', 'val' or 'test' by :func:`split_position`: all frames of a material share a
+    split, and the assignment never depends on which other materials exist."""
+    u = split_position(material_id, split.seed)
     if u < split.test_fraction:
         return "test"
     if u < split.test_fraction + split.val_fraction:
         return "val"
     return "train"
+
+
+def empty_splits(material_ids: Sequence[str], split: SplitParams) -> dict[str, str]:
+    """{split: why it holds no frames and what would give it some} for each of 'test',
+    'val' and 'train' that no frame of ``material_ids`` (one entry per frame) falls in, e.g.
+    ``"the test split holds no frames: test_fraction 0.05 takes none of the 32 materials;
+    test_fraction 0.072 would give it 1 material (5 frames)"``. The fraction named is
+    the smallest of two significant digits that does (train: the largest sum)."""
+    frames = Counter(material_ids)
+    u = {mid: split_position(mid, split.seed) for mid in frames}
+    t, v = split.test_fraction, split.val_fraction
+    have = {split_of(mid, split) for mid in frames}
+    out = {}
+    for name in ("test", "val", "train"):
+        if name in have or not frames:
+            continue
+        if name == "train":
+            head = (f"val_fraction + test_fraction {t + v:g} take all {len(frames)} "
+                    "materials")
+            value = _below(max(u.values()))
+            gets = [mid for mid in frames if u[mid] >= value]
+            advice = f"val_fraction + test_fraction {value:g}"
+        else:
+            head = (f"{name}_fraction {getattr(split, f'{name}_fraction'):g} takes none of "
+                    f"the {len(frames)} materials")
+            start = 0.0 if name == "test" else t
+            rest = [x for x in u.values() if x >= start]
+            if not rest:
+                out[name] = (f"the {name} split holds no frames: {head}; every material "
+                             "falls in the test split")
+                continue
+            value = _above(min(rest) - start)
+            gets = [mid for mid in frames if start <= u[mid] < start + value]
+            advice = f"{name}_fraction {value:g}"
+        n = sum(frames[mid] for mid in gets)
+        out[name] = (f"the {name} split holds no frames: {head}; {advice} would give it "
+                     f"{len(gets)} material{'s' * (len(gets) != 1)} ({n} "
+                     f"frame{'s' * (n != 1)})")
+    return out
+
+
+def _above(x: float) -> float:
+    """The smallest number of two significant digits above ``x`` (>= 0)."""
+    step = 10.0 ** (math.floor(math.log10(max(x, 1e-12))) - 1)
+    value = float(f"{(math.floor(x / step) + 1) * step:.12g}")
+    return value if value > x else float(f"{value + step:.12g}")
+
+
+def _below(x: float) -> float:
+    """The largest number of two significant digits at most ``x`` (> 0)."""
+    step = 10.0 ** (math.floor(math.log10(max(x, 1e-12))) - 1)
+    value = float(f"{math.floor(x / step) * step:.12g}")
+    return value if value <= x else float(f"{value - step:.12g}")
 
 
 def composition(numbers: np.ndarray) -> tuple[list[str], str]:
@@ -93,8 +155,8 @@ def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: St
     """Commit ``frames`` (and their graphs, built here unless given) as shard ``index``.
 
     ``quarantine`` rows (material_id, frame_id, reason) of this partition and
-    ``label_counts`` ({"not_stored" | "converted": {what: frames}}) are kept with the
-    shard's commit record and gathered by :func:`finalize_store`.
+    ``label_counts`` ({"not_stored" | "converted" | "masked": {what: frames}}) are kept with
+    the shard's commit record and gathered by :func:`finalize_store`.
     """
     root = Path(root)
     if is_committed(root, shard_name(index)):
@@ -137,7 +199,7 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
         raise StoreError(f"{root}: cannot finalise, {len(missing)} shards are not committed "
                          f"(first: {missing[0]})")
     records, total, tables, quarantine = [], ShardStats(), [], []
-    label_counts: dict[str, dict[str, int]] = {"not_stored": {}, "converted": {}}
+    label_counts: dict[str, dict[str, int]] = {"not_stored": {}, "converted": {}, "masked": {}}
     for i in range(n_shards):
         record, commit = read_commit(root, shard_name(i))
         if commit["backend"] != spec.backend:
@@ -171,7 +233,8 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
         counts={"frames": total.frames, "atoms": total.atoms, "edges": total.edges,
                 "shards": n_shards, "quarantined": len(quarantine),
                 "labels_not_stored": label_counts["not_stored"],
-                "labels_converted": label_counts["converted"]},
+                "labels_converted": label_counts["converted"],
+                "labels_masked": label_counts["masked"]},
         shards=tuple(records), statistics=total.summary(), min_distance=spec.min_distance,
         build=dict(build_info or {}), labels=labels)
     write_manifest(root, manifest)
