@@ -60,9 +60,10 @@ def sample_store(name: str, backend: str = "zarr", frames_per_shard: int = 100,
     """A store of the shared sample under benchmarks/_out/NAME, built once and then reused
     (``graph``: GraphParams, default the store default); built again when the one there is
     incomplete or of an older store schema, which this code cannot read."""
+    from orbitgraph.errors import StoreError
     from orbitgraph.preprocess.build import build_store
     from orbitgraph.preprocess.cluster import ClusterConfig
-    from orbitgraph.preprocess.store.manifest import StoreError, read_manifest
+    from orbitgraph.preprocess.store.manifest import read_manifest
     from orbitgraph.preprocess.store.params import GraphParams
 
     out = OUT / name

@@ -25,15 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
-
-class ConfigError(ValueError):
-    """A configuration value was refused; ``str(err)`` is one line naming the key path, the
-    value and what was expected. ``path`` is the key path (``train.loader.max_atoms``)."""
-
-    def __init__(self, line: str, path: str = ""):
-        super().__init__(line)
-        self.path = path
-
+from orbitgraph.errors import ConfigError
 
 # how many Config validations are in progress in this context: pydantic validates a nested
 # config through its __init__ (overridden below), whose errors must then stay pydantic's so

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.cluster import BuildProcessError, ClusterConfig, batch_jobs, dask_client
 from orbitgraph.preprocess.graph import knn_graphs_screened
 from orbitgraph.preprocess.sources import open_source
@@ -42,7 +43,6 @@ from orbitgraph.preprocess.sources.limits import graph_problems, within_atom_lim
 from orbitgraph.preprocess.store.manifest import (
     MANIFEST_FILE,
     SourceInfo,
-    StoreError,
     StoreSpec,
     read_manifest,
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orbitgraph.config import ConfigError
+from orbitgraph.errors import ConfigError
 from orbitgraph.model.config import MACE_TORCH_NAMES, ModelConfig, load_config
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import SourceInfo, StoreSpec

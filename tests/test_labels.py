@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from extxyz_writer import frame_text, nacl
+from orbitgraph.errors import LabelError
 from orbitgraph.preprocess.build import build_store, make_spec
 from orbitgraph.preprocess.cluster import ClusterConfig
-from orbitgraph.preprocess.sources.labels import LabelError, virial_note
+from orbitgraph.preprocess.sources.labels import virial_note
 from orbitgraph.preprocess.store import open_store, read_manifest
 
 QUIET = dict(cluster=ClusterConfig(kind="synchronous"), progress=False)

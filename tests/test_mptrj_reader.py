@@ -17,9 +17,9 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from helpers import SMALL_MPTRJ, load_small_mptrj
+from orbitgraph.errors import LabelError, RecordError
 from orbitgraph.preprocess.sources import open_source
-from orbitgraph.preprocess.sources.labels import LabelError
-from orbitgraph.preprocess.sources.records import RecordError, frame_from_record, read_run
+from orbitgraph.preprocess.sources.records import frame_from_record, read_run
 from orbitgraph.preprocess.store.params import LabelKeys
 from orbitgraph.units import EV_PER_A3_IN_KBAR
 

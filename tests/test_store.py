@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import load_small_mptrj
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.schema import FIELDS
 from orbitgraph.preprocess.sources.records import frame_from_record
@@ -16,7 +17,6 @@ from orbitgraph.preprocess.store import (
     GraphParams,
     SourceInfo,
     SplitParams,
-    StoreError,
     StoreSpec,
     finalize_store,
     open_store,

@@ -21,8 +21,8 @@ from typing import NoReturn
 
 import yaml
 
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.cluster import BuildProcessError
-from orbitgraph.preprocess.store.manifest import StoreError
 
 
 class UserError(Exception):
@@ -54,7 +54,7 @@ def _document(args, sections: dict, given: dict[str, object]) -> dict:
     doc = apply_overrides(doc, args.set or ())
     unknown = sorted(set(doc) - set(sections))
     if unknown:
-        from orbitgraph.config import ConfigError
+        from orbitgraph.errors import ConfigError
         raise ConfigError(f"--set {unknown[0]}...: the keys of this command start with "
                           f"{' or '.join(s + '.' for s in sections)}", unknown[0])
     return doc

@@ -32,7 +32,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from orbitgraph.config import Config, ConfigError
+from orbitgraph.config import Config
+from orbitgraph.errors import ConfigError
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import open_store
 from orbitgraph.preprocess.store.manifest import MANIFEST_FILE, read_manifest

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from orbitgraph.errors import StoreError
 from orbitgraph.model import (
     Potential,
     build_model,
@@ -43,7 +44,7 @@ from orbitgraph.model import (
 )
 from orbitgraph.model.config import load_config
 from orbitgraph.model.radial import check_graph
-from orbitgraph.preprocess.store import GraphStore, StoreError, empty_splits, open_store
+from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.ema import EMA

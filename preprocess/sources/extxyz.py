@@ -25,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
+from orbitgraph.errors import RecordError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
 from orbitgraph.preprocess.sources.labels import (
@@ -35,7 +36,7 @@ from orbitgraph.preprocess.sources.labels import (
     plan_from_keys,
     read_labels,
 )
-from orbitgraph.preprocess.sources.records import RecordError, check_cell
+from orbitgraph.preprocess.sources.records import check_cell
 from orbitgraph.preprocess.store.params import LabelKeys
 
 SUFFIXES = (".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")

@@ -48,12 +48,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from orbitgraph.errors import LabelError, RecordError
 from orbitgraph.preprocess.store.params import LabelKeys
-
-
-class LabelError(ValueError):
-    """The build cannot tell which field is a label (several candidates, or none)."""
-
 
 FAMILIES: dict[str, re.Pattern] = {
     "energy": re.compile(r"(?:.*_)?energy", re.IGNORECASE),
@@ -289,7 +285,6 @@ def read_labels(atoms, plan: LabelPlan, cell: np.ndarray, pbc: np.ndarray) -> Fr
     :mod:`orbitgraph.preprocess.sources.records`) naming the field when a required label is
     absent or unreadable; an optional one (stress, magmom) that is not usable is masked and
     noted."""
-    from orbitgraph.preprocess.sources.records import RecordError
 
     calc = atoms.calc
     results = getattr(calc, "results", {}) if calc is not None else {}
@@ -364,7 +359,6 @@ def _stress(atoms, results: dict, plan: LabelPlan, cell: np.ndarray, pbc: np.nda
     is noted as masked (why: the first problem met); a value present but not used beside
     the one stored is noted as not stored. A required stress that is absent raises
     RecordError."""
-    from orbitgraph.preprocess.sources.records import RecordError
 
     handled: list[str] = []
     problems: list[str] = []

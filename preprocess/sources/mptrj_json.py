@@ -15,9 +15,10 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from orbitgraph.errors import LabelError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
-from orbitgraph.preprocess.sources.labels import MASKED, STRESS_MISSING, LabelError, LabelPlan
+from orbitgraph.preprocess.sources.labels import MASKED, STRESS_MISSING, LabelPlan
 from orbitgraph.preprocess.sources.mptrj_scan import DEPTH, START, MaterialScanner
 from orbitgraph.preprocess.sources.records import FORCES_KEY, STRESS_KEY, read_run, record_type
 from orbitgraph.preprocess.store.params import LabelKeys

@@ -46,6 +46,7 @@ import msgspec
 import numpy as np
 from ase.data import atomic_numbers
 
+from orbitgraph.errors import LabelError, RecordError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Quarantined
 from orbitgraph.preprocess.sources.labels import (
@@ -53,22 +54,12 @@ from orbitgraph.preprocess.sources.labels import (
     MAGMOM_NOT_FINITE,
     MASKED,
     STRESS_MISSING,
-    LabelError,
     energy_note,
     is_energy_per_atom,
     not_finite,
 )
 from orbitgraph.preprocess.sources.mptrj_scan import DEPTH, MaterialScanner
 from orbitgraph.units import stress_from_vasp_kbar
-
-
-class RecordError(ValueError):
-    """A record that cannot be used; ``reason`` says which field and why."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
 
 # ------------------------------------------------------------------ the record's types
 

@@ -7,10 +7,10 @@ Layout of a store directory::
     quarantine.parquet     records that could not be used, with the reason
     shards/shard-NNNNNN/   one committed shard: data files, index.parquet, commit.json
 """
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.store.manifest import (
     Manifest,
     SourceInfo,
-    StoreError,
     StoreSpec,
     read_manifest,
 )

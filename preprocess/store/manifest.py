@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.schema import SCHEMA_VERSION
 from orbitgraph.preprocess.store.location import Location
 from orbitgraph.preprocess.store.params import (
@@ -28,10 +29,6 @@ from orbitgraph.preprocess.store.params import (
 from orbitgraph.preprocess.store.shard import ShardRecord
 
 MANIFEST_FILE = "manifest.json"
-
-
-class StoreError(Exception):
-    """A store is missing, incomplete, damaged or from an incompatible version."""
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.graph import concat_ranges
 from orbitgraph.preprocess.schema import fields_at
 from orbitgraph.preprocess.store.backends import get_backend
 from orbitgraph.preprocess.store.location import Location
-from orbitgraph.preprocess.store.manifest import Manifest, StoreError, read_manifest
+from orbitgraph.preprocess.store.manifest import Manifest, read_manifest
 from orbitgraph.preprocess.store.parquet import read_parquet
 from orbitgraph.preprocess.store.shard import COMMIT_FILE
 from orbitgraph.preprocess.store.writer import INDEX_NAME, INDEX_SCHEMA, QUARANTINE_NAME

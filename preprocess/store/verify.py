@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.schema import check_columns
 from orbitgraph.preprocess.store.backends import get_backend
-from orbitgraph.preprocess.store.manifest import StoreError
 from orbitgraph.preprocess.store.reader import ShardData, open_store
 from orbitgraph.preprocess.store.shard import checksum, is_committed, shard_dir
 

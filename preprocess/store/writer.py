@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 from ase.data import chemical_symbols
 
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.graph import KnnGraphBatch
 from orbitgraph.preprocess.schema import SCHEMA_VERSION
 from orbitgraph.preprocess.store.manifest import (
     Manifest,
-    StoreError,
     StoreSpec,
     code_version,
     write_manifest,

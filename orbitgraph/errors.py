@@ -1,0 +1,51 @@
+"""The user-error types: what the user's input, configuration or files got wrong.
+
+Every error that the user can mend (bad input data, a bad setting, a store or run directory
+that cannot serve what was asked) is an :class:`OrbitgraphError`; its message is one line
+that names the record, file or key, the problem and, where there is one, the way out. The
+``orbitgraph`` command prints such an error as that line and exits with status 2; anything
+else is a defect of the program and keeps its traceback.
+
+The types that stood for ``ValueError`` before stay ``ValueError`` subclasses, so that
+callers catching ``ValueError`` keep working.
+"""
+from __future__ import annotations
+
+
+class OrbitgraphError(Exception):
+    """Base of every error the user can mend; ``str(err)`` is one line."""
+
+
+class InputError(OrbitgraphError, ValueError):
+    """Input data that cannot be used as given (a structure, a source file, a frame)."""
+
+
+class RecordError(InputError):
+    """A source record that cannot be used; ``reason`` says which field and why (the build
+    quarantines the record with it)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LabelError(InputError):
+    """The build cannot tell which field of a source is a label (several candidates, or
+    none)."""
+
+
+class ConfigError(OrbitgraphError, ValueError):
+    """A configuration value was refused; ``str(err)`` is one line naming the key path, the
+    value and what was expected. ``path`` is the key path (``train.loader.max_atoms``)."""
+
+    def __init__(self, line: str, path: str = ""):
+        super().__init__(line)
+        self.path = path
+
+
+class StoreError(OrbitgraphError):
+    """A store is missing, incomplete, damaged or from an incompatible version."""
+
+
+class ResumeError(OrbitgraphError, ValueError):
+    """A run directory or checkpoint cannot be continued by the command as given."""
