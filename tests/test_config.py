@@ -15,9 +15,10 @@ from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import SourceInfo, StoreSpec
 from orbitgraph.preprocess.store.params import GraphParams, LabelKeys, SplitParams, StoreParams
 from orbitgraph.train import cli
-from orbitgraph.train.config import REFERENCE_END, REFERENCE_START, TrainConfig, reference_markdown
+from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.loader import LoaderConfig
 from orbitgraph.train.pipelines import load_pipelines
+from orbitgraph.train.reference import REFERENCE_END, REFERENCE_START, reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,4 +236,4 @@ def test_readme_configuration_reference_is_generated():
     block = text[start + len(REFERENCE_START):end].strip()
     assert block == reference_markdown().strip(), (
         "README's configuration reference differs from the declarations: paste "
-        "train.config.reference_markdown() between the markers")
+        "orbitgraph.train.reference.reference_markdown() between the markers")
