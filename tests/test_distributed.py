@@ -108,6 +108,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_ranks(script: str, *args) -> None:
+    """Run ``script`` (Python source; ``args`` its sys.argv[1:]) as two gloo ranks, as
+    torchrun would start them; each must exit 0."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", script, *map(str, args)], env=env,
+            cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+
+
 @pytest.mark.slow
 def test_every_preset_trains_an_epoch_on_two_ranks_of_unequal_batch_counts(store_path, tmp_path):
     train = open_store(store_path).subset(split="train")
@@ -116,18 +132,7 @@ def test_every_preset_trains_an_epoch_on_two_ranks_of_unequal_batch_counts(store
     out = tmp_path / "ddp"
     out.mkdir()
     cfg = {**STEP_CFG, "loader": vars(LOADER)}
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", DDP_SCRIPT, str(store_path), str(out), json.dumps(TINY),
-             json.dumps(cfg)], env=env, cwd=Path(__file__).resolve().parents[1],
-            stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err[-3000:]
+    two_ranks(DDP_SCRIPT, store_path, out, json.dumps(TINY), json.dumps(cfg))
     by_id = {fid: i for i, fid in enumerate(train.frame_ids)}
     for name, model in TINY.items():
         seen = [json.load(open(out / f"{name}-seen-{r}.json")) for r in range(2)]
@@ -147,3 +152,33 @@ def test_every_preset_trains_an_epoch_on_two_ranks_of_unequal_batch_counts(store
         for key, value in single.model.state_dict().items():
             torch.testing.assert_close(value, params[0][key], rtol=1e-9, atol=1e-11,
                                        msg=f"{name}: {key}")
+
+
+RESUME_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.trainer import Trainer
+store, out, model, stop = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[5])
+cfg = TrainConfig.from_dict(json.loads(sys.argv[4]))
+Trainer(store, model, cfg, f"{out}/straight").fit()
+Trainer(store, model, cfg, f"{out}/resumed").fit(stop_after=stop)
+dist.barrier()  # rank 0 has written the checkpoint that every rank resumes from
+Trainer(store, model, cfg, f"{out}/resumed").fit()
+"""
+
+
+@pytest.mark.slow
+def test_a_run_stopped_and_resumed_on_two_ranks_logs_what_the_uninterrupted_run_logs(
+        store_path, tmp_path):
+    """Two gloo ranks, two epochs of a small model; stopped one step into the second epoch
+    and resumed, the run writes the metrics.csv of the uninterrupted run (each epoch's
+    train_loss the mean of the global batches' losses of all its steps)."""
+    train = open_store(store_path).subset(split="train")
+    per_epoch = max(len(plan_rank(train, LOADER, 0, rank, 2)) for rank in range(2))
+    cfg = {**STEP_CFG, "epochs": 2, "ema_decay": 0.9, "loader": vars(LOADER)}
+    two_ranks(RESUME_SCRIPT, store_path, tmp_path, json.dumps(TINY["invariant"]),
+              json.dumps(cfg), per_epoch + 1)
+    straight = (tmp_path / "straight" / "metrics.csv").read_text()
+    assert straight.count("\n") == 3, straight  # the header and one row per epoch
+    assert (tmp_path / "resumed" / "metrics.csv").read_text() == straight

@@ -112,6 +112,80 @@ def test_reusing_a_run_directory_for_another_run_is_one_line(store_path, tmp_pat
         assert err.count("\n") == 1 and err.startswith("orbitgraph: error: ") and says in err
 
 
+# ------------------------------------------------------------ logs of resumed runs
+
+class Killed(Exception):
+    """What a kill does to the training loop: it stops between two steps."""
+
+
+def tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} as TensorBoard shows the run's event files (later files'
+    purge_step hiding the earlier files' events from that step on)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def test_a_stopped_and_resumed_run_logs_what_the_uninterrupted_run_logs(store_path, tmp_path):
+    """metrics.csv, the history and TensorBoard's scalars of a run killed part-way through
+    an epoch (some steps after a checkpoint) and resumed, of one stopped there by its step
+    budget and given a larger one, and of one trained an epoch at a time all equal those
+    of the uninterrupted run: one row per epoch, its train_loss the mean of all its steps."""
+    from orbitgraph.train.loader import steps_per_epoch
+
+    loader = LoaderConfig(max_atoms=60, seed=1)
+    first_epoch = steps_per_epoch(open_store(store_path).subset(split="train"), loader, 0, 1)
+    checkpoint = first_epoch + 2  # part-way through epoch 1 (asserted below)
+    cfg = dict(epochs=3, lr=3e-3, schedule="constant", seed=3, ema_decay=0.9, loader=loader,
+               log_every=10_000, checkpoint_every=checkpoint, plots=False, tensorboard=True)
+
+    def run(out: Path, kill_at: int | None = None, **budget) -> Trainer:
+        trainer = Trainer(store_path, TINY, TrainConfig(**{**cfg, **budget}), out)
+        step = trainer.train_step
+        trainer.step_losses = []
+
+        def recording(batch):
+            if trainer.state.step + 1 == kill_at:
+                raise Killed
+            loss = step(batch)
+            trainer.step_losses.append(loss)
+            return loss
+        trainer.train_step = recording
+        trainer.fit()
+        return trainer
+
+    straight = run(tmp_path / "straight")
+    history = straight.state.history
+    ends = [record["step"] for record in history]
+    assert [record["epoch"] for record in history] == [0, 1, 2]
+    assert ends[0] < checkpoint < checkpoint + 1 < ends[1]
+    for record, start, end in zip(history, [0, *ends], ends, strict=False):
+        mean = sum(straight.step_losses[start:end]) / (end - start)
+        assert record["train_loss"] == pytest.approx(mean, rel=1e-12)
+
+    with pytest.raises(Killed):  # the kill: two steps after the checkpoint
+        run(tmp_path / "killed", kill_at=checkpoint + 2)
+    assert _state(tmp_path / "killed")["state"]["step"] == checkpoint
+    run(tmp_path / "killed")
+    run(tmp_path / "budget", max_steps=checkpoint)  # stops part-way through epoch 1
+    run(tmp_path / "budget")
+    for epochs in (1, 2, 3):
+        run(tmp_path / "by-epoch", epochs=epochs)
+
+    expected_csv = (tmp_path / "straight" / "metrics.csv").read_text()
+    expected_tb = tensorboard_scalars(tmp_path / "straight")
+    assert [step for step, _ in expected_tb["train_loss"]] == ends
+    differ = {name: [what for what, same in (
+        ("metrics.csv", (tmp_path / name / "metrics.csv").read_text() == expected_csv),
+        ("history", _state(tmp_path / name)["state"]["history"] == history),
+        ("tensorboard", tensorboard_scalars(tmp_path / name) == expected_tb)) if not same]
+        for name in ("killed", "budget", "by-epoch")}
+    assert differ == {"killed": [], "budget": [], "by-epoch": []}
+
+
 # ------------------------------------------------------------- no validation frames
 
 def single_atom_frames(path: Path) -> Path:

@@ -5,9 +5,10 @@ One optimiser step per batch. The loss is
 with ℓ the squared error or Huber; under DDP the means run over the *global* batch (counts
 are summed across ranks), so N ranks give the same step as one process with their union.
 
-A checkpoint holds the config, model, EMA, optimiser, schedule, RNG states and the loader
-position (epoch, batches delivered): a run killed mid-epoch and resumed continues the same
-trajectory, and a finished run given a larger ``max_steps`` or ``epochs`` continues to the
+A checkpoint holds the config, model, EMA, optimiser, schedule, RNG states, the loader
+position (epoch, batches delivered) and the epoch's loss so far: a run killed mid-epoch and
+resumed continues the same trajectory and logs the same records (:mod:`train.epoch_log`),
+and a finished run given a larger ``max_steps`` or ``epochs`` continues to the
 new budget. A run directory holding another model's or another store's run is refused in
 one line (:class:`ResumeError`).
 
@@ -17,7 +18,6 @@ and ``best.pt`` is then the model at the end of the latest epoch (the log says s
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -48,6 +48,7 @@ from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.ema import EMA
+from orbitgraph.train.epoch_log import EpochLog
 from orbitgraph.train.loader import (
     LoaderConfig,
     empty_batch,
@@ -164,8 +165,13 @@ class TrainState:
     step: int = 0
     best_val: float = math.inf
     epochs_without_improvement: int = 0
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # one record per epoch (see _end_of_pass)
     finished: bool = False
+    # this epoch's training loss so far: the sum of its steps' losses (each the global
+    # batch's, all-reduced, so equal on every rank) and their count; checkpointed, so that a
+    # resumed epoch logs the mean over all its steps
+    epoch_loss_sum: float = 0.0
+    epoch_loss_steps: int = 0
 
 def rng_state() -> dict:
     """torch's, numpy's and Python's global RNG states as tensors and plain data (numpy's
@@ -243,9 +249,9 @@ class Trainer:
         self.state = TrainState()
         self.total_steps = total
         self.resumed_from: int | None = None  # the step a checkpoint left off at
+        self.epoch_log = EpochLog(self.out, self.cfg.tensorboard)
         if resume and (self.out / CHECKPOINT).is_file():
             self.load_checkpoint(self.out / CHECKPOINT)
-        self._tb = None
 
     def budget_reached(self) -> bool:
         if self.cfg.max_steps is not None:
@@ -313,23 +319,24 @@ class Trainer:
                                  self.info.world, skip=self.state.batches_in_epoch,
                                  graph=self.graph, dtype=torch.float64)
             it = iter(loader)
-            losses = []
             while self.state.batches_in_epoch < n_steps and not self.budget_reached():
                 batch = next(it, None)
                 batch = (batch if batch is not None else empty_batch(self.graph.k)).to(
                     self.device, self.dtype, non_blocking=True)
-                losses.append(self.train_step(batch))
+                loss = self.train_step(batch)
+                self.state.epoch_loss_sum += loss
+                self.state.epoch_loss_steps += 1
                 self.state.batches_in_epoch += 1
                 steps_this_call += 1
                 if self.info.is_main and self.state.step % self.cfg.log_every == 0:
-                    log.info(f"epoch {epoch} step {self.state.step} loss {losses[-1]:.5g} "
+                    log.info(f"epoch {epoch} step {self.state.step} loss {loss:.5g} "
                              f"lr {self.schedule.lr(self.state.step):.3g}")
                 if self.state.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if stop_after is not None and steps_this_call >= stop_after:
                     self.save_checkpoint()
                     return {"stopped_at_step": self.state.step}
-            self._end_of_pass(epoch, self.state.batches_in_epoch >= n_steps, losses)
+            self._end_of_pass(epoch, self.state.batches_in_epoch >= n_steps)
         if self.info.is_main and self.cfg.plots:
             from orbitgraph.train.plots import write_plots
             write_plots(self)
@@ -337,18 +344,27 @@ class Trainer:
                 "epochs": self.state.epoch, "wall_s": time.perf_counter() - t0,
                 "best_val": self.state.best_val, "history": self.state.history}
 
-    def _end_of_pass(self, epoch: int, epoch_done: bool, losses: list[float]) -> None:
+    def _end_of_pass(self, epoch: int, epoch_done: bool) -> None:
         """Validate, log, choose best.pt and checkpoint, at the end of an epoch or where the
-        step budget stopped one part-way (the epoch then goes on if the budget is raised)."""
+        step budget stopped one part-way (the epoch then goes on if the budget is raised).
+
+        The history holds one record per epoch: ``train_loss`` is the mean loss of the
+        epoch's steps so far (those before a resume included), and a record of an epoch
+        that the budget stopped part-way is replaced when the epoch goes on."""
         metrics = self.validate()
         has_val = len(self.val_set) > 0
         val_loss = self.validation_loss(metrics)
         if has_val:
             self.schedule.epoch_end(val_loss)
-        record = {"epoch": epoch, "step": self.state.step,
-                  "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                  "lr": self.schedule.lr(self.state.step), **metrics}
-        self.state.history.append(record)
+        state = self.state
+        train_loss = (state.epoch_loss_sum / state.epoch_loss_steps if state.epoch_loss_steps
+                      else float("nan"))
+        record = {"epoch": epoch, "step": state.step, "train_loss": train_loss,
+                  "lr": self.schedule.lr(state.step), **metrics}
+        if state.history and state.history[-1]["epoch"] == epoch:
+            state.history[-1] = record
+        else:
+            state.history.append(record)
         improved = has_val and val_loss < self.state.best_val
         if improved:
             self.state.best_val = val_loss
@@ -358,6 +374,7 @@ class Trainer:
         if epoch_done:
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
+            self.state.epoch_loss_sum, self.state.epoch_loss_steps = 0.0, 0
         self.state.finished = self.budget_reached() or self.stopped_early()
         if self.info.is_main:
             self._log_epoch(record)
@@ -467,7 +484,20 @@ class Trainer:
         self.state = TrainState(**ckpt["state"])
         self.state.finished = self.budget_reached() or self.stopped_early()
         self.resumed_from = self.state.step
+        self.epoch_log.resume(self.state.step, self._standing_records())
+        if self.state.batches_in_epoch and "epoch_loss_steps" not in ckpt["state"]:
+            log.warning(f"{path} was written before checkpoints held the epoch's loss so "
+                        f"far: epoch {self.state.epoch}'s train_loss will be the mean of the "
+                        "steps after this resume only")
         set_rng_state(ckpt["rng"])
+
+    def _standing_records(self) -> list[dict]:
+        """The history's records that this (resumed) run keeps: all but that of an epoch
+        the step budget stopped part-way, which goes on now and gets a new record."""
+        history, state = self.state.history, self.state
+        goes_on = bool(state.batches_in_epoch and history and
+                       history[-1]["epoch"] == state.epoch)
+        return history[:-1] if goes_on else list(history)
 
     def _check_same_run(self, ckpt: dict) -> None:
         """Raise :class:`ResumeError` unless ``ckpt`` is a run of this model on this store's
@@ -506,13 +536,7 @@ class Trainer:
 
     # -------------------------------------------------------------------- logging
     def _log_epoch(self, record: dict) -> None:
-        path = self.out / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(record))
-            if new:
-                writer.writeheader()
-            writer.writerow(record)
+        self.epoch_log.write(self.state.history)
         if record["frames"]:
             log.info(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g}, val "
                      f"energy MAE {record['energy_mae_meV_per_atom']:.2f} meV/atom, forces MAE "
@@ -521,19 +545,6 @@ class Trainer:
         else:
             log.info(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g} (no "
                      "validation frames; best.pt is this model)")
-        if self.cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is a dependency; a broken install is reported once
-                log.warning("tensorboard unavailable; CSV logs only")
-                self.cfg = self.cfg.model_copy(update={"tensorboard": False})
-                return
-            if self._tb is None:
-                self._tb = SummaryWriter(str(self.out / "tensorboard"))
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                    self._tb.add_scalar(key, value, record["step"])
-            self._tb.flush()
 
 
 def elements(frames: GraphStore) -> list[str]:
