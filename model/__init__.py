@@ -32,8 +32,10 @@ def save_model(model: Potential, path: str | Path, extra: dict | None = None,
 
 def model_from_checkpoint(ckpt: dict) -> Potential:
     """The :class:`Potential` of a checkpoint's dict
-    (:func:`orbitgraph.model.checkpoint.read_checkpoint`): ``save_model``'s files, the
-    trainer's ``best.pt`` (EMA weights) and ``checkpoint.pt``."""
+    (:func:`orbitgraph.model.checkpoint.read_checkpoint`) with the weights of its
+    ``model_state``: those of ``save_model``'s files and of the trainer's ``best.pt``; of
+    its ``checkpoint.pt``, which also holds averaged (EMA) weights, the raw ones (the
+    trainer's loaders choose between them)."""
     model = Potential(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model_state"])
     return model

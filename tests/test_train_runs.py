@@ -382,6 +382,58 @@ def test_checkpoints_are_read_as_plain_data_only(tmp_path):
         read_checkpoint(tmp_path / "other.pt")
 
 
+def test_every_loader_of_checkpoint_pt_gives_the_weights_validation_used(store_path,
+                                                                         tmp_path, capsys):
+    """evaluate, `orbitgraph evaluate`, the ASE calculator and the reports load a run's
+    checkpoint.pt with the EMA weights that validation used (its metrics equal the logged
+    validation's) and say which weights they loaded; the raw ones on request; best.pt,
+    which holds the EMA weights only, refuses the raw ones in one line."""
+    from ase import Atoms
+
+    from orbitgraph.train.calculator import OrbitCalculator
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(epochs=1, lr=3e-3, ema_decay=0.5, loader=LoaderConfig(max_atoms=60),
+                      **QUIET)
+    trainer = Trainer(store_path, TINY, cfg, out)
+    trainer.fit()
+    validated = trainer.state.history[-1]  # the run's one epoch: best.pt is its model
+    keys = ("energy_mae_meV_per_atom", "forces_mae_meV_per_A", "stress_mae_GPa")
+    for path in (out / CHECKPOINT, out / BEST):
+        metrics = evaluate(path, store_path, split="val")
+        for key in keys:
+            assert metrics[key] == pytest.approx(validated[key], rel=1e-9), (path.name, key)
+        assert metrics["weights"].startswith(f"EMA weights of {path}")
+    raw = evaluate(out / CHECKPOINT, store_path, split="val", weights="raw")
+    assert raw["energy_mae_meV_per_atom"] != pytest.approx(
+        validated["energy_mae_meV_per_atom"], rel=1e-6)
+    assert raw["weights"].startswith(f"raw weights of {out / CHECKPOINT}")
+    # the calculator and the reports: checkpoint.pt's model is best.pt's
+    frame = open_store(store_path).subset(split="train")[0]
+    atoms = Atoms(frame["numbers"], frame["positions"], cell=frame["cell"], pbc=True)
+    energies = {}
+    for path in (out / CHECKPOINT, out / BEST):
+        atoms.calc = OrbitCalculator.from_checkpoint(path)
+        energies[path.name] = atoms.get_potential_energy()
+        assert atoms.calc.weights.startswith("EMA weights")
+    assert energies[CHECKPOINT] == pytest.approx(energies[BEST], rel=1e-12, abs=1e-12)
+    from orbitgraph.train.weights import load_potential
+
+    a, b = (load_potential(path).model.state_dict() for path in (out / CHECKPOINT, out / BEST))
+    for key, value in b.items():
+        torch.testing.assert_close(a[key], value, rtol=0, atol=0, msg=key)
+    # the command says which weights it evaluated
+    capsys.readouterr()
+    args = ["evaluate", "--store", str(store_path), "--split", "val", "--json",
+            str(tmp_path / "m.json")]
+    assert main([*args, str(out / CHECKPOINT)]) == 0
+    assert f"weights: EMA weights of {out / CHECKPOINT}, step {trainer.state.step} (those " \
+           "validation used)" in capsys.readouterr().out
+    assert main([*args, str(out / BEST), "--weights", "raw"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the ema weights only" in err, err
+
+
 # ------------------------------------------------------------------------------ EMA
 
 def test_ema_decay_warms_up():

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
+from orbitgraph.model import Potential
 from orbitgraph.model.radial import check_graph
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.weights import load_potential
 
 
 class UntrainedElementWarning(UserWarning):
@@ -45,14 +46,20 @@ class OrbitCalculator(Calculator):
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.weights = "the model handed over"  # from_checkpoint: which weights of the file
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "OrbitCalculator":
-        """From ``best.pt`` (EMA weights) or ``checkpoint.pt`` written by the trainer."""
-        ckpt = read_checkpoint(path, map_location=device)
-        return cls(model_from_checkpoint(ckpt), ckpt["graph"], device=device,
-                   known_elements=ckpt["trained_elements"],
-                   **kwargs)
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
+                        **kwargs) -> "OrbitCalculator":
+        """From ``best.pt`` or ``checkpoint.pt`` written by the trainer, with the weights
+        validation used (the EMA's where training kept one) or, from ``checkpoint.pt``,
+        ``weights="raw"`` or ``"ema"`` (:func:`train.weights.load_potential`); which ones,
+        in words: :attr:`weights`."""
+        saved = load_potential(path, device=device, weights=weights)
+        calc = cls(saved.model, saved.graph, device=device,
+                   known_elements=saved.trained_elements, **kwargs)
+        calc.weights = saved.weights
+        return calc
 
     def _warn_untrained(self, symbols: list[str]) -> None:
         if self.known_elements is None:

@@ -199,7 +199,9 @@ def _cmd_evaluate(args) -> int:
     if not Path(args.checkpoint).is_file():
         raise UserError(f"{args.checkpoint}: no such checkpoint")
     device = settings.device or "cpu"
-    metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device)
+    metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
+                       weights=args.weights)
+    print(f"weights: {metrics['weights']}")
     print(table(metrics))
     out = (Path(args.json) if args.json
            else Path(args.checkpoint).with_name(f"metrics_{settings.split}.json"))
@@ -321,6 +323,9 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--store", required=True)
     s.add_argument("--split", help="evaluate.split: train, val or test (default: test)")
     s.add_argument("--device", help="evaluate.device (default: cpu)")
+    s.add_argument("--weights", choices=["ema", "raw"], help="which weights of a training "
+                   "checkpoint.pt (default: those validation used, the EMA's where training "
+                   "kept one; best.pt holds those only)")
     s.add_argument("--json", help="where to write the metrics (default: beside the checkpoint)")
     _set_option(s, "evaluate.split=val")
     s.set_defaults(func=_cmd_evaluate)

@@ -76,9 +76,14 @@ class EMA:
 
     def model_state(self, model: nn.Module) -> dict:
         """``model``'s state_dict with the averaged parameter values (loadable anywhere)."""
-        state = model.state_dict()
-        state.update(self.shadow_state())
-        return state
+        return averaged_state(model.state_dict(), self.state_dict())
+
+
+def averaged_state(model_state: dict, ema_state: dict) -> dict:
+    """A copy of ``model_state`` (a model's state_dict) with the averaged parameter values
+    of ``ema_state`` (an :meth:`EMA.state_dict`, as a checkpoint holds it) in place of the
+    raw ones; buffers are the model's."""
+    return {**model_state, **ema_state["shadow"]}
 
 
 def _align_buffers(copy: nn.Module, model: nn.Module) -> None:

@@ -189,7 +189,7 @@ class Pipelines:
     def _train_and_evaluate(self, name: str, progress: bool) -> str:
         from orbitgraph.model.config import load_config
         from orbitgraph.train.plots import write_loss_curves, write_parity
-        from orbitgraph.train.report import baselines, load_potential, predict_pairs, results_table
+        from orbitgraph.train.report import baselines, predict_pairs, results_table
         from orbitgraph.train.trainer import (
             BEST,
             CHECKPOINT,
@@ -198,6 +198,7 @@ class Pipelines:
             frames_to_evaluate,
             write_json,
         )
+        from orbitgraph.train.weights import load_potential
 
         exp = self.experiments[name]
         out = self.experiment_dir(name)
@@ -225,8 +226,9 @@ class Pipelines:
         store = trainer.store
         baseline = baselines(store, split)
         val_baseline = baselines(store, "val")
-        model, graph = load_potential(out / BEST, device=device)
-        pairs = predict_pairs(model, store, graph, split=split, device=device)
+        saved = load_potential(out / BEST, device=device)
+        pairs = predict_pairs(saved.model.double().eval(), store, saved.graph, split=split,
+                              device=device)
         record = {"experiment": name, "store": exp.store, "model": _model_label(exp.model),
                   **metrics, "baseline": baseline, "val_baseline": val_baseline,
                   "parameters": sum(p.numel() for p in trainer.model.parameters()),

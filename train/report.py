@@ -98,17 +98,6 @@ class Pairs:
             return cls(d["energy"], d["forces"], d["stress"])
 
 
-def load_potential(checkpoint: str | Path, device: str = "cpu"):
-    """A saved model (``best.pt``) in float64 and the graph parameters it was trained with,
-    as :func:`orbitgraph.train.trainer.evaluate` loads it."""
-    from orbitgraph.model import model_from_checkpoint, read_checkpoint
-    from orbitgraph.preprocess.store.params import GraphParams
-
-    ckpt = read_checkpoint(checkpoint, map_location=device)
-    model = model_from_checkpoint(ckpt)
-    return model.to(device=device, dtype=torch.float64).eval(), GraphParams.from_dict(ckpt["graph"])
-
-
 def predict_pairs(model: torch.nn.Module, store: GraphStore, graph, split: str | None = None,
                   device: str | torch.device = "cpu", max_atoms: int = 2048) -> Pairs:
     """Run ``model`` (a :class:`model.Potential`, in its own dtype) over ``split`` of

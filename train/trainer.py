@@ -37,7 +37,6 @@ from orbitgraph.errors import StoreError
 from orbitgraph.model import (
     Potential,
     build_model,
-    model_from_checkpoint,
     read_checkpoint,
     save_model,
     write_checkpoint,
@@ -45,7 +44,6 @@ from orbitgraph.model import (
 from orbitgraph.model.config import load_config
 from orbitgraph.model.radial import check_graph
 from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
-from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.ema import EMA
 from orbitgraph.train.epoch_log import EpochLog
@@ -57,6 +55,7 @@ from orbitgraph.train.loader import (
     steps_per_epoch,
 )
 from orbitgraph.train.metrics import ErrorAccumulator, loss_sums
+from orbitgraph.train.weights import load_potential
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.float32,
           "bf16": torch.float32}
@@ -532,7 +531,8 @@ class Trainer:
                  else self.model.state_dict())
         save_model(self.model, path, state=state,
                    extra={"graph": self.graph.to_dict(), "store_id": self.store.manifest.store_id,
-                          "trained_elements": self.trained_elements})
+                          "trained_elements": self.trained_elements, "step": self.state.step,
+                          "weights": "ema" if self.ema is not None else "raw"})
 
     # -------------------------------------------------------------------- logging
     def _log_epoch(self, record: dict) -> None:
@@ -576,31 +576,32 @@ def frames_to_evaluate(store: GraphStore, split: str) -> GraphStore:
 
 
 def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str = "test",
-             device: str = "cpu", max_atoms: int = 2048) -> dict:
-    """MAE/RMSE of a saved model on a split of a store, and how many of its frames hold
-    elements that none of the model's training frames held (see :func:`untrained_elements`);
-    one warning per such element (``orbitgraph.evaluate`` logger). Raises StoreError when
-    the split holds no frames (:func:`frames_to_evaluate`)."""
-    ckpt = read_checkpoint(checkpoint, map_location=device)
+             device: str = "cpu", max_atoms: int = 2048, weights: str | None = None) -> dict:
+    """MAE/RMSE of a saved model (in float64) on a split of a store, which weights they are
+    (``weights``, in words: by default those validation used, the EMA's where training kept
+    one; see :func:`orbitgraph.train.weights.load_potential`), and how many of the split's
+    frames hold elements that none of the model's training frames held (see
+    :func:`untrained_elements`); one warning per such element (``orbitgraph.evaluate``
+    logger). Raises StoreError when the split holds no frames (:func:`frames_to_evaluate`)."""
+    saved = load_potential(checkpoint, device=device, weights=weights)
     store = store if isinstance(store, GraphStore) else open_store(store)
     subset = frames_to_evaluate(store, split)
-    graph = GraphParams.from_dict(ckpt["graph"])
-    model = model_from_checkpoint(ckpt)
-    model.to(device=device, dtype=torch.float64).eval()
-    loader = make_loader(subset, LoaderConfig(max_atoms=max_atoms, shuffle=False), graph=graph)
+    model = saved.model.to(device=device, dtype=torch.float64).eval()
+    loader = make_loader(subset, LoaderConfig(max_atoms=max_atoms, shuffle=False),
+                         graph=saved.graph)
     acc = ErrorAccumulator()
     for batch in loader:
         batch = batch.to(device, torch.float64)
         acc.add(model(batch), batch)
-    n_untrained, untrained = untrained_elements(ckpt["trained_elements"], subset)
+    n_untrained, untrained = untrained_elements(saved.trained_elements, subset)
     per_frame = subset.index["elements"].to_pylist()
     for el in untrained:
         n = sum(1 for frame in per_frame if el in frame)
         logging.getLogger("orbitgraph.evaluate").warning(
             f"element {el}: no training frame of this model held it (its E0 is 0 eV "
             f"and the network never saw it); {n} of the {len(subset)} {split} frames hold it")
-    return {"split": split, **acc.result(), "frames_with_untrained_elements": n_untrained,
-            "untrained_elements": untrained}
+    return {"split": split, "weights": saved.weights, **acc.result(),
+            "frames_with_untrained_elements": n_untrained, "untrained_elements": untrained}
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,0 +1,84 @@
+"""Which weights a saved model file gives, and saying which.
+
+The trainer's ``checkpoint.pt`` (the run's state) holds two sets of weights: the raw ones,
+which the optimiser moves, and, where training keeps an exponential moving average
+(``train.ema_decay``), the averaged ones. Validation, the logged metrics and ``best.pt``
+use the averaged weights where there are some. ``best.pt`` holds one set and records which
+(``weights``: ``ema`` or ``raw``); :func:`model.save_model`'s files hold one set, unrecorded.
+
+:func:`load_potential` gives by default the weights validation used, and says in words
+which weights it gave; ``weights="ema"`` or ``"raw"`` asks for one set, and a file that
+does not hold it is a one-line error naming the file. ``evaluate``, the ASE calculator and
+the pipelines' reports load models through it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
+from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.train.ema import averaged_state
+
+WEIGHTS = ("ema", "raw")
+
+
+@dataclass(frozen=True)
+class SavedPotential:
+    """A model loaded from a file: the network (on the device asked for, in the dtype it
+    was saved in), the graph parameters it was trained with, the chemical symbols of its
+    training frames (None where the file does not hold them) and which weights it has,
+    in words (``weights``)."""
+
+    model: Potential
+    graph: GraphParams
+    trained_elements: list[str] | None
+    weights: str
+
+
+def load_potential(path: str | Path, device: str = "cpu",
+                   weights: str | None = None) -> SavedPotential:
+    """The model saved in ``path`` (``checkpoint.pt``, ``best.pt`` or a
+    :func:`model.save_model` file) with the weights validation used (``weights`` None), or
+    the EMA or raw ones (``"ema"``, ``"raw"``).
+
+    Raises FileNotFoundError for a missing file and ValueError, naming the file, where it
+    does not hold the weights asked for (a run without EMA has no averaged weights;
+    ``best.pt`` holds one set)."""
+    ckpt = read_checkpoint(path, map_location=device)
+    state, said = choose_weights(ckpt, Path(path), weights)
+    model = model_from_checkpoint({**ckpt, "model_state": state})
+    return SavedPotential(model.to(device), GraphParams.from_dict(ckpt["graph"]),
+                          ckpt.get("trained_elements"), said)
+
+
+def choose_weights(ckpt: dict, path: Path, weights: str | None = None) -> tuple[dict, str]:
+    """The state_dict of the weights asked for (see :func:`load_potential`) among those of
+    the checkpoint ``ckpt`` read from ``path``, and which they are, in words."""
+    if weights not in (None, *WEIGHTS):
+        raise ValueError(f"weights: expected ema or raw (or none: those validation used), "
+                         f"got {weights!r}")
+    if "ema_state" in ckpt:  # the trainer's checkpoint.pt: the raw weights and the EMA's
+        step = ckpt["state"]["step"]
+        has_ema = ckpt["ema_state"] is not None
+        if weights == "ema" and not has_ema:
+            raise ValueError(f"{path}: no EMA weights: this run kept no average "
+                             "(train.ema_decay null), validation used its raw weights")
+        if (weights or ("ema" if has_ema else "raw")) == "ema":
+            return (averaged_state(ckpt["model_state"], ckpt["ema_state"]),
+                    f"EMA weights of {path}, step {step} (those validation used)")
+        used = "validation used the EMA weights" if has_ema else "those validation used"
+        return ckpt["model_state"], f"raw weights of {path}, step {step} ({used})"
+    held = ckpt.get("weights")  # best.pt: one set, recorded; model.save_model's: unrecorded
+    if weights is not None and weights != held:
+        holds = (f"holds the {held} weights only" if held is not None
+                 else "does not record whether it holds EMA or raw weights")
+        raise ValueError(f"{path} {holds}; the run's checkpoint.pt holds both")
+    at = f", step {ckpt['step']}" if "step" in ckpt else ""
+    if held == "ema":
+        return ckpt["model_state"], f"EMA weights of {path}{at} (those validation used)"
+    if held == "raw":
+        return ckpt["model_state"], f"raw weights of {path}{at} (no EMA kept: those " \
+                                    "validation used)"
+    return ckpt["model_state"], f"the weights {path} holds (it does not record whether " \
+                                "EMA or raw)"
