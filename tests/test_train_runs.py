@@ -3,6 +3,7 @@ reused by mistake, stores without validation frames, frames over the batch budge
 elements the model never saw, and the weight stress gets in the loss."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -184,6 +185,83 @@ def test_a_stopped_and_resumed_run_logs_what_the_uninterrupted_run_logs(store_pa
         ("tensorboard", tensorboard_scalars(tmp_path / name) == expected_tb)) if not same]
         for name in ("killed", "budget", "by-epoch")}
     assert differ == {"killed": [], "budget": [], "by-epoch": []}
+
+
+# ------------------------------------------------------- experiments of pipelines.yaml
+
+def test_an_experiment_reports_only_results_of_its_current_configuration(tmp_path, capsys):
+    """`orbitgraph run` after a change to an experiment's model, training budget or store
+    trains it again in a directory of its own (experiments/NAME-ID), says which keys
+    changed, keeps the earlier results and links experiments/NAME to the latest; a setting
+    that changes no result, and going back to an earlier configuration, reuse results; a
+    changed evaluate evaluates again without training; the results of an older version's
+    experiments/NAME are kept aside; a run directory holding another configuration's
+    checkpoint is refused in one line in the terms of `run`."""
+    write_small_mptrj(tmp_path / "small.json", frames=20)
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump({
+        "workdir": "runs", "cluster": {"kind": "synchronous"},
+        "sources": {"small": {"path": "small.json", "format": "mptrj-json"}},
+        "stores": {"small": {"source": "small", "frames_per_shard": 10,
+                             "split": {"val_fraction": 0.2, "test_fraction": 0.2}}},
+        "experiments": {"tiny": {"store": "small", "model": TINY, "threads": 1,
+                                 "train": {"max_steps": 1, "loader": {"max_atoms": 60},
+                                           **QUIET}}}}))
+    experiments = tmp_path / "runs" / "experiments"
+    older = experiments / "tiny"  # an older version's run directory: one per experiment name
+    older.mkdir(parents=True)
+    (older / CHECKPOINT).write_text("an older version's run")
+    (older / "metrics_test.json").write_text("{}")
+
+    def run(*settings: str, status: int = 0):
+        assert main(["run", str(path), *(a for s in settings for a in ("--set", s))]) == status
+        return capsys.readouterr()
+
+    first = run()
+    assert "experiment tiny: done (1 steps" in first.out, first.out
+    first_dir = (experiments / "tiny").resolve()
+    first_metrics = (first_dir / "metrics_test.json").read_text()
+
+    bigger = ("experiments.tiny.model.hidden=12", "experiments.tiny.train.max_steps=2")
+    second = run(*bigger)
+    assert "experiment tiny: done (2 steps" in second.out and "nothing to do" not in second.out
+    assert f"warning: {older} held results of an unrecorded configuration" in first.err
+    assert (experiments / "tiny-unversioned" / CHECKPOINT).read_text() == "an older version's run"
+    assert first_dir.parent == experiments and first_dir.name.startswith("tiny-")
+    said = [line for line in second.err.splitlines() if "configuration changed" in line]
+    assert len(said) == 1 and f"since {first_dir.name} (" in said[0], second.err
+    assert "model.hidden 8 -> 12" in said[0] and "train.max_steps 1 -> 2" in said[0]
+    second_dir = (experiments / "tiny").resolve()
+    assert second_dir != first_dir and second_dir.parent == experiments
+    assert (first_dir / "metrics_test.json").read_text() == first_metrics  # kept
+    assert json.loads((second_dir / "metrics_test.json").read_text())["steps"] == 2
+    # a setting that changes no result: reused; going back: the first results, linked again
+    assert "nothing to do" in run(*bigger, "experiments.tiny.train.log_every=5").out
+    figure = experiments / "comparison-small.png"
+    stamp = figure.stat().st_mtime_ns
+    back = run()
+    assert f"nothing to do (metrics in {first_dir / 'metrics_test.json'})" in back.out
+    assert (experiments / "tiny").resolve() == first_dir
+    assert figure.stat().st_mtime_ns != stamp, "the comparison shows the first run again"
+    # another split: evaluated again, the training reused
+    stamp = (first_dir / CHECKPOINT).stat().st_mtime_ns
+    other_split = run("experiments.tiny.evaluate.split=val")
+    assert "experiment tiny: done (1 steps" in other_split.out
+    assert "nothing to train" in other_split.err and "evaluating it" in other_split.err
+    assert (first_dir / "metrics_val.json").is_file()
+    assert (first_dir / CHECKPOINT).stat().st_mtime_ns == stamp
+    # another store: trained again
+    store = run("stores.small.split.seed=1")
+    assert "experiment tiny: done (1 steps" in store.out
+    assert "configuration changed" in store.err and "store_id '" in store.err
+    assert len({p.resolve() for p in experiments.glob("tiny-*")}) == 4  # + tiny-unversioned
+    # a run directory holding another run: one line, in the terms of `run`
+    (first_dir / "metrics_test.json").unlink()
+    (first_dir / CHECKPOINT).write_bytes((second_dir / CHECKPOINT).read_bytes())
+    refused = [line for line in run(status=2).err.splitlines() if "error" in line]
+    assert len(refused) == 1 and refused[0].startswith("orbitgraph: error: "), refused
+    assert "holds a run of another model" in refused[0], refused
+    assert f"delete {first_dir}" in refused[0] and "--out" not in refused[0]
 
 
 # ------------------------------------------------------------- no validation frames

@@ -18,14 +18,18 @@ Every key, its type, default and constraint is declared once, in :class:`Pipelin
 the configs it holds (the README's configuration reference is generated from them). A store
 lives in ``workdir/stores/NAME-ID`` where ID hashes what determines its contents, so
 experiments naming the same store share one build, and changing a store's parameters never
-overwrites the old one. Every mistake is reported as one line naming the key.
+overwrites the old one. Likewise an experiment's results live in
+``workdir/experiments/NAME-ID`` where ID hashes its resolved configuration (store id, model,
+training settings), ``workdir/experiments/NAME`` links to the latest, and a changed
+configuration trains again without touching the earlier results
+(:mod:`train.experiment_dirs`). Every mistake is reported as one line naming the key.
 """
 from __future__ import annotations
 
 import copy
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -39,6 +43,14 @@ from orbitgraph.preprocess.store import open_store
 from orbitgraph.preprocess.store.manifest import MANIFEST_FILE, read_manifest
 from orbitgraph.preprocess.store.params import StoreParams
 from orbitgraph.train.config import EvaluateConfig, TrainConfig
+from orbitgraph.train.experiment_dirs import (
+    changed_keys,
+    config_id,
+    point_latest,
+    read_config,
+    resolved_config,
+    write_config,
+)
 
 log = logging.getLogger("orbitgraph.run")
 
@@ -111,6 +123,7 @@ class Pipelines:
     sources: dict[str, SourceDecl]
     stores: dict[str, StoreDecl]
     experiments: dict[str, ExperimentDecl]
+    _configs: dict[str, dict] = field(default_factory=dict, repr=False)  # experiment_config's
 
     # ------------------------------------------------------------------ stores
     def store_spec(self, name: str):
@@ -144,38 +157,72 @@ class Pipelines:
                            stress_key=decl.labels.stress, virial_key=decl.labels.virial)
 
     # ------------------------------------------------------------- experiments
+    def experiment_config(self, name: str) -> dict:
+        """The resolved configuration the experiment's results belong to: its store's id,
+        model and training settings (:func:`train.experiment_dirs.resolved_config`)."""
+        if name not in self._configs:
+            from orbitgraph.model.config import load_config
+            exp = self.experiments[name]
+            _, spec = self.store_spec(exp.store)
+            model = load_config(exp.model, where=f"experiments.{name}.model")
+            self._configs[name] = resolved_config(spec.store_id, model, exp.train)
+        return self._configs[name]
+
     def experiment_dir(self, name: str) -> Path:
+        """``workdir/experiments/NAME-ID``: the run directory of the experiment's current
+        configuration (ID: :func:`train.experiment_dirs.config_id`)."""
+        return (self.workdir / "experiments" /
+                f"{name}-{config_id(self.experiment_config(name))}")
+
+    def latest_link(self, name: str) -> Path:
+        """``workdir/experiments/NAME``: a link to the run directory trained last."""
         return self.workdir / "experiments" / name
+
+    def evaluate_settings(self, name: str) -> dict:
+        """The experiment's ``evaluate`` settings, the device resolved (null: training's)."""
+        exp = self.experiments[name]
+        return {**exp.evaluate.to_dict(), "device": exp.evaluate.device or exp.train.device}
 
     def metrics_path(self, name: str) -> Path:
         exp = self.experiments[name]
         return self.experiment_dir(name) / f"metrics_{exp.evaluate.split}.json"
 
     def finished(self, name: str) -> bool:
-        """Whether the experiment's metrics, checkpoint and store are all there."""
+        """Whether the experiment's current configuration has its checkpoint, its store
+        and metrics evaluated with its current ``evaluate`` settings."""
         from orbitgraph.train.trainer import CHECKPOINT
-        return (self.metrics_path(name).is_file() and
-                (self.experiment_dir(name) / CHECKPOINT).is_file() and
-                (self.store_path(self.experiments[name].store) / MANIFEST_FILE).is_file())
+        path = self.metrics_path(name)
+        return ((self.experiment_dir(name) / CHECKPOINT).is_file() and
+                (self.store_path(self.experiments[name].store) / MANIFEST_FILE).is_file() and
+                path.is_file() and
+                json.loads(path.read_text()).get("evaluate") == self.evaluate_settings(name))
 
     def run_experiment(self, name: str, progress: bool = True) -> str:
         """Build the experiment's store if needed, train, evaluate; the text to print.
 
-        With ``threads``, torch uses that many CPU threads meanwhile (small models on a
-        busy machine run fastest on one).
+        Results are reused only where they belong to the experiment's current
+        configuration (:mod:`train.experiment_dirs`): a run of it finished and evaluated
+        with the current ``evaluate`` settings is not redone; a run of it stopped part-way
+        is resumed; a changed configuration trains in a directory of its own, and a line
+        says which keys changed. With ``threads``, torch uses that many CPU threads
+        meanwhile (small models on a busy machine run fastest on one).
 
-        Writes, in ``workdir/experiments/NAME``: checkpoints, ``metrics.csv`` (per epoch),
-        ``metrics_SPLIT.json`` (the test metrics, the baselines on the same frames, model
-        size, steps, training wall time and the validation history), ``parity_SPLIT.npz``
-        (reference and predicted values, see :class:`orbitgraph.train.report.Pairs`),
-        ``loss_curves.png`` and ``parity.png``.
+        Writes, in ``workdir/experiments/NAME-ID`` (and links ``workdir/experiments/NAME``
+        to it): the configuration (``experiment.json``), checkpoints, ``metrics.csv`` (per
+        epoch), ``metrics_SPLIT.json`` (the test metrics, the weights evaluated, the
+        ``evaluate`` settings, the baselines on the same frames, model size, steps,
+        training wall time and the validation history), ``parity_SPLIT.npz`` (reference and
+        predicted values, see :class:`orbitgraph.train.report.Pairs`), ``loss_curves.png`` and
+        ``parity.png``.
         """
         import torch
 
         if name not in self.experiments:
             raise PipelineError(f"experiments: no experiment named {name!r}; declared: "
                                 f"{sorted(self.experiments)}")
-        if self.finished(name):
+        finished = self.finished(name)
+        self._enter_run_dir(name, finished)
+        if finished:
             return (f"experiment {name}: already finished; nothing to do (metrics in "
                     f"{self.metrics_path(name)})")
         threads = torch.get_num_threads()
@@ -186,6 +233,30 @@ class Pipelines:
         finally:
             torch.set_num_threads(threads)
 
+    def _enter_run_dir(self, name: str, finished: bool) -> None:
+        """Record the experiment's configuration in its run directory and link
+        ``experiments/NAME`` to it; where the link pointed to another configuration's run,
+        log which keys changed. Raises PipelineError where the directory records another
+        configuration."""
+        run, link = self.experiment_dir(name), self.latest_link(name)
+        config = self.experiment_config(name)
+        recorded = read_config(run)
+        if recorded is not None and recorded != config:
+            raise PipelineError(f"{run} holds the results of another configuration "
+                                f"({', '.join(changed_keys(recorded, config)[:4])}); delete it "
+                                f"to train experiment {name} there", f"experiments.{name}")
+        latest = read_config(link) if link.is_symlink() else None
+        if latest is not None and latest != config:
+            changes = changed_keys(latest, config)
+            shown = ", ".join(changes[:6]) + (f" and {len(changes) - 6} more"
+                                              if len(changes) > 6 else "")
+            log.info(f"experiment {name}: the configuration changed since "
+                     f"{link.resolve().name} ({shown}); "
+                     f"{'its results are those of' if finished else 'training it in'} "
+                     f"{run.name} (the earlier results are kept)")
+        write_config(run, config)
+        point_latest(link, run)
+
     def _train_and_evaluate(self, name: str, progress: bool) -> str:
         from orbitgraph.model.config import load_config
         from orbitgraph.train.plots import write_loss_curves, write_parity
@@ -193,6 +264,7 @@ class Pipelines:
         from orbitgraph.train.trainer import (
             BEST,
             CHECKPOINT,
+            Advice,
             Trainer,
             evaluate,
             frames_to_evaluate,
@@ -217,11 +289,12 @@ class Pipelines:
         frames_to_evaluate(open_store(store_path), exp.evaluate.split)  # before training, not after
         # the figures below replace the trainer's own (validation-split parity)
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
-                          out)
+                          out, advice=Advice(go_on="evaluating it",
+                                             new_run=f"delete {out} to train it again"))
         step_losses = _record_step_losses(trainer)
         result = trainer.fit()
-        split = exp.evaluate.split
-        device = exp.evaluate.device or train_cfg.device
+        settings = self.evaluate_settings(name)
+        split, device = settings["split"], settings["device"]
         metrics = evaluate(out / BEST, store_path, split=split, device=device)
         store = trainer.store
         baseline = baselines(store, split)
@@ -230,7 +303,8 @@ class Pipelines:
         pairs = predict_pairs(saved.model.double().eval(), store, saved.graph, split=split,
                               device=device)
         record = {"experiment": name, "store": exp.store, "model": _model_label(exp.model),
-                  **metrics, "baseline": baseline, "val_baseline": val_baseline,
+                  "evaluate": settings, **metrics, "baseline": baseline,
+                  "val_baseline": val_baseline,
                   "parameters": sum(p.numel() for p in trainer.model.parameters()),
                   "steps": trainer.state.step, "train_wall_s": result["wall_s"],
                   "history": trainer.state.history, "step_losses": step_losses}
@@ -250,29 +324,39 @@ class Pipelines:
                           f"  plots       {', '.join(plots)}"])
 
     def compare(self, store: str, refresh_figure: bool = True) -> str:
-        """The table comparing every finished experiment on ``store`` (from their metrics
-        files) and, with ``refresh_figure`` or when it is missing, the side-by-side figure
+        """The table comparing the experiments on ``store`` that have results of their
+        current configuration (from their metrics files) and, with ``refresh_figure``, when
+        it is missing or when it shows other run directories, the side-by-side figure
         ``workdir/experiments/comparison-STORE.png``."""
         from orbitgraph.train.plots import write_comparison
         from orbitgraph.train.report import Pairs, comparison_table
 
-        rows, missing = [], []
+        rows, missing, not_run = [], [], []
         for name, exp in self.experiments.items():
-            path = self.metrics_path(name)
-            if exp.store != store or not path.is_file():
+            if exp.store != store:
                 continue
-            record = json.loads(path.read_text())
+            if not self.finished(name):
+                not_run.append(name)
+                continue
+            record = json.loads(self.metrics_path(name).read_text())
             if "baseline" not in record:  # written before the baselines were recorded
                 missing.append(name)
                 continue
             rows.append(record)
         lines = [comparison_table(store, rows)]
+        if not_run:
+            lines.append(f"  (not compared, no results of their current configuration yet: "
+                         f"{', '.join(not_run)})")
         if missing:
             lines.append(f"  (not compared, metrics from an older version: {', '.join(missing)};"
                          f" delete their folders under {self.workdir / 'experiments'} to rerun)")
         if rows:
             figure = self.workdir / "experiments" / f"comparison-{store}.png"
-            if refresh_figure or not figure.is_file():
+            # the run directories the figure shows, beside it: another set redraws it
+            shown = figure.with_suffix(".json")
+            runs = [self.experiment_dir(r["experiment"]).name for r in rows]
+            if (refresh_figure or not figure.is_file() or not shown.is_file()
+                    or json.loads(shown.read_text()) != runs):
                 experiments = [{"name": r["experiment"], "history": r["history"],
                                 "step_losses": r["step_losses"],
                                 "metrics": r, "baseline": r["baseline"],
@@ -281,6 +365,7 @@ class Pipelines:
                                                     f"parity_{r['split']}.npz")}
                                for r in rows]
                 write_comparison(figure, experiments, f"experiments on store {store}")
+                shown.write_text(json.dumps(runs))
             lines.append(f"  figure      {figure}")
         return "\n".join(lines)
 

@@ -70,6 +70,16 @@ class ResumeError(ValueError):
     """``--out`` holds a run this one cannot continue (another model, store or graph, or a
     mid-epoch plan this run would change); one line."""
 
+
+@dataclass(frozen=True)
+class Advice:
+    """What the trainer's messages tell the user to do, in the terms of the command that
+    runs it: ``go_on`` after "nothing to train" (a finished run), ``new_run`` after a
+    :class:`ResumeError`. The defaults are ``orbitgraph train``'s."""
+
+    go_on: str = "raise --max-steps or --epochs to continue, or give another --out"
+    new_run: str = "give another --out to start a new run"
+
 def e3nn_inputs_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast the floating inputs of ``model``'s e3nn Linear and TensorProduct layers to
     ``dtype``. Under bf16 autocast, torch's layers (MLPs, the symmetric contraction's
@@ -190,10 +200,11 @@ def set_rng_state(state: dict) -> None:
 
 class Trainer:
     def __init__(self, store: str | Path | GraphStore, model_config, train_config: TrainConfig,
-                 out: str | Path, resume: bool = True):
+                 out: str | Path, resume: bool = True, advice: Advice = Advice()):
         self.cfg = train_config.model_copy(
             update={"loader": train_config.loader.for_device(train_config.device)})
         self.out = Path(out)
+        self.advice = advice
         self.info = init_distributed(self.cfg.device)
         self.device = torch.device(self.cfg.device if not self.cfg.device.startswith("cuda")
                                    else f"cuda:{self.info.local_rank}"
@@ -402,7 +413,7 @@ class Trainer:
                        f"{self.state.epochs_without_improvement} epochs" if self.stopped_early()
                        else f"it has reached {self.budget_text()}")
                 log.info(f"{self.out}: nothing to train, {why} (step {self.state.step}); "
-                         "raise --max-steps or --epochs to continue, or give another --out")
+                         f"{self.advice.go_on}")
             else:
                 log.info(f"{self.out}: resuming at step {self.state.step} ({where}), training "
                          f"to {self.budget_text()}")
@@ -501,7 +512,7 @@ class Trainer:
     def _check_same_run(self, ckpt: dict) -> None:
         """Raise :class:`ResumeError` unless ``ckpt`` is a run of this model on this store's
         graphs, and, stopped mid-epoch, one whose epoch plan this run would make alike."""
-        restart = "give another --out to start a new run"
+        restart = self.advice.new_run
         if ckpt["store_id"] != self.store.manifest.store_id:
             raise ResumeError(f"{self.out} holds a run on store {ckpt['store_id']}, not on "
                               f"{self.store.manifest.store_id} ({self.store.location}); {restart}")
