@@ -187,6 +187,45 @@ def test_a_stopped_and_resumed_run_logs_what_the_uninterrupted_run_logs(store_pa
     assert differ == {"killed": [], "budget": [], "by-epoch": []}
 
 
+def test_an_interrupted_experiment_reports_what_the_uninterrupted_one_reports(tmp_path,
+                                                                           capsys,
+                                                                           monkeypatch):
+    """`orbitgraph run` interrupted part-way through an experiment's training (Ctrl-C two
+    steps after a checkpoint) and run again writes the per-step losses (the loss curve),
+    the epoch history and metrics.csv of the same experiment run uninterrupted."""
+    write_small_mptrj(tmp_path / "small.json", frames=20)
+    train = {"epochs": 2, "lr": 3e-3, "schedule": "constant", "loader": {"max_atoms": 20},
+             **QUIET, "checkpoint_every": 2}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump({
+        "workdir": "runs", "cluster": {"kind": "synchronous"},
+        "sources": {"small": {"path": "small.json", "format": "mptrj-json"}},
+        "stores": {"small": {"source": "small", "frames_per_shard": 10,
+                             "split": {"val_fraction": 0.2, "test_fraction": 0.2}}},
+        "experiments": {name: {"store": "small", "model": TINY, "train": train, "threads": 1}
+                        for name in ("straight", "interrupted")}}))
+    step = Trainer.train_step
+
+    def interrupted(self, batch):
+        if self.state.step == 3:  # the checkpoint of step 2 is written
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    assert main(["run", str(path), "--experiment", "interrupted"]) == 130
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert main(["run", str(path)]) == 0
+    assert "resuming at step 2" in capsys.readouterr().err
+    runs = tmp_path / "runs" / "experiments"
+    straight, resumed = (json.loads((runs / name / "metrics_test.json").read_text())
+                         for name in ("straight", "interrupted"))
+    assert len(straight["step_losses"]) == straight["steps"] > 3
+    for key in ("step_losses", "history", "steps"):
+        assert resumed[key] == straight[key], key
+    assert ((runs / "interrupted" / "metrics.csv").read_text() ==
+            (runs / "straight" / "metrics.csv").read_text())
+
+
 # ------------------------------------------------------- experiments of pipelines.yaml
 
 def test_an_experiment_reports_only_results_of_its_current_configuration(tmp_path, capsys):

@@ -25,10 +25,12 @@ METRICS_CSV = "metrics.csv"
 TENSORBOARD = "tensorboard"
 
 
-def write_csv(path: Path, records: list[dict]) -> None:
-    """``records`` (dicts of numbers) as a CSV file with a header row, replacing ``path``
-    atomically: written beside it, then renamed over it."""
-    fields = list(dict.fromkeys(key for record in records for key in record))
+def write_csv(path: Path, records: list[dict], fields: list[str] | None = None) -> None:
+    """``records`` (dicts of numbers) as a CSV file with a header row (``fields``, default:
+    the records' keys), replacing ``path`` atomically: written beside it, then renamed over
+    it."""
+    if fields is None:
+        fields = list(dict.fromkeys(key for record in records for key in record))
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)

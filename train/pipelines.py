@@ -27,6 +27,7 @@ configuration trains again without touching the earlier results
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from orbitgraph.train.experiment_dirs import (
 )
 
 log = logging.getLogger("orbitgraph.run")
+STEP_LOSSES = "step_losses.csv"  # (step, batch loss) of every step, in a run directory
 
 class PipelineError(ConfigError):
     """A mistake in pipelines.yaml; the message names the key."""
@@ -209,11 +211,11 @@ class Pipelines:
 
         Writes, in ``workdir/experiments/NAME-ID`` (and links ``workdir/experiments/NAME``
         to it): the configuration (``experiment.json``), checkpoints, ``metrics.csv`` (per
-        epoch), ``metrics_SPLIT.json`` (the test metrics, the weights evaluated, the
-        ``evaluate`` settings, the baselines on the same frames, model size, steps,
-        training wall time and the validation history), ``parity_SPLIT.npz`` (reference and
-        predicted values, see :class:`orbitgraph.train.report.Pairs`), ``loss_curves.png`` and
-        ``parity.png``.
+        epoch), ``step_losses.csv`` (per step), ``metrics_SPLIT.json`` (the test metrics,
+        the weights evaluated, the ``evaluate`` settings, the baselines on the same frames,
+        model size, steps, training wall time and the validation history),
+        ``parity_SPLIT.npz`` (reference and predicted values, see
+        :class:`orbitgraph.train.report.Pairs`), ``loss_curves.png`` and ``parity.png``.
         """
         import torch
 
@@ -383,14 +385,28 @@ class Pipelines:
 
 
 def _record_step_losses(trainer) -> list[tuple[int, float]]:
-    """(step, batch loss) of every optimiser step the trainer takes from now on, for the
-    loss curve (the trainer's history holds one mean per epoch)."""
+    """(step, batch loss) of every optimiser step of the trainer's run, for the loss curve
+    (the trainer's history holds one mean per epoch), kept in its directory
+    (:data:`STEP_LOSSES`) so that a resumed run's curve is the uninterrupted run's: those of
+    earlier calls up to the step the trainer resumed from (the later ones are taken again),
+    then each step it takes from now on, appended to the list and to the file."""
+    from orbitgraph.train.epoch_log import write_csv
+
+    path = trainer.out / STEP_LOSSES
     losses = []
-    step = trainer.train_step
+    if path.is_file():
+        with open(path, newline="") as f:
+            losses = [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(f)]
+    losses = [(step, loss) for step, loss in losses if step <= trainer.state.step]
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    write_csv(path, [{"step": step, "loss": loss} for step, loss in losses], ["step", "loss"])
+    train_step = trainer.train_step
 
     def recording(batch):
-        loss = step(batch)
+        loss = train_step(batch)
         losses.append((trainer.state.step, loss))
+        with open(path, "a") as f:
+            f.write(f"{trainer.state.step},{loss!r}\n")
         return loss
 
     trainer.train_step = recording
