@@ -36,8 +36,8 @@ from tqdm import tqdm
 from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.cluster import BuildProcessError, ClusterConfig, batch_jobs, dask_client
 from orbitgraph.preprocess.graph import knn_graphs_screened
-from orbitgraph.preprocess.sources import open_source
-from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source, fingerprint
+from orbitgraph.preprocess.sources import digest_source, open_source
+from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source
 from orbitgraph.preprocess.sources.labels import LabelPlan, count_notes
 from orbitgraph.preprocess.sources.limits import graph_problems, within_atom_limit, wrap_positions
 from orbitgraph.preprocess.store.manifest import (
@@ -245,9 +245,12 @@ def make_spec(source_path: str | Path, *, source_format: str | None = None,
               virial_key: str | None = None) -> tuple[Source, StoreSpec]:
     """The source and the spec of its store. Label keys left None follow the source's
     convention (see :mod:`orbitgraph.preprocess.sources.labels`); the names a format fixes
-    are filled in here, so that the store id is the same whether they were given or not."""
+    are filled in here, so that the store id is the same whether they were given or not.
+    The source's files are hashed whole (:mod:`orbitgraph.preprocess.sources.fingerprint`;
+    a file unchanged since it was last hashed is recognised from its status)."""
     source = open_source(source_path, source_format)
-    info = SourceInfo(str(source_path), source.format, fingerprint(source_path))
+    digest = digest_source(source_path, source.files)
+    info = SourceInfo(str(source_path), source.format, digest.fingerprint, digest.files)
     keys = source.label_keys(LabelKeys(energy_key, forces_key, stress_key, virial_key))
     return source, StoreSpec(source=info, graph=graph, backend=backend, energy_key=keys.energy,
                              split=split, frames_per_shard=frames_per_shard,

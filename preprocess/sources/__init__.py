@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source, fingerprint
+from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source
 from orbitgraph.preprocess.sources.extxyz import ExtxyzSource, is_extxyz_name
+from orbitgraph.preprocess.sources.fingerprint import SourceDigest, digest_source
 from orbitgraph.preprocess.sources.mptrj_json import MPtrjJsonSource
 
 FORMATS = {"mptrj-json": MPtrjJsonSource, "extxyz": ExtxyzSource}
@@ -30,4 +31,5 @@ def open_source(path: str | Path, source_format: str | None = None) -> Source:
     return FORMATS[source_format](p)
 
 
-__all__ = ["FORMATS", "Partition", "Quarantined", "Source", "fingerprint", "open_source"]
+__all__ = ["FORMATS", "Partition", "Quarantined", "Source", "SourceDigest", "digest_source",
+           "open_source"]

@@ -53,6 +53,7 @@ class MPtrjJsonSource:
         self.path = str(path)
         if not Path(self.path).is_file():
             raise FileNotFoundError(f"{self.path}: no such file")
+        self.files = [self.path]
         self.gzipped = is_gzip(self.path)
 
     def _materials(self) -> Iterator[tuple[int, int, int]]:

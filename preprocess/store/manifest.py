@@ -1,9 +1,9 @@
 """The store manifest: what a store is, how it was built, and what it holds.
 
 ``manifest.json`` is written last, atomically; its presence marks a complete store. The
-store id hashes everything that determines the contents (source fingerprint, graph
-parameters, schema version, label keys, split), so two experiments that need the same
-graphs find the same store.
+store id hashes everything that determines the contents (:meth:`StoreSpec.identity`: the
+source's fingerprint, graph parameters, schema version, label keys, split, minimum
+distance), so two experiments that need the same graphs find the same store.
 """
 from __future__ import annotations
 
@@ -35,10 +35,21 @@ MANIFEST_FILE = "manifest.json"
 class SourceInfo:
     path: str
     format: str  # "mptrj-json" or "extxyz"
-    fingerprint: str  # content hash of sampled blocks and the size
+    # hex SHA-256 of every byte of the file, or of a folder's listing of its files' digests
+    # (preprocess/sources/fingerprint.py); stores of earlier versions: of sampled blocks
+    fingerprint: str
+    # (name, hex SHA-256) of each file read: the file's name, or its path within the folder;
+    # empty in stores of earlier versions
+    files: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"path": self.path, "format": self.format, "fingerprint": self.fingerprint,
+                "files": dict(self.files)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SourceInfo":
+        return cls(path=d["path"], format=d["format"], fingerprint=d["fingerprint"],
+                   files=tuple(dict(d.get("files", {})).items()))
 
 
 @dataclass(frozen=True)
@@ -70,12 +81,17 @@ class StoreSpec:
     def labels(self) -> LabelKeys:
         return LabelKeys(self.energy_key, self.forces_key, self.stress_key, self.virial_key)
 
+    def identity(self) -> dict:
+        """What the store id hashes: everything that determines the store's contents (the
+        source by its fingerprint; not its path, the backend or the shard size)."""
+        return {"schema_version": SCHEMA_VERSION, "source": self.source.fingerprint,
+                "graph": self.graph.to_dict(), "labels": self.labels.to_dict(),
+                "split": self.split.to_dict(), "min_distance": self.min_distance}
+
     @property
     def store_id(self) -> str:
-        content = {"schema_version": SCHEMA_VERSION, "source": self.source.fingerprint,
-                   "graph": self.graph.to_dict(), "labels": self.labels.to_dict(),
-                   "split": self.split.to_dict(), "min_distance": self.min_distance}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+        content = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(content).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -97,11 +113,13 @@ class Manifest:
     min_distance: float = MIN_DISTANCE
     build: dict = field(default_factory=dict)  # wall time, workers: informative only
     labels: dict = field(default_factory=dict)  # the keys read (a LabelPlan's fields)
+    identity: dict = field(default_factory=dict)  # what store_id hashes ({} in older stores)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["graph"] = self.graph.to_dict()
         d["split"] = self.split.to_dict()
+        d["source"] = self.source.to_dict()
         d["shards"] = [asdict(s) for s in self.shards]
         return d
 
@@ -127,11 +145,12 @@ class Manifest:
             stats = {**d["statistics"], "atomic_energies_eV": {int(z): v for z, v in e0.items()}}
             return cls(schema_version=version, store_id=d["store_id"], backend=d["backend"],
                        graph=GraphParams.from_dict(d["graph"]), energy_key=d["energy_key"],
-                       split=SplitParams(**d["split"]), source=SourceInfo(**d["source"]),
+                       split=SplitParams(**d["split"]), source=SourceInfo.from_dict(d["source"]),
                        code_version=d["code_version"], counts=dict(d["counts"]),
                        shards=tuple(ShardRecord.from_dict(s) for s in d["shards"]),
                        statistics=stats, min_distance=float(d.get("min_distance", MIN_DISTANCE)),
-                       build=dict(d.get("build", {})), labels=dict(d.get("labels", {})))
+                       build=dict(d.get("build", {})), labels=dict(d.get("labels", {})),
+                       identity=dict(d.get("identity", {})))
         except (KeyError, TypeError, ValueError) as err:
             raise StoreError(f"{where}: damaged manifest ({type(err).__name__}: {err})") from None
 

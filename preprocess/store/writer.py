@@ -236,6 +236,6 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
                 "labels_converted": label_counts["converted"],
                 "labels_masked": label_counts["masked"]},
         shards=tuple(records), statistics=total.summary(), min_distance=spec.min_distance,
-        build=dict(build_info or {}), labels=labels)
+        build=dict(build_info or {}), labels=labels, identity=spec.identity())
     write_manifest(root, manifest)
     return manifest
