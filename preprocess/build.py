@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import gc
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -55,6 +54,7 @@ from orbitgraph.preprocess.store.params import (
     SplitParams,
 )
 from orbitgraph.preprocess.store.parquet import read_parquet, write_parquet
+from orbitgraph.preprocess.store.reuse import claim, other_store_error, release
 from orbitgraph.preprocess.store.shard import (
     ShardRecord,
     is_committed,
@@ -72,7 +72,6 @@ from orbitgraph.preprocess.store.writer import (
 )
 from orbitgraph.preprocess.threads import local_cores
 
-BUILD_FILE = "build.json"
 log = logging.getLogger("orbitgraph.build")
 
 
@@ -218,25 +217,6 @@ def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Pat
                               label_counts=count_notes(f.notes for f in frames))
 
 
-def _check_out_dir(out: Path, spec: StoreSpec) -> None:
-    """Refuse to mix shards of different stores in one directory."""
-    build_file = out / BUILD_FILE
-    if build_file.is_file():
-        existing = json.loads(build_file.read_text())
-        if existing.get("store_id") != spec.store_id:
-            raise StoreError(
-                f"{out} holds a partial build of another store (id {existing.get('store_id')}, "
-                f"this build is {spec.store_id}); use another --out or delete it")
-        if existing.get("frames_per_shard") != spec.frames_per_shard:
-            raise StoreError(f"{out}: a partial build with frames_per_shard="
-                             f"{existing.get('frames_per_shard')} exists; resume it with the "
-                             "same value")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    build_file.write_text(json.dumps({"store_id": spec.store_id, "backend": spec.backend,
-                                      "frames_per_shard": spec.frames_per_shard}))
-
-
 def make_spec(source_path: str | Path, *, source_format: str | None = None,
               graph: GraphParams = GraphParams(), backend: str = DEFAULT_BACKEND,
               energy_key: str | None = None, split: SplitParams = SplitParams(),
@@ -265,13 +245,17 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
                 cluster: ClusterConfig = ClusterConfig(),
                 min_distance: float = MIN_DISTANCE, progress: bool = True,
                 forces_key: str | None = None,
-                stress_key: str | None = None, virial_key: str | None = None
-                ) -> BuildSummary:
+                stress_key: str | None = None, virial_key: str | None = None,
+                discard_partial: bool = False) -> BuildSummary:
     """Build (or finish building) the store of ``source_path`` in ``out``.
 
-    Raises LabelError (a ValueError) when a label key is not given and the source holds
-    several candidates (or none) for it, and :class:`EmptyStoreError` when no frame would
-    be stored."""
+    ``out`` may hold this store complete (nothing is done), a partial build of it (resumed),
+    or nothing; a partial build of another store (or of another ``frames_per_shard``) is
+    refused, or deleted first with ``discard_partial`` (see :mod:`orbitgraph.preprocess.store.reuse`).
+
+    Raises StoreError for a folder that holds another store, LabelError (a ValueError) when
+    a label key is not given and the source holds several candidates (or none) for it, and
+    :class:`EmptyStoreError` when no frame would be stored."""
     t0 = time.perf_counter()
     source, spec = make_spec(source_path, source_format=source_format, graph=graph,
                              backend=backend, energy_key=energy_key, split=split,
@@ -283,8 +267,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     if (out / MANIFEST_FILE).is_file():
         m = read_manifest(out)
         if m.store_id != spec.store_id:
-            raise StoreError(f"{out} already holds another store (id {m.store_id}, this build "
-                             f"is {spec.store_id}); use another --out or delete it")
+            raise other_store_error(out, m, spec)
         summary.already_complete = True
         summary.frames, summary.atoms, summary.edges = (m.counts["frames"], m.counts["atoms"],
                                                         m.counts["edges"])
@@ -296,7 +279,20 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
         return summary
     labels = source.resolve_labels(spec.labels)
     summary.labels = labels
-    _check_out_dir(out, spec)
+    claimed = claim(out, spec, discard_partial)
+    try:
+        return _build(source, spec, out, cluster, progress, labels, summary, t0)
+    except BaseException:
+        if claimed:  # a first build that committed nothing leaves nothing to resume
+            release(out)
+        raise
+
+
+def _build(source: Source, spec: StoreSpec, out: Path, cluster: ClusterConfig, progress: bool,
+           labels: LabelPlan, summary: BuildSummary, t0: float) -> BuildSummary:
+    """The partitions of ``source`` built into ``out``, then the manifest; ``summary``
+    filled in and returned."""
+    source_path = source.path
     remove_stale_temporaries(out)
 
     parts = source.partitions(spec.frames_per_shard)

@@ -1,5 +1,6 @@
-"""Reuse you can trust: a store id changes with any byte of its source, and an unchanged
-source is recognised from its file status."""
+"""Reuse you can trust: a store id changes with any byte of its source, an unchanged source
+is recognised from its file status, and a folder holding another store (complete or
+partial) says what differs."""
 from __future__ import annotations
 
 import gzip
@@ -11,16 +12,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import orbitgraph.preprocess.build as build_module
 from extxyz_writer import frame_text, nacl
 from helpers import load_small_mptrj
 from orbitgraph.preprocess.build import build_store, make_spec
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import StoreError, open_store
+from orbitgraph.preprocess.store.shard import is_committed
 from orbitgraph.train.cli import main
 
 SYNC = ClusterConfig(kind="synchronous")
 BIG = 20 << 20  # bytes: larger than what a sampled fingerprint would read whole (16 MB)
 ENERGY = b'"uncorrected_total_energy": '
+BUILD_FILE = "build.json"  # written into a store's folder when its build starts
+
+
+def committed_shards(out: Path) -> list[str]:
+    return [p.name for p in sorted((out / "shards").glob("shard-*")) if is_committed(out, p.name)]
 
 
 # ------------------------------------------------------------------ sources to change
@@ -167,8 +175,8 @@ def test_a_folder_source_s_id_follows_its_files(tmp_path):
 def test_a_corrected_energy_is_built_not_served_from_the_old_store(tmp_path):
     """The issue's case: one energy corrected with a value of the same length in the middle
     of a 40 MB MPtrj file, far from its first and last 16 MB. Rebuilding into the same
-    --out is refused (the old store is not served as complete); a fresh --out gets another
-    store id and stores the corrected energy."""
+    --out is refused, naming the file that changed (the old store is not served as
+    complete); a fresh --out gets another store id and stores the corrected energy."""
     sample = load_small_mptrj()
     materials = {mid: sample[mid] for mid in list(sample)[:3]}
     src = tmp_path / "mptrj.json"
@@ -188,7 +196,8 @@ def test_a_corrected_energy_is_built_not_served_from_the_old_store(tmp_path):
 
     assert main(["build", "--source", src, "--out", tmp_path / "store", "--scheduler",
                  "synchronous", "--quiet"]) == 2
-    with pytest.raises(StoreError, match="already holds another store"):
+    with pytest.raises(StoreError, match=rf"already holds another store .*{src} changed "
+                                         r"\(SHA-256 was \w+\.\.\., is \w+\.\.\.\)"):
         build_store(src, tmp_path / "store", cluster=SYNC, progress=False)
     assert open_store(tmp_path / "store").get(fid)["energy"] == record[
         "uncorrected_total_energy"], "the old store is left as it was"
@@ -265,3 +274,108 @@ def test_a_file_that_changes_while_hashed_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(fingerprint.SourceChangedError,
                        match=r"frames.xyz: changed while it was being read"):
         store_id(src)
+
+
+# ------------------------------------------------------------------ 3. partial builds
+
+def _broken_sources(tmp: Path) -> dict:
+    """{case: (source, broken writer, repaired writer, the file to name, shards committed
+    before the failure)}: sources a first build fails on, and their repair. Given all its
+    label keys, the extended XYZ folder's bad file is found while its partitions are
+    built; without them, by the scan of its comment lines, before any."""
+    good = mptrj_text(load_small_mptrj())
+    plain, gz, folder = tmp / "mptrj.json", tmp / "mptrj.json.gz", tmp / "folder"
+    folder.mkdir()
+    (folder / "a.xyz").write_bytes(extxyz_text(6))
+    bad_b = extxyz_text(2, first=6) + b"x\n" + extxyz_text(2, first=8)
+    return {
+        "mptrj-json-truncated": (plain, lambda: plain.write_bytes(good[:-60]),
+                                 lambda: plain.write_bytes(good), plain, True),
+        "extxyz-folder-bad-header": (folder, lambda: (folder / "b.xyz").write_bytes(bad_b),
+                                     lambda: (folder / "b.xyz").write_bytes(
+                                         extxyz_text(4, first=6)), folder / "b.xyz", True),
+        "extxyz-folder-bad-header-in-the-label-scan": (
+            folder, lambda: (folder / "b.xyz").write_bytes(bad_b),
+            lambda: (folder / "b.xyz").write_bytes(extxyz_text(4, first=6)), folder / "b.xyz",
+            False),
+        "mptrj-gzip-truncated": (gz, lambda: gz.write_bytes(gzip.compress(good)[:-200]),
+                                 lambda: gz.write_bytes(gzip.compress(good)), gz, False),
+    }
+
+
+@pytest.mark.parametrize("case", ["mptrj-json-truncated", "extxyz-folder-bad-header",
+                                  "extxyz-folder-bad-header-in-the-label-scan",
+                                  "mptrj-gzip-truncated"])
+def test_a_build_that_failed_on_its_source_and_the_repaired_source(tmp_path, capsys, case):
+    """A first build fails on its source. If it committed shards, the rerun with the
+    repaired source is refused in one line naming the file that changed (and only it) and
+    the flag that discards the partial build; with the flag it builds the store a fresh
+    folder gets. If it committed none, it leaves no build.json: the rerun simply builds."""
+    src, break_it, repair, changed, committed = _broken_sources(tmp_path)[case]
+    out = tmp_path / "store"
+    keys = ({"energy_key": "energy", "forces_key": "forces", "stress_key": "stress",
+             "virial_key": "virial"} if case == "extxyz-folder-bad-header" else {})
+    argv = ["build", "--source", src, "--out", out, "--frames-per-shard", "2",
+            "--scheduler", "synchronous", "--quiet",
+            *(f"--{k.replace('_', '-')}={v}" for k, v in keys.items())]
+    break_it()
+    with pytest.raises(ValueError):
+        build_store(src, out, frames_per_shard=2, cluster=SYNC, progress=False, **keys)
+    assert bool(committed_shards(out)) == committed
+    assert (out / BUILD_FILE).is_file() == committed
+    repair()
+    capsys.readouterr()
+    if committed:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds a partial build of another store" in err[0], err
+        assert f"{changed} changed (SHA-256 was " in err[0] and "--discard-partial" in err[0]
+        named = [p for p in (src.iterdir() if src.is_dir() else [src]) if str(p) in err[0]]
+        assert named == [changed], "only the file that changed is named"
+        argv.append("--discard-partial")
+    assert main(argv) == 0, capsys.readouterr().err
+    build_store(src, tmp_path / "fresh", frames_per_shard=2, cluster=SYNC, progress=False,
+                **keys)
+    a, b = open_store(out), open_store(tmp_path / "fresh")
+    assert a.manifest.store_id == b.manifest.store_id
+    assert a.index.to_pylist() == b.index.to_pylist()
+
+
+def _fail_on_shard_1(source, part, *args, **kwargs):
+    if part.index == 1:
+        raise OSError("no space left on device")
+    return _BUILD_PARTITION(source, part, *args, **kwargs)
+
+
+_BUILD_PARTITION = build_module.build_partition
+
+
+def test_a_partial_build_with_other_parameters_names_them(tmp_path, monkeypatch, capsys):
+    """A partial build refused for another parameter says which, and the flag; the flag
+    deletes the build's files only (not other files in the folder), and never a complete
+    store."""
+    src = tmp_path / "mptrj.json"
+    src.write_bytes(mptrj_text(load_small_mptrj()))
+    out = tmp_path / "store"
+    monkeypatch.setattr(build_module, "build_partition", _fail_on_shard_1)
+    with pytest.raises(OSError):
+        build_store(src, out, frames_per_shard=30, cluster=SYNC, progress=False)
+    monkeypatch.setattr(build_module, "build_partition", _BUILD_PARTITION)
+    (out / "notes.txt").write_text("mine")
+
+    def build(k: int, frames_per_shard: int, *flags: str) -> int:
+        return main(["build", "--source", src, "--out", out, "--k", str(k),
+                     "--frames-per-shard", str(frames_per_shard), "--scheduler",
+                     "synchronous", "--quiet", *flags])
+
+    capsys.readouterr()
+    assert build(12, 30) == 2
+    err = capsys.readouterr().err
+    assert "graph.k 16 -> 12" in err and "--discard-partial to delete its 1 committed" in err
+    assert build(16, 40) == 2
+    assert "frames_per_shard=30 exists" in capsys.readouterr().err
+    assert build(12, 30, "--discard-partial") == 0
+    assert open_store(out).manifest.graph.k == 12 and (out / "notes.txt").read_text() == "mine"
+    assert build(16, 30, "--discard-partial") == 2
+    assert "already holds another store" in capsys.readouterr().err
+    assert open_store(out).manifest.graph.k == 12, "a complete store is never discarded"

@@ -159,7 +159,8 @@ def _cmd_build(args) -> int:
         config = load_pipelines(args.pipeline, overrides=args.set or ())
         names = [args.store] if args.store else list(config.stores)
         for name in names:
-            summary = config.build(name, progress=not args.quiet)
+            summary = config.build(name, progress=not args.quiet,
+                                   discard_partial=args.discard_partial)
             print(summary.text())
             print(summary.store)
         return 0
@@ -171,7 +172,7 @@ def _cmd_build(args) -> int:
         backend=store.backend, energy_key=store.energy_key, forces_key=store.forces_key,
         stress_key=store.stress_key, virial_key=store.virial_key, split=store.split,
         frames_per_shard=store.frames_per_shard, min_distance=store.min_distance,
-        cluster=cluster, progress=not args.quiet)
+        cluster=cluster, progress=not args.quiet, discard_partial=args.discard_partial)
     print(summary.text())
     print(summary.store)
     return 0
@@ -291,6 +292,10 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
                    "machine above it)")
     s.add_argument("--workers", type=_value, help="cluster.workers: worker processes, "
                    "forked or a LocalCluster's (1 without a cluster: this process)")
+    s.add_argument("--discard-partial", action="store_true",
+                   help="delete a partial build of another store (or of another "
+                   "frames_per_shard) found in the store's folder, then build; a complete "
+                   "store is never deleted")
     _set_option(s, "store.split.val_fraction=0.1")
     s.set_defaults(func=_cmd_build)
     s = sub.add_parser("info", help="summarise a store's manifest")

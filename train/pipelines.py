@@ -145,7 +145,7 @@ class Pipelines:
         _, spec = self.store_spec(name)
         return self.workdir / "stores" / f"{name}-{spec.store_id}"
 
-    def build(self, name: str, progress: bool = True):
+    def build(self, name: str, progress: bool = True, discard_partial: bool = False):
         from orbitgraph.preprocess.build import build_store
         if name not in self.stores:
             raise PipelineError(f"stores: no store named {name!r}; declared: {sorted(self.stores)}")
@@ -156,7 +156,8 @@ class Pipelines:
                            split=decl.split, frames_per_shard=decl.frames_per_shard,
                            min_distance=decl.min_distance, cluster=self.cluster,
                            progress=progress, forces_key=decl.labels.forces,
-                           stress_key=decl.labels.stress, virial_key=decl.labels.virial)
+                           stress_key=decl.labels.stress, virial_key=decl.labels.virial,
+                           discard_partial=discard_partial)
 
     # ------------------------------------------------------------- experiments
     def experiment_config(self, name: str) -> dict:

@@ -3,6 +3,7 @@
 Layout of a store directory::
 
     manifest.json          written last; its presence marks a complete store
+    build.json             written first: which store the shards are of (preprocess.store.reuse)
     index.parquet          one row per frame: ids, shard, row, sizes, energy, composition, split
     quarantine.parquet     records that could not be used, with the reason
     shards/shard-NNNNNN/   one committed shard: data files, index.parquet, commit.json

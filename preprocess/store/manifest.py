@@ -1,9 +1,11 @@
 """The store manifest: what a store is, how it was built, and what it holds.
 
-``manifest.json`` is written last, atomically; its presence marks a complete store. The
-store id hashes everything that determines the contents (:meth:`StoreSpec.identity`: the
-source's fingerprint, graph parameters, schema version, label keys, split, minimum
-distance), so two experiments that need the same graphs find the same store.
+``manifest.json`` is written last, atomically; its presence marks a complete store.
+``build.json``, written when a build starts, marks a folder as a build's output (see
+:mod:`orbitgraph.preprocess.store.reuse`). The store id hashes everything that determines the
+contents (:meth:`StoreSpec.identity`: the source's fingerprint, graph parameters, schema
+version, label keys, split, minimum distance), so two experiments that need the same
+graphs find the same store.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from orbitgraph.preprocess.store.params import (
 from orbitgraph.preprocess.store.shard import ShardRecord
 
 MANIFEST_FILE = "manifest.json"
+BUILD_FILE = "build.json"
 
 
 @dataclass(frozen=True)
