@@ -47,5 +47,9 @@ class StoreError(OrbitgraphError):
     """A store is missing, incomplete, damaged or from an incompatible version."""
 
 
+class NotAStoreError(StoreError):
+    """The path is a file, or a folder that no build wrote (a source, perhaps)."""
+
+
 class ResumeError(OrbitgraphError, ValueError):
     """A run directory or checkpoint cannot be continued by the command as given."""

@@ -2,17 +2,40 @@
 in :mod:`orbitgraph.preprocess.build`)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ase.data import chemical_symbols
 
-from orbitgraph.preprocess.store import open_store, verify_store
+from orbitgraph.preprocess.sources import format_from_name, is_extxyz_name, unknown_name_hint
+from orbitgraph.preprocess.store import NotAStoreError, open_store, verify_store
 from orbitgraph.preprocess.store.params import LABELS
 
 
+@contextlib.contextmanager
+def _store_expected(path: str | Path):
+    """Say how to build a store from ``path`` when it is not one but may be a source:
+    ``orbitgraph build --source PATH --out DIR``, with ``--format`` when the name tells
+    none."""
+    try:
+        yield
+    except NotAStoreError as err:
+        p = Path(path)
+        if p.is_dir() and not any(is_extxyz_name(f.name) for f in p.rglob("*")):
+            raise  # a folder source holds extended XYZ files
+        build = f"orbitgraph build --source {path} --out DIR"
+        if format_from_name(p) is None:
+            raise NotAStoreError(f"{err}; to build a store from it as a source, `{build} "
+                                 f"--format ...`: {unknown_name_hint(p)}") from None
+        raise NotAStoreError(f"{err}; to build a store from it as a source: `{build}`"
+                             ) from None
+
+
 def info(path: str | Path) -> str:
-    """A human-readable summary of a store's manifest."""
-    store = open_store(path)
+    """A human-readable summary of a store's manifest. Raises StoreError (NotAStoreError
+    with the command that builds one, for a source given instead of a store)."""
+    with _store_expected(path):
+        store = open_store(path)
     m = store.manifest
     st = m.statistics
     splits = {}
@@ -50,7 +73,8 @@ def info(path: str | Path) -> str:
 
 
 def verify(path: str | Path, sample: int = 64) -> tuple[bool, str]:
-    report = verify_store(path, sample=sample)
+    with _store_expected(path):
+        report = verify_store(path, sample=sample)
     head = (f"{'OK' if report.ok else 'DAMAGED'}: {report.shards} shards, {report.frames} frames "
             f"checked, {report.rebuilt} graphs rebuilt and compared")
     return report.ok, "\n".join([head, *("  " + p for p in report.problems)])

@@ -1,6 +1,6 @@
 """Reuse you can trust: a store id changes with any byte of its source, an unchanged source
-is recognised from its file status, and a folder holding another store (complete or
-partial) says what differs."""
+is recognised from its file status, a folder holding another store (complete or partial)
+says what differs, and a source given where a store is expected says how to build one."""
 from __future__ import annotations
 
 import gzip
@@ -379,3 +379,40 @@ def test_a_partial_build_with_other_parameters_names_them(tmp_path, monkeypatch,
     assert build(16, 30, "--discard-partial") == 2
     assert "already holds another store" in capsys.readouterr().err
     assert open_store(out).manifest.graph.k == 12, "a complete store is never discarded"
+
+
+# ------------------------------------------------------------------ 4. info on a source
+
+SOURCE_NAMES = {"mptrj.json": True, "mptrj.json.gz": True, "frames.xyz": True,
+                "frames.extxyz.gz": True, "folder": True, "frames.txt": False,
+                "MPtrj_2022.9_full": False}
+
+
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_a_source_given_as_a_store_says_how_to_build_one(tmp_path, capsys, command):
+    """Every kind of source (a file of each known name, a folder of extended XYZ files, a
+    file whose name tells no format) given to info or verify is 'not a store', in one line
+    with the command that builds one (naming --format when the name tells none); never
+    'incomplete'. A folder a build started in is still 'incomplete'; an empty folder is
+    just not a store."""
+    for name, known in SOURCE_NAMES.items():
+        path = tmp_path / name
+        if name == "folder":
+            path.mkdir()
+            (path / "a.xyz").write_bytes(extxyz_text(1))
+        else:
+            path.write_bytes(b"{}")
+        assert main([command, path]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert "not a store" in err[0] and "incomplete" not in err[0], err[0]
+        assert f"orbitgraph build --source {path} --out DIR" in err[0], err[0]
+        assert ("--format mptrj-json|extxyz" in err[0]) != known, err[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([command, empty]) == 2
+    err = capsys.readouterr().err
+    assert "not a store" in err and "orbitgraph build" not in err
+    (empty / BUILD_FILE).write_text("{}")
+    assert main([command, empty]) == 2
+    assert "the store is incomplete (an interrupted build?" in capsys.readouterr().err

@@ -4,11 +4,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source
+from orbitgraph.preprocess.sources.extxyz import SUFFIXES as EXTXYZ_SUFFIXES
 from orbitgraph.preprocess.sources.extxyz import ExtxyzSource, is_extxyz_name
 from orbitgraph.preprocess.sources.fingerprint import SourceDigest, digest_source
 from orbitgraph.preprocess.sources.mptrj_json import MPtrjJsonSource
 
 FORMATS = {"mptrj-json": MPtrjJsonSource, "extxyz": ExtxyzSource}
+MPTRJ_SUFFIXES = (".json", ".json.gz")
+
+
+def format_from_name(path: str | Path) -> str | None:
+    """The format a source's name tells (a folder: extxyz files), or None."""
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir() or is_extxyz_name(name):
+        return "extxyz"
+    if name.endswith(MPTRJ_SUFFIXES):
+        return "mptrj-json"
+    return None
+
+
+def unknown_name_hint(path: str | Path) -> str:
+    """What to say about a file whose name tells no format: the names known, and the flag
+    (or pipelines.yaml key) that gives the format."""
+    return (f"its name ends in none of {', '.join(MPTRJ_SUFFIXES + EXTXYZ_SUFFIXES)}; give "
+            f"the format with --format {'|'.join(FORMATS)} (`format:` of the source in "
+            "pipelines.yaml)")
 
 
 def open_source(path: str | Path, source_format: str | None = None) -> Source:
@@ -17,14 +38,10 @@ def open_source(path: str | Path, source_format: str | None = None) -> Source:
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if source_format is None:
-        name = p.name.lower()
-        if p.is_dir() or is_extxyz_name(name):
-            source_format = "extxyz"
-        elif name.endswith((".json", ".json.gz")):
-            source_format = "mptrj-json"
-        else:
-            raise ValueError(f"{path}: cannot tell the format from the name; "
-                             f"give one of {sorted(FORMATS)}")
+        source_format = format_from_name(p)
+        if source_format is None:
+            raise ValueError(f"{path}: cannot tell the format from the name: "
+                             f"{unknown_name_hint(p)}")
     if source_format not in FORMATS:
         raise ValueError(f"unknown source format {source_format!r}; "
                          f"expected one of {sorted(FORMATS)}")
@@ -32,4 +49,4 @@ def open_source(path: str | Path, source_format: str | None = None) -> Source:
 
 
 __all__ = ["FORMATS", "Partition", "Quarantined", "Source", "SourceDigest", "digest_source",
-           "open_source"]
+           "format_from_name", "is_extxyz_name", "open_source", "unknown_name_hint"]

@@ -8,7 +8,7 @@ Layout of a store directory::
     quarantine.parquet     records that could not be used, with the reason
     shards/shard-NNNNNN/   one committed shard: data files, index.parquet, commit.json
 """
-from orbitgraph.errors import StoreError
+from orbitgraph.errors import NotAStoreError, StoreError
 from orbitgraph.preprocess.store.manifest import (
     Manifest,
     SourceInfo,
@@ -26,7 +26,7 @@ from orbitgraph.preprocess.store.writer import (
 )
 
 __all__ = [
-    "GraphParams", "GraphStore", "Manifest", "ShardData", "SourceInfo", "SplitParams",
-    "StoreError", "StoreSpec", "VerifyReport", "centers_of", "empty_splits", "finalize_store",
+    "GraphParams", "GraphStore", "Manifest", "NotAStoreError", "ShardData", "SourceInfo",
+    "SplitParams", "StoreError", "StoreSpec", "VerifyReport", "centers_of", "empty_splits", "finalize_store",
     "open_store", "read_manifest", "split_of", "verify_store", "write_frames_shard",
 ]

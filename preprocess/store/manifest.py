@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orbitgraph.errors import StoreError
+from orbitgraph.errors import NotAStoreError, StoreError
 from orbitgraph.preprocess.schema import SCHEMA_VERSION
 from orbitgraph.preprocess.store.location import Location
 from orbitgraph.preprocess.store.params import (
@@ -173,7 +173,13 @@ def read_manifest(root: "str | Path | Location") -> Manifest:
     loc = Location(root)
     if not loc.exists():
         raise StoreError(f"{loc}: no such store")
+    if loc.is_local and loc.path.is_file():
+        raise NotAStoreError(f"{loc}: a file, not a store (a store is a folder holding "
+                             f"{MANIFEST_FILE})")
     if not loc.is_file(MANIFEST_FILE):
+        if not (loc.is_file(BUILD_FILE) or (loc / "shards").exists()):
+            raise NotAStoreError(f"{loc}: not a store (no {MANIFEST_FILE}, nor the {BUILD_FILE} "
+                                 "or shards/ of a build started there)")
         raise StoreError(f"{loc}: no {MANIFEST_FILE}; the store is incomplete (an interrupted "
                          "build? run the build again to finish it)")
     where = f"{loc}/{MANIFEST_FILE}"
