@@ -251,7 +251,8 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
 
     ``out`` may hold this store complete (nothing is done), a partial build of it (resumed),
     or nothing; a partial build of another store (or of another ``frames_per_shard``) is
-    refused, or deleted first with ``discard_partial`` (see :mod:`orbitgraph.preprocess.store.reuse`).
+    refused, or deleted first with ``discard_partial`` (see
+    :mod:`orbitgraph.preprocess.store.reuse`).
 
     Raises StoreError for a folder that holds another store, LabelError (a ValueError) when
     a label key is not given and the source holds several candidates (or none) for it, and

@@ -27,6 +27,7 @@ from orbitgraph.preprocess.store.writer import (
 
 __all__ = [
     "GraphParams", "GraphStore", "Manifest", "NotAStoreError", "ShardData", "SourceInfo",
-    "SplitParams", "StoreError", "StoreSpec", "VerifyReport", "centers_of", "empty_splits", "finalize_store",
-    "open_store", "read_manifest", "split_of", "verify_store", "write_frames_shard",
+    "SplitParams", "StoreError", "StoreSpec", "VerifyReport", "centers_of", "empty_splits",
+    "finalize_store", "open_store", "read_manifest", "split_of", "verify_store",
+    "write_frames_shard",
 ]

@@ -1,16 +1,15 @@
 """What a build may reuse of its output folder: resume a partial build of the same store,
 refuse another store's with what differs, or discard a partial build when asked.
 
-A build writes ``build.json`` into its output folder before its first shard: the store
-id, the backend, ``frames_per_shard`` (which frames each shard index holds), the source
-(path, format, fingerprint, each file's SHA-256) and what the id hashes
-(:meth:`~orbitgraph.preprocess.store.manifest.StoreSpec.identity`). A rerun of the same build resumes
-(committed shards are skipped). Another build is refused with one line saying what differs
-(which source file changed, which parameter) unless it asks to discard the partial build
-(``--discard-partial``); a complete store (``manifest.json``) is never discarded. A first
-build that fails before committing any shard takes its ``build.json`` back, so that the
-corrected source or parameter simply builds.
-"""
+A build writes ``build.json`` into its output folder before its first shard: the store id,
+the backend, ``frames_per_shard`` (which frames each shard index holds), the source (path,
+format, fingerprint, each file's SHA-256) and what the id hashes
+(:meth:`~orbitgraph.preprocess.store.manifest.StoreSpec.identity`). A rerun of the same
+build resumes (committed shards are skipped). Another build is refused with one line saying
+what differs (which source file changed, which parameter) unless it asks to discard the
+partial build (``--discard-partial``); a complete store (``manifest.json``) is never
+discarded. A first build that fails before committing any shard takes its ``build.json``
+back, so that the corrected source or parameter simply builds."""
 from __future__ import annotations
 
 import json
