@@ -8,7 +8,6 @@ to ship to a Dask worker: for plain files it carries a byte range, never the dat
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -80,7 +79,3 @@ def read_range(path: str, start: int, end: int) -> bytes:
 def is_gzip(path: str | Path) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
-
-
-def file_size(path: str | Path) -> int:
-    return os.stat(path).st_size
