@@ -201,9 +201,10 @@ def test_an_interrupted_experiment_reports_what_the_uninterrupted_one_reports(tm
         "workdir": "runs", "cluster": {"kind": "synchronous"},
         "sources": {"small": {"path": "small.json", "format": "mptrj-json"}},
         "stores": {"small": {"source": "small", "frames_per_shard": 10,
-                             # 0.3: the test split holds one of the three materials
-                             "split": {"val_fraction": 0.2, "test_fraction": 0.3}}},
-        "experiments": {name: {"store": "small", "model": TINY, "train": train, "threads": 1}
+                             "split": {"val_fraction": 0.2, "test_fraction": 0.2}}},
+        # evaluated on the validation split: the test split of these 3 materials is empty
+        "experiments": {name: {"store": "small", "model": TINY, "train": train, "threads": 1,
+                               "evaluate": {"split": "val"}}
                         for name in ("straight", "interrupted")}}))
     step = Trainer.train_step
 
@@ -218,7 +219,7 @@ def test_an_interrupted_experiment_reports_what_the_uninterrupted_one_reports(tm
     assert main(["run", str(path)]) == 0
     assert "resuming at step 2" in capsys.readouterr().err
     runs = tmp_path / "runs" / "experiments"
-    straight, resumed = (json.loads((runs / name / "metrics_test.json").read_text())
+    straight, resumed = (json.loads((runs / name / "metrics_val.json").read_text())
                          for name in ("straight", "interrupted"))
     assert len(straight["step_losses"]) == straight["steps"] > 3
     for key in ("step_losses", "history", "steps"):
