@@ -7,9 +7,10 @@ cell shift, except ``(i, 0)``; along an axis without periodicity ``S_a = 0``. Th
 vector is ``r_j + S @ cell - r_i`` and its length ``d`` is computed in float64 (Å).
 
 * Every comparison of distances is made once, on one grid: ``q = round(d / DISTANCE_QUANTUM)``
-  (:data:`DISTANCE_QUANTUM` = 1e-9 Å). The grid makes the order of symmetry-equivalent
-  neighbours (perfect crystals) independent of float rounding noise, so it is the same
-  after a translation.
+  (:data:`DISTANCE_QUANTUM` = 1e-9 Å; the rule is :mod:`orbitgraph.preprocess.distance_grid`,
+  which the kernel, the reference and load-time filtering all call). The grid makes the
+  order of symmetry-equivalent neighbours (perfect crystals) independent of float rounding
+  noise, so it is the same after a translation.
 * Keep the ``k`` nearest. Candidates are ordered by ``q``, then by neighbour index ``j``,
   then by shift ``S`` (lexicographic).
 * ``ties="include"`` (default) also keeps every further candidate whose ``q`` exceeds the
@@ -36,6 +37,10 @@ from itertools import pairwise
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
+from orbitgraph.preprocess.distance_grid import (  # noqa: F401 (DISTANCE_QUANTUM: part of the API)
+    DISTANCE_QUANTUM,
+    quantise,
+)
 from orbitgraph.preprocess.threads import thread_map
 
 DEFAULT_K = 16
@@ -45,7 +50,6 @@ DEFAULT_K = 16
 # then C² in the positions. It costs ~33 % more edges than 0.01 Å on MPtrj-like frames
 # (21.7 instead of 16.3 per atom on the shared sample; 0.25 Å: 19.1).
 DEFAULT_TIE_TOLERANCE = 0.5
-DISTANCE_QUANTUM = 1e-9  # Å, resolution of the ordering key
 COINCIDENT_DISTANCE = 1e-6  # Å, two atoms closer than this are "at the same place"
 MIN_STRUCTURES_PER_THREAD = 64  # fewer are not worth a thread
 
@@ -290,9 +294,9 @@ def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: n
     return kernel.knn_batch(
         kernel.Structures(np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3),
                           np.ascontiguousarray(pos, dtype=np.float64), atom_ptr, pbc),
-        kernel.Params(int(k), ties == "include", float(tie_tolerance),
-                      np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM,
-                      float(coincident)),
+        kernel.Rules(int(k), ties == "include", float(tie_tolerance),
+                     np.int64(quantise(tie_tolerance)),
+                     np.inf if cutoff is None else float(cutoff), float(coincident)),
         kernel.Edges(np.empty(capacity, np.int32), np.empty(capacity, np.int32),
                      np.empty((capacity, 3), np.int32), np.empty(capacity, np.float64)))
 

@@ -27,7 +27,8 @@ from typing import Iterator
 import numpy as np
 import torch
 from orbitgraph.model.batch import Batch
-from orbitgraph.preprocess.graph import DISTANCE_QUANTUM, concat_ranges
+from orbitgraph.preprocess.distance_grid import joins_by_tie, quantise
+from orbitgraph.preprocess.graph import concat_ranges
 from orbitgraph.preprocess.schema import FIELDS, numpy_dtype
 from orbitgraph.preprocess.store import GraphStore, ShardData
 from orbitgraph.preprocess.store.params import GraphParams
@@ -261,11 +262,10 @@ def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
     keep = np.minimum(n_edges, k)
     if wanted.ties == "include":
         has_k = n_edges >= k
-        q = (d * (1.0 / DISTANCE_QUANTUM) + 0.5).astype(np.int64)
-        q_tolerance = np.int64(wanted.tie_tolerance * (1.0 / DISTANCE_QUANTUM) + 0.5)
-        limit = np.full(n, -1, dtype=np.int64)
-        limit[has_k] = q[start[has_k] + k - 1] + q_tolerance
-        beyond = (rank >= k) & (q > limit[centers])
+        q = quantise(d)
+        q_kth = np.zeros(n, dtype=np.int64)  # read only where rank >= k: has_k
+        q_kth[has_k] = q[start[has_k] + k - 1]
+        beyond = (rank >= k) & ~joins_by_tie(q, q_kth[centers], quantise(wanted.tie_tolerance))
         first_out = n_edges.copy()
         np.minimum.at(first_out, centers[beyond], rank[beyond])
         keep = np.where(has_k, first_out, n_edges)
