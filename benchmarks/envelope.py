@@ -97,7 +97,7 @@ def force_jump(width: float) -> tuple[float, float]:
     import torch
     from orbitgraph.model import build_model
     from orbitgraph.model.testing import randomise
-    from orbitgraph.preprocess.store.params import GraphParams
+    from orbitgraph.preprocess.graph_params import GraphParams
     from orbitgraph.train.calculator import OrbitCalculator
     torch.manual_seed(0)
     model = randomise(build_model({"preset": "mace", "channels": 8, "species_dim": 8,
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     require_shared()
-    from orbitgraph.preprocess.store.params import GraphParams
+    from orbitgraph.preprocess.graph_params import GraphParams
     stores = {"adaptive": (sample_store("store_ties050", graph=GraphParams(tie_tolerance=0.5)),
                            0.5),
               "adaptive ": (sample_store("store_ties025", graph=GraphParams(tie_tolerance=0.25)),

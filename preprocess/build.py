@@ -191,9 +191,8 @@ def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Pat
     positions = wrap_positions(cells, [f.positions for f in frames], pbc)
     frames = [f if p is f.positions else dataclasses.replace(f, positions=p)
               for f, p in zip(frames, positions, strict=True)]
-    g = spec.graph
-    graphs, failed = knn_graphs_screened(cells, positions, pbc, g.k, g.ties, g.tie_tolerance,
-                                         g.cutoff, spec.min_distance, threads)
+    graphs, failed = knn_graphs_screened(cells, positions, pbc, spec.graph, spec.min_distance,
+                                         threads)
     failed = {b: f"structure: {reason}" for b, reason in failed.items()}
     for b, reason in graph_problems(graphs.unit_shifts, graphs.next_unit_shift, graphs.centers,
                                     graphs.edge_ptr, graphs.atom_ptr).items():
@@ -438,7 +437,7 @@ def load_kernels(source_format: str) -> None:
         from orbitgraph.preprocess.sources.mptrj_json import MaterialScanner
         MaterialScanner().feed(b'{"m": {"f": {}}}')
     knn_graphs_screened(np.eye(3)[None] * 3.0, [np.zeros((1, 3))], np.ones((1, 3), bool),
-                        k=1, ties="include", tie_tolerance=0.01, cutoff=None, min_distance=0.5)
+                        GraphParams(k=1, tie_tolerance=0.01), min_distance=0.5)
 
 
 def _submit_all(parts, out: Path, bar, summary: BuildSummary, submit, first_done,

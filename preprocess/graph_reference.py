@@ -19,21 +19,22 @@ from orbitgraph.preprocess.distance_grid import (
 )
 from orbitgraph.preprocess.graph import (
     COINCIDENT_DISTANCE,
-    DEFAULT_K,
-    DEFAULT_TIE_TOLERANCE,
+    GraphParams,
     KnnGraph,
     _as_pbc,
-    _check_params,
     _check_structure,
+    resolve_graph_params,
 )
 
 
-def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAULT_K,
-                        ties: str = "include", tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-                        cutoff: float | None = None) -> KnnGraph:
+def knn_graph_reference(cell, positions, pbc=(True, True, True),
+                        params: GraphParams | None = None, **overrides) -> KnnGraph:
+    """What :func:`orbitgraph.preprocess.graph.knn_graph` returns for the same arguments,
+    by brute force."""
     cell = np.asarray(cell, dtype=np.float64)
     pos = np.asarray(positions, dtype=np.float64)
-    _check_params(k, ties, tie_tolerance, cutoff)
+    params = resolve_graph_params(params, **overrides)
+    k, cutoff = params.k, params.cutoff
     _check_structure(-1, cell, pos)
     pbc = _as_pbc(pbc, 1)[0]
     n = len(pos)
@@ -43,7 +44,7 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
     spread = np.ceil(frac.max(axis=0) - frac.min(axis=0)) if n else np.zeros(3)
     radius = np.inf if not pbc.any() else 2.0 * heights[pbc].min()
 
-    q_tolerance = quantise(tie_tolerance)
+    q_tolerance = params.q_tolerance
     rows = []
     next_distance = np.full(n, np.inf)
     next_neighbor = np.full(n, -1, dtype=np.int64)
@@ -70,7 +71,7 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
                                  f"are at the same place (closer than {COINCIDENT_DISTANCE} Å)")
             if len(d) >= k:
                 kept = k
-                if ties == "include":  # on the grid of the ordering
+                if params.include_ties:  # on the grid of the ordering
                     kept = int(np.sum(joins_by_tie(q, q[k - 1], q_tolerance)))
             else:
                 kept = len(d)

@@ -4,7 +4,40 @@ question "can these graphs serve this model" live in preprocess/, once, and ever
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from orbitgraph.preprocess import distance_grid
+from orbitgraph.preprocess.graph import knn_graph, knn_graphs
+from orbitgraph.preprocess.graph_params import GraphParams
+from orbitgraph.preprocess.graph_reference import knn_graph_reference
+
+FIELDS = ("centers", "neighbors", "unit_shifts", "distances", "next_distance", "next_neighbor",
+          "next_unit_shift")
+
+
+def _rattled(seed: int = 0, n: int = 6):
+    rng = np.random.default_rng(seed)
+    cell = np.eye(3) * 4.0 + rng.normal(0, 0.2, (3, 3))
+    return cell, rng.random((n, 3)) @ cell
+
+
+def test_graph_functions_take_graph_params():
+    """A GraphParams is what knn_graph, knn_graphs and the reference take; keyword
+    arguments are overrides of its fields and give the same graphs."""
+    cell, pos = _rattled()
+    params = GraphParams(k=8, ties="include", tie_tolerance=0.01, cutoff=3.5)
+    by_params = knn_graph(cell, pos, params=params)
+    by_keywords = knn_graph(cell, pos, k=8, tie_tolerance=0.01, cutoff=3.5)
+    batch = knn_graphs([cell], [pos], (True, True, True), params)
+    reference = knn_graph_reference(cell, pos, params=params)
+    overridden = knn_graph(cell, pos, params=GraphParams(k=3), k=8, tie_tolerance=0.01,
+                           cutoff=3.5)
+    for field in FIELDS:
+        for other in (by_keywords, batch[0], reference, overridden):
+            np.testing.assert_array_equal(getattr(by_params, field), getattr(other, field))
+    assert by_params.n_edges < knn_graph(cell, pos, k=8).n_edges  # the parameters mattered
+    assert params.q_tolerance == distance_grid.quantise(0.01) == 10_000_000
+    with pytest.raises(TypeError, match="'kk'"):
+        knn_graph(cell, pos, kk=3)
 
 
 def test_compiled_rule_is_the_numpy_rule():

@@ -17,7 +17,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
 from orbitgraph.model.radial import check_graph
 from orbitgraph.preprocess.graph import knn_graph
-from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.collate import collate, frame_from_graph
 
 
@@ -74,8 +74,7 @@ class OrbitCalculator(Calculator):
             raise ValueError("OrbitCalculator needs a non-singular cell, also along open axes "
                              "(give the molecule a box)")
         g = self.graph
-        graph = knn_graph(cell, a.positions, pbc=pbc, k=g.k, ties=g.ties,
-                          tie_tolerance=g.tie_tolerance, cutoff=g.cutoff)
+        graph = knn_graph(cell, a.positions, pbc=pbc, params=g)
         frame = frame_from_graph(cell, a.positions, a.numbers, graph, pbc=pbc)
         batch = collate([frame], k=g.k).to(self.device, self.dtype)
         want_stress = "stress" in properties and pbc.all()

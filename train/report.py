@@ -102,7 +102,7 @@ def load_potential(checkpoint: str | Path, device: str = "cpu"):
     """A saved model (``best.pt``) in float64 and the graph parameters it was trained with,
     as :func:`orbitgraph.train.trainer.evaluate` loads it."""
     from orbitgraph.model import model_from_checkpoint, read_checkpoint
-    from orbitgraph.preprocess.store.params import GraphParams
+    from orbitgraph.preprocess.graph_params import GraphParams
 
     ckpt = read_checkpoint(checkpoint, map_location=device)
     model = model_from_checkpoint(ckpt)
