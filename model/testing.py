@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from orbitgraph.model import Potential, build_model, load_model, save_model
 from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.graph_filter import filter_block
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.collate import collate, collate_columns, frame_from_graph, frames_to_block
 
@@ -136,7 +137,6 @@ class PotentialTests:
         kg = knn_graph(cell, positions, pbc=pbc, params=built)
         frame = frame_from_graph(cell, positions, numbers, kg, pbc=pbc)
         if built is not g:
-            from orbitgraph.train.loader import filter_block
             block = filter_block(frames_to_block([frame]), built, g)
             frame = {**frame, **{name: block[name] for name in
                                  ("n_edges", "neighbors", "unit_shifts", "next_distance",

@@ -9,10 +9,11 @@ import torch
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.graph_filter import filter_block
 from orbitgraph.preprocess.store import GraphParams, SplitParams, open_store
 from orbitgraph.train.collate import collate, collate_columns, frame_from_graph
 from orbitgraph.train.config import TrainConfig
-from orbitgraph.train.loader import LoaderConfig, ShardStream, filter_block, make_loader, plan_rank
+from orbitgraph.train.loader import LoaderConfig, ShardStream, make_loader, plan_rank
 from orbitgraph.train.trainer import Trainer
 
 from helpers import SMALL_MPTRJ, write_mptrj
