@@ -1,4 +1,4 @@
-"""The graph's parameters.
+"""The graph's parameters, and the question whether graphs built with some can serve a model.
 
 :class:`GraphParams` is what determines a graph (see :mod:`orbitgraph.preprocess.graph`):
 declared and checked once here, and handed as one object from the configuration (the
@@ -7,8 +7,10 @@ through the build to the kernel. It also holds the rule's derived numbers on the
 grid (:attr:`GraphParams.q_tolerance`).
 
 Graphs built with some parameters contain the graphs of others with fewer neighbours or
-a shorter cutoff (:meth:`GraphParams.can_serve`): those are filtered at load time instead
-of being built again.
+a shorter cutoff (:meth:`GraphParams.can_serve`): those are filtered at load time
+(:mod:`orbitgraph.preprocess.graph_filter`) instead of being built again.
+:func:`graph_for_model` answers, once for the trainer, the pipelines and the calculator,
+which graphs a model sees and whether the stored ones can serve it.
 """
 from __future__ import annotations
 
@@ -76,8 +78,27 @@ class GraphParams(Config):
             return False
         return True
 
+    def check_can_serve(self, wanted: "GraphParams") -> None:
+        """Raise :class:`GraphMismatchError` unless :meth:`can_serve` ``wanted``."""
+        if not self.can_serve(wanted):
+            raise GraphMismatchError(
+                f"the store's graphs (k={self.k}, ties={self.ties}, tie_tolerance="
+                f"{self.tie_tolerance} Å, cutoff={self.cutoff}) cannot serve k={wanted.k}, "
+                f"ties={wanted.ties}, tie_tolerance={wanted.tie_tolerance} Å, cutoff="
+                f"{wanted.cutoff}; build a store with these graph parameters")
+
 
 DEFAULT_GRAPH = GraphParams()
+
+
+class GraphMismatchError(ValueError):
+    """Graphs built with some parameters cannot serve what is asked of them. ``model_key``:
+    the model setting that asks (``k``, ``rank_envelope``; empty when graphs are asked for
+    directly)."""
+
+    def __init__(self, line: str, model_key: str = ""):
+        super().__init__(line)
+        self.model_key = model_key
 
 
 def resolve_graph_params(params: GraphParams | None = None, **overrides) -> GraphParams:
@@ -104,3 +125,35 @@ def resolve_graph_params(params: GraphParams | None = None, **overrides) -> Grap
         return GraphParams.from_dict({**base.to_dict(), **overrides}, where="")
     except ConfigError as err:
         raise ValueError(str(err).replace(": expected ", " must be ", 1)) from None
+
+
+def graph_for_model(stored: GraphParams, k: int | None, rank_envelope: str,
+                    rank_envelope_width: float) -> GraphParams:
+    """The graphs a model sees when it reads graphs built with ``stored``: those, with the
+    model's ``k`` (None: the stored k), filtered at load time where it is smaller.
+
+    ``rank_envelope`` and ``rank_envelope_width`` (Å) are the model's settings of those names
+    (:mod:`orbitgraph.model.radial`): the adaptive envelope weighs every candidate within its
+    width of the k-th, so the graphs must keep them all (``ties: include`` with
+    ``tie_tolerance >= width``).
+
+    Raises
+    ------
+    GraphMismatchError
+        The model needs more neighbours than were built (``model_key`` "k"), or its rank
+        envelope needs candidates the graphs do not keep (``model_key`` "rank_envelope").
+    """
+    wanted = stored if k is None or k == stored.k else stored.model_copy(update={"k": k})
+    if not stored.can_serve(wanted):
+        raise GraphMismatchError(f"the model needs k={wanted.k}, the graphs were built with "
+                                 f"k={stored.k}; build a store with k >= {wanted.k}", "k")
+    if rank_envelope == "adaptive" and (not wanted.include_ties
+                                        or wanted.tie_tolerance < rank_envelope_width):
+        width = rank_envelope_width
+        raise GraphMismatchError(
+            f"model.rank_envelope 'adaptive' (width {width} Å) needs graphs that keep every "
+            f"candidate within {width} Å of the k-th (graph ties: include, tie_tolerance >= "
+            f"{width}); these graphs have ties: {wanted.ties}, tie_tolerance: "
+            f"{wanted.tie_tolerance} Å. Build a store with a larger tie_tolerance, or set "
+            "model.rank_envelope to 'next'", "rank_envelope")
+    return wanted

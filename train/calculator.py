@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
-from orbitgraph.model.radial import check_graph
 from orbitgraph.preprocess.graph import knn_graph
-from orbitgraph.preprocess.graph_params import GraphParams
+from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import collate, frame_from_graph
 
 
@@ -38,9 +37,10 @@ class OrbitCalculator(Calculator):
         super().__init__(**kwargs)
         self.known_elements = sorted(known_elements) if known_elements is not None else None
         self._warned: set[str] = set()
-        self.graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
-        check_graph(model.config.rank_envelope, model.config.rank_envelope_width,
-                    self.graph.ties, self.graph.tie_tolerance)
+        graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
+        # built here for each structure, as given (k=None): only the envelope's needs count
+        self.graph = graph_for_model(graph, None, model.config.rank_envelope,
+                                     model.config.rank_envelope_width)
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()

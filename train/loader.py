@@ -242,11 +242,7 @@ class ShardStream(IterableDataset):
         self.skip = skip
         self.stored = store.manifest.graph
         self.graph = graph or self.stored
-        if not self.stored.can_serve(self.graph):
-            raise ValueError(f"the store's graphs (k={self.stored.k}, ties={self.stored.ties}, "
-                             f"cutoff={self.stored.cutoff}) cannot serve k={self.graph.k}, "
-                             f"ties={self.graph.ties}, cutoff={self.graph.cutoff}; build a "
-                             "store with these graph parameters")
+        self.stored.check_can_serve(self.graph)
         self.dtype = dtype
         # planned here, in the process that makes the DataLoader: its workers inherit it
         self._plan = epoch_plan(store, cfg, epoch, rank, world)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.graph_params import GraphMismatchError, graph_for_model
 from orbitgraph.preprocess.store.manifest import MANIFEST_FILE, read_manifest
 from orbitgraph.preprocess.store.params import StoreParams
 from orbitgraph.train.config import EvaluateConfig, TrainConfig
@@ -198,12 +199,13 @@ class Pipelines:
         train_cfg = exp.train
         summary = self.build(exp.store, progress=progress)
         log.info(summary.text())
-        stored = read_manifest(store_path).graph
-        wanted = stored.model_copy(update={"k": model_cfg.k or stored.k})
-        if not stored.can_serve(wanted):
-            raise PipelineError(
-                f"experiments.{name}.model.k: the experiment needs k={wanted.k}, store "
-                f"{exp.store!r} was built with k={stored.k}; raise stores.{exp.store}.graph.k")
+        try:
+            graph_for_model(read_manifest(store_path).graph, model_cfg.k,
+                            model_cfg.rank_envelope, model_cfg.rank_envelope_width)
+        except GraphMismatchError as err:
+            key = f"experiments.{name}.model.{err.model_key}"
+            raise PipelineError(f"{key}: {err} (store {exp.store!r}: stores.{exp.store}.graph "
+                                "in pipelines.yaml)", key) from None
         # the figures below replace the trainer's own (validation-split parity)
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out)
