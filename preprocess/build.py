@@ -44,14 +44,7 @@ from orbitgraph.preprocess.store.manifest import (
     StoreSpec,
     read_manifest,
 )
-from orbitgraph.preprocess.store.params import (
-    DEFAULT_BACKEND,
-    FRAMES_PER_SHARD,
-    MIN_DISTANCE,
-    GraphParams,
-    LabelKeys,
-    SplitParams,
-)
+from orbitgraph.preprocess.store.params import GraphParams, StoreParams
 from orbitgraph.preprocess.store.parquet import read_parquet, write_parquet
 from orbitgraph.preprocess.store.shard import (
     ShardRecord,
@@ -228,44 +221,36 @@ def _check_out_dir(out: Path, spec: StoreSpec) -> None:
                                       "frames_per_shard": spec.frames_per_shard}))
 
 
-def make_spec(source_path: str | Path, *, source_format: str | None = None,
-              graph: GraphParams = GraphParams(), backend: str = DEFAULT_BACKEND,
-              energy_key: str | None = None, split: SplitParams = SplitParams(),
-              frames_per_shard: int = FRAMES_PER_SHARD, min_distance: float = MIN_DISTANCE,
-              forces_key: str | None = None, stress_key: str | None = None,
-              virial_key: str | None = None) -> tuple[Source, StoreSpec]:
-    """The source and the spec of its store. Label keys left None follow the source's
-    convention (see :mod:`orbitgraph.preprocess.sources.labels`); the names a format fixes
-    are filled in here, so that the store id is the same whether they were given or not."""
+def make_spec(source_path: str | Path, params: StoreParams | None = None, *,
+              source_format: str | None = None, **overrides) -> tuple[Source, StoreSpec]:
+    """The source and the spec of its store: ``params`` (default :class:`StoreParams` ``()``;
+    only its StoreParams fields are read) with keyword ``overrides`` of those fields. Label
+    keys left None follow the source's convention (see
+    :mod:`orbitgraph.preprocess.sources.labels`); the names a format fixes are filled in
+    here, so that the store id is the same whether they were given or not.
+
+    Raises ConfigError (a ValueError) naming a refused override."""
+    params = (StoreParams() if params is None else params).model_copy(update=overrides)
     source = open_source(source_path, source_format)
     info = SourceInfo(str(source_path), source.format, fingerprint(source_path))
-    keys = source.label_keys(LabelKeys(energy_key, forces_key, stress_key, virial_key))
-    return source, StoreSpec(source=info, graph=graph, backend=backend, energy_key=keys.energy,
-                             split=split, frames_per_shard=frames_per_shard,
-                             min_distance=min_distance, forces_key=keys.forces,
-                             stress_key=keys.stress, virial_key=keys.virial)
+    keys = source.label_keys(params.labels)
+    fields = {name: getattr(params, name) for name in StoreParams.model_fields}
+    fields.update(energy_key=keys.energy, forces_key=keys.forces, stress_key=keys.stress,
+                  virial_key=keys.virial)
+    return source, StoreSpec(**fields, source=info)
 
 
-def build_store(source_path: str | Path, out: str | Path, *, source_format: str | None = None,
-                graph: GraphParams = GraphParams(), backend: str = DEFAULT_BACKEND,
-                energy_key: str | None = None, split: SplitParams = SplitParams(),
-                frames_per_shard: int = FRAMES_PER_SHARD,
-                cluster: ClusterConfig = ClusterConfig(),
-                min_distance: float = MIN_DISTANCE, progress: bool = True,
-                forces_key: str | None = None,
-                stress_key: str | None = None, virial_key: str | None = None
-                ) -> BuildSummary:
-    """Build (or finish building) the store of ``source_path`` in ``out``.
+def build_store(source_path: str | Path, out: str | Path, params: StoreParams | None = None,
+                *, source_format: str | None = None, cluster: ClusterConfig = ClusterConfig(),
+                progress: bool = True, **overrides) -> BuildSummary:
+    """Build (or finish building) the store of ``source_path`` in ``out`` with ``params``
+    and keyword ``overrides`` of its fields (see :func:`make_spec`).
 
     Raises LabelError (a ValueError) when a label key is not given and the source holds
     several candidates (or none) for it, and :class:`EmptyStoreError` when no frame would
     be stored."""
     t0 = time.perf_counter()
-    source, spec = make_spec(source_path, source_format=source_format, graph=graph,
-                             backend=backend, energy_key=energy_key, split=split,
-                             frames_per_shard=frames_per_shard, min_distance=min_distance,
-                             forces_key=forces_key, stress_key=stress_key,
-                             virial_key=virial_key)
+    source, spec = make_spec(source_path, params, source_format=source_format, **overrides)
     out = Path(out)
     summary = BuildSummary(store=out, store_id=spec.store_id)
     if (out / MANIFEST_FILE).is_file():

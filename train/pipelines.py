@@ -119,11 +119,7 @@ class Pipelines:
         if not src.path.exists():
             raise PipelineError(f"sources.{decl.source}.path: {src.path} does not exist",
                                 f"sources.{decl.source}.path")
-        return make_spec(src.path, source_format=src.format, graph=decl.graph,
-                         backend=decl.backend, energy_key=decl.labels.energy, split=decl.split,
-                         frames_per_shard=decl.frames_per_shard, min_distance=decl.min_distance,
-                         forces_key=decl.labels.forces, stress_key=decl.labels.stress,
-                         virial_key=decl.labels.virial)
+        return make_spec(src.path, decl, source_format=src.format)
 
     def store_path(self, name: str) -> Path:
         _, spec = self.store_spec(name)
@@ -135,12 +131,8 @@ class Pipelines:
             raise PipelineError(f"stores: no store named {name!r}; declared: {sorted(self.stores)}")
         decl = self.stores[name]
         src = self.sources[decl.source]
-        return build_store(src.path, self.store_path(name), source_format=src.format,
-                           graph=decl.graph, backend=decl.backend, energy_key=decl.labels.energy,
-                           split=decl.split, frames_per_shard=decl.frames_per_shard,
-                           min_distance=decl.min_distance, cluster=self.cluster,
-                           progress=progress, forces_key=decl.labels.forces,
-                           stress_key=decl.labels.stress, virial_key=decl.labels.virial)
+        return build_store(src.path, self.store_path(name), decl, source_format=src.format,
+                           cluster=self.cluster, progress=progress)
 
     # ------------------------------------------------------------- experiments
     def experiment_dir(self, name: str) -> Path:
