@@ -63,8 +63,8 @@ def sample_store(name: str, backend: str = "zarr", frames_per_shard: int = 100,
     from orbitgraph.errors import StoreError
     from orbitgraph.preprocess.build import build_store
     from orbitgraph.preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.graph_params import GraphParams
     from orbitgraph.preprocess.store.manifest import read_manifest
-    from orbitgraph.preprocess.store.params import GraphParams
 
     out = OUT / name
     try:

@@ -100,7 +100,7 @@ def force_jump(width: float) -> tuple[float, float]:
     import torch
 
     from orbitgraph.model import build_model
-    from orbitgraph.preprocess.store.params import GraphParams
+    from orbitgraph.preprocess.graph_params import GraphParams
     from orbitgraph.train.calculator import OrbitCalculator
     from orbitgraph.train.testing import randomise
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     require_shared()
-    from orbitgraph.preprocess.store.params import GraphParams
+    from orbitgraph.preprocess.graph_params import GraphParams
     stores = {"adaptive": (sample_store("store_ties050", graph=GraphParams(tie_tolerance=0.5)),
                            0.5),
               "adaptive ": (sample_store("store_ties025", graph=GraphParams(tie_tolerance=0.25)),

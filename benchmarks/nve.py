@@ -53,7 +53,7 @@ def start_structure(store_path: Path, lo: int, hi: int, seed: int):
 def variants(model, width: float = 0.5):
     """(name, model, graph) for the four graphs, sharing the model's weights."""
     from orbitgraph.model import Potential
-    from orbitgraph.preprocess.store.params import GraphParams
+    from orbitgraph.preprocess.graph_params import GraphParams
     cfg = model.config
 
     def kind(envelope, width):
@@ -88,8 +88,7 @@ def drift(model, graph, atoms0, steps: int, dt_fs: float, seed: int) -> tuple[fl
         dyn.run(1)
         worst = max(worst, abs(atoms.get_potential_energy() + atoms.get_kinetic_energy() - e0))
     per_step = (time.perf_counter() - t0) / steps
-    g = knn_graph(atoms.cell.array, atoms.positions, k=graph.k, ties=graph.ties,
-                  tie_tolerance=graph.tie_tolerance, cutoff=graph.cutoff)
+    g = knn_graph(atoms.cell.array, atoms.positions, params=graph)
     return worst / len(atoms), g.n_edges / len(atoms), per_step
 
 

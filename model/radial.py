@@ -132,12 +132,13 @@ class AdaptiveRankEnvelope(nn.Module):
 
     R_i lies below d_k (at most k - 1 weights are exactly 1) and above d_k - width, so
     every candidate with non-zero weight lies within ``width`` of the k-th: the graph must
-    keep all of them (``ties: include`` with ``tie_tolerance >= width``; see
-    :func:`check_graph`). The energy is then C² in the positions and the cell: candidates
-    enter or leave the graph, and swap ranks, only where their weight and its first two
-    derivatives are 0, and R_i is a smooth symmetric function of the distances (implicit
-    function theorem; ∂R_i/∂d_ij = s'_ij / Σ_j s'_ij). Forces are continuous everywhere,
-    and the weights always sum to k - 1/2 effective neighbours. A centre with fewer than k
+    keep all of them (``ties: include`` with ``tie_tolerance >= width``; the trainer and the
+    calculator check it: :func:`orbitgraph.preprocess.graph_params.graph_for_model`). The
+    energy is then C² in the positions and the cell: candidates enter or leave the graph,
+    and swap ranks, only where their weight and its first two derivatives are 0, and R_i is
+    a smooth symmetric function of the distances (implicit function theorem;
+    ∂R_i/∂d_ij = s'_ij / Σ_j s'_ij). Forces are continuous everywhere, and the weights
+    always sum to k - 1/2 effective neighbours. A centre with fewer than k
     edges (no periodic axis, or a graph cutoff) has R_i = inf: weight 1.
 
     R_i is found without gradient by bisection to ~1e-7 Å and two Newton steps kept inside
@@ -189,17 +190,6 @@ class AdaptiveRankEnvelope(nn.Module):
         radius = r0 - (total - target) / slope
         weight = 1.0 - smoothstep((r - radius[centers]) / w)
         return torch.where(enough[centers], weight, torch.ones_like(weight))
-
-
-def check_graph(kind: str, width: float, ties: str, tie_tolerance: float) -> None:
-    """Raise ValueError unless graphs with these parameters serve the rank envelope ``kind``:
-    the adaptive envelope needs every candidate within ``width`` of the k-th."""
-    if kind == "adaptive" and (ties != "include" or tie_tolerance < width):
-        raise ValueError(
-            f"model.rank_envelope 'adaptive' (width {width} Å) needs graphs that keep every "
-            f"candidate within {width} Å of the k-th (graph ties: include, tie_tolerance >= "
-            f"{width}); these graphs have ties: {ties}, tie_tolerance: {tie_tolerance} Å. "
-            "Build a store with a larger tie_tolerance, or set model.rank_envelope to 'next'")
 
 
 class EdgeEnvelope(nn.Module):

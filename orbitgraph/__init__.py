@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "knn_graph": "orbitgraph.preprocess.graph",
-    "GraphParams": "orbitgraph.preprocess.store.params",
+    "GraphParams": "orbitgraph.preprocess.graph_params",
     "build_store": "orbitgraph.preprocess.build",
     "open_store": "orbitgraph.preprocess.store.reader",
     "build_model": "orbitgraph.model",

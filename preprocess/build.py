@@ -45,14 +45,7 @@ from orbitgraph.preprocess.store.manifest import (
     StoreSpec,
     read_manifest,
 )
-from orbitgraph.preprocess.store.params import (
-    DEFAULT_BACKEND,
-    FRAMES_PER_SHARD,
-    MIN_DISTANCE,
-    GraphParams,
-    LabelKeys,
-    SplitParams,
-)
+from orbitgraph.preprocess.store.params import GraphParams, SplitParams, StoreParams
 from orbitgraph.preprocess.store.parquet import read_parquet, write_parquet
 from orbitgraph.preprocess.store.reuse import claim, other_store_error, release
 from orbitgraph.preprocess.store.shard import (
@@ -198,9 +191,8 @@ def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Pat
     positions = wrap_positions(cells, [f.positions for f in frames], pbc)
     frames = [f if p is f.positions else dataclasses.replace(f, positions=p)
               for f, p in zip(frames, positions, strict=True)]
-    g = spec.graph
-    graphs, failed = knn_graphs_screened(cells, positions, pbc, g.k, g.ties, g.tie_tolerance,
-                                         g.cutoff, spec.min_distance, threads)
+    graphs, failed = knn_graphs_screened(cells, positions, pbc, spec.graph, spec.min_distance,
+                                         threads)
     failed = {b: f"structure: {reason}" for b, reason in failed.items()}
     for b, reason in graph_problems(graphs.unit_shifts, graphs.next_unit_shift, graphs.centers,
                                     graphs.edge_ptr, graphs.atom_ptr).items():
@@ -217,37 +209,34 @@ def _build_partition(source: Source, part: Partition, spec: StoreSpec, root: Pat
                               label_counts=count_notes(f.notes for f in frames))
 
 
-def make_spec(source_path: str | Path, *, source_format: str | None = None,
-              graph: GraphParams = GraphParams(), backend: str = DEFAULT_BACKEND,
-              energy_key: str | None = None, split: SplitParams = SplitParams(),
-              frames_per_shard: int = FRAMES_PER_SHARD, min_distance: float = MIN_DISTANCE,
-              forces_key: str | None = None, stress_key: str | None = None,
-              virial_key: str | None = None) -> tuple[Source, StoreSpec]:
-    """The source and the spec of its store. Label keys left None follow the source's
-    convention (see :mod:`orbitgraph.preprocess.sources.labels`); the names a format fixes
-    are filled in here, so that the store id is the same whether they were given or not.
-    The source's files are hashed whole (:mod:`orbitgraph.preprocess.sources.fingerprint`;
-    a file unchanged since it was last hashed is recognised from its status)."""
+def make_spec(source_path: str | Path, params: StoreParams | None = None, *,
+              source_format: str | None = None, **overrides) -> tuple[Source, StoreSpec]:
+    """The source and the spec of its store: ``params`` (default :class:`StoreParams` ``()``;
+    only its StoreParams fields are read) with keyword ``overrides`` of those fields. Label
+    keys left None follow the source's convention (see
+    :mod:`orbitgraph.preprocess.sources.labels`); the names a format fixes are filled in
+    here, so that the store id is the same whether they were given or not. The source's
+    files are hashed whole (:mod:`orbitgraph.preprocess.sources.fingerprint`; a file
+    unchanged since it was last hashed is recognised from its status).
+
+    Raises ConfigError (a ValueError) naming a refused override."""
+    params = (StoreParams() if params is None else params).model_copy(update=overrides)
     source = open_source(source_path, source_format)
     digest = digest_source(source_path, source.files)
     info = SourceInfo(str(source_path), source.format, digest.fingerprint, digest.files)
-    keys = source.label_keys(LabelKeys(energy_key, forces_key, stress_key, virial_key))
-    return source, StoreSpec(source=info, graph=graph, backend=backend, energy_key=keys.energy,
-                             split=split, frames_per_shard=frames_per_shard,
-                             min_distance=min_distance, forces_key=keys.forces,
-                             stress_key=keys.stress, virial_key=keys.virial)
+    keys = source.label_keys(params.labels)
+    fields = {name: getattr(params, name) for name in StoreParams.model_fields}
+    fields.update(energy_key=keys.energy, forces_key=keys.forces, stress_key=keys.stress,
+                  virial_key=keys.virial)
+    return source, StoreSpec(**fields, source=info)
 
 
-def build_store(source_path: str | Path, out: str | Path, *, source_format: str | None = None,
-                graph: GraphParams = GraphParams(), backend: str = DEFAULT_BACKEND,
-                energy_key: str | None = None, split: SplitParams = SplitParams(),
-                frames_per_shard: int = FRAMES_PER_SHARD,
-                cluster: ClusterConfig = ClusterConfig(),
-                min_distance: float = MIN_DISTANCE, progress: bool = True,
-                forces_key: str | None = None,
-                stress_key: str | None = None, virial_key: str | None = None,
-                discard_partial: bool = False) -> BuildSummary:
-    """Build (or finish building) the store of ``source_path`` in ``out``.
+def build_store(source_path: str | Path, out: str | Path, params: StoreParams | None = None,
+                *, source_format: str | None = None, cluster: ClusterConfig = ClusterConfig(),
+                progress: bool = True, discard_partial: bool = False,
+                **overrides) -> BuildSummary:
+    """Build (or finish building) the store of ``source_path`` in ``out`` with ``params``
+    and keyword ``overrides`` of its fields (see :func:`make_spec`).
 
     ``out`` may hold this store complete (nothing is done), a partial build of it (resumed),
     or nothing; a partial build of another store (or of another ``frames_per_shard``) is
@@ -258,11 +247,7 @@ def build_store(source_path: str | Path, out: str | Path, *, source_format: str 
     a label key is not given and the source holds several candidates (or none) for it, and
     :class:`EmptyStoreError` when no frame would be stored."""
     t0 = time.perf_counter()
-    source, spec = make_spec(source_path, source_format=source_format, graph=graph,
-                             backend=backend, energy_key=energy_key, split=split,
-                             frames_per_shard=frames_per_shard, min_distance=min_distance,
-                             forces_key=forces_key, stress_key=stress_key,
-                             virial_key=virial_key)
+    source, spec = make_spec(source_path, params, source_format=source_format, **overrides)
     out = Path(out)
     summary = BuildSummary(store=out, store_id=spec.store_id)
     if (out / MANIFEST_FILE).is_file():
@@ -463,7 +448,7 @@ def load_kernels(source_format: str) -> None:
         from orbitgraph.preprocess.sources.mptrj_json import MaterialScanner
         MaterialScanner().feed(b'{"m": {"f": {}}}')
     knn_graphs_screened(np.eye(3)[None] * 3.0, [np.zeros((1, 3))], np.ones((1, 3), bool),
-                        k=1, ties="include", tie_tolerance=0.01, cutoff=None, min_distance=0.5)
+                        GraphParams(k=1, tie_tolerance=0.01), min_distance=0.5)
 
 
 def _submit_all(parts, out: Path, bar, summary: BuildSummary, submit, first_done,

@@ -7,9 +7,10 @@ cell shift, except ``(i, 0)``; along an axis without periodicity ``S_a = 0``. Th
 vector is ``r_j + S @ cell - r_i`` and its length ``d`` is computed in float64 (Å).
 
 * Every comparison of distances is made once, on one grid: ``q = round(d / DISTANCE_QUANTUM)``
-  (:data:`DISTANCE_QUANTUM` = 1e-9 Å). The grid makes the order of symmetry-equivalent
-  neighbours (perfect crystals) independent of float rounding noise, so it is the same
-  after a translation.
+  (:data:`DISTANCE_QUANTUM` = 1e-9 Å; the rule is :mod:`orbitgraph.preprocess.distance_grid`,
+  which the kernel, the reference and load-time filtering all call). The grid makes the
+  order of symmetry-equivalent neighbours (perfect crystals) independent of float rounding
+  noise, so it is the same after a translation.
 * Keep the ``k`` nearest. Candidates are ordered by ``q``, then by neighbour index ``j``,
   then by shift ``S`` (lexicographic).
 * ``ties="include"`` (default) also keeps every further candidate whose ``q`` exceeds the
@@ -27,30 +28,31 @@ vector is ``r_j + S @ cell - r_i`` and its length ``d`` is computed in float64 (
 Edges are sorted by centre, then in the order above, so ``centers`` is non-decreasing and
 CSR pointers (:attr:`KnnGraph.edge_ptr`) describe the graph completely.
 
+The parameters ``k``, ``ties``, ``tie_tolerance`` and ``cutoff`` are one
+:class:`~orbitgraph.preprocess.graph_params.GraphParams`; the functions below take it as
+``params`` (default ``GraphParams()``), or its fields as keyword arguments on top of it.
+
 Units: Å throughout. Cells are given with lattice vectors as rows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from orbitgraph.preprocess.distance_grid import DISTANCE_QUANTUM  # noqa: F401 (part of the API)
+from orbitgraph.preprocess.graph_params import (  # noqa: F401 (DEFAULT_*: part of the API)
+    DEFAULT_K,
+    DEFAULT_TIE_TOLERANCE,
+    GraphParams,
+    resolve_graph_params,
+)
 from orbitgraph.preprocess.threads import thread_map
 
-DEFAULT_K = 16
-# Å. Any tolerance keeps symmetry-equivalent neighbours together (fairchem uses 0.01 Å for
-# degenerate neighbours); 0.5 Å also keeps every candidate within the default model's
-# adaptive rank envelope (model.radial.AdaptiveRankEnvelope, width 0.5 Å), whose energy is
-# then C² in the positions. It costs ~33 % more edges than 0.01 Å on MPtrj-like frames
-# (21.7 instead of 16.3 per atom on the shared sample; 0.25 Å: 19.1).
-DEFAULT_TIE_TOLERANCE = 0.5
-DISTANCE_QUANTUM = 1e-9  # Å, resolution of the ordering key
 COINCIDENT_DISTANCE = 1e-6  # Å, two atoms closer than this are "at the same place"
 MIN_STRUCTURES_PER_THREAD = 64  # fewer are not worth a thread
-
-Ties = Literal["include", "break"]
 
 
 @dataclass(frozen=True)
@@ -153,17 +155,6 @@ class KnnGraphBatch:
                              np.concatenate(([0], np.cumsum(n_atoms))).astype(np.int64))
 
 
-def _check_params(k: int, ties: str, tie_tolerance: float, cutoff: float | None) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if ties not in ("include", "break"):
-        raise ValueError(f"ties must be 'include' or 'break', got {ties!r}")
-    if not (np.isfinite(tie_tolerance) and tie_tolerance >= 0):
-        raise ValueError(f"tie_tolerance must be a finite number >= 0 Å, got {tie_tolerance!r}")
-    if cutoff is not None and not (np.isfinite(cutoff) and cutoff > 0):
-        raise ValueError(f"cutoff must be a finite number > 0 Å or None, got {cutoff!r}")
-
-
 def _as_pbc(pbc, n_struct: int) -> np.ndarray:
     arr = np.asarray(pbc, dtype=bool)
     if arr.ndim == 0:
@@ -194,9 +185,8 @@ def _check_structure(b: int, cell: np.ndarray, pos: np.ndarray) -> None:
 
 
 def knn_graphs(cells: Sequence[np.ndarray] | np.ndarray, positions: Sequence[np.ndarray],
-               pbc=(True, True, True), k: int = DEFAULT_K, ties: Ties = "include",
-               tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-               cutoff: float | None = None) -> KnnGraphBatch:
+               pbc=(True, True, True), params: GraphParams | None = None,
+               **overrides) -> KnnGraphBatch:
     """Graphs of many structures in one compiled call; same result as :func:`knn_graph` each.
 
     Parameters
@@ -204,22 +194,22 @@ def knn_graphs(cells: Sequence[np.ndarray] | np.ndarray, positions: Sequence[np.
     cells : (B, 3, 3) float, Å, lattice vectors as rows
     positions : sequence of B arrays (N_b, 3), Cartesian Å
     pbc : bool, 3 bools for all structures, or (B, 3) bools
-    k, ties, tie_tolerance, cutoff : see the module docstring
+    params : GraphParams (default ``GraphParams()``: k = 16, ties included within 0.5 Å)
+    **overrides : k, ties, tie_tolerance, cutoff, replacing those of ``params``
 
     Raises
     ------
     ValueError
         Naming the structure (its index in the batch) and the problem: non-finite values,
-        a singular cell, two atoms at the same place, bad parameters.
+        a singular cell, two atoms at the same place; or a bad parameter.
     """
-    _check_params(k, ties, tie_tolerance, cutoff)
+    params = resolve_graph_params(params, **overrides)
     cells_arr = np.ascontiguousarray(np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3))
     pos_list = [np.asarray(p, dtype=np.float64) for p in positions]
     if len(pos_list) != cells_arr.shape[0]:
         raise ValueError(f"got {cells_arr.shape[0]} cells but {len(pos_list)} position arrays")
     pos, atom_ptr = _check_batch(cells_arr, pos_list)
-    return _knn_checked(cells_arr, pos, atom_ptr, _as_pbc(pbc, len(pos_list)), k, ties,
-                        tie_tolerance, cutoff)
+    return _knn_checked(cells_arr, pos, atom_ptr, _as_pbc(pbc, len(pos_list)), params)
 
 
 def _concatenate(pos_list: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -261,8 +251,7 @@ def _kernel():
 
 
 def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: np.ndarray,
-                k: int, ties: str, tie_tolerance: float, cutoff: float | None,
-                coincident: float, threads: int = 1) -> tuple:
+                params: GraphParams, coincident: float, threads: int = 1) -> tuple:
     """Call the compiled kernel on checked, concatenated input; returns its outputs
     (:data:`knn_kernel.KnnResult`).
 
@@ -280,20 +269,20 @@ def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: n
                 for b0, b1 in pairwise(bounds)]
         outs = thread_map(lambda r: _run_kernel(
             cells[r[0]:r[1]], pos[r[2]:r[3]], atom_ptr[r[0]:r[1] + 1] - r[2], pbc[r[0]:r[1]],
-            k, ties, tie_tolerance, cutoff, coincident), runs)
+            params, coincident), runs)
         joined = {f: np.concatenate([getattr(out, f) for out in outs])
                   for f in kernel.KnnResult._fields if f != "edge_ptr"}
         edge_offsets = np.cumsum([0] + [out.edge_ptr[-1] for out in outs[:-1]])
         edge_ptr = np.concatenate([[0]] + [out.edge_ptr[1:] + offset
                                            for out, offset in zip(outs, edge_offsets, strict=True)])
         return kernel.KnnResult(edge_ptr=edge_ptr, **joined)
-    capacity = int(atom_ptr[-1]) * (k + 2) + 64  # grown by the kernel if ties need more
+    capacity = int(atom_ptr[-1]) * (params.k + 2) + 64  # grown by the kernel if ties need more
     return kernel.knn_batch(
         kernel.Structures(np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3),
                           np.ascontiguousarray(pos, dtype=np.float64), atom_ptr, pbc),
-        kernel.Params(int(k), ties == "include", float(tie_tolerance),
-                      np.inf if cutoff is None else float(cutoff), DISTANCE_QUANTUM,
-                      float(coincident)),
+        kernel.Rules(params.k, params.include_ties, float(params.tie_tolerance),
+                     np.int64(params.q_tolerance),
+                     np.inf if params.cutoff is None else float(params.cutoff), float(coincident)),
         kernel.Edges(np.empty(capacity, np.int32), np.empty(capacity, np.int32),
                      np.empty((capacity, 3), np.int32), np.empty(capacity, np.float64)))
 
@@ -312,21 +301,20 @@ def _failure(status: int, bad: np.ndarray, closer_than: str, k: int) -> str:
 
 
 def _knn_checked(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: np.ndarray,
-                 k: int, ties: str, tie_tolerance: float, cutoff: float | None) -> KnnGraphBatch:
+                 params: GraphParams) -> KnnGraphBatch:
     i, j, s, d, edge_ptr, nxt, nxt_j, nxt_s, status, bad = _run_kernel(
-        cells, pos, atom_ptr, pbc, k, ties, tie_tolerance, cutoff, COINCIDENT_DISTANCE)
+        cells, pos, atom_ptr, pbc, params, COINCIDENT_DISTANCE)
     failed = np.nonzero(status != _kernel().STATUS_OK)[0]
     if failed.size:
         b = int(failed[0])
         why = _failure(int(status[b]), bad[b],
-                       f"at the same place (closer than {COINCIDENT_DISTANCE} Å)", k)
+                       f"at the same place (closer than {COINCIDENT_DISTANCE} Å)", params.k)
         raise ValueError(f"structure {b}: {why}")
     return KnnGraphBatch(i, j, s, d, nxt, nxt_j, nxt_s, edge_ptr, atom_ptr)
 
 
 def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc: np.ndarray,
-                        k: int, ties: Ties, tie_tolerance: float, cutoff: float | None,
-                        min_distance: float, threads: int = 1
+                        params: GraphParams, min_distance: float, threads: int = 1
                         ) -> tuple[KnnGraphBatch, dict[int, str]]:
     """Like :func:`knn_graphs` for inputs already checked, but a structure with two atoms
     closer than ``min_distance`` Å, or whose search fails (:data:`knn_kernel.STATUS_INCOMPLETE`),
@@ -334,23 +322,19 @@ def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc:
     empty. Used by the build to quarantine such records.
     ``threads``: structures built on that many threads (same result).
     """
-    _check_params(k, ties, tie_tolerance, cutoff)
     joined = _concatenate([np.asarray(p, dtype=np.float64) for p in positions])
     if joined is None:
         raise ValueError("positions must be arrays of shape (N, 3)")
     pos, atom_ptr = joined
     i, j, s, d, edge_ptr, nxt, nxt_j, nxt_s, status, bad = _run_kernel(
-        cells, pos, atom_ptr, _as_pbc(pbc, len(atom_ptr) - 1), k, ties, tie_tolerance, cutoff,
-        min_distance, threads)
-    failed = {b: _failure(int(status[b]), bad[b], f"closer than {min_distance} Å", k)
+        cells, pos, atom_ptr, _as_pbc(pbc, len(atom_ptr) - 1), params, min_distance, threads)
+    failed = {b: _failure(int(status[b]), bad[b], f"closer than {min_distance} Å", params.k)
               for b in np.nonzero(status != _kernel().STATUS_OK)[0].tolist()}
     return KnnGraphBatch(i, j, s, d, nxt, nxt_j, nxt_s, edge_ptr, atom_ptr), failed
 
 
 def knn_graph(cell: np.ndarray, positions: np.ndarray, pbc=(True, True, True),
-              k: int = DEFAULT_K, ties: Ties = "include",
-              tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-              cutoff: float | None = None) -> KnnGraph:
+              params: GraphParams | None = None, **overrides) -> KnnGraph:
     """The k-nearest-neighbour periodic graph of one structure.
 
     Parameters
@@ -358,23 +342,28 @@ def knn_graph(cell: np.ndarray, positions: np.ndarray, pbc=(True, True, True),
     cell : (3, 3) float, Å, lattice vectors as rows
     positions : (N, 3) float, Cartesian Å
     pbc : bool or 3 bools, periodicity per lattice vector
-    k : neighbours kept per atom (before tie inclusion), >= 1
-    ties : "include" (keep candidates within ``tie_tolerance`` of the k-th) or "break"
-    tie_tolerance : Å
-    cutoff : Å or None; drop longer edges afterwards
+    params : GraphParams (default ``GraphParams()``): ``k`` neighbours kept per atom before
+        tie inclusion; ``ties`` "include" (keep candidates within ``tie_tolerance`` Å of the
+        k-th) or "break"; ``cutoff`` (Å or None) drops longer edges afterwards
+    **overrides : k, ties, tie_tolerance, cutoff, replacing those of ``params``
 
     Returns
     -------
     KnnGraph with edges sorted by centre, then (distance, neighbour, shift).
+
+    Raises
+    ------
+    ValueError
+        Non-finite values, a singular cell, two atoms at the same place, a bad parameter.
     """
     cell = np.asarray(cell, dtype=np.float64)
     positions = np.asarray(positions, dtype=np.float64)
-    _check_params(k, ties, tie_tolerance, cutoff)
+    params = resolve_graph_params(params, **overrides)
     _check_structure(-1, cell, positions)
     try:
         batch = _knn_checked(cell.reshape(1, 3, 3), positions,
-                             np.array([0, len(positions)], dtype=np.int64), _as_pbc(pbc, 1), k,
-                             ties, tie_tolerance, cutoff)
+                             np.array([0, len(positions)], dtype=np.int64), _as_pbc(pbc, 1),
+                             params)
     except ValueError as err:
         raise ValueError(str(err).removeprefix("structure 0: ")) from None
     return batch[0]

@@ -5,30 +5,37 @@ Brute force in numpy: for a radius ``R``, enumerate the whole box of cell shifts
 anywhere within one cell of each other, and unwrapped positions are covered by widening the
 box by their fractional spread), compute every distance, sort all candidates with
 ``np.lexsort`` by the key of :mod:`orbitgraph.preprocess.graph`, and double ``R`` until the first
-candidate not kept lies well inside ``R``. No pruning, no reuse between atoms.
+candidate not kept lies well inside ``R``. No pruning, no reuse between atoms. Distances are
+compared by the rule of :mod:`orbitgraph.preprocess.distance_grid`, applied to arrays.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from orbitgraph.preprocess.distance_grid import (
+    inside_bound,
+    joins_by_tie,
+    proves_complete,
+    quantise,
+)
 from orbitgraph.preprocess.graph import (
     COINCIDENT_DISTANCE,
-    DEFAULT_K,
-    DEFAULT_TIE_TOLERANCE,
-    DISTANCE_QUANTUM,
+    GraphParams,
     KnnGraph,
     _as_pbc,
-    _check_params,
     _check_structure,
+    resolve_graph_params,
 )
 
 
-def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAULT_K,
-                        ties: str = "include", tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-                        cutoff: float | None = None) -> KnnGraph:
+def knn_graph_reference(cell, positions, pbc=(True, True, True),
+                        params: GraphParams | None = None, **overrides) -> KnnGraph:
+    """What :func:`orbitgraph.preprocess.graph.knn_graph` returns for the same arguments,
+    by brute force."""
     cell = np.asarray(cell, dtype=np.float64)
     pos = np.asarray(positions, dtype=np.float64)
-    _check_params(k, ties, tie_tolerance, cutoff)
+    params = resolve_graph_params(params, **overrides)
+    k, cutoff = params.k, params.cutoff
     _check_structure(-1, cell, pos)
     pbc = _as_pbc(pbc, 1)[0]
     n = len(pos)
@@ -38,7 +45,7 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
     spread = np.ceil(frac.max(axis=0) - frac.min(axis=0)) if n else np.zeros(3)
     radius = np.inf if not pbc.any() else 2.0 * heights[pbc].min()
 
-    q_tolerance = np.int64(tie_tolerance * (1.0 / DISTANCE_QUANTUM) + 0.5)
+    q_tolerance = params.q_tolerance
     rows = []
     next_distance = np.full(n, np.inf)
     next_neighbor = np.full(n, -1, dtype=np.int64)
@@ -57,7 +64,7 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
             own = (jj == i) & ~ss.any(axis=1)
             sel = ~own & (d <= r)
             jj, ss, d = jj[sel], ss[sel], d[sel]
-            q = (d * (1.0 / DISTANCE_QUANTUM) + 0.5).astype(np.int64)
+            q = quantise(d)
             order = np.lexsort((ss[:, 2], ss[:, 1], ss[:, 0], jj, q))
             jj, ss, d, q = jj[order], ss[order], d[order], q[order]
             if len(d) and d[0] < COINCIDENT_DISTANCE:
@@ -65,12 +72,12 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True), k: int = DEFAUL
                                  f"are at the same place (closer than {COINCIDENT_DISTANCE} Å)")
             if len(d) >= k:
                 kept = k
-                if ties == "include":  # on the grid of the ordering
-                    kept = int(np.sum(q <= q[k - 1] + q_tolerance))
+                if params.include_ties:  # on the grid of the ordering
+                    kept = int(np.sum(joins_by_tie(q, q[k - 1], q_tolerance)))
             else:
                 kept = len(d)
             if not np.isfinite(r) or (
-                    kept < len(d) and q[kept] < np.int64(r * (1.0 / DISTANCE_QUANTUM)) - 1):
+                    kept < len(d) and proves_complete(q[kept], inside_bound(r))):
                 break
             r *= 2.0
         keep = np.arange(kept)

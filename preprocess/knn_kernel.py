@@ -26,7 +26,8 @@ Per structure:
 
 Every comparison of distances (order, the k-th, tie inclusion, the first candidate not kept,
 completeness) is made on the quantised grid, so the kept set is a function of the grid
-values alone and never of which equal-grid candidate was seen first.
+values alone and never of which equal-grid candidate was seen first. The grid's rule is
+:mod:`orbitgraph.preprocess.distance_grid`: its functions are compiled here and inlined.
 
 The search radius is bounded: a centre's own images along the shortest periodic lattice
 vector (length ``L``) are ``2`` candidates per multiple of ``L``, so the k-th candidate lies
@@ -43,6 +44,8 @@ from collections import namedtuple
 
 import numba
 import numpy as np
+
+from orbitgraph.preprocess import distance_grid
 
 
 class Status(enum.IntEnum):
@@ -65,11 +68,11 @@ STATUS_INCOMPLETE = int(Status.INCOMPLETE)
 # float64 (N_total, 3), Å, concatenated; atom_ptr int64 (B + 1,), structure b owns atoms
 # atom_ptr[b]:atom_ptr[b + 1]; pbc bool (B, 3).
 Structures = namedtuple("Structures", "cells positions atom_ptr pbc")
-# The rules of the graph: k neighbours kept per atom (before ties); include_ties: keep every
-# candidate within tie_tolerance (Å) of the k-th; cutoff (Å, inf for none): longer edges are
-# dropped afterwards; quantum (Å): the distance grid; coincident (Å): a closer candidate is
-# an error.
-Params = namedtuple("Params", "k include_ties tie_tolerance cutoff quantum coincident")
+# The rules of the graph (the fields of a GraphParams, and its derived numbers): k neighbours
+# kept per atom (before ties); include_ties: keep every candidate within tie_tolerance (Å) of
+# the k-th, which is q_tolerance steps of the distance grid; cutoff (Å, inf for none): longer
+# edges are dropped afterwards; coincident (Å): a closer candidate is an error.
+Rules = namedtuple("Rules", "k include_ties tie_tolerance q_tolerance cutoff coincident")
 # Edge buffers (and, returned, the edges): i, j int32 (E,), s int32 (E, 3), d float64 (E,) Å.
 Edges = namedtuple("Edges", "i j s d")
 # Per atom, the first candidate not kept: distance float64 (N_total,) Å (inf: none),
@@ -82,8 +85,6 @@ KnnResult = namedtuple("KnnResult", "centers neighbors unit_shifts distances edg
                        "next_distance next_neighbor next_unit_shift status bad")
 
 # Inside the kernel:
-# the rules on the distance grid: q_tolerance (grid steps) and inv_quantum (1 / Å)
-Rules = namedtuple("Rules", "k include_ties q_tolerance inv_quantum cutoff coincident")
 # one structure: its atoms are rows a0:a0 + n of positions (Å); frac (>= n, 3) their
 # fractional coordinates; cell (3, 3) Å; heights (3,) Å, the spacing of the lattice planes
 # normal to each axis; periodic bool (3,)
@@ -106,6 +107,13 @@ Ranking = namedtuple("Ranking", "q rank group")
 SlowScratch = namedtuple("SlowScratch", "lq lc cj cs cd")
 
 _GROW = 1.5
+
+# the rule of the distance grid, compiled for scalars and inlined where it is called
+_quantise = numba.njit(cache=True, nogil=True, inline="always")(distance_grid.quantise)
+_joins_by_tie = numba.njit(cache=True, nogil=True, inline="always")(distance_grid.joins_by_tie)
+_inside_bound = numba.njit(cache=True, nogil=True, inline="always")(distance_grid.inside_bound)
+_proves_complete = numba.njit(cache=True, nogil=True,
+                              inline="always")(distance_grid.proves_complete)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -320,10 +328,9 @@ def _rank_into(first, last, candidates, rules, ranking, e, edges):
     bj, bs, bd = candidates.j, candidates.s, candidates.d
     qbuf, rank, group = ranking.q, ranking.rank, ranking.group
     out_j, out_s, out_d = edges.j, edges.s, edges.d
-    inv_quantum = rules.inv_quantum
     c = last - first
     for a in range(c):
-        qbuf[a] = np.int64(bd[first + a] * inv_quantum + 0.5)
+        qbuf[a] = _quantise(bd[first + a])
     ties = 0
     for a in range(c):
         qa = qbuf[a]
@@ -366,9 +373,8 @@ def _n_kept(e, c, rules, out_d):
         return c
     kept = k
     if rules.include_ties:
-        inv_quantum = rules.inv_quantum
-        limit = np.int64(out_d[e + k - 1] * inv_quantum + 0.5) + rules.q_tolerance
-        while kept < c and np.int64(out_d[e + kept] * inv_quantum + 0.5) <= limit:
+        q_kth = _quantise(out_d[e + k - 1])
+        while kept < c and _joins_by_tie(_quantise(out_d[e + kept]), q_kth, rules.q_tolerance):
             kept += 1
     return kept
 
@@ -382,12 +388,11 @@ def _select_insertion(first, last, candidates, rules, lq, lc):
     when the list buffers are too small (the caller grows them and calls again)."""
     cj, cs, cd = candidates.j, candidates.s, candidates.d
     k, include_ties, q_tolerance = rules.k, rules.include_ties, rules.q_tolerance
-    inv_quantum = rules.inv_quantum
     m = 0
     kept = 0
     q_bound = np.int64(2) ** 62  # candidates beyond this grid value cannot enter the list
     for o in range(first, last):
-        q = np.int64(cd[o] * inv_quantum + 0.5)
+        q = _quantise(cd[o])
         if q > q_bound:
             continue
         j = cj[o]
@@ -413,8 +418,7 @@ def _select_insertion(first, last, candidates, rules, lq, lc):
             continue
         kept = k
         if include_ties:
-            limit = lq[k - 1] + q_tolerance
-            while kept < m and lq[kept] <= limit:
+            while kept < m and _joins_by_tie(lq[kept], lq[k - 1], q_tolerance):
                 kept += 1
         if m > kept + 1:
             m = kept + 1
@@ -486,7 +490,7 @@ def _centre_slow(i, geo, search, buckets, rules, scratch, e, edges):
                                   scratch.cj, scratch.cs, scratch.cd)
             continue
         # The first candidate not kept must lie strictly inside the searched ball.
-        if r == np.inf or (m > kept and scratch.lq[kept] < np.int64(r * rules.inv_quantum) - 1):
+        if r == np.inf or (m > kept and _proves_complete(scratch.lq[kept], _inside_bound(r))):
             break
         if r > search.r_limit:
             return -1, 0, scratch, edges
@@ -515,13 +519,13 @@ def _centre_slow(i, geo, search, buckets, rules, scratch, e, edges):
 
 
 @numba.njit(cache=True, nogil=True)
-def knn_batch(structures, params, edges):
+def knn_batch(structures, rules, edges):
     """Build the graphs of ``B`` structures.
 
     Parameters
     ----------
     structures : :data:`Structures` (cells, positions, atom_ptr, pbc; shapes and units there)
-    params : :data:`Params` (k, include_ties, tie_tolerance, cutoff, quantum, coincident)
+    rules : :data:`Rules` (k, include_ties, tie_tolerance, q_tolerance, cutoff, coincident)
     edges : :data:`Edges` of capacity C: i, j int32 (C,), s int32 (C, 3), d float64 (C,)
         Output buffers, allocated by the caller: numpy's allocator reuses memory between
         calls, while arrays allocated here start on fresh pages each call (~10% of the run
@@ -542,13 +546,10 @@ def knn_batch(structures, params, edges):
     """
     cells, positions, atom_ptr, pbc = (structures.cells, structures.positions,
                                        structures.atom_ptr, structures.pbc)
-    k = params.k
-    tie_tolerance = params.tie_tolerance
+    k = rules.k
+    tie_tolerance = rules.tie_tolerance
     n_struct = cells.shape[0]
     n_total = positions.shape[0]
-    inv_quantum = 1.0 / params.quantum
-    rules = Rules(k, params.include_ties, np.int64(tie_tolerance * inv_quantum + 0.5),
-                  inv_quantum, params.cutoff, params.coincident)
     edge_ptr = np.zeros(n_struct + 1, np.int64)
     nxt = NextCandidates(np.full(n_total, np.inf), np.full(n_total, -1, np.int32),
                          np.zeros((n_total, 3), np.int32))
@@ -606,7 +607,7 @@ def knn_batch(structures, params, edges):
             if rules.include_ties:
                 r_start += tie_tolerance
         # largest quantised distance that proves completeness within r_start
-        q_inside = np.int64(r_start * inv_quantum) - 1 if r_start < np.inf else np.int64(2) ** 62
+        q_inside = _inside_bound(r_start) if r_start < np.inf else np.int64(2) ** 62
         search = Search(r_start, r_limit, q_inside)
         # One pass over unordered pairs at the common radius r_start collects every
         # candidate of every centre; an atom whose answer is not proven complete by it is
@@ -647,7 +648,7 @@ def knn_batch(structures, params, edges):
                 _rank_into(first, first + c_i, buckets, rules, ranking, e, edges)
                 kept = _n_kept(e, c_i, rules, edges.d)
                 if not (r_start == np.inf or (
-                        kept < c_i and np.int64(edges.d[e + kept] * inv_quantum + 0.5) < q_inside)):
+                        kept < c_i and _proves_complete(_quantise(edges.d[e + kept]), q_inside))):
                     slow = i
                     break
                 if _coincident(b, i, e, c_i, rules, edges, failures):

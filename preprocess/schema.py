@@ -121,3 +121,18 @@ def check_columns(columns: dict[str, np.ndarray], where: str = "shard") -> dict[
         raise ValueError(f"{where}: n_edges sums to {int(columns['n_edges'].sum())}, "
                          f"but there are {rows['edge']} edge rows")
     return rows
+
+
+def edge_index(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64 (E,) each: centre and neighbour as indices into the atoms of a block of frames
+    (frame fields stacked, atom and edge fields concatenated, neighbour indices local to
+    their frame), and the frame of each edge; from the CSR counts ``n_atoms`` and
+    ``n_edges``."""
+    n_atoms = block["n_atoms"].astype(np.int64)
+    atom_offset = np.cumsum(n_atoms) - n_atoms
+    frame_of_atom = np.repeat(np.arange(n_atoms.size, dtype=np.int64), n_atoms)
+    centers = np.repeat(np.arange(frame_of_atom.size, dtype=np.int64),
+                        block["n_edges"].astype(np.int64))
+    frame_of_edge = frame_of_atom[centers]
+    neighbors = block["neighbors"].astype(np.int64) + atom_offset[frame_of_edge]
+    return centers, neighbors, frame_of_edge

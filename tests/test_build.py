@@ -21,6 +21,7 @@ import orbitgraph.preprocess.build as build_module
 from helpers import SMALL_MPTRJ, load_small_mptrj
 from orbitgraph.preprocess.build import build_store, source_bytes
 from orbitgraph.preprocess.cluster import BuildProcessError, ClusterConfig
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.sources import open_source
 from orbitgraph.preprocess.store import open_store, verify_store
 from orbitgraph.preprocess.store.shard import is_committed
@@ -163,7 +164,7 @@ def test_threads_build_what_one_thread_does_and_repeated_ids_keep_the_last(tmp_p
     frames, quarantine = open_source(plain).read(part, "uncorrected_total_energy")
     assert quarantine == [] and len(frames) == sum(map(len, load_small_mptrj().values()))
     args = (np.array([f.cell for f in frames]), [f.positions for f in frames],
-            np.array([f.pbc for f in frames]), 16, "include", 0.01, None, 0.5)
+            np.array([f.pbc for f in frames]), GraphParams(k=16, tie_tolerance=0.01), 0.5)
     (g1, failed1), (g3, failed3) = (knn_graphs_screened(*args, threads=t) for t in (1, 3))
     assert failed1 == failed3
     for name in ("centers", "neighbors", "unit_shifts", "distances", "next_distance",

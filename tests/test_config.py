@@ -190,6 +190,30 @@ def test_mace_torch_names_are_aliases_with_the_mace_preset():
         load_config({"preset": "mace", "num_channels": 0})
 
 
+def test_store_spec_is_store_params_and_a_source():
+    """One store specification: StoreSpec declares no store setting of its own, so each is
+    declared and checked once (StoreParams), refused with its key named; the build takes a
+    StoreParams as it is, and keyword overrides of its fields are the same store."""
+    from helpers import SMALL_MPTRJ
+    from orbitgraph.preprocess.build import make_spec
+
+    assert set(StoreSpec.model_fields) == set(StoreParams.model_fields) | {"source"}
+    src = SourceInfo("p", "mptrj-json", "abc")
+    with pytest.raises(ConfigError, match=r"^store\.frames_per_shard: expected an integer >= 1"):
+        StoreSpec(source=src, frames_per_shard=0)
+    with pytest.raises(ConfigError, match=r"^store\.backend: 'tar' is not one of zarr, arrow"):
+        StoreSpec(source=src, backend="tar")
+    params = StoreParams(graph=GraphParams(k=12), split=SplitParams(0.1, 0.2, 3),
+                         min_distance=0.7)
+    _, spec = make_spec(SMALL_MPTRJ, params)
+    _, same = make_spec(SMALL_MPTRJ, graph=GraphParams(k=12), split=SplitParams(0.1, 0.2, 3),
+                        min_distance=0.7)
+    assert spec == same and spec.store_id == same.store_id
+    assert spec.graph == GraphParams(k=12) and spec.source.format == "mptrj-json"
+    assert spec.energy_key == "uncorrected_total_energy"  # the source's convention, filled in
+    assert make_spec(SMALL_MPTRJ)[1].store_id != spec.store_id
+
+
 def test_to_dict_and_store_ids_are_unchanged(monkeypatch):
     """The dicts hashed into store ids and written to checkpoints are those of the frozen
     dataclasses these models replaced (ids computed with them, at store schema 2; each schema

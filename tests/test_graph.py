@@ -383,7 +383,7 @@ def test_ranked_selection_equals_insertion(ties):
 
         out_j, out_s, out_d = (np.empty(c, np.int32), np.empty((c, 3), np.int32),
                                np.empty(c, np.float64))
-        rules = kk.Rules(k, ties, 10_000_000, 1e9, np.inf, 1e-6)  # tolerance 0.01 Å on the grid
+        rules = kk.Rules(k, ties, 0.01, 10_000_000, np.inf, 1e-6)  # tolerance 0.01 Å, on the grid
         candidates = kk.Candidates(cj, cs, d)
         ranking = kk.Ranking(*(np.empty(256, np.int64) for _ in range(3)))
         kk._rank_into(0, c, candidates, rules, ranking, 0,

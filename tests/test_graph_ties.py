@@ -147,7 +147,7 @@ def test_unprovable_search_fails_loudly():
     geo = kk.Geometry(pos, 0, 2, pos @ np.linalg.inv(cell), cell, np.full(3, 3.0),
                       np.ones(3, np.bool_))
     search = kk.Search(1.0, 0.5, np.int64(1e9) - 1)  # r_start 1 Å, r_limit 0.5 Å
-    rules = kk.Rules(16, True, 10_000_000, 1e9, np.inf, 1e-6)
+    rules = kk.Rules(16, True, 0.01, 10_000_000, np.inf, 1e-6)
     scratch = kk.SlowScratch(np.empty(36, np.int64), np.empty(36, np.int64),
                              np.empty(16, np.int64), np.empty((16, 3), np.int64), np.empty(16))
     edges = kk.Edges(np.empty(64, np.int32), np.empty(64, np.int32),

@@ -11,10 +11,11 @@ from helpers import SMALL_MPTRJ, write_mptrj
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.graph_filter import filter_block
 from orbitgraph.preprocess.store import GraphParams, SplitParams, open_store
 from orbitgraph.train.collate import collate, collate_columns, frame_from_graph
 from orbitgraph.train.config import TrainConfig
-from orbitgraph.train.loader import LoaderConfig, ShardStream, filter_block, make_loader, plan_rank
+from orbitgraph.train.loader import LoaderConfig, ShardStream, make_loader, plan_rank
 from orbitgraph.train.trainer import Trainer
 from orbitgraph.units import EV_PER_A3_IN_GPA
 

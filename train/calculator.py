@@ -16,9 +16,8 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from orbitgraph.model import Potential
-from orbitgraph.model.radial import check_graph
 from orbitgraph.preprocess.graph import knn_graph
-from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import collate, frame_from_graph
 from orbitgraph.train.weights import load_potential
 
@@ -40,9 +39,10 @@ class OrbitCalculator(Calculator):
         super().__init__(**kwargs)
         self.known_elements = sorted(known_elements) if known_elements is not None else None
         self._warned: set[str] = set()
-        self.graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
-        check_graph(model.config.rank_envelope, model.config.rank_envelope_width,
-                    self.graph.ties, self.graph.tie_tolerance)
+        graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
+        # built here for each structure, as given (k=None): only the envelope's needs count
+        self.graph = graph_for_model(graph, None, model.config.rank_envelope,
+                                     model.config.rank_envelope_width)
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
@@ -82,8 +82,7 @@ class OrbitCalculator(Calculator):
             raise ValueError("OrbitCalculator needs a non-singular cell, also along open axes "
                              "(give the molecule a box)")
         g = self.graph
-        graph = knn_graph(cell, a.positions, pbc=pbc, k=g.k, ties=g.ties,
-                          tie_tolerance=g.tie_tolerance, cutoff=g.cutoff)
+        graph = knn_graph(cell, a.positions, pbc=pbc, params=g)
         frame = frame_from_graph(cell, a.positions, a.numbers, graph, pbc=pbc)
         batch = collate([frame], k=g.k).to(self.device, self.dtype)
         want_stress = "stress" in properties and pbc.all()

@@ -167,12 +167,9 @@ def _cmd_build(args) -> int:
     if not (args.source and args.out):
         raise UserError("build needs either a pipelines.yaml or both --source and --out")
     store, cluster = build_settings(args)
-    summary = build_store(
-        args.source, args.out, source_format=args.format, graph=store.graph,
-        backend=store.backend, energy_key=store.energy_key, forces_key=store.forces_key,
-        stress_key=store.stress_key, virial_key=store.virial_key, split=store.split,
-        frames_per_shard=store.frames_per_shard, min_distance=store.min_distance,
-        cluster=cluster, progress=not args.quiet, discard_partial=args.discard_partial)
+    summary = build_store(args.source, args.out, store, source_format=args.format,
+                          cluster=cluster, progress=not args.quiet,
+                          discard_partial=args.discard_partial)
     print(summary.text())
     print(summary.store)
     return 0

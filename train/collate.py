@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from orbitgraph.model.batch import Batch
-from orbitgraph.preprocess.schema import BY_NAME
+from orbitgraph.preprocess.schema import BY_NAME, edge_index
 
 
 def _level(name: str) -> str:
@@ -49,19 +49,6 @@ def concat_blocks(blocks: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarr
     if len(blocks) == 1:
         return blocks[0]
     return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
-
-
-def edge_index(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int64 (E,) each: centre and neighbour as indices into the block's atoms, and the
-    frame of each edge."""
-    n_atoms = block["n_atoms"].astype(np.int64)
-    atom_offset = np.cumsum(n_atoms) - n_atoms
-    frame_of_atom = np.repeat(np.arange(n_atoms.size, dtype=np.int64), n_atoms)
-    centers = np.repeat(np.arange(frame_of_atom.size, dtype=np.int64),
-                        block["n_edges"].astype(np.int64))
-    frame_of_edge = frame_of_atom[centers]
-    neighbors = block["neighbors"].astype(np.int64) + atom_offset[frame_of_edge]
-    return centers, neighbors, frame_of_edge
 
 
 def rank_candidates(block: dict[str, np.ndarray], neighbors: np.ndarray,

@@ -15,8 +15,9 @@ Only then are shards read and batches collated, DataLoader workers taking the ra
 batches in turn. The loader position is the number of batches delivered in the epoch; a
 resumed run re-plans the same epoch (the same whatever the number of workers) and skips
 that many. A store built with k = 16 can feed a model that wants fewer neighbours or a
-shorter cutoff: edges are filtered at load time (:func:`filter_block`), exactly as if the
-smaller graph had been built.
+shorter cutoff: edges are filtered at load time
+(:func:`orbitgraph.preprocess.graph_filter.filter_block`), exactly as if the smaller graph
+had been built.
 """
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from orbitgraph.model.batch import Batch
-from orbitgraph.preprocess.graph import DISTANCE_QUANTUM, concat_ranges
+from orbitgraph.preprocess.graph import concat_ranges
+from orbitgraph.preprocess.graph_filter import filter_block
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.schema import FIELDS, numpy_dtype
 from orbitgraph.preprocess.store import GraphStore, ShardData
-from orbitgraph.preprocess.store.params import GraphParams
-from orbitgraph.train.collate import collate_columns, concat_blocks, edge_index
+from orbitgraph.train.collate import collate_columns, concat_blocks
 from orbitgraph.train.loader_config import DEVICE_PATTERN, DEVICES, Device, LoaderConfig  # noqa: F401
 
 
@@ -219,69 +221,6 @@ def clear_plan_cache() -> None:
     _plans.clear()
 
 
-# ------------------------------------------------------------------ load-time filtering
-
-def edge_distances(block: dict, centers: np.ndarray, neighbors: np.ndarray,
-                   frame_of_edge: np.ndarray) -> np.ndarray:
-    """(E,) Å for a block of frames (indices from
-    :func:`orbitgraph.train.collate.edge_index`), with the same float64 formula as the graph
-    kernel: (r_j - r_i) + (S_0 a + S_1 b + S_2 c)."""
-    pos = block["positions"]
-    cell = block["cell"][frame_of_edge]  # (E, 3, 3)
-    s = block["unit_shifts"].astype(np.float64)
-    v = (pos[neighbors] - pos[centers]) + (s[:, 0:1] * cell[:, 0] + s[:, 1:2] * cell[:, 1]
-                                           + s[:, 2:3] * cell[:, 2])
-    return np.sqrt(v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1] + v[:, 2] * v[:, 2])
-
-
-def filter_block(block: dict, stored: GraphParams, wanted: GraphParams) -> dict:
-    """The block's graphs as if built with ``wanted`` (requires ``stored.can_serve(wanted)``).
-
-    Edges are stored per centre in (distance, neighbour, shift) order, so the smaller graph
-    is a prefix of each centre's edges: the first k, the ties within the tolerance of the
-    k-th (``include``, compared on the graph's distance grid as the kernel does), and none
-    beyond the cutoff. The first candidate not kept (``next_distance``, ``next_neighbor``,
-    ``next_unit_shift``) becomes the first dropped edge, so the block equals a direct build.
-    """
-    if wanted == stored:
-        return block
-    n_edges = block["n_edges"].astype(np.int64)
-    start = np.cumsum(n_edges) - n_edges
-    centers, neighbors, frame_of_edge = edge_index(block)
-    d = edge_distances(block, centers, neighbors, frame_of_edge)
-    n = len(n_edges)
-    rank = np.arange(len(d)) - start[centers]
-    k = wanted.k
-    keep = np.minimum(n_edges, k)
-    if wanted.ties == "include":
-        has_k = n_edges >= k
-        q = (d * (1.0 / DISTANCE_QUANTUM) + 0.5).astype(np.int64)
-        q_tolerance = np.int64(wanted.tie_tolerance * (1.0 / DISTANCE_QUANTUM) + 0.5)
-        limit = np.full(n, -1, dtype=np.int64)
-        limit[has_k] = q[start[has_k] + k - 1] + q_tolerance
-        beyond = (rank >= k) & (q > limit[centers])
-        first_out = n_edges.copy()
-        np.minimum.at(first_out, centers[beyond], rank[beyond])
-        keep = np.where(has_k, first_out, n_edges)
-    if wanted.cutoff is not None:
-        too_long = (d > wanted.cutoff) & (rank < keep[centers])
-        first_long = keep.copy()
-        np.minimum.at(first_long, centers[too_long], rank[too_long])
-        keep = first_long
-    mask = rank < keep[centers]
-    cut = np.nonzero(keep < n_edges)[0]
-    first_dropped = start[cut] + keep[cut]
-    nxt = block["next_distance"].copy()
-    nxt[cut] = d[first_dropped]
-    nxt_j = block["next_neighbor"].copy()
-    nxt_j[cut] = block["neighbors"][first_dropped]
-    nxt_s = block["next_unit_shift"].copy()
-    nxt_s[cut] = block["unit_shifts"][first_dropped]
-    return {**block, "n_edges": keep.astype(block["n_edges"].dtype),
-            "neighbors": block["neighbors"][mask], "unit_shifts": block["unit_shifts"][mask],
-            "next_distance": nxt, "next_neighbor": nxt_j, "next_unit_shift": nxt_s}
-
-
 # ---------------------------------------------------------------------- the stream
 
 class ShardStream(IterableDataset):
@@ -297,11 +236,7 @@ class ShardStream(IterableDataset):
         self.skip = skip
         self.stored = store.manifest.graph
         self.graph = graph or self.stored
-        if not self.stored.can_serve(self.graph):
-            raise ValueError(f"the store's graphs (k={self.stored.k}, ties={self.stored.ties}, "
-                             f"cutoff={self.stored.cutoff}) cannot serve k={self.graph.k}, "
-                             f"ties={self.graph.ties}, cutoff={self.graph.cutoff}; build a "
-                             "store with these graph parameters")
+        self.stored.check_can_serve(self.graph)
         self.dtype = dtype
         # planned here, in the process that makes the DataLoader: its workers inherit it
         self._plan = epoch_plan(store, cfg, epoch, rank, world)

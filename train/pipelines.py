@@ -40,6 +40,7 @@ from pydantic import Field, model_validator
 from orbitgraph.config import Config
 from orbitgraph.errors import ConfigError
 from orbitgraph.preprocess.cluster import ClusterConfig
+from orbitgraph.preprocess.graph_params import GraphMismatchError, graph_for_model
 from orbitgraph.preprocess.store import open_store
 from orbitgraph.preprocess.store.manifest import MANIFEST_FILE, read_manifest
 from orbitgraph.preprocess.store.params import StoreParams
@@ -135,11 +136,7 @@ class Pipelines:
         if not src.path.exists():
             raise PipelineError(f"sources.{decl.source}.path: {src.path} does not exist",
                                 f"sources.{decl.source}.path")
-        return make_spec(src.path, source_format=src.format, graph=decl.graph,
-                         backend=decl.backend, energy_key=decl.labels.energy, split=decl.split,
-                         frames_per_shard=decl.frames_per_shard, min_distance=decl.min_distance,
-                         forces_key=decl.labels.forces, stress_key=decl.labels.stress,
-                         virial_key=decl.labels.virial)
+        return make_spec(src.path, decl, source_format=src.format)
 
     def store_path(self, name: str) -> Path:
         _, spec = self.store_spec(name)
@@ -151,12 +148,8 @@ class Pipelines:
             raise PipelineError(f"stores: no store named {name!r}; declared: {sorted(self.stores)}")
         decl = self.stores[name]
         src = self.sources[decl.source]
-        return build_store(src.path, self.store_path(name), source_format=src.format,
-                           graph=decl.graph, backend=decl.backend, energy_key=decl.labels.energy,
-                           split=decl.split, frames_per_shard=decl.frames_per_shard,
-                           min_distance=decl.min_distance, cluster=self.cluster,
-                           progress=progress, forces_key=decl.labels.forces,
-                           stress_key=decl.labels.stress, virial_key=decl.labels.virial,
+        return build_store(src.path, self.store_path(name), decl, source_format=src.format,
+                           cluster=self.cluster, progress=progress,
                            discard_partial=discard_partial)
 
     # ------------------------------------------------------------- experiments
@@ -283,12 +276,13 @@ class Pipelines:
         train_cfg = exp.train
         summary = self.build(exp.store, progress=progress)
         log.info(summary.text())
-        stored = read_manifest(store_path).graph
-        wanted = stored.model_copy(update={"k": model_cfg.k or stored.k})
-        if not stored.can_serve(wanted):
-            raise PipelineError(
-                f"experiments.{name}.model.k: the experiment needs k={wanted.k}, store "
-                f"{exp.store!r} was built with k={stored.k}; raise stores.{exp.store}.graph.k")
+        try:
+            graph_for_model(read_manifest(store_path).graph, model_cfg.k,
+                            model_cfg.rank_envelope, model_cfg.rank_envelope_width)
+        except GraphMismatchError as err:
+            key = f"experiments.{name}.model.{err.model_key}"
+            raise PipelineError(f"{key}: {err} (store {exp.store!r}: stores.{exp.store}.graph "
+                                "in pipelines.yaml)", key) from None
         frames_to_evaluate(open_store(store_path), exp.evaluate.split)  # before training, not after
         # the figures below replace the trainer's own (validation-split parity)
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),

@@ -40,7 +40,8 @@ import torch
 
 from orbitgraph.model import Potential, build_model, load_model, save_model
 from orbitgraph.preprocess.graph import knn_graph
-from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.preprocess.graph_filter import filter_block
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.collate import collate, collate_columns, frame_from_graph, frames_to_block
 
 SMALL = {"channels": 8, "hidden": 16, "species_dim": 8, "radial_mlp": [16], "layers": 2,
@@ -136,11 +137,9 @@ class PotentialTests:
         """The frame a user's model sees: graph built from these positions and this cell."""
         g = graph or self.graph
         built = self.filtered_from if (self.filtered_from and graph is None) else g
-        kg = knn_graph(cell, positions, pbc=pbc, k=built.k, ties=built.ties,
-                       tie_tolerance=built.tie_tolerance, cutoff=built.cutoff)
+        kg = knn_graph(cell, positions, pbc=pbc, params=built)
         frame = frame_from_graph(cell, positions, numbers, kg, pbc=pbc)
         if built is not g:
-            from orbitgraph.train.loader import filter_block
             block = filter_block(frames_to_block([frame]), built, g)
             frame = {**frame, **{name: block[name] for name in
                                  ("n_edges", "neighbors", "unit_shifts", "next_distance",

@@ -42,7 +42,7 @@ from orbitgraph.model import (
     write_checkpoint,
 )
 from orbitgraph.model.config import load_config
-from orbitgraph.model.radial import check_graph
+from orbitgraph.preprocess.graph_params import graph_for_model
 from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.ema import EMA
@@ -229,13 +229,8 @@ class Trainer:
         np.random.seed(self.cfg.seed)
         random.seed(self.cfg.seed)
         mcfg = load_config(model_config)
-        stored = self.store.manifest.graph
-        self.graph = stored.model_copy(update={"k": mcfg.k or stored.k})
-        if not stored.can_serve(self.graph):
-            raise ValueError(f"model wants k={self.graph.k}, the store was built with "
-                             f"k={stored.k}; build a store with k >= {self.graph.k}")
-        check_graph(mcfg.rank_envelope, mcfg.rank_envelope_width, self.graph.ties,
-                    self.graph.tie_tolerance)
+        self.graph = graph_for_model(self.store.manifest.graph, mcfg.k, mcfg.rank_envelope,
+                                     mcfg.rank_envelope_width)
         self.model: Potential = build_model(mcfg.model_copy(update={"k": self.graph.k}),
                                             self.store.manifest.statistics)
         self.model.to(device=self.device, dtype=self.dtype)

@@ -20,13 +20,10 @@ from orbitgraph.errors import NotAStoreError, StoreError
 from orbitgraph.preprocess.schema import SCHEMA_VERSION
 from orbitgraph.preprocess.store.location import Location
 from orbitgraph.preprocess.store.params import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    FRAMES_PER_SHARD,
     MIN_DISTANCE,
     GraphParams,
-    LabelKeys,
     SplitParams,
+    StoreParams,
 )
 from orbitgraph.preprocess.store.shard import ShardRecord
 
@@ -55,34 +52,11 @@ class SourceInfo:
                    files=tuple(dict(d.get("files", {})).items()))
 
 
-@dataclass(frozen=True)
-class StoreSpec:
-    """Everything a build needs to know besides the frames themselves."""
+class StoreSpec(StoreParams):
+    """Everything a build needs to know besides the frames themselves: a store's parameters
+    (declared and checked in :class:`StoreParams`) and its source."""
 
     source: SourceInfo
-    graph: GraphParams = field(default_factory=GraphParams)
-    backend: str = DEFAULT_BACKEND
-    # label keys (see LabelKeys): None = the source's convention
-    energy_key: str | None = None
-    split: SplitParams = field(default_factory=SplitParams)
-    frames_per_shard: int = FRAMES_PER_SHARD
-    min_distance: float = MIN_DISTANCE  # Å; records with closer atoms are quarantined
-    forces_key: str | None = None
-    stress_key: str | None = None
-    virial_key: str | None = None
-
-    def __post_init__(self):
-        if not self.min_distance >= 0:
-            raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
-        _ = self.labels  # the property validates the keys (ValueError)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.frames_per_shard < 1:
-            raise ValueError(f"frames_per_shard must be >= 1, got {self.frames_per_shard}")
-
-    @property
-    def labels(self) -> LabelKeys:
-        return LabelKeys(self.energy_key, self.forces_key, self.stress_key, self.virial_key)
 
     def identity(self) -> dict:
         """What the store id hashes: everything that determines the store's contents (the

@@ -1,8 +1,9 @@
 """Typed parameters that determine a store's contents, declared once (pydantic models).
 
 :class:`StoreParams` is a store's section of pipelines.yaml (and the settings of
-``orbitgraph build``) less its source; :class:`GraphParams`, :class:`SplitParams` and
-:class:`LabelKeys` are the parts hashed into the store id (with the minimum distance).
+``orbitgraph build``) less its source; :class:`GraphParams` (declared beside the graph, in
+:mod:`orbitgraph.preprocess.graph_params`), :class:`SplitParams` and :class:`LabelKeys` are
+the parts hashed into the store id (with the minimum distance).
 """
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from orbitgraph.config import Config
-from orbitgraph.preprocess.graph import DEFAULT_K, DEFAULT_TIE_TOLERANCE, _check_params
+from orbitgraph.preprocess.graph_params import GraphParams
 
 LABELS = ("energy", "forces", "stress", "virial")
-TIES = ("include", "break")
 BACKENDS = ("zarr", "arrow")
 DEFAULT_BACKEND = "zarr"
 FRAMES_PER_SHARD = 2000
@@ -22,49 +22,6 @@ MIN_DISTANCE = 0.5  # Å
 
 LabelKey = Annotated[str | None, Field(pattern=r"\S", json_schema_extra={
     "expected": "a field name or null"})]
-
-
-class GraphParams(Config):
-    """How the graphs were built (see :mod:`orbitgraph.preprocess.graph`)."""
-
-    section = "graph"
-
-    k: int = Field(DEFAULT_K, ge=1, description="neighbours kept per atom")
-    ties: Literal[TIES] = Field("include", description="include: every candidate within "
-                                "tie_tolerance of the k-th distance is kept too; break: "
-                                "exactly k, ties broken by index")
-    tie_tolerance: float = Field(DEFAULT_TIE_TOLERANCE, ge=0, description="Å; candidates "
-                                 "this close to the k-th distance are ties (the adaptive "
-                                 "rank envelope needs >= its width)")
-    cutoff: float | None = Field(None, gt=0, description="Å; drop neighbours farther than "
-                                 "this (null: none)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _ties_first(cls, data):
-        if isinstance(data, dict) and data.get("ties", "include") not in TIES:
-            raise ValueError(f"ties must be 'include' or 'break', got {data['ties']!r}")
-        return data
-
-    @model_validator(mode="after")
-    def _graph_rules(self):
-        _check_params(self.k, self.ties, self.tie_tolerance, self.cutoff)
-        return self
-
-    def can_serve(self, wanted: "GraphParams") -> bool:
-        """Whether graphs built with these parameters contain the graphs ``wanted`` asks for,
-        so that the loader can filter them at load time instead of rebuilding.
-
-        True when the tie rule and tolerance match, ``wanted.k <= self.k`` and the cutoff
-        can only drop edges.
-        """
-        if (self.ties, self.tie_tolerance) != (wanted.ties, wanted.tie_tolerance):
-            return False
-        if wanted.k > self.k:
-            return False
-        if self.cutoff is not None and (wanted.cutoff is None or wanted.cutoff > self.cutoff):
-            return False
-        return True
 
 
 class LabelKeys(Config):

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.graph import KnnGraphBatch, knn_graphs
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.schema import (
     BY_NAME,
     MAX_ATOMS,
@@ -30,7 +31,6 @@ from orbitgraph.preprocess.schema import (
     numpy_dtype,
 )
 from orbitgraph.preprocess.store.backends import get_backend
-from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.preprocess.store.parquet import write_parquet
 from orbitgraph.preprocess.store.stats import ShardStats
 
@@ -108,8 +108,7 @@ def build_columns(frames: Sequence[Frame], params: GraphParams) -> dict[str, np.
     """Build the graphs of ``frames`` with ``params`` and return the shard's columns."""
     graphs = knn_graphs([f.cell for f in frames], [f.positions for f in frames],
                         pbc=np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3),
-                        k=params.k, ties=params.ties, tie_tolerance=params.tie_tolerance,
-                        cutoff=params.cutoff)
+                        params=params)
     return columns_from_frames(frames, graphs)
 
 

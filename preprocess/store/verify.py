@@ -109,9 +109,7 @@ def verify_store(path: str | Path, sample: int = 64, seed: int = 0) -> VerifyRep
         # rebuild a sample of graphs from the stored positions and cell
         for row in rng.choice(data.n_frames, size=min(per_shard, data.n_frames), replace=False):
             fr = data.frame(int(row))
-            g = knn_graph(fr["cell"], fr["positions"], pbc=fr["pbc"], k=m.graph.k,
-                          ties=m.graph.ties, tie_tolerance=m.graph.tie_tolerance,
-                          cutoff=m.graph.cutoff)
+            g = knn_graph(fr["cell"], fr["positions"], pbc=fr["pbc"], params=m.graph)
             same = (np.array_equal(g.neighbors, fr["neighbors"].astype(np.int64))
                     and np.array_equal(g.unit_shifts, fr["unit_shifts"].astype(np.int64))
                     and np.array_equal(g.counts, fr["n_edges"].astype(np.int64))
