@@ -35,6 +35,7 @@ from tqdm import tqdm
 from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.cluster import BuildProcessError, ClusterConfig, batch_jobs, dask_client
 from orbitgraph.preprocess.graph import knn_graphs_screened
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.sources import digest_source, open_source
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source
 from orbitgraph.preprocess.sources.labels import LabelPlan, count_notes
@@ -45,7 +46,7 @@ from orbitgraph.preprocess.store.manifest import (
     StoreSpec,
     read_manifest,
 )
-from orbitgraph.preprocess.store.params import GraphParams, SplitParams, StoreParams
+from orbitgraph.preprocess.store.params import SplitParams, StoreParams
 from orbitgraph.preprocess.store.parquet import read_parquet, write_parquet
 from orbitgraph.preprocess.store.reuse import claim, other_store_error, release
 from orbitgraph.preprocess.store.shard import (

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from orbitgraph.model import build_model
-from orbitgraph.preprocess.graph import knn_graph
-from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.preprocess.graph_params import GraphParams
+from orbitgraph.train.collate import batch_from_structures
 from orbitgraph.train.testing import randomise, structure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -28,11 +28,7 @@ TINY = {
 
 
 def batch(seeds=((1, 5), (2, 8), (3, 12))):
-    frames = []
-    for seed, n in seeds:
-        cell, pos, numbers = structure(seed, n)
-        frames.append(frame_from_graph(cell, pos, numbers, knn_graph(cell, pos, k=16)))
-    return collate(frames, k=16)
+    return batch_from_structures([structure(seed, n) for seed, n in seeds], GraphParams(k=16))
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])

@@ -8,15 +8,14 @@ import torch
 
 from helpers import random_rotation
 from orbitgraph.model import build_model
-from orbitgraph.preprocess.graph import knn_graph
-from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.collate import collate as _collate
-from orbitgraph.train.collate import frame_from_graph
+from orbitgraph.train.collate import frame_from_structure
 from orbitgraph.train.testing import SMALL, PotentialTests, structure
 
 
 def frame(cell, pos, numbers, k=8):
-    return frame_from_graph(cell, pos, numbers, knn_graph(cell, pos, k=k))
+    return frame_from_structure(cell, pos, numbers, GraphParams(k=k))
 
 
 def collate(frames, k=8):

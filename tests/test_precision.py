@@ -21,9 +21,13 @@ from orbitgraph.model import build_model
 from orbitgraph.model.geometry import edge_vectors
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
-from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.store import SplitParams
-from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.collate import (
+    batch_from_structures,
+    collate,
+    frame_from_structure,
+)
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.testing import randomise, structure
 from orbitgraph.train.trainer import Trainer
@@ -69,9 +73,8 @@ def test_reduced_precision_steps_keep_lengths_exact(store_path, tmp_path, device
     frames = []
     for seed, n in ((1, 5), (2, 8)):  # rattled triclinic crystals
         cell, pos, numbers = structure(seed, n)
-        graph = knn_graph(cell, pos, k=g.k, ties=g.ties, tie_tolerance=g.tie_tolerance)
-        frames.append(frame_from_graph(cell, pos, numbers, graph, energy=-3.0 * n,
-                                       forces=np.zeros((n, 3)), stress=np.zeros((3, 3))))
+        frames.append(frame_from_structure(cell, pos, numbers, g, energy=-3.0 * n,
+                                           forces=np.zeros((n, 3)), stress=np.zeros((3, 3))))
     batch = collate(frames, k=g.k)
     low = batch.to(trainer.device, trainer.dtype)
     assert math.isfinite(trainer.train_step(low))
@@ -101,8 +104,8 @@ def test_float32_far_from_the_origin(preset):
     model = randomise(build_model(TINY[preset])).double()
     cell, pos, numbers = structure(3, 6)
     far = pos + np.array([1000.0, -2000.0, 3000.0])
-    frames = [frame_from_graph(cell, p, numbers, knn_graph(cell, p, k=16)) for p in (pos, far)]
-    near_b, far_b = (collate([f], k=16) for f in frames)
+    near_b, far_b = (batch_from_structures([(cell, p, numbers)], GraphParams(k=16))
+                     for p in (pos, far))
     reference = model(near_b)["forces"]
     model = model.float()
     for b in (near_b, far_b):

@@ -16,10 +16,10 @@ from helpers import write_mptrj, write_small_mptrj
 from orbitgraph.model.checkpoint import read_checkpoint
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
-from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.store import SplitParams, open_store
 from orbitgraph.train.cli import main
-from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.collate import collate, frame_from_structure
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.loader import LoaderConfig, plan_rank
 from orbitgraph.train.logs import Formatter
@@ -468,10 +468,10 @@ def test_stress_counts_in_gpa():
 
     cfg = TrainConfig()
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-    graph = knn_graph(atoms.cell.array, atoms.positions, k=16)
-    batch = collate([frame_from_graph(atoms.cell.array, atoms.positions, atoms.numbers, graph,
-                                      energy=-14.0, forces=np.zeros((4, 3)),
-                                      stress=np.zeros((3, 3)))], k=16)
+    batch = collate([frame_from_structure(atoms.cell.array, atoms.positions, atoms.numbers,
+                                          GraphParams(k=16), energy=-14.0,
+                                          forces=np.zeros((4, 3)), stress=np.zeros((3, 3)))],
+                    k=16)
     out = {"energy": torch.tensor([-14.0], dtype=torch.float64),
            "forces": torch.full((4, 3), 0.1, dtype=torch.float64),
            "stress": torch.full((1, 3, 3), 1.0 / EV_PER_A3_IN_GPA, dtype=torch.float64)}

@@ -14,12 +14,15 @@ offset, centres come from the CSR counts. Which field is which follows
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from orbitgraph.model.batch import Batch
+from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.graph_filter import filter_block
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.schema import BY_NAME, edge_index
 
 
@@ -137,3 +140,44 @@ def frame_from_graph(cell, positions, numbers, graph, pbc=(True, True, True), **
             "n_edges": graph.counts, "neighbors": graph.neighbors, "unit_shifts": graph.unit_shifts,
             "next_distance": graph.next_distance, "next_neighbor": graph.next_neighbor,
             "next_unit_shift": graph.next_unit_shift, **labels}
+
+
+GRAPH_FIELDS = ("n_edges", "neighbors", "unit_shifts", "next_distance", "next_neighbor",
+                "next_unit_shift")
+
+
+def frame_from_structure(cell, positions, numbers, graph: GraphParams,
+                         pbc=(True, True, True), built_with: GraphParams | None = None,
+                         **labels) -> dict:
+    """One structure's frame, its graph built by the store's rules from these positions and
+    this cell: :func:`~orbitgraph.preprocess.graph.knn_graph` with ``graph``, or, with
+    ``built_with`` (a larger graph, as a store may hold), built with that and filtered to
+    ``graph`` at load time as the loader does
+    (:func:`~orbitgraph.preprocess.graph_filter.filter_block`).
+
+    cell (3, 3) Å, rows are lattice vectors; positions (N, 3) Å; numbers (N,) atomic
+    numbers; ``labels``: frame fields such as ``energy`` (eV), ``forces`` (N, 3) eV/Å,
+    ``stress`` (3, 3) eV/Å³. Raises what ``knn_graph`` raises for a bad structure."""
+    frame = frame_from_graph(cell, positions, numbers,
+                             knn_graph(cell, positions, pbc=pbc, params=built_with or graph),
+                             pbc=pbc, **labels)
+    if built_with is not None and built_with != graph:
+        block = filter_block(frames_to_block([frame]), built_with, graph)
+        frame.update({name: block[name] for name in GRAPH_FIELDS})
+    return frame
+
+
+def batch_from_structures(structures: Iterable, graph: GraphParams,
+                          dtype: torch.dtype = torch.float64) -> Batch:
+    """The one way from structures to a :class:`Batch` (graph -> frame -> collate): each
+    structure an ``ase.Atoms`` or a ``(cell, positions, numbers[, pbc])`` tuple (Å), its
+    graph built with ``graph`` (:func:`frame_from_structure`). Positions and cell in
+    ``dtype``; no labels."""
+    frames = []
+    for s in structures:
+        if hasattr(s, "get_positions"):  # ase.Atoms
+            s = (s.cell.array, s.get_positions(), s.numbers, s.pbc)
+        frames.append(frame_from_structure(*s[:3], graph, pbc=s[3] if len(s) > 3 else
+                                           (True, True, True)))
+    return collate(frames, k=graph.k, dtype=dtype)
+

@@ -39,10 +39,13 @@ import pytest
 import torch
 
 from orbitgraph.model import Potential, build_model, load_model, save_model
-from orbitgraph.preprocess.graph import knn_graph
-from orbitgraph.preprocess.graph_filter import filter_block
 from orbitgraph.preprocess.graph_params import GraphParams
-from orbitgraph.train.collate import collate, collate_columns, frame_from_graph, frames_to_block
+from orbitgraph.train.collate import (
+    collate,
+    collate_columns,
+    frame_from_structure,
+    frames_to_block,
+)
 
 SMALL = {"channels": 8, "hidden": 16, "species_dim": 8, "radial_mlp": [16], "layers": 2,
          "readout_mlp": [8], "final_mlp": [16]}
@@ -135,16 +138,9 @@ class PotentialTests:
 
     def frame(self, cell, positions, numbers, pbc=(True, True, True), graph=None) -> dict:
         """The frame a user's model sees: graph built from these positions and this cell."""
-        g = graph or self.graph
-        built = self.filtered_from if (self.filtered_from and graph is None) else g
-        kg = knn_graph(cell, positions, pbc=pbc, params=built)
-        frame = frame_from_graph(cell, positions, numbers, kg, pbc=pbc)
-        if built is not g:
-            block = filter_block(frames_to_block([frame]), built, g)
-            frame = {**frame, **{name: block[name] for name in
-                                 ("n_edges", "neighbors", "unit_shifts", "next_distance",
-                                  "next_neighbor", "next_unit_shift")}}
-        return frame
+        built_with = self.filtered_from if graph is None else None
+        return frame_from_structure(cell, positions, numbers, graph or self.graph, pbc=pbc,
+                                    built_with=built_with)
 
     def batch(self, frames, graph=None):
         return collate(frames, k=(graph or self.graph).k)

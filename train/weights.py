@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
-from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.ema import averaged_state
 
 WEIGHTS = ("ema", "raw")

@@ -9,13 +9,14 @@ Layout of a store directory::
     shards/shard-NNNNNN/   one committed shard: data files, index.parquet, commit.json
 """
 from orbitgraph.errors import NotAStoreError, StoreError
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.store.manifest import (
     Manifest,
     SourceInfo,
     StoreSpec,
     read_manifest,
 )
-from orbitgraph.preprocess.store.params import GraphParams, SplitParams
+from orbitgraph.preprocess.store.params import SplitParams
 from orbitgraph.preprocess.store.reader import GraphStore, ShardData, centers_of, open_store
 from orbitgraph.preprocess.store.verify import VerifyReport, verify_store
 from orbitgraph.preprocess.store.writer import (
