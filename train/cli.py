@@ -1,4 +1,5 @@
-"""The ``orbitgraph`` command: ``build``, ``verify``, ``info``, ``train``, ``evaluate``, ``run``.
+"""The ``orbitgraph`` command: ``build``, ``verify``, ``info``, ``train``, ``evaluate``,
+``export``, ``run``.
 
 Settings follow one precedence everywhere: the declared defaults < the YAML file
 (``--config``, pipelines.yaml, a model YAML) < the command line. The common settings have
@@ -208,6 +209,16 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from orbitgraph.preprocess.store import open_store
+    from orbitgraph.train.export import export_store
+
+    count = export_store(open_store(args.store), args.out, format=args.format, split=args.split)
+    split = f" (split {args.split})" if args.split else ""
+    print(f"exported {count} frames of {args.store}{split} to {args.out}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from orbitgraph.train.pipelines import load_pipelines
     config = load_pipelines(args.pipeline, overrides=args.set or ())
@@ -331,6 +342,13 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--json", help="where to write the metrics (default: beside the checkpoint)")
     _set_option(s, "evaluate.split=val")
     s.set_defaults(func=_cmd_evaluate)
+    s = sub.add_parser("export", help="write a store's frames and labels to a file "
+                       "(extended XYZ with REF_energy, REF_forces, REF_stress)")
+    s.add_argument("store")
+    s.add_argument("--format", choices=["extxyz"], default="extxyz")
+    s.add_argument("--out", required=True, help="the file to write (.xyz, or .xyz.gz)")
+    s.add_argument("--split", choices=["train", "val", "test"], help="only this split")
+    s.set_defaults(func=_cmd_export)
     s = sub.add_parser("run", formatter_class=raw,
                        help="build, train and evaluate the experiments of pipelines.yaml",
                        epilog=pipeline_keys)

@@ -111,7 +111,9 @@ def collate_columns(block: dict[str, np.ndarray], k: int,
         numbers=tensor(block["numbers"], torch.long),
         positions=tensor(relative_positions(block["positions"].reshape(-1, 3), n_atoms)),
         cell=tensor(block["cell"].reshape(-1, 3, 3)),
-        batch=torch.repeat_interleave(torch.arange(n_frames), torch.from_numpy(n_atoms)),
+        # numpy: torch's repeat_interleave took ~20 ms per call with 2 threads on a busy
+        # machine (its thread pool), 1,000x numpy's 0.01 ms
+        batch=torch.from_numpy(np.repeat(np.arange(n_frames, dtype=np.int64), n_atoms)),
         n_atoms=torch.from_numpy(n_atoms),
         centers=torch.from_numpy(centers),
         neighbors=torch.from_numpy(neighbors),

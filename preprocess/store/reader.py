@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +22,9 @@ from orbitgraph.preprocess.store.manifest import Manifest, read_manifest
 from orbitgraph.preprocess.store.parquet import read_parquet
 from orbitgraph.preprocess.store.shard import COMMIT_FILE
 from orbitgraph.preprocess.store.writer import INDEX_NAME, INDEX_SCHEMA, QUARANTINE_NAME
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,17 @@ class GraphStore:
         except KeyError:
             where = "this store subset" if self.is_subset else "this store"
             raise KeyError(f"frame {frame_id!r} is not in {where}") from None
+
+    def atoms(self, position: int) -> "Atoms":
+        """The frame at ``position`` as ``ase.Atoms`` with its labels (energy eV, forces
+        eV/Å, stress eV/Å³ with ASE's sign) on a SinglePointCalculator; see
+        :func:`orbitgraph.preprocess.store.atoms.frame_to_atoms`."""
+        from orbitgraph.preprocess.store.atoms import frame_to_atoms  # ASE only when asked
+        return frame_to_atoms(self[position])
+
+    def iter_atoms(self) -> Iterator["Atoms"]:
+        """Every frame of the (sub)set as ``ase.Atoms``, in index order."""
+        return (self.atoms(i) for i in range(len(self)))
 
     @property
     def frame_ids(self) -> list[str]:

@@ -1,0 +1,111 @@
+"""Stores back to files: extended XYZ that ASE, mace-torch and nequip read as they are.
+
+Each frame is written with its labels under the reference keys that mace-torch reads by
+default and nequip maps with ``key_mapping``::
+
+    REF_energy   per frame   eV
+    REF_forces   per atom    eV/Å (3 columns)
+    REF_stress   per frame   eV/Å³, ASE's sign (positive = tensile): 6 Voigt values xx yy zz
+                             yz xz xy (the symmetric part: see
+                             :func:`~orbitgraph.preprocess.store.atoms.stress_for_ase`);
+                             absent where the store has none
+    magmoms      per atom    μB, where the frame has magnetic moments
+    frame_id, material_id    the store's ids
+
+Numbers are written with Python's shortest round-trip representation (ASE's writer rounds
+per-atom columns to 1e-8, coarser than the graph's 1e-9 Å distance grid), so a store built
+from the export holds the same positions, cells, energies, forces, magnetic moments and
+symmetric stresses bit for bit, and so the same graphs. ASE's own comment-line encoder
+quotes the values.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from ase import Atoms
+from ase.io.extxyz import key_val_dict_to_str
+from orbitgraph.preprocess.store import GraphStore
+
+ENERGY_KEY, FORCES_KEY, STRESS_KEY = "REF_energy", "REF_forces", "REF_stress"
+FORMATS = ("extxyz",)
+
+
+def _numbers(values: np.ndarray) -> str:
+    return " ".join(map(repr, np.asarray(values, dtype=np.float64).ravel().tolist()))
+
+
+def frame_text(atoms: Atoms) -> str:
+    """One frame of extended XYZ: ``atoms`` with its labels from ``atoms.calc.results``
+    (``energy`` eV and ``forces`` eV/Å required; ``stress`` eV/Å³ ASE sign, 6 Voigt values,
+    and ``magmoms`` optional) and ``frame_id``/``material_id`` from ``atoms.info``.
+
+    Raises ValueError naming the frame when it has no energy or forces.
+    """
+    name = atoms.info.get("frame_id", "?")
+    results = atoms.calc.results if atoms.calc is not None else {}
+    missing = [key for key in ("energy", "forces") if key not in results]
+    if missing:
+        raise ValueError(f"frame {name}: no {' and no '.join(missing)} to export")
+    columns = {"pos": atoms.positions, FORCES_KEY: results["forces"]}
+    if "magmoms" in results:
+        columns["magmoms"] = np.asarray(results["magmoms"]).reshape(-1, 1)
+    properties = "species:S:1:" + ":".join(f"{key}:R:{np.shape(a)[1]}"
+                                           for key, a in columns.items())
+    info = {"Lattice": atoms.cell.array.reshape(9), "Properties": properties,
+            ENERGY_KEY: float(results["energy"])}
+    if "stress" in results:
+        stress = np.asarray(results["stress"], dtype=np.float64)
+        if stress.shape != (6,):
+            raise ValueError(f"frame {name}: stress of shape {stress.shape}; expected the 6 "
+                             "Voigt values an ASE calculator holds")
+        info[STRESS_KEY] = stress
+    for key in ("frame_id", "material_id"):
+        if key in atoms.info:
+            info[key] = str(atoms.info[key])
+    info["pbc"] = np.asarray(atoms.pbc, dtype=bool)
+    table = np.hstack([np.asarray(a, dtype=np.float64).reshape(len(atoms), -1)
+                       for a in columns.values()])
+    lines = [str(len(atoms)), key_val_dict_to_str(info)]
+    lines += [f"{symbol} {_numbers(row)}"
+              for symbol, row in zip(atoms.get_chemical_symbols(), table, strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+def write_extxyz(images: Iterable[Atoms], path: str | Path) -> int:
+    """Write ``images`` (see :func:`frame_text`) to ``path`` (gzip-compressed if it ends
+    in ``.gz``); returns the number of frames. The file appears whole or not at all: it is
+    written under a temporary name and renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    count = 0
+    try:
+        raw = gzip.open(tmp, "wb") if path.name.endswith(".gz") else open(tmp, "wb")
+        with raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as f:
+            for atoms in images:
+                f.write(frame_text(atoms))
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def export_store(store: GraphStore, path: str | Path, format: str = "extxyz",
+                 split: str | None = None) -> int:
+    """Write the frames of ``store`` (or of its ``split``: train, val or test) to ``path``
+    in ``format``; returns the number of frames written.
+
+    Raises ValueError for an unknown format or a selection without frames.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"export: unknown format {format!r}; expected {', '.join(FORMATS)}")
+    selection = store.subset(split=split) if split is not None else store
+    if len(selection) == 0:
+        where = f"split {split!r} of " if split is not None else ""
+        raise ValueError(f"export: no frames in {where}{store.root}")
+    return write_extxyz(selection.iter_atoms(), path)

@@ -1,0 +1,109 @@
+"""An orbitgraph potential as a torch-sim model: batched MD and relaxations of many systems.
+
+torch-sim (``pip install orbitgraph[torchsim]``; the package is ``torch-sim-atomistic``)
+drives models through :class:`torch_sim.models.interface.ModelInterface` (its 0.3 release,
+the newest for Python 3.11): ``model(state)`` with a :class:`torch_sim.SimState` holding
+many systems returns
+
+    energy   (B,)        eV
+    forces   (N, 3)      eV/Å
+    stress   (B, 3, 3)   eV/Å³
+
+Each step, every system's graph is built by the rules the store's graphs were built with
+(the model's :class:`GraphParams`: k, tie rule and tolerance, cutoff) by the same compiled
+kernel, in one call for all systems, on the CPU in float64, then collated and evaluated
+as the ASE calculator does (:class:`orbitgraph.train.calculator.OrbitCalculator`).
+
+Conventions, converted explicitly here:
+
+* cell: torch-sim holds lattice vectors as columns (``state.cell``); orbitgraph as rows
+  (``state.row_vector_cell``, its transpose).
+* stress: torch-sim's is ASE's, (1/V) ∂E/∂ε, positive = tensile (its cell optimisers and
+  barostats take the virial as -V (σ + P)), which is what the potential returns: it is
+  passed on unchanged (``tests/test_torchsim.py`` checks the sign by finite differences and
+  by a relaxation).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
+from orbitgraph.model.batch import Batch
+from orbitgraph.model.radial import check_graph
+from orbitgraph.preprocess.graph import knn_graphs
+from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.train.collate import collate, frame_from_graph
+
+try:
+    from torch_sim.models.interface import ModelInterface
+    from torch_sim.state import SimState
+except ImportError:  # pragma: no cover - exercised only without the extra
+    raise ImportError("torch-sim is not installed: pip install 'orbitgraph[torchsim]' (or "
+                      "torch-sim-atomistic)") from None
+
+
+class OrbitModel(ModelInterface):
+    """A :class:`Potential` with the graph parameters it was trained with, for torch-sim.
+
+    ``compute_stress`` needs every system periodic along all three axes (a state with
+    ``pbc=False`` raises ValueError: make the model with ``compute_stress=False``).
+    """
+
+    def __init__(self, model: Potential, graph: GraphParams | dict,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
+                 compute_forces: bool = True, compute_stress: bool = True):
+        super().__init__()
+        self.graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
+        check_graph(model.config.rank_envelope, model.config.rank_envelope_width,
+                    self.graph.ties, self.graph.tie_tolerance)
+        self._device = torch.device(device)
+        self._dtype = dtype
+        self._compute_forces = compute_forces
+        self._compute_stress = compute_stress
+        self._memory_scales_with = "n_atoms"  # k neighbours per atom, whatever the density
+        self.model = model.to(device=self._device, dtype=dtype).eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "OrbitModel":
+        """From ``best.pt`` (EMA weights) or ``checkpoint.pt`` written by the trainer."""
+        ckpt = read_checkpoint(path, map_location=device)
+        return cls(model_from_checkpoint(ckpt), ckpt["graph"], device=device, **kwargs)
+
+    def batch_of(self, state: SimState) -> Batch:
+        """The state's systems as one :class:`Batch`: graphs built on the CPU (float64),
+        then moved to the model's device and dtype."""
+        positions = state.positions.detach().to("cpu", torch.float64).numpy()
+        cells = state.row_vector_cell.detach().to("cpu", torch.float64).numpy()
+        numbers = state.atomic_numbers.detach().cpu().numpy()
+        pbc = np.broadcast_to(np.asarray(torch.as_tensor(state.pbc).cpu(), dtype=bool), (3,))
+        counts = torch.bincount(state.system_idx, minlength=state.n_systems).cpu().numpy()
+        bounds = np.concatenate(([0], np.cumsum(counts)))
+        parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        g = self.graph
+        graphs = knn_graphs(cells, [positions[p] for p in parts], pbc=pbc, k=g.k, ties=g.ties,
+                            tie_tolerance=g.tie_tolerance, cutoff=g.cutoff)
+        frames = [frame_from_graph(cells[b], positions[p], numbers[p], graphs[b], pbc=pbc)
+                  for b, p in enumerate(parts)]
+        return collate(frames, k=g.k).to(self._device, self._dtype)
+
+    def forward(self, state: SimState | dict, **kwargs) -> dict[str, torch.Tensor]:
+        """Energies (B,) eV, and forces (N, 3) eV/Å and stresses (B, 3, 3) eV/Å³ (ASE's sign,
+        as torch-sim's) as set by ``compute_forces`` and ``compute_stress``."""
+        if isinstance(state, dict):
+            n = state["positions"].shape[0]
+            state = SimState(**state, masses=torch.ones(n, dtype=state["positions"].dtype,
+                                                        device=state["positions"].device))
+        if self._compute_stress and not bool(torch.as_tensor(state.pbc).all()):
+            raise ValueError("OrbitModel: the stress of a state that is not periodic along "
+                             "all three axes is undefined; make it with compute_stress=False")
+        batch = self.batch_of(state)
+        with torch.enable_grad():  # forces and stress are derivatives, also under no_grad
+            out = self.model(batch, forces=self._compute_forces, stress=self._compute_stress)
+        results = {"energy": out["energy"].detach()}
+        if self._compute_forces:
+            results["forces"] = out["forces"].detach()
+        if self._compute_stress:
+            results["stress"] = out["stress"].detach()  # (1/V) ∂E/∂ε: torch-sim's sign too
+        return results
