@@ -33,6 +33,7 @@ MODEL = {"preset": "mace", "channels": 16, "sh_l_max": 2, "species_dim": 8,
 def sample_systems(store_path: Path, count: int, lo: int, hi: int, seed: int) -> list:
     """``count`` training frames of ``lo``..``hi`` atoms, one per material, rattled."""
     import numpy as np
+
     from orbitgraph.preprocess.store import open_store
     train = open_store(store_path).subset(split="train", min_atoms=lo, max_atoms=hi)
     rng = np.random.default_rng(seed)
@@ -52,6 +53,7 @@ def sample_systems(store_path: Path, count: int, lo: int, hi: int, seed: int) ->
 
 def random_model(systems, dtype):
     import torch
+
     from orbitgraph.model import build_model
     from orbitgraph.train.testing import randomise
     torch.manual_seed(0)
@@ -64,8 +66,9 @@ def torchsim_rate(model, systems, steps: int, device: str, dtype) -> tuple[float
     """(batched steps/s, s per step in graphs + collation, s per step in the model)."""
     import torch
     import torch_sim as ts
-    from orbitgraph.train.torchsim import OrbitModel
     from torch_sim.units import MetalUnits
+
+    from orbitgraph.train.torchsim import OrbitModel
     ts_model = OrbitModel(model, graph(), device=device, dtype=dtype)
     state = ts.io.atoms_to_state(systems, torch.device(device), dtype)
     init, update = ts.nve(model=ts_model, dt=torch.tensor(0.001 * MetalUnits.time, dtype=dtype),
@@ -93,6 +96,7 @@ def ase_rate(model, systems, steps: int, device: str, dtype) -> float:
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
+
     from orbitgraph.train.calculator import OrbitCalculator
     calc = OrbitCalculator(model, graph(), device=device, dtype=dtype)
     runs = []

@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+from torch_geometric.loader import DataLoader as PygDataLoader
+
+from helpers import SMALL_MPTRJ
 from orbitgraph.model.geometry import edge_vectors
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
@@ -17,10 +21,6 @@ from orbitgraph.train.collate import collate
 from orbitgraph.train.dataset import FrameDataset
 from orbitgraph.train.loader import LoaderConfig, make_loader
 from orbitgraph.train.pyg import batch_to_pyg, frame_to_data
-from torch.utils.data import DataLoader
-from torch_geometric.loader import DataLoader as PygDataLoader
-
-from helpers import SMALL_MPTRJ
 
 SYNC = ClusterConfig(kind="synchronous")
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+
+from helpers import SMALL_MPTRJ
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.schema import FIELDS
@@ -17,8 +19,6 @@ from orbitgraph.preprocess.store import open_store
 from orbitgraph.preprocess.store.atoms import frame_to_atoms
 from orbitgraph.train.cli import main
 from orbitgraph.train.export import export_store, write_extxyz
-
-from helpers import SMALL_MPTRJ
 
 SYNC = ClusterConfig(kind="synchronous")
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch_sim as ts
 from ase import Atoms
+from torch_sim.models.interface import validate_model_outputs
+
 from orbitgraph.model import build_model
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.calculator import OrbitCalculator
 from orbitgraph.train.testing import E0, SMALL, randomise, structure
 from orbitgraph.train.torchsim import OrbitModel
-from torch_sim.models.interface import validate_model_outputs
 
 CPU = torch.device("cpu")
 GRAPH = GraphParams(k=8, tie_tolerance=0.5)

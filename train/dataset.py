@@ -41,13 +41,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.schema import FIELDS
 from orbitgraph.preprocess.store import GraphStore
 from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.collate import collate
 from orbitgraph.train.loader import filter_block
-from torch.utils.data import Dataset
 
 
 def _tensor(values: np.ndarray) -> torch.Tensor:

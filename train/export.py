@@ -29,6 +29,7 @@ from typing import Iterable
 import numpy as np
 from ase import Atoms
 from ase.io.extxyz import key_val_dict_to_str
+
 from orbitgraph.preprocess.store import GraphStore
 
 ENERGY_KEY, FORCES_KEY, STRESS_KEY = "REF_energy", "REF_forces", "REF_stress"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.store import centers_of
 

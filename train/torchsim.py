@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
 from orbitgraph.model.batch import Batch
 from orbitgraph.model.radial import check_graph
