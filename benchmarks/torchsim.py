@@ -114,7 +114,7 @@ def ase_rate(model, systems, steps: int, device: str, dtype) -> float:
 
 
 def graph():
-    from orbitgraph.preprocess.store.params import GraphParams
+    from orbitgraph.preprocess.graph_params import GraphParams
     return GraphParams()
 
 

@@ -13,7 +13,7 @@ from ase import Atoms
 from torch_sim.models.interface import validate_model_outputs
 
 from orbitgraph.model import build_model
-from orbitgraph.preprocess.store.params import GraphParams
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.calculator import OrbitCalculator
 from orbitgraph.train.testing import E0, SMALL, randomise, structure
 from orbitgraph.train.torchsim import OrbitModel

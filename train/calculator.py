@@ -16,9 +16,8 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from orbitgraph.model import Potential
-from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
-from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.train.collate import batch_from_structures
 from orbitgraph.train.weights import load_potential
 
 
@@ -81,10 +80,8 @@ class OrbitCalculator(Calculator):
         if not pbc.all() and abs(np.linalg.det(cell)) < 1e-9:
             raise ValueError("OrbitCalculator needs a non-singular cell, also along open axes "
                              "(give the molecule a box)")
-        g = self.graph
-        graph = knn_graph(cell, a.positions, pbc=pbc, params=g)
-        frame = frame_from_graph(cell, a.positions, a.numbers, graph, pbc=pbc)
-        batch = collate([frame], k=g.k).to(self.device, self.dtype)
+        batch = batch_from_structures([(cell, a.positions, a.numbers, pbc)], self.graph).to(
+            self.device, self.dtype)
         want_stress = "stress" in properties and pbc.all()
         out = self.model(batch, forces=True, stress=want_stress)
         energy = float(out["energy"][0].detach())

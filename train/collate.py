@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from orbitgraph.model.batch import Batch
-from orbitgraph.preprocess.graph import knn_graph
+from orbitgraph.preprocess.graph import knn_graph, knn_graphs
 from orbitgraph.preprocess.graph_filter import filter_block
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.schema import BY_NAME, edge_index
@@ -171,15 +171,25 @@ def frame_from_structure(cell, positions, numbers, graph: GraphParams,
 
 def batch_from_structures(structures: Iterable, graph: GraphParams,
                           dtype: torch.dtype = torch.float64) -> Batch:
-    """The one way from structures to a :class:`Batch` (graph -> frame -> collate): each
-    structure an ``ase.Atoms`` or a ``(cell, positions, numbers[, pbc])`` tuple (Å), its
-    graph built with ``graph`` (:func:`frame_from_structure`). Positions and cell in
-    ``dtype``; no labels."""
-    frames = []
+    """The one way from structures to a :class:`Batch` (graphs -> frames -> collate), used
+    by the ASE calculator, the torch-sim model and the physics harness: each structure an
+    ``ase.Atoms`` or a ``(cell, positions, numbers[, pbc])`` tuple (cell (3, 3) Å, rows are
+    lattice vectors; positions (N, 3) Å), every graph built with ``graph`` by the store's
+    rules in one compiled call (:func:`~orbitgraph.preprocess.graph.knn_graphs`). Positions
+    and cell in ``dtype``; no labels. Raises what ``knn_graphs`` raises for a bad
+    structure, naming its index."""
+    cells, positions, numbers, pbcs = [], [], [], []
     for s in structures:
         if hasattr(s, "get_positions"):  # ase.Atoms
             s = (s.cell.array, s.get_positions(), s.numbers, s.pbc)
-        frames.append(frame_from_structure(*s[:3], graph, pbc=s[3] if len(s) > 3 else
-                                           (True, True, True)))
+        cells.append(np.asarray(s[0], dtype=np.float64))
+        positions.append(np.asarray(s[1], dtype=np.float64))
+        numbers.append(np.asarray(s[2]))
+        pbcs.append(np.broadcast_to(np.asarray(s[3] if len(s) > 3 else True, dtype=bool), 3))
+    if not cells:
+        raise ValueError("no structures to batch")
+    graphs = knn_graphs(np.stack(cells), positions, pbc=np.stack(pbcs), params=graph)
+    frames = [frame_from_graph(cells[b], positions[b], numbers[b], graphs[b], pbc=pbcs[b])
+              for b in range(len(cells))]
     return collate(frames, k=graph.k, dtype=dtype)
 

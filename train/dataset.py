@@ -44,9 +44,9 @@ import torch
 from torch.utils.data import Dataset
 
 from orbitgraph.model.batch import Batch
+from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.schema import FIELDS
 from orbitgraph.preprocess.store import GraphStore
-from orbitgraph.preprocess.store.params import GraphParams
 from orbitgraph.train.collate import collate
 from orbitgraph.train.loader import filter_block
 

@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
+from orbitgraph.model import Potential
 from orbitgraph.model.batch import Batch
-from orbitgraph.model.radial import check_graph
-from orbitgraph.preprocess.graph import knn_graphs
-from orbitgraph.preprocess.store.params import GraphParams
-from orbitgraph.train.collate import collate, frame_from_graph
+from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
+from orbitgraph.train.collate import batch_from_structures
+from orbitgraph.train.weights import load_potential
 
 try:
     from torch_sim.models.interface import ModelInterface
@@ -56,9 +55,10 @@ class OrbitModel(ModelInterface):
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
                  compute_forces: bool = True, compute_stress: bool = True):
         super().__init__()
-        self.graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
-        check_graph(model.config.rank_envelope, model.config.rank_envelope_width,
-                    self.graph.ties, self.graph.tie_tolerance)
+        graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
+        # built here for each system, as given (k=None): only the envelope's needs count
+        self.graph = graph_for_model(graph, None, model.config.rank_envelope,
+                                     model.config.rank_envelope_width)
         self._device = torch.device(device)
         self._dtype = dtype
         self._compute_forces = compute_forces
@@ -67,10 +67,12 @@ class OrbitModel(ModelInterface):
         self.model = model.to(device=self._device, dtype=dtype).eval()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "OrbitModel":
-        """From ``best.pt`` (EMA weights) or ``checkpoint.pt`` written by the trainer."""
-        ckpt = read_checkpoint(path, map_location=device)
-        return cls(model_from_checkpoint(ckpt), ckpt["graph"], device=device, **kwargs)
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
+                        **kwargs) -> "OrbitModel":
+        """From ``best.pt`` or ``checkpoint.pt`` written by the trainer, with the weights
+        validation used (:func:`orbitgraph.train.weights.load_potential`)."""
+        saved = load_potential(path, device=device, weights=weights)
+        return cls(saved.model, saved.graph, device=device, **kwargs)
 
     def batch_of(self, state: SimState) -> Batch:
         """The state's systems as one :class:`Batch`: graphs built on the CPU (float64),
@@ -81,13 +83,10 @@ class OrbitModel(ModelInterface):
         pbc = np.broadcast_to(np.asarray(torch.as_tensor(state.pbc).cpu(), dtype=bool), (3,))
         counts = torch.bincount(state.system_idx, minlength=state.n_systems).cpu().numpy()
         bounds = np.concatenate(([0], np.cumsum(counts)))
-        parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        g = self.graph
-        graphs = knn_graphs(cells, [positions[p] for p in parts], pbc=pbc, k=g.k, ties=g.ties,
-                            tie_tolerance=g.tie_tolerance, cutoff=g.cutoff)
-        frames = [frame_from_graph(cells[b], positions[p], numbers[p], graphs[b], pbc=pbc)
-                  for b, p in enumerate(parts)]
-        return collate(frames, k=g.k).to(self._device, self._dtype)
+        structures = [(cells[b], positions[start:stop], numbers[start:stop], pbc)
+                      for b, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:],
+                                                            strict=True))]
+        return batch_from_structures(structures, self.graph).to(self._device, self._dtype)
 
     def forward(self, state: SimState | dict, **kwargs) -> dict[str, torch.Tensor]:
         """Energies (B,) eV, and forces (N, 3) eV/Å and stresses (B, 3, 3) eV/Å³ (ASE's sign,
