@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from orbitgraph.train.testing import random_rotation  # noqa: F401  (re-exported for the tests)
+from orbitgraph.units import EV_PER_A3_IN_KBAR
 
 DATA = Path(__file__).parent / "data"
 SMALL_MPTRJ = DATA / "mptrj_small.json.gz"
@@ -62,16 +63,15 @@ def write_small_mptrj(path: Path, frames: int = 40, max_atoms: int = 20) -> Path
     return path
 
 
+def stress_to_vasp_kbar(stress_ev_a3) -> np.ndarray:
+    """(3, 3) eV/Å³, ASE sign -> (3, 3) kBar, VASP sign (how MPtrj holds stress)."""
+    return -np.asarray(stress_ev_a3, dtype=np.float64) * EV_PER_A3_IN_KBAR
+
+
 def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
     """{material id: [ase.Atoms, ...]} as an MPtrj-format file, labelled by EMT (or with
     zero energies, forces and stresses: ``labels="zero"``); open cells get no stress."""
     from ase.calculators.emt import EMT
-
-    from orbitgraph.units import EV_PER_A3_IN_KBAR
-
-    def stress_to_vasp_kbar(stress_ev_a3) -> np.ndarray:
-        """(3, 3) eV/Å³, ASE sign -> (3, 3) kBar, VASP sign (how MPtrj holds stress)."""
-        return -np.asarray(stress_ev_a3, dtype=np.float64) * EV_PER_A3_IN_KBAR
 
     def record(atoms):
         periodic = bool(atoms.pbc.all())
@@ -108,7 +108,6 @@ def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
     and the stress kBar with VASP's sign; extxyz: ``energy=``, ``stress=`` (9 values),
     ``forces`` and ``magmoms`` columns, ``mp_id`` and ``frame_id``."""
     from extxyz_writer import frame_text
-    from orbitgraph.units import stress_to_vasp_kbar
 
     if fmt == "extxyz":
         texts = []
