@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from orbitgraph.errors import GraphMismatchError
 from orbitgraph.model.geometry import vec_mat
 from orbitgraph.model.scatter import scatter_sum
 
@@ -192,10 +193,11 @@ class AdaptiveRankEnvelope(nn.Module):
 
 
 def check_graph(kind: str, width: float, ties: str, tie_tolerance: float) -> None:
-    """Raise ValueError unless graphs with these parameters serve the rank envelope ``kind``:
-    the adaptive envelope needs every candidate within ``width`` of the k-th."""
+    """Raise GraphMismatchError (a ValueError) unless graphs with these parameters serve the
+    rank envelope ``kind``: the adaptive envelope needs every candidate within ``width`` Å of
+    the k-th."""
     if kind == "adaptive" and (ties != "include" or tie_tolerance < width):
-        raise ValueError(
+        raise GraphMismatchError(
             f"model.rank_envelope 'adaptive' (width {width} Å) needs graphs that keep every "
             f"candidate within {width} Å of the k-th (graph ties: include, tie_tolerance >= "
             f"{width}); these graphs have ties: {ties}, tie_tolerance: {tie_tolerance} Å. "

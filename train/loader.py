@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from orbitgraph.errors import GraphMismatchError
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.graph import DISTANCE_QUANTUM, concat_ranges
 from orbitgraph.preprocess.schema import FIELDS, numpy_dtype
@@ -298,10 +299,11 @@ class ShardStream(IterableDataset):
         self.stored = store.manifest.graph
         self.graph = graph or self.stored
         if not self.stored.can_serve(self.graph):
-            raise ValueError(f"the store's graphs (k={self.stored.k}, ties={self.stored.ties}, "
-                             f"cutoff={self.stored.cutoff}) cannot serve k={self.graph.k}, "
-                             f"ties={self.graph.ties}, cutoff={self.graph.cutoff}; build a "
-                             "store with these graph parameters")
+            raise GraphMismatchError(
+                f"the store's graphs (k={self.stored.k}, ties={self.stored.ties}, "
+                f"cutoff={self.stored.cutoff}) cannot serve k={self.graph.k}, "
+                f"ties={self.graph.ties}, cutoff={self.graph.cutoff}; build a store with "
+                "these graph parameters")
         self.dtype = dtype
         # planned here, in the process that makes the DataLoader: its workers inherit it
         self._plan = epoch_plan(store, cfg, epoch, rank, world)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from orbitgraph.errors import StoreError
+from orbitgraph.errors import ConfigError, GraphMismatchError, ResumeError, StoreError
 from orbitgraph.model import (
     Potential,
     build_model,
@@ -64,11 +64,6 @@ BEST = "best.pt"
 log = logging.getLogger("orbitgraph.train")
 # loader settings that decide which batches an epoch holds (num_workers does not)
 PLAN_SETTINGS = ("max_atoms", "max_edges", "batch_frames", "shuffle", "shuffle_shards", "seed")
-
-
-class ResumeError(ValueError):
-    """``--out`` holds a run this one cannot continue (another model, store or graph, or a
-    mid-epoch plan this run would change); one line."""
 
 
 @dataclass(frozen=True)
@@ -221,9 +216,9 @@ class Trainer:
                                  ("early_stopping_patience",
                                   self.cfg.early_stopping_patience is not None)):
                 if needed:
-                    raise ValueError(f"train.{name}: {getattr(self.cfg, name)!r} follows the "
-                                     "validation error, and the store has no validation frames "
-                                     "(its val_fraction is 0)")
+                    raise ConfigError(f"train.{name}: {getattr(self.cfg, name)!r} follows the "
+                                      "validation error, and the store has no validation "
+                                      "frames (its val_fraction is 0)", f"train.{name}")
         self.trained_elements = elements(self.train_set)
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
@@ -232,8 +227,9 @@ class Trainer:
         stored = self.store.manifest.graph
         self.graph = stored.model_copy(update={"k": mcfg.k or stored.k})
         if not stored.can_serve(self.graph):
-            raise ValueError(f"model wants k={self.graph.k}, the store was built with "
-                             f"k={stored.k}; build a store with k >= {self.graph.k}")
+            raise GraphMismatchError(f"model wants k={self.graph.k}, the store was built "
+                                     f"with k={stored.k}; build a store with k >= "
+                                     f"{self.graph.k}")
         check_graph(mcfg.rank_envelope, mcfg.rank_envelope_width, self.graph.ties,
                     self.graph.tie_tolerance)
         self.model: Potential = build_model(mcfg.model_copy(update={"k": self.graph.k}),

@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orbitgraph.errors import NotAStoreError, StoreError
+from orbitgraph.errors import ConfigError, NotAStoreError, StoreError
 from orbitgraph.preprocess.schema import SCHEMA_VERSION
 from orbitgraph.preprocess.store.location import Location
 from orbitgraph.preprocess.store.params import (
@@ -73,12 +73,15 @@ class StoreSpec:
 
     def __post_init__(self):
         if not self.min_distance >= 0:
-            raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
-        _ = self.labels  # the property validates the keys (ValueError)
+            raise ConfigError(f"min_distance must be >= 0 Å, got {self.min_distance!r}",
+                              "min_distance")
+        _ = self.labels  # the property validates the keys (ConfigError)
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got "
+                              f"{self.backend!r}", "backend")
         if self.frames_per_shard < 1:
-            raise ValueError(f"frames_per_shard must be >= 1, got {self.frames_per_shard}")
+            raise ConfigError(f"frames_per_shard must be >= 1, got {self.frames_per_shard}",
+                              "frames_per_shard")
 
     @property
     def labels(self) -> LabelKeys:
