@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from orbitgraph.errors import InputError, MissingFileError
+
 
 def plain(value):
     """``value`` as plain data: dataclasses and pydantic models as dicts, paths as strings,
@@ -49,24 +51,25 @@ def write_checkpoint(data: dict, path: str | Path) -> None:
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """The dict a checkpoint holds, loaded with ``weights_only=True`` (tensors and plain
-    data only). Raises FileNotFoundError for a missing file and ValueError, naming the
-    file, for one that holds anything else (another program's pickle, or an orbitgraph
-    checkpoint from before they held plain data: numpy RNG states)."""
+    data only). Raises MissingFileError (a FileNotFoundError) for a missing file and
+    InputError (a ValueError), naming the file, for one that holds anything else (another
+    program's pickle, or an orbitgraph checkpoint from before they held plain data: numpy
+    RNG states)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+        raise MissingFileError(f"{path}: no such checkpoint")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         detail = next((line.strip() for line in str(err).splitlines()
                        if "Unsupported global" in line), str(err).splitlines()[0])
-        raise ValueError(f"{path}: not a checkpoint of plain data and tensors ({detail}); "
+        raise InputError(f"{path}: not a checkpoint of plain data and tensors ({detail}); "
                          "orbitgraph loads checkpoints with weights_only=True and never runs "
                          "code from them") from None
     except RuntimeError as err:  # not a torch file at all (truncated, another format)
-        raise ValueError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") \
+        raise InputError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") \
             from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a checkpoint holds a dict, this file a "
+        raise InputError(f"{path}: a checkpoint holds a dict, this file a "
                          f"{type(data).__name__}")
     return data

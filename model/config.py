@@ -2,7 +2,7 @@
 
 A config is a flat dict (or YAML) of the fields of :class:`ModelConfig`; a ``preset`` key
 starts from a named preset and the other keys override it. Unknown keys or values of the
-wrong kind raise ValueError naming the key, the value and what was expected.
+wrong kind raise ConfigError (a ValueError) naming the key, the value and what was expected.
 
 Presets:
 * ``mace``      — symmetric contraction, correlation 3, MLP readout on the last block;
@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from orbitgraph.config import Config
+from orbitgraph.errors import ConfigError, MissingFileError
 
 KINDS = ("equivariant", "invariant")
 CHOICES = {
@@ -178,16 +179,16 @@ def model_spec(spec: str | Path | dict) -> dict:
     path = Path(text)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such model config file")
+            raise MissingFileError(f"{path}: no such model config file")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of model settings")
+            raise ConfigError(f"{path}: expected a mapping of model settings")
         return dict(data.get("model", data))
-    raise ValueError(f"unknown model preset {text!r}; choose one of {', '.join(PRESETS)} "
-                     "or give a YAML file")
+    raise ConfigError(f"unknown model preset {text!r}; choose one of {', '.join(PRESETS)} "
+                      "or give a YAML file")
 
 
 def load_config(spec: str | Path | dict | ModelConfig, where: str = "model") -> ModelConfig:

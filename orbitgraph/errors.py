@@ -6,8 +6,10 @@ that names the record, file or key, the problem and, where there is one, the way
 ``orbitgraph`` command prints such an error as that line and exits with status 2; anything
 else is a defect of the program and keeps its traceback.
 
-The types that stood for ``ValueError`` before stay ``ValueError`` subclasses, so that
-callers catching ``ValueError`` keep working.
+The types that stood for ``ValueError`` before stay ``ValueError`` subclasses, and
+:class:`MissingFileError` a ``FileNotFoundError``, so that callers catching those keep
+working. Checks that only a defect can fail (an invariant of the program's own data, a
+caller passing the wrong type) raise plain exceptions instead.
 """
 from __future__ import annotations
 
@@ -27,6 +29,16 @@ class RecordError(InputError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class SourceChangedError(InputError):
+    """A source file changed while the build read it (while it was hashed, or since its
+    partitions were planned)."""
+
+
+class MissingFileError(OrbitgraphError, FileNotFoundError):
+    """A file or folder the user named does not exist (a source, a settings file, a
+    checkpoint); a ``FileNotFoundError`` too, so that callers catching that keep working."""
 
 
 class LabelError(InputError):
@@ -49,6 +61,17 @@ class StoreError(OrbitgraphError):
 
 class NotAStoreError(StoreError):
     """The path is a file, or a folder that no build wrote (a source, perhaps)."""
+
+
+class GraphMismatchError(StoreError, ValueError):
+    """A store's graphs cannot serve what a model or loader asks of them: more neighbours
+    than were stored, other tie handling, or too small a tie tolerance for the model's rank
+    envelope. ``model_key``: the model setting that asks (``k``, ``rank_envelope``; empty
+    when graphs are asked for directly)."""
+
+    def __init__(self, line: str, model_key: str = ""):
+        super().__init__(line)
+        self.model_key = model_key
 
 
 class ResumeError(OrbitgraphError, ValueError):

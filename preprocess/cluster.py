@@ -38,6 +38,7 @@ from typing import Any, Iterator, Literal
 from pydantic import Field, model_validator
 
 from orbitgraph.config import Config, validation_context
+from orbitgraph.errors import ConfigError
 
 log = logging.getLogger("orbitgraph.cluster")
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
@@ -46,7 +47,7 @@ JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGEClust
 KINDS = ("local", "address", "synchronous", *JOBQUEUE_KINDS)
 
 
-class ClusterError(ValueError):
+class ClusterError(ConfigError):
     """The cluster section cannot be satisfied: the batch system refused the worker jobs, or
     no worker joined in time. A user error (check ``cluster.options``), printed as one line."""
 
@@ -141,8 +142,8 @@ def dask_client(config: ClusterConfig) -> Iterator["object | None"]:
     try:
         import dask_jobqueue
     except ImportError:
-        raise ValueError(f"cluster.kind {config.kind!r} needs dask-jobqueue: "
-                         "pip install 'orbitgraph[cluster]'") from None
+        raise ConfigError(f"cluster.kind {config.kind!r} needs dask-jobqueue: "
+                          "pip install 'orbitgraph[cluster]'", "cluster.kind") from None
     cluster_cls = getattr(dask_jobqueue, JOBQUEUE_KINDS[config.kind])
     job_cls = _recording(cluster_cls.job_cls)
     cluster = cluster_cls(**config.options, job_cls=job_cls)

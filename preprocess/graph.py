@@ -42,6 +42,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from orbitgraph.errors import InputError
 from orbitgraph.preprocess.distance_grid import DISTANCE_QUANTUM  # noqa: F401 (part of the API)
 from orbitgraph.preprocess.graph_params import (  # noqa: F401 (DEFAULT_*: part of the API)
     DEFAULT_K,
@@ -162,7 +163,7 @@ def _as_pbc(pbc, n_struct: int) -> np.ndarray:
     if arr.shape == (3,):
         arr = np.broadcast_to(arr, (n_struct, 3))
     if arr.shape != (n_struct, 3):
-        raise ValueError(f"pbc must be a bool, 3 bools or ({n_struct}, 3) bools, "
+        raise InputError(f"pbc must be a bool, 3 bools or ({n_struct}, 3) bools, "
                          f"got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
@@ -170,18 +171,18 @@ def _as_pbc(pbc, n_struct: int) -> np.ndarray:
 def _check_structure(b: int, cell: np.ndarray, pos: np.ndarray) -> None:
     where = f"structure {b}: " if b >= 0 else ""
     if cell.shape != (3, 3):
-        raise ValueError(f"{where}cell must have shape (3, 3), got {cell.shape}")
+        raise InputError(f"{where}cell must have shape (3, 3), got {cell.shape}")
     if pos.ndim != 2 or pos.shape[1] != 3:
-        raise ValueError(f"{where}positions must have shape (N, 3), got {pos.shape}")
+        raise InputError(f"{where}positions must have shape (N, 3), got {pos.shape}")
     if not np.all(np.isfinite(cell)):
-        raise ValueError(f"{where}cell has non-finite values: {cell.tolist()}")
+        raise InputError(f"{where}cell has non-finite values: {cell.tolist()}")
     if not np.all(np.isfinite(pos)):
         bad = int(np.nonzero(~np.isfinite(pos).all(axis=1))[0][0])
-        raise ValueError(f"{where}positions of atom {bad} are not finite: {pos[bad].tolist()}")
+        raise InputError(f"{where}positions of atom {bad} are not finite: {pos[bad].tolist()}")
     det = np.linalg.det(cell)
     scale = float(np.prod(np.linalg.norm(cell, axis=1)))
     if not scale > 0 or abs(det) <= 1e-10 * scale:
-        raise ValueError(f"{where}cell is singular (volume {det:.3g} Å^3): {cell.tolist()}")
+        raise InputError(f"{where}cell is singular (volume {det:.3g} Å^3): {cell.tolist()}")
 
 
 def knn_graphs(cells: Sequence[np.ndarray] | np.ndarray, positions: Sequence[np.ndarray],
@@ -199,15 +200,20 @@ def knn_graphs(cells: Sequence[np.ndarray] | np.ndarray, positions: Sequence[np.
 
     Raises
     ------
-    ValueError
+    InputError
         Naming the structure (its index in the batch) and the problem: non-finite values,
-        a singular cell, two atoms at the same place; or a bad parameter.
+        a singular cell, two atoms at the same place.
+    ConfigError
+        A parameter out of range (k, ties, tie_tolerance, cutoff).
+    RuntimeError
+        The search could not prove a structure's neighbours complete (a defect of the
+        kernel).
     """
     params = resolve_graph_params(params, **overrides)
     cells_arr = np.ascontiguousarray(np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3))
     pos_list = [np.asarray(p, dtype=np.float64) for p in positions]
     if len(pos_list) != cells_arr.shape[0]:
-        raise ValueError(f"got {cells_arr.shape[0]} cells but {len(pos_list)} position arrays")
+        raise InputError(f"got {cells_arr.shape[0]} cells but {len(pos_list)} position arrays")
     pos, atom_ptr = _check_batch(cells_arr, pos_list)
     return _knn_checked(cells_arr, pos, atom_ptr, _as_pbc(pbc, len(pos_list)), params)
 
@@ -309,7 +315,9 @@ def _knn_checked(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: 
         b = int(failed[0])
         why = _failure(int(status[b]), bad[b],
                        f"at the same place (closer than {COINCIDENT_DISTANCE} Å)", params.k)
-        raise ValueError(f"structure {b}: {why}")
+        if status[b] == _kernel().STATUS_COINCIDENT:
+            raise InputError(f"structure {b}: {why}")
+        raise RuntimeError(f"structure {b}: {why}")
     return KnnGraphBatch(i, j, s, d, nxt, nxt_j, nxt_s, edge_ptr, atom_ptr)
 
 
@@ -324,7 +332,7 @@ def knn_graphs_screened(cells: np.ndarray, positions: Sequence[np.ndarray], pbc:
     """
     joined = _concatenate([np.asarray(p, dtype=np.float64) for p in positions])
     if joined is None:
-        raise ValueError("positions must be arrays of shape (N, 3)")
+        raise InputError("positions must be arrays of shape (N, 3)")
     pos, atom_ptr = joined
     i, j, s, d, edge_ptr, nxt, nxt_j, nxt_s, status, bad = _run_kernel(
         cells, pos, atom_ptr, _as_pbc(pbc, len(atom_ptr) - 1), params, min_distance, threads)
@@ -353,8 +361,8 @@ def knn_graph(cell: np.ndarray, positions: np.ndarray, pbc=(True, True, True),
 
     Raises
     ------
-    ValueError
-        Non-finite values, a singular cell, two atoms at the same place, a bad parameter.
+    InputError, ConfigError, RuntimeError
+        As :func:`knn_graphs`, without the structure's index.
     """
     cell = np.asarray(cell, dtype=np.float64)
     positions = np.asarray(positions, dtype=np.float64)
@@ -364,6 +372,6 @@ def knn_graph(cell: np.ndarray, positions: np.ndarray, pbc=(True, True, True),
         batch = _knn_checked(cell.reshape(1, 3, 3), positions,
                              np.array([0, len(positions)], dtype=np.int64), _as_pbc(pbc, 1),
                              params)
-    except ValueError as err:
-        raise ValueError(str(err).removeprefix("structure 0: ")) from None
+    except (InputError, RuntimeError) as err:
+        raise type(err)(str(err).removeprefix("structure 0: ")) from None
     return batch[0]

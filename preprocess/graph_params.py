@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from orbitgraph.config import Config, ConfigError
+from orbitgraph.errors import GraphMismatchError
 from orbitgraph.preprocess.distance_grid import quantise
 
 DEFAULT_K = 16
@@ -91,16 +92,6 @@ class GraphParams(Config):
 DEFAULT_GRAPH = GraphParams()
 
 
-class GraphMismatchError(ValueError):
-    """Graphs built with some parameters cannot serve what is asked of them. ``model_key``:
-    the model setting that asks (``k``, ``rank_envelope``; empty when graphs are asked for
-    directly)."""
-
-    def __init__(self, line: str, model_key: str = ""):
-        super().__init__(line)
-        self.model_key = model_key
-
-
 def resolve_graph_params(params: GraphParams | None = None, **overrides) -> GraphParams:
     """``params`` (default: :class:`GraphParams` ``()``) with keyword ``overrides`` of its
     fields (``k``, ``ties``, ``tie_tolerance``, ``cutoff``) applied: what the graph
@@ -124,7 +115,7 @@ def resolve_graph_params(params: GraphParams | None = None, **overrides) -> Grap
     try:
         return GraphParams.from_dict({**base.to_dict(), **overrides}, where="")
     except ConfigError as err:
-        raise ValueError(str(err).replace(": expected ", " must be ", 1)) from None
+        raise ConfigError(str(err).replace(": expected ", " must be ", 1), err.path) from None
 
 
 def graph_for_model(stored: GraphParams, k: int | None, rank_envelope: str,

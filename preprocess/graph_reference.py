@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from orbitgraph.errors import InputError
 from orbitgraph.preprocess.distance_grid import (
     inside_bound,
     joins_by_tie,
@@ -68,7 +69,7 @@ def knn_graph_reference(cell, positions, pbc=(True, True, True),
             order = np.lexsort((ss[:, 2], ss[:, 1], ss[:, 0], jj, q))
             jj, ss, d, q = jj[order], ss[order], d[order], q[order]
             if len(d) and d[0] < COINCIDENT_DISTANCE:
-                raise ValueError(f"atoms {i} and {jj[0]} (cell shift {tuple(ss[0].tolist())}) "
+                raise InputError(f"atoms {i} and {jj[0]} (cell shift {tuple(ss[0].tolist())}) "
                                  f"are at the same place (closer than {COINCIDENT_DISTANCE} Å)")
             if len(d) >= k:
                 kept = k

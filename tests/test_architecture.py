@@ -82,6 +82,50 @@ def test_the_detector_sees_a_planted_violation(tmp_path):
     assert rooms_imported(planted) == {"train", "preprocess"}
 
 
+def exception_classes(path: Path) -> list[str]:
+    """Names of the classes ``path`` defines on a base named ``...Error`` or ``...Exception``
+    (``ValueError``, ``StoreError``, ``errors.InputError``...)."""
+    def base_name(node) -> str:
+        return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    return [node.name for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.ClassDef)
+            and any(base_name(b).endswith(("Error", "Exception")) for b in node.bases)]
+
+
+# the package's exception types outside the user errors' tree: a build process that died
+# (status 1, a crash the user did not cause, printed as one line), and the marker of a frame
+# ASE could not read (a value among the parsed frames, never raised)
+NOT_USER_ERRORS = {"orbitgraph.preprocess.cluster.BuildProcessError",
+                   "orbitgraph.preprocess.sources.extxyz._Unparsed"}
+
+
+def test_every_error_type_is_a_user_error():
+    """One tree of user errors (orbitgraph/errors.py): every exception type that the package
+    defines derives from OrbitgraphError, which the command prints as one line; any other
+    exception is a defect and keeps its traceback."""
+    import importlib
+
+    from orbitgraph.errors import OrbitgraphError
+
+    found, outside = [], []
+    for path in sorted(p for d in ("orbitgraph", *ROOMS) for p in (ROOT / d).rglob("*.py")):
+        names = exception_classes(path)
+        if not names:
+            continue
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        module = importlib.import_module(".".join(parts if parts[0] == "orbitgraph"
+                                                  else ("orbitgraph", *parts)))
+        for name in names:
+            qualified = f"{module.__name__}.{name}"
+            found.append(qualified)
+            if not issubclass(getattr(module, name), OrbitgraphError) and \
+                    qualified not in NOT_USER_ERRORS:
+                outside.append(qualified)
+    assert "orbitgraph.preprocess.build.EmptyStoreError" in found  # the detector sees them
+    assert not outside, f"error types outside orbitgraph.errors.OrbitgraphError: {outside}"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")

@@ -242,3 +242,97 @@ def test_a_closed_stdout_ends_the_program_quietly(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "status 1"
     from orbitgraph.preprocess.store import open_store
     assert open_store(tmp_path / "s").manifest.counts["frames"] > 0
+
+
+# ------------------------------------------------------------- user errors and defects
+
+@pytest.mark.parametrize("raised", [
+    ValueError("operands could not be broadcast together"), KeyError("n_atoms"),
+    ZeroDivisionError("division by zero"), OSError("a socket closed"),
+], ids=["ValueError", "KeyError", "ZeroDivisionError", "OSError-without-file"])
+def test_an_internal_error_keeps_its_traceback(tmp_path, capsys, monkeypatch, raised):
+    """A defect planted in what ``orbitgraph info`` calls is not the user's mistake: main()
+    lets it propagate (with its traceback) instead of printing one line with status 2."""
+    import orbitgraph.preprocess.commands as commands
+    from orbitgraph.train.cli import main
+
+    def failing(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(commands, "info", failing)
+    with pytest.raises(type(raised)) as err:
+        main(["info", str(tmp_path)])
+    assert err.value is raised
+    assert "orbitgraph: error:" not in capsys.readouterr().err
+
+
+def test_the_program_prints_an_internal_errors_traceback(tmp_path):
+    """The ``orbitgraph`` program itself: a planted KeyError in a command ends it with
+    Python's traceback and status 1, not with one line and status 2."""
+    code = ("import sys\n"
+            "import orbitgraph.preprocess.commands as commands\n"
+            "def info(path):\n"
+            "    return {}['n_atoms']\n"
+            "commands.info = info\n"
+            "from orbitgraph.train.cli import run\n"
+            f"sys.argv = ['orbitgraph', 'info', {str(tmp_path)!r}]\n"
+            "run()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "KeyError: 'n_atoms'"
+    assert "orbitgraph: error:" not in proc.stderr
+
+
+def _other_runs_checkpoint(tmp_path: Path) -> list[str]:
+    """``train`` into a run directory whose checkpoint is of another store."""
+    from helpers import write_small_mptrj
+    from orbitgraph.model.checkpoint import write_checkpoint
+    from orbitgraph.preprocess.build import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
+
+    store = tmp_path / "store"
+    build_store(write_small_mptrj(tmp_path / "small.json", frames=8), store,
+                cluster=ClusterConfig(kind="synchronous"), progress=False)
+    write_checkpoint({"store_id": "0123456789abcdef"}, tmp_path / "run" / "checkpoint.pt")
+    return ["train", "--store", str(store), "--model", "invariant", "--out",
+            str(tmp_path / "run"), "--max-steps", "1"]
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("config", "store.graph.k: expected an integer >= 1, got 0"),
+    ("input", "frames.txt: cannot tell the format from the name"),
+    ("file", "absent.yaml: no such training config file"),
+    ("store", "none: no such store"),
+    ("not-a-store", "frames.txt: a file, not a store"),
+    ("resume", "holds a run on store 0123456789abcdef"),
+    ("model-file", "bare.pt: not an orbitgraph model file (no 'model_config'"),
+])
+def test_a_user_error_of_each_kind_is_one_line(tmp_path, capsys, kind, needle):
+    """A refused setting, unusable input, a missing file, a missing store, a source given as
+    a store, a run directory that cannot be continued and a bare state_dict given as a model
+    file: each ends the command with one line, ``orbitgraph: error: ...``, status 2, and no
+    traceback."""
+    import torch
+
+    from orbitgraph.train.cli import main
+
+    source = tmp_path / "frames.txt"
+    source.write_text("not a source\n")
+    train = ["train", "--model", "invariant", "--out", str(tmp_path / "run")]
+    argv = {
+        "config": ["build", "--source", str(source), "--out", str(tmp_path / "s"), "--k", "0"],
+        "input": ["build", "--source", str(source), "--out", str(tmp_path / "s")],
+        "file": [*train, "--store", str(tmp_path), "--config", str(tmp_path / "absent.yaml")],
+        "store": ["info", str(tmp_path / "none")],
+        "not-a-store": ["info", str(source)],
+        "model-file": ["evaluate", str(tmp_path / "bare.pt"), "--store", str(tmp_path)],
+    }.get(kind) or _other_runs_checkpoint(tmp_path)
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "bare.pt")
+    capsys.readouterr()
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("orbitgraph: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert err.strip().splitlines()[-1] == lines[0] and "Traceback" not in err

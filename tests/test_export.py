@@ -12,6 +12,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 
 from helpers import SMALL_MPTRJ
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.schema import FIELDS
@@ -148,7 +149,7 @@ def test_cli_exports_a_split(store_path, tmp_path, capsys):
 
 def test_nothing_to_export_is_one_line_and_no_file(store_path, tmp_path, capsys):
     out = tmp_path / "none.xyz"
-    with pytest.raises(ValueError, match="no frames"):
+    with pytest.raises(StoreError, match="no frames"):
         export_store(open_store(store_path).subset(frame_ids=[]), out)
     atoms = open_store(store_path).atoms(0)
     atoms.calc = None

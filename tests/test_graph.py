@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import canonical_edges, per_atom_sorted_distances, random_rotation, sample_structures
+from orbitgraph.errors import ConfigError, InputError
 from orbitgraph.preprocess.graph import KnnGraph, knn_graph, knn_graphs
 from orbitgraph.preprocess.graph_reference import knn_graph_reference
 
@@ -335,19 +336,23 @@ def test_cutoff_drops_long_edges():
 # ------------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("cell,pos,kwargs,match", [
-    (np.eye(3) * 4, [[0, 0, np.nan]], {}, "atom 0 are not finite"),
-    (np.full((3, 3), np.inf), [[0, 0, 0]], {}, "cell has non-finite"),
-    (np.array([[1, 0, 0], [2, 0, 0], [0, 0, 1.0]]), [[0, 0, 0]], {}, "singular"),
-    (np.eye(3) * 4, [[0, 0, 0]], {"k": 0}, "k must be an integer >= 1"),
-    (np.eye(3) * 4, [[0, 0, 0]], {"ties": "random"}, "ties must be"),
-    (np.eye(3) * 4, [[0, 0, 0]], {"cutoff": -1.0}, "cutoff must be"),
-    (np.eye(3) * 4, [[0, 0, 0], [1, 1, 1], [1, 1, 1]], {}, "atoms 1 and 2 .* same place"),
-    (np.eye(3) * 4, [[0, 0, 0], [4, 0, 0]], {}, "atoms 0 and 1 .*same place"),
-    (np.eye(3) * 4, [[0, 0]], {}, "shape"),
+@pytest.mark.parametrize("cell,pos,kwargs,kind,match", [
+    (np.eye(3) * 4, [[0, 0, np.nan]], {}, InputError, "atom 0 are not finite"),
+    (np.full((3, 3), np.inf), [[0, 0, 0]], {}, InputError, "cell has non-finite"),
+    (np.array([[1, 0, 0], [2, 0, 0], [0, 0, 1.0]]), [[0, 0, 0]], {}, InputError, "singular"),
+    (np.eye(3) * 4, [[0, 0, 0]], {"k": 0}, ConfigError, "k must be an integer >= 1"),
+    (np.eye(3) * 4, [[0, 0, 0]], {"ties": "random"}, ConfigError, "ties must be"),
+    (np.eye(3) * 4, [[0, 0, 0]], {"cutoff": -1.0}, ConfigError, "cutoff must be"),
+    (np.eye(3) * 4, [[0, 0, 0], [1, 1, 1], [1, 1, 1]], {}, InputError,
+     "atoms 1 and 2 .* same place"),
+    (np.eye(3) * 4, [[0, 0, 0], [4, 0, 0]], {}, InputError, "atoms 0 and 1 .*same place"),
+    (np.eye(3) * 4, [[0, 0]], {}, InputError, "shape"),
 ])
-def test_bad_input_is_a_clear_value_error(cell, pos, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_is_a_clear_value_error(cell, pos, kwargs, kind, match):
+    """A bad structure is the user's InputError, a bad parameter their ConfigError: both
+    ValueErrors, as before they had types of their own."""
+    assert issubclass(kind, ValueError)
+    with pytest.raises(kind, match=match):
         knn_graph(cell, np.array(pos, dtype=float), **kwargs)
 
 

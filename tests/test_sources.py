@@ -252,6 +252,21 @@ def test_a_graph_that_cannot_be_built_costs_only_its_frame(tmp_path, monkeypatch
         "structure: the neighbour search of atom 0 did not prove")
 
 
+def test_a_source_shorter_than_its_plan_is_a_user_error(tmp_path):
+    """A source that shrank after the build planned its partitions: one line naming the
+    file, a user error (SourceChangedError), not an OSError that names no file."""
+    from orbitgraph.errors import OrbitgraphError, SourceChangedError
+    from orbitgraph.preprocess.sources.base import read_range
+
+    path = tmp_path / "frames.json"
+    path.write_bytes(b"0123456789")
+    assert read_range(str(path), 2, 6) == b"2345"
+    with pytest.raises(SourceChangedError, match=r"frames.json: expected 20 bytes at offset 5, "
+                                                  r"got 5 \(the file changed"):
+        read_range(str(path), 5, 25)
+    assert issubclass(SourceChangedError, OrbitgraphError)
+
+
 def test_a_malformed_frame_costs_only_itself(tmp_path):
     frames = [_cu_frame(f"cu-{i}") for i in range(4)]
     src = _xyz(tmp_path / "frames.extxyz", frames)

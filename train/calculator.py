@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from orbitgraph.errors import InputError
 from orbitgraph.model import Potential
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import batch_from_structures
@@ -78,7 +79,7 @@ class OrbitCalculator(Calculator):
         pbc = np.asarray(a.pbc, dtype=bool)
         cell = np.asarray(a.cell.array, dtype=np.float64)
         if not pbc.all() and abs(np.linalg.det(cell)) < 1e-9:
-            raise ValueError("OrbitCalculator needs a non-singular cell, also along open axes "
+            raise InputError("OrbitCalculator needs a non-singular cell, also along open axes "
                              "(give the molecule a box)")
         batch = batch_from_structures([(cell, a.positions, a.numbers, pbc)], self.graph).to(
             self.device, self.dtype)

@@ -8,7 +8,9 @@ read as YAML, so ``--set train.lr=1e-3`` and ``--set model.radial_mlp=[32,32]`` 
 ``orbitgraph COMMAND --help`` lists the keys, their types and defaults.
 
 Every error a user can cause (missing file, bad YAML, a refused setting, unknown preset, an
-incompatible store) is printed as one line, ``orbitgraph: error: ...``, with exit code 2.
+incompatible store: an :class:`~orbitgraph.errors.OrbitgraphError`, or a file the system
+cannot open) is printed as one line, ``orbitgraph: error: ...``, with exit code 2; any other
+exception is a defect and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -22,12 +24,8 @@ from typing import NoReturn
 
 import yaml
 
-from orbitgraph.errors import StoreError
+from orbitgraph.errors import ConfigError, MissingFileError, OrbitgraphError
 from orbitgraph.preprocess.cluster import BuildProcessError
-
-
-class UserError(Exception):
-    """An error in what the user asked for; printed as one line."""
 
 
 def _value(text: str):
@@ -55,7 +53,6 @@ def _document(args, sections: dict, given: dict[str, object]) -> dict:
     doc = apply_overrides(doc, args.set or ())
     unknown = sorted(set(doc) - set(sections))
     if unknown:
-        from orbitgraph.errors import ConfigError
         raise ConfigError(f"--set {unknown[0]}...: the keys of this command start with "
                           f"{' or '.join(s + '.' for s in sections)}", unknown[0])
     return doc
@@ -65,15 +62,15 @@ def _read_yaml(path_text: str, what: str) -> dict:
     from pathlib import Path
     path = Path(path_text)
     if not path.is_file():
-        raise UserError(f"{path}: no such {what} file")
+        raise MissingFileError(f"{path}: no such {what} file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of settings, got {data!r}")
+        raise ConfigError(f"{path}: expected a mapping of settings, got {data!r}")
     return data
 
 
@@ -155,8 +152,8 @@ def _cmd_build(args) -> int:
         flags = [f"--{name.replace('_', '-')}" for name in STORE_FLAGS
                  if getattr(args, name) is not None]
         if flags:
-            raise UserError(f"{flags[0]}: with a pipelines.yaml, set its keys with --set "
-                            "(e.g. --set stores.NAME.graph.k=12)")
+            raise ConfigError(f"{flags[0]}: with a pipelines.yaml, set its keys with --set "
+                              "(e.g. --set stores.NAME.graph.k=12)", flags[0])
         config = load_pipelines(args.pipeline, overrides=args.set or ())
         names = [args.store] if args.store else list(config.stores)
         for name in names:
@@ -166,7 +163,7 @@ def _cmd_build(args) -> int:
             print(summary.store)
         return 0
     if not (args.source and args.out):
-        raise UserError("build needs either a pipelines.yaml or both --source and --out")
+        raise ConfigError("build needs either a pipelines.yaml or both --source and --out")
     store, cluster = build_settings(args)
     summary = build_store(args.source, args.out, store, source_format=args.format,
                           cluster=cluster, progress=not args.quiet,
@@ -196,7 +193,7 @@ def _cmd_evaluate(args) -> int:
 
     settings = evaluate_settings(args)
     if not Path(args.checkpoint).is_file():
-        raise UserError(f"{args.checkpoint}: no such checkpoint")
+        raise MissingFileError(f"{args.checkpoint}: no such checkpoint")
     device = settings.device or "cpu"
     metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
                        weights=args.weights)
@@ -371,7 +368,18 @@ def _logging_options(p: argparse.ArgumentParser, sub) -> None:
                            help="debug messages too")
 
 
+def _error(err: BaseException) -> None:
+    """Print ``err`` as the one line ``orbitgraph: error: ...`` on stderr."""
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    print(f"orbitgraph: error: {msg}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command of ``argv`` (default: the program's arguments); returns the exit
+    status: 0 done, 1 ``verify`` found a problem or a build process died, 2 a user error
+    (:class:`~orbitgraph.errors.OrbitgraphError`, or an ``OSError`` naming a file that
+    cannot be opened), 130 interrupted. Any other exception propagates with its traceback:
+    it is a defect, not the user's doing."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser(keys=any(a in ("-h", "--help") for a in argv)).parse_args(argv)
     from orbitgraph.train.logs import setup_logging, teardown_logging
@@ -379,13 +387,16 @@ def main(argv: list[str] | None = None) -> int:
                             logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
-    except (UserError, StoreError, FileNotFoundError, PermissionError, ValueError,
-            KeyError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"orbitgraph: error: {msg}", file=sys.stderr)
+    except OrbitgraphError as err:
+        _error(err)
+        return 2
+    except OSError as err:
+        if err.filename is None:  # not a file the user named: a defect, or the system's
+            raise
+        _error(err)
         return 2
     except BuildProcessError as err:  # not the user's doing: status 1, as a crash
-        print(f"orbitgraph: error: {err}", file=sys.stderr)
+        _error(err)
         return 1
     except KeyboardInterrupt:
         print("orbitgraph: interrupted; what was committed is kept (a build's shards, a "

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from orbitgraph.errors import InputError
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.graph import knn_graph, knn_graphs
 from orbitgraph.preprocess.graph_filter import filter_block
@@ -187,7 +188,7 @@ def batch_from_structures(structures: Iterable, graph: GraphParams,
         numbers.append(np.asarray(s[2]))
         pbcs.append(np.broadcast_to(np.asarray(s[3] if len(s) > 3 else True, dtype=bool), 3))
     if not cells:
-        raise ValueError("no structures to batch")
+        raise InputError("no structures to batch")
     graphs = knn_graphs(np.stack(cells), positions, pbc=np.stack(pbcs), params=graph)
     frames = [frame_from_graph(cells[b], positions[b], numbers[b], graphs[b], pbc=pbcs[b])
               for b in range(len(cells))]

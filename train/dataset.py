@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from orbitgraph.errors import GraphMismatchError
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.schema import FIELDS
@@ -72,11 +73,10 @@ class FrameDataset(Dataset):
         self.store = store
         self.stored = store.manifest.graph
         self.graph = graph or self.stored
-        if not self.stored.can_serve(self.graph):
-            s, g = self.stored, self.graph
-            raise ValueError(f"{store.root}: the store's graphs (k={s.k}, ties={s.ties}, "
-                             f"cutoff={s.cutoff}) cannot serve k={g.k}, ties={g.ties}, "
-                             f"cutoff={g.cutoff}; build a store with these graph parameters")
+        try:
+            self.stored.check_can_serve(self.graph)
+        except GraphMismatchError as err:
+            raise GraphMismatchError(f"{store.root}: {err}") from None
         self.transform = transform
         self.dtype = dtype
         self._shard = store.index.column("shard").to_numpy()

@@ -30,6 +30,7 @@ import numpy as np
 from ase import Atoms
 from ase.io.extxyz import key_val_dict_to_str
 
+from orbitgraph.errors import ConfigError, InputError, StoreError
 from orbitgraph.preprocess.store import GraphStore
 
 ENERGY_KEY, FORCES_KEY, STRESS_KEY = "REF_energy", "REF_forces", "REF_stress"
@@ -51,7 +52,7 @@ def frame_text(atoms: Atoms) -> str:
     results = atoms.calc.results if atoms.calc is not None else {}
     missing = [key for key in ("energy", "forces") if key not in results]
     if missing:
-        raise ValueError(f"frame {name}: no {' and no '.join(missing)} to export")
+        raise InputError(f"frame {name}: no {' and no '.join(missing)} to export")
     columns = {"pos": atoms.positions, FORCES_KEY: results["forces"]}
     if "magmoms" in results:
         columns["magmoms"] = np.asarray(results["magmoms"]).reshape(-1, 1)
@@ -62,7 +63,7 @@ def frame_text(atoms: Atoms) -> str:
     if "stress" in results:
         stress = np.asarray(results["stress"], dtype=np.float64)
         if stress.shape != (6,):
-            raise ValueError(f"frame {name}: stress of shape {stress.shape}; expected the 6 "
+            raise InputError(f"frame {name}: stress of shape {stress.shape}; expected the 6 "
                              "Voigt values an ASE calculator holds")
         info[STRESS_KEY] = stress
     for key in ("frame_id", "material_id"):
@@ -104,9 +105,9 @@ def export_store(store: GraphStore, path: str | Path, format: str = "extxyz",
     Raises ValueError for an unknown format or a selection without frames.
     """
     if format not in FORMATS:
-        raise ValueError(f"export: unknown format {format!r}; expected {', '.join(FORMATS)}")
+        raise ConfigError(f"export: unknown format {format!r}; expected {', '.join(FORMATS)}")
     selection = store.subset(split=split) if split is not None else store
     if len(selection) == 0:
         where = f"split {split!r} of " if split is not None else ""
-        raise ValueError(f"export: no frames in {where}{store.root}")
+        raise StoreError(f"export: no frames in {where}{store.root}")
     return write_extxyz(selection.iter_atoms(), path)

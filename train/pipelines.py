@@ -38,9 +38,9 @@ import yaml
 from pydantic import Field, model_validator
 
 from orbitgraph.config import Config
-from orbitgraph.errors import ConfigError
+from orbitgraph.errors import ConfigError, GraphMismatchError
 from orbitgraph.preprocess.cluster import ClusterConfig
-from orbitgraph.preprocess.graph_params import GraphMismatchError, graph_for_model
+from orbitgraph.preprocess.graph_params import graph_for_model
 from orbitgraph.preprocess.store import open_store
 from orbitgraph.preprocess.store.manifest import MANIFEST_FILE, read_manifest
 from orbitgraph.preprocess.store.params import StoreParams

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orbitgraph.errors import InputError
 from orbitgraph.model import Potential
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
@@ -96,7 +97,7 @@ class OrbitModel(ModelInterface):
             state = SimState(**state, masses=torch.ones(n, dtype=state["positions"].dtype,
                                                         device=state["positions"].device))
         if self._compute_stress and not bool(torch.as_tensor(state.pbc).all()):
-            raise ValueError("OrbitModel: the stress of a state that is not periodic along "
+            raise InputError("OrbitModel: the stress of a state that is not periodic along "
                              "all three axes is undefined; make it with compute_stress=False")
         batch = self.batch_of(state)
         with torch.enable_grad():  # forces and stress are derivatives, also under no_grad

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from orbitgraph.errors import StoreError
+from orbitgraph.errors import ConfigError, ResumeError, StoreError
 from orbitgraph.model import (
     Potential,
     build_model,
@@ -64,11 +64,6 @@ BEST = "best.pt"
 log = logging.getLogger("orbitgraph.train")
 # loader settings that decide which batches an epoch holds (num_workers does not)
 PLAN_SETTINGS = ("max_atoms", "max_edges", "batch_frames", "shuffle", "shuffle_shards", "seed")
-
-
-class ResumeError(ValueError):
-    """``--out`` holds a run this one cannot continue (another model, store or graph, or a
-    mid-epoch plan this run would change); one line."""
 
 
 @dataclass(frozen=True)
@@ -221,9 +216,9 @@ class Trainer:
                                  ("early_stopping_patience",
                                   self.cfg.early_stopping_patience is not None)):
                 if needed:
-                    raise ValueError(f"train.{name}: {getattr(self.cfg, name)!r} follows the "
-                                     "validation error, and the store has no validation frames "
-                                     "(its val_fraction is 0)")
+                    raise ConfigError(f"train.{name}: {getattr(self.cfg, name)!r} follows the "
+                                      "validation error, and the store has no validation "
+                                      "frames (its val_fraction is 0)", f"train.{name}")
         self.trained_elements = elements(self.train_set)
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from orbitgraph.errors import ConfigError, InputError
 from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.ema import averaged_state
@@ -42,10 +43,14 @@ def load_potential(path: str | Path, device: str = "cpu",
     :func:`model.save_model` file) with the weights validation used (``weights`` None), or
     the EMA or raw ones (``"ema"``, ``"raw"``).
 
-    Raises FileNotFoundError for a missing file and ValueError, naming the file, where it
+    Raises MissingFileError for a missing file and InputError, naming the file, where it
     does not hold the weights asked for (a run without EMA has no averaged weights;
-    ``best.pt`` holds one set)."""
+    ``best.pt`` holds one set), or that is no model file (a bare state_dict)."""
     ckpt = read_checkpoint(path, map_location=device)
+    missing = [key for key in ("model_config", "model_state", "graph") if key not in ckpt]
+    if missing:
+        raise InputError(f"{path}: not an orbitgraph model file (no {missing[0]!r}: "
+                         "a model file holds the model's config, weights and graph parameters)")
     state, said = choose_weights(ckpt, Path(path), weights)
     model = model_from_checkpoint({**ckpt, "model_state": state})
     return SavedPotential(model.to(device), GraphParams.from_dict(ckpt["graph"]),
@@ -56,13 +61,13 @@ def choose_weights(ckpt: dict, path: Path, weights: str | None = None) -> tuple[
     """The state_dict of the weights asked for (see :func:`load_potential`) among those of
     the checkpoint ``ckpt`` read from ``path``, and which they are, in words."""
     if weights not in (None, *WEIGHTS):
-        raise ValueError(f"weights: expected ema or raw (or none: those validation used), "
-                         f"got {weights!r}")
+        raise ConfigError(f"weights: expected ema or raw (or none: those validation used), "
+                          f"got {weights!r}", "weights")
     if "ema_state" in ckpt:  # the trainer's checkpoint.pt: the raw weights and the EMA's
         step = ckpt["state"]["step"]
         has_ema = ckpt["ema_state"] is not None
         if weights == "ema" and not has_ema:
-            raise ValueError(f"{path}: no EMA weights: this run kept no average "
+            raise InputError(f"{path}: no EMA weights: this run kept no average "
                              "(train.ema_decay null), validation used its raw weights")
         if (weights or ("ema" if has_ema else "raw")) == "ema":
             return (averaged_state(ckpt["model_state"], ckpt["ema_state"]),
@@ -73,7 +78,7 @@ def choose_weights(ckpt: dict, path: Path, weights: str | None = None) -> tuple[
     if weights is not None and weights != held:
         holds = (f"holds the {held} weights only" if held is not None
                  else "does not record whether it holds EMA or raw weights")
-        raise ValueError(f"{path} {holds}; the run's checkpoint.pt holds both")
+        raise InputError(f"{path} {holds}; the run's checkpoint.pt holds both")
     at = f", step {ckpt['step']}" if "step" in ckpt else ""
     if held == "ema":
         return ckpt["model_state"], f"EMA weights of {path}{at} (those validation used)"

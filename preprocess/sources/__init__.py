@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orbitgraph.errors import ConfigError, InputError, MissingFileError
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, Source
 from orbitgraph.preprocess.sources.extxyz import SUFFIXES as EXTXYZ_SUFFIXES
 from orbitgraph.preprocess.sources.extxyz import ExtxyzSource, is_extxyz_name
@@ -36,15 +37,15 @@ def open_source(path: str | Path, source_format: str | None = None) -> Source:
     """Open a source, guessing the format from the name when not given."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise MissingFileError(f"{path}: no such file or folder")
     if source_format is None:
         source_format = format_from_name(p)
         if source_format is None:
-            raise ValueError(f"{path}: cannot tell the format from the name: "
+            raise InputError(f"{path}: cannot tell the format from the name: "
                              f"{unknown_name_hint(p)}")
     if source_format not in FORMATS:
-        raise ValueError(f"unknown source format {source_format!r}; "
-                         f"expected one of {sorted(FORMATS)}")
+        raise ConfigError(f"unknown source format {source_format!r}; "
+                          f"expected one of {sorted(FORMATS)}", "format")
     return FORMATS[source_format](p)
 
 

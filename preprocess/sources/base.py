@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
+from orbitgraph.errors import SourceChangedError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.labels import LabelPlan
 from orbitgraph.preprocess.store.params import LabelKeys
@@ -71,8 +72,8 @@ def read_range(path: str, start: int, end: int) -> bytes:
         f.seek(start)
         data = f.read(end - start)
     if len(data) != end - start:
-        raise OSError(f"{path}: expected {end - start} bytes at offset {start}, got {len(data)}"
-                      " (the file changed since the plan was made?)")
+        raise SourceChangedError(f"{path}: expected {end - start} bytes at offset {start}, got "
+                                 f"{len(data)} (the file changed since the plan was made?)")
     return data
 
 

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from orbitgraph.errors import RecordError
+from orbitgraph.errors import InputError, MissingFileError, RecordError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
 from orbitgraph.preprocess.sources.labels import (
@@ -52,10 +52,10 @@ def _files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and is_extxyz_name(p.name))
         if not files:
-            raise FileNotFoundError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
+            raise MissingFileError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
         return files
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise MissingFileError(f"{path}: no such file or folder")
     return [path]
 
 
@@ -89,7 +89,7 @@ class ExtxyzSource:
                     try:
                         n = int(header.split()[0])
                     except ValueError:
-                        raise ValueError(f"{name}:{line_no}: expected an atom count, got "
+                        raise InputError(f"{name}:{line_no}: expected an atom count, got "
                                          f"{header[:40]!r}") from None
                     comment = f.readline()
                     lines = [header, comment]

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from orbitgraph.errors import SourceChangedError
+
 log = logging.getLogger("orbitgraph.build")
 
 CACHE_FILE = "source-digests.json"
@@ -35,10 +37,6 @@ READ_BLOCK = 1 << 20  # bytes per read while hashing
 # A file changed less than this before its hash started may change again within the same
 # timestamp tick (coarse clocks, network filesystems) unseen by the cache: not remembered.
 RACY_NS = 2_000_000_000
-
-
-class SourceChangedError(ValueError):
-    """A source file changed while it was being hashed."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from orbitgraph.errors import LabelError
+from orbitgraph.errors import InputError, LabelError, MissingFileError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
 from orbitgraph.preprocess.sources.labels import MASKED, STRESS_MISSING, LabelPlan
@@ -52,7 +52,7 @@ class MPtrjJsonSource:
     def __init__(self, path: str | Path):
         self.path = str(path)
         if not Path(self.path).is_file():
-            raise FileNotFoundError(f"{self.path}: no such file")
+            raise MissingFileError(f"{self.path}: no such file")
         self.files = [self.path]
         self.gzipped = is_gzip(self.path)
 
@@ -88,7 +88,7 @@ class MPtrjJsonSource:
                 try:
                     chunk = f.read(CHUNK)
                 except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-                    raise ValueError(f"{self.path}: the gzip stream is truncated or damaged "
+                    raise InputError(f"{self.path}: the gzip stream is truncated or damaged "
                                      f"(reading on from decompressed byte {scanner.offset}: "
                                      f"{err})") from None
                 if chunk:

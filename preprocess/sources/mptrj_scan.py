@@ -17,6 +17,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from orbitgraph.errors import InputError
+
 # slots of the state carried from one chunk to the next
 DEPTH, IN_STRING, ESCAPE, START, FRAMES = range(5)
 
@@ -101,13 +103,13 @@ class MaterialScanner:
             out.extend(zip(self._starts[:count].tolist(), self._ends[:count].tolist(),
                            self._frames[:count].tolist(), strict=True))
             if self.state[DEPTH] < 0:
-                raise ValueError(f"MPtrj JSON: unbalanced closing bracket near byte "
+                raise InputError(f"MPtrj JSON: unbalanced closing bracket near byte "
                                  f"{self.offset + pos}")
         self.offset += buf.shape[0]
         return out
 
     def finish(self, path: str) -> None:
-        """Raise ValueError if the bytes fed end inside a value (a truncated file)."""
+        """Raise InputError if the bytes fed end inside a value (a truncated file)."""
         if self.state[DEPTH] != 0 or self.state[IN_STRING]:
-            raise ValueError(f"{path}: the JSON ends inside a value at byte {self.offset} "
+            raise InputError(f"{path}: the JSON ends inside a value at byte {self.offset} "
                              "(truncated file?)")

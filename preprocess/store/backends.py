@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.schema import FIELDS, LEVELS, fields_at, numpy_dtype
 from orbitgraph.preprocess.store import zarr_v3
 from orbitgraph.preprocess.store.location import Location
@@ -144,5 +145,5 @@ def get_backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
     except KeyError:
-        raise ValueError(f"unknown store backend {name!r}; "
+        raise StoreError(f"unknown store backend {name!r}; "
                          f"expected one of {sorted(BACKENDS)}") from None

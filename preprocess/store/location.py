@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from orbitgraph.errors import ConfigError
+
 
 def is_url(path: str | Path) -> bool:
     return isinstance(path, str) and "://" in path
@@ -37,7 +39,8 @@ class Location:
             self.path: Path | None = None
         else:
             if self.storage_options:
-                raise ValueError("storage_options only apply to fsspec URLs, not local paths")
+                raise ConfigError("storage_options only apply to fsspec URLs, not local paths",
+                                  "storage_options")
             self.url, self.path = None, Path(where)
 
     @property

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orbitgraph.errors import StoreError
+from orbitgraph.errors import ConfigError, StoreError
 from orbitgraph.preprocess.graph import concat_ranges
 from orbitgraph.preprocess.schema import fields_at
 from orbitgraph.preprocess.store.backends import get_backend
@@ -211,8 +211,8 @@ class GraphStore:
             splits = [split] if isinstance(split, str) else list(split)
             unknown = set(splits) - {"train", "val", "test"}
             if unknown:
-                raise ValueError(f"subset: unknown split {sorted(unknown)}; "
-                                 "expected train, val, test")
+                raise ConfigError(f"subset: unknown split {sorted(unknown)}; "
+                                  "expected train, val, test", "split")
             mask = pc.and_(mask, pc.is_in(table["split"], pa.array(splits)))
         if frame_ids is not None:
             wanted = pa.array(list(frame_ids), pa.string())

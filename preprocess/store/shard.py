@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from orbitgraph.errors import InputError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.graph import KnnGraphBatch, knn_graphs
 from orbitgraph.preprocess.graph_params import GraphParams
@@ -65,11 +66,11 @@ def columns_from_frames(frames: Sequence[Frame], graphs: KnnGraphBatch) -> dict[
         raise ValueError(f"{n} frames but {len(graphs)} graphs")
     n_atoms = np.array([f.n_atoms for f in frames], dtype=np.int32)
     if n_atoms.size and n_atoms.max() > MAX_ATOMS:
-        raise ValueError(f"a frame has more than {MAX_ATOMS} atoms; neighbour indices are uint16")
+        raise InputError(f"a frame has more than {MAX_ATOMS} atoms; neighbour indices are uint16")
     if ((graphs.unit_shifts.size and np.abs(graphs.unit_shifts).max() > MAX_UNIT_SHIFT)
             or (graphs.next_unit_shift.size
                 and np.abs(graphs.next_unit_shift).max() > MAX_UNIT_SHIFT)):
-        raise ValueError("a cell shift exceeds the int8 range; the cell is too small for k")
+        raise InputError("a cell shift exceeds the int8 range; the cell is too small for k")
 
     def stack(values, shape, dtype):
         return (np.stack(values).astype(dtype) if values else np.empty((0, *shape), dtype))
