@@ -14,11 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from orbitgraph.config import Config
-from orbitgraph.errors import ConfigError, MissingFileError
+from orbitgraph.config import Config, read_yaml
+from orbitgraph.errors import ConfigError
 
 KINDS = ("equivariant", "invariant")
 CHOICES = {
@@ -178,14 +177,7 @@ def model_spec(spec: str | Path | dict) -> dict:
         return {"preset": text}
     path = Path(text)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
-        if not path.is_file():
-            raise MissingFileError(f"{path}: no such model config file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of model settings")
+        data = read_yaml(path, "model config")
         return dict(data.get("model", data))
     raise ConfigError(f"unknown model preset {text!r}; choose one of {', '.join(PRESETS)} "
                       "or give a YAML file")

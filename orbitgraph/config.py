@@ -364,3 +364,40 @@ def markdown_table(rows) -> str:
         cells = [f"`{path}`", kind, f"`{default}`", bounds, description]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ YAML
+
+def yaml_value(text: str) -> Any:
+    """``text`` read as YAML with PyYAML's safe loader (``1e-3`` a number, ``[32, 32]`` a
+    list, ``null`` None). Raises ConfigError quoting the parser's problem in one line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML ({' '.join(str(err).split())[:120]})") from None
+
+
+def read_yaml(path: str | Path, what: str = "") -> dict:
+    """The mapping a YAML file holds (``{}`` for an empty file): the one reader of
+    pipelines.yaml, ``--config`` files and model YAMLs. ``what``: what the file holds, for
+    the messages ("no such {what} file"). Raises MissingFileError when there is no such
+    file and ConfigError, naming the file, when it is not valid YAML or holds something
+    other than a mapping."""
+    from orbitgraph.errors import MissingFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such {what + ' ' if what else ''}file")
+    try:
+        data = yaml_value(path.read_text())
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping{' of ' + what if what else ''}, got "
+                          f"{type(data).__name__} {data!r}")
+    return data
+

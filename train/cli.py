@@ -22,8 +22,7 @@ import sys
 import textwrap
 from typing import NoReturn
 
-import yaml
-
+from orbitgraph.config import read_yaml, yaml_value
 from orbitgraph.errors import ConfigError, MissingFileError, OrbitgraphError
 from orbitgraph.preprocess.cluster import BuildProcessError
 
@@ -32,8 +31,8 @@ def _value(text: str):
     """A flag's value read as YAML (``1e-3`` a number, ``null`` None); the configs then
     validate it, so that a bad value is one line naming its key."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return yaml_value(text)
+    except ConfigError:
         return text
 
 
@@ -56,22 +55,6 @@ def _document(args, sections: dict, given: dict[str, object]) -> dict:
         raise ConfigError(f"--set {unknown[0]}...: the keys of this command start with "
                           f"{' or '.join(s + '.' for s in sections)}", unknown[0])
     return doc
-
-
-def _read_yaml(path_text: str, what: str) -> dict:
-    from pathlib import Path
-    path = Path(path_text)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such {what} file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {data!r}")
-    return data
 
 
 # ------------------------------------------------------------------------ settings
@@ -104,7 +87,7 @@ def train_settings(args):
 
     train = {}
     if args.config:
-        data = _read_yaml(args.config, "training config")
+        data = read_yaml(args.config, "training config")
         train = data.get("train", data)
     given = _given(args, device="train.device", epochs="train.epochs",
                    max_steps="train.max_steps")

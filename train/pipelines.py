@@ -34,11 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from orbitgraph.config import Config
-from orbitgraph.errors import ConfigError, GraphMismatchError
+from orbitgraph.config import Config, read_yaml, yaml_value
+from orbitgraph.errors import ConfigError, GraphMismatchError, MissingFileError
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph_params import graph_for_model
 from orbitgraph.preprocess.store import open_store
@@ -421,17 +420,10 @@ def load_pipelines(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
     from orbitgraph.model.config import load_config
 
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        problem = " ".join(str(err).split())[:160]
-        raise PipelineError(f"{path}: not valid YAML ({problem})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path}: expected a mapping, got {type(data).__name__} {data!r}")
+        data = read_yaml(path)
+    except (ConfigError, MissingFileError) as err:
+        raise PipelineError(str(err)) from None
     try:
         data = apply_overrides(data, overrides)
         config = PipelinesFile.from_dict(data, where="", context={"base": path.resolve().parent})
@@ -465,10 +457,9 @@ def apply_overrides(data: dict, overrides) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE, e.g. train.lr=0.001")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item}: the value is not valid YAML "
-                              f"({' '.join(str(err).split())[:120]})") from None
+            value = yaml_value(text)
+        except ConfigError as err:
+            raise ConfigError(f"--set {item}: the value is {err}") from None
         set_path(data, key.strip(), value)
     return data
 
