@@ -39,13 +39,21 @@ def plain(value):
     return value
 
 
+# The layout of every checkpoint and model file, written into each as ``format_version``.
+# 0: the files written before they carried a version (the same keys as version 1; the tests
+# keep such files in tests/data/format_v0/). Raise it when a key changes meaning or goes,
+# and teach read_checkpoint to read the older versions or to refuse them in one line.
+FORMAT_VERSION = 1
+
+
 def write_checkpoint(data: dict, path: str | Path) -> None:
-    """Save ``data`` (configs made :func:`plain`) to ``path`` atomically: written beside it,
-    then renamed over it, so a kill mid-write leaves the previous file."""
+    """Save ``data`` (configs made :func:`plain`) with ``format_version``
+    (:data:`FORMAT_VERSION`) to ``path`` atomically: written beside it, then renamed over
+    it, so a kill mid-write leaves the previous file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(plain(data), tmp)
+    torch.save(plain({**data, "format_version": FORMAT_VERSION}), tmp)
     os.replace(tmp, path)
 
 
@@ -54,7 +62,8 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     data only). Raises MissingFileError (a FileNotFoundError) for a missing file and
     InputError (a ValueError), naming the file, for one that holds anything else (another
     program's pickle, or an orbitgraph checkpoint from before they held plain data: numpy
-    RNG states)."""
+    RNG states) or for a format version newer than this code reads (:data:`FORMAT_VERSION`;
+    a file without one is version 0, which reads as version 1)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such checkpoint")
@@ -72,4 +81,9 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(data, dict):
         raise InputError(f"{path}: a checkpoint holds a dict, this file a "
                          f"{type(data).__name__}")
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or not 0 <= version <= FORMAT_VERSION:
+        raise InputError(f"{path}: checkpoint format version {version!r}; this orbitgraph "
+                         f"reads versions 0 to {FORMAT_VERSION} (a newer orbitgraph wrote it: "
+                         "upgrade to read it)")
     return data
