@@ -10,9 +10,18 @@ rank envelope — is computed from the strained positions and cell, so forces an
 the exact derivatives of the energy a user evaluates with a freshly built graph. One
 backward pass gives both derivatives; with ``training=True`` it keeps the graph so that
 losses on forces and stress can be differentiated again.
+
+A potential is built in one floating dtype (``Potential(config, dtype)``): every parameter
+and buffer, the constants computed at construction included (E0, scale and shift, radial
+frequencies and centres, Clebsch-Gordan and coupling coefficients), is made in it. A
+float64 model built in float32 and converted would hold float32 numbers in float64 (an
+E0 of -6.7 eV off by 1.6e-7 eV per atom), and its non-persistent constants would differ
+from those of the same model loaded from its checkpoint.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -28,14 +37,37 @@ from orbitgraph.model.readout import ScaleShift
 from orbitgraph.model.scatter import scatter_sum
 
 NETWORKS = {"equivariant": EquivariantNetwork, "invariant": InvariantNetwork}
+FLOAT_DTYPES = (torch.float32, torch.float64)  # the dtypes a potential is built in
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """torch's default dtype set to ``dtype`` inside the block, as nequip and mace-torch
+    build models: what the blocks create without naming a dtype (``torch.zeros``,
+    ``nn.Linear``, e3nn's coefficients) is made in it. Process-wide while it lasts."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 class Potential(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """The network and species-wise scale, shift and E0 of ``config``, built in ``dtype``
+    (torch.float32 or torch.float64; None: torch's default dtype). Raises ValueError for
+    another dtype."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None):
         super().__init__()
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"a potential is built in torch.float32 or torch.float64, "
+                             f"not {dtype}")
         self.config = config
-        self.network = NETWORKS[config.kind](config)
-        self.scale_shift = ScaleShift(config.atomic_energies, config.scale, config.shift)
+        with default_dtype(dtype):
+            self.network = NETWORKS[config.kind](config)
+            self.scale_shift = ScaleShift(config.atomic_energies, config.scale, config.shift)
 
     def atomic_energies(self, batch: Batch, positions: torch.Tensor,
                         cell: torch.Tensor) -> torch.Tensor:

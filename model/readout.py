@@ -61,16 +61,19 @@ def reduce_blocks(per_block: list[torch.Tensor], mode: BlockReduction) -> torch.
 
 
 class ScaleShift(nn.Module):
-    """Species-wise learnable scale and shift, plus fixed atomic reference energies E0."""
+    """Species-wise learnable scale and shift, plus fixed atomic reference energies E0 (eV),
+    all (NUM_ELEMENTS,) in torch's default dtype (the potential's: :class:`model.Potential`
+    builds its blocks in it), so that a float64 model holds E0 to float64 precision."""
 
     def __init__(self, atomic_energies: dict[int, float], scale: float = 1.0, shift: float = 0.0):
         super().__init__()
-        e0 = torch.zeros(NUM_ELEMENTS)
+        dtype = torch.get_default_dtype()
+        e0 = torch.zeros(NUM_ELEMENTS, dtype=dtype)
         for z, v in atomic_energies.items():
             e0[int(z)] = float(v)
         self.register_buffer("e0", e0)
-        self.scale = nn.Parameter(torch.full((NUM_ELEMENTS,), float(scale)))
-        self.shift = nn.Parameter(torch.full((NUM_ELEMENTS,), float(shift)))
+        self.scale = nn.Parameter(torch.full((NUM_ELEMENTS,), float(scale), dtype=dtype))
+        self.shift = nn.Parameter(torch.full((NUM_ELEMENTS,), float(shift), dtype=dtype))
 
     def forward(self, atomic: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         return self.scale[numbers] * atomic + self.shift[numbers] + self.e0[numbers]

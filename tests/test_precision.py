@@ -5,24 +5,30 @@ Lengths (strain, positions, edge vectors, d_{k+1}) and the spherical harmonics a
 outside autocast and without matrix-multiply kernels; the layers after them may run in
 bf16 or TF32. On a CPU, TF32 changes nothing (the test then checks that the setting runs);
 on a GPU (benchmarks/gpu.sh) it is the real check.
+
+Precision kept: a potential is built in its dtype (E0 and every constant, not float32
+numbers converted), and a float64 checkpoint reaches the calculator bit for bit.
 """
 from __future__ import annotations
 
 import math
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from e3nn import o3
 
 from helpers import write_small_mptrj
-from orbitgraph.model import build_model
+from orbitgraph.model import Potential, build_model
 from orbitgraph.model.geometry import edge_vectors
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.store import SplitParams
+from orbitgraph.train.calculator import OrbitCalculator
 from orbitgraph.train.collate import (
     batch_from_structures,
     collate,
@@ -111,3 +117,87 @@ def test_float32_far_from_the_origin(preset):
     for b in (near_b, far_b):
         forces = model(b.to(dtype=torch.float32))["forces"].double()
         assert float((forces - reference).abs().max()) < 1e-4 * float(reference.abs().max())
+
+
+# ----------------------------------------------- calculators and checkpoints keep precision
+FLOATS = (torch.float32, torch.float64)
+GRAPH = GraphParams(k=8, tie_tolerance=0.5)  # serves the adaptive rank envelope
+E0_DIGITS = {1: -1.2345678901234567, 8: -4.934567891234567, 14: -5.423123456789123,
+             26: -8.312345678901234}  # none of them a float32 number
+
+
+def caller_model(dtype: torch.dtype) -> Potential:
+    """A user's model in ``dtype`` (made as users convert one: ``.to(dtype)``)."""
+    torch.manual_seed(0)
+    return randomise(build_model({**TINY["mace"], "atomic_energies": E0_DIGITS})).to(dtype)
+
+
+def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model``, persistent or not, by name."""
+    return dict(chain(model.named_parameters(), model.named_buffers()))
+
+
+def calculator_results(calc, cell, positions, numbers) -> dict[str, np.ndarray]:
+    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
+    atoms.calc = calc
+    return {"energy": np.array(atoms.get_potential_energy()), "forces": atoms.get_forces(),
+            "stress": atoms.get_stress()}
+
+
+def test_float64_checkpoint_round_trips_bit_for_bit(store_path, tmp_path):
+    """A float64 training run's best.pt, loaded by the calculator (float64): every
+    parameter and buffer, and the energy, forces and stress, bit for bit those of the
+    trained model."""
+    trainer = Trainer(store_path, TINY["mace"], TrainConfig(
+        precision="float64", max_steps=2, **QUIET), tmp_path)
+    trainer.fit()
+    trained = trainer.inference_model()
+    calc = OrbitCalculator.from_checkpoint(tmp_path / "best.pt")
+    loaded = tensors(calc.model)
+    for name, t in tensors(trained).items():
+        assert loaded[name].dtype == t.dtype, name
+        assert torch.equal(loaded[name], t), name
+    cell, positions, _ = structure(5, 7)
+    numbers = np.array([26, 29, 29, 26, 29, 26, 29])  # elements of the training frames
+    batch = batch_from_structures([(cell, positions, numbers)], trainer.graph)
+    direct = {key: t.detach() for key, t in trained(batch.to(dtype=torch.float64)).items()}
+    out = calculator_results(calc, cell, positions, numbers)
+    assert float(out["energy"]) == float(direct["energy"][0])
+    assert np.array_equal(out["forces"], direct["forces"].numpy())
+    s = direct["stress"][0].numpy()
+    assert np.array_equal(out["stress"], s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]])
+
+
+@pytest.mark.parametrize("preset", sorted(TINY))
+def test_float64_training_builds_every_constant_in_float64(store_path, tmp_path, preset):
+    """In a float64 run, E0 (the store's least-squares values, exactly), the scale, the
+    radial frequencies and centres and the coupling coefficients are those of a model built
+    in float64, not float32 numbers converted."""
+    trainer = Trainer(store_path, TINY[preset], TrainConfig(precision="float64", max_steps=1,
+                                                            **QUIET), tmp_path)
+    e0 = trainer.model.scale_shift.e0
+    assert e0.dtype == torch.float64
+    for z, value in trainer.store.manifest.statistics["atomic_energies_eV"].items():
+        assert float(e0[int(z)]) == float(value), z
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        reference = tensors(build_model(trainer.model.config))
+    finally:
+        torch.set_default_dtype(old)
+    for name, t in tensors(trainer.model).items():
+        if not t.requires_grad:  # buffers and fixed parameters: no random initialisation
+            assert t.dtype == reference[name].dtype, name
+            assert torch.equal(t, reference[name]), name
+    assert float(trainer.model.scale_shift.scale[0]) == trainer.model.config.scale
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_potential_is_built_in_its_dtype(dtype):
+    """``build_model(..., dtype=)``: every parameter and buffer in ``dtype`` whatever
+    torch's default, and E0 the configured value rounded once, to ``dtype``."""
+    model = build_model({**TINY["mace"], "atomic_energies": E0_DIGITS}, dtype=dtype)
+    assert {t.dtype for t in tensors(model).values() if t.is_floating_point()} == {dtype}
+    for z, value in E0_DIGITS.items():
+        assert model.scale_shift.e0[z] == torch.tensor(value, dtype=dtype), z
+    assert torch.get_default_dtype() == torch.float32  # built without changing it for good

@@ -33,6 +33,7 @@ checkpoints.
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import chain
 
 import numpy as np
 import pytest
@@ -376,11 +377,19 @@ class PotentialTests:
         torch.testing.assert_close(out["energy"].double(), ref["energy"], rtol=1e-4, atol=1e-4)
 
     def test_checkpoint_round_trip(self, tmp_path):
+        """Saved, then loaded where torch's default dtype is float32 (a user's process):
+        every parameter and buffer, and the energy and forces, bit for bit."""
         model = self.make()
         b = self.batch([self.frame(*structure(9, 4))])
         save_model(model, tmp_path / "m.pt")
+        torch.set_default_dtype(torch.float32)  # teardown_method restores it
         again = load_model(tmp_path / "m.pt")
-        torch.testing.assert_close(again(b)["energy"], model(b)["energy"])
+        loaded = dict(chain(again.named_parameters(), again.named_buffers()))
+        for name, t in chain(model.named_parameters(), model.named_buffers()):
+            assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
+        out, ref = again(b), model(b)
+        assert torch.equal(out["energy"], ref["energy"])
+        assert torch.equal(out["forces"], ref["forces"])
 
     def test_empty_batch_runs_forward_and_backward(self):
         """A DDP rank that ran out of data still takes the step: zero frames, zero atoms."""

@@ -227,8 +227,8 @@ class Trainer:
         self.graph = graph_for_model(self.store.manifest.graph, mcfg.k, mcfg.rank_envelope,
                                      mcfg.rank_envelope_width)
         self.model: Potential = build_model(mcfg.model_copy(update={"k": self.graph.k}),
-                                            self.store.manifest.statistics)
-        self.model.to(device=self.device, dtype=self.dtype)
+                                            self.store.manifest.statistics, self.dtype)
+        self.model.to(device=self.device)
         if self.cfg.precision == "bf16":
             e3nn_inputs_in(self.model, self.dtype)
         self.ddp = None
@@ -584,7 +584,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
     frames hold elements that none of the model's training frames held (see
     :func:`untrained_elements`); one warning per such element (``orbitgraph.evaluate``
     logger). Raises StoreError when the split holds no frames (:func:`frames_to_evaluate`)."""
-    saved = load_potential(checkpoint, device=device, weights=weights)
+    saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
     store = store if isinstance(store, GraphStore) else open_store(store)
     subset = frames_to_evaluate(store, split)
     model = saved.model.to(device=device, dtype=torch.float64).eval()

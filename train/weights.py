@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from orbitgraph.errors import ConfigError, InputError
 from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
 from orbitgraph.preprocess.graph_params import GraphParams
@@ -37,11 +39,12 @@ class SavedPotential:
     weights: str
 
 
-def load_potential(path: str | Path, device: str = "cpu",
-                   weights: str | None = None) -> SavedPotential:
+def load_potential(path: str | Path, device: str = "cpu", weights: str | None = None,
+                   dtype: torch.dtype | None = None) -> SavedPotential:
     """The model saved in ``path`` (``checkpoint.pt``, ``best.pt`` or a
     :func:`model.save_model` file) with the weights validation used (``weights`` None), or
-    the EMA or raw ones (``"ema"``, ``"raw"``).
+    the EMA or raw ones (``"ema"``, ``"raw"``), built in ``dtype`` (None: that of the
+    weights; see :func:`orbitgraph.model.model_from_checkpoint`).
 
     Raises MissingFileError for a missing file and InputError, naming the file, where it
     does not hold the weights asked for (a run without EMA has no averaged weights;
@@ -52,7 +55,7 @@ def load_potential(path: str | Path, device: str = "cpu",
         raise InputError(f"{path}: not an orbitgraph model file (no {missing[0]!r}: "
                          "a model file holds the model's config, weights and graph parameters)")
     state, said = choose_weights(ckpt, Path(path), weights)
-    model = model_from_checkpoint({**ckpt, "model_state": state})
+    model = model_from_checkpoint({**ckpt, "model_state": state}, dtype)
     return SavedPotential(model.to(device), GraphParams.from_dict(ckpt["graph"]),
                           ckpt.get("trained_elements"), said)
 
