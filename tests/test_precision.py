@@ -7,12 +7,13 @@ bf16 or TF32. On a CPU, TF32 changes nothing (the test then checks that the sett
 on a GPU (benchmarks/gpu.sh) it is the real check.
 
 Precision kept: a potential is built in its dtype (E0 and every constant, not float32
-numbers converted), and a float64 checkpoint reaches the calculator bit for bit.
+numbers converted), a float64 checkpoint reaches the calculator bit for bit, and
+calculators of every dtype made from one model coexist without changing it.
 """
 from __future__ import annotations
 
 import math
-from itertools import chain
+from itertools import chain, product
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,34 @@ def calculator_results(calc, cell, positions, numbers) -> dict[str, np.ndarray]:
     atoms.calc = calc
     return {"energy": np.array(atoms.get_potential_energy()), "forces": atoms.get_forces(),
             "stress": atoms.get_stress()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model_dtype", FLOATS, ids=str)
+def test_calculators_of_every_dtype_pair_coexist(model_dtype, device):
+    """Two calculators made one after the other from one model, for every pair of dtypes:
+    both still work (the first one after the second was made) and agree, each in its own
+    dtype and on its device, and the caller's model keeps its dtype, device and weights."""
+    model = caller_model(model_dtype)
+    before = {name: t.clone() for name, t in tensors(model).items()}
+    cell, positions, numbers = structure(4, 6)
+    reference = None
+    for first, second in product(FLOATS, FLOATS):
+        calcs = [OrbitCalculator(model, GRAPH, device=device, dtype=dtype)
+                 for dtype in (first, second)]
+        for calc, dtype in zip(calcs, (first, second), strict=True):
+            out = calculator_results(calc, cell, positions, numbers)
+            reference = reference or out
+            assert {(t.dtype, t.device.type) for t in tensors(calc.model).values()
+                    if t.is_floating_point()} == {(dtype, device)}
+            # a copy only where the model must be converted
+            assert (calc.model is model) == (dtype == model_dtype and device == "cpu")
+            for key, value in out.items():
+                np.testing.assert_allclose(value, reference[key], rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{key}, {dtype} after {first}, {second}")
+    for name, t in tensors(model).items():
+        assert t.dtype == before[name].dtype and t.device.type == "cpu", name
+        assert torch.equal(t, before[name]), name
 
 
 def test_float64_checkpoint_round_trips_bit_for_bit(store_path, tmp_path):

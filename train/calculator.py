@@ -2,12 +2,21 @@
 ASE sign, Voigt order). Each structure's graph is built exactly as the store built it
 (same k, tie rule, tolerance and cutoff).
 
+The calculator evaluates the model in its ``dtype`` on its ``device`` and never changes
+the model it is given (dtype, device, weights or training mode). A model already in that
+dtype on that device is used as it is, not copied: later changes to its weights show in the
+calculator's results. Any other model is copied once (``copy.deepcopy``, then
+``.to(device, dtype)``), so calculators of several dtypes and devices made from one model
+coexist; the copy costs its weights' memory and ~0.1 s (e3nn rebuilds its generated code).
+
 A model knows the elements its training frames held (``known_elements``); for any other
 element its reference energy E0 is 0 eV and its network never saw it, so the calculator
 warns, once per element, when a structure holds one (:class:`UntrainedElementWarning`).
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import warnings
 from pathlib import Path
 
@@ -15,8 +24,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from orbitgraph.errors import InputError
+from orbitgraph.errors import ConfigError, InputError
 from orbitgraph.model import Potential
+from orbitgraph.model.potential import FLOAT_DTYPES
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import batch_from_structures
 from orbitgraph.train.weights import load_potential
@@ -26,10 +36,22 @@ class UntrainedElementWarning(UserWarning):
     """A structure holds an element that no training frame of the model held."""
 
 
+def is_placed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether every parameter and buffer of ``model`` is on ``device`` (resolved: cuda:0,
+    not cuda) and every floating one in ``dtype``."""
+    return all(t.device == device and (t.dtype == dtype or not t.is_floating_point())
+               for t in itertools.chain(model.parameters(), model.buffers()))
+
+
 class OrbitCalculator(Calculator):
-    """``known_elements``: the chemical symbols of the model's training frames (from the
+    """Energy (eV), forces (eV/Å) and stress (eV/Å³, ASE sign) of ``model`` in ``dtype``
+    (torch.float32 or torch.float64) on ``device``, on graphs built with ``graph``'s
+    parameters. ``model`` itself is used where it already is in that dtype on that device,
+    a converted copy otherwise (see the module docstring); it is never changed.
+    ``known_elements``: the chemical symbols of the model's training frames (from the
     checkpoint; None when the model was handed over without them, and then nothing is
-    checked)."""
+    checked). Raises ValueError for another dtype or a graph the model's rank envelope
+    cannot use."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
@@ -37,26 +59,32 @@ class OrbitCalculator(Calculator):
                  dtype: torch.dtype = torch.float64, known_elements: list[str] | None = None,
                  **kwargs):
         super().__init__(**kwargs)
+        if dtype not in FLOAT_DTYPES:
+            raise ConfigError(f"OrbitCalculator: dtype is torch.float32 or torch.float64, "
+                              f"not {dtype}")
         self.known_elements = sorted(known_elements) if known_elements is not None else None
         self._warned: set[str] = set()
         graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
         # built here for each structure, as given (k=None): only the envelope's needs count
         self.graph = graph_for_model(graph, None, model.config.rank_envelope,
                                      model.config.rank_envelope_width)
-        self.device = torch.device(device)
+        self.device = torch.empty(0, device=device).device  # "cuda" resolved to "cuda:0"
         self.dtype = dtype
-        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.model = (model if is_placed(model, self.device, dtype)
+                      else copy.deepcopy(model).to(device=self.device, dtype=dtype).eval())
         self.weights = "the model handed over"  # from_checkpoint: which weights of the file
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
-                        **kwargs) -> "OrbitCalculator":
+                        dtype: torch.dtype = torch.float64, **kwargs) -> "OrbitCalculator":
         """From ``best.pt`` or ``checkpoint.pt`` written by the trainer, with the weights
         validation used (the EMA's where training kept one) or, from ``checkpoint.pt``,
-        ``weights="raw"`` or ``"ema"`` (:func:`train.weights.load_potential`); which ones,
-        in words: :attr:`weights`."""
-        saved = load_potential(path, device=device, weights=weights)
-        calc = cls(saved.model, saved.graph, device=device,
+        ``weights="raw"`` or ``"ema"`` (:func:`orbitgraph.train.weights.load_potential`);
+        which ones, in words: :attr:`weights`. The potential is built in ``dtype`` and its
+        weights loaded into it (bit for bit where the checkpoint has this dtype, see
+        :func:`orbitgraph.model.model_from_checkpoint`), no copy."""
+        saved = load_potential(path, device=device, weights=weights, dtype=dtype)
+        calc = cls(saved.model.eval(), saved.graph, device=device, dtype=dtype,
                    known_elements=saved.trained_elements, **kwargs)
         calc.weights = saved.weights
         return calc
