@@ -141,3 +141,28 @@ def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
     path = path.with_suffix(".json")
     path.write_text(json.dumps(materials))
     return path
+
+
+def graphs_of(frames, params):
+    """The graphs of ``frames`` (preprocess.frame.Frame) built with ``params``, as the build
+    builds them (one compiled call)."""
+    from orbitgraph.preprocess.graph import knn_graphs
+
+    return knn_graphs([f.cell for f in frames], [f.positions for f in frames],
+                      pbc=np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3),
+                      params=params)
+
+
+def build_columns(frames, params) -> dict:
+    """A shard's columns of ``frames``, their graphs built with ``params``."""
+    from orbitgraph.preprocess.store.shard import columns_from_frames
+
+    return columns_from_frames(frames, graphs_of(frames, params))
+
+
+def write_shard(root, index: int, frames, spec, **kwargs):
+    """``write_frames_shard`` with the frames' graphs built by ``spec.graph``."""
+    from orbitgraph.preprocess.store import write_frames_shard
+
+    return write_frames_shard(root, index, frames, spec, graphs_of(frames, spec.graph), **kwargs)
+

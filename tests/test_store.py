@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import load_small_mptrj
+from helpers import build_columns, load_small_mptrj, write_shard
 from orbitgraph.errors import StoreError
 from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.schema import FIELDS
@@ -62,7 +62,7 @@ class StoreConformance:
     def build(self, root: Path, partitions: list[list[Frame]], **kw):
         spec = self.spec(**kw)
         for i, frames in enumerate(partitions):
-            write_frames_shard(root, i, frames, spec)
+            write_shard(root, i, frames, spec)
         finalize_store(root, spec, len(partitions))
         return open_store(root)
 
@@ -74,7 +74,6 @@ class StoreConformance:
                                                    magmom=False)]
         store = self.build(tmp_path / "s", [frames[:20], frames[20:]])
         assert len(store) == len(frames)
-        from orbitgraph.preprocess.store.shard import build_columns
         expected = build_columns(frames, GraphParams())
         atom_ptr = np.concatenate(([0], np.cumsum(expected["n_atoms"])))
         for i, f in enumerate(frames):
@@ -226,7 +225,7 @@ class StoreConformance:
                 ("next-range", replace(graphs, next_neighbor=next_range),
                  "next_neighbor values out of range")):
             root = tmp_path / name
-            write_frames_shard(root, 0, frames, spec, graphs=graphs_written)
+            write_frames_shard(root, 0, frames, spec, graphs_written)
             finalize_store(root, spec, 1)
             report = verify_store(root, sample=len(frames))
             assert not any("checksum" in p for p in report.problems)
@@ -252,7 +251,7 @@ class StoreConformance:
 
         monkeypatch.setattr(shard_module, "write_parquet", crash)
         with pytest.raises(KeyboardInterrupt):
-            write_frames_shard(root, 0, frames, spec)
+            write_shard(root, 0, frames, spec)
         monkeypatch.undo()
         assert not is_committed(root, "shard-000000")
         assert not (root / "shards" / "shard-000000").exists()
@@ -261,7 +260,7 @@ class StoreConformance:
         with pytest.raises(StoreError, match="not committed"):
             finalize_store(root, spec, 1)
         assert remove_stale_temporaries(root) == 1
-        write_frames_shard(root, 0, frames, spec)
+        write_shard(root, 0, frames, spec)
         finalize_store(root, spec, 1)
         assert len(open_store(root)) == 10
 
@@ -269,9 +268,9 @@ class StoreConformance:
         root = tmp_path / "s"
         spec = self.spec()
         frames = sample_frames(10)
-        first = write_frames_shard(root, 0, frames, spec)
+        first = write_shard(root, 0, frames, spec)
         mtime = (shard_dir(root, "shard-000000") / "commit.json").stat().st_mtime_ns
-        again = write_frames_shard(root, 0, frames, spec)
+        again = write_shard(root, 0, frames, spec)
         assert first == again
         assert (shard_dir(root, "shard-000000") / "commit.json").stat().st_mtime_ns == mtime
 
@@ -406,7 +405,6 @@ def test_zarr_shards_are_what_zarr_python_writes(tmp_path, monkeypatch, n_frames
     import zarr
 
     from orbitgraph.preprocess.store import backends
-    from orbitgraph.preprocess.store.shard import build_columns
     monkeypatch.setattr(backends, "CHUNK_BYTES", 2000)
     rng = np.random.default_rng(5)
     frames = [random_frame(rng, int(rng.integers(1, 12)), f"f{i}", f"m{i // 3}",

@@ -243,8 +243,9 @@ def test_an_experiment_reports_only_results_of_its_current_configuration(tmp_pat
     path.write_text(yaml.safe_dump({
         "workdir": "runs", "cluster": {"kind": "synchronous"},
         "sources": {"small": {"path": "small.json", "format": "mptrj-json"}},
+        # test_fraction 0.25: the test split holds one of the 4 materials (0.2, none)
         "stores": {"small": {"source": "small", "frames_per_shard": 10,
-                             "split": {"val_fraction": 0.2, "test_fraction": 0.2}}},
+                             "split": {"val_fraction": 0.2, "test_fraction": 0.25}}},
         "experiments": {"tiny": {"store": "small", "model": TINY, "threads": 1,
                                  "train": {"max_steps": 1, "loader": {"max_atoms": 60},
                                            **QUIET}}}}))

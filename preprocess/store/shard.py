@@ -22,8 +22,7 @@ import pyarrow as pa
 
 from orbitgraph.errors import InputError
 from orbitgraph.preprocess.frame import Frame
-from orbitgraph.preprocess.graph import KnnGraphBatch, knn_graphs
-from orbitgraph.preprocess.graph_params import GraphParams
+from orbitgraph.preprocess.graph import KnnGraphBatch
 from orbitgraph.preprocess.schema import (
     BY_NAME,
     MAX_ATOMS,
@@ -103,14 +102,6 @@ def columns_from_frames(frames: Sequence[Frame], graphs: KnnGraphBatch) -> dict[
         "neighbors": graphs.neighbors.astype(np.uint16),
         "unit_shifts": graphs.unit_shifts.astype(np.int8),
     }
-
-
-def build_columns(frames: Sequence[Frame], params: GraphParams) -> dict[str, np.ndarray]:
-    """Build the graphs of ``frames`` with ``params`` and return the shard's columns."""
-    graphs = knn_graphs([f.cell for f in frames], [f.positions for f in frames],
-                        pbc=np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3),
-                        params=params)
-    return columns_from_frames(frames, graphs)
 
 
 def checksum(files: Sequence[Path], base: Path) -> tuple[str, int]:

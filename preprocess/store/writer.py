@@ -32,7 +32,6 @@ from orbitgraph.preprocess.store.parquet import read_parquet, write_parquet
 from orbitgraph.preprocess.store.shard import (
     INDEX_FILE,
     ShardRecord,
-    build_columns,
     columns_from_frames,
     is_committed,
     read_commit,
@@ -150,9 +149,10 @@ def _compositions(frames: Sequence[Frame]) -> tuple[list[list[str]], list[str]]:
 
 
 def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: StoreSpec,
-                       quarantine: Sequence[dict] = (), graphs: KnnGraphBatch | None = None,
+                       graphs: KnnGraphBatch, quarantine: Sequence[dict] = (),
                        label_counts: dict | None = None) -> ShardRecord:
-    """Commit ``frames`` (and their graphs, built here unless given) as shard ``index``.
+    """Commit ``frames`` and their ``graphs`` (built with ``spec.graph``, as the build does)
+    as shard ``index``.
 
     ``quarantine`` rows (material_id, frame_id, reason) of this partition and
     ``label_counts`` ({"not_stored" | "converted" | "masked": {what: frames}}) are kept with
@@ -161,8 +161,7 @@ def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: St
     root = Path(root)
     if is_committed(root, shard_name(index)):
         return read_commit(root, shard_name(index))[0]
-    columns = (build_columns(frames, spec.graph) if graphs is None
-               else columns_from_frames(frames, graphs))
+    columns = columns_from_frames(frames, graphs)
     atom_ptr = np.concatenate(([0], np.cumsum(columns["n_atoms"], dtype=np.int64)))
     edges_per_atom = np.concatenate(([0], np.cumsum(columns["n_edges"], dtype=np.int64)))
     n_edges_frame = np.diff(edges_per_atom[atom_ptr])
