@@ -74,6 +74,49 @@ def test_root_package_imports_no_room():
     assert out == "[]"
 
 
+def module_name(path: Path) -> str:
+    """``preprocess/store/reader.py`` -> ``orbitgraph.preprocess.store.reader``."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts if parts[0] == "orbitgraph" else ["orbitgraph", *parts])
+
+
+def test_no_import_circles():
+    """No module imports itself through others, lazy (in-function) imports included: each
+    concept's module sits above the modules it uses."""
+    modules = {module_name(p): p for d in ("orbitgraph", *ROOMS)
+               for p in sorted((ROOT / d).rglob("*.py"))}
+    edges = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in imported_modules(path):
+            # `from orbitgraph.x import y` may name the module orbitgraph.x.y or a name in x
+            for candidate in (imported, imported.rpartition(".")[0]):
+                if candidate in modules and candidate != name:
+                    targets.add(candidate)
+                    break
+        edges[name] = targets
+    # a package's __init__ re-exporting its modules is not a circle of concepts
+    packages = {n for n, p in modules.items() if p.name == "__init__.py"}
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in edges[node] - packages:
+                if nxt == start:
+                    return path
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    circles = {tuple(sorted(c)) for n in modules if n not in packages
+               for c in [cycle_from(n)] if c}
+    assert not circles, f"import circles: {sorted(circles)}"
+
+
 def test_the_detector_sees_a_planted_violation(tmp_path):
     """The checks above would fail on a wrong import, at any depth of a module."""
     planted = tmp_path / "planted.py"
