@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from orbitgraph.model.batch import Batch
-from orbitgraph.model.config import ModelConfig
+from orbitgraph.model.config import ModelConfig, with_statistics
 from orbitgraph.model.equivariant import EquivariantNetwork
 from orbitgraph.model.geometry import cell_volume, edge_vectors, strained
 from orbitgraph.model.invariant import InvariantNetwork
@@ -32,7 +32,10 @@ NETWORKS = {"equivariant": EquivariantNetwork, "invariant": InvariantNetwork}
 
 class Potential(nn.Module):
     def __init__(self, config: ModelConfig):
+        """``config``'s settings left to the data (E0s, avg_num_neighbors, scale) take an
+        untrained model's values unless filled in (:func:`model.config.with_statistics`)."""
         super().__init__()
+        config = with_statistics(config)
         self.config = config
         self.network = NETWORKS[config.kind](config)
         self.scale_shift = ScaleShift(config.atomic_energies, config.scale, config.shift)
