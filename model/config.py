@@ -105,6 +105,10 @@ class ModelConfig(Config):
         (), description="Å, increasing; edges split into distance bands at these radii")
     final_mlp: tuple[Width, ...] = Field((64, 64), description="invariant toolbox: hidden "
                                          "widths of the final MLP")
+    # short-range repulsion (model.repulsion)
+    pair_repulsion: bool = Field(False, description="add the ZBL screened nuclear repulsion "
+                                 "of pairs closer than their covalent radii (mace-torch: "
+                                 "pair_repulsion)")
     # from the store's frames when training (with_statistics); a value given is kept
     avg_num_neighbors: float | None = Field(
         None, gt=0, description="normalises sum aggregation (null: the store's mean "

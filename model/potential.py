@@ -25,6 +25,7 @@ from orbitgraph.model.geometry import cell_volume, edge_vectors, strained
 from orbitgraph.model.invariant import InvariantNetwork
 from orbitgraph.model.radial import rank_reference_distance
 from orbitgraph.model.readout import ScaleShift
+from orbitgraph.model.repulsion import ZBLRepulsion
 from orbitgraph.model.scatter import scatter_sum
 
 NETWORKS = {"equivariant": EquivariantNetwork, "invariant": InvariantNetwork}
@@ -39,18 +40,28 @@ class Potential(nn.Module):
         self.config = config
         self.network = NETWORKS[config.kind](config)
         self.scale_shift = ScaleShift(config.atomic_energies, config.scale, config.shift)
+        self.repulsion = ZBLRepulsion() if config.pair_repulsion else None
 
     def atomic_energies(self, batch: Batch, positions: torch.Tensor,
                         cell: torch.Tensor) -> torch.Tensor:
-        """(N,) eV, from positions (N, 3) Å and cell (B, 3, 3) Å."""
+        """(N,) eV, from positions (N, 3) Å and cell (B, 3, 3) Å: the network's energies,
+        scaled and shifted, plus E0 and, with ``pair_repulsion``, the ZBL repulsion."""
         with torch.autocast(positions.device.type, enabled=False):  # lengths: model.geometry
             vectors = edge_vectors(positions, cell, batch)
             d_ref = None
             if self.config.rank_envelope == "next":
                 d_ref = rank_reference_distance(positions, cell, batch.batch,
                                                 batch.rank_neighbor, batch.rank_unit_shift)
+            repulsion = None
+            if self.repulsion is not None:  # outside autocast too: 1/r and exponentials
+                r = torch.linalg.norm(vectors, dim=-1)
+                weights = self.network.envelope.rank_weights(
+                    r, batch.centers, batch.numbers.shape[0], d_ref, batch.k)
+                repulsion = self.repulsion(r, weights, batch.numbers, batch.centers,
+                                           batch.neighbors)
         raw = self.network(batch.numbers, vectors, batch.centers, batch.neighbors, d_ref, batch.k)
-        return self.scale_shift(raw, batch.numbers)
+        atomic = self.scale_shift(raw, batch.numbers)
+        return atomic if repulsion is None else atomic + repulsion
 
     def forward(self, batch: Batch, forces: bool = True, stress: bool = True,
                 training: bool = False) -> dict[str, torch.Tensor]:
