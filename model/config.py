@@ -33,11 +33,14 @@ CHOICES = {
     # how E0 is fitted to the store's frames (orbitgraph.preprocess.store.e0)
     "atomic_energies": ("regularised", "least_squares", "average", "isolated"),
 }
-# mace-torch's hyperparameter names, accepted with ``preset: mace`` (``correlation`` is the
-# same in both), so that a MACE user's settings carry over
+# mace-torch's hyperparameter names, accepted with ``preset: mace`` so that a MACE user's
+# settings carry over (``correlation`` and ``pair_repulsion`` are the same in both):
+# ``num_radial_basis`` and ``num_cutoff_basis`` are mace_run_train's names, ``num_bessel``
+# and ``num_polynomial_cutoff`` those of mace-torch's model classes
 MACE_TORCH_NAMES = {"r_max": "cutoff", "max_ell": "sh_l_max", "max_L": "hidden_l_max",
                     "num_channels": "channels", "num_interactions": "layers",
-                    "num_bessel": "num_radial", "num_polynomial_cutoff": "envelope_p"}
+                    "num_radial_basis": "num_radial", "num_bessel": "num_radial",
+                    "num_cutoff_basis": "envelope_p", "num_polynomial_cutoff": "envelope_p"}
 
 Width = Annotated[int, Field(ge=1)]
 # what the dataset-derived settings left null are for a model built without a store
@@ -144,11 +147,16 @@ class ModelConfig(Config):
         for alias, name in MACE_TORCH_NAMES.items():
             if alias not in d:
                 continue
+            if preset is None:
+                raise ValueError(f"{alias} is mace-torch's name for {name}: add preset: mace "
+                                 f"(or give {name})")
             if preset != "mace":
                 raise ValueError(f"{alias} is mace-torch's name for {name}, accepted with "
-                                 f"preset: mace; give {name}")
-            if name in d:
-                raise ValueError(f"{alias} (mace-torch's name) and {name} are the same "
+                                 f"preset: mace; with preset: {preset}, give {name}")
+            others = [key for key in (name, *MACE_TORCH_NAMES) if key != alias and key in data
+                      and (key == name or MACE_TORCH_NAMES[key] == name)]
+            if others:
+                raise ValueError(f"{alias} (mace-torch's name) and {others[0]} are the same "
                                  f"setting; give one of them")
             d[name] = d.pop(alias)
         unknown = sorted(set(d) - set(cls.model_fields))
