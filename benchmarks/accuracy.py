@@ -199,7 +199,9 @@ def train_ours(store: Path, args, root: Path) -> dict:
     model = {"preset": "mace", "channels": args.channels, "hidden_l_max": 1,
              "sh_l_max": args.max_ell, "correlation": 3, "layers": 2, "num_radial": 8,
              "envelope_p": 5, "cutoff": args.cutoff, "radial_mlp": [64, 64],
-             "readout_mlp": [16], **json.loads(args.model_overrides)}
+             "readout_mlp": [16],
+             "atomic_energies": "least_squares",  # the E0s mace-torch is given (E0s.json)
+             **json.loads(args.model_overrides)}
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer="adam", amsgrad=True,
                       weight_decay=0.0, schedule="constant", ema_decay=0.99, grad_clip=10.0,
                       precision="float32", loss="mse", energy_weight=1.0, forces_weight=10.0,

@@ -121,7 +121,8 @@ def main() -> None:
     model = build_model({"preset": "mace", "channels": args.channels, "sh_l_max": args.sh_l_max,
                          "hidden_l_max": 1, "correlation": args.correlation, "num_radial": 8,
                          "cutoff": args.cutoff, "radial_mlp": [64, 64], "readout_mlp": [16],
-                         "species_dim": species_dim, "k": store.manifest.graph.k},
+                         "species_dim": species_dim, "k": store.manifest.graph.k,
+                         "atomic_energies": "least_squares"},  # the manifest's E0s
                         store.manifest.statistics).to(dev, torch.float32)
     b = batch.to(dev, torch.float32)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

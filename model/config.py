@@ -30,14 +30,21 @@ CHOICES = {
     "block_reduction": ("sum", "last", "mean"),
     "attention": ("none", "sigmoid", "softmax"),
     "rank_envelope": ("adaptive", "next", "none"),
+    # how E0 is fitted to the store's frames (orbitgraph.preprocess.store.e0)
+    "atomic_energies": ("regularised", "least_squares", "average", "isolated"),
 }
-# mace-torch's hyperparameter names, accepted with ``preset: mace`` (``correlation`` is the
-# same in both), so that a MACE user's settings carry over
+# mace-torch's hyperparameter names, accepted with ``preset: mace`` so that a MACE user's
+# settings carry over (``correlation`` and ``pair_repulsion`` are the same in both):
+# ``num_radial_basis`` and ``num_cutoff_basis`` are mace_run_train's names, ``num_bessel``
+# and ``num_polynomial_cutoff`` those of mace-torch's model classes
 MACE_TORCH_NAMES = {"r_max": "cutoff", "max_ell": "sh_l_max", "max_L": "hidden_l_max",
                     "num_channels": "channels", "num_interactions": "layers",
-                    "num_bessel": "num_radial", "num_polynomial_cutoff": "envelope_p"}
+                    "num_radial_basis": "num_radial", "num_bessel": "num_radial",
+                    "num_cutoff_basis": "envelope_p", "num_polynomial_cutoff": "envelope_p"}
 
 Width = Annotated[int, Field(ge=1)]
+# what the dataset-derived settings left null are for a model built without a store
+UNTRAINED = {"avg_num_neighbors": 16.0, "scale": 1.0}
 
 
 class ModelConfig(Config):
@@ -101,13 +108,29 @@ class ModelConfig(Config):
         (), description="Å, increasing; edges split into distance bands at these radii")
     final_mlp: tuple[Width, ...] = Field((64, 64), description="invariant toolbox: hidden "
                                          "widths of the final MLP")
-    # from the store manifest (filled in by build_model when statistics are given)
-    avg_num_neighbors: float = Field(16.0, gt=0, description="normalises sum aggregation "
-                                     "(from the store's statistics when training)")
-    atomic_energies: dict[int, float] = Field(default_factory=dict, description="{Z: E0 in "
-                                              "eV} (from the store's statistics)")
-    scale: float = Field(1.0, gt=0, description="eV; initial species-wise scale (from the "
-                         "store's force RMS)")
+    # short-range repulsion (model.repulsion)
+    pair_repulsion: bool = Field(False, description="add the ZBL screened nuclear repulsion "
+                                 "of pairs closer than their covalent radii (mace-torch: "
+                                 "pair_repulsion)")
+    # from the store's frames when training (with_statistics); a value given is kept
+    avg_num_neighbors: float | None = Field(
+        None, gt=0, description="normalises sum aggregation (null: the store's mean "
+        f"neighbours per atom; {UNTRAINED['avg_num_neighbors']} for a model built without "
+        "a store)")
+    atomic_energies: Literal[CHOICES["atomic_energies"]] | dict[int, float] = Field(
+        "regularised", description="E0 per element: a {Z: eV} mapping, kept as given, or "
+        "fitted to the store: regularised (least squares of energies per atom, each E0 "
+        "pulled toward the mean energy per atom), least_squares (of total energies; "
+        "mace-torch's E0s: average), average (the mean energy per atom for every element) "
+        "or isolated (one-atom frames with no periodic image within the cutoff); without a "
+        "store, 0 eV")
+    e0_regularisation: float = Field(1.0, gt=0, description="frames; regularised E0s: each "
+                                     "element's E0 is pulled toward the mean energy per atom "
+                                     "as much as this many frames of that element alone at it "
+                                     "would pull it")
+    scale: float | None = Field(None, gt=0, description="eV; initial species-wise scale "
+                                "(null: the store's force RMS; "
+                                f"{UNTRAINED['scale']} for a model built without a store)")
     shift: float = Field(0.0, description="eV; initial species-wise shift")
 
     @model_validator(mode="before")
@@ -124,11 +147,16 @@ class ModelConfig(Config):
         for alias, name in MACE_TORCH_NAMES.items():
             if alias not in d:
                 continue
+            if preset is None:
+                raise ValueError(f"{alias} is mace-torch's name for {name}: add preset: mace "
+                                 f"(or give {name})")
             if preset != "mace":
                 raise ValueError(f"{alias} is mace-torch's name for {name}, accepted with "
-                                 f"preset: mace; give {name}")
-            if name in d:
-                raise ValueError(f"{alias} (mace-torch's name) and {name} are the same "
+                                 f"preset: mace; with preset: {preset}, give {name}")
+            others = [key for key in (name, *MACE_TORCH_NAMES) if key != alias and key in data
+                      and (key == name or MACE_TORCH_NAMES[key] == name)]
+            if others:
+                raise ValueError(f"{alias} (mace-torch's name) and {others[0]} are the same "
                                  f"setting; give one of them")
             d[name] = d.pop(alias)
         unknown = sorted(set(d) - set(cls.model_fields))
@@ -191,12 +219,33 @@ def load_config(spec: str | Path | dict | ModelConfig, where: str = "model") -> 
     return ModelConfig.from_dict(model_spec(spec), where=where)
 
 
-def with_statistics(cfg: ModelConfig, statistics: dict | None) -> ModelConfig:
-    """Fill the dataset-derived fields from a store manifest's statistics."""
-    if not statistics:
-        return cfg
-    return cfg.model_copy(update=dict(
-        avg_num_neighbors=float(statistics["mean_neighbors_per_atom"]),
-        atomic_energies={int(z): float(v) for z, v in statistics["atomic_energies_eV"].items()},
-        scale=float(statistics.get("force_rms_eV_per_A") or 1.0) or 1.0,
-    ))
+def with_statistics(cfg: ModelConfig, statistics: dict | None = None) -> ModelConfig:
+    """``cfg`` with the settings it leaves to the data filled in, and those it gives kept:
+    ``avg_num_neighbors`` and ``scale`` when null, ``atomic_energies`` when it names a
+    method. ``statistics`` are a store's (its manifest's, with ``atomic_energies_eV``
+    fitted by the method that ``atomic_energies_method`` names: see
+    :func:`orbitgraph.preprocess.store.e0.statistics_with_e0`); without them, the values of
+    an untrained model (:data:`UNTRAINED`, and E0 = 0 eV).
+
+    Raises ValueError when the statistics' E0s were fitted by another method than
+    ``cfg.atomic_energies`` names (a manifest's own are least squares)."""
+    update: dict[str, Any] = {}
+    if statistics:
+        if isinstance(cfg.atomic_energies, str):
+            fitted = statistics.get("atomic_energies_method", "least_squares")
+            if fitted != cfg.atomic_energies:
+                raise ValueError(f"model.atomic_energies: {cfg.atomic_energies!r}, but these "
+                                 f"statistics hold {fitted} E0s")
+            update["atomic_energies"] = {int(z): float(v) for z, v in
+                                         statistics["atomic_energies_eV"].items()}
+        if cfg.avg_num_neighbors is None:
+            update["avg_num_neighbors"] = float(statistics["mean_neighbors_per_atom"])
+        if cfg.scale is None:
+            update["scale"] = float(statistics.get("force_rms_eV_per_A") or 1.0) or 1.0
+    else:
+        if isinstance(cfg.atomic_energies, str):
+            update["atomic_energies"] = {}
+        update.update({name: value for name, value in UNTRAINED.items()
+                       if getattr(cfg, name) is None})
+    return cfg.model_copy(update=update) if update else cfg
+

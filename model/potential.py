@@ -28,12 +28,13 @@ import torch
 from torch import nn
 
 from orbitgraph.model.batch import Batch
-from orbitgraph.model.config import ModelConfig
+from orbitgraph.model.config import ModelConfig, with_statistics
 from orbitgraph.model.equivariant import EquivariantNetwork
 from orbitgraph.model.geometry import cell_volume, edge_vectors, strained
 from orbitgraph.model.invariant import InvariantNetwork
 from orbitgraph.model.radial import rank_reference_distance
 from orbitgraph.model.readout import ScaleShift
+from orbitgraph.model.repulsion import ZBLRepulsion
 from orbitgraph.model.scatter import scatter_sum
 
 NETWORKS = {"equivariant": EquivariantNetwork, "invariant": InvariantNetwork}
@@ -54,9 +55,12 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 class Potential(nn.Module):
-    """The network and species-wise scale, shift and E0 of ``config``, built in ``dtype``
-    (torch.float32 or torch.float64; None: torch's default dtype). Raises ValueError for
-    another dtype."""
+    """The network and species-wise scale, shift and E0 of ``config`` (and, with
+    ``config.pair_repulsion``, a ZBL pair repulsion), built in ``dtype`` (torch.float32 or
+    torch.float64; None: torch's default dtype). ``config``'s settings left to the data
+    (E0s, avg_num_neighbors, scale) take an untrained model's values unless filled in
+    (:func:`orbitgraph.model.config.with_statistics`). Raises ValueError for another
+    dtype."""
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None):
         super().__init__()
@@ -64,22 +68,33 @@ class Potential(nn.Module):
         if dtype not in FLOAT_DTYPES:
             raise ValueError(f"a potential is built in torch.float32 or torch.float64, "
                              f"not {dtype}")
+        config = with_statistics(config)
         self.config = config
         with default_dtype(dtype):
             self.network = NETWORKS[config.kind](config)
             self.scale_shift = ScaleShift(config.atomic_energies, config.scale, config.shift)
+            self.repulsion = ZBLRepulsion() if config.pair_repulsion else None
 
     def atomic_energies(self, batch: Batch, positions: torch.Tensor,
                         cell: torch.Tensor) -> torch.Tensor:
-        """(N,) eV, from positions (N, 3) Å and cell (B, 3, 3) Å."""
+        """(N,) eV, from positions (N, 3) Å and cell (B, 3, 3) Å: the network's energies,
+        scaled and shifted, plus E0 and, with ``pair_repulsion``, the ZBL repulsion."""
         with torch.autocast(positions.device.type, enabled=False):  # lengths: model.geometry
             vectors = edge_vectors(positions, cell, batch)
             d_ref = None
             if self.config.rank_envelope == "next":
                 d_ref = rank_reference_distance(positions, cell, batch.batch,
                                                 batch.rank_neighbor, batch.rank_unit_shift)
+            repulsion = None
+            if self.repulsion is not None:  # outside autocast too: 1/r and exponentials
+                r = torch.linalg.norm(vectors, dim=-1)
+                weights = self.network.envelope.rank_weights(
+                    r, batch.centers, batch.numbers.shape[0], d_ref, batch.k)
+                repulsion = self.repulsion(r, weights, batch.numbers, batch.centers,
+                                           batch.neighbors)
         raw = self.network(batch.numbers, vectors, batch.centers, batch.neighbors, d_ref, batch.k)
-        return self.scale_shift(raw, batch.numbers)
+        atomic = self.scale_shift(raw, batch.numbers)
+        return atomic if repulsion is None else atomic + repulsion
 
     def forward(self, batch: Batch, forces: bool = True, stress: bool = True,
                 training: bool = False) -> dict[str, torch.Tensor]:

@@ -207,11 +207,19 @@ class EdgeEnvelope(nn.Module):
         """r (E,) Å, centers (E,), d_ref (N,) Å: d_{k+1} per atom (or None), k of the
         graphs -> (E,) weights in [0, 1]."""
         envelope = self.cutoff_envelope(r)
+        if self.rank_envelope is None:
+            return envelope
+        return envelope * self.rank_weights(r, centers, n_nodes, d_ref, k)
+
+    def rank_weights(self, r: torch.Tensor, centers: torch.Tensor, n_nodes: int,
+                     d_ref: torch.Tensor | None, k: int) -> torch.Tensor:
+        """The rank envelope's part alone (arguments as :meth:`forward`): (E,) weights in
+        [0, 1], all 1 without a rank envelope."""
         if isinstance(self.rank_envelope, AdaptiveRankEnvelope):
-            envelope = envelope * self.rank_envelope(r, centers, n_nodes, k)
-        elif self.rank_envelope is not None:
-            envelope = envelope * self.rank_envelope(r, d_ref[centers])
-        return envelope
+            return self.rank_envelope(r, centers, n_nodes, k)
+        if self.rank_envelope is not None:
+            return self.rank_envelope(r, d_ref[centers])
+        return torch.ones_like(r)
 
 
 def rank_envelope(cfg) -> nn.Module | None:

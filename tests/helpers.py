@@ -166,3 +166,41 @@ def write_shard(root, index: int, frames, spec, **kwargs):
 
     return write_frames_shard(root, index, frames, spec, graphs_of(frames, spec.graph), **kwargs)
 
+def write_emt_extxyz(path: Path, isolated: tuple[str, ...] = ("Cu", "Al"),
+                     box: float = 12.0) -> Path:
+    """An extxyz file labelled by ASE's EMT (``energy``, ``stress`` eV/Å³ with ASE's sign,
+    ``forces``): rattled 4-atom Cu, Al and Cu3Al cells (one material each, 4 frames), a
+    1-atom fcc Cu cell (a crystal: its atom's images are 2.55 Å away), and one-atom frames
+    of the ``isolated`` elements in a cubic box of ``box`` Å, tagged as mace-torch tags
+    isolated atoms (``config_type=IsolatedAtom``)."""
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from extxyz_writer import frame_text
+
+    def labelled(atoms, mid, fid, info=None):
+        atoms.calc = EMT()
+        info = {"mp_id": mid, "frame_id": fid, "energy": atoms.get_potential_energy(),
+                "stress": atoms.get_stress(voigt=False), **(info or {})}
+        return frame_text(atoms.get_chemical_symbols(), atoms.positions, atoms.cell.array,
+                          info, {"forces": atoms.get_forces()})
+
+    frames = []
+    cells = {"Cu": bulk("Cu", "fcc", a=3.61, cubic=True), "Al": bulk("Al", "fcc", a=4.05,
+                                                                      cubic=True)}
+    cu3al = bulk("Cu", "fcc", a=3.7, cubic=True)
+    cu3al.numbers[0] = 13
+    cells["Cu3Al"] = cu3al
+    for name, atoms in cells.items():
+        for step in range(4):
+            rattled = atoms.copy()
+            rattled.rattle(0.05, seed=step)
+            frames.append(labelled(rattled, f"mp-{name}", f"mp-{name}-{step}"))
+    frames.append(labelled(bulk("Cu", "fcc", a=3.61), "mp-Cu-prim", "mp-Cu-prim-0"))
+    for symbol in isolated:
+        atom = Atoms(symbol, positions=[[0.0, 0.0, 0.0]], cell=np.eye(3) * box, pbc=True)
+        frames.append(labelled(atom, f"iso-{symbol}", f"iso-{symbol}",
+                               {"config_type": "IsolatedAtom"}))
+    path.write_text("".join(frames))
+    return path

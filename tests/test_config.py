@@ -175,13 +175,18 @@ def test_pipelines_overrides_take_precedence_over_the_file():
 
 
 def test_mace_torch_names_are_aliases_with_the_mace_preset():
-    theirs = {"r_max": 5.0, "max_ell": 2, "max_L": 0, "num_channels": 32,
-              "num_interactions": 1, "num_bessel": 6, "num_polynomial_cutoff": 4,
-              "correlation": 2}
+    common = {"r_max": 5.0, "max_ell": 2, "max_L": 0, "num_channels": 32,
+              "num_interactions": 1, "correlation": 2}
+    run_train = {**common, "num_radial_basis": 6, "num_cutoff_basis": 4}  # mace_run_train's
+    modules = {**common, "num_bessel": 6, "num_polynomial_cutoff": 4}  # its model classes'
     ours = {"cutoff": 5.0, "sh_l_max": 2, "hidden_l_max": 0, "channels": 32, "layers": 1,
             "num_radial": 6, "envelope_p": 4, "correlation": 2}
-    assert set(MACE_TORCH_NAMES) | {"correlation"} == set(theirs)
-    assert load_config({"preset": "mace", **theirs}) == load_config({"preset": "mace", **ours})
+    assert set(MACE_TORCH_NAMES) | {"correlation"} == set(run_train) | set(modules)
+    for theirs in (run_train, modules):
+        assert load_config({"preset": "mace", **theirs}) == load_config({"preset": "mace",
+                                                                         **ours})
+    with pytest.raises(ValueError, match="num_radial_basis .* and num_bessel are the same setting"):
+        load_config({"preset": "mace", "num_radial_basis": 6, "num_bessel": 6})
     with pytest.raises(ValueError, match="model: r_max .* and cutoff are the same setting"):
         load_config({"preset": "mace", "r_max": 5.0, "cutoff": 5.0})
     with pytest.raises(ValueError, match="num_channels is mace-torch's name for channels"):

@@ -20,9 +20,10 @@ import logging
 import os
 import sys
 import textwrap
+from dataclasses import dataclass
 from typing import NoReturn
 
-from orbitgraph.config import read_yaml, yaml_value
+from orbitgraph.config import yaml_value
 from orbitgraph.errors import ConfigError, MissingFileError, OrbitgraphError
 from orbitgraph.preprocess.cluster import BuildProcessError
 
@@ -79,24 +80,63 @@ def build_settings(args):
             ClusterConfig.from_dict(doc["cluster"], where="cluster"))
 
 
-def train_settings(args):
-    """(TrainConfig, ModelConfig) of ``orbitgraph train``: defaults < ``--config`` (its
-    ``train:`` section, or the whole file) and ``--model`` < flags and ``--set``."""
-    from orbitgraph.model.config import ModelConfig, model_spec
-    from orbitgraph.train.config import TrainConfig
+@dataclass(frozen=True)
+class RunSettings:
+    """What ``orbitgraph train`` runs: the store (built first from ``source`` when given,
+    with ``build``'s settings), the run directory and the configs."""
 
-    train = {}
-    if args.config:
-        data = read_yaml(args.config, "training config")
-        train = data.get("train", data)
+    store: str
+    out: str
+    train: object  # TrainConfig
+    model: object  # ModelConfig
+    source: str | None = None
+    format: str | None = None
+    build: object = None  # StoreParams
+
+
+def run_settings(args) -> RunSettings:
+    """The settings of ``orbitgraph train``: defaults < the ``--config`` run file (its
+    sections, a flat file of train settings, or a mace-torch config: see
+    :mod:`orbitgraph.train.run_file`) < ``--store``/``--model``/``--out``, the flags and
+    ``--set``."""
+    from orbitgraph.model.config import ModelConfig, model_spec
+    from orbitgraph.preprocess.store.params import StoreParams
+    from orbitgraph.train.config import TrainConfig
+    from orbitgraph.train.run_file import RunFile, read_run_file
+
+    run = read_run_file(args.config) if args.config else RunFile()
+    model = args.model if args.model is not None else run.model
+    if model is None:
+        raise ConfigError("train: give --model (a preset: mace, sevennet, invariant; or a YAML "
+                        "file), or a model: section in the --config file")
     given = _given(args, device="train.device", epochs="train.epochs",
                    max_steps="train.max_steps")
     if args.max_atoms is not None:  # this run's budget, whatever the per-device ones say
         given.update({"train.loader.max_atoms": args.max_atoms,
                       "train.loader.max_atoms_by_device": {}})
-    doc = _document(args, {"train": train, "model": model_spec(args.model)}, given)
-    return (TrainConfig.from_dict(doc["train"], where="train"),
-            ModelConfig.from_dict(doc["model"], where="model"))
+    doc = _document(args, {"train": run.train, "model": model_spec(model),
+                           "build": run.build}, given)
+    out = args.out or run.out
+    if out is None:
+        raise ConfigError("train: give --out (the run directory), or out: in the --config file")
+    store = args.store or run.store
+    if store is None and run.source is not None:
+        store = os.path.join(out, "store")
+    if store is None:
+        raise ConfigError("train: give --store, or store: or source: in the --config file")
+    if doc["build"] and run.source is None:
+        raise ConfigError("build: settings for building a store, but no source: to build it "
+                        "from")
+    return RunSettings(store=str(store), out=str(out), source=run.source, format=run.format,
+                       train=TrainConfig.from_dict(doc["train"], where="train"),
+                       model=ModelConfig.from_dict(doc["model"], where="model"),
+                       build=StoreParams.from_dict(doc["build"], where="build"))
+
+
+def train_settings(args):
+    """(TrainConfig, ModelConfig) of ``orbitgraph train`` (:func:`run_settings`)."""
+    run = run_settings(args)
+    return run.train, run.model
 
 
 def evaluate_settings(args):
@@ -128,8 +168,6 @@ STORE_FLAGS = ("source", "out", "format", "k", "ties", "tie_tolerance", "cutoff"
 
 
 def _cmd_build(args) -> int:
-    from orbitgraph.preprocess.build import build_store
-
     if args.pipeline is not None:
         from orbitgraph.train.pipelines import load_pipelines
         flags = [f"--{name.replace('_', '-')}" for name in STORE_FLAGS
@@ -148,23 +186,42 @@ def _cmd_build(args) -> int:
     if not (args.source and args.out):
         raise ConfigError("build needs either a pipelines.yaml or both --source and --out")
     store, cluster = build_settings(args)
-    summary = build_store(args.source, args.out, store, source_format=args.format,
-                          cluster=cluster, progress=not args.quiet,
-                          discard_partial=args.discard_partial)
+    summary = _build(args.source, args.out, args.format, store, cluster, not args.quiet,
+                     args.discard_partial)
     print(summary.text())
     print(summary.store)
     return 0
 
 
+def _build(source: str, out: str, source_format: str | None, store, cluster, progress: bool,
+           discard_partial: bool = False):
+    """Build (or finish, or find complete) the store of ``source`` in ``out`` with the
+    StoreParams ``store`` on ``cluster``; its BuildSummary."""
+    from orbitgraph.preprocess.build import build_store
+    return build_store(source, out, store, source_format=source_format, cluster=cluster,
+                       progress=progress, discard_partial=discard_partial)
+
+
 def _cmd_train(args) -> int:
     from orbitgraph.train.trainer import Trainer
 
-    train, model = train_settings(args)  # validated before the store is opened
-    trainer = Trainer(args.store, model, train, args.out)
+    run = run_settings(args)  # validated before the store is opened or built
+    if run.source is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from orbitgraph.preprocess.store.manifest import MANIFEST_FILE
+        if not os.path.isfile(os.path.join(run.store, MANIFEST_FILE)):  # not by every rank
+            raise ConfigError(f"{run.store}: no store yet; with several processes (torchrun), "
+                            "build it first (orbitgraph build, or this command in one "
+                            "process)")
+    elif run.source is not None:
+        from orbitgraph.preprocess.cluster import ClusterConfig
+        summary = _build(run.source, run.store, run.format, run.build, ClusterConfig(),
+                         not args.quiet)
+        print(summary.text())
+    trainer = Trainer(run.store, run.model, run.train, run.out)
     result = trainer.fit()
     if trainer.info.is_main:
         print(f"trained {result['steps_this_call']} steps in {result['wall_s']:.1f} s (step "
-              f"{result['steps']} of the run); checkpoints, metrics.csv and plots in {args.out}")
+              f"{result['steps']} of the run); checkpoints, metrics.csv and plots in {run.out}")
     return 0
 
 
@@ -294,10 +351,13 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--sample", type=int, default=64, help="graphs to rebuild and compare")
     s.set_defaults(func=_cmd_verify)
     s = sub.add_parser("train", formatter_class=raw, help="train a potential on a store",
-                       epilog=_keys((TrainConfig, "train", None), (ModelConfig, "model", None)))
-    s.add_argument("--store", required=True)
-    s.add_argument("--model", required=True, help="preset (mace, sevennet, invariant) or YAML")
-    s.add_argument("--out", required=True, help="run directory (resumes if it has a checkpoint)")
+                       epilog=_keys((TrainConfig, "train", None), (ModelConfig, "model", None),
+                                   (StoreParams, "build", None)))
+    s.add_argument("--store", help="the store to train on (or store: or source: in --config)")
+    s.add_argument("--model", help="preset (mace, sevennet, invariant) or YAML (or model: in "
+                   "--config)")
+    s.add_argument("--out", help="run directory, resumed if it has a checkpoint (or out: in "
+                   "--config)")
     s.add_argument("--epochs", type=_value, help="train.epochs: train to this many epochs (a "
                    "finished run continues to a larger number)")
     s.add_argument("--max-steps", type=_value, help="train.max_steps: train to this many "
@@ -305,8 +365,9 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--device", help="train.device: cpu (default), cuda, cuda:N or mps")
     s.add_argument("--max-atoms", type=_value, help="atoms per batch on this device (sets "
                    "train.loader.max_atoms and clears train.loader.max_atoms_by_device)")
-    s.add_argument("--config", help="YAML with training settings (its train: section, or the "
-                   "whole file)")
+    s.add_argument("--config", help="run file: YAML with sections store or source (and "
+                   "build), model, train and out; a file of train settings alone; or a "
+                   "mace-torch config (mace_run_train's keys)")
     _set_option(s, "train.lr=1e-3 --set model.channels=32")
     s.set_defaults(func=_cmd_train)
     s = sub.add_parser("evaluate", formatter_class=raw,

@@ -7,14 +7,15 @@ from orbitgraph.config import markdown_table, reference_rows
 from orbitgraph.model.config import MACE_TORCH_NAMES, PRESETS, ModelConfig
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.pipelines import PipelinesFile
+from orbitgraph.train.run_file import RunFile
 
 REFERENCE_START = "<!-- config-reference:start -->"
 REFERENCE_END = "<!-- config-reference:end -->"
 
 
 def reference_markdown() -> str:
-    """The README's configuration reference: every key of pipelines.yaml, of ``train:``
-    (also ``orbitgraph train --config``) and of ``model:``, with its type, default,
+    """The README's configuration reference: every key of pipelines.yaml, of the run file
+    (``orbitgraph train --config``), of ``train:`` and of ``model:``, with its type, default,
     constraint and description, generated from the declarations."""
     aliases = ", ".join(f"`{alias}` → `{name}`" for alias, name in MACE_TORCH_NAMES.items())
     parts = [
@@ -28,15 +29,22 @@ def reference_markdown() -> str:
         markdown_table(reference_rows(PipelinesFile, "",
                                       collapse={TrainConfig: "train settings (below)"})),
         "",
-        "**train** (`experiments.NAME.train` in pipelines.yaml, or the file of "
+        "**run file** (`orbitgraph train --config run.yaml`; its `model`, `train` and `build` "
+        "take the keys of the model and train tables below and of `orbitgraph build`'s "
+        "`store.*`; `--store`, `--model` and `--out` win over the file)",
+        "",
+        markdown_table(reference_rows(RunFile, "")),
+        "",
+        "**train** (`experiments.NAME.train` in pipelines.yaml, or the `train:` section of "
         "`orbitgraph train --config`; `--set train.KEY=VALUE`)",
         "",
         markdown_table(reference_rows(TrainConfig, "train")),
         "",
-        f"**model** (`experiments.NAME.model`, `orbitgraph train --model FILE`). `preset` "
+        f"**model** (`experiments.NAME.model`, `orbitgraph train --model FILE` or the "
+        f"`model:` section of `--config`). `preset` "
         f"({', '.join(PRESETS)}) starts from a preset; with `preset: mace`, mace-torch's "
-        f"names are accepted: {aliases} (`correlation` is the same; giving a name and its "
-        f"alias is an error).",
+        f"names are accepted: {aliases} (`correlation` and `pair_repulsion` are the same; "
+        f"giving a name and its alias is an error).",
         "",
         markdown_table(reference_rows(ModelConfig, "model")),
     ]

@@ -32,6 +32,7 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.distributed as dist
+from ase.data import chemical_symbols
 
 from orbitgraph.errors import ConfigError, ResumeError, StoreError
 from orbitgraph.model import (
@@ -41,9 +42,10 @@ from orbitgraph.model import (
     save_model,
     write_checkpoint,
 )
-from orbitgraph.model.config import load_config
+from orbitgraph.model.config import ModelConfig, load_config
 from orbitgraph.preprocess.graph_params import graph_for_model
 from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
+from orbitgraph.preprocess.store.e0 import statistics_with_e0
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.ema import EMA
 from orbitgraph.train.epoch_log import EpochLog
@@ -227,7 +229,7 @@ class Trainer:
         self.graph = graph_for_model(self.store.manifest.graph, mcfg.k, mcfg.rank_envelope,
                                      mcfg.rank_envelope_width)
         self.model: Potential = build_model(mcfg.model_copy(update={"k": self.graph.k}),
-                                            self.store.manifest.statistics, self.dtype)
+                                            store_statistics(self.store, mcfg), self.dtype)
         self.model.to(device=self.device)
         if self.cfg.precision == "bf16":
             e3nn_inputs_in(self.model, self.dtype)
@@ -506,7 +508,8 @@ class Trainer:
         if ckpt["store_id"] != self.store.manifest.store_id:
             raise ResumeError(f"{self.out} holds a run on store {ckpt['store_id']}, not on "
                               f"{self.store.manifest.store_id} ({self.store.location}); {restart}")
-        for what, theirs, ours in (("model", ckpt["model_config"], self.model.config.to_dict()),
+        saved = ModelConfig.from_dict(ckpt["model_config"]).to_dict()  # with newer defaults
+        for what, theirs, ours in (("model", saved, self.model.config.to_dict()),
                                    ("graph", ckpt["graph"], self.graph.to_dict())):
             changed = [f"{key} {theirs.get(key)!r} -> {ours[key]!r}" for key in ours
                        if key != "atomic_energies" and theirs.get(key) != ours[key]]
@@ -546,6 +549,27 @@ class Trainer:
         else:
             log.info(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g} (no "
                      "validation frames; best.pt is this model)")
+
+
+def store_statistics(store: GraphStore, cfg: ModelConfig) -> dict:
+    """The statistics of ``store`` that ``cfg`` leaves to the data, its E0s fitted as
+    ``cfg.atomic_energies`` names (a mapping given is kept as it is); logged."""
+    method = cfg.atomic_energies if isinstance(cfg.atomic_energies, str) else None
+    stats = statistics_with_e0(store, method, regularisation=cfg.e0_regularisation,
+                               cutoff=cfg.cutoff)
+    e0 = stats["atomic_energies_eV"] if method else cfg.atomic_energies
+    if method is None:
+        missing = sorted(set(elements(store.subset(split="train")))
+                         - {chemical_symbols[z] for z in e0})
+        if missing:
+            raise ConfigError(f"model.atomic_energies: no E0 for {', '.join(missing)} (elements "
+                              "of the training frames); give every one, or name a method "
+                              "(regularised, least_squares, average, isolated)",
+                              "model.atomic_energies")
+    if e0:
+        log.info(f"E0s ({method or 'as given'}): {len(e0)} elements, {min(e0.values()):.4g} to "
+                 f"{max(e0.values()):.4g} eV")
+    return stats
 
 
 def elements(frames: GraphStore) -> list[str]:
