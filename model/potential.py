@@ -20,14 +20,11 @@ from torch import nn
 
 from orbitgraph.model.batch import Batch
 from orbitgraph.model.config import ModelConfig
-from orbitgraph.model.equivariant import EquivariantNetwork
 from orbitgraph.model.geometry import cell_volume, edge_vectors, strained
-from orbitgraph.model.invariant import InvariantNetwork
+from orbitgraph.model.networks import NETWORKS
 from orbitgraph.model.radial import rank_reference_distance
 from orbitgraph.model.readout import ScaleShift
 from orbitgraph.model.scatter import scatter_sum
-
-NETWORKS = {"equivariant": EquivariantNetwork, "invariant": InvariantNetwork}
 
 
 class Potential(nn.Module):
