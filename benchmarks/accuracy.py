@@ -22,7 +22,7 @@ usage: python benchmarks/accuracy.py [--source MPtrj.json[.gz]] [--epochs 3] [--
 3. Each model is checked through its ASE calculator on the test frames (float64): those
    are the figures printed, energy per atom (meV/atom), force components (meV/Å), stress
    components (GPa), MAE and RMSE. orbitgraph's are also computed by
-   ``train.trainer.evaluate`` from the store; the two must agree.
+   ``train.evaluation.evaluate`` from the store; the two must agree.
 4. Validation curves (against epoch and against training wall time) go to one PNG; the
    targets are checked; diagnostics say how much of the error sits in frames holding
    elements that few training frames hold (a poorly fitted E0) and in frames with forces
@@ -417,7 +417,7 @@ def main() -> None:
     if not Path(args.source).is_file():
         raise SystemExit(f"{args.source}: no such file (give --source an MPtrj-format file)")
     from orbitgraph.preprocess.store import open_store
-    from orbitgraph.train.trainer import evaluate
+    from orbitgraph.train.evaluation import evaluate
 
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

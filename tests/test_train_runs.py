@@ -18,13 +18,15 @@ from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.store import SplitParams, open_store
+from orbitgraph.train.checkpointing import BEST, CHECKPOINT
 from orbitgraph.train.cli import main
 from orbitgraph.train.collate import collate, frame_from_graph
 from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.evaluation import elements, evaluate
 from orbitgraph.train.loader import LoaderConfig, plan_rank
 from orbitgraph.train.logs import Formatter
 from orbitgraph.train.metrics import loss_sums
-from orbitgraph.train.trainer import BEST, CHECKPOINT, Trainer, elements, evaluate
+from orbitgraph.train.trainer import Trainer
 from orbitgraph.units import EV_PER_A3_IN_GPA
 
 SYNC = ClusterConfig(kind="synchronous")

@@ -193,7 +193,7 @@ class Pipelines:
     def finished(self, name: str) -> bool:
         """Whether the experiment's current configuration has its checkpoint, its store
         and metrics evaluated with its current ``evaluate`` settings."""
-        from orbitgraph.train.trainer import CHECKPOINT
+        from orbitgraph.train.checkpointing import CHECKPOINT
         path = self.metrics_path(name)
         return ((self.experiment_dir(name) / CHECKPOINT).is_file() and
                 (self.store_path(self.experiments[name].store) / MANIFEST_FILE).is_file() and
@@ -262,17 +262,11 @@ class Pipelines:
 
     def _train_and_evaluate(self, name: str, progress: bool) -> str:
         from orbitgraph.model.config import load_config
+        from orbitgraph.train.checkpointing import BEST, CHECKPOINT
+        from orbitgraph.train.evaluation import evaluate, frames_to_evaluate, write_json
         from orbitgraph.train.plots import write_loss_curves, write_parity
         from orbitgraph.train.report import baselines, predict_pairs, results_table
-        from orbitgraph.train.trainer import (
-            BEST,
-            CHECKPOINT,
-            Advice,
-            Trainer,
-            evaluate,
-            frames_to_evaluate,
-            write_json,
-        )
+        from orbitgraph.train.trainer import Advice, Trainer
         from orbitgraph.train.weights import load_potential
 
         exp = self.experiments[name]
