@@ -190,6 +190,7 @@ def errors(ref: dict, pred: dict, keep: np.ndarray | None = None) -> dict:
 def train_ours(store: Path, args, root: Path) -> dict:
     import torch
 
+    from orbitgraph.train.callbacks import Callback
     from orbitgraph.train.config import TrainConfig
     from orbitgraph.train.loader import LoaderConfig
     from orbitgraph.train.logs import Formatter
@@ -208,26 +209,29 @@ def train_ours(store: Path, args, root: Path) -> dict:
                       log_every=10 ** 9, checkpoint_every=10 ** 9, plots=False,
                       tensorboard=False)
     out = root / "orbitgraph"
-    trainer = Trainer(store, model, cfg, out, resume=False)
     curve = []
-    t0, cpu0 = time.perf_counter(), time.process_time()
 
-    class Curve(logging.Handler):
-        """The trainer's epoch lines (and warnings) printed, and the curve sampled at each."""
+    class Curve(Callback):
+        """The validation curve, sampled after each epoch."""
+
+        def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
+            curve.append({"epoch": epoch + 1, "t": time.perf_counter() - t0,
+                          "cpu": time.process_time() - cpu0,
+                          "energy_mae_meV_per_atom": record["energy_mae_meV_per_atom"],
+                          "forces_mae_meV_per_A": record["forces_mae_meV_per_A"]})
+
+    class Lines(logging.Handler):
+        """The trainer's epoch lines and warnings, printed."""
 
         def emit(self, record: logging.LogRecord) -> None:
             line = self.format(record)
-            if line.startswith("epoch ") and ": train loss" in line:
-                h = trainer.state.history[-1]
-                curve.append({"epoch": h["epoch"] + 1, "t": time.perf_counter() - t0,
-                              "cpu": time.process_time() - cpu0,
-                              "energy_mae_meV_per_atom": h["energy_mae_meV_per_atom"],
-                              "forces_mae_meV_per_A": h["forces_mae_meV_per_A"]})
-                print(f"  orbitgraph {line}", flush=True)
-            elif record.levelno >= logging.WARNING:
+            if (line.startswith("epoch ") and ": train loss" in line
+                    or record.levelno >= logging.WARNING):
                 print(f"  orbitgraph {line}", flush=True)
 
-    handler = Curve()
+    trainer = Trainer(store, model, cfg, out, resume=False, callbacks=[Curve()])
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    handler = Lines()
     handler.setFormatter(Formatter("%(message)s"))
     logger = logging.getLogger("orbitgraph.train")
     logger.addHandler(handler)

@@ -17,7 +17,7 @@ is refused in one line (:class:`~orbitgraph.train.checkpointing.ResumeError`).
 ``best.pt`` holds the (EMA) weights with the lowest validation criterion
 (:func:`~orbitgraph.train.evaluation.validation_loss`); a store without validation frames
 has no such choice, and ``best.pt`` is then the model at the end of the latest epoch (the
-log says so).
+log says so). Code outside the loop follows a run through callbacks (:mod:`train.callbacks`).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from orbitgraph.model import Potential, build_model
 from orbitgraph.model.config import load_config
 from orbitgraph.model.radial import check_graph
 from orbitgraph.preprocess.store import GraphStore, open_store
+from orbitgraph.train.callbacks import Callback
 from orbitgraph.train.checkpointing import (
     BEST,
     CHECKPOINT,
@@ -89,11 +91,13 @@ class TrainState:
 
 class Trainer:
     def __init__(self, store: str | Path | GraphStore, model_config, train_config: TrainConfig,
-                 out: str | Path, resume: bool = True, advice: Advice = Advice()):
+                 out: str | Path, resume: bool = True, advice: Advice = Advice(),
+                 callbacks: Sequence[Callback] = ()):
         self.cfg = train_config.model_copy(
             update={"loader": train_config.loader.for_device(train_config.device)})
         self.out = Path(out)
         self.advice = advice
+        self.callbacks = list(callbacks)
         self.info = init_distributed(self.cfg.device)
         self.device = rank_device(self.cfg.device, self.info)
         self.dtype = DTYPES[self.cfg.precision]
@@ -197,12 +201,15 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> dict:
         """Train until ``epochs``/``max_steps``; ``stop_after`` steps ends the process's work
         early right after a checkpoint (what a kill after that checkpoint leaves behind).
-        Progress goes to the ``orbitgraph.train`` logger (INFO), problems at WARNING.
+        Progress goes to the ``orbitgraph.train`` logger (INFO), problems at WARNING; the
+        callbacks hear of the start, each step and each validation.
 
         Returns steps (in all), steps_this_call, epochs, wall_s, best_val and history."""
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._log_start()
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
         t0 = time.perf_counter()
         steps_this_call = 0
         while not self.state.finished:
@@ -217,6 +224,8 @@ class Trainer:
                 batch = (batch if batch is not None else empty_batch(self.graph.k)).to(
                     self.device, self.dtype, non_blocking=True)
                 loss = self.train_step(batch)
+                for callback in self.callbacks:
+                    callback.on_step_end(self, self.state.step, loss)
                 self.state.epoch_loss_sum += loss
                 self.state.epoch_loss_steps += 1
                 self.state.batches_in_epoch += 1
@@ -274,6 +283,8 @@ class Trainer:
             if improved or not has_val:  # without validation: the latest epoch's model
                 save_inference_model(self, self.out / BEST)
         save_checkpoint(self)
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, epoch, record)
 
     def _log_start(self) -> None:
         """What the user should know before the first step: where a resumed run stands,
