@@ -22,7 +22,7 @@ usage: python benchmarks/accuracy.py [--source MPtrj.json[.gz]] [--epochs 3] [--
 3. Each model is checked through its ASE calculator on the test frames (float64): those
    are the figures printed, energy per atom (meV/atom), force components (meV/Å), stress
    components (GPa), MAE and RMSE. orbitgraph's are also computed by
-   ``train.trainer.evaluate`` from the store; the two must agree.
+   ``train.evaluation.evaluate`` from the store; the two must agree.
 4. Validation curves (against epoch and against training wall time) go to one PNG; the
    targets are checked; diagnostics say how much of the error sits in frames holding
    elements that few training frames hold (a poorly fitted E0) and in frames with forces
@@ -190,6 +190,7 @@ def errors(ref: dict, pred: dict, keep: np.ndarray | None = None) -> dict:
 def train_ours(store: Path, args, root: Path) -> dict:
     import torch
 
+    from orbitgraph.train.callbacks import Callback
     from orbitgraph.train.config import TrainConfig
     from orbitgraph.train.loader import LoaderConfig
     from orbitgraph.train.logs import Formatter
@@ -210,26 +211,29 @@ def train_ours(store: Path, args, root: Path) -> dict:
                       log_every=10 ** 9, checkpoint_every=10 ** 9, plots=False,
                       tensorboard=False)
     out = root / "orbitgraph"
-    trainer = Trainer(store, model, cfg, out, resume=False)
     curve = []
-    t0, cpu0 = time.perf_counter(), time.process_time()
 
-    class Curve(logging.Handler):
-        """The trainer's epoch lines (and warnings) printed, and the curve sampled at each."""
+    class Curve(Callback):
+        """The validation curve, sampled after each epoch."""
+
+        def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
+            curve.append({"epoch": epoch + 1, "t": time.perf_counter() - t0,
+                          "cpu": time.process_time() - cpu0,
+                          "energy_mae_meV_per_atom": record["energy_mae_meV_per_atom"],
+                          "forces_mae_meV_per_A": record["forces_mae_meV_per_A"]})
+
+    class Lines(logging.Handler):
+        """The trainer's epoch lines and warnings, printed."""
 
         def emit(self, record: logging.LogRecord) -> None:
             line = self.format(record)
-            if line.startswith("epoch ") and ": train loss" in line:
-                h = trainer.state.history[-1]
-                curve.append({"epoch": h["epoch"] + 1, "t": time.perf_counter() - t0,
-                              "cpu": time.process_time() - cpu0,
-                              "energy_mae_meV_per_atom": h["energy_mae_meV_per_atom"],
-                              "forces_mae_meV_per_A": h["forces_mae_meV_per_A"]})
-                print(f"  orbitgraph {line}", flush=True)
-            elif record.levelno >= logging.WARNING:
+            if (line.startswith("epoch ") and ": train loss" in line
+                    or record.levelno >= logging.WARNING):
                 print(f"  orbitgraph {line}", flush=True)
 
-    handler = Curve()
+    trainer = Trainer(store, model, cfg, out, resume=False, callbacks=[Curve()])
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    handler = Lines()
     handler.setFormatter(Formatter("%(message)s"))
     logger = logging.getLogger("orbitgraph.train")
     logger.addHandler(handler)
@@ -419,7 +423,7 @@ def main() -> None:
     if not Path(args.source).is_file():
         raise SystemExit(f"{args.source}: no such file (give --source an MPtrj-format file)")
     from orbitgraph.preprocess.store import open_store
-    from orbitgraph.train.trainer import evaluate
+    from orbitgraph.train.evaluation import evaluate
 
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

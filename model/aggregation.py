@@ -9,7 +9,7 @@ Logits a_ij come from an MLP of invariant edge features (radial basis, species).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -17,15 +17,16 @@ from torch import nn
 from orbitgraph.model.mlp import silu_mlp
 from orbitgraph.model.scatter import scatter_softmax, scatter_sum
 
-AggregationMode = Literal["sum", "sigmoid", "softmax"]
+AggregationMode = Literal["sum", "sigmoid", "softmax"]  # ModelConfig.aggregation
 
 
 class Aggregation(nn.Module):
     def __init__(self, mode: AggregationMode, avg_num_neighbors: float, edge_features: int,
                  hidden: int = 32):
         super().__init__()
-        if mode not in ("sum", "sigmoid", "softmax"):
-            raise ValueError(f"aggregation must be sum, sigmoid or softmax; got {mode!r}")
+        if mode not in get_args(AggregationMode):
+            raise ValueError(f"aggregation must be one of {', '.join(get_args(AggregationMode))};"
+                             f" got {mode!r}")
         if not avg_num_neighbors > 0:
             raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
         self.mode = mode

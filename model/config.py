@@ -12,24 +12,32 @@ Presets:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from orbitgraph.config import Config, read_yaml
 from orbitgraph.errors import ConfigError
+from orbitgraph.model.aggregation import AggregationMode
+from orbitgraph.model.invariant import Attention
+from orbitgraph.model.message import WeightInputs
+from orbitgraph.model.networks import NETWORKS
+from orbitgraph.model.radial import RADIAL_BASES, RANK_ENVELOPES
+from orbitgraph.model.readout import BlockReduction, ReadoutKind
+from orbitgraph.model.self_interaction import SELF_INTERACTIONS
 
-KINDS = ("equivariant", "invariant")
+# the options of each block setting, as the blocks declare them: the keys of a block's
+# registry, or the values of its Literal type where one module handles every option
 CHOICES = {
-    "kind": KINDS,
-    "radial_basis": ("bessel", "gaussian"),
-    "message_weights": ("radial", "radial+species", "radial+species+features"),
-    "aggregation": ("sum", "sigmoid", "softmax"),
-    "self_interaction": ("symmetric_contraction", "linear", "gate", "tensor_square"),
-    "readout": ("linear", "mlp", "mlp_last"),
-    "block_reduction": ("sum", "last", "mean"),
-    "attention": ("none", "sigmoid", "softmax"),
-    "rank_envelope": ("adaptive", "next", "none"),
+    "kind": tuple(NETWORKS),
+    "radial_basis": tuple(RADIAL_BASES),
+    "message_weights": get_args(WeightInputs),
+    "aggregation": get_args(AggregationMode),
+    "self_interaction": tuple(SELF_INTERACTIONS),
+    "readout": get_args(ReadoutKind),
+    "block_reduction": get_args(BlockReduction),
+    "attention": get_args(Attention),
+    "rank_envelope": tuple(RANK_ENVELOPES),
     # how E0 is fitted to the store's frames (orbitgraph.preprocess.store.e0)
     "atomic_energies": ("regularised", "least_squares", "average", "isolated"),
 }

@@ -15,6 +15,8 @@ edge's harmonics onto the centre's neighbourhood density, Σ_m Y_lm(r̂_ij) ρ_i
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from e3nn import o3
 from torch import nn
@@ -30,6 +32,7 @@ from orbitgraph.model.scatter import scatter_softmax, scatter_sum
 
 DIRECTIONAL_L_MAX = 3
 BAND_WIDTH = 0.5  # Å over which an edge moves from one distance band to the next
+Attention = Literal["none", "sigmoid", "softmax"]  # over neighbours (ModelConfig.attention)
 
 
 def band_weights(r: torch.Tensor, radii: torch.Tensor, width: float) -> torch.Tensor:
@@ -47,7 +50,7 @@ def band_weights(r: torch.Tensor, radii: torch.Tensor, width: float) -> torch.Te
 
 
 class InvariantLayer(nn.Module):
-    def __init__(self, hidden: int, n_radial: int, n_bands: int, attention: str,
+    def __init__(self, hidden: int, n_radial: int, n_bands: int, attention: Attention,
                  avg_num_neighbors: float):
         super().__init__()
         n_dir = DIRECTIONAL_L_MAX + 1

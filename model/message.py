@@ -6,7 +6,7 @@ m_ij = TP_uvu(h_j, Y(r̂_ij); w_ij),  w_ij = MLP([R(r_ij), s_i, s_j, h⁰_i, h�
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from e3nn import o3
@@ -14,6 +14,7 @@ from torch import nn
 
 from orbitgraph.model.mlp import silu_mlp
 
+# what the message weights depend on (ModelConfig.message_weights)
 WeightInputs = Literal["radial", "radial+species", "radial+species+features"]
 
 
@@ -52,9 +53,9 @@ class TensorProductMessage(nn.Module):
         self.tp = o3.TensorProduct(self.irreps_in, self.irreps_sh, irreps_mid, instructions,
                                    shared_weights=False, internal_weights=False)
         self.irreps_out = irreps_mid
-        if weight_inputs not in ("radial", "radial+species", "radial+species+features"):
-            raise ValueError(f"message weight_inputs must be radial, radial+species or "
-                             f"radial+species+features; got {weight_inputs!r}")
+        if weight_inputs not in get_args(WeightInputs):
+            raise ValueError(f"message weight_inputs must be one of "
+                             f"{', '.join(get_args(WeightInputs))}; got {weight_inputs!r}")
         self.weight_inputs = weight_inputs
         self.n_scalars = self.irreps_in.count("0e")
         n_in = num_radial

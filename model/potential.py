@@ -29,15 +29,13 @@ from torch import nn
 
 from orbitgraph.model.batch import Batch
 from orbitgraph.model.config import ModelConfig, with_statistics
-from orbitgraph.model.equivariant import EquivariantNetwork
 from orbitgraph.model.geometry import cell_volume, edge_vectors, strained
-from orbitgraph.model.invariant import InvariantNetwork
+from orbitgraph.model.networks import NETWORKS
 from orbitgraph.model.radial import rank_reference_distance
 from orbitgraph.model.readout import ScaleShift
 from orbitgraph.model.repulsion import ZBLRepulsion
 from orbitgraph.model.scatter import scatter_sum
 
-NETWORKS = {"equivariant": EquivariantNetwork, "invariant": InvariantNetwork}
 FLOAT_DTYPES = (torch.float32, torch.float64)  # the dtypes a potential is built in
 
 

@@ -223,12 +223,12 @@ class EdgeEnvelope(nn.Module):
 
 
 def rank_envelope(cfg) -> nn.Module | None:
-    """The rank envelope of a model config (``cfg.rank_envelope``: adaptive | next | none)."""
-    if cfg.rank_envelope == "adaptive":
-        return AdaptiveRankEnvelope(cfg.rank_envelope_width)
-    if cfg.rank_envelope == "next":
-        return RankEnvelope(cfg.rank_envelope_width)
-    return None
+    """The rank envelope of a model config (``cfg.rank_envelope``, a key of
+    :data:`RANK_ENVELOPES`), None for ``none``."""
+    envelope = RANK_ENVELOPES[cfg.rank_envelope]
+    return envelope(cfg.rank_envelope_width) if envelope is not None else None
 
 
-RADIAL_BASES = {"bessel": BesselBasis, "gaussian": GaussianBasis}
+RADIAL_BASES = {"bessel": BesselBasis, "gaussian": GaussianBasis}  # ModelConfig.radial_basis
+# ModelConfig.rank_envelope: its class, taking the width in Å (none: no rank envelope)
+RANK_ENVELOPES = {"adaptive": AdaptiveRankEnvelope, "next": RankEnvelope, "none": None}

@@ -4,7 +4,7 @@ E_i = scale(z_i) · Σ_blocks e_i^(t) (reduced) + shift(z_i) + E0(z_i);  E = Σ_
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from e3nn import o3
@@ -13,7 +13,9 @@ from torch import nn
 from orbitgraph.model.embedding import NUM_ELEMENTS
 from orbitgraph.model.mlp import silu_mlp, zero_last_layer
 
-BlockReduction = Literal["sum", "last", "mean"]
+# which blocks' readouts are MLPs (ModelConfig.readout): none (linear), all, or the last
+ReadoutKind = Literal["linear", "mlp", "mlp_last"]
+BlockReduction = Literal["sum", "last", "mean"]  # ModelConfig.block_reduction
 
 
 class LinearReadout(nn.Module):
@@ -57,7 +59,8 @@ def reduce_blocks(per_block: list[torch.Tensor], mode: BlockReduction) -> torch.
         return total / len(per_block)
     if mode == "sum":
         return total
-    raise ValueError(f"block_reduction must be sum, last or mean; got {mode!r}")
+    raise ValueError(f"block_reduction must be one of {', '.join(get_args(BlockReduction))}; "
+                     f"got {mode!r}")
 
 
 class ScaleShift(nn.Module):

@@ -240,9 +240,9 @@ class TensorSquareSelfInteraction(nn.Module):
         return self.linear_x(x, species) + self.linear_sq(self.square(x, x), species)
 
 
-SELF_INTERACTIONS = {
-    "linear": LinearSelfInteraction,
+SELF_INTERACTIONS = {  # ModelConfig.self_interaction
     "symmetric_contraction": SymmetricContraction,
+    "linear": LinearSelfInteraction,
     "gate": GatedSelfInteraction,
     "tensor_square": TensorSquareSelfInteraction,
 }

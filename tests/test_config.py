@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import pytest
 import yaml
 
 from orbitgraph.errors import ConfigError
+from orbitgraph.model.aggregation import AggregationMode
 from orbitgraph.model.config import MACE_TORCH_NAMES, ModelConfig, load_config
+from orbitgraph.model.invariant import Attention
+from orbitgraph.model.message import WeightInputs
+from orbitgraph.model.networks import NETWORKS
+from orbitgraph.model.radial import RADIAL_BASES, RANK_ENVELOPES
+from orbitgraph.model.readout import BlockReduction, ReadoutKind
+from orbitgraph.model.self_interaction import SELF_INTERACTIONS
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import SourceInfo, StoreSpec
 from orbitgraph.preprocess.store.params import GraphParams, LabelKeys, SplitParams, StoreParams
@@ -119,6 +127,39 @@ def test_other_refusals_name_the_key():
         with pytest.raises(ValueError) as err:
             make()
         assert str(err.value).startswith(message), (message, str(err.value))
+
+
+# each model setting that chooses a block, and the options the blocks implement: the keys of
+# the block's registry, or its Literal type where one module handles every option
+BLOCK_OPTIONS = {
+    "kind": tuple(NETWORKS),
+    "radial_basis": tuple(RADIAL_BASES),
+    "rank_envelope": tuple(RANK_ENVELOPES),
+    "message_weights": get_args(WeightInputs),
+    "aggregation": get_args(AggregationMode),
+    "self_interaction": tuple(SELF_INTERACTIONS),
+    "readout": get_args(ReadoutKind),
+    "block_reduction": get_args(BlockReduction),
+    "attention": get_args(Attention),
+}
+
+
+def test_block_settings_accept_their_registries_keys_and_nothing_else():
+    """Every setting of ModelConfig with a fixed list of options chooses a block, and takes
+    its options from that block: each option of the block is accepted, and the setting's
+    declared options are exactly the block's (so a block added to a registry is a valid
+    setting, and the config lists no block that does not exist)."""
+    chosen = {name for name, field in ModelConfig.model_fields.items()
+              if get_origin(field.annotation) is Literal}
+    assert chosen == set(BLOCK_OPTIONS)
+    for key, options in BLOCK_OPTIONS.items():
+        assert get_args(ModelConfig.model_fields[key].annotation) == options, key
+        for option in options:
+            assert getattr(ModelConfig.from_dict({key: option}), key) == option
+        with pytest.raises(ConfigError) as err:
+            ModelConfig.from_dict({key: "no_such_block"})
+        assert str(err.value) == (f"model.{key}: 'no_such_block' is not one of "
+                                  f"{', '.join(options)}")
 
 
 def test_yaml_ambiguities_are_coerced_or_refused(tmp_path):

@@ -181,7 +181,7 @@ def test_untrained_elements_are_counted(store_path):
     matching the atomic numbers read from the shards themselves."""
     from ase.data import chemical_symbols
 
-    from orbitgraph.train.trainer import elements, untrained_elements
+    from orbitgraph.train.evaluation import elements, untrained_elements
     store = open_store(store_path)
 
     def symbols(split):

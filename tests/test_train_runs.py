@@ -18,13 +18,16 @@ from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.store import SplitParams, open_store
+from orbitgraph.train.callbacks import Callback
+from orbitgraph.train.checkpointing import BEST, CHECKPOINT
 from orbitgraph.train.cli import main
 from orbitgraph.train.collate import collate, frame_from_structure
 from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.evaluation import elements, evaluate
 from orbitgraph.train.loader import LoaderConfig, plan_rank
 from orbitgraph.train.logs import Formatter
 from orbitgraph.train.metrics import loss_sums
-from orbitgraph.train.trainer import BEST, CHECKPOINT, Trainer, elements, evaluate
+from orbitgraph.train.trainer import Trainer
 from orbitgraph.units import EV_PER_A3_IN_GPA
 
 SYNC = ClusterConfig(kind="synchronous")
@@ -185,6 +188,61 @@ def test_a_stopped_and_resumed_run_logs_what_the_uninterrupted_run_logs(store_pa
         ("tensorboard", tensorboard_scalars(tmp_path / name) == expected_tb)) if not same]
         for name in ("killed", "budget", "by-epoch")}
     assert differ == {"killed": [], "budget": [], "by-epoch": []}
+
+
+class Recorder(Callback):
+    """Every hook call of a run, in order: ("start", step), ("step", step, loss),
+    ("epoch", epoch, record)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_start(self, trainer):
+        self.calls.append(("start", trainer.state.step))
+
+    def on_step_end(self, trainer, step, loss):
+        assert step == trainer.state.step
+        self.calls.append(("step", step, loss))
+
+    def on_epoch_end(self, trainer, epoch, record):
+        assert record is trainer.state.history[-1]
+        self.calls.append(("epoch", epoch, dict(record)))
+
+
+def test_callbacks_hear_each_step_and_each_validation_of_a_resumed_run_too(store_path,
+                                                                           tmp_path):
+    """A callback hears the start of fit (at the step a resumed run starts from), each
+    optimiser step with its batch loss and each epoch's validation record, in order; a run
+    stopped part-way and resumed, each part with its own callback, tells them the steps and
+    records of the uninterrupted run, bit for bit."""
+    from orbitgraph.train.loader import steps_per_epoch
+
+    loader = LoaderConfig(max_atoms=60, seed=1)
+    first_epoch = steps_per_epoch(open_store(store_path).subset(split="train"), loader, 0, 1)
+    cfg = TrainConfig(epochs=2, lr=3e-3, schedule="cosine", warmup_steps=2, seed=3,
+                      loader=loader, **QUIET)
+    straight = Recorder()
+    trainer = Trainer(store_path, TINY, cfg, tmp_path / "straight", callbacks=[straight])
+    trainer.fit()
+    steps = [call for call in straight.calls if call[0] == "step"]
+    records = [call[2] for call in straight.calls if call[0] == "epoch"]
+    assert straight.calls[0] == ("start", 0)
+    assert [call[1] for call in steps] == list(range(1, trainer.state.step + 1))
+    assert records == trainer.state.history and len(records) == 2
+    # each epoch's record follows its last step; its train_loss the mean of its steps
+    assert straight.calls[first_epoch + 1] == ("epoch", 0, records[0])
+    assert straight.calls[-1] == ("epoch", 1, records[1])
+    assert records[0]["train_loss"] == pytest.approx(
+        sum(loss for _, _, loss in steps[:first_epoch]) / first_epoch, rel=1e-12)
+
+    before, after = Recorder(), Recorder()
+    Trainer(store_path, TINY, cfg, tmp_path / "resumed",
+            callbacks=[before]).fit(stop_after=first_epoch + 1)
+    resumed = Trainer(store_path, TINY, cfg, tmp_path / "resumed")
+    resumed.callbacks.append(after)
+    resumed.fit()
+    assert after.calls[0] == ("start", first_epoch + 1)
+    assert before.calls[1:] + after.calls[1:] == straight.calls[1:]
 
 
 def test_an_interrupted_experiment_reports_what_the_uninterrupted_one_reports(tmp_path,

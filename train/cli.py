@@ -228,8 +228,8 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from pathlib import Path
 
+    from orbitgraph.train.evaluation import evaluate, write_json
     from orbitgraph.train.metrics import table
-    from orbitgraph.train.trainer import evaluate, write_json
 
     settings = evaluate_settings(args)
     if not Path(args.checkpoint).is_file():

@@ -27,7 +27,6 @@ configuration trains again without touching the earlier results
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -54,7 +53,6 @@ from orbitgraph.train.experiment_dirs import (
 )
 
 log = logging.getLogger("orbitgraph.run")
-STEP_LOSSES = "step_losses.csv"  # (step, batch loss) of every step, in a run directory
 
 class PipelineError(ConfigError):
     """A mistake in pipelines.yaml; the message names the key."""
@@ -185,7 +183,7 @@ class Pipelines:
     def finished(self, name: str) -> bool:
         """Whether the experiment's current configuration has its checkpoint, its store
         and metrics evaluated with its current ``evaluate`` settings."""
-        from orbitgraph.train.trainer import CHECKPOINT
+        from orbitgraph.train.checkpointing import CHECKPOINT
         path = self.metrics_path(name)
         return ((self.experiment_dir(name) / CHECKPOINT).is_file() and
                 (self.store_path(self.experiments[name].store) / MANIFEST_FILE).is_file() and
@@ -254,17 +252,12 @@ class Pipelines:
 
     def _train_and_evaluate(self, name: str, progress: bool) -> str:
         from orbitgraph.model.config import load_config
+        from orbitgraph.train.callbacks import StepLosses
+        from orbitgraph.train.checkpointing import BEST, CHECKPOINT
+        from orbitgraph.train.evaluation import evaluate, frames_to_evaluate, write_json
         from orbitgraph.train.plots import write_loss_curves, write_parity
         from orbitgraph.train.report import baselines, predict_pairs, results_table
-        from orbitgraph.train.trainer import (
-            BEST,
-            CHECKPOINT,
-            Advice,
-            Trainer,
-            evaluate,
-            frames_to_evaluate,
-            write_json,
-        )
+        from orbitgraph.train.trainer import Advice, Trainer
         from orbitgraph.train.weights import load_potential
 
         exp = self.experiments[name]
@@ -284,10 +277,11 @@ class Pipelines:
                                 "in pipelines.yaml)", key) from None
         frames_to_evaluate(open_store(store_path), exp.evaluate.split)  # before training, not after
         # the figures below replace the trainer's own (validation-split parity)
+        step_losses = StepLosses()  # the loss curve, kept in the run directory
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out, advice=Advice(go_on="evaluating it",
-                                             new_run=f"delete {out} to train it again"))
-        step_losses = _record_step_losses(trainer)
+                                             new_run=f"delete {out} to train it again"),
+                          callbacks=[step_losses])
         result = trainer.fit()
         settings = self.evaluate_settings(name)
         split, device = settings["split"], settings["device"]
@@ -303,11 +297,11 @@ class Pipelines:
                   "val_baseline": val_baseline,
                   "parameters": sum(p.numel() for p in trainer.model.parameters()),
                   "steps": trainer.state.step, "train_wall_s": result["wall_s"],
-                  "history": trainer.state.history, "step_losses": step_losses}
+                  "history": trainer.state.history, "step_losses": step_losses.losses}
         write_json(metrics_path, record)
         pairs.thinned().save(out / f"parity_{split}.npz")
         plots = [write_loss_curves(out / "loss_curves.png", trainer.state.history, val_baseline,
-                                   f"{name}: training and validation", step_losses),
+                                   f"{name}: training and validation", step_losses.losses),
                  write_parity(out / "parity.png", pairs, metrics, baseline,
                               f"{name}: {split} split ({metrics['frames']} frames), best "
                               f"checkpoint")]
@@ -376,35 +370,6 @@ class Pipelines:
             print(self.run_experiment(name, progress=progress), flush=True)
         for store in dict.fromkeys(self.experiments[name].store for name in names):
             print(self.compare(store, refresh_figure=store in ran), flush=True)
-
-
-def _record_step_losses(trainer) -> list[tuple[int, float]]:
-    """(step, batch loss) of every optimiser step of the trainer's run, for the loss curve
-    (the trainer's history holds one mean per epoch), kept in its directory
-    (:data:`STEP_LOSSES`) so that a resumed run's curve is the uninterrupted run's: those of
-    earlier calls up to the step the trainer resumed from (the later ones are taken again),
-    then each step it takes from now on, appended to the list and to the file."""
-    from orbitgraph.train.epoch_log import write_csv
-
-    path = trainer.out / STEP_LOSSES
-    losses = []
-    if path.is_file():
-        with open(path, newline="") as f:
-            losses = [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(f)]
-    losses = [(step, loss) for step, loss in losses if step <= trainer.state.step]
-    trainer.out.mkdir(parents=True, exist_ok=True)
-    write_csv(path, [{"step": step, "loss": loss} for step, loss in losses], ["step", "loss"])
-    train_step = trainer.train_step
-
-    def recording(batch):
-        loss = train_step(batch)
-        losses.append((trainer.state.step, loss))
-        with open(path, "a") as f:
-            f.write(f"{trainer.state.step},{loss!r}\n")
-        return loss
-
-    trainer.train_step = recording
-    return losses
 
 
 def _model_label(model) -> str:

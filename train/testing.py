@@ -8,9 +8,11 @@ sees, including the rank envelope's d_{k+1}.
 
 Shipped with the package (``from orbitgraph.train.testing import PotentialTests``), so that
 someone adding a block checks it the way the presets are: make the block selectable by a
-model setting (its option in :data:`orbitgraph.model.config.CHOICES`), then subclass the
-harness in a test file with the preset it slots into and the settings that select it
-(pytest collects every ``test_*`` method of the subclass)::
+model setting (an entry in its module's registry, e.g.
+:data:`orbitgraph.model.self_interaction.SELF_INTERACTIONS`, which the config's
+:data:`orbitgraph.model.config.CHOICES` reads), then subclass the harness in a test file with
+the preset it slots into and the settings that select it (pytest collects every ``test_*``
+method of the subclass)::
 
     from orbitgraph.train.testing import PotentialTests
 

@@ -1,0 +1,123 @@
+"""Errors of a potential on a store's frames: validation during training, ``evaluate`` of a
+saved model, and the elements a model never trained on.
+
+Metrics (:class:`~orbitgraph.train.metrics.ErrorAccumulator`): MAE/RMSE of the energy per
+atom (meV/atom), the force components (meV/Å) and the stress components (GPa).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from orbitgraph.errors import StoreError
+from orbitgraph.model import Potential
+from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.distributed import DistInfo, all_sum
+from orbitgraph.train.loader import LoaderConfig, make_loader
+from orbitgraph.train.metrics import ErrorAccumulator
+from orbitgraph.train.weights import load_potential
+
+
+def add_errors(acc: ErrorAccumulator, model: Potential, batches: Iterable,
+               device: torch.device | str, dtype: torch.dtype) -> None:
+    """Add ``model``'s energies, forces and stresses on each of ``batches`` (moved to
+    ``device`` and ``dtype``) and their labels to ``acc``."""
+    for batch in batches:
+        batch = batch.to(device, dtype)
+        acc.add(model(batch, forces=True, stress=True, training=False), batch)
+
+
+def validation_metrics(model: Potential, frames: GraphStore, loader: LoaderConfig, graph,
+                       info: DistInfo, device: torch.device, dtype: torch.dtype,
+                       keep_pairs: bool = False) -> tuple[dict, object]:
+    """The metrics of ``model`` (put in eval mode) on ``frames``, read in order with the
+    batch budget of ``loader`` and the graphs ``graph`` (GraphParams), each rank its share,
+    summed over the ranks; and the (reference, predicted) pairs where ``keep_pairs`` (None
+    otherwise; this rank's)."""
+    acc = ErrorAccumulator(keep_pairs=keep_pairs)
+    model.eval()
+    if len(frames):
+        in_order = loader.model_copy(update={"shuffle": False, "num_workers": 0})
+        add_errors(acc, model, make_loader(frames, in_order, 0, info.rank, info.world,
+                                           graph=graph), device, dtype)
+    if info.world > 1:
+        acc.load_tensor(all_sum(acc.merge_tensor(), info))
+    return acc.result(), acc.pairs
+
+
+def validation_loss(cfg: TrainConfig, metrics: dict) -> float:
+    """The criterion for best.pt, the plateau schedule and early stopping:
+    w_E · MAE(E/N) [eV/atom] + w_F · MAE(F) [eV/Å] + w_σ · MAE(σ) [GPa], the stress term
+    left out where no validation frame has a stress label (NaN without validation)."""
+    loss = (cfg.energy_weight * metrics["energy_mae_meV_per_atom"] / 1000
+            + cfg.forces_weight * metrics["forces_mae_meV_per_A"] / 1000)
+    if cfg.stress_weight and not math.isnan(metrics["stress_mae_GPa"]):
+        loss += cfg.stress_weight * metrics["stress_mae_GPa"]
+    return loss
+
+
+def elements(frames: GraphStore) -> list[str]:
+    """The chemical symbols that some frame of ``frames`` holds (from the index), sorted."""
+    return sorted({el for frame in frames.index["elements"].to_pylist() for el in frame})
+
+
+def untrained_elements(trained: Iterable[str], frames: GraphStore) -> tuple[int, list[str]]:
+    """How many of ``frames`` hold an element not in ``trained`` (the symbols of the
+    training frames, :func:`elements`), and those elements (read from the index). The model
+    has learned nothing about them (its E0 for them is 0), so such frames carry large energy
+    errors; they are counted, never dropped."""
+    trained = set(trained)
+    missing = [set(frame) - trained for frame in frames.index["elements"].to_pylist()]
+    return sum(1 for m in missing if m), sorted(set().union(*missing))
+
+
+def frames_to_evaluate(store: GraphStore, split: str) -> GraphStore:
+    """The frames of ``split`` ('train', 'val' or 'test') of ``store``. Raises StoreError,
+    naming the store, the split and the fraction that would give it frames, when it holds
+    none (a metric over no frames is NaN, not a result)."""
+    subset = store.subset(split=split)
+    if len(subset):
+        return subset
+    why = empty_splits(store.index.column("material_id").to_pylist(),
+                       store.manifest.split).get(split, f"the {split} split holds no frames")
+    raise StoreError(f"{store.root}: cannot evaluate on the {split} split: {why}; choose "
+                     "another split (evaluate.split) or rebuild the store with that fraction")
+
+
+def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str = "test",
+             device: str = "cpu", max_atoms: int = 2048, weights: str | None = None) -> dict:
+    """MAE/RMSE of a saved model (in float64) on a split of a store, which weights they are
+    (``weights``, in words: by default those validation used, the EMA's where training kept
+    one; see :func:`orbitgraph.train.weights.load_potential`), and how many of the split's
+    frames hold elements that none of the model's training frames held (see
+    :func:`untrained_elements`); one warning per such element (``orbitgraph.evaluate``
+    logger). Raises StoreError when the split holds no frames (:func:`frames_to_evaluate`)."""
+    saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
+    store = store if isinstance(store, GraphStore) else open_store(store)
+    subset = frames_to_evaluate(store, split)
+    model = saved.model.to(device=device, dtype=torch.float64).eval()
+    loader = make_loader(subset, LoaderConfig(max_atoms=max_atoms, shuffle=False),
+                         graph=saved.graph)
+    acc = ErrorAccumulator()
+    add_errors(acc, model, loader, device, torch.float64)
+    n_untrained, untrained = untrained_elements(saved.trained_elements, subset)
+    per_frame = subset.index["elements"].to_pylist()
+    for el in untrained:
+        n = sum(1 for frame in per_frame if el in frame)
+        logging.getLogger("orbitgraph.evaluate").warning(
+            f"element {el}: no training frame of this model held it (its E0 is 0 eV "
+            f"and the network never saw it); {n} of the {len(subset)} {split} frames hold it")
+    return {"split": split, "weights": saved.weights, **acc.result(),
+            "frames_with_untrained_elements": n_untrained, "untrained_elements": untrained}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` (metrics: numbers, strings, lists, dicts; numpy scalars as floats) as
+    indented JSON at ``path``."""
+    path.write_text(json.dumps(data, indent=1, default=float))
