@@ -245,25 +245,33 @@ def test_callbacks_hear_each_step_and_each_validation_of_a_resumed_run_too(store
     assert before.calls[1:] + after.calls[1:] == straight.calls[1:]
 
 
+def write_small_pipeline(tmp_path: Path, test_fraction: float, experiments: dict) -> Path:
+    """pipelines.yaml in ``tmp_path`` over the small sample's first 20 frames (4 materials):
+    one store, ``small`` (validation 0.2; ``test_fraction`` 0.25 gives the test split one
+    material, 0.2 none), and ``experiments``."""
+    write_small_mptrj(tmp_path / "small.json", frames=20)
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump({
+        "workdir": "runs", "cluster": {"kind": "synchronous"},
+        "sources": {"small": {"path": "small.json", "format": "mptrj-json"}},
+        "stores": {"small": {"source": "small", "frames_per_shard": 10,
+                             "split": {"val_fraction": 0.2, "test_fraction": test_fraction}}},
+        "experiments": experiments}))
+    return path
+
+
 def test_an_interrupted_experiment_reports_what_the_uninterrupted_one_reports(tmp_path,
                                                                            capsys,
                                                                            monkeypatch):
     """`orbitgraph run` interrupted part-way through an experiment's training (Ctrl-C two
     steps after a checkpoint) and run again writes the per-step losses (the loss curve),
     the epoch history and metrics.csv of the same experiment run uninterrupted."""
-    write_small_mptrj(tmp_path / "small.json", frames=20)
     train = {"epochs": 2, "lr": 3e-3, "schedule": "constant", "loader": {"max_atoms": 20},
              **QUIET, "checkpoint_every": 2}
-    path = tmp_path / "pipelines.yaml"
-    path.write_text(yaml.safe_dump({
-        "workdir": "runs", "cluster": {"kind": "synchronous"},
-        "sources": {"small": {"path": "small.json", "format": "mptrj-json"}},
-        "stores": {"small": {"source": "small", "frames_per_shard": 10,
-                             "split": {"val_fraction": 0.2, "test_fraction": 0.2}}},
-        # evaluated on the validation split: the test split of these 3 materials is empty
-        "experiments": {name: {"store": "small", "model": TINY, "train": train, "threads": 1,
-                               "evaluate": {"split": "val"}}
-                        for name in ("straight", "interrupted")}}))
+    # evaluated on the validation split: with test_fraction 0.2 the test split is empty
+    path = write_small_pipeline(tmp_path, 0.2, {
+        name: {"store": "small", "model": TINY, "train": train, "threads": 1,
+               "evaluate": {"split": "val"}} for name in ("straight", "interrupted")})
     step = Trainer.train_step
 
     def interrupted(self, batch):
@@ -296,17 +304,9 @@ def test_an_experiment_reports_only_results_of_its_current_configuration(tmp_pat
     changed evaluate evaluates again without training; the results of an older version's
     experiments/NAME are kept aside; a run directory holding another configuration's
     checkpoint is refused in one line in the terms of `run`."""
-    write_small_mptrj(tmp_path / "small.json", frames=20)
-    path = tmp_path / "pipelines.yaml"
-    path.write_text(yaml.safe_dump({
-        "workdir": "runs", "cluster": {"kind": "synchronous"},
-        "sources": {"small": {"path": "small.json", "format": "mptrj-json"}},
-        # test_fraction 0.25: the test split holds one of the 4 materials (0.2, none)
-        "stores": {"small": {"source": "small", "frames_per_shard": 10,
-                             "split": {"val_fraction": 0.2, "test_fraction": 0.25}}},
-        "experiments": {"tiny": {"store": "small", "model": TINY, "threads": 1,
-                                 "train": {"max_steps": 1, "loader": {"max_atoms": 60},
-                                           **QUIET}}}}))
+    path = write_small_pipeline(tmp_path, 0.25, {
+        "tiny": {"store": "small", "model": TINY, "threads": 1,
+                 "train": {"max_steps": 1, "loader": {"max_atoms": 60}, **QUIET}}})
     experiments = tmp_path / "runs" / "experiments"
     older = experiments / "tiny"  # an older version's run directory: one per experiment name
     older.mkdir(parents=True)
