@@ -17,7 +17,9 @@ All are plain data and tensors (:mod:`orbitgraph.model.checkpoint`).
 from __future__ import annotations
 
 import logging
+import math
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,13 +31,31 @@ from orbitgraph.model import read_checkpoint, save_model, write_checkpoint
 from orbitgraph.model.config import ModelConfig
 
 if TYPE_CHECKING:
-    from orbitgraph.train.trainer import Trainer, TrainState
+    from orbitgraph.train.trainer import Trainer
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 # loader settings that decide which batches an epoch holds (num_workers does not)
 PLAN_SETTINGS = ("max_atoms", "max_edges", "batch_frames", "shuffle", "shuffle_shards", "seed")
 log = logging.getLogger("orbitgraph.train")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what ``checkpoint.pt`` holds as ``state``."""
+
+    epoch: int = 0
+    batches_in_epoch: int = 0  # the loader position within the epoch
+    step: int = 0
+    best_val: float = math.inf
+    epochs_without_improvement: int = 0
+    history: list = field(default_factory=list)  # one record per epoch (see _end_of_pass)
+    finished: bool = False
+    # this epoch's training loss so far: the sum of its steps' losses (each the global
+    # batch's, all-reduced, so equal on every rank) and their count; checkpointed, so that a
+    # resumed epoch logs the mean over all its steps
+    epoch_loss_sum: float = 0.0
+    epoch_loss_steps: int = 0
 
 
 def rng_state() -> dict:
@@ -86,7 +106,6 @@ def load_checkpoint(trainer: Trainer, path: Path) -> None:
     schedule settings (a larger budget continues a finished run; the cosine then spans the
     new one). Raises :class:`ResumeError` where ``path`` holds another run
     (:func:`check_same_run`)."""
-    from orbitgraph.train.trainer import TrainState
 
     ckpt = read_checkpoint(path, map_location=trainer.device)
     check_same_run(trainer, ckpt)

@@ -83,7 +83,7 @@ MACE_TORCH_KEYS = (
 )
 
 
-class NoEquivalent(Exception):
+class NoEquivalent(ConfigError):
     """A value of a mace-torch key that orbitgraph cannot represent; ``str`` says why."""
 
 

@@ -22,10 +22,9 @@ log says so). Code outside the loop follows a run through callbacks (:mod:`train
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +42,7 @@ from orbitgraph.train.callbacks import Callback
 from orbitgraph.train.checkpointing import (
     BEST,
     CHECKPOINT,
+    TrainState,
     load_checkpoint,
     save_checkpoint,
     save_inference_model,
@@ -74,22 +74,6 @@ class Advice:
 
     go_on: str = "raise --max-steps or --epochs to continue, or give another --out"
     new_run: str = "give another --out to start a new run"
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0
-    batches_in_epoch: int = 0  # the loader position within the epoch
-    step: int = 0
-    best_val: float = math.inf
-    epochs_without_improvement: int = 0
-    history: list = field(default_factory=list)  # one record per epoch (see _end_of_pass)
-    finished: bool = False
-    # this epoch's training loss so far: the sum of its steps' losses (each the global
-    # batch's, all-reduced, so equal on every rank) and their count; checkpointed, so that a
-    # resumed epoch logs the mean over all its steps
-    epoch_loss_sum: float = 0.0
-    epoch_loss_steps: int = 0
 
 
 class Trainer:
