@@ -202,8 +202,9 @@ def test_float64_training_builds_every_constant_in_float64(store_path, tmp_path,
     """In a float64 run, E0 (the store's least-squares values, exactly), the scale, the
     radial frequencies and centres and the coupling coefficients are those of a model built
     in float64, not float32 numbers converted."""
-    trainer = Trainer(store_path, TINY[preset], TrainConfig(precision="float64", max_steps=1,
-                                                            **QUIET), tmp_path)
+    least_squares = {**TINY[preset], "atomic_energies": "least_squares"}  # the manifest's E0s
+    trainer = Trainer(store_path, least_squares, TrainConfig(precision="float64", max_steps=1,
+                                                             **QUIET), tmp_path)
     e0 = trainer.model.scale_shift.e0
     assert e0.dtype == torch.float64
     for z, value in trainer.store.manifest.statistics["atomic_energies_eV"].items():
