@@ -207,13 +207,17 @@ print("compiled == eager")
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_eager():
-    """In a fresh process without numba: Inductor's CPU kernels crash next to numba's LLVM."""
+def test_torch_compile_matches_eager(tmp_path):
+    """In a fresh process without numba: Inductor's CPU kernels crash next to numba's LLVM.
+    Inductor's cache in a folder of this test's own: another process compiling into the
+    shared one at the same time can leave a truncated kernel there."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], cwd=root, capture_output=True,
-                          text=True, timeout=1200)
+                          text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "compiled == eager" in proc.stdout
