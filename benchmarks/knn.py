@@ -5,8 +5,9 @@ usage: python benchmarks/knn.py [N_STRUCTURES] [--repeats R] [--check C]
 Structures come from ``../shared/bench/structures.py`` (MPtrj-like: real prototypes,
 substituted, strained, rattled) and the baseline from ``../shared/bench/knn_anchors.py``
 (pymatgen's neighbour list grown until 17 candidates, then top-k), both measured in this
-run on one core. Prints medians over repeats and the ratio, and checks that the results are
-identical to the brute-force reference.
+run on one core. The graph is measured at the default tie tolerance (0.5 Å), at 0.01 Å and
+with ties broken. Prints medians over repeats and the ratio, and checks that the results
+are identical to the brute-force reference.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main() -> None:
     import knn_anchors  # noqa: E402
     from structures import mptrj_like  # noqa: E402
 
-    from orbitgraph.preprocess.graph import knn_graph, knn_graphs
+    from orbitgraph.preprocess.graph import DEFAULT_TIE_TOLERANCE, knn_graph, knn_graphs
     from orbitgraph.preprocess.graph_reference import knn_graph_reference
 
     structs = mptrj_like(args.n, seed=1)
@@ -49,8 +50,11 @@ def main() -> None:
     knn_graphs(cells[:2], poss[:2])  # load the compiled kernel
 
     contenders = {
-        "orbitgraph knn_graphs ties=include": lambda: knn_graphs(cells, poss, k=16, ties="include"),
-        "orbitgraph knn_graphs ties=break": lambda: knn_graphs(cells, poss, k=16, ties="break"),
+        f"knn_graphs ties=include, {DEFAULT_TIE_TOLERANCE} Å (default)":
+            lambda: knn_graphs(cells, poss, k=16, ties="include"),
+        "knn_graphs ties=include, 0.01 Å":
+            lambda: knn_graphs(cells, poss, k=16, ties="include", tie_tolerance=0.01),
+        "knn_graphs ties=break": lambda: knn_graphs(cells, poss, k=16, ties="break"),
         "orbitgraph knn_graph one by one": lambda: [knn_graph(c, p)
                                                     for c, p in zip(cells, poss, strict=True)],
         "pymatgen get_neighbor_list + top-k": lambda: [knn_anchors.knn_pymatgen(s, 16)
@@ -67,19 +71,20 @@ def main() -> None:
     rates = {name: args.n / float(np.median(t)) for name, t in times.items()}
     r_pmg = rates["pymatgen get_neighbor_list + top-k"]
     for name, r in rates.items():
-        print(f"{name:40s} {r:10.0f} structures/s   {r / r_pmg:6.2f}x pymatgen")
+        print(f"{name:45s} {r:10.0f} structures/s   {r / r_pmg:6.2f}x pymatgen")
 
-    # identical to the reference (exact edge lists, both tie modes)
+    # identical to the reference (exact edge lists, both tie modes, both tolerances)
+    modes = [{}, {"tie_tolerance": 0.01}, {"ties": "break"}]
     bad = 0
     for c, p in list(zip(cells, poss, strict=True))[: args.check]:
-        for ties in ("include", "break"):
-            a = knn_graph(c, p, ties=ties)
-            b = knn_graph_reference(c, p, ties=ties)
+        for mode in modes:
+            a = knn_graph(c, p, **mode)
+            b = knn_graph_reference(c, p, **mode)
             same = all(np.array_equal(getattr(a, f), getattr(b, f))
                        for f in ("centers", "neighbors", "unit_shifts", "distances",
                                  "next_distance"))
             bad += not same
-    print(f"reference check: {bad} of {2 * min(args.check, args.n)} graphs differ")
+    print(f"reference check: {bad} of {len(modes) * min(args.check, args.n)} graphs differ")
 
 
 if __name__ == "__main__":

@@ -268,20 +268,21 @@ def _collect_pairs(geo, span, r, buckets):
                         # written whether within r or not, counted only if so: a store
                         # costs less than the mispredicted branch it replaces
                         hit = d2 <= r2
-                        d = math.sqrt(d2)
                         t = min(ci, width) + base  # past the end: the spare row
                         ci += hit
                         bj[t] = j
                         bs[t, 0] = s0
                         bs[t, 1] = s1
                         bs[t, 2] = s2
-                        bd[t] = d
+                        bd[t] = d2  # the square: the root is taken for hits only, below
         count[i] = ci
     # each pair seen from its other atom: (i, -S) into j's bucket, for the hits only
     for i in range(n):
         forward[i] = count[i]
     for i in range(n):
         for t in range(i * stride, i * stride + min(forward[i], width)):
+            d = math.sqrt(bd[t])
+            bd[t] = d
             j = bj[t]
             u = min(count[j], width) + j * stride
             count[j] += 1
@@ -289,7 +290,7 @@ def _collect_pairs(geo, span, r, buckets):
             bs[u, 0] = -bs[t, 0]
             bs[u, 1] = -bs[t, 1]
             bs[u, 2] = -bs[t, 2]
-            bd[u] = bd[t]
+            bd[u] = d
     widest = 0
     for i in range(n):
         widest = max(widest, count[i])
@@ -316,18 +317,24 @@ _RANKED_MAX = 256  # candidates of one centre ranked all-pairs; more go the slow
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _rank_into(first, last, candidates, rules, ranking, e, edges):
-    """Write the candidates in rows ``first:last`` of ``candidates`` (:data:`Candidates`, or
-    the buckets, which have the same fields), sorted, to ``edges.j, .s, .d`` from row ``e``.
+    """Write the head of the sorted candidates in rows ``first:last`` of ``candidates``
+    (:data:`Candidates`, or the buckets, which have the same fields) to ``edges.j, .s, .d``
+    from row ``e``: the kept ones (k, plus ties), then the first not kept. Returns ``(m,
+    kept)``: ``m = min(c, kept + 1)`` rows of the sorted order are in place (rows from
+    ``e + m`` to ``e + c`` are scratch).
 
     The rank of a candidate is the number of candidates that sort before it, counted over
     all pairs in a branch-free (vectorised) loop over quantised distances, which also counts
-    equal ones. Equal quantised distances (own images S and -S always) share a rank; only
-    members of such groups are then ordered among themselves by (j, S). Every candidate
-    goes to ``e + rank``.
+    equal ones. The k-th quantised distance is the largest among candidates ranked below
+    ``k``, and with ties included every candidate at most ``rules.q_tolerance`` beyond it is
+    kept (both counted branch-free). Equal quantised distances (own images S and -S always)
+    share a rank; members of such groups that reach into the first ``m`` are then ordered
+    among themselves by (j, S). Every candidate goes to ``e + rank``.
     """
     bj, bs, bd = candidates.j, candidates.s, candidates.d
     qbuf, rank, group = ranking.q, ranking.rank, ranking.group
     out_j, out_s, out_d = edges.j, edges.s, edges.d
+    k = rules.k
     c = last - first
     for a in range(c):
         qbuf[a] = _quantise(bd[first + a])
@@ -342,9 +349,21 @@ def _rank_into(first, last, candidates, rules, ranking, e, edges):
         rank[a] = less
         group[a] = same
         ties += same
+    kept = c
+    if c > k:
+        kept = k
+        if rules.include_ties:
+            q_kth = np.int64(0)
+            for a in range(c):
+                q_kth = max(q_kth, qbuf[a] if rank[a] < k else np.int64(0))
+            q_head = q_kth + rules.q_tolerance
+            kept = 0
+            for a in range(c):
+                kept += qbuf[a] <= q_head
+    m = min(c, kept + 1)
     if ties > c:
         for a in range(c):
-            if group[a] > 1:
+            if group[a] > 1 and rank[a] < m:
                 oa = first + a
                 extra = 0
                 for b in range(c):
@@ -361,22 +380,7 @@ def _rank_into(first, last, candidates, rules, ranking, e, edges):
         out_s[t, 1] = bs[o, 1]
         out_s[t, 2] = bs[o, 2]
         out_d[t] = bd[o]
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _n_kept(e, c, rules, out_d):
-    """How many of the sorted candidates ``out_d[e:e + c]`` (Å) are kept (k, plus ties):
-    a further candidate is kept while its quantised distance exceeds the k-th's by at most
-    the quantised tolerance ``rules.q_tolerance``."""
-    k = rules.k
-    if c <= k:
-        return c
-    kept = k
-    if rules.include_ties:
-        q_kth = _quantise(out_d[e + k - 1])
-        while kept < c and _joins_by_tie(_quantise(out_d[e + kept]), q_kth, rules.q_tolerance):
-            kept += 1
-    return kept
+    return m, kept
 
 
 @numba.njit(cache=True, nogil=True)
@@ -645,16 +649,15 @@ def knn_batch(structures, rules, edges):
                 if c_i > _RANKED_MAX:
                     slow = i
                     break
-                _rank_into(first, first + c_i, buckets, rules, ranking, e, edges)
-                kept = _n_kept(e, c_i, rules, edges.d)
+                m, kept = _rank_into(first, first + c_i, buckets, rules, ranking, e, edges)
                 if not (r_start == np.inf or (
-                        kept < c_i and _proves_complete(_quantise(edges.d[e + kept]), q_inside))):
+                        kept < m and _proves_complete(_quantise(edges.d[e + kept]), q_inside))):
                     slow = i
                     break
-                if _coincident(b, i, e, c_i, rules, edges, failures):
+                if _coincident(b, i, e, m, rules, edges, failures):
                     failed = True
                     break
-                e = _emit(i, a0, e, c_i, kept, rules.cutoff, edges, nxt)
+                e = _emit(i, a0, e, m, kept, rules.cutoff, edges, nxt)
             if failed or slow == n:
                 break
             m, kept, scratch, edges = _centre_slow(slow, geo, search, buckets, rules, scratch,
