@@ -10,9 +10,8 @@ The functions below are the rule's only definition. Each is elementwise: numpy a
 to arrays (the brute-force reference, load-time filtering), and the compiled kernel
 (:mod:`orbitgraph.preprocess.knn_kernel`) compiles the same functions for scalars and
 inlines them. They use nothing but numpy arithmetic on their arguments and this module's
-constants, so that both can. (numba's on-disk cache of the kernel follows the kernel's own
-file only: after editing this one, touch ``knn_kernel.py`` so that the kernel is compiled
-again.)
+constants, so that both can. The kernel's on-disk cache is keyed by this file too
+(:mod:`orbitgraph.preprocess.kernel_cache`): an edit compiles the kernel again.
 """
 from __future__ import annotations
 

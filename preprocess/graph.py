@@ -287,14 +287,17 @@ def _run_kernel(cells: np.ndarray, pos: np.ndarray, atom_ptr: np.ndarray, pbc: n
     # space, not memory, while growing inside the kernel (a copy onto fresh pages, for more
     # ties than that) costs ~20% of its time.
     capacity = 2 * int(atom_ptr[-1]) * (params.k + 2) + 64
-    return kernel.knn_batch(
-        kernel.Structures(np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3),
-                          np.ascontiguousarray(pos, dtype=np.float64), atom_ptr, pbc),
-        kernel.Rules(params.k, params.include_ties, float(params.tie_tolerance),
-                     np.int64(params.q_tolerance),
-                     np.inf if params.cutoff is None else float(params.cutoff), float(coincident)),
-        kernel.Edges(np.empty(capacity, np.int32), np.empty(capacity, np.int32),
-                     np.empty((capacity, 3), np.int32), np.empty(capacity, np.float64)))
+    from orbitgraph.preprocess.kernel_cache import announce_compilation
+    with announce_compilation():  # the first run of an installation compiles it
+        return kernel.knn_batch(
+            kernel.Structures(np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3),
+                              np.ascontiguousarray(pos, dtype=np.float64), atom_ptr, pbc),
+            kernel.Rules(params.k, params.include_ties, float(params.tie_tolerance),
+                         np.int64(params.q_tolerance),
+                         np.inf if params.cutoff is None else float(params.cutoff),
+                         float(coincident)),
+            kernel.Edges(np.empty(capacity, np.int32), np.empty(capacity, np.int32),
+                         np.empty((capacity, 3), np.int32), np.empty(capacity, np.float64)))
 
 
 def _failure(status: int, bad: np.ndarray, closer_than: str, k: int) -> str:

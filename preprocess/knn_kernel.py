@@ -28,6 +28,8 @@ Every comparison of distances (order, the k-th, tie inclusion, the first candida
 completeness) is made on the quantised grid, so the kept set is a function of the grid
 values alone and never of which equal-grid candidate was seen first. The grid's rule is
 :mod:`orbitgraph.preprocess.distance_grid`: its functions are compiled here and inlined.
+The compiled code is cached on disk once per installation, keyed by both files
+(:mod:`orbitgraph.preprocess.kernel_cache`).
 
 The search radius is bounded: a centre's own images along the shortest periodic lattice
 vector (length ``L``) are ``2`` candidates per multiple of ``L``, so the k-th candidate lies
@@ -42,10 +44,9 @@ import enum
 import math
 from collections import namedtuple
 
-import numba
 import numpy as np
 
-from orbitgraph.preprocess import distance_grid
+from orbitgraph.preprocess import distance_grid, kernel_cache
 
 
 class Status(enum.IntEnum):
@@ -109,14 +110,14 @@ SlowScratch = namedtuple("SlowScratch", "lq lc cj cs cd")
 _GROW = 1.5
 
 # the rule of the distance grid, compiled for scalars and inlined where it is called
-_quantise = numba.njit(cache=True, nogil=True, inline="always")(distance_grid.quantise)
-_joins_by_tie = numba.njit(cache=True, nogil=True, inline="always")(distance_grid.joins_by_tie)
-_inside_bound = numba.njit(cache=True, nogil=True, inline="always")(distance_grid.inside_bound)
-_proves_complete = numba.njit(cache=True, nogil=True,
-                              inline="always")(distance_grid.proves_complete)
+_quantise = kernel_cache.njit(nogil=True, inline="always")(distance_grid.quantise)
+_joins_by_tie = kernel_cache.njit(nogil=True, inline="always")(distance_grid.joins_by_tie)
+_inside_bound = kernel_cache.njit(nogil=True, inline="always")(distance_grid.inside_bound)
+_proves_complete = kernel_cache.njit(nogil=True,
+                                     inline="always")(distance_grid.proves_complete)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel_cache.njit(nogil=True)
 def _grow_edges(edges, n):
     """``edges`` with room for at least ``n`` (at least doubled), contents kept."""
     size = max(2 * edges.i.shape[0], n)
@@ -132,7 +133,7 @@ def _grow_edges(edges, n):
     return Edges(i, j, s, d)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel_cache.njit(nogil=True, inline="always")
 def _inv3(c, out):
     """Inverse of a 3x3 matrix into ``out``; returns the determinant."""
     a, b_, c_ = c[0, 0], c[0, 1], c[0, 2]
@@ -154,7 +155,7 @@ def _inv3(c, out):
     return det
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel_cache.njit(nogil=True, inline="always")
 def _shift_range(periodic, span, df):
     """The integer shifts ``S_a`` with ``|df + S_a| <= span`` (to 1e-9), as ``(lo, hi)``:
     along an axis, only they can bring an image with fractional offset ``df`` within the
@@ -164,7 +165,7 @@ def _shift_range(periodic, span, df):
     return math.ceil(-span - df - 1e-9), math.floor(span - df + 1e-9)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel_cache.njit(nogil=True)
 def _gather(i, geo, span, r, scratch):
     """Every candidate of centre ``i`` of structure ``geo`` within ``r`` Å (``span[a] =
     r / heights[a]``) into the pool ``scratch.cj, cs, cd``, in (j, S) order.
@@ -208,7 +209,7 @@ def _gather(i, geo, span, r, scratch):
     return m
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel_cache.njit(nogil=True)
 def _collect_pairs(geo, span, r, buckets):
     """Every candidate within ``r`` of every centre of ``geo``, each unordered pair
     visited once (``span[a] = r / heights[a]``).
@@ -297,7 +298,7 @@ def _collect_pairs(geo, span, r, buckets):
     return widest
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel_cache.njit(nogil=True, inline="always")
 def _before(q, j, s0, s1, s2, qb, jb, sb0, sb1, sb2):
     """Whether candidate (q, j, S) sorts strictly before (qb, jb, Sb): the ordering key,
     field by field (scalars, so that the comparison compiles to registers)."""
@@ -315,7 +316,7 @@ def _before(q, j, s0, s1, s2, qb, jb, sb0, sb1, sb2):
 _RANKED_MAX = 256  # candidates of one centre ranked all-pairs; more go the slow path
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel_cache.njit(nogil=True, inline="always")
 def _rank_into(first, last, candidates, rules, ranking, e, edges):
     """Write the head of the sorted candidates in rows ``first:last`` of ``candidates``
     (:data:`Candidates`, or the buckets, which have the same fields) to ``edges.j, .s, .d``
@@ -383,7 +384,7 @@ def _rank_into(first, last, candidates, rules, ranking, e, edges):
     return m, kept
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel_cache.njit(nogil=True)
 def _select_insertion(first, last, candidates, rules, lq, lc):
     """Best candidates among rows ``first:last`` of ``candidates`` (:data:`Candidates`),
     inserted one by one into the bounded list ``lq`` (quantised distances) / ``lc``
@@ -431,7 +432,7 @@ def _select_insertion(first, last, candidates, rules, lq, lc):
     return m, kept
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel_cache.njit(nogil=True, inline="always")
 def _coincident(b, i, e, m, rules, edges, failures):
     """Whether centre ``i``'s nearest candidate (row ``e`` of the sorted ``edges``, one of
     ``m``) is closer than ``rules.coincident``; if so the pair is recorded for structure
@@ -447,7 +448,7 @@ def _coincident(b, i, e, m, rules, edges, failures):
     return True
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel_cache.njit(nogil=True, inline="always")
 def _emit(i, a0, e, m, kept, cutoff, edges, nxt):
     """Finish centre ``i`` (atom ``a0 + i`` of the batch) whose sorted list of ``m``
     candidates is at ``edges`` row ``e`` onwards: drop edges beyond ``cutoff`` (Å), record
@@ -470,7 +471,7 @@ def _emit(i, a0, e, m, kept, cutoff, edges, nxt):
     return e + n_kept
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel_cache.njit(nogil=True)
 def _centre_slow(i, geo, search, buckets, rules, scratch, e, edges):
     """One centre the fast path cannot finish: too many candidates to rank all-pairs, or
     the answer is not proven complete within ``search.r_start`` (then its candidates are
@@ -522,7 +523,7 @@ def _centre_slow(i, geo, search, buckets, rules, scratch, e, edges):
     return m, kept, scratch, edges
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel_cache.njit(nogil=True)
 def knn_batch(structures, rules, edges):
     """Build the graphs of ``B`` structures.
 
