@@ -15,9 +15,10 @@ Per structure:
 1. One pass over unordered atom pairs at a common radius ``r_start`` (a ball holding
    ~1.5 (k + 1) atoms at the cell's density) writes every candidate into the bucket of
    both its atoms.
-2. Per centre, the candidates are ranked all-pairs by quantised distance (a branch-free,
-   vectorised count), equal quantised distances are ordered by (j, S), and each candidate
-   is written straight to its sorted place in the output.
+2. Per centre, the candidates are ranked all-pairs by a key of quantised distance and
+   arrival (a branch-free, vectorised count over distinct keys), each is written straight
+   to its sorted place in the output, and runs of equal quantised distance are then put
+   in (j, S) order by insertion.
 3. The answer is complete when the first candidate not kept (after tie inclusion) lies
    strictly inside the searched ball: nothing outside it could have been kept. A centre
    that is not complete (a sparse neighbourhood; ~1 in 600 in MPtrj-like data) or has
@@ -101,8 +102,9 @@ Buckets = namedtuple("Buckets", "j s d count forward width")
 # candidates to select from: j int64 (C,), s int64 (C, 3), d float64 (C,) Å (buckets and the
 # slow path's pool have the same fields)
 Candidates = namedtuple("Candidates", "j s d")
-# scratch of the all-pairs ranking: quantised distances, ranks, sizes of equal groups
-Ranking = namedtuple("Ranking", "q rank group")
+# scratch of the all-pairs ranking, (256,) int64 each: keys (quantised distance and
+# candidate number), ranks, quantised distances in sorted order
+Ranking = namedtuple("Ranking", "q rank q_sorted")
 # scratch of the slow path: the bounded sorted list (lq grid distances, lc candidate rows)
 # and the pool of candidates gathered alone (cj, cs, cd)
 SlowScratch = namedtuple("SlowScratch", "lq lc cj cs cd")
@@ -217,8 +219,9 @@ def _collect_pairs(geo, span, r, buckets):
     Candidates of centre ``i`` go to its bucket, ``width`` rows from ``i * (width + 1)`` of
     ``buckets.j`` (j), ``.s`` (S) and ``.d`` (d, Å), plus one spare row that absorbs the
     writes of images out of range and of overflow; ``buckets.count[i]`` is how many it has.
-    The pass over pairs ``j >= i`` fills ``i``'s bucket (``forward[i]`` rows), then each of
-    those rows is copied into ``j``'s bucket as ``(i, -S)``. Returns the largest count: if it
+    The pass over pairs ``j >= i`` fills ``i``'s bucket (``forward[i]`` rows, holding d² until
+    the root is taken for those within ``r`` only), then each of those rows is copied into
+    ``j``'s bucket as ``(i, -S)``. Returns the largest count: if it
     exceeds ``width`` the buckets overflowed and the caller calls again with wider ones.
     The edge vector is ``(r_j - r_i) + ((S0 a + S1 b) + S2 c)``, the association the
     reference uses, so distances agree to the last bit.
@@ -314,6 +317,8 @@ def _before(q, j, s0, s1, s2, qb, jb, sb0, sb1, sb2):
 
 
 _RANKED_MAX = 256  # candidates of one centre ranked all-pairs; more go the slow path
+_KEY_BITS = 8  # a candidate's number (< _RANKED_MAX) in the low bits of its ranking key
+_KEY_MAX_Q = np.int64(2) ** (62 - _KEY_BITS)  # grid distances (~4.6e6 Å) the key can hold
 
 
 @kernel_cache.njit(nogil=True, inline="always")
@@ -322,66 +327,76 @@ def _rank_into(first, last, candidates, rules, ranking, e, edges):
     (:data:`Candidates`, or the buckets, which have the same fields) to ``edges.j, .s, .d``
     from row ``e``: the kept ones (k, plus ties), then the first not kept. Returns ``(m,
     kept)``: ``m = min(c, kept + 1)`` rows of the sorted order are in place (rows from
-    ``e + m`` to ``e + c`` are scratch).
+    ``e + m`` to ``e + c`` are scratch); ``(-1, 0)`` when a distance is too large for the
+    ranking key (the caller selects by insertion instead).
 
-    The rank of a candidate is the number of candidates that sort before it, counted over
-    all pairs in a branch-free (vectorised) loop over quantised distances, which also counts
-    equal ones. The k-th quantised distance is the largest among candidates ranked below
-    ``k``, and with ties included every candidate at most ``rules.q_tolerance`` beyond it is
-    kept (both counted branch-free). Equal quantised distances (own images S and -S always)
-    share a rank; members of such groups that reach into the first ``m`` are then ordered
-    among themselves by (j, S). Every candidate goes to ``e + rank``.
+    Each candidate's key is its quantised distance with its number in the low bits, so
+    keys are distinct; its rank is the number of smaller keys, counted over all pairs in a
+    branch-free (vectorised) loop, and it goes to ``e + rank``. That orders by quantised
+    distance, and equal ones (own images S and -S always) by arrival; runs of equal
+    quantised distance are then put in (j, S) order by insertion. The k-th quantised
+    distance is then the k-th row's, and ties are counted from there.
     """
     bj, bs, bd = candidates.j, candidates.s, candidates.d
-    qbuf, rank, group = ranking.q, ranking.rank, ranking.group
+    key, rank, q_sorted = ranking.q, ranking.rank, ranking.q_sorted
     out_j, out_s, out_d = edges.j, edges.s, edges.d
     k = rules.k
     c = last - first
+    q_max = np.int64(0)
     for a in range(c):
-        qbuf[a] = _quantise(bd[first + a])
-    ties = 0
+        q = _quantise(bd[first + a])
+        q_max = max(q_max, q)
+        key[a] = (q << _KEY_BITS) | a
+    if q_max >= _KEY_MAX_Q:
+        return -1, 0
     for a in range(c):
-        qa = qbuf[a]
+        ka = key[a]
         less = 0
-        same = 0
         for b in range(c):
-            less += qbuf[b] < qa
-            same += qbuf[b] == qa
+            less += key[b] < ka
         rank[a] = less
-        group[a] = same
-        ties += same
-    kept = c
-    if c > k:
-        kept = k
-        if rules.include_ties:
-            q_kth = np.int64(0)
-            for a in range(c):
-                q_kth = max(q_kth, qbuf[a] if rank[a] < k else np.int64(0))
-            q_head = q_kth + rules.q_tolerance
-            kept = 0
-            for a in range(c):
-                kept += qbuf[a] <= q_head
-    m = min(c, kept + 1)
-    if ties > c:
-        for a in range(c):
-            if group[a] > 1 and rank[a] < m:
-                oa = first + a
-                extra = 0
-                for b in range(c):
-                    if qbuf[b] == qbuf[a] and b != a:
-                        ob = first + b
-                        extra += _before(qbuf[b], bj[ob], bs[ob, 0], bs[ob, 1], bs[ob, 2],
-                                         qbuf[a], bj[oa], bs[oa, 0], bs[oa, 1], bs[oa, 2])
-                rank[a] += extra
     for a in range(c):
         o = first + a
-        t = e + rank[a]
+        r = rank[a]
+        t = e + r
         out_j[t] = bj[o]
         out_s[t, 0] = bs[o, 0]
         out_s[t, 1] = bs[o, 1]
         out_s[t, 2] = bs[o, 2]
         out_d[t] = bd[o]
-    return m, kept
+        q_sorted[r] = key[a] >> _KEY_BITS
+    for x in range(1, c):
+        q = q_sorted[x]
+        if q != q_sorted[x - 1]:
+            continue
+        # a run of equal grid distances: insert row x among them by (j, S)
+        t = e + x
+        j, s0, s1, s2, d = out_j[t], out_s[t, 0], out_s[t, 1], out_s[t, 2], out_d[t]
+        y = x
+        while y > 0 and q_sorted[y - 1] == q:
+            u = e + y - 1
+            if not _before(q, j, s0, s1, s2, q, out_j[u], out_s[u, 0], out_s[u, 1], out_s[u, 2]):
+                break
+            out_j[u + 1] = out_j[u]
+            out_s[u + 1, 0] = out_s[u, 0]
+            out_s[u + 1, 1] = out_s[u, 1]
+            out_s[u + 1, 2] = out_s[u, 2]
+            out_d[u + 1] = out_d[u]
+            y -= 1
+        if y < x:
+            u = e + y
+            out_j[u] = j
+            out_s[u, 0] = s0
+            out_s[u, 1] = s1
+            out_s[u, 2] = s2
+            out_d[u] = d
+    kept = c
+    if c > k:
+        kept = k
+        if rules.include_ties:
+            while kept < c and _joins_by_tie(q_sorted[kept], q_sorted[k - 1], rules.q_tolerance):
+                kept += 1
+    return min(c, kept + 1), kept
 
 
 @kernel_cache.njit(nogil=True)
@@ -651,7 +666,7 @@ def knn_batch(structures, rules, edges):
                     slow = i
                     break
                 m, kept = _rank_into(first, first + c_i, buckets, rules, ranking, e, edges)
-                if not (r_start == np.inf or (
+                if m < 0 or not (r_start == np.inf or (
                         kept < m and _proves_complete(_quantise(edges.d[e + kept]), q_inside))):
                     slow = i
                     break

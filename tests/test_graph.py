@@ -412,3 +412,16 @@ def test_ranked_selection_equals_insertion(ties):
         assert inserted == ranked, trial
         keys = sorted((round(d[o] * 1e9), cj[o], *cs[o], d[o]) for o in range(c))
         assert [key[1:] for key in keys][:m] == ranked, trial
+
+
+def test_far_apart_atoms_are_ranked_by_insertion():
+    """Distances too large for the all-pairs ranking key (> ~4.6e6 Å, a molecule's atoms
+    spread far apart) take the insertion selection, with the reference's result."""
+    pos = np.array([[0.0, 0, 0], [1.0, 0, 0], [0, 2.0, 0], [1e7, 0, 0], [0, 0, 3e7]])
+    cell = np.eye(3) * 10.0
+    for ties in ("include", "break"):
+        got = knn_graph(cell, pos, pbc=False, k=3, ties=ties)
+        want = knn_graph_reference(cell, pos, pbc=False, k=3, ties=ties)
+        for field in ("centers", "neighbors", "unit_shifts", "distances", "next_distance"):
+            assert np.array_equal(getattr(got, field), getattr(want, field)), (ties, field)
+    assert got.distances.max() > 1e7
