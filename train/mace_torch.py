@@ -4,10 +4,10 @@
 ``mace_run_train --config mace.yaml`` takes a flat YAML of its command-line arguments. The
 same file given to ``orbitgraph train --config`` is translated key by key into a run file's
 sections (:mod:`orbitgraph.train.run_file`): every key that has an equivalent here is
-mapped (:data:`RULES`, the README's table), and every other key of mace-torch's parser
-(:data:`MACE_TORCH_KEYS`), or value without an equivalent (``loss: universal``), is refused,
-all of them in one line. Keys the file does not give take orbitgraph's defaults, not
-mace-torch's.
+mapped (:data:`RULES`, the table in docs/guides/mace-torch.md), and every other key of
+mace-torch's parser (:data:`MACE_TORCH_KEYS`), or value without an equivalent (``loss:
+universal``), is refused, all of them in one line. Keys the file does not give take
+orbitgraph's defaults, not mace-torch's.
 
 Differences the mapping keeps (what the numbers mean is the same):
 
@@ -404,14 +404,15 @@ def from_mace_torch(data: dict, where: str) -> dict:
     if t.refused:
         raise ConfigError(f"{where}: read as a mace-torch config; no equivalent here for "
                           f"{'; '.join(t.refused)}; remove them (the mapped keys are listed in "
-                          "the README, \"From a mace-torch config\")")
+                          "docs/guides/mace-torch.md)")
     if "name" in data or "work_dir" in data:
         t.doc["out"] = str(Path(str(data.get("work_dir", "."))) / str(data.get("name", "")))
     return t.doc
 
 
 def mapping_markdown() -> str:
-    """The README's table of mace-torch keys and what each becomes here."""
+    """The table of mace-torch keys and what each becomes here (the copy in
+    docs/guides/mace-torch.md is checked by a test)."""
     lines = ["| mace-torch | orbitgraph |", "| --- | --- |"]
     lines += [f"| `{key}` | {text} |" for key, (_, text) in RULES.items()]
     return "\n".join(lines)
