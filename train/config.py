@@ -1,6 +1,6 @@
 """Typed training and evaluation configuration (from a dict, the ``train:`` section of
-pipelines.yaml or ``orbitgraph train --config``), and the README's configuration reference
-generated from every declaration (:func:`reference_markdown`)."""
+pipelines.yaml or ``orbitgraph train --config``), and the configuration reference
+(docs/reference/configuration.md) generated from every declaration (:func:`reference_markdown`)."""
 from __future__ import annotations
 
 from typing import Literal

@@ -15,7 +15,8 @@
         threads: 1                     # CPU threads of its training (default: torch's)
 
 Every key, its type, default and constraint is declared once, in :class:`PipelinesFile` and
-the configs it holds (the README's configuration reference is generated from them). A store
+the configs it holds (the configuration reference, docs/reference/configuration.md, is
+generated from them). A store
 lives in ``workdir/stores/NAME-ID`` where ID hashes what determines its contents, so
 experiments naming the same store share one build, and changing a store's parameters never
 overwrites the old one. Likewise an experiment's results live in
