@@ -3,6 +3,7 @@ the API reference generated from the docstrings; the README's links lead to file
 exist."""
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -59,3 +60,17 @@ def test_the_readme_links_lead_to_files():
     assert len(local) >= 15, local
     missing = [link for link in local if not (ROOT / link).exists()]
     assert not missing, f"README links to files that do not exist: {missing}"
+
+
+def test_docstrings_read_as_markdown():
+    """The griffe extension of the site (docs/hooks/sphinx_roles.py): Sphinx roles become code
+    spans, a ``::`` paragraph end a colon, a simple table of fields a code block."""
+    spec = importlib.util.spec_from_file_location("sphinx_roles",
+                                                  ROOT / "docs" / "hooks" / "sphinx_roles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = ("Uses :class:`Potential` and :func:`~orbitgraph.knn_graph`::\n\n    code\n\n"
+            "=====  =====\nfield  unit\n=====  =====\npos    Å\n=====  =====\n\nAfter.")
+    assert module.markdown(text) == (
+        "Uses `Potential` and `orbitgraph.knn_graph`:\n\n    code\n\n\n```text\n"
+        "=====  =====\nfield  unit\n=====  =====\npos    Å\n=====  =====\n```\n\n\nAfter.")
