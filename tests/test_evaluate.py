@@ -131,6 +131,18 @@ def test_a_source_file_is_evaluated_whole_with_the_checkpoints_graphs(trained, e
     metrics = json.loads((tmp_path / "from-source" / "metrics.json").read_text())
     assert metrics["frames"] == 15 and metrics["split"] == "all"
 
+    # the predictions file itself, its labels named (it holds the model's values too)
+    written = evaluated[0] / "predictions.extxyz"
+    assert main(["evaluate", str(best), "--source", str(written), "--out",
+                 str(tmp_path / "again")]) == 2
+    assert "candidate energy labels" in capsys.readouterr().err
+    assert main(["evaluate", str(best), "--source", str(written), "--energy-key",
+                 "REF_energy", "--forces-key", "REF_forces", "--stress-key", "REF_stress",
+                 "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    for key in ("energy_mae_meV_per_atom", "forces_mae_meV_per_A", "stress_mae_GPa"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-9), key
+
     assert main(["evaluate", str(best), "--source", str(source), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--split: with --source every frame" in err, err

@@ -241,12 +241,17 @@ def _cmd_evaluate(args) -> int:
                               "(a store's splits: --store)", "--split")
         name = Path(args.source.rstrip("/")).name.split(".")[0]
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"evaluate-{name}"
+        keys = _given(args, energy_key="energy_key", forces_key="forces_key",
+                      stress_key="stress_key", virial_key="virial_key")
         metrics = evaluate_source(args.checkpoint, args.source, out, source_format=args.format,
-                                  device=device, weights=args.weights)
+                                  device=device, weights=args.weights, label_keys=keys)
     else:
-        if args.format is not None:
-            raise ConfigError("--format: the format of a --source file; a --store has none",
-                              "--format")
+        given = [flag for flag in ("format", "energy_key", "forces_key", "stress_key",
+                                   "virial_key") if getattr(args, flag) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag}: reads a --source file; a --store's labels are "
+                              "stored already", flag)
         out = (Path(args.out) if args.out
                else Path(args.checkpoint).parent / f"evaluate-{settings.split}")
         metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
@@ -397,6 +402,11 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
                         "parameters (into OUT/store)")
     s.add_argument("--format", choices=["mptrj-json", "extxyz"], help="with --source: its "
                    "format (default: from the name)")
+    for name, what in (("energy", "the energy, eV"), ("forces", "the forces, eV/Å"),
+                       ("stress", "the stress, eV/Å³ with ASE's sign"),
+                       ("virial", "the virial, eV (stored as the stress -virial / V)")):
+        s.add_argument(f"--{name}-key", help=f"with --source: the field holding {what} "
+                       "(default: the source's convention, as orbitgraph build reads it)")
     s.add_argument("--split", help="evaluate.split: train, val or test (default: test)")
     s.add_argument("--out", help="folder for predictions.extxyz, predictions.csv, parity.png "
                    "and metrics.json (default: evaluate-SPLIT, or evaluate-SOURCENAME, beside "

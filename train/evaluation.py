@@ -130,23 +130,28 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
 
 def evaluate_source(checkpoint: str | Path, source: str | Path, out: str | Path,
                     source_format: str | None = None, device: str = "cpu",
-                    max_atoms: int = 2048, weights: str | None = None) -> dict:
+                    max_atoms: int = 2048, weights: str | None = None,
+                    label_keys: dict[str, str] | None = None) -> dict:
     """:func:`evaluate` on every frame of a source file or folder (MPtrj JSON or extended
     XYZ, read as ``orbitgraph build`` reads it: the source's label conventions, quarantine
     of bad records). Its graphs are built with the checkpoint's graph parameters into a
     store in ``out``/store (:func:`orbitgraph.preprocess.build.build_store`, in this
     process, no val or test split), which a rerun on the same source reuses; the outputs
-    are written to ``out``. The energy baseline's E0s are the least-squares fit to these
-    frames. Raises what ``build_store`` raises (one line naming the source) for a source
-    that holds no usable frame, a folder ``out``/store that holds another store, or a
-    label it cannot tell."""
+    are written to ``out``. ``label_keys``: the fields holding the labels, as
+    ``orbitgraph build`` takes them ({"energy_key": ..., "forces_key": ..., "stress_key":
+    ..., "virial_key": ...}; those not given follow the source's convention), e.g. for a
+    file holding both ``REF_energy`` and a model's ``energy``. The energy baseline's E0s
+    are the least-squares fit to these frames. Raises what ``build_store`` raises (one line
+    naming the source) for a source that holds no usable frame, a folder ``out``/store that
+    holds another store, or a label it cannot tell."""
     from orbitgraph.preprocess.build import build_store
     from orbitgraph.preprocess.cluster import ClusterConfig
     from orbitgraph.preprocess.store.params import SplitParams, StoreParams
 
     saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
-    params = StoreParams(graph=saved.graph, split=SplitParams(val_fraction=0.0,
-                                                              test_fraction=0.0))
+    params = StoreParams.from_dict(dict(label_keys or {}), where="evaluate").model_copy(
+        update={"graph": saved.graph,
+                "split": SplitParams(val_fraction=0.0, test_fraction=0.0)})
     summary = build_store(source, Path(out) / "store", params, source_format=source_format,
                           cluster=ClusterConfig(kind="synchronous"), progress=False)
     if summary.quarantined:
