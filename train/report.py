@@ -171,10 +171,10 @@ def evaluation_table(metrics: dict) -> str:
     for config_type, group in metrics.get("by_config_type", {}).items():
         lines.append(f"config_type {config_type} ({group['frames']} frames)")
         rows(group, "  ")
-    lines.append(f"({metrics['frames']} frames; E0 only: the energy Σ E0 of the store's "
-                 "least-squares atomic energies, fitted to its train split; ratio: MAE / "
-                 "baseline MAE, 1 for a model that learned nothing; NaN stress: no frame "
-                 "has a stress label)")
+    fitted = "these frames" if metrics.get("split") == "all" else "the store's train split"
+    lines.append(f"({metrics['frames']} frames; E0 only: the energy Σ E0 of least-squares "
+                 f"atomic energies fitted to {fitted}; ratio: MAE / baseline MAE, 1 for a "
+                 "model that learned nothing; NaN stress: no frame has a stress label)")
     if metrics.get("frames_with_untrained_elements"):
         lines.append(f"({metrics['frames_with_untrained_elements']} of them hold elements "
                      f"absent from the training split: "
