@@ -173,7 +173,7 @@ def evaluate_frames(saved: SavedPotential, frames: GraphStore, split: str, title
     loader = make_loader(frames, LoaderConfig(max_atoms=max_atoms, shuffle=False),
                          graph=saved.graph)
     acc = ErrorAccumulator()
-    predictions = Predictions(frames)
+    predictions = Predictions(frames, keep=out is not None)
     add_errors(acc, model, loader, device, torch.float64, each=predictions.add)
     n_untrained, untrained = untrained_elements(saved.trained_elements, frames)
     per_frame = frames.index["elements"].to_pylist()

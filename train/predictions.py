@@ -64,11 +64,13 @@ class FramePrediction:
 
 class Predictions:
     """The :class:`FramePrediction` of each frame of ``frames`` (a store or a subset of one)
-    in the order :meth:`add` receives them, with error accumulators per ``config_type``
-    (the index's; none where no frame has one)."""
+    in the order :meth:`add` receives them (kept only with ``keep``: the files need them),
+    with error accumulators per ``config_type`` (the index's; none where no frame has
+    one)."""
 
-    def __init__(self, frames: GraphStore):
+    def __init__(self, frames: GraphStore, keep: bool = True):
         self.frames = frames
+        self.keep = keep
         self.items: list[FramePrediction] = []
         ids = frames.index.column("frame_id").to_pylist()
         self.position = {fid: i for i, fid in enumerate(ids)}
@@ -98,7 +100,8 @@ class Predictions:
             a, z = ptr[b], ptr[b + 1]
             item = FramePrediction(fid, float(energy[b]), float(ref_energy[b]), forces[a:z],
                                    ref_forces[a:z], stress[b], ref_stress[b])
-            self.items.append(item)
+            if self.keep:
+                self.items.append(item)
             if self.by_config_type:
                 group = self._group(self.config_types[self.position[fid]])
                 self.by_config_type[group].add_differences(
