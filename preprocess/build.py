@@ -324,7 +324,8 @@ def _build(source: Source, spec: StoreSpec, out: Path, cluster: ClusterConfig, p
     summary.labels_not_stored = dict(manifest.counts["labels_not_stored"])
     summary.labels_converted = dict(manifest.counts["labels_converted"])
     summary.labels_masked = dict(manifest.counts["labels_masked"])
-    summary.warnings = split_warnings(out, spec.split)
+    summary.warnings = split_warnings(out, spec.split) + material_id_warnings(source,
+                                                                              spec.split)
     summary.quarantine_reasons = reason_counts(
         read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist())
     summary.wall_s = time.perf_counter() - t0
@@ -399,6 +400,24 @@ def split_warnings(out: Path, split: SplitParams) -> list[str]:
     for text in found:
         log.warning(text)
     return found
+
+
+def material_id_warnings(source: Source, split: SplitParams) -> list[str]:
+    """A logged one-line warning when frames of ``source`` (its last plan) name no material
+    and the store has val or test splits: each such frame is a material of its own, so the
+    splits are by frame and one trajectory's frames can fall in train and test. It names
+    the fields the reader takes a material id from and how to set one."""
+    n = source.frames_without_material_id
+    if not n or split.val_fraction + split.test_fraction == 0:
+        return []
+    keys = " or ".join(f"{key}=" for key in source.material_keys)
+    text = (f"{source.path}: {n} frame{'s' * (n != 1)} without a material id ({keys} on "
+            "the comment line), so the val and test splits take frames, not materials, and "
+            "one trajectory's frames can fall in both train and test; add "
+            f"{source.material_keys[0]}=ID to every frame, the same ID for all frames of one "
+            "material or trajectory")
+    log.warning(text)
+    return [text]
 
 
 def reason_counts(reasons) -> dict[str, int]:

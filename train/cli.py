@@ -228,21 +228,41 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from orbitgraph.train.evaluation import evaluate, write_json
-    from orbitgraph.train.metrics import table
+    from orbitgraph.train.evaluation import evaluate, evaluate_source, write_json
+    from orbitgraph.train.report import evaluation_table
 
     settings = evaluate_settings(args)
     if not Path(args.checkpoint).is_file():
         raise MissingFileError(f"{args.checkpoint}: no such checkpoint")
     device = settings.device or "cpu"
-    metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
-                       weights=args.weights)
+    if args.source is not None:
+        if args.split is not None:
+            raise ConfigError("--split: with --source every frame of the file is evaluated "
+                              "(a store's splits: --store)", "--split")
+        name = Path(args.source.rstrip("/")).name.split(".")[0]
+        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"evaluate-{name}"
+        keys = _given(args, energy_key="energy_key", forces_key="forces_key",
+                      stress_key="stress_key", virial_key="virial_key")
+        metrics = evaluate_source(args.checkpoint, args.source, out, source_format=args.format,
+                                  device=device, weights=args.weights, label_keys=keys)
+    else:
+        given = [flag for flag in ("format", "energy_key", "forces_key", "stress_key",
+                                   "virial_key") if getattr(args, flag) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag}: reads a --source file; a --store's labels are "
+                              "stored already", flag)
+        out = (Path(args.out) if args.out
+               else Path(args.checkpoint).parent / f"evaluate-{settings.split}")
+        metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
+                           weights=args.weights, out=out)
+    if args.json:
+        metrics["files"]["metrics"] = str(Path(args.json))
     print(f"weights: {metrics['weights']}")
-    print(table(metrics))
-    out = (Path(args.json) if args.json
-           else Path(args.checkpoint).with_name(f"metrics_{settings.split}.json"))
-    write_json(out, metrics)
-    print(f"metrics written to {out}")
+    print(evaluation_table(metrics))
+    write_json(Path(metrics["files"]["metrics"]), metrics)
+    for kind, path in metrics["files"].items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -371,16 +391,31 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     _set_option(s, "train.lr=1e-3 --set model.channels=32")
     s.set_defaults(func=_cmd_train)
     s = sub.add_parser("evaluate", formatter_class=raw,
-                       help="metrics of a checkpoint on a split of a store",
+                       help="errors of a checkpoint on a split of a store or on a source "
+                       "file, beside the baselines; per-frame predictions and a parity plot",
                        epilog=_keys((EvaluateConfig, "evaluate", None)))
     s.add_argument("checkpoint")
-    s.add_argument("--store", required=True)
+    frames = s.add_mutually_exclusive_group(required=True)
+    frames.add_argument("--store", help="a store: evaluate one of its splits (--split)")
+    frames.add_argument("--source", help="MPtrj .json/.json.gz, or extxyz file or folder: "
+                        "evaluate all its frames, graphs built with the checkpoint's graph "
+                        "parameters (into OUT/store)")
+    s.add_argument("--format", choices=["mptrj-json", "extxyz"], help="with --source: its "
+                   "format (default: from the name)")
+    for name, what in (("energy", "the energy, eV"), ("forces", "the forces, eV/Å"),
+                       ("stress", "the stress, eV/Å³ with ASE's sign"),
+                       ("virial", "the virial, eV (stored as the stress -virial / V)")):
+        s.add_argument(f"--{name}-key", help=f"with --source: the field holding {what} "
+                       "(default: the source's convention, as orbitgraph build reads it)")
     s.add_argument("--split", help="evaluate.split: train, val or test (default: test)")
+    s.add_argument("--out", help="folder for predictions.extxyz, predictions.csv, parity.png "
+                   "and metrics.json (default: evaluate-SPLIT, or evaluate-SOURCENAME, beside "
+                   "the checkpoint)")
     s.add_argument("--device", help="evaluate.device (default: cpu)")
     s.add_argument("--weights", choices=["ema", "raw"], help="which weights of a training "
                    "checkpoint.pt (default: those validation used, the EMA's where training "
                    "kept one; best.pt holds those only)")
-    s.add_argument("--json", help="where to write the metrics (default: beside the checkpoint)")
+    s.add_argument("--json", help="where to write the metrics (default: OUT/metrics.json)")
     _set_option(s, "evaluate.split=val")
     s.set_defaults(func=_cmd_evaluate)
     s = sub.add_parser("export", help="write a store's frames and labels to a file "

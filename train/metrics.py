@@ -5,6 +5,7 @@ counts are accumulated so that metrics over many batches (and DDP ranks) are exa
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -52,21 +53,22 @@ class ErrorAccumulator:
             df = out["forces"].double() - batch.forces.double()
             has = ~torch.isnan(batch.stress).flatten(1).any(dim=1)
             ds = (out["stress"].double() - torch.nan_to_num(batch.stress.double()))[has]
-            s = self.sums
-            s["e_abs"] += de.abs().sum().item()
-            s["e_sq"] += (de ** 2).sum().item()
-            s["n_e"] += de.numel()
-            s["f_abs"] += df.abs().sum().item()
-            s["f_sq"] += (df ** 2).sum().item()
-            s["n_f"] += df.numel()
-            s["s_abs"] += ds.abs().sum().item()
-            s["s_sq"] += (ds ** 2).sum().item()
-            s["n_s"] += ds.numel()
+            self.add_differences(de, df, ds)
             if self.keep_pairs:
                 self.pairs["energy"].append(torch.stack([batch.energy.double() / n,
                                                          out["energy"].double() / n], 1))
                 self.pairs["forces"].append(torch.stack([batch.forces.double().flatten(),
                                                          out["forces"].double().flatten()], 1))
+
+    def add_differences(self, de, df, ds) -> None:
+        """Add predicted minus reference values (float64 tensors or numpy arrays): ``de``
+        (F,) energy per atom, eV/atom; ``df`` (N, 3) forces, eV/Å; ``ds`` (F', 3, 3)
+        stress, eV/Å³, of the F' frames that have a stress label."""
+        s = self.sums
+        for key, d in (("e", de), ("f", df), ("s", ds)):
+            s[f"{key}_abs"] += float(abs(d).sum())
+            s[f"{key}_sq"] += float((d ** 2).sum())
+            s[f"n_{key}"] += math.prod(d.shape)
 
     def merge_tensor(self) -> torch.Tensor:
         return torch.tensor([self.sums[k] for k in sorted(self.sums)], dtype=torch.float64)
@@ -91,17 +93,3 @@ class ErrorAccumulator:
                 "stress_mae_GPa": st[0], "stress_rmse_GPa": st[1],
                 "frames": int(s["n_e"])}
 
-
-def table(metrics: dict[str, float]) -> str:
-    rows = [("energy", "meV/atom", "energy_mae_meV_per_atom", "energy_rmse_meV_per_atom"),
-            ("forces", "meV/Å", "forces_mae_meV_per_A", "forces_rmse_meV_per_A"),
-            ("stress", "GPa", "stress_mae_GPa", "stress_rmse_GPa")]
-    lines = [f"{'':8s} {'MAE':>10s} {'RMSE':>10s}  unit"]
-    for name, unit, mae, rmse in rows:
-        lines.append(f"{name:8s} {metrics[mae]:10.3f} {metrics[rmse]:10.3f}  {unit}")
-    lines.append(f"({metrics['frames']} frames)")
-    if metrics.get("frames_with_untrained_elements"):
-        lines.append(f"({metrics['frames_with_untrained_elements']} of them hold elements "
-                     f"absent from the training split: "
-                     f"{', '.join(metrics['untrained_elements'])})")
-    return "\n".join(lines)

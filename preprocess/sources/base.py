@@ -48,6 +48,10 @@ class Source(Protocol):
     path: str
     format: str
     files: list[str]  # the files read, in order (what the store id's fingerprint hashes)
+    # frames of the last partitions() plan, counted as it is iterated, that name no material
+    # (each is then a material of its own, and the splits are by frame)
+    frames_without_material_id: int
+    material_keys: tuple[str, ...]  # the per-frame fields a material id is read from
 
     def partitions(self, frames_per_partition: int) -> Iterator[Partition]:
         """The plan, in order; for gzip sources each partition carries its bytes."""
