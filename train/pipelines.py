@@ -63,10 +63,11 @@ class SourceDecl(Config):
 
     section = "source"
 
-    path: Path = Field(description="MPtrj .json/.json.gz, or an extxyz file or folder "
-                       "(relative to pipelines.yaml)")
-    format: Literal["mptrj-json", "extxyz"] | None = Field(None, description="null: from "
-                                                           "the file name")
+    path: Path = Field(description="MPtrj .json/.json.gz; extxyz, ASE .db/.aselmdb or "
+                       "Alexandria .json.bz2 files: a file, folder or glob pattern (relative "
+                       "to pipelines.yaml)")
+    format: Literal["mptrj-json", "extxyz", "ase-db", "alexandria-json"] | None = Field(
+        None, description="null: from the file name")
 
 
 class StoreDecl(StoreParams):
