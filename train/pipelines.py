@@ -131,7 +131,9 @@ class Pipelines:
         from orbitgraph.preprocess.build import make_spec
         decl = self.stores[name]
         src = self.sources[decl.source]
-        if not src.path.exists():
+        from orbitgraph.preprocess.sources.files import is_glob
+
+        if not src.path.exists() and not is_glob(src.path):
             raise PipelineError(f"sources.{decl.source}.path: {src.path} does not exist",
                                 f"sources.{decl.source}.path")
         return make_spec(src.path, decl, source_format=src.format)
