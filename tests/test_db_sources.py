@@ -197,6 +197,34 @@ def test_alexandria_bad_entries_are_quarantined_naming_file_entry_and_field(tmp_
 
 # ------------------------------------------------------------------ many files, one source
 
+def test_alexandria_files_read_as_their_concatenation_by_file_and_entry_range(tmp_path):
+    """Three .json.bz2 files of a folder give the frames of one file holding their entries
+    in order; partitions run across the files by entry range, each carrying its entries."""
+    entries = [alexandria_entry(f) for f in _frames(8)]
+    folder = tmp_path / "alexandria"
+    folder.mkdir()
+    for i, (a, b) in enumerate([(0, 3), (3, 4), (4, 8)]):
+        _write_alexandria(folder / f"alexandria_{i:03d}.json", entries[a:b], "bz2")
+    one = _write_alexandria(tmp_path / "all.json", entries, "plain")
+    assert format_from_name(folder) == "alexandria-json"
+    source = open_source(folder)
+    parts = list(source.partitions(5))
+    assert [p.ranges for p in parts] == [
+        ((str(folder / "alexandria_000.json.bz2"), 0, 3),
+         (str(folder / "alexandria_001.json.bz2"), 0, 1),
+         (str(folder / "alexandria_002.json.bz2"), 0, 1)),
+        ((str(folder / "alexandria_002.json.bz2"), 1, 4),)]
+    many, _ = _read_all(source, frames_per_partition=5)
+    single, _ = _read_all(open_source(one, "alexandria-json"), frames_per_partition=5)
+    assert [f.frame_id for f in many] == [f.frame_id for f in single] == \
+        [e["entry_id"] for e in entries]
+    for a, b in zip(many, single, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.forces, b.forces)
+        assert a.energy == b.energy
+
+
+
 def test_many_files_build_the_store_of_their_concatenation(tmp_path, monkeypatch):
     """50 small .db files (a folder, or a glob) give the store of one file holding their
     rows in order: the plan is by file and row range, each file opened only when the plan

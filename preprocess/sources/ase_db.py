@@ -100,8 +100,8 @@ class AseDbSource:
         full = self.label_keys(keys)
         return LabelPlan(full.energy, full.forces, keys.stress or "stress", keys.virial,
                          stress_required=keys.stress is not None or keys.virial is not None,
-                         stress_units="eV/Å³, ASE sign (ASE's stored calculator results: "
-                                      "6 Voigt values xx yy zz yz xz xy, or 3x3)")
+                         stress_units="eV/Å³, ASE sign; ASE's stored results: 6 Voigt "
+                                      "values xx yy zz yz xz xy, or 3x3")
 
     # ------------------------------------------------------------------ reading
 
