@@ -156,36 +156,47 @@ def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
     return path
 
 
-def write_ase_db(path: Path, frames: list[dict]) -> Path:
+def write_ase_db(path: Path, frames: list[dict], append: bool = False) -> Path:
     """``frames`` (as for :func:`write_source`) as the rows of an ASE database at ``path``
-    (.db: SQLite; .aselmdb: LMDB through ase-db-backends), written by ``ase.db``: the
-    labels as the calculator's results, ``mp_id``, ``frame_id`` and ``info`` as key-value
-    pairs, ``data`` (a dict) as the row's data."""
+    (.db: SQLite; .aselmdb: LMDB through ase-db-backends), written by ``ase.db`` in one
+    transaction: the labels as the calculator's results (stress as 6 Voigt values), a frame
+    without ``cell`` and ``pbc`` False as a molecule; ``mp_id``, ``frame_id`` (when the frame
+    has a ``fid``) and ``info`` as key-value pairs, ``data`` (a dict) as the row's data.
+    ``append``: add the rows to the database at ``path`` (e.g. a copy of an empty one,
+    which spares SQLite creating its tables again)."""
     import ase.db
+
+    db = ase.db.connect(str(path), append=append)
+    with db:
+        db.count()  # SQLite: its tables exist even without rows
+        for f in frames:
+            db.write(_atoms_with_results(f),
+                     key_value_pairs={**({"mp_id": f["mid"], "frame_id": f["fid"]}
+                                         if "fid" in f else {}), **f.get("info", {})},
+                     data=f.get("data") or None)
+    if hasattr(db, "close"):
+        db.close()
+    return path
+
+
+def _atoms_with_results(f: dict):
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.stress import full_3x3_to_voigt_6_stress
 
-    db = ase.db.connect(str(path), append=False)
-    for f in frames:
-        atoms = Atoms(f["symbols"], positions=f["positions"], cell=f["cell"],
-                      pbc=f.get("pbc", True))
-        results = {}
-        if f.get("energy") is not None:
-            results["energy"] = f["energy"]
-        if f.get("forces") is not None:
-            results["forces"] = np.asarray(f["forces"], dtype=np.float64)
-        if f.get("stress") is not None:
-            results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(f["stress"], float))
-        if f.get("magmom") is not None:
-            results["magmoms"] = np.asarray(f["magmom"], dtype=np.float64)
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        keys = {"mp_id": f["mid"], "frame_id": f["fid"]} if "fid" in f else {}
-        db.write(atoms, key_value_pairs={**keys, **f.get("info", {})},
-                 data=f.get("data") or None)
-    if hasattr(db, "close"):
-        db.close()
-    return path
+    atoms = Atoms(f["symbols"], positions=f["positions"], cell=f["cell"],
+                  pbc=f.get("pbc", True))
+    results = {}
+    if f.get("energy") is not None:
+        results["energy"] = f["energy"]
+    if f.get("forces") is not None:
+        results["forces"] = np.asarray(f["forces"], dtype=np.float64)
+    if f.get("stress") is not None:
+        results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(f["stress"], float))
+    if f.get("magmom") is not None:
+        results["magmoms"] = np.asarray(f["magmom"], dtype=np.float64)
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
 
 
 def alexandria_entry(f: dict) -> dict:

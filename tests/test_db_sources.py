@@ -233,11 +233,13 @@ def test_many_files_build_the_store_of_their_concatenation(tmp_path, monkeypatch
     frames = [f for i in range(50) for f in _frames(1 + i % 3, seed=i)]
     folder = tmp_path / "omat"
     folder.mkdir()
+    empty = write_ase_db(tmp_path / "empty.db", [])
     at = 0
     sizes = []
     for i in range(50):
         n = 1 + i % 3
-        write_ase_db(folder / f"part-{i:03d}.db", frames[at:at + n])
+        shutil.copy(empty, folder / f"part-{i:03d}.db")  # SQLite's tables made once
+        write_ase_db(folder / f"part-{i:03d}.db", frames[at:at + n], append=True)
         sizes.append(n)
         at += n
     one = write_ase_db(tmp_path / "all.db", frames)
