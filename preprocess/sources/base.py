@@ -22,9 +22,12 @@ from orbitgraph.preprocess.store.params import LabelKeys
 class Partition:
     """Frames ``[frame_start, frame_start + n_frames)`` of the source, as shard ``index``.
 
-    ``ranges`` are (path, byte start, byte end) pieces to read; ``payload`` holds the bytes
-    of the pieces that cannot be read at an offset (gzip streams: offsets are then in the
-    decompressed bytes), in the order of ``ranges``.
+    ``ranges`` are (path, start, end) pieces to read: byte offsets for text formats (MPtrj
+    JSON, extxyz), record positions for formats of addressable records (the rows of an ASE
+    database, the entries of an Alexandria file; see
+    :mod:`orbitgraph.preprocess.sources.files`). ``payload`` holds the bytes of the pieces
+    that cannot be read at an offset (gzip streams: offsets are then in the decompressed
+    bytes; Alexandria files: their entries' JSON), in the order of ``ranges``.
     """
 
     index: int
