@@ -285,7 +285,7 @@ def _build(source: Source, spec: StoreSpec, out: Path, cluster: ClusterConfig, p
     parts = source.partitions(spec.frames_per_shard)
     head = list(itertools.islice(parts, 2))
     parts = itertools.chain(head, parts)
-    cluster, processes = _without_cluster(cluster, len(head), source_path)
+    cluster, processes = _without_cluster(cluster, len(head), source_path, source.files)
     if cluster.kind != "synchronous" or processes:
         load_kernels(source.format)  # once, before workers start (they inherit or share it)
 
@@ -332,8 +332,8 @@ def _build(source: Source, spec: StoreSpec, out: Path, cluster: ClusterConfig, p
     return summary
 
 
-def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
-                     ) -> tuple[ClusterConfig, int]:
+def _without_cluster(cluster: ClusterConfig, n_head: int, source_path,
+                     files: list[str] | None = None) -> tuple[ClusterConfig, int]:
     """Where a build runs when ``cluster`` is the default LocalCluster: ``(cluster,
     worker processes)``.
 
@@ -354,7 +354,7 @@ def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
         log.info("one partition: building it in this process (other processes would only add "
                  "their start-up time)")
         return ClusterConfig(kind="synchronous"), 0
-    size = source_bytes(source_path)
+    size = source_bytes(source_path, files)
     if size > cluster.in_process_max_bytes:
         return cluster, 0
     processes = local_processes()
@@ -368,13 +368,17 @@ def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
     return ClusterConfig(kind="synchronous"), processes
 
 
-def source_bytes(path: str | Path) -> int:
-    """The bytes a build reads from a source file or folder, decompressed: a gzip file
+def source_bytes(path: str | Path, files: list[str] | None = None) -> int:
+    """The bytes a build reads from a source file or folder (or its ``files``, when given:
+    a glob pattern's matches, the files of a format in a folder), decompressed: a gzip file
     counts as its decompressed size (from its trailer, which holds it modulo 2^32: taken as
     the smallest such value at least the compressed size). What decides between building
     in this process and on a LocalCluster (``cluster.in_process_max_bytes``)."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if files is not None:
+        files = [Path(f) for f in files]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     total = 0
     for f in files:
         size = f.stat().st_size

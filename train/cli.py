@@ -332,8 +332,10 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
                        + "\nwith a pipelines.yaml, its keys:\n" + pipeline_keys)
     s.add_argument("pipeline", nargs="?", help="pipelines.yaml; builds its stores")
     s.add_argument("--store", help="with a pipelines.yaml: only this store")
-    s.add_argument("--source", help="MPtrj .json/.json.gz, or extxyz file or folder")
-    s.add_argument("--format", choices=["mptrj-json", "extxyz"], help="default: from the name")
+    s.add_argument("--source", help="MPtrj .json/.json.gz; extxyz, ASE .db/.aselmdb or "
+                   "Alexandria .json.bz2 files: a file, a folder or a quoted glob pattern")
+    s.add_argument("--format", choices=["mptrj-json", "extxyz", "ase-db", "alexandria-json"],
+                   help="default: from the name")
     s.add_argument("--out", help="store directory")
     s.add_argument("--k", type=_value, help="store.graph.k")
     s.add_argument("--ties", type=_value, help="store.graph.ties: include or break")

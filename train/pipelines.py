@@ -64,10 +64,11 @@ class SourceDecl(Config):
 
     section = "source"
 
-    path: Path = Field(description="MPtrj .json/.json.gz, or an extxyz file or folder "
-                       "(relative to pipelines.yaml)")
-    format: Literal["mptrj-json", "extxyz"] | None = Field(None, description="null: from "
-                                                           "the file name")
+    path: Path = Field(description="MPtrj .json/.json.gz; extxyz, ASE .db/.aselmdb or "
+                       "Alexandria .json.bz2 files: a file, folder or glob pattern (relative "
+                       "to pipelines.yaml)")
+    format: Literal["mptrj-json", "extxyz", "ase-db", "alexandria-json"] | None = Field(
+        None, description="null: from the file name")
 
 
 class StoreDecl(StoreParams):
@@ -131,7 +132,9 @@ class Pipelines:
         from orbitgraph.preprocess.build import make_spec
         decl = self.stores[name]
         src = self.sources[decl.source]
-        if not src.path.exists():
+        from orbitgraph.preprocess.sources.files import is_glob
+
+        if not src.path.exists() and not is_glob(src.path):
             raise PipelineError(f"sources.{decl.source}.path: {src.path} does not exist",
                                 f"sources.{decl.source}.path")
         return make_spec(src.path, decl, source_format=src.format)

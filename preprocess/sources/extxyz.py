@@ -26,20 +26,18 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
-from orbitgraph.errors import InputError, MissingFileError, RecordError
+from orbitgraph.errors import InputError, RecordError
 from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.sources.ase_atoms import frame_from_atoms
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
+from orbitgraph.preprocess.sources.files import source_files
 from orbitgraph.preprocess.sources.labels import (
     CandidateCount,
     LabelPlan,
     needs_scan,
     parse_comment,
     plan_from_keys,
-    read_labels,
 )
-from orbitgraph.preprocess.sources.records import check_cell
 from orbitgraph.preprocess.store.params import LabelKeys
 
 SUFFIXES = (".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")
@@ -56,17 +54,6 @@ def is_extxyz_name(name: str) -> bool:
     return name.lower().endswith(SUFFIXES)
 
 
-def _files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_extxyz_name(p.name))
-        if not files:
-            raise MissingFileError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
-        return files
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such file or folder")
-    return [path]
-
-
 class ExtxyzSource:
     """Extended XYZ files. ``frames_without_material_id``: how many frames of the last
     :meth:`partitions` plan (counted as it is iterated) have none of :data:`MATERIAL_KEYS`."""
@@ -77,7 +64,7 @@ class ExtxyzSource:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        self.files = [str(p) for p in _files(Path(path))]
+        self.files = source_files(path, is_extxyz_name, f"{', '.join(SUFFIXES)} files")
         self.gzipped = {name: is_gzip(name) for name in self.files}
 
     def _frames(self, keep_bytes: bool = False
@@ -186,7 +173,7 @@ class ExtxyzSource:
                     continue
                 mid, fid = _ids(item.info, f"{stem}:{start}+{i}")
                 try:
-                    frames.append(_frame(item, mid, fid, labels))
+                    frames.append(frame_from_atoms(item, mid, fid, labels))
                 except RecordError as err:
                     quarantine.append(Quarantined(mid, fid, err.reason))
         return frames, quarantine
@@ -247,21 +234,3 @@ def _ids(info: dict, fallback: str) -> tuple[str, str]:
     if "calc_id" in info and "ionic_step" in info:
         return mid, f"{mid}-{info['calc_id']}-{info['ionic_step']}"
     return mid, fallback
-
-
-def _frame(atoms, mid: str, fid: str, plan: LabelPlan) -> Frame:
-    cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    if not np.all(np.isfinite(cell)):
-        raise RecordError("cell: contains NaN or inf")
-    check_cell(cell, "cell")
-    pos = np.asarray(atoms.positions, dtype=np.float64)
-    if not np.all(np.isfinite(pos)):
-        raise RecordError("positions: contain NaN or inf")
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    labels = read_labels(atoms, plan, cell, pbc)
-    config_type = atoms.info.get("config_type")
-    return Frame(frame_id=fid, material_id=mid, cell=cell, positions=pos,
-                 numbers=np.asarray(atoms.numbers, dtype=np.int64), energy=labels.energy,
-                 forces=labels.forces, stress=labels.stress, magmom=labels.magmom, pbc=pbc,
-                 notes=labels.notes,
-                 config_type=None if config_type is None else str(config_type))
