@@ -193,9 +193,7 @@ class ExportedPotential(nn.Module):
     def to(self, *args, **kwargs) -> "ExportedPotential":
         device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         if dtype is not None and dtype != self.dtype:
-            raise ConfigError(f"an exported program runs in the dtype it was exported in "
-                              f"({self.metadata['dtype']}), not {dtype}: package the model "
-                              "again with that dtype")
+            raise _other_dtype(self.metadata["dtype"], dtype)
         if device is not None and torch.device(device) != self.device:
             from torch.export.passes import move_to_device_pass
             self._program = move_to_device_pass(self._program, torch.device(device))
@@ -225,7 +223,11 @@ def load_program(path: str | Path, map_location="cpu",
     _check_suffix(path)
     if meta["dtype"] not in {str(d).removeprefix("torch.") for d in FLOAT_DTYPES}:
         raise InputError(f"{path}: extra/{METADATA_FILE}: dtype {meta['dtype']!r}")
-    model = ExportedPotential(torch.export.load(path), meta)
-    if dtype is not None:
-        model.to(dtype=dtype)
-    return model.to(map_location).eval()
+    if dtype is not None and str(dtype) != f"torch.{meta['dtype']}":  # before loading (s)
+        raise _other_dtype(meta["dtype"], dtype)
+    return ExportedPotential(torch.export.load(path), meta).to(map_location).eval()
+
+
+def _other_dtype(exported: str, asked: torch.dtype) -> ConfigError:
+    return ConfigError(f"an exported program runs in the dtype it was exported in "
+                       f"({exported}), not {asked}: package the model again with that dtype")

@@ -127,21 +127,23 @@ def test_calculator_and_torchsim_load_either_file(files, potential):
 
     cell, positions, numbers = structure(50, 6)
     atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
+    calcs = (OrbitCalculator(potential, GRAPH), OrbitCalculator(files / "model.pt"),
+             OrbitCalculator(str(files / "model.pt2")))
     results = []
-    for calc in (OrbitCalculator(potential, GRAPH), OrbitCalculator(files / "model.pt"),
-                 OrbitCalculator(str(files / "model.pt2"))):
+    for calc in calcs:
         atoms.calc = calc
         results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
     for energy, forces, stress in results[1:]:
         assert abs(energy - results[0][0]) <= 1e-12 * abs(results[0][0])
         np.testing.assert_allclose(forces, results[0][1], rtol=0, atol=1e-12)
         np.testing.assert_allclose(stress, results[0][2], rtol=0, atol=1e-12)
-    assert "EMA weights" in OrbitCalculator(files / "model.pt2").weights
+    assert calcs[2].weights == f"EMA weights exported to {files / 'model.pt2'}"
+    assert calcs[1].known_elements == calcs[2].known_elements == sorted(ELEMENTS)
 
     systems = [Atoms(numbers=z, positions=p, cell=c, pbc=True)
                for c, p, z in (structure(60 + i, n) for i, n in enumerate((3, 8)))]
     state = ts.io.atoms_to_state(systems, torch.device("cpu"), torch.float64)
-    want = OrbitModel(tiny(pair_repulsion=True), GRAPH)(state)
+    want = OrbitModel(potential, GRAPH)(state)  # float64 on the CPU already: not changed
     for path in (files / "model.pt", files / "model.pt2"):
         assert_same(OrbitModel.from_checkpoint(path)(state), want, rtol=1e-12)
 
