@@ -7,6 +7,9 @@ are the config plus the state_dict (:func:`save_model` / :func:`load_model`), re
 written by :mod:`orbitgraph.model.checkpoint` (plain data and tensors, loaded with
 ``weights_only=True``). A checkpoint's dtype is that of its weights: loading builds the
 potential in it (or in the dtype asked for), so a float64 checkpoint loads bit for bit.
+Model files also carry their dtype, units and E0s (:func:`model_metadata`);
+:mod:`orbitgraph.model.program` exports a potential as a ``torch.export`` program, which
+:func:`load_model` loads too.
 """
 from __future__ import annotations
 
