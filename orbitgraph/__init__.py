@@ -18,7 +18,7 @@ the few public names below. They are loaded on first use, so that ``import orbit
     build_store       build a graph store from a source file
     open_store        read a store (map-style frames, subsets, the index)
     build_model       a potential from a preset name, YAML file, dict or config
-    load_model        a potential from a model file or checkpoint
+    load_model        a potential from a model file, checkpoint or exported program
     OrbitCalculator   the ASE calculator
     Trainer           the training loop (``orbitgraph train`` drives it)
 """

@@ -276,6 +276,24 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_package(args) -> int:
+    import torch
+
+    from orbitgraph.train.package import package_model
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    done = package_model(args.checkpoint, args.out, program=args.program,
+                         weights=args.weights, dtype=dtype)
+    kind = str(done.dtype).removeprefix("torch.")
+    print(f"weights: {done.weights}")
+    print(f"model file ({kind}) written to {done.model_file}")
+    if done.program is not None:
+        print(f"exported program ({kind}, torch.export) written to {done.program}; its "
+              f"energy, forces and stress differ from the model file's by "
+              f"{done.program_difference:.1e} (relative, largest)")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from orbitgraph.train.pipelines import load_pipelines
     config = load_pipelines(args.pipeline, overrides=args.set or ())
@@ -427,6 +445,18 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the file to write (.xyz, or .xyz.gz)")
     s.add_argument("--split", choices=["train", "val", "test"], help="only this split")
     s.set_defaults(func=_cmd_export)
+    s = sub.add_parser("package", help="write a trained model as one file that loads "
+                       "without the training code (and optionally as a torch.export program)")
+    s.add_argument("checkpoint", help="a run's checkpoint.pt or best.pt, or a model file")
+    s.add_argument("--out", required=True, help="the model file to write (e.g. model.pt)")
+    s.add_argument("--program", help="also write the model as a torch.export program to "
+                   "this file (its name ends in .pt2)")
+    s.add_argument("--weights", choices=["ema", "raw"], help="which weights of a training "
+                   "checkpoint.pt (default: those validation used, the EMA's where training "
+                   "kept one)")
+    s.add_argument("--dtype", choices=["float32", "float64"], help="the dtype of the "
+                   "weights written and of the program (default: the checkpoint's)")
+    s.set_defaults(func=_cmd_package)
     s = sub.add_parser("run", formatter_class=raw,
                        help="build, train and evaluate the experiments of pipelines.yaml",
                        epilog=pipeline_keys)
