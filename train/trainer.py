@@ -263,7 +263,7 @@ class Trainer:
                 saved = self.state.step % self.cfg.checkpoint_every == 0
                 if saved:
                     save_checkpoint(self)
-                if self.stop_agreed:
+                if self._stop_now():
                     self._interrupt(saved)
                 if stop_after is not None and steps_this_call >= stop_after:
                     save_checkpoint(self)
@@ -275,6 +275,13 @@ class Trainer:
         return {"steps": self.state.step, "steps_this_call": steps_this_call,
                 "epochs": self.state.epoch, "wall_s": time.perf_counter() - t0,
                 "best_val": self.state.best_val, "history": self.state.history}
+
+    def _stop_now(self) -> bool:
+        """Whether to stop after the step just taken: a rank had a signal by the time the
+        step summed its counts (every rank then agrees), or, in a single process, by now."""
+        if self.stop_agreed:
+            return True
+        return self.info.world == 1 and self._stop is not None and self._stop.requested
 
     def _interrupt(self, saved: bool) -> None:
         """A rank received SIGINT or SIGTERM: checkpoint this step (unless ``saved``), say
@@ -310,7 +317,8 @@ class Trainer:
         record = {"epoch": epoch, "step": state.step, "train_loss": train_loss,
                   "train_loss_max": state.epoch_loss_max if state.epoch_loss_steps
                   else float("nan"), "lr": self.schedule.lr, **metrics}
-        loss_text = (f"train loss {train_loss:.5g} (mean of {state.epoch_loss_steps} steps, "
+        n = state.epoch_loss_steps
+        loss_text = (f"train loss {train_loss:.5g} (mean of {n} step{'s' * (n != 1)}, "
                      f"the largest {state.epoch_loss_max:.5g} at step "
                      f"{state.epoch_loss_max_step})" if state.epoch_loss_steps
                      else f"train loss {train_loss:.5g}")
