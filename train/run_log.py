@@ -7,8 +7,10 @@ time: a resumed run's lines follow the earlier calls'.
 
 On a terminal (stderr a tty, and not ``--quiet``) a tqdm bar shows the step, the epoch, the
 latest loss, s/step and the time left; the other messages print above it, and the
-per-step lines (every ``log_every`` steps) go to ``train.log`` only. Off a terminal (a SLURM
-output file, a pipe) there is no bar and the per-step lines go to stderr too.
+per-step lines go to ``train.log`` only. Off a terminal (a SLURM output file, a pipe) there
+is no bar and the per-step lines go to stderr too. A per-step line comes after the first
+step of each call and every ``log_every`` steps, with the mean s/step of the call so far and
+the time left at that pace.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class RunLog:
         self.bar: tqdm | None = None
         self._added: list[logging.Handler] = []
         self._redirect = None
+        self._t0 = time.perf_counter()
 
     def __enter__(self) -> RunLog:
         if not self.enabled:
@@ -68,7 +71,9 @@ class RunLog:
         return self
 
     def start_bar(self) -> None:
-        """Show the bar (after the run's opening lines, which print before it)."""
+        """Show the bar (after the run's opening lines, which print before it); the pace
+        of the log lines is counted from here."""
+        self._t0 = time.perf_counter()
         if not self.enabled or not progress_wanted():
             return
         self.bar = tqdm(total=self.total, initial=self.initial, unit="step", desc="training",
@@ -84,10 +89,17 @@ class RunLog:
             if self.handler not in logger.handlers:
                 logger.addHandler(self.handler)
 
-    def step(self, logger: logging.Logger, text: str, postfix: str, log_line: bool) -> None:
-        """A step is done: advance the bar (its ``postfix``: epoch and loss); with
-        ``log_line``, ``text`` is this step's log line (to ``train.log`` only while the bar
-        shows, through ``logger`` otherwise)."""
+    def step(self, logger: logging.Logger, step: int, text: str, postfix: str,
+             log_every: int) -> None:
+        """Step ``step`` (counted from 1) is done: advance the bar (its ``postfix``: epoch
+        and loss). After the call's first step and every ``log_every`` steps, ``text`` with
+        the pace (s/step) and the time left is this step's log line (to ``train.log`` only
+        while the bar shows, through ``logger`` otherwise)."""
+        log_line = step == self.initial + 1 or step % log_every == 0
+        if log_line:
+            pace = (time.perf_counter() - self._t0) / max(step - self.initial, 1)
+            left = tqdm.format_interval(max(self.total - step, 0) * pace)
+            text = f"{text} ({pace:.3g} s/step, {left} left)"
         if self.bar is not None:
             self.bar.set_postfix_str(postfix, refresh=False)
             self.bar.update(1)

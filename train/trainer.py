@@ -257,9 +257,9 @@ class Trainer:
                     self.state.epoch_loss_max_step = self.state.step
                 self.state.batches_in_epoch += 1
                 steps_this_call += 1
-                run_log.step(log, f"epoch {epoch} step {self.state.step} loss {loss:.5g} "
-                             f"lr {self.schedule.lr:.3g}", f"epoch {epoch}, loss {loss:.4g}",
-                             self.state.step % self.cfg.log_every == 0)
+                run_log.step(log, self.state.step, f"epoch {epoch} step {self.state.step} loss "
+                             f"{loss:.5g} lr {self.schedule.lr:.3g}",
+                             f"epoch {epoch}, loss {loss:.4g}", self.cfg.log_every)
                 saved = self.state.step % self.cfg.checkpoint_every == 0
                 if saved:
                     save_checkpoint(self)
