@@ -289,3 +289,23 @@ def test_orbitgraph_train_draws_every_step_and_its_epoch_loss_is_their_mean(
     assert (f"epoch 0: train loss {history[0]['train_loss']:.5g} (mean of {len(values)} "
             f"steps, the largest {largest[1]:.5g} at step {largest[0]})") in err
     assert history[0]["train_loss_max"] == largest[1]
+
+
+class _SigintHandler(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield torch.tensor(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+
+
+def test_loader_workers_leave_ctrl_c_to_the_trainer(store_path):
+    """A terminal's Ctrl-C reaches the whole process group: a worker that died of it would
+    break the step the trainer finishes before it stops."""
+    from orbitgraph.train.loader import LoaderConfig, make_loader
+
+    loader = make_loader(open_store(store_path).subset(split="train"),
+                         LoaderConfig(num_workers=1))
+    assert loader.worker_init_fn is not None
+    workers = torch.utils.data.DataLoader(_SigintHandler(), batch_size=None, num_workers=1,
+                                          worker_init_fn=loader.worker_init_fn)
+    assert [bool(ignored) for ignored in workers] == [True]
+    assert [bool(ignored) for ignored in torch.utils.data.DataLoader(
+        _SigintHandler(), batch_size=None, num_workers=1)] == [False]  # torch's own default
