@@ -489,10 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command of ``argv`` (default: the program's arguments); returns the exit
     status: 0 done, 1 ``verify`` found a problem or a build process died, 2 a user error
     (:class:`~orbitgraph.errors.OrbitgraphError`, or an ``OSError`` naming a file that
-    cannot be opened), 130 interrupted. Any other exception propagates with its traceback:
-    it is a defect, not the user's doing."""
+    cannot be opened), 130 interrupted (Ctrl-C), 128 + N a training run stopped by signal N
+    after checkpointing (130 SIGINT, 143 SIGTERM; :mod:`orbitgraph.train.interrupts`). Any
+    other exception propagates with its traceback: it is a defect, not the user's doing."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser(keys=any(a in ("-h", "--help") for a in argv)).parse_args(argv)
+    from orbitgraph.train.interrupts import Interrupted
     from orbitgraph.train.logs import setup_logging, teardown_logging
     handler = setup_logging(logging.WARNING if args.quiet else
                             logging.DEBUG if args.verbose else logging.INFO)
@@ -509,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     except BuildProcessError as err:  # not the user's doing: status 1, as a crash
         _error(err)
         return 1
+    except Interrupted as err:  # the trainer checkpointed and said where it resumes
+        return err.exit_status  # 128 + the signal's number, as if the signal had ended it
     except KeyboardInterrupt:
         print("orbitgraph: interrupted; what was committed is kept (a build's shards, a "
               "training run's checkpoints): the same command resumes", file=sys.stderr)

@@ -256,7 +256,6 @@ class Pipelines:
 
     def _train_and_evaluate(self, name: str, progress: bool) -> str:
         from orbitgraph.model.config import load_config
-        from orbitgraph.train.callbacks import StepLosses
         from orbitgraph.train.checkpointing import BEST, CHECKPOINT
         from orbitgraph.train.evaluation import evaluate, frames_to_evaluate, write_json
         from orbitgraph.train.plots import write_loss_curves, write_parity
@@ -281,11 +280,10 @@ class Pipelines:
                                 "in pipelines.yaml)", key) from None
         frames_to_evaluate(open_store(store_path), exp.evaluate.split)  # before training, not after
         # the figures below replace the trainer's own (validation-split parity)
-        step_losses = StepLosses()  # the loss curve, kept in the run directory
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out, advice=Advice(go_on="evaluating it",
-                                             new_run=f"delete {out} to train it again"),
-                          callbacks=[step_losses])
+                                             new_run=f"delete {out} to train it again"))
+        step_losses = trainer.step_losses  # the loss curve, kept in the run directory
         result = trainer.fit()
         settings = self.evaluate_settings(name)
         split, device = settings["split"], settings["device"]
