@@ -13,7 +13,8 @@ For each system (a cubic cell, see :data:`SYSTEMS`):
 
 1. Data, generated as practitioners do and labelled by the teacher (energy eV, forces eV/Å,
    stress eV/Å³ with ASE's sign): Langevin NVT MD at several temperatures, strained cells
-   (isotropic and shear), rattled strained cells and the steps of a cell relaxation. Every
+   (isotropic, uniaxial and shear), rattled strained cells and the steps of a cell
+   relaxation. Every
    trajectory is a material of its own (``mp_id``) and lies wholly in one split, and the
    splits use different seeds and temperatures: train (MD at 0.3, 0.6 and 1.0 x the
    system's hot temperature), val (0.75 x) and test (0.45 and 0.85 x). Written as extended
@@ -202,9 +203,11 @@ def md_frames(cell, calc, temperature_K: float, seed: int, trajectory: str,
 
 
 def random_strain(rng, isotropic: float, shear: float) -> np.ndarray:
-    """A deformation gradient: isotropic strain in ±``isotropic`` and symmetric shear
-    components in ±``shear``."""
+    """A deformation gradient I + ε: isotropic strain in ±``isotropic``, plus independent
+    normal components in ±``shear`` (uniaxial: the tetragonal strains that set C11 - C12)
+    and symmetric shear components in ±``shear`` (C44)."""
     eps = np.eye(3) * rng.uniform(-isotropic, isotropic)
+    eps += np.diag(rng.uniform(-shear, shear, size=3))
     off = rng.uniform(-shear, shear, size=3)
     eps[0, 1] = eps[1, 0] = off[0]
     eps[0, 2] = eps[2, 0] = off[1]
@@ -213,8 +216,8 @@ def random_strain(rng, isotropic: float, shear: float) -> np.ndarray:
 
 
 def strained_frames(cell, calc, n: int, rattle: float, seed: int, trajectory: str) -> list:
-    """``n`` cells strained by up to 3 % (isotropic) and 2 % (shear), atoms rattled by a
-    Gaussian of ``rattle`` Å."""
+    """``n`` cells strained by up to 3 % (isotropic) and 2 % (uniaxial and shear), atoms
+    rattled by a Gaussian of ``rattle`` Å."""
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(n):
