@@ -11,7 +11,7 @@ from orbitgraph.config import Config
 from orbitgraph.train.loader_config import Device, LoaderConfig
 
 CHOICES = {
-    "loss": ("mse", "huber"),
+    "loss": ("mse", "huber", "universal"),  # orbitgraph.train.metrics
     "optimizer": ("adam", "adamw"),
     "schedule": ("cosine", "plateau", "constant"),
     "precision": ("float64", "float32", "tf32", "bf16"),
@@ -46,9 +46,15 @@ class TrainConfig(Config):
     precision: Literal[CHOICES["precision"]] = Field("float64", description="float64, "
                                                      "float32, tf32 (TF32 matmuls) or bf16 "
                                                      "(autocast)")
-    loss: Literal[CHOICES["loss"]] = Field("mse", description="mse or huber")
-    huber_delta: float = Field(0.01, gt=0, description="in each term's unit: eV/atom, eV/Å, "
-                               "GPa")
+    loss: Literal[CHOICES["loss"]] = Field(
+        "mse", description="per component: mse (squared error), huber (Huber's loss with "
+        "huber_delta in each term's unit) or universal (mace-torch's MACE-MP loss: huber, "
+        "except that a force component's delta is huber_delta × 1, 0.7, 0.4 or 0.1 where its "
+        "atom's reference |F| is < 100, < 200, < 300 or >= 300 eV/Å, and the stress delta is "
+        "huber_delta eV/Å³, i.e. 160.2 × huber_delta GPa)")
+    huber_delta: float = Field(0.01, gt=0, description="huber and universal: where the loss "
+                               "turns from quadratic to linear: eV/atom, eV/Å and GPa (huber) "
+                               "or eV/Å³ (universal's stress)")
     # loss weights, on squared (or Huber) errors of: energy per atom in eV, force components
     # in eV/Å, stress components in GPa. In GPa (as CHGNet trains on MPtrj), a 1 GPa stress
     # error weighs as much as a 0.1 eV/Å force error; in eV/Å³ it would weigh 160² times
