@@ -127,6 +127,10 @@ def test_mace_torch_values_that_differ_here():
                             "block_reduction": "last", "scale": 1.0}
     assert doc["train"] == {"loss": "mse", "stress_weight": 0.0, "ema_decay": None}
     assert doc["out"] == str(Path("runs", "m"))
+    # MACE-MP's loss, its stress weight per (eV/Å³)² as per GPa² here
+    doc = from_mace_torch({"loss": "universal", "stress_weight": 100.0}, "m.yaml")
+    assert doc["train"]["loss"] == "universal"
+    assert doc["train"]["stress_weight"] == pytest.approx(100.0 / EV_PER_A3_IN_GPA ** 2)
 
 
 def test_mace_torch_e0s_from_a_json_file(tmp_path):
@@ -137,14 +141,14 @@ def test_mace_torch_e0s_from_a_json_file(tmp_path):
 
 def test_keys_without_an_equivalent_are_refused_in_one_line(tmp_path, capsys):
     doc = {**MACE_CONFIG, "swa": True, "start_swa": 100, "valid_file": "valid.xyz",
-           "wandb": True, "loss": "universal", "interaction": "RealAgnosticInteractionBlock",
+           "wandb": True, "loss": "l1l2energyforces", "interaction": "RealAgnosticInteractionBlock",
            "hidden_irreps": "32x0e + 32x1o", "r_maxx": 5.0}
     (tmp_path / "mace.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     assert cli.main(["train", "--config", tmp_path / "mace.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "mace.yaml: read as a mace-torch config; no equivalent here for " in err
-    for item in ("swa", "start_swa", "valid_file", "wandb", "loss: 'universal'",
+    for item in ("swa", "start_swa", "valid_file", "wandb", "loss: 'l1l2energyforces'",
                  "interaction", "hidden_irreps (contradicts num_channels)",
                  "r_maxx (not mace-torch's)"):
         assert item in err, (item, err)
