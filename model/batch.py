@@ -60,11 +60,11 @@ class Batch:
 
     @property
     def n_frames(self) -> int:
-        return int(self.cell.shape[0])
+        return self.cell.shape[0]
 
     @property
     def n_edges(self) -> int:
-        return int(self.centers.shape[0])
+        return self.centers.shape[0]
 
     @property
     def edge_index(self) -> torch.Tensor:

@@ -81,9 +81,16 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(data, dict):
         raise InputError(f"{path}: a checkpoint holds a dict, this file a "
                          f"{type(data).__name__}")
-    version = data.get("format_version", 0)
-    if not isinstance(version, int) or not 0 <= version <= FORMAT_VERSION:
+    check_format_version(path, data.get("format_version", 0))
+    return data
+
+
+def check_format_version(path: str | Path, version) -> None:
+    """Raises InputError, naming ``path``, for a ``format_version`` this code does not read
+    (0 to :data:`FORMAT_VERSION`): that of a checkpoint, a model file or an exported
+    program (:mod:`orbitgraph.model.program`)."""
+    if not isinstance(version, int) or isinstance(version, bool) \
+            or not 0 <= version <= FORMAT_VERSION:
         raise InputError(f"{path}: checkpoint format version {version!r}; this orbitgraph "
                          f"reads versions 0 to {FORMAT_VERSION} (a newer orbitgraph wrote it: "
                          "upgrade to read it)")
-    return data

@@ -97,29 +97,43 @@ class Potential(nn.Module):
     def forward(self, batch: Batch, forces: bool = True, stress: bool = True,
                 training: bool = False) -> dict[str, torch.Tensor]:
         """Returns ``energy`` (B,), and ``forces`` (N, 3) and ``stress`` (B, 3, 3) if asked."""
-        positions = batch.positions
-        strain = None
-        inputs = []
-        if forces or stress:
-            positions = positions.detach().requires_grad_(True)
-            inputs.append(positions)
+        return energy_and_derivatives(self.atomic_energies, batch, forces, stress, training)
+
+
+def energy_and_derivatives(atomic_energies, batch: Batch, forces: bool = True,
+                           stress: bool = True, training: bool = False
+                           ) -> dict[str, torch.Tensor]:
+    """E, F = -∂E/∂r and σ = (1/V) ∂E/∂ε of the atomic energies
+    ``atomic_energies(batch, positions, cell) -> (N,) eV`` (a :class:`Potential`'s, or an
+    exported program's: :mod:`orbitgraph.model.program`), evaluated on ``batch``'s
+    positions and cell under a zero strain ε, so that one backward pass gives both
+    derivatives; ``training=True`` keeps the graph for a second one.
+
+    Returns ``energy`` (B,) eV and ``atomic_energies`` (N,) eV, with ``forces`` (N, 3) eV/Å
+    and ``stress`` (B, 3, 3) eV/Å³ (ASE sign) if asked."""
+    positions = batch.positions
+    strain = None
+    inputs = []
+    if forces or stress:
+        positions = positions.detach().requires_grad_(True)
+        inputs.append(positions)
+    if stress:
+        strain = torch.zeros_like(batch.cell, requires_grad=True)
+        inputs.append(strain)
+    batch_in = replace(batch, positions=positions)
+    with torch.autocast(positions.device.type, enabled=False):  # lengths: model.geometry
+        pos, cell = strained(batch_in, strain)
+    atomic = atomic_energies(batch_in, pos, cell)
+    energy = scatter_sum(atomic, batch.batch, batch.n_frames)
+    out = {"energy": energy, "atomic_energies": atomic}
+    if inputs:
+        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training,
+                                    allow_unused=True)
+        if forces:
+            g = grads[0]
+            out["forces"] = -g if g is not None else torch.zeros_like(positions)
         if stress:
-            strain = torch.zeros_like(batch.cell, requires_grad=True)
-            inputs.append(strain)
-        batch_in = replace(batch, positions=positions)
-        with torch.autocast(positions.device.type, enabled=False):  # lengths: model.geometry
-            pos, cell = strained(batch_in, strain)
-        atomic = self.atomic_energies(batch_in, pos, cell)
-        energy = scatter_sum(atomic, batch.batch, batch.n_frames)
-        out = {"energy": energy, "atomic_energies": atomic}
-        if inputs:
-            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training,
-                                        allow_unused=True)
-            if forces:
-                g = grads[0]
-                out["forces"] = -g if g is not None else torch.zeros_like(positions)
-            if stress:
-                g = grads[-1]
-                g = g if g is not None else torch.zeros_like(batch.cell)
-                out["stress"] = g / cell_volume(batch.cell).view(-1, 1, 1)
-        return out
+            g = grads[-1]
+            g = g if g is not None else torch.zeros_like(batch.cell)
+            out["stress"] = g / cell_volume(batch.cell).view(-1, 1, 1)
+    return out

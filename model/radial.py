@@ -84,13 +84,15 @@ def rank_reference_distance(positions: torch.Tensor, cell: torch.Tensor,
     Shapes: positions (N, 3) Å, cell (B, 3, 3) Å, batch (N,), rank_neighbor (N,)
     (-1: no candidate), rank_unit_shift (N, 3) -> (N,) Å, ``inf`` where there is no candidate.
     """
-    d_ref = positions.new_full(rank_neighbor.shape, float("inf"))
-    has = torch.nonzero(rank_neighbor >= 0).squeeze(-1)
-    if has.numel():
-        offset = vec_mat(rank_unit_shift[has], cell[batch[has]])
-        vec = positions[rank_neighbor[has]] + offset - positions[has]
-        d_ref = d_ref.index_put((has,), torch.linalg.norm(vec, dim=-1))
-    return d_ref
+    has = rank_neighbor >= 0
+    # every row computed (no data-dependent selection, so that torch.export keeps the
+    # number of atoms symbolic); rows without a candidate measure a unit vector, whose norm
+    # has a finite gradient, and are then set to inf
+    offset = vec_mat(rank_unit_shift, cell[batch])
+    vec = positions[rank_neighbor.clamp(min=0)] + offset - positions
+    vec = torch.where(has.unsqueeze(-1), vec, torch.ones_like(vec) / 3 ** 0.5)
+    d_ref = torch.linalg.norm(vec, dim=-1)
+    return torch.where(has, d_ref, torch.full_like(d_ref, float("inf")))
 
 
 def smoothstep(x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +165,9 @@ class AdaptiveRankEnvelope(nn.Module):
         w = self.width
         with torch.no_grad():
             d = r.detach()
-            count = torch.bincount(centers, minlength=n_nodes)
+            # edges per centre, as a scatter (not bincount, whose length depends on the
+            # data): exact integers in floating point
+            count = scatter_sum(torch.ones_like(d), centers, n_nodes)
             lo = d.new_full((n_nodes,), float("inf")).scatter_reduce(
                 0, centers, d, reduce="amin", include_self=True) - w
             hi = d.new_full((n_nodes,), float("-inf")).scatter_reduce(

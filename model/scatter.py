@@ -35,8 +35,8 @@ def scatter_softmax(logits: torch.Tensor, index: torch.Tensor, dim_size: int,
     with m_i the largest logit of centre i's edges (detached; it cancels but for the floor).
     Shapes: logits (E,) or (E, H), index (E,), weight (E,) or None (all 1) -> like logits.
     The 1e-9 floor keeps a centre whose weights are all 0 at α = 0; m_i counts zero-weight
-    edges too, so with logits 20+ apart an entering edge can move the result (README,
-    Known limitations)."""
+    edges too, so with logits 20+ apart an entering edge can move the result
+    (docs/guides/limitations.md)."""
     expanded = index.view(-1, *([1] * (logits.dim() - 1))).expand_as(logits)
     amax = logits.new_full((dim_size, *logits.shape[1:]), float("-inf")).scatter_reduce(
         0, expanded, logits, reduce="amax", include_self=True)

@@ -2,7 +2,7 @@
 shards, and MACE-family potentials trained on them.
 
 The namespace has three rooms, installed from the folders at the repository's root, and
-imports run one way (see the README's "Architecture")::
+imports run one way (see docs/architecture.md)::
 
     orbitgraph.preprocess   sources, the graph and the store      (imports neither of the others)
     orbitgraph.model        the batch type, blocks and potentials (imports neither of the others)
@@ -11,18 +11,16 @@ imports run one way (see the README's "Architecture")::
 This root package holds what every room needs (:mod:`orbitgraph.config`, the typed-config
 base; :mod:`orbitgraph.errors`, the user-error types; :mod:`orbitgraph.units`) and gives
 the few public names below. They are loaded on first use, so that ``import orbitgraph``
-(and a build process, which never needs torch) stays cheap.
+(and a build process, which never needs torch) stays cheap::
 
-=================  ===========================================================
-``knn_graph``      the periodic k-NN graph of one structure (numpy, Å)
-``GraphParams``    the graph's parameters (k, ties, tie tolerance, cutoff)
-``build_store``    build a graph store from a source file
-``open_store``     read a store (map-style frames, subsets, the index)
-``build_model``    a potential from a preset name, YAML file, dict or config
-``load_model``     a potential from a model file or checkpoint
-``OrbitCalculator``  the ASE calculator
-``Trainer``        the training loop (``orbitgraph train`` drives it)
-=================  ===========================================================
+    knn_graph         the periodic k-NN graph of one structure (numpy, Å)
+    GraphParams       the graph's parameters (k, ties, tie tolerance, cutoff)
+    build_store       build a graph store from a source file
+    open_store        read a store (map-style frames, subsets, the index)
+    build_model       a potential from a preset name, YAML file, dict or config
+    load_model        a potential from a model file, checkpoint or exported program
+    OrbitCalculator   the ASE calculator
+    Trainer           the training loop (``orbitgraph train`` drives it)
 """
 from __future__ import annotations
 

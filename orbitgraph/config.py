@@ -313,8 +313,8 @@ def reference_rows(model: type, prefix: str, collapse: dict | None = None
                    ) -> list[tuple[str, str, str, str, str]]:
     """(key path, type, default, constraint, description) of every setting of ``model``,
     nested configs expanded (a mapping of names to configs as ``KEY.NAME.*``), except the
-    configs of ``collapse`` ({config class: what to write as its type}), for the README's
-    configuration reference."""
+    configs of ``collapse`` ({config class: what to write as its type}), for the
+    configuration reference (docs/reference/configuration.md)."""
     collapse = collapse or {}
     rows = []
     for name, field in model.model_fields.items():

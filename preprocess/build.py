@@ -285,7 +285,7 @@ def _build(source: Source, spec: StoreSpec, out: Path, cluster: ClusterConfig, p
     parts = source.partitions(spec.frames_per_shard)
     head = list(itertools.islice(parts, 2))
     parts = itertools.chain(head, parts)
-    cluster, processes = _without_cluster(cluster, len(head), source_path)
+    cluster, processes = _without_cluster(cluster, len(head), source_path, source.files)
     if cluster.kind != "synchronous" or processes:
         load_kernels(source.format)  # once, before workers start (they inherit or share it)
 
@@ -324,15 +324,16 @@ def _build(source: Source, spec: StoreSpec, out: Path, cluster: ClusterConfig, p
     summary.labels_not_stored = dict(manifest.counts["labels_not_stored"])
     summary.labels_converted = dict(manifest.counts["labels_converted"])
     summary.labels_masked = dict(manifest.counts["labels_masked"])
-    summary.warnings = split_warnings(out, spec.split)
+    summary.warnings = split_warnings(out, spec.split) + material_id_warnings(source,
+                                                                              spec.split)
     summary.quarantine_reasons = reason_counts(
         read_parquet(out / QUARANTINE_NAME).column("reason").to_pylist())
     summary.wall_s = time.perf_counter() - t0
     return summary
 
 
-def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
-                     ) -> tuple[ClusterConfig, int]:
+def _without_cluster(cluster: ClusterConfig, n_head: int, source_path,
+                     files: list[str] | None = None) -> tuple[ClusterConfig, int]:
     """Where a build runs when ``cluster`` is the default LocalCluster: ``(cluster,
     worker processes)``.
 
@@ -353,7 +354,7 @@ def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
         log.info("one partition: building it in this process (other processes would only add "
                  "their start-up time)")
         return ClusterConfig(kind="synchronous"), 0
-    size = source_bytes(source_path)
+    size = source_bytes(source_path, files)
     if size > cluster.in_process_max_bytes:
         return cluster, 0
     processes = local_processes()
@@ -367,13 +368,17 @@ def _without_cluster(cluster: ClusterConfig, n_head: int, source_path
     return ClusterConfig(kind="synchronous"), processes
 
 
-def source_bytes(path: str | Path) -> int:
-    """The bytes a build reads from a source file or folder, decompressed: a gzip file
+def source_bytes(path: str | Path, files: list[str] | None = None) -> int:
+    """The bytes a build reads from a source file or folder (or its ``files``, when given:
+    a glob pattern's matches, the files of a format in a folder), decompressed: a gzip file
     counts as its decompressed size (from its trailer, which holds it modulo 2^32: taken as
     the smallest such value at least the compressed size). What decides between building
     in this process and on a LocalCluster (``cluster.in_process_max_bytes``)."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if files is not None:
+        files = [Path(f) for f in files]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     total = 0
     for f in files:
         size = f.stat().st_size
@@ -399,6 +404,24 @@ def split_warnings(out: Path, split: SplitParams) -> list[str]:
     for text in found:
         log.warning(text)
     return found
+
+
+def material_id_warnings(source: Source, split: SplitParams) -> list[str]:
+    """A logged one-line warning when frames of ``source`` (its last plan) name no material
+    and the store has val or test splits: each such frame is a material of its own, so the
+    splits are by frame and one trajectory's frames can fall in train and test. It names
+    the fields the reader takes a material id from and how to set one."""
+    n = source.frames_without_material_id
+    if not n or split.val_fraction + split.test_fraction == 0:
+        return []
+    keys = " or ".join(f"{key}=" for key in source.material_keys)
+    text = (f"{source.path}: {n} frame{'s' * (n != 1)} without a material id ({keys} on "
+            "the comment line), so the val and test splits take frames, not materials, and "
+            "one trajectory's frames can fall in both train and test; add "
+            f"{source.material_keys[0]}=ID to every frame, the same ID for all frames of one "
+            "material or trajectory")
+    log.warning(text)
+    return [text]
 
 
 def reason_counts(reasons) -> dict[str, int]:

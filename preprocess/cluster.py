@@ -2,7 +2,7 @@
 laptop (LocalCluster sized to the machine), an existing scheduler, or a batch system
 through dask-jobqueue (SLURM, PBS, SGE, LSF, ...).
 
-``pipelines.yaml`` (the README's SLURM section explains each key and what a site changes)::
+``pipelines.yaml`` (docs/guides/slurm.md explains each key and what a site changes)::
 
     cluster:
       kind: slurm            # local | address | slurm | pbs | sge | lsf | htcondor | synchronous

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from ase.data import chemical_symbols
 
-from orbitgraph.preprocess.sources import format_from_name, is_extxyz_name, unknown_name_hint
+from orbitgraph.preprocess.sources import (
+    MANY_FILES,
+    file_format,
+    format_from_name,
+    unknown_name_hint,
+)
 from orbitgraph.preprocess.store import NotAStoreError, open_store, verify_store
 from orbitgraph.preprocess.store.params import LABELS
 
@@ -21,8 +26,8 @@ def _store_expected(path: str | Path):
         yield
     except NotAStoreError as err:
         p = Path(path)
-        if p.is_dir() and not any(is_extxyz_name(f.name) for f in p.rglob("*")):
-            raise  # a folder source holds extended XYZ files
+        if p.is_dir() and not any(file_format(f.name) in MANY_FILES for f in p.rglob("*")):
+            raise  # a folder source holds extxyz, ASE database or Alexandria files
         build = f"orbitgraph build --source {path} --out DIR"
         if format_from_name(p) is None:
             raise NotAStoreError(f"{err}; to build a store from it as a source, `{build} "

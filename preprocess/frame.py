@@ -27,6 +27,8 @@ class Frame:
         (``"not_stored"``, ``"converted"`` or ``"masked"``, what), e.g. ("converted",
         "stress = -virial / V from 'virial' ..."), ("masked", "stress: missing"); see
         :mod:`orbitgraph.preprocess.sources.labels`
+    config_type : the source's label of what kind of structure this is (extxyz
+        ``config_type``, as mace-torch reads it), or None; kept in the store's index
     """
 
     frame_id: str
@@ -40,6 +42,7 @@ class Frame:
     magmom: np.ndarray | None = None
     pbc: np.ndarray = field(default_factory=lambda: np.ones(3, dtype=bool))
     notes: tuple[tuple[str, str], ...] = ()
+    config_type: str | None = None
 
     @property
     def n_atoms(self) -> int:

@@ -97,8 +97,10 @@ def write_mptrj(path: Path, materials: dict, labels: str = "emt") -> Path:
 
 
 def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
-    """The same labelled frames as an MPtrj JSON file (``fmt`` "mptrj-json") or an extended
-    XYZ file ("extxyz"), at ``path`` with the format's suffix.
+    """The same labelled frames as an MPtrj JSON file (``fmt`` "mptrj-json"), an extended
+    XYZ file ("extxyz"), an ASE database ("ase-db": fairchem's .aselmdb, which keeps NaN;
+    SQLite stores NaN as NULL) or an Alexandria JSON file ("alexandria-json"), at ``path``
+    with the format's suffix.
 
     Each frame: ``mid``, ``fid``, ``symbols``, ``positions`` (N, 3) Å, ``cell`` (3, 3) Å,
     ``energy`` eV, ``forces`` (N, 3) eV/Å, optional ``stress`` (3, 3) eV/Å³ with ASE's sign
@@ -106,9 +108,20 @@ def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
     ``energy_per_atom``). NaN is written as each format writes it (``NaN`` in JSON as
     Python writes it, ``nan`` in extxyz). MPtrj: the energy is ``uncorrected_total_energy``
     and the stress kBar with VASP's sign; extxyz: ``energy=``, ``stress=`` (9 values),
-    ``forces`` and ``magmoms`` columns, ``mp_id`` and ``frame_id``."""
+    ``forces`` and ``magmoms`` columns, ``mp_id`` and ``frame_id``; ASE database: the
+    calculator's results (stress as 6 Voigt values), ``mp_id``, ``frame_id`` and ``info`` as
+    key-value pairs; Alexandria: :func:`alexandria_entry` each."""
     from extxyz_writer import frame_text
 
+    if fmt == "ase-db":
+        return write_ase_db(path.with_suffix(".aselmdb"), frames)
+    if fmt == "alexandria-json":  # .json.bz2, as Alexandria ships (and its name tells)
+        import bz2
+
+        path = path.with_suffix(".json.bz2")
+        path.write_bytes(bz2.compress(json.dumps(
+            {"entries": [alexandria_entry(f) for f in frames]}).encode()))
+        return path
     if fmt == "extxyz":
         texts = []
         for f in frames:
@@ -141,6 +154,70 @@ def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
     path = path.with_suffix(".json")
     path.write_text(json.dumps(materials))
     return path
+
+
+def write_ase_db(path: Path, frames: list[dict], append: bool = False) -> Path:
+    """``frames`` (as for :func:`write_source`) as the rows of an ASE database at ``path``
+    (.db: SQLite; .aselmdb: LMDB through ase-db-backends), written by ``ase.db`` in one
+    transaction: the labels as the calculator's results (stress as 6 Voigt values), a frame
+    without ``cell`` and ``pbc`` False as a molecule; ``mp_id``, ``frame_id`` (when the frame
+    has a ``fid``) and ``info`` as key-value pairs, ``data`` (a dict) as the row's data.
+    ``append``: add the rows to the database at ``path`` (e.g. a copy of an empty one,
+    which spares SQLite creating its tables again)."""
+    import ase.db
+
+    db = ase.db.connect(str(path), append=append)
+    with db:
+        db.count()  # SQLite: its tables exist even without rows
+        for f in frames:
+            db.write(_atoms_with_results(f),
+                     key_value_pairs={**({"mp_id": f["mid"], "frame_id": f["fid"]}
+                                         if "fid" in f else {}), **f.get("info", {})},
+                     data=f.get("data") or None)
+    if hasattr(db, "close"):
+        db.close()
+    return path
+
+
+def _atoms_with_results(f: dict):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    atoms = Atoms(f["symbols"], positions=f["positions"], cell=f["cell"],
+                  pbc=f.get("pbc", True))
+    results = {}
+    if f.get("energy") is not None:
+        results["energy"] = f["energy"]
+    if f.get("forces") is not None:
+        results["forces"] = np.asarray(f["forces"], dtype=np.float64)
+    if f.get("stress") is not None:
+        results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(f["stress"], float))
+    if f.get("magmom") is not None:
+        results["magmoms"] = np.asarray(f["magmom"], dtype=np.float64)
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def alexandria_entry(f: dict) -> dict:
+    """One frame (as for :func:`write_source`) as Alexandria writes an entry: pymatgen's
+    ``ComputedStructureEntry.as_dict()``, the forces and magnetic moments as site
+    properties, ``data`` with ``mat_id`` and the stress in kBar with VASP's sign."""
+    from monty.json import jsanitize
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+    props = {"forces": np.asarray(f["forces"], dtype=np.float64).tolist()}
+    if f.get("magmom") is not None:
+        props["magmom"] = np.asarray(f["magmom"], dtype=np.float64).tolist()
+    structure = Structure(Lattice(np.asarray(f["cell"], dtype=np.float64)), f["symbols"],
+                          np.asarray(f["positions"], dtype=np.float64),
+                          coords_are_cartesian=True, site_properties=props)
+    data = {"mat_id": f["mid"], **f.get("info", {})}
+    if f.get("stress") is not None:
+        data["stress"] = stress_to_vasp_kbar(np.asarray(f["stress"], float)).tolist()
+    entry = ComputedStructureEntry(structure, f["energy"], data=data, entry_id=f["fid"])
+    return jsanitize(entry.as_dict(), strict=False)
 
 
 def graphs_of(frames, params):

@@ -2,7 +2,7 @@
 
 ``orbitgraph.preprocess`` and ``orbitgraph.model`` import neither each other nor
 ``orbitgraph.train``; the root package ``orbitgraph`` imports none of the rooms at import
-time (its public names load lazily). See the README's "Architecture".
+time (its public names load lazily). See docs/architecture.md.
 """
 from __future__ import annotations
 

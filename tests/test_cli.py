@@ -1,4 +1,5 @@
-"""The command line: the README's commands, pipelines.yaml, and one-line user errors."""
+"""The command line: the README's commands (and docs/index.md's copy), pipelines.yaml, and
+one-line user errors."""
 from __future__ import annotations
 
 import json
@@ -20,9 +21,10 @@ def run(args, cwd=ROOT, timeout=900):
                           timeout=timeout)
 
 
-def readme_commands() -> list[str]:
-    """The two commands of the README's opening code block."""
-    text = (ROOT / "README.md").read_text()
+def readme_commands(page: str = "README.md") -> list[str]:
+    """The two commands of a page's opening code block (the README's, or the
+    documentation's front page, docs/index.md)."""
+    text = (ROOT / page).read_text()
     block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
     return [line for line in block.splitlines() if line and not line.startswith("#")]
 
@@ -34,6 +36,8 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
     assert "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines(), ".ci/run must run the README's test command verbatim"
+    assert readme_commands("docs/index.md") == commands, (
+        "docs/index.md must open with the README's two commands")
 
 
 def _pipeline_copy(tmp_path: Path, mutate=None) -> Path:

@@ -301,9 +301,9 @@ def test_help_lists_the_settable_keys(capsys):
 
 
 def test_readme_configuration_reference_is_generated():
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "reference" / "configuration.md").read_text()
     start, end = text.index(REFERENCE_START), text.index(REFERENCE_END)
     block = text[start + len(REFERENCE_START):end].strip()
     assert block == reference_markdown().strip(), (
-        "README's configuration reference differs from the declarations: paste "
+        "docs/reference/configuration.md differs from the declarations: paste "
         "orbitgraph.train.reference.reference_markdown() between the markers")

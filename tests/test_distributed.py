@@ -182,3 +182,43 @@ def test_a_run_stopped_and_resumed_on_two_ranks_logs_what_the_uninterrupted_run_
     straight = (tmp_path / "straight" / "metrics.csv").read_text()
     assert straight.count("\n") == 3, straight  # the header and one row per epoch
     assert (tmp_path / "resumed" / "metrics.csv").read_text() == straight
+
+
+SIGNAL_SCRIPT = """
+import json, os, signal, sys
+from orbitgraph.train.callbacks import Callback
+from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.interrupts import Interrupted
+from orbitgraph.train.trainer import Trainer
+store, out, model = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+cfg = TrainConfig.from_dict(json.loads(sys.argv[4]))
+rank = int(os.environ["RANK"])
+
+class SignalRankOne(Callback):  # SIGTERM to rank 1 alone, when its step 1 is done
+    def on_step_end(self, trainer, step, loss):
+        if rank == 1 and step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+trainer = Trainer(store, model, cfg, f"{out}/run", callbacks=[SignalRankOne()])
+try:
+    trainer.fit()
+    stopped = None
+except Interrupted as err:
+    stopped = err.step
+json.dump({"stopped": stopped, "step": trainer.state.step}, open(f"{out}/rank-{rank}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(store_path, tmp_path):
+    """SIGTERM to rank 1 only: both ranks stop after the same step (the request travels
+    with the step's counts), and rank 0's checkpoint holds that step."""
+    from orbitgraph.model.checkpoint import read_checkpoint
+    from orbitgraph.train.checkpointing import CHECKPOINT
+
+    cfg = {**STEP_CFG, "loader": vars(LOADER)}
+    two_ranks(SIGNAL_SCRIPT, store_path, tmp_path, json.dumps(TINY["invariant"]),
+              json.dumps(cfg))
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] == {"stopped": 2, "step": 2}, ranks
+    assert read_checkpoint(tmp_path / "run" / CHECKPOINT)["state"]["step"] == 2

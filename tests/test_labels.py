@@ -364,7 +364,8 @@ def test_labels_present_but_not_stored_are_counted(tmp_path):
 
 # ------------------------------------------------------------------ 6. one rule, every format
 
-FORMATS = ["mptrj-json", "extxyz"]  # every source class of preprocess.sources.FORMATS
+FORMATS = ["mptrj-json", "extxyz", "ase-db", "alexandria-json"]  # every source class of
+# preprocess.sources.FORMATS
 
 
 def _frame(fid: str, i: int, **edit) -> dict:
@@ -453,7 +454,8 @@ def test_an_energy_per_atom_key_is_stored_as_the_total_energy_and_said(tmp_path,
         f["info"] = {"energy_per_atom": f["energy"] / len(f["symbols"])}
     src = write_source(tmp_path / "frames", fmt, frames)
     summary = build_store(src, tmp_path / "per_atom", energy_key="energy_per_atom", **QUIET)
-    total_key = {"mptrj-json": "uncorrected_total_energy", "extxyz": "energy"}[fmt]
+    total_key = {"mptrj-json": "uncorrected_total_energy", "extxyz": "energy",
+                 "ase-db": "energy", "alexandria-json": "energy"}[fmt]
     build_store(src, tmp_path / "total", energy_key=total_key, **QUIET)
 
     per_atom, total = _stored(tmp_path / "per_atom"), _stored(tmp_path / "total")

@@ -127,6 +127,10 @@ def test_mace_torch_values_that_differ_here():
                             "block_reduction": "last", "scale": 1.0}
     assert doc["train"] == {"loss": "mse", "stress_weight": 0.0, "ema_decay": None}
     assert doc["out"] == str(Path("runs", "m"))
+    # MACE-MP's loss, its stress weight per (eV/Å³)² as per GPa² here
+    doc = from_mace_torch({"loss": "universal", "stress_weight": 100.0}, "m.yaml")
+    assert doc["train"]["loss"] == "universal"
+    assert doc["train"]["stress_weight"] == pytest.approx(100.0 / EV_PER_A3_IN_GPA ** 2)
 
 
 def test_mace_torch_e0s_from_a_json_file(tmp_path):
@@ -137,14 +141,14 @@ def test_mace_torch_e0s_from_a_json_file(tmp_path):
 
 def test_keys_without_an_equivalent_are_refused_in_one_line(tmp_path, capsys):
     doc = {**MACE_CONFIG, "swa": True, "start_swa": 100, "valid_file": "valid.xyz",
-           "wandb": True, "loss": "universal", "interaction": "RealAgnosticInteractionBlock",
+           "wandb": True, "loss": "l1l2energyforces", "interaction": "RealAgnosticInteractionBlock",
            "hidden_irreps": "32x0e + 32x1o", "r_maxx": 5.0}
     (tmp_path / "mace.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     assert cli.main(["train", "--config", tmp_path / "mace.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "mace.yaml: read as a mace-torch config; no equivalent here for " in err
-    for item in ("swa", "start_swa", "valid_file", "wandb", "loss: 'universal'",
+    for item in ("swa", "start_swa", "valid_file", "wandb", "loss: 'l1l2energyforces'",
                  "interaction", "hidden_irreps (contradicts num_channels)",
                  "r_maxx (not mace-torch's)"):
         assert item in err, (item, err)
@@ -152,14 +156,34 @@ def test_keys_without_an_equivalent_are_refused_in_one_line(tmp_path, capsys):
         from_mace_torch({"loss": "weighted", "stress_weight": 10.0}, "m.yaml")
 
 
-def test_the_mapping_names_only_mace_torchs_keys_and_the_readme_lists_it():
+def test_the_mapping_names_only_mace_torchs_keys_and_the_docs_list_it():
     assert set(RULES) <= set(MACE_TORCH_KEYS)
     assert len(MACE_TORCH_KEYS) == len(set(MACE_TORCH_KEYS)) == 177
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "guides" / "mace-torch.md").read_text()
     block = text[text.index(MAPPING_START) + len(MAPPING_START):text.index(MAPPING_END)]
     assert block.strip() == mapping_markdown().strip(), (
-        "README's mace-torch table differs: paste orbitgraph.train.mace_torch."
+        "docs/guides/mace-torch.md's table differs: paste orbitgraph.train.mace_torch."
         "mapping_markdown() between the markers")
+
+
+def test_the_readme_mace_torch_example_is_a_run_on_the_bundled_sample(tmp_path):
+    """The README's mace.yaml reads as a run of the bundled sample, and its commands name
+    that run: ``orbitgraph train --config mace.yaml``, then ``evaluate`` of its checkpoint
+    on its store."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Train from a mace-torch config"):]
+    section = section[:section.index("\n## ")]
+    (doc,) = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    run = settings(tmp_path, doc)
+    assert (ROOT / run.source).is_file(), run.source
+    assert (run.out, run.store) == (str(Path("runs/mace-emt")), str(Path("runs/mace-emt/store")))
+    assert (run.model.self_interaction, run.model.channels, run.model.correlation) == (
+        "symmetric_contraction", 16, 2)
+    assert (run.train.epochs, run.train.precision, run.train.ema_decay) == (2, "float32", 0.99)
+    commands = re.findall(r"^orbitgraph .*$", section, re.M)
+    assert commands == ["orbitgraph train --config mace.yaml",
+                        f"orbitgraph evaluate {run.out}/checkpoint.pt --store {run.store}"]
+    assert f"{run.out}/evaluate-test/predictions.extxyz" in section
 
 
 def test_mace_torch_names_without_the_preset_say_how(tmp_path):

@@ -1,7 +1,7 @@
-"""The build on a real batch system: the README's SLURM section, run on a one-node SLURM that
-``tests/cluster/slurm_node.py`` starts on this machine, gives the store an in-process build
-gives; a cancelled worker job is survived; a refused job and a job that never starts end
-the build with one line.
+"""The build on a real batch system: the SLURM guide's section (docs/guides/slurm.md), run on
+a one-node SLURM that ``tests/cluster/slurm_node.py`` starts on this machine, gives the store
+an in-process build gives; a cancelled worker job is survived; a refused job and a job that
+never starts end the build with one line.
 
 Skipped where SLURM's daemons are not installed (or this is not root); under ``CI`` that is
 a failure instead, so a broken install cannot pass as a skip (``.ci/run`` installs them).
@@ -37,9 +37,10 @@ SLOW_SHARDS = ROOT / "tests" / "cluster" / "slow_shards.py"
 
 
 def readme_cluster_section() -> dict:
-    """The ``cluster`` mapping of the README's YAML block under "On a SLURM cluster"."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### On a SLURM cluster"):]
+    """The ``cluster`` mapping of the first YAML block of the SLURM guide
+    (docs/guides/slurm.md, "On a SLURM cluster")."""
+    text = (ROOT / "docs" / "guides" / "slurm.md").read_text()
+    section = text[text.index("# On a SLURM cluster"):]
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     return yaml.safe_load(block)["cluster"]
 
@@ -167,7 +168,7 @@ def test_readme_cluster_section_is_a_slurm_job_script(tmp_path):
 
 
 def test_pipelines_yaml_slurm_comment_has_the_readme_keys():
-    """The commented SLURM example in pipelines.yaml uses the README's keys (site values)."""
+    """The commented SLURM example in pipelines.yaml uses the guide's keys (site values)."""
     lines = (ROOT / "pipelines.yaml").read_text().splitlines()
     start = lines.index("  # kind: slurm")
     block = []

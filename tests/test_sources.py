@@ -379,6 +379,59 @@ def test_gzip_extxyz_gives_the_store_of_the_plain_file(tmp_path, layout):
             np.testing.assert_array_equal(ra[key], rb[key], err_msg=f"{fid} {key}")
 
 
+# ------------------------------------------------------- 9. material ids and config_type
+
+def test_extxyz_without_a_material_id_is_split_by_frame_with_a_one_line_warning(tmp_path,
+                                                                                caplog):
+    """Frames without mp_id/material_id are each a material: the build warns once, in one
+    line naming the keys to add (logged, and in the summary); with mp_id, or without val
+    and test splits, it does not."""
+    import logging
+
+    from orbitgraph.preprocess.store import SplitParams
+
+    frames = _materials_frames()
+    unnamed = [{k: v for k, v in f.items() if k != "mp_id"} for f in frames]
+    with caplog.at_level(logging.WARNING, logger="orbitgraph.build"):
+        summary = build_store(_xyz(tmp_path / "unnamed.extxyz", unnamed), tmp_path / "a",
+                              **QUIET)
+    warned = [w for w in summary.warnings if "without a material id" in w]
+    assert len(warned) == 1 and "\n" not in warned[0], summary.warnings
+    assert warned[0].startswith(f"{tmp_path / 'unnamed.extxyz'}: 6 frames without a material "
+                                "id (mp_id= or material_id= on the comment line)")
+    assert "add mp_id=ID to every frame" in warned[0]
+    assert warned[0] in [r.getMessage() for r in caplog.records]
+    assert len(set(open_store(tmp_path / "a").index.column("material_id").to_pylist())) == 6
+    named = build_store(_xyz(tmp_path / "named.extxyz", frames), tmp_path / "b", **QUIET)
+    assert not [w for w in named.warnings if "material id" in w]
+    unsplit = build_store(tmp_path / "unnamed.extxyz", tmp_path / "c", **QUIET,
+                          split=SplitParams(val_fraction=0.0, test_fraction=0.0))
+    assert unsplit.warnings == []
+
+
+def test_config_type_is_kept_in_the_index_and_an_older_index_reads_as_none(tmp_path):
+    """extxyz config_type lands in the index (null where a frame has none) and on the
+    store's Atoms; an index written without the column (an older store) opens, all null."""
+    import pyarrow.parquet as pq
+
+    frames = _materials_frames(4)
+    frames[1]["info"] = {"config_type": "Bulk"}
+    frames[2]["info"] = {"config_type": "IsolatedAtom"}
+    build_store(_xyz(tmp_path / "typed.extxyz", frames), tmp_path / "s", **QUIET)
+    store = open_store(tmp_path / "s")
+    assert dict(zip(store.frame_ids, store.index.column("config_type").to_pylist(),
+                    strict=True)) == {"m0-0": None, "m0-1": "Bulk", "m1-2": "IsolatedAtom",
+                                      "m1-3": None}
+    position = store.frame_ids.index("m0-1")
+    assert store.atoms(position).info["config_type"] == "Bulk"
+    assert "config_type" not in store.atoms(store.frame_ids.index("m0-0")).info
+    index = tmp_path / "s" / "index.parquet"
+    pq.write_table(pq.read_table(index).drop(["config_type"]), index)
+    old = open_store(tmp_path / "s")
+    assert old.index.column("config_type").to_pylist() == [None] * 4
+    assert old.index.drop(["config_type"]).equals(store.index.drop(["config_type"]))
+
+
 # ------------------------------------------------------------------ 4. empty stores
 
 def _empty_source(tmp_path, variant):

@@ -525,11 +525,12 @@ def test_calculator_and_evaluate_warn_once_per_untrained_element(store_path, tmp
 # --------------------------------------------------------------------------- stress
 
 def test_stress_counts_in_gpa():
-    """By default a 1 GPa error in every stress component weighs as much in the loss as a
-    0.1 eV/Å error in every force component (stress in GPa, weight 0.1; forces weight 10)."""
+    """Stress counts in GPa: under the squared loss with stress weight 0.1 and forces weight
+    10, a 1 GPa error in every stress component weighs as much as a 0.1 eV/Å error in every
+    force component."""
     from ase.build import bulk
 
-    cfg = TrainConfig()
+    cfg = TrainConfig(loss="mse", stress_weight=0.1, forces_weight=10.0)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     batch = collate([frame_from_structure(atoms.cell.array, atoms.positions, atoms.numbers,
                                           GraphParams(k=16), energy=-14.0,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from orbitgraph.errors import ConfigError, InputError
 from orbitgraph.model import Potential
 from orbitgraph.model.potential import FLOAT_DTYPES
+from orbitgraph.model.program import ExportedPotential
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import batch_from_structures
 from orbitgraph.train.weights import load_potential
@@ -48,20 +50,39 @@ class OrbitCalculator(Calculator):
     (torch.float32 or torch.float64) on ``device``, on graphs built with ``graph``'s
     parameters. ``model`` itself is used where it already is in that dtype on that device,
     a converted copy otherwise (see the module docstring); it is never changed.
+
+    ``model`` may also be a path: a model file (``orbitgraph package``), ``best.pt`` or
+    ``checkpoint.pt`` (with ``weights="ema"`` or ``"raw"``, as :meth:`from_checkpoint`),
+    or an exported program (``.pt2``, which runs in the dtype it was exported in: another
+    ``dtype`` is a ConfigError); ``graph`` and ``known_elements`` then default to the
+    file's.
     ``known_elements``: the chemical symbols of the model's training frames (from the
     checkpoint; None when the model was handed over without them, and then nothing is
     checked). Raises ValueError for another dtype or a graph the model's rank envelope
-    cannot use."""
+    cannot use, ConfigError for a model handed over without ``graph``, and what
+    :func:`orbitgraph.train.weights.load_potential` raises for a path."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model: Potential, graph: GraphParams | dict, device: str = "cpu",
+    def __init__(self, model: Potential | ExportedPotential | str | os.PathLike,
+                 graph: GraphParams | dict | None = None, device: str = "cpu",
                  dtype: torch.dtype = torch.float64, known_elements: list[str] | None = None,
-                 **kwargs):
-        super().__init__(**kwargs)
+                 weights: str | None = None, **kwargs):
         if dtype not in FLOAT_DTYPES:
             raise ConfigError(f"OrbitCalculator: dtype is torch.float32 or torch.float64, "
                               f"not {dtype}")
+        said = "the model handed over"
+        if isinstance(model, (str, os.PathLike)):  # a model file, checkpoint or program
+            saved = load_potential(model, device=device, weights=weights, dtype=dtype)
+            model, said = saved.model.eval(), saved.weights
+            graph = saved.graph if graph is None else graph
+            known_elements = saved.trained_elements if known_elements is None \
+                else known_elements
+        elif graph is None or weights is not None:
+            raise ConfigError("OrbitCalculator: a model handed over needs its graph "
+                              "parameters (graph=...) and has one set of weights (no "
+                              "weights=...); a file carries its graph parameters")
+        super().__init__(**kwargs)
         self.known_elements = sorted(known_elements) if known_elements is not None else None
         self._warned: set[str] = set()
         graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
@@ -72,7 +93,7 @@ class OrbitCalculator(Calculator):
         self.dtype = dtype
         self.model = (model if is_placed(model, self.device, dtype)
                       else copy.deepcopy(model).to(device=self.device, dtype=dtype).eval())
-        self.weights = "the model handed over"  # from_checkpoint: which weights of the file
+        self.weights = said  # from a file: which weights of the file, in words
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
@@ -83,11 +104,7 @@ class OrbitCalculator(Calculator):
         which ones, in words: :attr:`weights`. The potential is built in ``dtype`` and its
         weights loaded into it (bit for bit where the checkpoint has this dtype, see
         :func:`orbitgraph.model.model_from_checkpoint`), no copy."""
-        saved = load_potential(path, device=device, weights=weights, dtype=dtype)
-        calc = cls(saved.model.eval(), saved.graph, device=device, dtype=dtype,
-                   known_elements=saved.trained_elements, **kwargs)
-        calc.weights = saved.weights
-        return calc
+        return cls(path, device=device, dtype=dtype, weights=weights, **kwargs)
 
     def _warn_untrained(self, symbols: list[str]) -> None:
         if self.known_elements is None:

@@ -56,6 +56,10 @@ class TrainState:
     # resumed epoch logs the mean over all its steps
     epoch_loss_sum: float = 0.0
     epoch_loss_steps: int = 0
+    # the epoch's largest step loss so far and its step: a mean that a few steps dominate
+    # says so (the log lines show every log_every-th step only)
+    epoch_loss_max: float = 0.0
+    epoch_loss_max_step: int = 0
 
 
 def rng_state() -> dict:
@@ -104,8 +108,8 @@ def save_checkpoint(trainer: Trainer, path: Path | None = None) -> None:
 def load_checkpoint(trainer: Trainer, path: Path) -> None:
     """Continue ``trainer``'s run from ``path``: its states, with this run's budget and
     schedule settings (a larger budget continues a finished run; the cosine then spans the
-    new one). Raises :class:`ResumeError` where ``path`` holds another run
-    (:func:`check_same_run`)."""
+    new one, and ``trainer.replanned`` says how the rate changed). Raises
+    :class:`ResumeError` where ``path`` holds another run (:func:`check_same_run`)."""
 
     ckpt = read_checkpoint(path, map_location=trainer.device)
     check_same_run(trainer, ckpt)
@@ -118,6 +122,7 @@ def load_checkpoint(trainer: Trainer, path: Path) -> None:
     if "last_epoch" not in schedule:  # written before the schedule was torch's: same count
         schedule = {**schedule, "last_epoch": state.step}
     trainer.schedule.load_state_dict(schedule)
+    trainer.replanned = trainer.schedule.replan_text(schedule)
     trainer.state = state
     state.finished = trainer.budget_reached() or trainer.stopped_early()
     trainer.resumed_from = state.step

@@ -228,21 +228,41 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from orbitgraph.train.evaluation import evaluate, write_json
-    from orbitgraph.train.metrics import table
+    from orbitgraph.train.evaluation import evaluate, evaluate_source, write_json
+    from orbitgraph.train.report import evaluation_table
 
     settings = evaluate_settings(args)
     if not Path(args.checkpoint).is_file():
         raise MissingFileError(f"{args.checkpoint}: no such checkpoint")
     device = settings.device or "cpu"
-    metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
-                       weights=args.weights)
+    if args.source is not None:
+        if args.split is not None:
+            raise ConfigError("--split: with --source every frame of the file is evaluated "
+                              "(a store's splits: --store)", "--split")
+        name = Path(args.source.rstrip("/")).name.split(".")[0]
+        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"evaluate-{name}"
+        keys = _given(args, energy_key="energy_key", forces_key="forces_key",
+                      stress_key="stress_key", virial_key="virial_key")
+        metrics = evaluate_source(args.checkpoint, args.source, out, source_format=args.format,
+                                  device=device, weights=args.weights, label_keys=keys)
+    else:
+        given = [flag for flag in ("format", "energy_key", "forces_key", "stress_key",
+                                   "virial_key") if getattr(args, flag) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag}: reads a --source file; a --store's labels are "
+                              "stored already", flag)
+        out = (Path(args.out) if args.out
+               else Path(args.checkpoint).parent / f"evaluate-{settings.split}")
+        metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
+                           weights=args.weights, out=out)
+    if args.json:
+        metrics["files"]["metrics"] = str(Path(args.json))
     print(f"weights: {metrics['weights']}")
-    print(table(metrics))
-    out = (Path(args.json) if args.json
-           else Path(args.checkpoint).with_name(f"metrics_{settings.split}.json"))
-    write_json(out, metrics)
-    print(f"metrics written to {out}")
+    print(evaluation_table(metrics))
+    write_json(Path(metrics["files"]["metrics"]), metrics)
+    for kind, path in metrics["files"].items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -253,6 +273,24 @@ def _cmd_export(args) -> int:
     count = export_store(open_store(args.store), args.out, format=args.format, split=args.split)
     split = f" (split {args.split})" if args.split else ""
     print(f"exported {count} frames of {args.store}{split} to {args.out}")
+    return 0
+
+
+def _cmd_package(args) -> int:
+    import torch
+
+    from orbitgraph.train.package import package_model
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    done = package_model(args.checkpoint, args.out, program=args.program,
+                         weights=args.weights, dtype=dtype)
+    kind = str(done.dtype).removeprefix("torch.")
+    print(f"weights: {done.weights}")
+    print(f"model file ({kind}) written to {done.model_file}")
+    if done.program is not None:
+        print(f"exported program ({kind}, torch.export) written to {done.program}; its "
+              f"energy, forces and stress differ from the model file's by "
+              f"{done.program_difference:.1e} (relative, largest)")
     return 0
 
 
@@ -312,8 +350,10 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
                        + "\nwith a pipelines.yaml, its keys:\n" + pipeline_keys)
     s.add_argument("pipeline", nargs="?", help="pipelines.yaml; builds its stores")
     s.add_argument("--store", help="with a pipelines.yaml: only this store")
-    s.add_argument("--source", help="MPtrj .json/.json.gz, or extxyz file or folder")
-    s.add_argument("--format", choices=["mptrj-json", "extxyz"], help="default: from the name")
+    s.add_argument("--source", help="MPtrj .json/.json.gz; extxyz, ASE .db/.aselmdb or "
+                   "Alexandria .json.bz2 files: a file, a folder or a quoted glob pattern")
+    s.add_argument("--format", choices=["mptrj-json", "extxyz", "ase-db", "alexandria-json"],
+                   help="default: from the name")
     s.add_argument("--out", help="store directory")
     s.add_argument("--k", type=_value, help="store.graph.k")
     s.add_argument("--ties", type=_value, help="store.graph.ties: include or break")
@@ -371,16 +411,31 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     _set_option(s, "train.lr=1e-3 --set model.channels=32")
     s.set_defaults(func=_cmd_train)
     s = sub.add_parser("evaluate", formatter_class=raw,
-                       help="metrics of a checkpoint on a split of a store",
+                       help="errors of a checkpoint on a split of a store or on a source "
+                       "file, beside the baselines; per-frame predictions and a parity plot",
                        epilog=_keys((EvaluateConfig, "evaluate", None)))
     s.add_argument("checkpoint")
-    s.add_argument("--store", required=True)
+    frames = s.add_mutually_exclusive_group(required=True)
+    frames.add_argument("--store", help="a store: evaluate one of its splits (--split)")
+    frames.add_argument("--source", help="MPtrj .json/.json.gz, or extxyz file or folder: "
+                        "evaluate all its frames, graphs built with the checkpoint's graph "
+                        "parameters (into OUT/store)")
+    s.add_argument("--format", choices=["mptrj-json", "extxyz"], help="with --source: its "
+                   "format (default: from the name)")
+    for name, what in (("energy", "the energy, eV"), ("forces", "the forces, eV/Å"),
+                       ("stress", "the stress, eV/Å³ with ASE's sign"),
+                       ("virial", "the virial, eV (stored as the stress -virial / V)")):
+        s.add_argument(f"--{name}-key", help=f"with --source: the field holding {what} "
+                       "(default: the source's convention, as orbitgraph build reads it)")
     s.add_argument("--split", help="evaluate.split: train, val or test (default: test)")
+    s.add_argument("--out", help="folder for predictions.extxyz, predictions.csv, parity.png "
+                   "and metrics.json (default: evaluate-SPLIT, or evaluate-SOURCENAME, beside "
+                   "the checkpoint)")
     s.add_argument("--device", help="evaluate.device (default: cpu)")
     s.add_argument("--weights", choices=["ema", "raw"], help="which weights of a training "
                    "checkpoint.pt (default: those validation used, the EMA's where training "
                    "kept one; best.pt holds those only)")
-    s.add_argument("--json", help="where to write the metrics (default: beside the checkpoint)")
+    s.add_argument("--json", help="where to write the metrics (default: OUT/metrics.json)")
     _set_option(s, "evaluate.split=val")
     s.set_defaults(func=_cmd_evaluate)
     s = sub.add_parser("export", help="write a store's frames and labels to a file "
@@ -390,6 +445,18 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the file to write (.xyz, or .xyz.gz)")
     s.add_argument("--split", choices=["train", "val", "test"], help="only this split")
     s.set_defaults(func=_cmd_export)
+    s = sub.add_parser("package", help="write a trained model as one file that loads "
+                       "without the training code (and optionally as a torch.export program)")
+    s.add_argument("checkpoint", help="a run's checkpoint.pt or best.pt, or a model file")
+    s.add_argument("--out", required=True, help="the model file to write (e.g. model.pt)")
+    s.add_argument("--program", help="also write the model as a torch.export program to "
+                   "this file (its name ends in .pt2)")
+    s.add_argument("--weights", choices=["ema", "raw"], help="which weights of a training "
+                   "checkpoint.pt (default: those validation used, the EMA's where training "
+                   "kept one)")
+    s.add_argument("--dtype", choices=["float32", "float64"], help="the dtype of the "
+                   "weights written and of the program (default: the checkpoint's)")
+    s.set_defaults(func=_cmd_package)
     s = sub.add_parser("run", formatter_class=raw,
                        help="build, train and evaluate the experiments of pipelines.yaml",
                        epilog=pipeline_keys)
@@ -422,10 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command of ``argv`` (default: the program's arguments); returns the exit
     status: 0 done, 1 ``verify`` found a problem or a build process died, 2 a user error
     (:class:`~orbitgraph.errors.OrbitgraphError`, or an ``OSError`` naming a file that
-    cannot be opened), 130 interrupted. Any other exception propagates with its traceback:
-    it is a defect, not the user's doing."""
+    cannot be opened), 130 interrupted (Ctrl-C), 128 + N a training run stopped by signal N
+    after checkpointing (130 SIGINT, 143 SIGTERM; :mod:`orbitgraph.train.interrupts`). Any
+    other exception propagates with its traceback: it is a defect, not the user's doing."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser(keys=any(a in ("-h", "--help") for a in argv)).parse_args(argv)
+    from orbitgraph.train.interrupts import Interrupted
     from orbitgraph.train.logs import setup_logging, teardown_logging
     handler = setup_logging(logging.WARNING if args.quiet else
                             logging.DEBUG if args.verbose else logging.INFO)
@@ -442,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     except BuildProcessError as err:  # not the user's doing: status 1, as a crash
         _error(err)
         return 1
+    except Interrupted as err:  # the trainer checkpointed and said where it resumes
+        return err.exit_status  # 128 + the signal's number, as if the signal had ended it
     except KeyboardInterrupt:
         print("orbitgraph: interrupted; what was committed is kept (a build's shards, a "
               "training run's checkpoints): the same command resumes", file=sys.stderr)

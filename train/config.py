@@ -1,6 +1,6 @@
 """Typed training and evaluation configuration (from a dict, the ``train:`` section of
-pipelines.yaml or ``orbitgraph train --config``), and the README's configuration reference
-generated from every declaration (:func:`reference_markdown`)."""
+pipelines.yaml or ``orbitgraph train --config``), and the configuration reference
+(docs/reference/configuration.md) generated from every declaration (:func:`reference_markdown`)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -11,7 +11,7 @@ from orbitgraph.config import Config
 from orbitgraph.train.loader_config import Device, LoaderConfig
 
 CHOICES = {
-    "loss": ("mse", "huber"),
+    "loss": ("mse", "huber", "universal"),  # orbitgraph.train.metrics
     "optimizer": ("adam", "adamw"),
     "schedule": ("cosine", "plateau", "constant"),
     "precision": ("float64", "float32", "tf32", "bf16"),
@@ -27,7 +27,8 @@ class TrainConfig(Config):
     epochs: int = Field(10, ge=1, description="train to this many epochs")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser "
                                   "steps (overrides epochs)")
-    lr: float = Field(1e-3, gt=0, description="learning rate (peak, after warmup)")
+    lr: float = Field(1e-2, gt=0, description="learning rate (peak, after warmup; "
+                      "MACE-MP's)")
     optimizer: Literal[CHOICES["optimizer"]] = Field("adam", description="Adam or AdamW")
     amsgrad: bool = Field(False, description="the AMSGrad variant of Adam/AdamW (mace-torch's "
                           "default)")
@@ -35,7 +36,7 @@ class TrainConfig(Config):
                                 "decay")
     schedule: Literal[CHOICES["schedule"]] = Field("cosine", description="learning-rate "
                                                    "schedule after warmup")
-    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup")
+    warmup_steps: int = Field(10, ge=0, description="steps of linear warmup")
     plateau_patience: int = Field(3, ge=0, description="plateau: epochs without validation "
                                   "improvement before the rate drops")
     plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau: factor of each drop")
@@ -46,16 +47,23 @@ class TrainConfig(Config):
     precision: Literal[CHOICES["precision"]] = Field("float64", description="float64, "
                                                      "float32, tf32 (TF32 matmuls) or bf16 "
                                                      "(autocast)")
-    loss: Literal[CHOICES["loss"]] = Field("mse", description="mse or huber")
-    huber_delta: float = Field(0.01, gt=0, description="in each term's unit: eV/atom, eV/Å, "
-                               "GPa")
+    loss: Literal[CHOICES["loss"]] = Field(
+        "universal", description="per component: mse (squared error), huber (Huber's loss with "
+        "huber_delta in each term's unit) or universal (mace-torch's MACE-MP loss: huber, "
+        "except that a force component's delta is huber_delta × 1, 0.7, 0.4 or 0.1 where its "
+        "atom's reference |F| is < 100, < 200, < 300 or >= 300 eV/Å, and the stress delta is "
+        "huber_delta eV/Å³, i.e. 160.2 × huber_delta GPa)")
+    huber_delta: float = Field(0.01, gt=0, description="huber and universal: where the loss "
+                               "turns from quadratic to linear: eV/atom, eV/Å and GPa (huber) "
+                               "or eV/Å³ (universal's stress)")
     # loss weights, on squared (or Huber) errors of: energy per atom in eV, force components
     # in eV/Å, stress components in GPa. In GPa (as CHGNet trains on MPtrj), a 1 GPa stress
     # error weighs as much as a 0.1 eV/Å force error; in eV/Å³ it would weigh 160² times
     # less and stress would go untrained.
     energy_weight: float = Field(1.0, ge=0, description="on energy per atom errors, eV")
     forces_weight: float = Field(10.0, ge=0, description="on force component errors, eV/Å")
-    stress_weight: float = Field(0.1, ge=0, description="on stress component errors, GPa")
+    stress_weight: float = Field(0.004, ge=0, description="on stress component errors, GPa "
+                                 "(MACE-MP's 100 per (eV/Å³)², ÷ 160.2²)")
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without "
                                                 "validation improvement (null: never stop)")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")

@@ -1,7 +1,7 @@
 """A map-style ``torch.utils.data.Dataset`` over a store or a subset, for any PyTorch code.
 
 ``dataset[i]`` is frame ``i`` of the (sub)set: its tensors with its graph, named and shaped
-as the store schema declares them (:mod:`orbitgraph.preprocess.schema`; README "The store"):
+as the store schema declares them (:mod:`orbitgraph.preprocess.schema`; docs/guides/store.md):
 
 ==================  =========================  =============  ======================
 field               shape                      dtype          unit

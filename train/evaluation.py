@@ -1,8 +1,18 @@
 """Errors of a potential on a store's frames: validation during training, ``evaluate`` of a
-saved model, and the elements a model never trained on.
+saved model (on a split of a store, or on every frame of a source file), and the elements a
+model never trained on.
 
 Metrics (:class:`~orbitgraph.train.metrics.ErrorAccumulator`): MAE/RMSE of the energy per
-atom (meV/atom), the force components (meV/Å) and the stress components (GPa).
+atom (meV/atom), the force components (meV/Å) and the stress components (GPa), beside the
+baselines of :func:`orbitgraph.train.report.baselines` (E0-only energy, zero force, zero
+stress) and, where the frames have a ``config_type``, per config_type.
+
+``evaluate`` with an output folder writes there (:func:`write_outputs`):
+
+    predictions.extxyz   labels (REF_*) and predictions per frame (train/predictions.py)
+    predictions.csv      one row per frame
+    parity.png           predicted against reference energy, forces, stress
+    metrics.json         the metrics (unless the command names another file)
 """
 from __future__ import annotations
 
@@ -10,27 +20,35 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 from orbitgraph.errors import StoreError
 from orbitgraph.model import Potential
+from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.distributed import DistInfo, all_sum
 from orbitgraph.train.loader import LoaderConfig, make_loader
 from orbitgraph.train.metrics import ErrorAccumulator
-from orbitgraph.train.weights import load_potential
+from orbitgraph.train.predictions import Predictions
+from orbitgraph.train.report import baselines
+from orbitgraph.train.weights import SavedPotential, load_potential
 
 
 def add_errors(acc: ErrorAccumulator, model: Potential, batches: Iterable,
-               device: torch.device | str, dtype: torch.dtype) -> None:
+               device: torch.device | str, dtype: torch.dtype,
+               each: Callable[[dict, Batch], None] | None = None) -> None:
     """Add ``model``'s energies, forces and stresses on each of ``batches`` (moved to
-    ``device`` and ``dtype``) and their labels to ``acc``."""
+    ``device`` and ``dtype``) and their labels to ``acc``; ``each(out, batch)`` is called
+    too with the model's output on each batch where given."""
     for batch in batches:
         batch = batch.to(device, dtype)
-        acc.add(model(batch, forces=True, stress=True, training=False), batch)
+        out = model(batch, forces=True, stress=True, training=False)
+        acc.add(out, batch)
+        if each is not None:
+            each(out, batch)
 
 
 def validation_metrics(model: Potential, frames: GraphStore, loader: LoaderConfig, graph,
@@ -91,30 +109,105 @@ def frames_to_evaluate(store: GraphStore, split: str) -> GraphStore:
 
 
 def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str = "test",
-             device: str = "cpu", max_atoms: int = 2048, weights: str | None = None) -> dict:
+             device: str = "cpu", max_atoms: int = 2048, weights: str | None = None,
+             out: str | Path | None = None) -> dict:
     """MAE/RMSE of a saved model (in float64) on a split of a store, which weights they are
     (``weights``, in words: by default those validation used, the EMA's where training kept
-    one; see :func:`orbitgraph.train.weights.load_potential`), and how many of the split's
-    frames hold elements that none of the model's training frames held (see
-    :func:`untrained_elements`); one warning per such element (``orbitgraph.evaluate``
-    logger). Raises StoreError when the split holds no frames (:func:`frames_to_evaluate`)."""
+    one; see :func:`orbitgraph.train.weights.load_potential`), the baselines' MAEs on the
+    same frames (``baseline``), the metrics per config_type where the frames have one
+    (``by_config_type``), and how many of the split's frames hold elements that none of the
+    model's training frames held (see :func:`untrained_elements`); one warning per such
+    element (``orbitgraph.evaluate`` logger). With ``out`` (a folder, created), the
+    predictions, the parity plot and the metrics are written there (:func:`write_outputs`;
+    their paths under ``files``). Raises StoreError when the split holds no frames
+    (:func:`frames_to_evaluate`)."""
     saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
     store = store if isinstance(store, GraphStore) else open_store(store)
     subset = frames_to_evaluate(store, split)
+    return evaluate_frames(saved, subset, split, f"{store.root}: {split} split", device,
+                           max_atoms, out)
+
+
+def evaluate_source(checkpoint: str | Path, source: str | Path, out: str | Path,
+                    source_format: str | None = None, device: str = "cpu",
+                    max_atoms: int = 2048, weights: str | None = None,
+                    label_keys: dict[str, str] | None = None) -> dict:
+    """:func:`evaluate` on every frame of a source file or folder (MPtrj JSON or extended
+    XYZ, read as ``orbitgraph build`` reads it: the source's label conventions, quarantine
+    of bad records). Its graphs are built with the checkpoint's graph parameters into a
+    store in ``out``/store (:func:`orbitgraph.preprocess.build.build_store`, in this
+    process, no val or test split), which a rerun on the same source reuses; the outputs
+    are written to ``out``. ``label_keys``: the fields holding the labels, as
+    ``orbitgraph build`` takes them ({"energy_key": ..., "forces_key": ..., "stress_key":
+    ..., "virial_key": ...}; those not given follow the source's convention), e.g. for a
+    file holding both ``REF_energy`` and a model's ``energy``. The energy baseline's E0s
+    are the least-squares fit to these frames. Raises what ``build_store`` raises (one line
+    naming the source) for a source that holds no usable frame, a folder ``out``/store that
+    holds another store, or a label it cannot tell."""
+    from orbitgraph.preprocess.build import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.store.params import SplitParams, StoreParams
+
+    saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
+    params = StoreParams.from_dict(dict(label_keys or {}), where="evaluate").model_copy(
+        update={"graph": saved.graph,
+                "split": SplitParams(val_fraction=0.0, test_fraction=0.0)})
+    summary = build_store(source, Path(out) / "store", params, source_format=source_format,
+                          cluster=ClusterConfig(kind="synchronous"), progress=False)
+    if summary.quarantined:
+        logging.getLogger("orbitgraph.evaluate").warning(
+            f"{source}: {summary.quarantined} records not evaluated (quarantined: see "
+            f"{summary.store}/quarantine.parquet)")
+    store = open_store(summary.store)
+    return evaluate_frames(saved, store, "all", f"{source}: all frames", device, max_atoms,
+                           out)
+
+
+def evaluate_frames(saved: SavedPotential, frames: GraphStore, split: str, title: str,
+                    device: str = "cpu", max_atoms: int = 2048,
+                    out: str | Path | None = None) -> dict:
+    """The metrics of :func:`evaluate` for the model ``saved`` on ``frames`` (a store or a
+    subset of one, not empty) named ``split`` in the metrics and ``title`` on the plot;
+    written to ``out`` where given."""
     model = saved.model.to(device=device, dtype=torch.float64).eval()
-    loader = make_loader(subset, LoaderConfig(max_atoms=max_atoms, shuffle=False),
+    loader = make_loader(frames, LoaderConfig(max_atoms=max_atoms, shuffle=False),
                          graph=saved.graph)
     acc = ErrorAccumulator()
-    add_errors(acc, model, loader, device, torch.float64)
-    n_untrained, untrained = untrained_elements(saved.trained_elements, subset)
-    per_frame = subset.index["elements"].to_pylist()
+    predictions = Predictions(frames, keep=out is not None)
+    add_errors(acc, model, loader, device, torch.float64, each=predictions.add)
+    n_untrained, untrained = untrained_elements(saved.trained_elements, frames)
+    per_frame = frames.index["elements"].to_pylist()
     for el in untrained:
         n = sum(1 for frame in per_frame if el in frame)
         logging.getLogger("orbitgraph.evaluate").warning(
             f"element {el}: no training frame of this model held it (its E0 is 0 eV "
-            f"and the network never saw it); {n} of the {len(subset)} {split} frames hold it")
-    return {"split": split, "weights": saved.weights, **acc.result(),
-            "frames_with_untrained_elements": n_untrained, "untrained_elements": untrained}
+            f"and the network never saw it); {n} of the {len(frames)} {split} frames hold it")
+    metrics = {"split": split, "weights": saved.weights, **acc.result(),
+               "baseline": baselines(frames, None),
+               "by_config_type": {group: {**group_acc.result(),
+                                          "baseline": baselines(
+                                              predictions.config_type_frames(group), None)}
+                                  for group, group_acc in sorted(
+                                      predictions.by_config_type.items())},
+               "frames_with_untrained_elements": n_untrained, "untrained_elements": untrained}
+    if out is not None:
+        metrics["files"] = write_outputs(Path(out), predictions, metrics,
+                                         f"{title} ({len(frames)} frames)")
+    return metrics
+
+
+def write_outputs(out: Path, predictions: Predictions, metrics: dict, title: str) -> dict:
+    """``predictions.extxyz``, ``predictions.csv`` and ``parity.png`` in ``out`` (created);
+    {kind: path}, with ``metrics`` where the metrics JSON goes (written by the caller)."""
+    from orbitgraph.train.plots import write_parity
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"extxyz": out / "predictions.extxyz", "csv": out / "predictions.csv",
+             "parity": out / "parity.png", "metrics": out / "metrics.json"}
+    predictions.write_extxyz(files["extxyz"])
+    predictions.write_csv(files["csv"])
+    write_parity(files["parity"], predictions.pairs(), metrics, metrics["baseline"], title)
+    return {kind: str(path) for kind, path in files.items()}
 
 
 def write_json(path: Path, data: dict) -> None:

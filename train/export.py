@@ -11,6 +11,18 @@ default and nequip maps with ``key_mapping``::
                              absent where the store has none
     magmoms      per atom    μB, where the frame has magnetic moments
     frame_id, material_id    the store's ids
+    config_type              the source's, where the frame has one
+
+``orbitgraph evaluate`` writes its predictions with the same writer, beside the labels, under
+the keys mace-torch's ``mace_eval_configs`` writes (with ``--info_prefix ""``) and that
+``ase.io.read`` takes as the frame's calculator results::
+
+    energy       per frame   eV
+    forces       per atom    eV/Å (3 columns)
+    stress       per frame   eV/Å³, ASE's sign: the 3x3 tensor (9 values, in the order ASE's
+                             writer gives its ``stress`` key; ``ase.io.read`` turns it into
+                             the 6 Voigt values of ``atoms.get_stress()``); absent where the
+                             frame has no stress label
 
 Numbers are written with Python's shortest round-trip representation (ASE's writer rounds
 per-atom columns to 1e-8, coarser than the graph's 1e-9 Å distance grid), so a store built
@@ -41,12 +53,19 @@ def _numbers(values: np.ndarray) -> str:
     return " ".join(map(repr, np.asarray(values, dtype=np.float64).ravel().tolist()))
 
 
-def frame_text(atoms: Atoms) -> str:
+PREDICTED_KEYS = ("energy", "forces", "stress")
+
+
+def frame_text(atoms: Atoms, predicted: dict | None = None) -> str:
     """One frame of extended XYZ: ``atoms`` with its labels from ``atoms.calc.results``
     (``energy`` eV and ``forces`` eV/Å required; ``stress`` eV/Å³ ASE sign, 6 Voigt values,
-    and ``magmoms`` optional) and ``frame_id``/``material_id`` from ``atoms.info``.
+    and ``magmoms`` optional) and ``frame_id``/``material_id``/``config_type`` from
+    ``atoms.info``; with ``predicted`` ({``energy``: eV, ``forces``: (N, 3) eV/Å,
+    ``stress``: (3, 3) eV/Å³ ASE sign, or absent}), a model's values too, under
+    :data:`PREDICTED_KEYS` (see the module docstring).
 
-    Raises ValueError naming the frame when it has no energy or forces.
+    Raises InputError naming the frame when it has no energy or forces, or a stress of
+    another shape.
     """
     name = atoms.info.get("frame_id", "?")
     results = atoms.calc.results if atoms.calc is not None else {}
@@ -54,6 +73,8 @@ def frame_text(atoms: Atoms) -> str:
     if missing:
         raise InputError(f"frame {name}: no {' and no '.join(missing)} to export")
     columns = {"pos": atoms.positions, FORCES_KEY: results["forces"]}
+    if predicted is not None:
+        columns["forces"] = np.asarray(predicted["forces"], dtype=np.float64).reshape(-1, 3)
     if "magmoms" in results:
         columns["magmoms"] = np.asarray(results["magmoms"]).reshape(-1, 1)
     properties = "species:S:1:" + ":".join(f"{key}:R:{np.shape(a)[1]}"
@@ -66,7 +87,11 @@ def frame_text(atoms: Atoms) -> str:
             raise InputError(f"frame {name}: stress of shape {stress.shape}; expected the 6 "
                              "Voigt values an ASE calculator holds")
         info[STRESS_KEY] = stress
-    for key in ("frame_id", "material_id"):
+    if predicted is not None:
+        info["energy"] = float(predicted["energy"])
+        if predicted.get("stress") is not None:
+            info["stress"] = np.asarray(predicted["stress"], dtype=np.float64).reshape(3, 3)
+    for key in ("frame_id", "material_id", "config_type"):
         if key in atoms.info:
             info[key] = str(atoms.info[key])
     info["pbc"] = np.asarray(atoms.pbc, dtype=bool)
@@ -80,16 +105,24 @@ def frame_text(atoms: Atoms) -> str:
 
 def write_extxyz(images: Iterable[Atoms], path: str | Path) -> int:
     """Write ``images`` (see :func:`frame_text`) to ``path`` (gzip-compressed if it ends
-    in ``.gz``); returns the number of frames. The file appears whole or not at all: it is
-    written under a temporary name and renamed into place."""
+    in ``.gz``); returns the number of frames. The file appears whole or not at all (see
+    :func:`write_frames`)."""
+    return write_frames(map(frame_text, images), path)
+
+
+def write_frames(texts: Iterable[str], path: str | Path) -> int:
+    """Write frames already in extended XYZ (each a :func:`frame_text`) to ``path``
+    (gzip-compressed if it ends in ``.gz``); returns the number of frames. The file is
+    written under a temporary name and renamed into place, so that it appears whole or
+    not at all."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     count = 0
     try:
         raw = gzip.open(tmp, "wb") if path.name.endswith(".gz") else open(tmp, "wb")
         with raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as f:
-            for atoms in images:
-                f.write(frame_text(atoms))
+            for text in texts:
+                f.write(text)
                 count += 1
         os.replace(tmp, path)
     finally:

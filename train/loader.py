@@ -22,6 +22,7 @@ had been built.
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Sequence
 from typing import Iterator
 
@@ -288,10 +289,20 @@ class ShardStream(IterableDataset):
 def make_loader(store: GraphStore, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,
                 world: int = 1, skip: int = 0, graph: GraphParams | None = None,
                 dtype: torch.dtype = torch.float64) -> DataLoader:
+    """The DataLoader of this rank's batches of ``epoch``, the first ``skip`` left out.
+    Its worker processes ignore SIGINT: a Ctrl-C on a terminal reaches the whole process
+    group, and the trainer finishes its step (with the batches the workers deliver) before
+    it stops (:mod:`orbitgraph.train.interrupts`); the workers end with the loader."""
     stream = ShardStream(store, cfg, epoch, rank, world, skip, graph, dtype)
     return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers,
                       pin_memory=cfg.pin_memory and torch.cuda.is_available(),
-                      persistent_workers=False)
+                      persistent_workers=False,
+                      worker_init_fn=ignore_sigint if cfg.num_workers else None)
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """A loader worker's start: SIGINT is the main process's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def steps_per_epoch(store: GraphStore, cfg: LoaderConfig, epoch: int, world: int) -> int:

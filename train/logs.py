@@ -47,17 +47,26 @@ class _StderrHandler(logging.StreamHandler):
 
 def setup_logging(level: int = logging.INFO) -> logging.Handler:
     """Send the ``orbitgraph`` loggers' messages at ``level`` and above to stderr, one
-    plain line each; replaces the handler an earlier call installed. Returns the handler
-    (:func:`teardown_logging` removes it)."""
+    plain line each; replaces the handler an earlier call installed. The loggers pass INFO
+    and above whatever ``level`` (DEBUG too at ``level`` DEBUG), for the run's log file.
+    Returns the handler (:func:`teardown_logging` removes it)."""
     logger = logging.getLogger(ROOT)
     for handler in list(logger.handlers):
         if isinstance(handler, _StderrHandler):
             logger.removeHandler(handler)
     handler = _StderrHandler()
     handler.setFormatter(Formatter("%(message)s"))
+    handler.setLevel(level)
     logger.addHandler(handler)
-    logger.setLevel(level)
+    logger.setLevel(min(level, logging.INFO))
     return handler
+
+
+def progress_wanted() -> bool:
+    """Whether progress bars may show: not where :func:`setup_logging` keeps stderr to
+    warnings (``--quiet``). (tqdm itself turns a bar off where stderr is not a terminal.)"""
+    return not any(isinstance(h, _StderrHandler) and h.level > logging.INFO
+                   for h in logging.getLogger(ROOT).handlers)
 
 
 def teardown_logging(handler: logging.Handler) -> None:

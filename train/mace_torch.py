@@ -4,16 +4,17 @@
 ``mace_run_train --config mace.yaml`` takes a flat YAML of its command-line arguments. The
 same file given to ``orbitgraph train --config`` is translated key by key into a run file's
 sections (:mod:`orbitgraph.train.run_file`): every key that has an equivalent here is
-mapped (:data:`RULES`, the README's table), and every other key of mace-torch's parser
-(:data:`MACE_TORCH_KEYS`), or value without an equivalent (``loss: universal``), is refused,
-all of them in one line. Keys the file does not give take orbitgraph's defaults, not
-mace-torch's.
+mapped (:data:`RULES`, the table in docs/guides/mace-torch.md), and every other key of
+mace-torch's parser (:data:`MACE_TORCH_KEYS`), or value without an equivalent (``loss:
+l1l2energyforces``), is refused, all of them in one line. Keys the file does not give take
+orbitgraph's defaults, not mace-torch's.
 
 Differences the mapping keeps (what the numbers mean is the same):
 
 * ``stress_weight``: mace-torch weighs squared stress errors in eV/Å³, orbitgraph in GPa
   (``train.stress_weight``), so the weight is divided by 160.21766208². Under ``loss:
-  huber`` the stress term's ``huber_delta`` is then in GPa too (in eV/Å³ in mace-torch).
+  huber`` the stress term's ``huber_delta`` is then in GPa too (in eV/Å³ in mace-torch);
+  under ``loss: universal`` it stays in eV/Å³, as there.
 * ``valid_fraction`` holds out materials, not frames (a material's frames stay together).
 * ``E0s: average`` is mace-torch's least-squares fit (``least_squares`` here); without
   ``E0s`` mace-torch takes isolated atoms, orbitgraph its default (``regularised``).
@@ -258,7 +259,7 @@ def _stress_weight(value, t: Translation, key: str) -> None:
 
 LOSSES = {  # mace-torch's loss: (our loss, the terms it leaves out)
     "weighted": ("mse", ("stress",)), "stress": ("mse", ()), "huber": ("huber", ()),
-    "forces_only": ("mse", ("energy", "stress")),
+    "universal": ("universal", ()), "forces_only": ("mse", ("energy", "stress")),
 }
 
 
@@ -353,7 +354,7 @@ RULES: dict[str, tuple[Rule, str]] = {
     "virials_key": (_to("build.virial_key", convert=str), "`build.virial_key`"),
     "stress_key": (_to("build.stress_key", convert=str), "`build.stress_key`"),
     "loss": (_loss, "`train.loss`: weighted → mse without stress, stress → mse, huber → "
-             "huber, forces_only → mse on forces alone"),
+             "huber, universal → universal, forces_only → mse on forces alone"),
     "forces_weight": (_to("train.forces_weight", convert=_number(float)),
                       "`train.forces_weight` (eV/Å)"),
     "energy_weight": (_to("train.energy_weight", convert=_number(float)),
@@ -404,14 +405,15 @@ def from_mace_torch(data: dict, where: str) -> dict:
     if t.refused:
         raise ConfigError(f"{where}: read as a mace-torch config; no equivalent here for "
                           f"{'; '.join(t.refused)}; remove them (the mapped keys are listed in "
-                          "the README, \"From a mace-torch config\")")
+                          "docs/guides/mace-torch.md)")
     if "name" in data or "work_dir" in data:
         t.doc["out"] = str(Path(str(data.get("work_dir", "."))) / str(data.get("name", "")))
     return t.doc
 
 
 def mapping_markdown() -> str:
-    """The README's table of mace-torch keys and what each becomes here."""
+    """The table of mace-torch keys and what each becomes here (the copy in
+    docs/guides/mace-torch.md is checked by a test)."""
     lines = ["| mace-torch | orbitgraph |", "| --- | --- |"]
     lines += [f"| `{key}` | {text} |" for key, (_, text) in RULES.items()]
     return "\n".join(lines)

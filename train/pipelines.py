@@ -15,7 +15,8 @@
         threads: 1                     # CPU threads of its training (default: torch's)
 
 Every key, its type, default and constraint is declared once, in :class:`PipelinesFile` and
-the configs it holds (the README's configuration reference is generated from them). A store
+the configs it holds (the configuration reference, docs/reference/configuration.md, is
+generated from them). A store
 lives in ``workdir/stores/NAME-ID`` where ID hashes what determines its contents, so
 experiments naming the same store share one build, and changing a store's parameters never
 overwrites the old one. Likewise an experiment's results live in
@@ -63,10 +64,11 @@ class SourceDecl(Config):
 
     section = "source"
 
-    path: Path = Field(description="MPtrj .json/.json.gz, or an extxyz file or folder "
-                       "(relative to pipelines.yaml)")
-    format: Literal["mptrj-json", "extxyz"] | None = Field(None, description="null: from "
-                                                           "the file name")
+    path: Path = Field(description="MPtrj .json/.json.gz; extxyz, ASE .db/.aselmdb or "
+                       "Alexandria .json.bz2 files: a file, folder or glob pattern (relative "
+                       "to pipelines.yaml)")
+    format: Literal["mptrj-json", "extxyz", "ase-db", "alexandria-json"] | None = Field(
+        None, description="null: from the file name")
 
 
 class StoreDecl(StoreParams):
@@ -130,7 +132,9 @@ class Pipelines:
         from orbitgraph.preprocess.build import make_spec
         decl = self.stores[name]
         src = self.sources[decl.source]
-        if not src.path.exists():
+        from orbitgraph.preprocess.sources.files import is_glob
+
+        if not src.path.exists() and not is_glob(src.path):
             raise PipelineError(f"sources.{decl.source}.path: {src.path} does not exist",
                                 f"sources.{decl.source}.path")
         return make_spec(src.path, decl, source_format=src.format)
@@ -252,7 +256,6 @@ class Pipelines:
 
     def _train_and_evaluate(self, name: str, progress: bool) -> str:
         from orbitgraph.model.config import load_config
-        from orbitgraph.train.callbacks import StepLosses
         from orbitgraph.train.checkpointing import BEST, CHECKPOINT
         from orbitgraph.train.evaluation import evaluate, frames_to_evaluate, write_json
         from orbitgraph.train.plots import write_loss_curves, write_parity
@@ -277,11 +280,10 @@ class Pipelines:
                                 "in pipelines.yaml)", key) from None
         frames_to_evaluate(open_store(store_path), exp.evaluate.split)  # before training, not after
         # the figures below replace the trainer's own (validation-split parity)
-        step_losses = StepLosses()  # the loss curve, kept in the run directory
         trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out, advice=Advice(go_on="evaluating it",
-                                             new_run=f"delete {out} to train it again"),
-                          callbacks=[step_losses])
+                                             new_run=f"delete {out} to train it again"))
+        step_losses = trainer.step_losses  # the loss curve, kept in the run directory
         result = trainer.fit()
         settings = self.evaluate_settings(name)
         split, device = settings["split"], settings["device"]

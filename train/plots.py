@@ -172,8 +172,9 @@ def write_comparison(path: Path, experiments: list[dict], title: str) -> str:
 
 
 def write_plots(trainer) -> list[str]:
-    """The trainer's end-of-run figures in its output folder: loss curves, and parity on
-    the validation split with the current (EMA) weights."""
+    """The trainer's end-of-run figures in its output folder: loss curves (each step's loss,
+    as ``orbitgraph run`` draws them), and parity on the validation split with the current
+    (EMA) weights."""
     from orbitgraph.train.report import baselines, predict_pairs
 
     out = trainer.out
@@ -181,7 +182,7 @@ def write_plots(trainer) -> list[str]:
     val_baseline = baselines(trainer.val_set, None) if len(trainer.val_set) else {}
     if trainer.state.history:
         written.append(write_loss_curves(out / "loss_curves.png", trainer.state.history,
-                                         val_baseline, str(out)))
+                                         val_baseline, str(out), trainer.step_losses.losses))
     if len(trainer.val_set):
         pairs = predict_pairs(trainer.inference_model(), trainer.val_set, trainer.graph,
                               device=trainer.device)

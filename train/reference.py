@@ -1,6 +1,6 @@
 """The configuration reference, generated from the declarations: every key of
-pipelines.yaml, of ``train:`` and of ``model:`` (the README's block between the markers;
-``python -m orbitgraph.train.reference`` prints it)."""
+pipelines.yaml, of ``train:`` and of ``model:`` (docs/reference/configuration.md, between
+the markers; ``python -m orbitgraph.train.reference`` prints it)."""
 from __future__ import annotations
 
 from orbitgraph.config import markdown_table, reference_rows
@@ -14,9 +14,10 @@ REFERENCE_END = "<!-- config-reference:end -->"
 
 
 def reference_markdown() -> str:
-    """The README's configuration reference: every key of pipelines.yaml, of the run file
-    (``orbitgraph train --config``), of ``train:`` and of ``model:``, with its type, default,
-    constraint and description, generated from the declarations."""
+    """The configuration reference (docs/reference/configuration.md): every key of
+    pipelines.yaml, of the run file (``orbitgraph train --config``), of ``train:`` and of
+    ``model:``, with its type, default, constraint and description, generated from the
+    declarations."""
     aliases = ", ".join(f"`{alias}` → `{name}`" for alias, name in MACE_TORCH_NAMES.items())
     parts = [
         "Generated from the declarations (`orbitgraph.train.reference.reference_markdown()`; "
@@ -51,5 +52,5 @@ def reference_markdown() -> str:
     return "\n".join(parts)
 
 
-if __name__ == "__main__":  # python -m orbitgraph.train.reference > the README's block
+if __name__ == "__main__":  # python -m orbitgraph.train.reference: the docs' block
     print(reference_markdown())

@@ -149,6 +149,39 @@ def results_table(metrics: dict, baseline: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluation_table(metrics: dict) -> str:
+    """What ``orbitgraph evaluate`` prints: MAE and RMSE of energy per atom (meV/atom),
+    force components (meV/Å) and stress components (GPa) with the baseline's MAE beside
+    each (``metrics["baseline"]``, on the same frames), for all frames, then for each
+    config_type of ``metrics["by_config_type"]`` (none where the frames have none)."""
+    rmse = {"energy_mae_meV_per_atom": "energy_rmse_meV_per_atom",
+            "forces_mae_meV_per_A": "forces_rmse_meV_per_A", "stress_mae_GPa": "stress_rmse_GPa"}
+    head = (f"{'':26s} {'MAE':>9s} {'RMSE':>9s} {'baseline':>9s} {'ratio':>6s}  "
+            f"{'unit':9s} baseline")
+    lines = [head]
+
+    def rows(group: dict, name: str) -> None:
+        for key, label, unit, baseline_name in QUANTITIES:
+            model, base = group[key], group["baseline"][key]
+            ratio = model / base if base > 0 else float("nan")
+            lines.append(f"{name + label:26s} {model:9.3f} {group[rmse[key]]:9.3f} "
+                         f"{base:9.3f} {ratio:6.2f}  {unit:9s} {baseline_name}")
+
+    rows(metrics, "")
+    for config_type, group in metrics.get("by_config_type", {}).items():
+        lines.append(f"config_type {config_type} ({group['frames']} frames)")
+        rows(group, "  ")
+    fitted = "these frames" if metrics.get("split") == "all" else "the store's train split"
+    lines.append(f"({metrics['frames']} frames; E0 only: the energy Σ E0 of least-squares "
+                 f"atomic energies fitted to {fitted}; ratio: MAE / baseline MAE, 1 for a "
+                 "model that learned nothing; NaN stress: no frame has a stress label)")
+    if metrics.get("frames_with_untrained_elements"):
+        lines.append(f"({metrics['frames_with_untrained_elements']} of them hold elements "
+                     f"absent from the training split: "
+                     f"{', '.join(metrics['untrained_elements'])})")
+    return "\n".join(lines)
+
+
 def comparison_table(store_name: str, rows: list[dict]) -> str:
     """One line per experiment on one store: model, parameters, steps, training wall time
     and the test MAEs, then the baselines' line. ``rows`` are the experiments' metrics

@@ -41,10 +41,11 @@ class RunFile(Config):
 
     store: str | None = Field(None, description="the store to train on (--store); with "
                               "source, where it is built (default: OUT/store)")
-    source: str | None = Field(None, description="MPtrj .json/.json.gz, or extxyz file or "
-                               "folder: the store is built from it before training")
-    format: Literal["mptrj-json", "extxyz"] | None = Field(None, description="the source's "
-                                                           "format (default: from its name)")
+    source: str | None = Field(None, description="MPtrj .json/.json.gz; extxyz, ASE "
+                               ".db/.aselmdb or Alexandria .json.bz2 files (a file, folder or "
+                               "glob pattern): the store is built from it before training")
+    format: Literal["mptrj-json", "extxyz", "ase-db", "alexandria-json"] | None = Field(
+        None, description="the source's format (default: from its name)")
     build: dict[str, Any] = Field(default_factory=dict, description="with source: the store "
                                   "settings of `orbitgraph build` (graph, split, label keys)")
     model: str | dict[str, Any] | None = Field(None, description="a preset name, a mapping of "

@@ -31,6 +31,7 @@ from orbitgraph.train.config import TrainConfig
 IMPROVEMENT = 1e-12  # the least decrease of the validation criterion that counts (plateau)
 # what a resumed run takes from the checkpoint; the rest of the plan is the run's own
 RESUMED = ("last_epoch", "plateau_factor", "best", "bad_epochs")
+PLAN = ("kind", "warmup", "total", "min_lr", "base_lrs")  # the plan a resumed run may change
 
 
 class Schedule(LRScheduler):
@@ -102,6 +103,24 @@ class Schedule(LRScheduler):
             raise KeyError(f"schedule state without {', '.join(missing)}")
         self.__dict__.update({key: state_dict[key] for key in RESUMED})
         self._set_rates()
+
+    def replan_text(self, state_dict: dict) -> str | None:
+        """After :meth:`load_state_dict` of a checkpoint's ``state_dict``: None where this
+        run's plan (:data:`PLAN`) is the checkpoint's, else a line saying that the schedule
+        is re-planned (the new budget, the old and the new plan) with the old and the new
+        rate at the current step. A checkpoint that does not record a setting counts as
+        unchanged in it."""
+        old = {key: state_dict[key] for key in PLAN if key in state_dict}
+        changed = [key for key in old if old[key] != getattr(self, key)]
+        if not changed:
+            return None
+        old_lr = state_dict.get("_last_lr", [None])[0]
+        step = self.last_epoch
+        was = ", ".join(f"{key} {old[key]} -> {getattr(self, key)}" for key in changed)
+        rate = (f"{old_lr:.4g} -> {self.lr:.4g}" if old_lr is not None
+                else f"now {self.lr:.4g}")
+        return (f"learning-rate schedule re-planned for this run ({self.kind} over "
+                f"{self.total} steps; {was}): the rate at step {step} goes {rate}")
 
     def _set_rates(self) -> None:
         """Every group's rate to lr(``last_epoch``) as the schedule now stands."""

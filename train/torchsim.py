@@ -33,6 +33,7 @@ import torch
 from orbitgraph.errors import InputError
 from orbitgraph.model import Potential
 from orbitgraph.model.batch import Batch
+from orbitgraph.model.program import ExportedPotential
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import batch_from_structures
 from orbitgraph.train.weights import load_potential
@@ -46,13 +47,16 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 
 class OrbitModel(ModelInterface):
-    """A :class:`Potential` with the graph parameters it was trained with, for torch-sim.
+    """A :class:`Potential` (or an exported program's
+    :class:`~orbitgraph.model.program.ExportedPotential`) with the graph parameters it was
+    trained with, for torch-sim. The model is moved to ``device`` and ``dtype`` in place (a
+    program only to its own dtype: another is a ConfigError).
 
     ``compute_stress`` needs every system periodic along all three axes (a state with
     ``pbc=False`` raises ValueError: make the model with ``compute_stress=False``).
     """
 
-    def __init__(self, model: Potential, graph: GraphParams | dict,
+    def __init__(self, model: Potential | ExportedPotential, graph: GraphParams | dict,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
                  compute_forces: bool = True, compute_stress: bool = True):
         super().__init__()
@@ -70,9 +74,12 @@ class OrbitModel(ModelInterface):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
                         **kwargs) -> "OrbitModel":
-        """From ``best.pt`` or ``checkpoint.pt`` written by the trainer, with the weights
-        validation used (:func:`orbitgraph.train.weights.load_potential`)."""
-        saved = load_potential(path, device=device, weights=weights)
+        """From a model file (``orbitgraph package``), ``best.pt`` or ``checkpoint.pt``
+        written by the trainer, with the weights validation used, or from an exported
+        program (``.pt2``, whose dtype ``dtype`` must be; default float64)
+        (:func:`orbitgraph.train.weights.load_potential`)."""
+        saved = load_potential(path, device=device, weights=weights,
+                               dtype=kwargs.get("dtype", torch.float64))
         return cls(saved.model, saved.graph, device=device, **kwargs)
 
     def batch_of(self, state: SimState) -> Batch:

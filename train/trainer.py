@@ -14,6 +14,10 @@ run killed mid-epoch and resumed continues the same trajectory and logs the same
 continues to the new budget. A run directory holding another model's or another store's run
 is refused in one line (:class:`~orbitgraph.train.checkpointing.ResumeError`).
 
+While ``fit`` runs, the main rank writes everything the run says to ``train.log`` as well,
+with a progress bar on a terminal (:mod:`train.run_log`); SIGINT and SIGTERM stop the run
+after the step in progress with a checkpoint of it (:mod:`train.interrupts`).
+
 ``best.pt`` holds the (EMA) weights with the lowest validation criterion
 (:func:`~orbitgraph.train.evaluation.validation_loss`); a store without validation frames
 has no such choice, and ``best.pt`` is then the model at the end of the latest epoch (the
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +43,7 @@ from orbitgraph.model.config import ModelConfig, load_config
 from orbitgraph.preprocess.graph_params import graph_for_model
 from orbitgraph.preprocess.store import GraphStore, open_store
 from orbitgraph.preprocess.store.e0 import statistics_with_e0
-from orbitgraph.train.callbacks import Callback
+from orbitgraph.train.callbacks import Callback, StepLosses
 from orbitgraph.train.checkpointing import (
     BEST,
     CHECKPOINT,
@@ -57,9 +62,11 @@ from orbitgraph.train.evaluation import (
     validation_loss,
     validation_metrics,
 )
+from orbitgraph.train.interrupts import Interrupted, StopRequests, signal_name
 from orbitgraph.train.loader import empty_batch, make_loader, over_budget, steps_per_epoch
 from orbitgraph.train.metrics import loss_sums
 from orbitgraph.train.precision import DTYPES, autocast, e3nn_inputs_in, set_matmul_precision
+from orbitgraph.train.run_log import TRAIN_LOG, RunLog
 from orbitgraph.train.schedule import Schedule
 
 log = logging.getLogger("orbitgraph.train")
@@ -77,6 +84,10 @@ class Advice:
 
 
 class Trainer:
+    """One training run in the run directory ``out`` (resumed from its checkpoint unless
+    ``resume`` is False). ``step_losses`` records every step's loss (``step_losses.csv``,
+    the loss curve); ``callbacks`` follow the run (:mod:`train.callbacks`)."""
+
     def __init__(self, store: str | Path | GraphStore, model_config, train_config: TrainConfig,
                  out: str | Path, resume: bool = True, advice: Advice = Advice(),
                  callbacks: Sequence[Callback] = ()):
@@ -84,7 +95,11 @@ class Trainer:
             update={"loader": train_config.loader.for_device(train_config.device)})
         self.out = Path(out)
         self.advice = advice
-        self.callbacks = list(callbacks)
+        self.step_losses = StepLosses()
+        self.callbacks = [self.step_losses, *callbacks]
+        self._stop: StopRequests | None = None  # SIGINT/SIGTERM while fit runs
+        self.stop_agreed = False  # a rank received one: every rank stops after this step
+        self.replanned: str | None = None  # how a resume changed the learning-rate plan
         self.info = init_distributed(self.cfg.device)
         self.device = rank_device(self.cfg.device, self.info)
         self.dtype = DTYPES[self.cfg.precision]
@@ -107,8 +122,10 @@ class Trainer:
         mcfg = load_config(model_config)
         self.graph = graph_for_model(self.store.manifest.graph, mcfg.k, mcfg.rank_envelope,
                                      mcfg.rank_envelope_width)
+        stats = store_statistics(self.store, mcfg)
+        self.e0_text = e0_text(mcfg, stats)
         self.model: Potential = build_model(mcfg.model_copy(update={"k": self.graph.k}),
-                                            store_statistics(self.store, mcfg), self.dtype)
+                                            stats, self.dtype)
         self.model.to(device=self.device)
         if self.cfg.precision == "bf16":
             e3nn_inputs_in(self.model, self.dtype)
@@ -162,11 +179,16 @@ class Trainer:
         self.model.train()
         out = self._forward(module, batch)
         sums = loss_sums(out, batch, self.cfg.loss, self.cfg.huber_delta)
-        counts = all_sum(torch.stack([sums["n_energy"], sums["n_forces"], sums["n_stress"]])
-                         .to(torch.float64), self.info)
+        counts = torch.stack([sums["n_energy"], sums["n_forces"], sums["n_stress"]]
+                             ).to(torch.float64)
+        # a signal on any rank stops every rank after this same step: its flag is summed
+        # with the counts (no extra collective)
+        stop = float(self._stop is not None and self._stop.requested)
+        counts = all_sum(torch.cat([counts, counts.new_tensor([stop])]), self.info)
+        self.stop_agreed = bool(counts[3] > 0)
         w = (self.cfg.energy_weight, self.cfg.forces_weight, self.cfg.stress_weight)
-        loss = sum(wi * sums[key] / max(float(c), 1.0)
-                   for wi, key, c in zip(w, ("energy", "forces", "stress"), counts, strict=True))
+        loss = sum(wi * sums[key] / max(float(c), 1.0) for wi, key, c
+                   in zip(w, ("energy", "forces", "stress"), counts[:3], strict=True))
         # DDP averages gradients over ranks; scale so the result is the global-batch mean
         (loss * self.info.world).backward()
         if self.cfg.grad_clip:
@@ -183,15 +205,35 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> dict:
         """Train until ``epochs``/``max_steps``; ``stop_after`` steps ends the process's work
         early right after a checkpoint (what a kill after that checkpoint leaves behind).
-        Progress goes to the ``orbitgraph.train`` logger (INFO), problems at WARNING; the
-        callbacks hear of the start, each step and each validation.
+        Progress goes to the ``orbitgraph.train`` logger (INFO), problems at WARNING, all of
+        it also to ``train.log`` in the run directory, with a progress bar on a terminal
+        (:mod:`train.run_log`); the callbacks hear of the start, each step and each
+        validation.
+
+        SIGINT and SIGTERM received meanwhile stop the run after the optimiser step in
+        progress, on every rank at the same step: the checkpoint of that step is written,
+        a warning says which step the same command resumes from, and
+        :class:`~orbitgraph.train.interrupts.Interrupted` is raised. The signals' previous
+        handlers are restored when ``fit`` ends.
 
         Returns steps (in all), steps_this_call, epochs, wall_s, best_val and history."""
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        with RunLog(self.out, self.info.is_main, self.total_steps, self.state.step) as run_log, \
+                StopRequests() as stop:
+            self._stop = stop
+            try:
+                return self._fit(stop_after, run_log)
+            finally:
+                self._stop = None
+                self.stop_agreed = False
+
+    def _fit(self, stop_after: int | None, run_log: RunLog) -> dict:
+        if self.info.is_main:
             self._log_start()
         for callback in self.callbacks:
             callback.on_fit_start(self)
+        run_log.start_bar()
         t0 = time.perf_counter()
         steps_this_call = 0
         while not self.state.finished:
@@ -210,13 +252,19 @@ class Trainer:
                     callback.on_step_end(self, self.state.step, loss)
                 self.state.epoch_loss_sum += loss
                 self.state.epoch_loss_steps += 1
+                if loss > self.state.epoch_loss_max:
+                    self.state.epoch_loss_max = loss
+                    self.state.epoch_loss_max_step = self.state.step
                 self.state.batches_in_epoch += 1
                 steps_this_call += 1
-                if self.info.is_main and self.state.step % self.cfg.log_every == 0:
-                    log.info(f"epoch {epoch} step {self.state.step} loss {loss:.5g} "
-                             f"lr {self.schedule.lr:.3g}")
-                if self.state.step % self.cfg.checkpoint_every == 0:
+                run_log.step(log, self.state.step, f"epoch {epoch} step {self.state.step} loss "
+                             f"{loss:.5g} lr {self.schedule.lr:.3g}",
+                             f"epoch {epoch}, loss {loss:.4g}", self.cfg.log_every)
+                saved = self.state.step % self.cfg.checkpoint_every == 0
+                if saved:
                     save_checkpoint(self)
+                if self._stop_now():
+                    self._interrupt(saved)
                 if stop_after is not None and steps_this_call >= stop_after:
                     save_checkpoint(self)
                     return {"stopped_at_step": self.state.step}
@@ -228,12 +276,35 @@ class Trainer:
                 "epochs": self.state.epoch, "wall_s": time.perf_counter() - t0,
                 "best_val": self.state.best_val, "history": self.state.history}
 
+    def _stop_now(self) -> bool:
+        """Whether to stop after the step just taken: a rank had a signal by the time the
+        step summed its counts (every rank then agrees), or, in a single process, by now."""
+        if self.stop_agreed:
+            return True
+        return self.info.world == 1 and self._stop is not None and self._stop.requested
+
+    def _interrupt(self, saved: bool) -> None:
+        """A rank received SIGINT or SIGTERM: checkpoint this step (unless ``saved``), say
+        where the run resumes, raise :class:`~orbitgraph.train.interrupts.Interrupted`."""
+        if not saved:
+            save_checkpoint(self)
+        signum = self._stop.signum if self._stop is not None else None
+        signum = signum if signum is not None else signal.SIGTERM  # another rank's signal
+        state = self.state
+        message = (f"{signal_name(signum)}: stopped after step {state.step} (epoch "
+                   f"{state.epoch}, batch {state.batches_in_epoch}); {self.out / CHECKPOINT} "
+                   f"holds it, and the same command resumes from step {state.step}")
+        if self.info.is_main:
+            log.warning(message)
+        raise Interrupted(signum, state.step, message)
+
     def _end_of_pass(self, epoch: int, epoch_done: bool) -> None:
         """Validate, log, choose best.pt and checkpoint, at the end of an epoch or where the
         step budget stopped one part-way (the epoch then goes on if the budget is raised).
 
         The history holds one record per epoch: ``train_loss`` is the mean loss of the
-        epoch's steps so far (those before a resume included), and a record of an epoch
+        epoch's steps so far (those before a resume included), ``train_loss_max`` the
+        largest of them, and a record of an epoch
         that the budget stopped part-way is replaced when the epoch goes on."""
         metrics = self.validate()
         has_val = len(self.val_set) > 0
@@ -244,7 +315,13 @@ class Trainer:
         train_loss = (state.epoch_loss_sum / state.epoch_loss_steps if state.epoch_loss_steps
                       else float("nan"))
         record = {"epoch": epoch, "step": state.step, "train_loss": train_loss,
-                  "lr": self.schedule.lr, **metrics}
+                  "train_loss_max": state.epoch_loss_max if state.epoch_loss_steps
+                  else float("nan"), "lr": self.schedule.lr, **metrics}
+        n = state.epoch_loss_steps
+        loss_text = (f"train loss {train_loss:.5g} (mean of {n} step{'s' * (n != 1)}, "
+                     f"the largest {state.epoch_loss_max:.5g} at step "
+                     f"{state.epoch_loss_max_step})" if state.epoch_loss_steps
+                     else f"train loss {train_loss:.5g}")
         if state.history and state.history[-1]["epoch"] == epoch:
             state.history[-1] = record
         else:
@@ -259,9 +336,10 @@ class Trainer:
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
             self.state.epoch_loss_sum, self.state.epoch_loss_steps = 0.0, 0
+            self.state.epoch_loss_max, self.state.epoch_loss_max_step = 0.0, 0
         self.state.finished = self.budget_reached() or self.stopped_early()
         if self.info.is_main:
-            self._log_epoch(record)
+            self._log_epoch(record, loss_text)
             if improved or not has_val:  # without validation: the latest epoch's model
                 save_inference_model(self, self.out / BEST)
         save_checkpoint(self)
@@ -269,8 +347,12 @@ class Trainer:
             callback.on_epoch_end(self, epoch, record)
 
     def _log_start(self) -> None:
-        """What the user should know before the first step: where a resumed run stands,
-        frames that the budget cannot hold or the model cannot know, and what best.pt is."""
+        """What the user should know before the first step: the run's summary
+        (:meth:`summary`), where a resumed run stands and how its learning-rate plan
+        changed, frames that the budget cannot hold or the model cannot know, and what
+        best.pt is."""
+        for line in self.summary():
+            log.info(line)
         if self.resumed_from is not None:
             where = (f"epoch {self.state.epoch}, batch {self.state.batches_in_epoch}"
                      if self.state.batches_in_epoch else f"start of epoch {self.state.epoch}")
@@ -283,6 +365,8 @@ class Trainer:
             else:
                 log.info(f"{self.out}: resuming at step {self.state.step} ({where}), training "
                          f"to {self.budget_text()}")
+                if self.replanned:
+                    log.info(self.replanned)
         n_over, atoms, edges = over_budget(self.train_set, self.cfg.loader)
         if n_over:
             log.warning(f"{n_over} training frames exceed the batch budget "
@@ -302,6 +386,41 @@ class Trainer:
                         "validation: best.pt is the model at the end of the latest epoch (EMA "
                         "weights where EMA is on)")
 
+    def summary(self) -> list[str]:
+        """The lines that open a run: the model (parameters, dtype, device, threads, ranks),
+        the store (id; frames and atoms per split), the E0s (their source and range), the
+        budget (steps per epoch and in all, the batch budget), the optimiser and schedule,
+        and where the run writes."""
+        cfg, mcfg = self.cfg, self.model.config
+        params = sum(p.numel() for p in self.model.parameters())
+        ranks = f" on each of {self.info.world} ranks" if self.info.world > 1 else ""
+        lines = [f"model: {mcfg.kind}, {params:,} parameters, {cfg.precision} on "
+                 f"{self.device}{ranks}, {torch.get_num_threads()} CPU threads"]
+        splits = []
+        for split in ("train", "val", "test"):
+            subset = self.store.subset(split=split)
+            atoms = int(subset.index.column("n_atoms").to_numpy().sum()) if len(subset) else 0
+            splits.append(f"{split} {len(subset):,} frames ({atoms:,} atoms)")
+        lines.append(f"store {self.store.manifest.store_id} ({self.store.root}): "
+                     + ", ".join(splits))
+        if self.e0_text:
+            lines.append(self.e0_text)
+        per_epoch = self.steps_per_epoch
+        batches = (f"{cfg.loader.batch_frames} frames" if cfg.loader.batch_frames is not None
+                   else f"up to {cfg.loader.max_atoms} atoms and {cfg.loader.edge_budget} edges")
+        steps = (f"{self.total_steps:,} steps" if cfg.max_steps is not None
+                 else f"{cfg.epochs} epochs = {self.total_steps:,} steps")
+        lines.append(f"budget: {steps}, {per_epoch:,} steps per epoch (batches of {batches}); "
+                     f"checkpoint every {cfg.checkpoint_every} steps, log every "
+                     f"{cfg.log_every}")
+        warmup = f", {cfg.warmup_steps} warmup steps" if cfg.warmup_steps else ""
+        lines.append(f"optimiser: {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}{warmup}, "
+                     f"floor {cfg.min_lr:g}); loss {cfg.loss} with weights energy "
+                     f"{cfg.energy_weight:g}, forces {cfg.forces_weight:g}, stress "
+                     f"{cfg.stress_weight:g}")
+        lines.append(f"run directory: {self.out} (log: {self.out / TRAIN_LOG})")
+        return lines
+
     # ---------------------------------------------------------------- evaluation
     def inference_model(self) -> Potential:
         return self.ema.module if self.ema is not None else self.model
@@ -316,21 +435,27 @@ class Trainer:
         return metrics
 
     # -------------------------------------------------------------------- logging
-    def _log_epoch(self, record: dict) -> None:
+    def _log_epoch(self, record: dict, loss: str) -> None:
+        """The epoch's line: ``loss``, its mean training loss, which a few large steps can
+        dominate, with the number of steps and the largest step loss (the log lines show
+        every ``log_every``-th step only; ``step_losses.csv`` and the loss curves show them
+        all), and the validation MAEs."""
         self.epoch_log.write(self.state.history)
         if record["frames"]:
-            log.info(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g}, val "
+            log.info(f"epoch {record['epoch']}: {loss}, val "
                      f"energy MAE {record['energy_mae_meV_per_atom']:.2f} meV/atom, forces MAE "
                      f"{record['forces_mae_meV_per_A']:.1f} meV/Å, stress MAE "
                      f"{record['stress_mae_GPa']:.3f} GPa")
         else:
-            log.info(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g} (no "
-                     "validation frames; best.pt is this model)")
+            log.info(f"epoch {record['epoch']}: {loss} (no validation frames; best.pt is "
+                     "this model)")
 
 
 def store_statistics(store: GraphStore, cfg: ModelConfig) -> dict:
     """The statistics of ``store`` that ``cfg`` leaves to the data, its E0s fitted as
-    ``cfg.atomic_energies`` names (a mapping given is kept as it is); logged."""
+    ``cfg.atomic_energies`` names (a mapping given is kept as it is; :func:`e0_text`
+    describes them). Raises ConfigError where a mapping lacks an element of the training
+    split."""
     method = cfg.atomic_energies if isinstance(cfg.atomic_energies, str) else None
     stats = statistics_with_e0(store, method, regularisation=cfg.e0_regularisation,
                                cutoff=cfg.cutoff)
@@ -343,7 +468,15 @@ def store_statistics(store: GraphStore, cfg: ModelConfig) -> dict:
                               "of the training frames); give every one, or name a method "
                               "(regularised, least_squares, average, isolated)",
                               "model.atomic_energies")
-    if e0:
-        log.info(f"E0s ({method or 'as given'}): {len(e0)} elements, {min(e0.values()):.4g} to "
-                 f"{max(e0.values()):.4g} eV")
     return stats
+
+
+def e0_text(cfg: ModelConfig, stats: dict) -> str | None:
+    """The E0 line of a run's summary: where the E0s come from (the method fitted to the
+    store, or "as given") and the range of their values in eV; None without E0s."""
+    method = cfg.atomic_energies if isinstance(cfg.atomic_energies, str) else None
+    e0 = stats["atomic_energies_eV"] if method else cfg.atomic_energies
+    if not e0:
+        return None
+    return (f"E0s ({method or 'as given'}): {len(e0)} elements, {min(e0.values()):.4g} to "
+            f"{max(e0.values()):.4g} eV")

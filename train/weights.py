@@ -20,6 +20,12 @@ import torch
 
 from orbitgraph.errors import ConfigError, InputError
 from orbitgraph.model import Potential, model_from_checkpoint, read_checkpoint
+from orbitgraph.model.program import (
+    ExportedPotential,
+    is_program,
+    load_program,
+    read_program_metadata,
+)
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.ema import averaged_state
 
@@ -29,14 +35,17 @@ WEIGHTS = ("ema", "raw")
 @dataclass(frozen=True)
 class SavedPotential:
     """A model loaded from a file: the network (on the device asked for, in the dtype it
-    was saved in), the graph parameters it was trained with, the chemical symbols of its
-    training frames (None where the file does not hold them) and which weights it has,
-    in words (``weights``)."""
+    was saved in; an :class:`~orbitgraph.model.program.ExportedPotential` from an exported
+    program), the graph parameters it was trained with, the chemical symbols of its
+    training frames (None where the file does not hold them), which weights it has, in
+    words (``weights``), and as ``ema``, ``raw`` or None where the file does not record it
+    (``kind``)."""
 
-    model: Potential
+    model: Potential | ExportedPotential
     graph: GraphParams
     trained_elements: list[str] | None
     weights: str
+    kind: str | None = None
 
 
 def load_potential(path: str | Path, device: str = "cpu", weights: str | None = None,
@@ -46,9 +55,16 @@ def load_potential(path: str | Path, device: str = "cpu", weights: str | None = 
     the EMA or raw ones (``"ema"``, ``"raw"``), built in ``dtype`` (None: that of the
     weights; see :func:`orbitgraph.model.model_from_checkpoint`).
 
+    An exported program (``.pt2``, :mod:`orbitgraph.model.program`) loads as an
+    :class:`~orbitgraph.model.program.ExportedPotential`: it holds one set of weights (a
+    ``weights`` other than it is an InputError) and runs in the dtype it was exported in
+    (``dtype`` None or that one; another is a ConfigError).
+
     Raises MissingFileError for a missing file and InputError, naming the file, where it
     does not hold the weights asked for (a run without EMA has no averaged weights;
     ``best.pt`` holds one set), or that is no model file (a bare state_dict)."""
+    if Path(path).is_file() and is_program(path):
+        return load_program_potential(Path(path), device, weights, dtype)
     ckpt = read_checkpoint(path, map_location=device)
     missing = [key for key in ("model_config", "model_state", "graph") if key not in ckpt]
     if missing:
@@ -57,7 +73,34 @@ def load_potential(path: str | Path, device: str = "cpu", weights: str | None = 
     state, said = choose_weights(ckpt, Path(path), weights)
     model = model_from_checkpoint({**ckpt, "model_state": state}, dtype)
     return SavedPotential(model.to(device), GraphParams.from_dict(ckpt["graph"]),
-                          ckpt.get("trained_elements"), said)
+                          ckpt.get("trained_elements"), said,
+                          weights_kind(ckpt, weights))
+
+
+def load_program_potential(path: Path, device: str, weights: str | None,
+                           dtype: torch.dtype | None) -> SavedPotential:
+    """:func:`load_potential` of an exported program."""
+    if weights not in (None, *WEIGHTS):
+        raise ConfigError(f"weights: expected ema or raw, got {weights!r}", "weights")
+    meta = read_program_metadata(path)
+    held = meta.get("weights")
+    if weights is not None and weights != held:
+        raise InputError(f"{path} holds the {held or 'unrecorded'} weights only (an exported "
+                         "program holds one set: package the checkpoint again with "
+                         f"--weights {weights})")
+    model = load_program(path, device, dtype)
+    said = (f"{'EMA' if held == 'ema' else held} weights exported to {path}" if held
+            else f"the weights exported to {path} (unrecorded whether EMA or raw)")
+    return SavedPotential(model, GraphParams.from_dict(meta["graph"]),
+                          meta.get("trained_elements"), said, held)
+
+
+def weights_kind(ckpt: dict, weights: str | None = None) -> str | None:
+    """``ema`` or ``raw``: the weights :func:`choose_weights` gives of ``ckpt`` for
+    ``weights``; None where the file does not record which it holds."""
+    if "ema_state" in ckpt:
+        return weights or ("ema" if ckpt["ema_state"] is not None else "raw")
+    return ckpt.get("weights")
 
 
 def choose_weights(ckpt: dict, path: Path, weights: str | None = None) -> tuple[dict, str]:

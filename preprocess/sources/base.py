@@ -22,9 +22,12 @@ from orbitgraph.preprocess.store.params import LabelKeys
 class Partition:
     """Frames ``[frame_start, frame_start + n_frames)`` of the source, as shard ``index``.
 
-    ``ranges`` are (path, byte start, byte end) pieces to read; ``payload`` holds the bytes
-    of the pieces that cannot be read at an offset (gzip streams: offsets are then in the
-    decompressed bytes), in the order of ``ranges``.
+    ``ranges`` are (path, start, end) pieces to read: byte offsets for text formats (MPtrj
+    JSON, extxyz), record positions for formats of addressable records (the rows of an ASE
+    database, the entries of an Alexandria file; see
+    :mod:`orbitgraph.preprocess.sources.files`). ``payload`` holds the bytes of the pieces
+    that cannot be read at an offset (gzip streams: offsets are then in the decompressed
+    bytes; Alexandria files: their entries' JSON), in the order of ``ranges``.
     """
 
     index: int
@@ -48,6 +51,11 @@ class Source(Protocol):
     path: str
     format: str
     files: list[str]  # the files read, in order (what the store id's fingerprint hashes)
+    # frames of the last partitions() plan, counted as it is iterated, that name no material
+    # (each is then a material of its own, and the splits are by frame); 0 where the plan
+    # does not read the frames (ASE databases, Alexandria: their rows are read by workers)
+    frames_without_material_id: int
+    material_keys: tuple[str, ...]  # the per-frame fields a material id is read from
 
     def partitions(self, frames_per_partition: int) -> Iterator[Partition]:
         """The plan, in order; for gzip sources each partition carries its bytes."""

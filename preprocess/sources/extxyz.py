@@ -5,9 +5,12 @@ Per frame: the labels are the fields named by the build's
 :class:`~orbitgraph.preprocess.sources.labels.LabelPlan` (decided once for the whole source by
 :meth:`ExtxyzSource.resolve_labels`; see :mod:`orbitgraph.preprocess.sources.labels` for the
 conventions); magnetic moments from ``magmoms``/``magmom`` if present. The material id is
-``info['mp_id']`` or ``info['material_id']``; frames of one material must be contiguous to
-share a shard. The frame id is ``info['frame_id']``, else ``{mp_id}-{calc_id}-{ionic_step}``,
-else ``{file}:{offset}+{index}``.
+``info['mp_id']`` or ``info['material_id']`` (:data:`MATERIAL_KEYS`); frames of one material
+must be contiguous to share a shard. A frame without either key is a material of its own:
+its trajectory's frames are then split one by one (the build warns, see
+:attr:`ExtxyzSource.frames_without_material_id`). ``info['config_type']``, where present, is
+kept in the store's index. The frame id is ``info['frame_id']``, else
+``{mp_id}-{calc_id}-{ionic_step}``, else ``{file}:{offset}+{index}``.
 
 The plan scans line headers only (atom count, comment line) to find each frame's byte
 offset; a worker parses its byte ranges with ASE's extxyz reader, and a range that does not
@@ -23,48 +26,45 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
-from orbitgraph.errors import InputError, MissingFileError, RecordError
+from orbitgraph.errors import InputError, RecordError
 from orbitgraph.preprocess.frame import Frame
+from orbitgraph.preprocess.sources.ase_atoms import frame_from_atoms
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
+from orbitgraph.preprocess.sources.files import source_files
 from orbitgraph.preprocess.sources.labels import (
     CandidateCount,
     LabelPlan,
     needs_scan,
     parse_comment,
     plan_from_keys,
-    read_labels,
 )
-from orbitgraph.preprocess.sources.records import check_cell
 from orbitgraph.preprocess.store.params import LabelKeys
 
 SUFFIXES = (".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")
 
-_MATERIAL = re.compile(rb'(?:^|\s)(?:mp_id|material_id)=("?)([^\s"]+)\1')
+MATERIAL_KEYS = ("mp_id", "material_id")
+"""The comment-line keys that hold a frame's material id (either; the same value for every
+frame of one material or trajectory)."""
+
+_MATERIAL = re.compile(rb'(?:^|\s)(?:' + b"|".join(k.encode() for k in MATERIAL_KEYS)
+                       + rb')=("?)([^\s"]+)\1')
 
 
 def is_extxyz_name(name: str) -> bool:
     return name.lower().endswith(SUFFIXES)
 
 
-def _files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_extxyz_name(p.name))
-        if not files:
-            raise MissingFileError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
-        return files
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such file or folder")
-    return [path]
-
-
 class ExtxyzSource:
+    """Extended XYZ files. ``frames_without_material_id``: how many frames of the last
+    :meth:`partitions` plan (counted as it is iterated) have none of :data:`MATERIAL_KEYS`."""
+
     format = "extxyz"
+    material_keys = MATERIAL_KEYS
+    frames_without_material_id = 0
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        self.files = [str(p) for p in _files(Path(path))]
+        self.files = source_files(path, is_extxyz_name, f"{', '.join(SUFFIXES)} files")
         self.gzipped = {name: is_gzip(name) for name in self.files}
 
     def _frames(self, keep_bytes: bool = False
@@ -107,6 +107,7 @@ class ExtxyzSource:
         payload: list[bytes] = []
         n_frames = n_materials = 0
         last_material: object = object()
+        self.frames_without_material_id = 0
 
         def partition() -> Partition:
             return Partition(index, n_materials, n_frames, tuple(map(tuple, ranges)),
@@ -126,6 +127,7 @@ class ExtxyzSource:
                 payload.append(data)
             n_frames += 1
             n_materials += new_material
+            self.frames_without_material_id += material is None
             last_material = material
         if n_frames:
             yield partition()
@@ -171,7 +173,7 @@ class ExtxyzSource:
                     continue
                 mid, fid = _ids(item.info, f"{stem}:{start}+{i}")
                 try:
-                    frames.append(_frame(item, mid, fid, labels))
+                    frames.append(frame_from_atoms(item, mid, fid, labels))
                 except RecordError as err:
                     quarantine.append(Quarantined(mid, fid, err.reason))
         return frames, quarantine
@@ -226,25 +228,9 @@ def _split(data: bytes) -> list[tuple[int, bytes]]:
 
 
 def _ids(info: dict, fallback: str) -> tuple[str, str]:
-    mid = str(info.get("mp_id", info.get("material_id", fallback)))
+    mid = str(next((info[key] for key in MATERIAL_KEYS if key in info), fallback))
     if "frame_id" in info:
         return mid, str(info["frame_id"])
     if "calc_id" in info and "ionic_step" in info:
         return mid, f"{mid}-{info['calc_id']}-{info['ionic_step']}"
     return mid, fallback
-
-
-def _frame(atoms, mid: str, fid: str, plan: LabelPlan) -> Frame:
-    cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    if not np.all(np.isfinite(cell)):
-        raise RecordError("cell: contains NaN or inf")
-    check_cell(cell, "cell")
-    pos = np.asarray(atoms.positions, dtype=np.float64)
-    if not np.all(np.isfinite(pos)):
-        raise RecordError("positions: contain NaN or inf")
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    labels = read_labels(atoms, plan, cell, pbc)
-    return Frame(frame_id=fid, material_id=mid, cell=cell, positions=pos,
-                 numbers=np.asarray(atoms.numbers, dtype=np.int64), energy=labels.energy,
-                 forces=labels.forces, stress=labels.stress, magmom=labels.magmom, pbc=pbc,
-                 notes=labels.notes)

@@ -3,9 +3,10 @@
 Every byte of every file a source reads is hashed, so that any change of content gives
 another store id: SHA-256, as ``sha256sum`` prints it (a gzip file's compressed bytes;
 this machine's CPUs hash at ~1.7 GB/s in hardware, against blake2b's 0.7 GB/s). The
-fingerprint of a single-file source is its file's SHA-256; that of a folder is the SHA-256
-of the listing ``"{sha256}  {name}\\n"`` of the files it reads, in order, each named by its
-path relative to the folder (``sha256sum``'s output format).
+fingerprint of a single-file source is its file's SHA-256; that of a folder (or a glob
+pattern) is the SHA-256 of the listing ``"{sha256}  {name}\\n"`` of the files it reads, in
+order, each named by its path relative to the folder (a pattern's folder: its part before
+the first wildcard; ``sha256sum``'s output format).
 
 Hashing a 12 GB file takes seconds, so each file's digest is remembered in a small JSON
 cache keyed by the file's resolved path and its status: size, modification and change
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from orbitgraph.errors import SourceChangedError
+from orbitgraph.preprocess.sources.files import glob_root, is_glob
 
 log = logging.getLogger("orbitgraph.build")
 
@@ -53,17 +55,19 @@ class SourceDigest:
 
 
 def digest_source(root: str | Path, files: Sequence[str | Path]) -> SourceDigest:
-    """The digest of the source at ``root`` (a file, or a folder) that reads ``files``.
+    """The digest of the source at ``root`` (a file, a folder or a glob pattern) that reads
+    ``files``.
 
     Raises :class:`SourceChangedError` when a file changes while it is hashed, and OSError
     when one cannot be read."""
-    root = Path(root)
+    many = is_glob(root) or Path(root).is_dir()
+    root = glob_root(root) if is_glob(root) else Path(root)
     cache = DigestCache.load()
     try:
         named = tuple((_name(root, Path(f)), cache.sha256(Path(f))) for f in files)
     finally:
         cache.save()
-    if root.is_dir():
+    if many:
         listing = "".join(f"{digest}  {name}\n" for name, digest in named)
         return SourceDigest(hashlib.sha256(listing.encode()).hexdigest(), named)
     (_, digest), = named

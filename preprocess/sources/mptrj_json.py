@@ -47,6 +47,8 @@ def _group(materials, frames_per_partition: int):
 
 
 class MPtrjJsonSource:
+    material_keys = ()  # the file's top-level keys are the material ids
+    frames_without_material_id = 0  # every record sits under its material id
     format = "mptrj-json"
 
     def __init__(self, path: str | Path):

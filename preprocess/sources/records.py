@@ -184,6 +184,25 @@ def frame_from_record(material_id: str, frame_id: str, record: Any,
     return frames[0]
 
 
+def frames_from_records(entries: list[tuple[str, str, Any]], energy_key: str
+                        ) -> tuple[list[Frame], list[Quarantined]]:
+    """Frames of many records given as Python objects, ``(material id, frame id, record)``
+    each (a record in MPtrj's layout, as :func:`frame_from_record` reads one; a ``str`` in
+    place of a record is a reason to quarantine it with), checked together as
+    :func:`read_run` checks a run: the good frames and the quarantined records, each in
+    order."""
+    record = record_type(energy_key)
+    decoded: list[Entry] = []
+    for mid, fid, rec in entries:
+        if not isinstance(rec, str):
+            try:
+                rec = msgspec.convert(rec, record)
+            except msgspec.ValidationError as err:
+                rec = _reason(err)
+        decoded.append((str(mid), str(fid), rec))
+    return _frames_of(decoded, energy_key)
+
+
 Entry = tuple[str, str, Any]  # (material id, frame id, decoded record or reason string)
 
 

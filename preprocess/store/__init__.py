@@ -4,7 +4,8 @@ Layout of a store directory::
 
     manifest.json          written last; its presence marks a complete store
     build.json             written first: which store the shards are of (preprocess.store.reuse)
-    index.parquet          one row per frame: ids, shard, row, sizes, energy, composition, split
+    index.parquet          one row per frame: ids, shard, row, sizes, energy, composition, split,
+                           config_type (null where the source has none)
     quarantine.parquet     records that could not be used, with the reason
     shards/shard-NNNNNN/   one committed shard: data files, index.parquet, commit.json
 """

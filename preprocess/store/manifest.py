@@ -34,7 +34,7 @@ BUILD_FILE = "build.json"
 @dataclass(frozen=True)
 class SourceInfo:
     path: str
-    format: str  # "mptrj-json" or "extxyz"
+    format: str  # a key of orbitgraph.preprocess.sources.FORMATS ("mptrj-json", "ase-db", ...)
     # hex SHA-256 of every byte of the file, or of a folder's listing of its files' digests
     # (preprocess/sources/fingerprint.py); stores of earlier versions: of sampled blocks
     fingerprint: str

@@ -21,7 +21,7 @@ from orbitgraph.preprocess.store.location import Location
 from orbitgraph.preprocess.store.manifest import Manifest, read_manifest
 from orbitgraph.preprocess.store.parquet import read_parquet
 from orbitgraph.preprocess.store.shard import COMMIT_FILE
-from orbitgraph.preprocess.store.writer import INDEX_NAME, INDEX_SCHEMA, QUARANTINE_NAME
+from orbitgraph.preprocess.store.writer import INDEX_NAME, QUARANTINE_NAME, conform_index
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -131,9 +131,14 @@ class GraphStore:
     def atoms(self, position: int) -> "Atoms":
         """The frame at ``position`` as ``ase.Atoms`` with its labels (energy eV, forces
         eV/Å, stress eV/Å³ with ASE's sign) on a SinglePointCalculator; see
-        :func:`orbitgraph.preprocess.store.atoms.frame_to_atoms`."""
+        :func:`orbitgraph.preprocess.store.atoms.frame_to_atoms`. ``atoms.info`` holds
+        ``config_type`` too where the index has one."""
         from orbitgraph.preprocess.store.atoms import frame_to_atoms  # ASE only when asked
-        return frame_to_atoms(self[position])
+        atoms = frame_to_atoms(self[position])
+        config_type = self.index.column("config_type")[position % len(self)].as_py()
+        if config_type is not None:
+            atoms.info["config_type"] = config_type
+        return atoms
 
     def iter_atoms(self) -> Iterator["Atoms"]:
         """Every frame of the (sub)set as ``ase.Atoms``, in index order."""
@@ -264,7 +269,7 @@ def open_store(path: "str | Path | Location",
     loc = Location(path, storage_options) if not isinstance(path, Location) else path
     manifest = read_manifest(loc)
     try:
-        index = _read_parquet(loc, INDEX_NAME, schema=INDEX_SCHEMA)
+        index = conform_index(_read_parquet(loc, INDEX_NAME))
     except Exception as err:
         raise StoreError(f"{loc}: cannot read {INDEX_NAME} ({type(err).__name__}: {err})") from None
     if index.num_rows != manifest.counts["frames"]:

@@ -49,9 +49,25 @@ INDEX_SCHEMA = pa.schema([
     ("row", pa.int32()), ("n_atoms", pa.int32()), ("n_edges", pa.int64()),
     ("energy", pa.float64()), ("energy_per_atom", pa.float64()),
     ("elements", pa.list_(pa.string())), ("composition", pa.string()), ("split", pa.string()),
+    ("config_type", pa.string()),
 ])
+"""The index: one row per frame. ``config_type`` is the source's (extxyz ``config_type``),
+null where it has none; a store written before the column existed reads as all null
+(:func:`conform_index`)."""
 QUARANTINE_SCHEMA = pa.schema([("material_id", pa.string()), ("frame_id", pa.string()),
                                ("reason", pa.string())])
+
+
+def conform_index(table: pa.Table) -> pa.Table:
+    """An index table (a store's or a shard's ``index.parquet``) as :data:`INDEX_SCHEMA`:
+    a column it lacks that the schema added later (``config_type``) is added as nulls; the
+    types cast where they differ. Raises what ``pyarrow.Table.cast`` raises for any other
+    mismatch (a damaged or foreign file)."""
+    for name in ("config_type",):
+        if name not in table.column_names:
+            table = table.append_column(pa.field(name, pa.string()),
+                                        pa.nulls(table.num_rows, pa.string()))
+    return table if table.schema.equals(INDEX_SCHEMA) else table.cast(INDEX_SCHEMA)
 
 
 def split_position(material_id: str, seed: int) -> float:
@@ -179,6 +195,7 @@ def write_frames_shard(root: Path, index: int, frames: Sequence[Frame], spec: St
         "elements": list(elements),
         "composition": list(formulas),
         "split": splits,
+        "config_type": [f.config_type for f in frames],
     }, schema=INDEX_SCHEMA)
     stats = ShardStats()
     stats.add_frames([f.numbers for f in frames], [f.energy for f in frames],
@@ -206,7 +223,7 @@ def finalize_store(root: Path, spec: StoreSpec, n_shards: int, build_info: dict 
                              f" this build uses {spec.backend!r}")
         records.append(record)
         total = total + ShardStats.from_dict(commit["stats"])
-        tables.append(read_parquet(shard_dir(root, record.name) / INDEX_FILE, INDEX_SCHEMA))
+        tables.append(conform_index(read_parquet(shard_dir(root, record.name) / INDEX_FILE)))
         quarantine.extend(commit.get("quarantine", []))
         for category, counts in commit.get("labels", {}).items():
             for what, n in counts.items():

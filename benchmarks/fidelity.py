@@ -1,0 +1,832 @@
+"""Teacher-student fidelity: does an orbitgraph potential trained on a teacher's labels
+reproduce the teacher's materials properties?
+
+usage: python benchmarks/fidelity.py [--teacher emt|chgnet] [--systems Cu3Au,Ni3Al,Ag]
+           [--minutes 5] [--threads 2] [--md-ps 10] [--quick] [--out DIR]
+
+The teacher is an ASE calculator available offline: ASE's EMT (fast; only Al, Cu, Ag, Au,
+Ni, Pd, Pt are meaningful, its H, C, N, O parameters are not a physical oxide or covalent
+model, so with EMT every system is a metal or alloy) or CHGNet (the ``chgnet`` package
+ships its weights; model version 0.3.0, which labelled MPtrj-style data).
+
+For each system (a cubic cell, see :data:`SYSTEMS`):
+
+1. Data, generated as practitioners do and labelled by the teacher (energy eV, forces eV/Å,
+   stress eV/Å³ with ASE's sign): Langevin NVT MD at several temperatures, strained cells
+   (isotropic, uniaxial and shear), rattled strained cells and the steps of a cell
+   relaxation. Every
+   trajectory is a material of its own (``mp_id``) and lies wholly in one split, and the
+   splits use different seeds and temperatures: train (MD at 0.3, 0.6 and 1.0 x the
+   system's hot temperature), val (0.75 x) and test (0.45 and 0.85 x). Written as extended
+   XYZ with ``REF_energy``, ``REF_forces``, ``REF_stress`` (Voigt, xx yy zz yz xz xy).
+2. Train and val are built into a store with :func:`orbitgraph.build_store` (the 16-NN
+   graph), then trained with :class:`orbitgraph.Trainer` from a run file (``run.yaml``, the
+   model and training settings of this benchmark, all explicit: it is also what
+   ``orbitgraph train --config run.yaml`` reads). The budget is wall time (``--minutes``):
+   a short probe measures the time per step and the run gets that many steps of a cosine
+   schedule. The validation curve (force MAE against wall time) goes to ``curves.csv``,
+   one row per validation with a ``trainer`` column, so another trainer's curve (e.g.
+   mace-torch on the same extxyz files) can be appended and plotted beside it.
+3. Teacher and student (:class:`orbitgraph.OrbitCalculator`, float64) are compared on the
+   test trajectories (E per atom, F components, σ components: MAE) and on properties
+   computed by matcalc for both calculators alike (matcalc wraps an ASE calculator with
+   ASE's optimisers and cell filters, pymatgen's EOS and elastic fits and phonopy, so the
+   teacher and the student go through the same code): the relaxed lattice parameter, the
+   Birch-Murnaghan bulk modulus, the elastic constants C11, C12, C44, phonon frequencies at
+   Γ, X, M and R of the cubic cell (phonopy, finite displacements in a supercell), and NVT
+   MD at the hot temperature for ``--md-ps`` picoseconds from the same start and the same
+   random numbers: stability (finite energies, no two atoms closer than 0.7 x the closest
+   pair of the teacher's run, mean temperature within 50 % of the teacher's) and the radial
+   distribution function's L1 difference to the teacher's.
+4. A table is printed and written to ``fidelity.csv`` and ``fidelity.json``; per system a
+   PNG holds the parity plots, the EOS, the phonon DOS and the RDFs; ``curves.png`` the
+   validation curves.
+
+The targets are those of issue #30: E ≤ 3 meV/atom, F ≤ 60 meV/Å, lattice 0.5 %, bulk
+modulus 5 %, elastic constants 10 %, phonon frequencies 5 %, stable MD.
+``--quick`` runs the whole pipeline in about a minute with a tiny model, a few frames and
+short calculations (the smoke test, tests/test_fidelity.py); its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import OUT  # noqa: E402  (drops this folder from the import path again)
+
+GPA = 160.21766208  # GPa per eV/Å³
+# q points (reduced coordinates of the cubic cell's reciprocal lattice) whose phonon
+# frequencies are compared
+Q_POINTS = {"Γ": (0.0, 0.0, 0.0), "X": (0.5, 0.0, 0.0), "M": (0.5, 0.5, 0.0),
+            "R": (0.5, 0.5, 0.5)}
+ACOUSTIC_THZ = 0.5  # frequencies below this (acoustic modes at Γ) are left out of relative errors
+TARGETS = {"energy_mae_meV_per_atom": 3.0, "forces_mae_meV_per_A": 60.0,
+           "lattice_rel": 0.005, "bulk_modulus_rel": 0.05, "elastic_rel": 0.10,
+           "phonon_rel": 0.05}
+
+
+# ----------------------------------------------------------------------------- systems
+
+@dataclass(frozen=True)
+class System:
+    """A cubic crystal: ``build()`` gives its conventional cell; ``hot_K`` is the
+    temperature of the high-temperature MD (below the teacher's melting point)."""
+
+    name: str
+    bonding: str
+    hot_K: float
+    teachers: tuple[str, ...]
+
+    def build(self):
+        from ase.build import bulk
+        from ase.lattice.compounds import B2, L1_2
+
+        makers = {
+            "Cu3Au": lambda: L1_2(("Au", "Cu"), latticeconstant=3.75),
+            "NiAl": lambda: B2(("Ni", "Al"), latticeconstant=2.88),
+            "Ni3Al": lambda: L1_2(("Al", "Ni"), latticeconstant=3.57),
+            "Ag": lambda: bulk("Ag", "fcc", a=4.09, cubic=True),
+            "MgO": lambda: bulk("MgO", "rocksalt", a=4.21, cubic=True),
+            "SiC": lambda: bulk("SiC", "zincblende", a=4.36, cubic=True),
+        }
+        atoms = makers[self.name]()
+        atoms.pbc = True
+        return atoms
+
+
+SYSTEMS = {s.name: s for s in (
+    System("Cu3Au", "metallic alloy (L1_2)", 900.0, ("emt", "chgnet")),
+    # EMT's B2 NiAl is mechanically unstable (C11 69 < C12 90 GPa): CHGNet only
+    System("NiAl", "intermetallic (B2)", 1200.0, ("chgnet",)),
+    System("Ni3Al", "intermetallic (L1_2)", 1200.0, ("emt", "chgnet")),
+    System("Ag", "fcc metal", 900.0, ("emt", "chgnet")),
+    System("MgO", "ionic oxide (rocksalt)", 1500.0, ("chgnet",)),
+    System("SiC", "covalent (zincblende)", 1500.0, ("chgnet",)),
+)}
+DEFAULT_SYSTEMS = {"emt": "Cu3Au,Ni3Al,Ag", "chgnet": "NiAl,MgO,SiC"}
+
+
+def make_teacher(name: str):
+    """The teacher's ASE calculator: ``emt`` or ``chgnet`` (CHGNet model 0.3.0 on CPU)."""
+    if name == "emt":
+        from ase.calculators.emt import EMT
+        return EMT()
+    if name == "chgnet":
+        try:
+            from chgnet.model import CHGNet, CHGNetCalculator
+        except ImportError:
+            raise SystemExit("--teacher chgnet needs the chgnet package: "
+                             "pip install -e '.[fidelity]'") from None
+        return CHGNetCalculator(CHGNet.load(model_name="0.3.0", verbose=False),
+                                use_device="cpu")
+    raise SystemExit(f"--teacher: emt or chgnet, not {name!r}")
+
+
+def supercell_reps(atoms, min_atoms: int = 32, min_length: float = 7.0) -> tuple[int, ...]:
+    """Repetitions of a cubic cell giving at least ``min_atoms`` atoms and edges of at
+    least ``min_length`` Å (MD, training frames and phonon supercells)."""
+    n = max(math.ceil((min_atoms / len(atoms)) ** (1 / 3)),
+            math.ceil(min_length / min(atoms.cell.lengths())))
+    return (n, n, n)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much of everything: frames, steps and property grids (full or ``--quick``)."""
+
+    md_every: int = 10  # MD steps between snapshots
+    md_snapshots: int = 40  # per trajectory
+    md_equilibrate: int = 100  # steps before the first snapshot
+    strained: int = 30  # strained cells (training; a third of that in val and test)
+    rattled: int = 30
+    relax_steps: int = 20
+    fmax: float = 0.005  # eV/Å, relaxations of the properties
+    relax_max_steps: int = 200
+    eos_points: int = 9
+    eos_strain: float = 0.06
+    md_ps: float = 10.0
+    md_timestep_fs: float = 2.0
+    md_sample_every: int = 10
+    probe_steps: int = 10
+
+
+QUICK = Settings(md_every=2, md_snapshots=6, md_equilibrate=4, strained=6, rattled=6,
+                 relax_steps=4, fmax=0.05, relax_max_steps=10, eos_points=5,
+                 md_ps=0.04, md_sample_every=2, probe_steps=2)
+
+
+# ---------------------------------------------------------------------- data generation
+
+def labelled(atoms, trajectory: str, kind: str):
+    """A calculator-free copy of ``atoms`` holding its calculator's results as REF_*
+    labels (eV, eV/Å, eV/Å³ Voigt with ASE's sign) and its trajectory as ``mp_id``."""
+    frame = atoms.copy()  # without the calculator: extxyz must not write its keys too
+    frame.info = {"REF_energy": float(atoms.get_potential_energy()),
+                  "REF_stress": np.asarray(atoms.get_stress(voigt=True), dtype=np.float64),
+                  "mp_id": trajectory, "config_type": kind}
+    frame.arrays["REF_forces"] = np.asarray(atoms.get_forces(), dtype=np.float64)
+    for key in ("momenta",):
+        frame.arrays.pop(key, None)
+    return frame
+
+
+def md_frames(cell, calc, temperature_K: float, seed: int, trajectory: str,
+              s: Settings) -> list:
+    """Snapshots of Langevin NVT MD (2 fs, friction 0.02/fs) started from ``cell`` with
+    Maxwell-Boltzmann velocities."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = cell.copy()
+    atoms.calc = calc
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    dyn = Langevin(atoms, s.md_timestep_fs * units.fs, temperature_K=temperature_K,
+                   friction=0.02, fixcm=False, rng=rng)
+    dyn.run(s.md_equilibrate)
+    frames = []
+    for _ in range(s.md_snapshots):
+        dyn.run(s.md_every)
+        frames.append(labelled(atoms, trajectory, f"md{temperature_K:.0f}K"))
+    return frames
+
+
+def random_strain(rng, isotropic: float, shear: float) -> np.ndarray:
+    """A deformation gradient I + ε: isotropic strain in ±``isotropic``, plus independent
+    normal components in ±``shear`` (uniaxial: the tetragonal strains that set C11 - C12)
+    and symmetric shear components in ±``shear`` (C44)."""
+    eps = np.eye(3) * rng.uniform(-isotropic, isotropic)
+    eps += np.diag(rng.uniform(-shear, shear, size=3))
+    off = rng.uniform(-shear, shear, size=3)
+    eps[0, 1] = eps[1, 0] = off[0]
+    eps[0, 2] = eps[2, 0] = off[1]
+    eps[1, 2] = eps[2, 1] = off[2]
+    return np.eye(3) + eps
+
+
+def strained_frames(cell, calc, n: int, rattle: float, seed: int, trajectory: str) -> list:
+    """``n`` cells strained by up to 3 % (isotropic) and 2 % (uniaxial and shear), atoms
+    rattled by a Gaussian of ``rattle`` Å."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = cell.copy()
+        atoms.set_cell(cell.cell.array @ random_strain(rng, 0.03, 0.02).T, scale_atoms=True)
+        if rattle:
+            atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
+        atoms.calc = calc
+        frames.append(labelled(atoms, trajectory, "rattled" if rattle else "strained"))
+    return frames
+
+
+def relaxation_frames(cell, calc, steps: int, seed: int, trajectory: str) -> list:
+    """The steps of a FIRE relaxation (positions and cell, FrechetCellFilter) from a
+    strained, rattled cell."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    rng = np.random.default_rng(seed)
+    atoms = cell.copy()
+    atoms.set_cell(cell.cell.array @ random_strain(rng, 0.04, 0.02).T, scale_atoms=True)
+    atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
+    atoms.calc = calc
+    frames = []
+    opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+    for _ in opt.irun(fmax=1e-3, steps=steps):
+        frames.append(labelled(atoms, trajectory, "relaxation"))
+    return frames
+
+
+def generate(system: System, calc, s: Settings) -> dict[str, list]:
+    """{split: frames} for train, val and test: independent trajectories (seeds,
+    temperatures) per split, all labelled by ``calc``."""
+    cell = system.build().repeat(supercell_reps(system.build()))
+    hot, name = system.hot_K, system.name
+    plan = {
+        "train": [("md", 0.3, 11), ("md", 0.6, 12), ("md", 1.0, 13),
+                  ("strained", s.strained, 14), ("rattled", s.rattled, 15),
+                  ("relax", s.relax_steps, 16)],
+        "val": [("md", 0.75, 21), ("rattled", max(s.rattled // 3, 2), 22)],
+        "test": [("md", 0.45, 31), ("md", 0.85, 32), ("strained", max(s.strained // 3, 2), 33),
+                 ("rattled", max(s.rattled // 3, 2), 34)],
+    }
+    out = {}
+    for split, items in plan.items():
+        frames = []
+        for kind, amount, seed in items:
+            trajectory = f"{name}-{split}-{kind}-{seed}"
+            if kind == "md":
+                frames += md_frames(cell, calc, amount * hot, seed, trajectory, s)
+            elif kind == "strained":
+                frames += strained_frames(cell, calc, amount, 0.0, seed, trajectory)
+            elif kind == "rattled":
+                frames += strained_frames(cell, calc, amount, 0.05, seed, trajectory)
+            else:
+                frames += relaxation_frames(cell, calc, amount, seed, trajectory)
+        out[split] = frames
+    return out
+
+
+def material_id_in(split: str, stem: str, params) -> str:
+    """A material id starting with ``stem`` that the store's split hash
+    (:func:`orbitgraph.preprocess.store.writer.split_of` with ``params``) puts in
+    ``split``: the first of ``stem``, ``stem-1``, ``stem-2``... that does."""
+    from orbitgraph.preprocess.store.writer import split_of
+
+    for i in range(10_000):
+        mid = stem if i == 0 else f"{stem}-{i}"
+        if split_of(mid, params) == split:
+            return mid
+    raise RuntimeError(f"no material id for the {split} split from {stem!r}")
+
+
+def write_store(frames: dict[str, list], root: Path) -> Path:
+    """Train and val frames as one extxyz file (each trajectory given a material id that
+    the store's split hash puts in its own split), test frames as another; the store built
+    from the first with :func:`orbitgraph.build_store`. Returns the store's path."""
+    from ase.io import write
+
+    from orbitgraph import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.store import SplitParams
+
+    split = SplitParams(val_fraction=0.5, test_fraction=0.0, seed=0)
+    rename: dict[str, str] = {}
+    source = []
+    for name in ("train", "val"):
+        for atoms in frames[name]:
+            stem = atoms.info["mp_id"]
+            if stem not in rename:
+                rename[stem] = material_id_in(name, stem, split)
+            atoms = atoms.copy()
+            atoms.info["mp_id"] = rename[stem]
+            source.append(atoms)
+    write(root / "train_val.extxyz", source, format="extxyz")
+    write(root / "test.extxyz", frames["test"], format="extxyz")
+    store = root / "store"
+    build_store(root / "train_val.extxyz", store, energy_key="REF_energy",
+                forces_key="REF_forces", stress_key="REF_stress", split=split,
+                cluster=ClusterConfig(kind="synchronous"), progress=False,
+                discard_partial=True)
+    return store
+
+
+# ---------------------------------------------------------------------------- training
+
+def run_document(store: Path, out: Path, quick: bool, max_steps: int, seed: int = 0) -> dict:
+    """The run file of one system: its model and training settings, all explicit (so that
+    they do not follow the project's defaults as those change). Single-composition data:
+    E0s by the average energy per atom (a least-squares fit of one composition is
+    singular)."""
+    model = ({"preset": "mace", "channels": 8, "sh_l_max": 1, "hidden_l_max": 0,
+              "correlation": 2, "layers": 1, "radial_mlp": [16], "readout_mlp": [8]}
+             if quick else
+             {"preset": "mace", "channels": 16, "sh_l_max": 2, "hidden_l_max": 1,
+              "correlation": 2, "layers": 2, "radial_mlp": [32], "readout_mlp": [16]})
+    model.update({"cutoff": 6.0, "num_radial": 8, "atomic_energies": "average"})
+    train = {"max_steps": max_steps, "epochs": 10_000, "lr": 0.005, "optimizer": "adam",
+             "amsgrad": True, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 0,
+             "min_lr": 1e-5, "ema_decay": 0.99, "grad_clip": 10.0, "precision": "float32",
+             "loss": "mse", "energy_weight": 10.0, "forces_weight": 10.0,
+             "stress_weight": 1.0, "seed": seed, "loader": {"batch_frames": 4, "seed": seed},
+             "log_every": 10 ** 9, "checkpoint_every": 10 ** 9, "plots": False,
+             "tensorboard": False}
+    return {"store": str(store), "model": model, "train": train, "out": str(out)}
+
+
+def trainer_from(doc: dict, callbacks=()):
+    """A :class:`orbitgraph.Trainer` for a run document (as ``orbitgraph train --config``
+    reads it)."""
+    from orbitgraph import Trainer
+    from orbitgraph.train.config import TrainConfig
+
+    return Trainer(doc["store"], doc["model"], TrainConfig.from_dict(doc["train"]),
+                   Path(doc["out"]), resume=False, callbacks=list(callbacks))
+
+
+class BudgetSpent(Exception):
+    """The training run is past its wall-time deadline."""
+
+
+def train(store: Path, root: Path, minutes: float, quick: bool, system: str,
+          max_steps: int | None = None) -> dict:
+    """Train within ``minutes`` of wall time: a probe of ``probe_steps`` steps measures
+    the time per step (the median between steps, the first left out), the run gets
+    ``0.8 x budget / step time`` steps of a cosine schedule (the rest is left to the
+    validations), and stops at the first validation past 1.25 x the budget if the machine
+    slowed down meanwhile; or exactly ``max_steps`` steps, without a probe or a deadline.
+    Writes ``run.yaml`` and the validation curve ``curves.csv``; returns the run's
+    summary (best.pt, steps, wall_s, curve)."""
+    import yaml
+
+    from orbitgraph.train.callbacks import Callback
+
+    class Clock(Callback):
+        def __init__(self):
+            self.ends: list[float] = []
+
+        def on_step_end(self, trainer, step: int, loss: float) -> None:
+            self.ends.append(time.perf_counter())
+
+    s = QUICK if quick else Settings()
+    per_step, deadline = float("nan"), math.inf
+    if max_steps is None:
+        clock = Clock()
+        trainer_from(run_document(store, root / "probe", quick, s.probe_steps), [clock]).fit()
+        per_step = float(np.median(np.diff(clock.ends)))
+        max_steps = max(int(0.8 * minutes * 60 / per_step), s.probe_steps)
+        deadline = 1.25 * minutes * 60
+    steps = max_steps
+    doc = run_document(store, root / "run", quick, steps)
+    (root / "run.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    curve: list[dict] = []
+
+    class Curve(Callback):
+        """Validation MAE against training wall time."""
+
+        def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
+            curve.append({"trainer": "orbitgraph", "system": system,
+                          "wall_s": round(time.perf_counter() - start, 2),
+                          "step": trainer.state.step, "epoch": epoch,
+                          "energy_mae_meV_per_atom": record["energy_mae_meV_per_atom"],
+                          "forces_mae_meV_per_A": record["forces_mae_meV_per_A"],
+                          "stress_mae_GPa": record.get("stress_mae_GPa", float("nan"))})
+            if time.perf_counter() - start > deadline:
+                raise BudgetSpent
+
+    trainer = trainer_from(doc, [Curve()])
+    start = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except BudgetSpent:
+        print(f"{system}: past 1.25 x the budget at step {trainer.state.step} of {steps}: "
+              "stopped (best.pt: the best validation so far)", flush=True)
+        result = {"steps": trainer.state.step, "wall_s": time.perf_counter() - start}
+    with open(root / "curves.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(curve[0]))
+        w.writeheader()
+        w.writerows(curve)
+    return {"model": root / "run" / "best.pt", "steps": result["steps"],
+            "wall_s": result["wall_s"], "s_per_step_probe": per_step, "curve": curve,
+            "params": sum(p.numel() for p in trainer.model.parameters())}
+
+
+def student_calculator(model: Path):
+    from orbitgraph import OrbitCalculator
+    return OrbitCalculator.from_checkpoint(model)  # float64
+
+
+# -------------------------------------------------------------------------- properties
+
+def predict(frames: list, calc) -> dict:
+    """Energy (eV), forces (eV/Å), stress (eV/Å³ Voigt) of ``frames`` by ``calc``."""
+    e, f, s = [], [], []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        e.append(atoms.get_potential_energy())
+        f.append(atoms.get_forces())
+        s.append(atoms.get_stress(voigt=True))
+    return {"energy": np.array(e), "forces": np.concatenate(f), "stress": np.array(s),
+            "n_atoms": np.array([len(a) for a in frames])}
+
+
+def reference(frames: list) -> dict:
+    return {"energy": np.array([a.info["REF_energy"] for a in frames]),
+            "forces": np.concatenate([a.arrays["REF_forces"] for a in frames]),
+            "stress": np.array([a.info["REF_stress"] for a in frames]),
+            "n_atoms": np.array([len(a) for a in frames])}
+
+
+def label_errors(ref: dict, pred: dict) -> dict:
+    """MAE of energy per atom (meV/atom), force components (meV/Å), stress components
+    (GPa)."""
+    return {"energy_mae_meV_per_atom":
+            float(1e3 * np.abs((pred["energy"] - ref["energy"]) / ref["n_atoms"]).mean()),
+            "forces_mae_meV_per_A": float(1e3 * np.abs(pred["forces"] - ref["forces"]).mean()),
+            "stress_mae_GPa": float(GPA * np.abs(pred["stress"] - ref["stress"]).mean())}
+
+
+NAN = float("nan")
+EMPTY = {"a_A": NAN, "volume_A3": NAN, "bulk_modulus_GPa": NAN,
+         "eos": {"volumes": [], "energies": []}, "C11_GPa": NAN, "C12_GPa": NAN,
+         "C44_GPa": NAN, "phonon_THz": {q: [] for q in Q_POINTS},
+         "phonon_dos": {"THz": [], "dos": []},
+         "md": {"steps": 0, "finite": False, "closest_A": NAN, "mean_T_K": NAN, "r_A": [],
+                "rdf": []}}
+
+
+def properties(calc, system: System, s: Settings, seed: int = 7) -> dict:
+    """The properties of ``system`` under ``calc``, through matcalc: relaxed lattice
+    parameter a (Å, positions and cell relaxed, FrechetCellFilter), Birch-Murnaghan bulk
+    modulus (GPa) and its E(V) points (Å³, eV), elastic constants C11, C12, C44 (GPa, the
+    means of the cubic-equivalent Voigt entries; deformed cells relaxed inside), phonon
+    frequencies (THz) at :data:`Q_POINTS` and the DOS (phonopy, finite displacements in the
+    :func:`supercell_reps` supercell), and NVT MD at ``hot_K`` for ``md_ps`` ps (see
+    :func:`hot_md`). All start from this calculator's own relaxed cell. A calculation
+    that fails (an EOS without a minimum in its range, a relaxation that diverges) leaves
+    its values NaN and its one-line reason in ``failures``. Every random number comes from
+    ``seed``: one calculator twice gives the same numbers."""
+    from matcalc import ElasticityCalc, EOSCalc, PhononCalc, RelaxCalc
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    cell = system.build()
+    relax_kw = {"fmax": s.fmax, "max_steps": s.relax_max_steps}
+    out = json.loads(json.dumps(EMPTY))
+    out["failures"] = {}
+
+    def attempt(name, fn):
+        try:
+            with warnings.catch_warnings():
+                # a poor EOS fit or imaginary modes show in the compared numbers
+                warnings.simplefilter("ignore")
+                fn()
+        except Exception as err:  # noqa: BLE001  (a property the model cannot give)
+            out["failures"][name] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+
+    structure = cell
+
+    def relax():
+        nonlocal structure
+        relaxed = RelaxCalc(calc, **relax_kw).calc(cell)
+        structure = relaxed["final_structure"]
+        out["a_A"], out["volume_A3"] = float(relaxed["a"]), float(relaxed["volume"])
+
+    def eos():
+        r = EOSCalc(calc, n_points=s.eos_points, max_abs_strain=s.eos_strain,
+                    relax_structure=False, relax_calc_kwargs=relax_kw).calc(structure)
+        out["bulk_modulus_GPa"] = float(r["bulk_modulus_bm"])
+        out["eos"] = {"volumes": [float(v) for v in r["eos"]["volumes"]],
+                      "energies": [float(e) for e in r["eos"]["energies"]]}
+
+    def elastic():
+        r = ElasticityCalc(calc, relax_structure=False, relax_deformed_structures=True,
+                           units_GPa=True, fmax=s.fmax,
+                           relax_calc_kwargs=relax_kw).calc(structure)
+        c = np.asarray(r["elastic_tensor"].voigt, dtype=np.float64)
+        out["C11_GPa"] = float(np.mean([c[0, 0], c[1, 1], c[2, 2]]))
+        out["C12_GPa"] = float(np.mean([c[0, 1], c[0, 2], c[1, 2]]))
+        out["C44_GPa"] = float(np.mean([c[3, 3], c[4, 4], c[5, 5]]))
+
+    reps = supercell_reps(cell)
+
+    def phonons():
+        phonon = PhononCalc(calc, supercell_matrix=np.diag(reps), relax_structure=False,
+                            write_phonon=False, seed=seed).calc(structure)["phonon"]
+        phonon.run_qpoints(list(Q_POINTS.values()))
+        out["phonon_THz"] = {q: [float(x) for x in f] for q, f in
+                             zip(Q_POINTS, phonon.qpoints.frequencies, strict=True)}
+        phonon.run_mesh([8, 8, 8])
+        phonon.run_total_dos()
+        dos = phonon.total_dos
+        out["phonon_dos"] = {"THz": dos.frequency_points.tolist(), "dos": dos.dos.tolist()}
+
+    def md():
+        start = AseAtomsAdaptor.get_atoms(structure) if not hasattr(structure, "arrays") \
+            else structure.copy()
+        out["md"] = hot_md(start.repeat(reps), calc, system.hot_K, s, seed)
+
+    for name, fn in (("relaxation", relax), ("eos", eos), ("elastic", elastic),
+                     ("phonons", phonons), ("md", md)):
+        attempt(name, fn)
+    return out
+
+
+def hot_md(atoms, calc, temperature_K: float, s: Settings, seed: int) -> dict:
+    """Langevin NVT at ``temperature_K`` for ``md_ps`` ps from ``atoms``: the RDF (over
+    the second half, up to just under half the shortest cell edge), the closest pair (Å),
+    the mean temperature of the second half (K), whether every energy was finite."""
+    from ase import units
+    from ase.geometry.rdf import get_rdf
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    dyn = Langevin(atoms, s.md_timestep_fs * units.fs, temperature_K=temperature_K,
+                   friction=0.02, fixcm=False, rng=rng)
+    n_steps = max(int(round(s.md_ps * 1000 / s.md_timestep_fs)), 2 * s.md_sample_every)
+    rmax = 0.49 * min(atoms.cell.lengths())
+    nbins = 100
+    rdf, temps, closest, finite = np.zeros(nbins), [], np.inf, True
+    samples = 0
+    for i in range(n_steps // s.md_sample_every):
+        dyn.run(s.md_sample_every)
+        e = atoms.get_potential_energy()
+        finite = finite and bool(np.isfinite(e))
+        d = atoms.get_all_distances(mic=True)
+        closest = min(closest, float(d[np.triu_indices(len(atoms), 1)].min()))
+        if not finite or closest < 0.3:
+            break  # exploded: nothing more to learn from it
+        if i >= (n_steps // s.md_sample_every) // 2:
+            g, r = get_rdf(atoms, rmax, nbins)
+            rdf += g
+            samples += 1
+            temps.append(float(atoms.get_temperature()))
+    r = (np.arange(nbins) + 0.5) * rmax / nbins
+    return {"steps": n_steps, "finite": finite, "closest_A": closest,
+            "mean_T_K": float(np.mean(temps)) if temps else float("nan"),
+            "r_A": r.tolist(), "rdf": (rdf / max(samples, 1)).tolist()}
+
+
+# -------------------------------------------------------------------------- comparison
+
+def rel(student: float, teacher: float) -> float:
+    return abs(student - teacher) / abs(teacher) if teacher else abs(student - teacher)
+
+
+def compare(teacher: dict, student: dict) -> dict:
+    """Errors of the student's properties against the teacher's: relative errors of a,
+    B, C11, C12, C44 (the largest of them: ``elastic_rel``), mean and largest relative
+    error of phonon frequencies above :data:`ACOUSTIC_THZ` (``phonon_rel``, ``phonon_max_rel``)
+    and their MAE (THz), the RDF's L1 difference (∫|g_s - g_t| dr / ∫ g_t dr) and whether the
+    student's MD was stable: finite energies, no pair closer than 0.7 x the teacher's closest,
+    a mean temperature within 50 % of the teacher's (the same thermostat and random numbers:
+    a student far from it heats or freezes). A property that failed gives NaN (and a
+    target not met)."""
+    out = {"lattice_rel": rel(student["a_A"], teacher["a_A"]),
+           "bulk_modulus_rel": rel(student["bulk_modulus_GPa"], teacher["bulk_modulus_GPa"])}
+    for c in ("C11", "C12", "C44"):
+        out[f"{c}_rel"] = rel(student[f"{c}_GPa"], teacher[f"{c}_GPa"])
+    out["elastic_rel"] = max(out["C11_rel"], out["C12_rel"], out["C44_rel"])
+    ft = np.concatenate([teacher["phonon_THz"][q] for q in Q_POINTS])
+    fs = np.concatenate([student["phonon_THz"][q] for q in Q_POINTS])
+    if ft.size and ft.shape == fs.shape:
+        optical = np.abs(ft) > ACOUSTIC_THZ
+        r = np.abs(fs - ft)[optical] / np.abs(ft[optical])
+        out["phonon_rel"] = float(r.mean()) if r.size else 0.0
+        out["phonon_max_rel"] = float(r.max()) if r.size else 0.0
+        out["phonon_mae_THz"] = float(np.abs(fs - ft).mean())
+    else:  # a phonon calculation failed
+        out["phonon_rel"] = out["phonon_max_rel"] = out["phonon_mae_THz"] = NAN
+    gt, gs = np.asarray(teacher["md"]["rdf"]), np.asarray(student["md"]["rdf"])
+    out["rdf_l1"] = (float(np.abs(gs - gt).sum() / max(gt.sum(), 1e-12))
+                     if gt.size and gt.shape == gs.shape else NAN)
+    md_t, md_s = teacher["md"], student["md"]
+    out["md_stable"] = bool(md_s["finite"] and md_s["closest_A"] >= 0.7 * md_t["closest_A"]
+                            and abs(md_s["mean_T_K"] - md_t["mean_T_K"]) <= 0.5 * md_t["mean_T_K"])
+    return out
+
+
+ROWS = [  # (label, key in the system's result, unit, target key or None)
+    ("E MAE", "energy_mae_meV_per_atom", "meV/atom", "energy_mae_meV_per_atom"),
+    ("F MAE", "forces_mae_meV_per_A", "meV/Å", "forces_mae_meV_per_A"),
+    ("σ MAE", "stress_mae_GPa", "GPa", None),
+    ("a", "lattice_rel", "rel", "lattice_rel"),
+    ("B", "bulk_modulus_rel", "rel", "bulk_modulus_rel"),
+    ("C11", "C11_rel", "rel", "elastic_rel"),
+    ("C12", "C12_rel", "rel", "elastic_rel"),
+    ("C44", "C44_rel", "rel", "elastic_rel"),
+    ("phonons", "phonon_rel", "rel", "phonon_rel"),
+    ("phonon max", "phonon_max_rel", "rel", None),
+    ("RDF L1", "rdf_l1", "", None),
+    ("MD stable", "md_stable", "", None),
+]
+VALUES = {"a": "a_A", "B": "bulk_modulus_GPa", "C11": "C11_GPa", "C12": "C12_GPa",
+          "C44": "C44_GPa"}
+
+
+def table(results: dict) -> list[dict]:
+    """One row per (system, property): teacher and student values where they are
+    numbers, the error, the target and whether it is met."""
+    rows = []
+    for name, r in results.items():
+        for label, key, unit, target in ROWS:
+            err = r["errors"][key]
+            row = {"system": name, "property": label, "unit": unit,
+                   "teacher": r["teacher"].get(VALUES.get(label, ""), ""),
+                   "student": r["student"].get(VALUES.get(label, ""), ""),
+                   "error": err, "target": TARGETS.get(target, "") if target else "",
+                   "met": ""}
+            if key == "md_stable":
+                row["met"] = "yes" if err else "NO"
+            elif target:
+                row["met"] = "yes" if err <= TARGETS[target] else "NO"
+            rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    def fmt(v):
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+    print(f"\n{'system':8s} {'property':11s} {'teacher':>10s} {'student':>10s} {'error':>10s} "
+          f"{'unit':9s} {'target':>7s} met")
+    for r in rows:
+        print(f"{r['system']:8s} {r['property']:11s} {fmt(r['teacher']):>10s} "
+              f"{fmt(r['student']):>10s} {fmt(r['error']):>10s} {r['unit']:9s} "
+              f"{fmt(r['target']):>7s} {r['met']}")
+
+
+# ------------------------------------------------------------------------------- plots
+
+def plot_system(name: str, ref: dict, pred: dict, teacher: dict, student: dict,
+                path: Path) -> None:
+    """Parity (E per atom, F, σ), EOS, phonon DOS and RDF of teacher and student."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(2, 3, figsize=(13, 8))
+    pairs = [(ref["energy"] / ref["n_atoms"], pred["energy"] / pred["n_atoms"],
+              "energy, eV/atom"),
+             (ref["forces"].ravel(), pred["forces"].ravel(), "force components, eV/Å"),
+             (GPA * ref["stress"].ravel(), GPA * pred["stress"].ravel(),
+              "stress components, GPa")]
+    for a, (x, y, label) in zip(ax[0], pairs, strict=True):
+        a.plot(x, y, ".", ms=2)
+        lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        a.plot([lo, hi], [lo, hi], "k-", lw=0.5)
+        a.set_xlabel(f"teacher {label}")
+        a.set_ylabel("student")
+        a.set_title(f"test parity: {label}")
+    for props, style, who in ((teacher, "-", "teacher"), (student, "--", "student")):
+        ax[1, 0].plot(props["eos"]["volumes"], props["eos"]["energies"], "o" + style,
+                      label=f"{who}: B = {props['bulk_modulus_GPa']:.0f} GPa")
+        ax[1, 1].plot(props["phonon_dos"]["THz"], props["phonon_dos"]["dos"], style,
+                      label=who)
+        ax[1, 2].plot(props["md"]["r_A"], props["md"]["rdf"], style, label=who)
+    ax[1, 0].set_xlabel("volume, Å³")
+    ax[1, 0].set_ylabel("energy, eV")
+    ax[1, 0].set_title("equation of state")
+    ax[1, 1].set_xlabel("frequency, THz")
+    ax[1, 1].set_title("phonon DOS")
+    ax[1, 2].set_xlabel("r, Å")
+    ax[1, 2].set_title("RDF, hot NVT")
+    for a in ax[1]:
+        a.legend(fontsize=8)
+    fig.suptitle(f"{name}: student against teacher")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(curves: list[dict], path: Path) -> None:
+    """Validation force MAE against training wall time, one line per (trainer, system)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = sorted({(c["trainer"], c["system"]) for c in curves})
+    for trainer, system in keys:
+        pts = [c for c in curves if (c["trainer"], c["system"]) == (trainer, system)]
+        ax.plot([c["wall_s"] / 60 for c in pts], [c["forces_mae_meV_per_A"] for c in pts],
+                "o-", ms=3, label=f"{trainer} {system}")
+    ax.set_xlabel("training wall time, min")
+    ax.set_ylabel("validation force MAE, meV/Å")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------- main
+
+def run_system(system: System, teacher_name: str, args, s: Settings, root: Path) -> dict:
+    """Data, store, training, test errors and properties of one system."""
+    root.mkdir(parents=True, exist_ok=True)
+    teacher = make_teacher(teacher_name)
+    t0 = time.perf_counter()
+    frames = generate(system, teacher, s)
+    n = {k: len(v) for k, v in frames.items()}
+    print(f"{system.name}: {n['train']}/{n['val']}/{n['test']} train/val/test frames of "
+          f"{len(frames['train'][0])} atoms by {teacher_name} "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    store = write_store(frames, root)
+    run = train(store, root, args.minutes, args.quick, system.name, args.max_steps)
+    last = run["curve"][-1]
+    print(f"{system.name}: trained {run['steps']} steps in {run['wall_s']:.0f} s "
+          f"({run['params']:,d} parameters); last validation F MAE "
+          f"{last['forces_mae_meV_per_A']:.1f} meV/Å", flush=True)
+    student = student_calculator(run["model"])
+    ref, pred = reference(frames["test"]), predict(frames["test"], student)
+    t0 = time.perf_counter()
+    props_t = properties(teacher, system, s)
+    props_s = properties(student, system, s)
+    print(f"{system.name}: properties in {time.perf_counter() - t0:.0f} s", flush=True)
+    for who, props in (("teacher", props_t), ("student", props_s)):
+        for what, why in props["failures"].items():
+            print(f"{system.name}: the {who}'s {what} failed: {why}", flush=True)
+    errors = {**label_errors(ref, pred), **compare(props_t, props_s)}
+    plot_system(system.name, ref, pred, props_t, props_s, root / f"{system.name}.png")
+    return {"teacher": props_t, "student": props_s, "errors": errors,
+            "training": {k: v for k, v in run.items() if k not in ("curve", "model")},
+            "frames": n, "teacher_name": teacher_name}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", choices=("emt", "chgnet"), default="emt")
+    ap.add_argument("--systems", help=f"comma-separated, of {', '.join(SYSTEMS)} "
+                    f"(default: {DEFAULT_SYSTEMS})")
+    ap.add_argument("--minutes", type=float, default=5.0,
+                    help="training wall-time budget per system")
+    ap.add_argument("--max-steps", type=int,
+                    help="train exactly this many steps instead (no wall-time probe)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--md-ps", type=float, help="hot NVT length, ps (default 10; --quick 0.04)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny data, model and calculations: checks the pipeline only")
+    ap.add_argument("--out", default=str(OUT / "fidelity"))
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    s = QUICK if args.quick else Settings()
+    if args.md_ps is not None:
+        s = Settings(**{**asdict(s), "md_ps": args.md_ps})
+    names = (args.systems or DEFAULT_SYSTEMS[args.teacher]).split(",")
+    for name in names:
+        if name not in SYSTEMS:
+            raise SystemExit(f"--systems: unknown system {name!r}; choose from "
+                             f"{', '.join(SYSTEMS)}")
+        if args.teacher not in SYSTEMS[name].teachers:
+            raise SystemExit(f"--systems: {name} with --teacher {args.teacher}: EMT has no "
+                             "physical oxide or covalent parameters, and its B2 NiAl is "
+                             "mechanically unstable; use --teacher chgnet")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {name: run_system(SYSTEMS[name], args.teacher, args, s, out / name)
+               for name in names}
+    rows = table(results)
+    print_table(rows)
+    with open(out / "fidelity.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    summary = {"args": vars(args), "settings": asdict(s), "targets": TARGETS,
+               "results": results, "table": rows}
+    (out / "fidelity.json").write_text(json.dumps(summary, indent=1, default=str))
+    curves = []
+    for name in names:
+        with open(out / name / "curves.csv") as f:
+            curves += [{**r, "wall_s": float(r["wall_s"]),
+                        "forces_mae_meV_per_A": float(r["forces_mae_meV_per_A"])}
+                       for r in csv.DictReader(f)]
+    plot_curves(curves, out / "curves.png")
+    print(f"\ntable {out / 'fidelity.csv'}; plots {out}/<system>/<system>.png, "
+          f"{out / 'curves.png'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The teacher-student fidelity benchmark's pipeline (benchmarks/fidelity.py), end to end
+on its --quick path: EMT teacher, one small system, a tiny model trained a few steps
+(matcalc, in the test extra, computes the properties)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from benchmarks import fidelity
+
+    out = tmp_path_factory.mktemp("fidelity")
+    summary = fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick",
+                             "--max-steps", "4", "--threads", "1", "--out", str(out)])
+    return fidelity, out, summary
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_property(quick_run):
+    fidelity, out, summary = quick_run
+    rows = {r["property"]: r for r in summary["table"] if r["system"] == "Ag"}
+    assert set(rows) == {label for label, *_ in fidelity.ROWS}
+    result = summary["results"]["Ag"]
+    teacher = result["teacher"]
+    assert teacher["failures"] == {}
+    for key in ("a_A", "bulk_modulus_GPa", "C11_GPa", "C12_GPa", "C44_GPa"):
+        assert math.isfinite(teacher[key]) and teacher[key] > 0, key
+    assert all(len(teacher["phonon_THz"][q]) == 3 * 4 for q in fidelity.Q_POINTS)
+    assert teacher["md"]["finite"] and len(teacher["md"]["rdf"]) == 100
+    # the test-set errors are numbers; a student property is a number or a named failure
+    for key in ("energy_mae_meV_per_atom", "forces_mae_meV_per_A", "stress_mae_GPa"):
+        assert math.isfinite(result["errors"][key]), key
+    failed = result["student"]["failures"]
+    for label, key, _, _ in fidelity.ROWS:
+        value = result["errors"][key]
+        assert isinstance(value, bool) or math.isfinite(value) or failed, (label, value)
+    for path in ("fidelity.csv", "fidelity.json", "curves.png", "Ag/Ag.png", "Ag/run.yaml",
+                 "Ag/curves.csv"):
+        assert (out / path).is_file(), path
+
+
+@pytest.mark.slow
+def test_trajectories_stay_in_their_split(quick_run):
+    """Every stored trajectory lies wholly in the split it was generated for."""
+    from orbitgraph import open_store
+
+    _, out, _ = quick_run
+    store = open_store(out / "Ag" / "store")
+    index = store.index.to_pydict()
+    assert set(index["split"]) == {"train", "val"}
+    for material, split in zip(index["material_id"], index["split"], strict=True):
+        assert f"-{split}-" in material, (material, split)
+
+
+@pytest.mark.slow
+def test_run_file_is_one_the_cli_reads(quick_run):
+    from orbitgraph.train.config import TrainConfig
+    from orbitgraph.train.run_file import read_run_file
+
+    _, out, summary = quick_run
+    run = read_run_file(out / "Ag" / "run.yaml")
+    assert TrainConfig.from_dict(run.train).max_steps == 4
+    assert summary["results"]["Ag"]["training"]["steps"] == 4
+
+
+@pytest.mark.slow
+def test_teacher_against_itself_is_exact(quick_run):
+    """The same calculator twice: every property error is zero and the MD is stable (the
+    comparison neither shifts seeds nor mixes up teacher and student)."""
+    from ase.calculators.emt import EMT
+
+    fidelity, _, summary = quick_run
+    system = fidelity.SYSTEMS["Ag"]
+    teacher = summary["results"]["Ag"]["teacher"]
+    again = fidelity.properties(EMT(), system, fidelity.QUICK)
+    errors = fidelity.compare(teacher, again)
+    for key, value in errors.items():
+        if key == "md_stable":
+            assert value is True
+        else:
+            assert value == 0.0, (key, value)
+    frames = fidelity.generate(system, EMT(), fidelity.QUICK)["test"]
+    labels = fidelity.label_errors(fidelity.reference(frames), fidelity.predict(frames, EMT()))
+    assert labels == pytest.approx({k: 0.0 for k in labels}, abs=1e-9)
