@@ -69,6 +69,33 @@ def validation_metrics(model: Potential, frames: GraphStore, loader: LoaderConfi
     return acc.result(), acc.pairs
 
 
+def dataset_metrics(model: Potential, sets: list, loader: LoaderConfig, graph, info: DistInfo,
+                    device: torch.device, dtype: torch.dtype, keep_pairs: bool = False
+                    ) -> tuple[dict, dict[str, dict], object]:
+    """The metrics of ``model`` over several datasets' frames, ``sets`` a list of (name,
+    frames, :class:`~orbitgraph.train.datasets.Dataset`): over all their frames, and per
+    dataset ({name: metrics}), each dataset's energies compared on its own E0 reference
+    (the model's prediction plus the dataset's E0 shift, equivalently its label moved onto
+    the model's), summed over the ranks; with ``keep_pairs``, this rank's pairs of all."""
+    total = ErrorAccumulator(keep_pairs=keep_pairs)
+    model.eval()
+    accs = {}
+    in_order = loader.model_copy(update={"shuffle": False, "num_workers": 0})
+    for name, frames, data in sets:
+        acc = accs[name] = ErrorAccumulator()
+        if not len(frames):
+            continue
+        batches = make_loader(frames, in_order, 0, info.rank, info.world, graph=graph)
+        if data is not None:
+            batches = (data.shift_energy(batch) for batch in batches)
+        add_errors(total, model, batches, device, dtype, each=lambda out, batch, acc=acc:
+                   acc.add(out, batch))
+    if info.world > 1:
+        for acc in (total, *accs.values()):
+            acc.load_tensor(all_sum(acc.merge_tensor(), info))
+    return total.result(), {name: acc.result() for name, acc in accs.items()}, total.pairs
+
+
 def validation_loss(cfg: TrainConfig, metrics: dict) -> float:
     """The criterion for best.pt, the plateau schedule and early stopping:
     w_E · MAE(E/N) [eV/atom] + w_F · MAE(F) [eV/Å] + w_σ · MAE(σ) [GPa], the stress term
