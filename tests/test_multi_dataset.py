@@ -242,3 +242,55 @@ def test_each_dataset_keeps_its_own_energy_reference(stores, tmp_path):
         moved = frame["energy"] - b.e0_shift[frame["numbers"]].sum()
         assert float(batch.energy[j]) == pytest.approx(moved, rel=0, abs=1e-9)
         assert abs(moved - frame["energy"]) > 0.1  # 4 atoms: 0.2 to 1.2 eV
+
+
+def test_a_run_file_names_several_stores(tmp_path):
+    import yaml
+
+    from orbitgraph.train import cli
+
+    def settings(doc):
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(doc))
+        args = cli.parser(keys=False).parse_args(["train", "--config",
+                                                  str(tmp_path / "run.yaml")])
+        return cli.run_settings(args)
+
+    base = {"model": "invariant", "out": str(tmp_path / "run")}
+    run = settings({**base, "stores": [{"path": "s/omat", "weight": 0.6},
+                                       {"path": "s/mptrj", "weight": 0.4, "name": "mp"}]})
+    assert [(s.label, s.weight) for s in run.store] == [("omat", 0.6), ("mp", 0.4)]
+    with pytest.raises(ConfigError, match=r"^stores: several datasets, and store:/source:"):
+        settings({**base, "store": "s/x", "stores": ["s/y"]})
+    with pytest.raises(ConfigError, match=r"^stores\[1\]\.weight: "):
+        settings({**base, "stores": ["s/y", {"path": "s/z", "weight": 0}]})
+
+
+def test_evaluate_and_calculator_predict_on_a_chosen_dataset_reference(stores, tmp_path):
+    from ase.build import bulk
+
+    from orbitgraph.train.calculator import OrbitCalculator
+    from orbitgraph.train.evaluation import evaluate
+
+    model = {**TINY_MODEL, "atomic_energies": "least_squares"}
+    trainer = Trainer(_two(stores), model, _cfg(max_steps=1), tmp_path / "run")
+    trainer.fit()
+    best = tmp_path / "run" / "best.pt"
+    val = trainer.validate()
+    on_b = evaluate(best, stores["b"], split="val", dataset="b")
+    assert on_b["dataset"] == "b"
+    assert on_b["energy_mae_meV_per_atom"] == pytest.approx(val["b/energy_mae_meV_per_atom"],
+                                                            rel=1e-9)
+    on_a = evaluate(best, stores["b"], split="val")  # the model's (a's) reference
+    assert on_a["dataset"] == "a"
+    assert abs(on_a["energy_mae_meV_per_atom"] - on_b["energy_mae_meV_per_atom"]) > 50
+    with pytest.raises(ConfigError, match=r"^dataset: .*best.pt has no dataset 'zz'; its "
+                                          r"datasets are a, b$"):
+        evaluate(best, stores["b"], split="val", dataset="zz")
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    energies = {}
+    for name in (None, "b"):
+        atoms.calc = OrbitCalculator.from_checkpoint(best, dataset=name)
+        energies[name] = atoms.get_potential_energy()
+    expected = 4 * trainer.datasets[1].e0_shift[29]
+    assert energies["b"] - energies[None] == pytest.approx(expected, abs=1e-9)
+    assert abs(expected - 4 * SHIFT[29]) < 0.1

@@ -29,6 +29,7 @@ from orbitgraph.model import Potential
 from orbitgraph.model.potential import FLOAT_DTYPES
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import batch_from_structures
+from orbitgraph.train.datasets import reference_shift
 from orbitgraph.train.weights import load_potential
 
 
@@ -73,20 +74,31 @@ class OrbitCalculator(Calculator):
         self.model = (model if is_placed(model, self.device, dtype)
                       else copy.deepcopy(model).to(device=self.device, dtype=dtype).eval())
         self.weights = "the model handed over"  # from_checkpoint: which weights of the file
+        self.dataset: str | None = None  # from_checkpoint: whose energy reference
+        self.e0_shift = np.zeros(119, dtype=np.float64)  # eV per atom of each Z
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
-                        dtype: torch.dtype = torch.float64, **kwargs) -> "OrbitCalculator":
+                        dtype: torch.dtype = torch.float64, dataset: str | None = None,
+                        **kwargs) -> "OrbitCalculator":
         """From ``best.pt`` or ``checkpoint.pt`` written by the trainer, with the weights
         validation used (the EMA's where training kept one) or, from ``checkpoint.pt``,
         ``weights="raw"`` or ``"ema"`` (:func:`orbitgraph.train.weights.load_potential`);
         which ones, in words: :attr:`weights`. The potential is built in ``dtype`` and its
         weights loaded into it (bit for bit where the checkpoint has this dtype, see
-        :func:`orbitgraph.model.model_from_checkpoint`), no copy."""
+        :func:`orbitgraph.model.model_from_checkpoint`), no copy.
+
+        ``dataset``: for a model trained on several datasets, the name of the one whose
+        energy reference (E0s) the energies are on (default: the primary, the first of the
+        run's ``stores``); forces and stresses do not depend on it. Raises ConfigError for a
+        name the model does not know (:func:`orbitgraph.train.datasets.reference_shift`)."""
         saved = load_potential(path, device=device, weights=weights, dtype=dtype)
+        shift = reference_shift(saved.datasets, dataset, str(path))
         calc = cls(saved.model.eval(), saved.graph, device=device, dtype=dtype,
                    known_elements=saved.trained_elements, **kwargs)
         calc.weights = saved.weights
+        calc.dataset = dataset or (saved.datasets[0]["name"] if saved.datasets else None)
+        calc.e0_shift = shift
         return calc
 
     def _warn_untrained(self, symbols: list[str]) -> None:
@@ -113,7 +125,7 @@ class OrbitCalculator(Calculator):
             self.device, self.dtype)
         want_stress = "stress" in properties and pbc.all()
         out = self.model(batch, forces=True, stress=want_stress)
-        energy = float(out["energy"][0].detach())
+        energy = float(out["energy"][0].detach()) + float(self.e0_shift[a.numbers].sum())
         self.results = {"energy": energy, "free_energy": energy,
                         "forces": out["forces"].detach().cpu().double().numpy()}
         if want_stress:

@@ -60,6 +60,9 @@ def dataset_specs(items: list) -> list[DatasetSpec]:
                           "stores")
     specs = []
     for i, item in enumerate(items):
+        if isinstance(item, DatasetSpec):
+            specs.append(item)
+            continue
         data = {"path": str(item)} if isinstance(item, (str, Path)) else item
         if not isinstance(data, dict):
             raise ConfigError(f"stores[{i}]: expected a mapping {{path, weight, name}} or a "
@@ -98,16 +101,21 @@ class Dataset:
         where it has labels)."""
         if self.e0_shift is None or batch.energy is None or not np.any(self.e0_shift):
             return batch
-        batch.energy = batch.energy + sign * self.frame_shift(batch)
+        batch.energy = batch.energy + sign * self.frame_shift(batch).to(batch.energy.dtype)
         return batch
 
     def frame_shift(self, batch) -> torch.Tensor:
-        """Σ_i shift(z_i) per frame of ``batch``: (F,) eV, in ``batch.energy``'s dtype."""
-        table = torch.as_tensor(self.e0_shift, dtype=torch.float64,
-                                device=batch.numbers.device)
-        per_frame = torch.zeros(batch.n_frames, dtype=torch.float64, device=table.device)
-        per_frame.index_add_(0, batch.batch, table[batch.numbers])
-        return per_frame.to(batch.energy.dtype if batch.energy is not None else torch.float64)
+        """Σ_i shift(z_i) per frame of ``batch``: (F,) eV, float64
+        (:func:`frame_energy_shift`)."""
+        return frame_energy_shift(self.e0_shift, batch)
+
+
+def frame_energy_shift(shift: np.ndarray, batch) -> torch.Tensor:
+    """Σ_i shift(z_i) over each frame's atoms of ``batch`` (a Batch): float64 (F,) eV, on
+    the batch's device; ``shift`` float64 (119,), eV per atom of each atomic number."""
+    table = torch.as_tensor(shift, dtype=torch.float64, device=batch.numbers.device)
+    per_frame = torch.zeros(batch.n_frames, dtype=torch.float64, device=table.device)
+    return per_frame.index_add_(0, batch.batch, table[batch.numbers])
 
 
 def open_datasets(specs: list[DatasetSpec], k: int | None, rank_envelope: str,
@@ -169,3 +177,23 @@ def weighted_statistics(datasets: list[Dataset]) -> dict:
         out["force_rms_eV_per_A"] = float(np.sqrt(np.dot(
             w, [s["force_rms_eV_per_A"] ** 2 for s in stats])))
     return out
+
+
+def reference_shift(records: list[dict] | None, dataset: str | None, where: str) -> np.ndarray:
+    """float64 (119,): the E0 shift (eV per atom of each atomic number) that puts a model's
+    energies on the reference of dataset ``dataset``, from the dataset records a model file
+    holds (``records``, :func:`orbitgraph.train.checkpointing.dataset_records`; None for a
+    model trained on one store). ``dataset`` None: the primary dataset's (zeros). Raises
+    ConfigError naming ``where`` and the datasets it knows for a name it does not know, or
+    a name given for a model trained on one store."""
+    shift = np.zeros(119, dtype=np.float64)
+    if dataset is None:
+        return shift
+    names = [r["name"] for r in records or []]
+    if dataset not in names:
+        known = f"its datasets are {', '.join(names)}" if names else \
+            "it was trained on one store (no datasets to choose from)"
+        raise ConfigError(f"dataset: {where} has no dataset {dataset!r}; {known}", "dataset")
+    for z, value in records[names.index(dataset)]["e0_shift"].items():
+        shift[int(z)] = float(value)
+    return shift

@@ -30,13 +30,15 @@ WEIGHTS = ("ema", "raw")
 class SavedPotential:
     """A model loaded from a file: the network (on the device asked for, in the dtype it
     was saved in), the graph parameters it was trained with, the chemical symbols of its
-    training frames (None where the file does not hold them) and which weights it has,
-    in words (``weights``)."""
+    training frames (None where the file does not hold them), which weights it has,
+    in words (``weights``), and, for a model trained on several datasets, their records
+    (``datasets``: name, store id, weight, E0 shift; None otherwise)."""
 
     model: Potential
     graph: GraphParams
     trained_elements: list[str] | None
     weights: str
+    datasets: list[dict] | None = None  # several datasets: name, store_id, weight, e0_shift
 
 
 def load_potential(path: str | Path, device: str = "cpu", weights: str | None = None,
@@ -57,7 +59,7 @@ def load_potential(path: str | Path, device: str = "cpu", weights: str | None = 
     state, said = choose_weights(ckpt, Path(path), weights)
     model = model_from_checkpoint({**ckpt, "model_state": state}, dtype)
     return SavedPotential(model.to(device), GraphParams.from_dict(ckpt["graph"]),
-                          ckpt.get("trained_elements"), said)
+                          ckpt.get("trained_elements"), said, ckpt.get("datasets"))
 
 
 def choose_weights(ckpt: dict, path: Path, weights: str | None = None) -> tuple[dict, str]:
