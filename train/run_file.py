@@ -46,10 +46,6 @@ class RunFile(Config):
 
     store: str | None = Field(None, description="the store to train on (--store); with "
                               "source, where it is built (default: OUT/store)")
-    stores: list[str | dict[str, Any]] | None = Field(
-        None, description="several datasets, each {path, weight, name} (weight default 1, "
-        "name default the folder's): each step draws its dataset by weight; the first is the "
-        "primary (the model's E0 reference)")
     source: str | None = Field(None, description="MPtrj .json/.json.gz; extxyz, ASE "
                                ".db/.aselmdb or Alexandria .json.bz2 files (a file, folder or "
                                "glob pattern): the store is built from it before training")
@@ -61,6 +57,10 @@ class RunFile(Config):
                                                "model settings or a YAML file (--model)")
     train: dict[str, Any] = Field(default_factory=dict, description="training settings")
     out: str | None = Field(None, description="the run directory (--out)")
+    stores: list[str | dict[str, Any]] | None = Field(
+        None, description="several datasets, each {path, weight, name} (weight default 1, "
+        "name default the folder's): each step draws its dataset by weight; the first is the "
+        "primary (the model's E0 reference)")
 
 
 SECTIONS = frozenset(RunFile.model_fields)
