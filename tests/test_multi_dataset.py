@@ -149,6 +149,21 @@ def test_an_epoch_draws_datasets_by_weight_and_passes_over_them(stores):
     assert first[a_batches:] != first[:drawn_a - a_batches]
 
 
+def test_ranks_draw_the_same_datasets_and_disjoint_frames(stores):
+    """Under DDP every rank takes the same number of steps and draws the same dataset at
+    each; within a pass, ranks take disjoint frames (a rank short of batches steps empty)."""
+    datasets = planner(stores).datasets
+    cfg = LoaderConfig(batch_frames=2, seed=3)
+    plans = [MixedPlanner(datasets, cfg, rank, 2) for rank in range(2)]
+    p0, p1 = (p.plan(1) for p in plans)
+    assert len(p0) == len(p1) and np.array_equal(p0.draws, p1.draws)
+    for d in range(2):
+        seen = [{(s, r) for s, r in zip(p.pass_plan(d, 1, 0).shard, p.pass_plan(d, 1, 0).row,
+                                         strict=True)} for p in plans]
+        assert not seen[0] & seen[1]
+        assert len(seen[0] | seen[1]) == len(datasets[d].store)
+
+
 def test_mixed_batches_are_deterministic_and_resume_exactly(stores):
     p = planner(stores)
     full = [b.frame_ids for b in make_mixed_loader(p, epoch=2)]

@@ -382,6 +382,13 @@ class Trainer:
         else:
             log.info(f"epoch {record['epoch']}: train loss {record['train_loss']:.5g} (no "
                      "validation frames; best.pt is this model)")
+        for name, _, _ in self.validation_sets():  # several datasets: a line for each
+            if name and record.get(f"{name}/frames"):
+                log.info(f"  dataset {name}: energy MAE "
+                         f"{record[f'{name}/energy_mae_meV_per_atom']:.2f} meV/atom, forces "
+                         f"MAE {record[f'{name}/forces_mae_meV_per_A']:.1f} meV/Å, stress MAE "
+                         f"{record[f'{name}/stress_mae_GPa']:.3f} GPa "
+                         f"({record[f'{name}/frames']} frames)")
 
 
 def store_statistics(store: GraphStore, cfg: ModelConfig) -> dict:
