@@ -172,7 +172,10 @@ class Trainer:
         dataset's (name "" for a single store, whose dataset is None)."""
         if self.datasets is None:
             return [("", self.val_set, None)]
-        return [(d.name, d.store.subset(split="val"), d) for d in self.datasets]
+        if not hasattr(self, "_validation_sets"):  # subsets of large indexes take a while
+            self._validation_sets = [(d.name, d.store.subset(split="val"), d)
+                                     for d in self.datasets]
+        return self._validation_sets
 
     def has_validation(self) -> bool:
         return any(len(frames) for _, frames, _ in self.validation_sets())
