@@ -14,6 +14,12 @@ run killed mid-epoch and resumed continues the same trajectory and logs the same
 continues to the new budget. A run directory holding another model's or another store's run
 is refused in one line (:class:`~orbitgraph.train.checkpointing.ResumeError`).
 
+Several datasets: ``store`` given as a list of stores with weights and names (each a
+:class:`~orbitgraph.train.datasets.DatasetSpec`, a mapping of its keys, or a path) trains
+on all of them, each step drawing its dataset by weight
+(:mod:`orbitgraph.train.mixing`); E0s are fitted per dataset and validation reports each
+dataset's errors on its own reference (metrics ``NAME/energy_mae_meV_per_atom``...).
+
 ``best.pt`` holds the (EMA) weights with the lowest validation criterion
 (:func:`~orbitgraph.train.evaluation.validation_loss`); a store without validation frames
 has no such choice, and ``best.pt`` is then the model at the end of the latest epoch (the
