@@ -298,6 +298,13 @@ def test_evaluate_and_calculator_predict_on_a_chosen_dataset_reference(stores, t
     on_a = evaluate(best, stores["b"], split="val")  # the model's (a's) reference
     assert on_a["dataset"] == "a"
     assert abs(on_a["energy_mae_meV_per_atom"] - on_b["energy_mae_meV_per_atom"]) > 50
+    from orbitgraph.train import cli
+    assert cli.main(["evaluate", str(best), "--store", str(stores["b"]), "--split", "val",
+                     "--dataset", "b", "--out", str(tmp_path / "eval-b")]) == 0
+    written = json.loads((tmp_path / "eval-b" / "metrics.json").read_text())
+    assert written["dataset"] == "b"
+    assert written["energy_mae_meV_per_atom"] == pytest.approx(
+        on_b["energy_mae_meV_per_atom"], rel=1e-9)
     with pytest.raises(ConfigError, match=r"^dataset: .*best.pt has no dataset 'zz'; its "
                                           r"datasets are a, b$"):
         evaluate(best, stores["b"], split="val", dataset="zz")
