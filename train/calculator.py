@@ -31,6 +31,7 @@ from orbitgraph.model.potential import FLOAT_DTYPES
 from orbitgraph.model.program import ExportedPotential
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import batch_from_structures
+from orbitgraph.train.datasets import reference_shift
 from orbitgraph.train.weights import load_potential
 
 
@@ -60,28 +61,36 @@ class OrbitCalculator(Calculator):
     checkpoint; None when the model was handed over without them, and then nothing is
     checked). Raises ValueError for another dtype or a graph the model's rank envelope
     cannot use, ConfigError for a model handed over without ``graph``, and what
-    :func:`orbitgraph.train.weights.load_potential` raises for a path."""
+    :func:`orbitgraph.train.weights.load_potential` raises for a path.
+    ``dataset``: for a model file trained on several datasets, the name of the one whose
+    energy reference (E0s) the energies are on (default: the primary, the first of the
+    run's ``stores``); forces and stresses do not depend on it. Raises ConfigError for a
+    name the model does not know (:func:`orbitgraph.train.datasets.reference_shift`)."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model: Potential | ExportedPotential | str | os.PathLike,
                  graph: GraphParams | dict | None = None, device: str = "cpu",
                  dtype: torch.dtype = torch.float64, known_elements: list[str] | None = None,
-                 weights: str | None = None, **kwargs):
+                 weights: str | None = None, dataset: str | None = None, **kwargs):
         if dtype not in FLOAT_DTYPES:
             raise ConfigError(f"OrbitCalculator: dtype is torch.float32 or torch.float64, "
                               f"not {dtype}")
         said = "the model handed over"
+        e0_shift = reference_shift(None, None, "")
         if isinstance(model, (str, os.PathLike)):  # a model file, checkpoint or program
             saved = load_potential(model, device=device, weights=weights, dtype=dtype)
+            e0_shift = reference_shift(saved.datasets, dataset, str(model))
+            dataset = dataset or (saved.datasets[0]["name"] if saved.datasets else None)
             model, said = saved.model.eval(), saved.weights
             graph = saved.graph if graph is None else graph
             known_elements = saved.trained_elements if known_elements is None \
                 else known_elements
-        elif graph is None or weights is not None:
+        elif graph is None or weights is not None or dataset is not None:
             raise ConfigError("OrbitCalculator: a model handed over needs its graph "
-                              "parameters (graph=...) and has one set of weights (no "
-                              "weights=...); a file carries its graph parameters")
+                              "parameters (graph=...) and has one set of weights and one "
+                              "energy reference (no weights=..., dataset=...); a file carries "
+                              "its graph parameters and datasets")
         super().__init__(**kwargs)
         self.known_elements = sorted(known_elements) if known_elements is not None else None
         self._warned: set[str] = set()
@@ -94,17 +103,22 @@ class OrbitCalculator(Calculator):
         self.model = (model if is_placed(model, self.device, dtype)
                       else copy.deepcopy(model).to(device=self.device, dtype=dtype).eval())
         self.weights = said  # from a file: which weights of the file, in words
+        self.dataset = dataset  # whose energy reference (several datasets; None: the primary)
+        self.e0_shift = e0_shift  # float64 (119,), eV per atom of each Z
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
-                        dtype: torch.dtype = torch.float64, **kwargs) -> "OrbitCalculator":
+                        dtype: torch.dtype = torch.float64, dataset: str | None = None,
+                        **kwargs) -> "OrbitCalculator":
         """From ``best.pt`` or ``checkpoint.pt`` written by the trainer, with the weights
         validation used (the EMA's where training kept one) or, from ``checkpoint.pt``,
         ``weights="raw"`` or ``"ema"`` (:func:`orbitgraph.train.weights.load_potential`);
         which ones, in words: :attr:`weights`. The potential is built in ``dtype`` and its
         weights loaded into it (bit for bit where the checkpoint has this dtype, see
-        :func:`orbitgraph.model.model_from_checkpoint`), no copy."""
-        return cls(path, device=device, dtype=dtype, weights=weights, **kwargs)
+        :func:`orbitgraph.model.model_from_checkpoint`), no copy. ``dataset``: as for the
+        constructor."""
+        return cls(path, device=device, dtype=dtype, weights=weights, dataset=dataset,
+                   **kwargs)
 
     def _warn_untrained(self, symbols: list[str]) -> None:
         if self.known_elements is None:
@@ -130,7 +144,7 @@ class OrbitCalculator(Calculator):
             self.device, self.dtype)
         want_stress = "stress" in properties and pbc.all()
         out = self.model(batch, forces=True, stress=want_stress)
-        energy = float(out["energy"][0].detach())
+        energy = float(out["energy"][0].detach()) + float(self.e0_shift[a.numbers].sum())
         self.results = {"energy": energy, "free_energy": energy,
                         "forces": out["forces"].detach().cpu().double().numpy()}
         if want_stress:

@@ -99,6 +99,7 @@ def save_checkpoint(trainer: Trainer, path: Path | None = None) -> None:
         "store_id": trainer.store.manifest.store_id,
         "world": trainer.info.world,
         "trained_elements": trainer.trained_elements,
+        "datasets": dataset_records(trainer),
     }
     path = path or trainer.out / CHECKPOINT
     write_checkpoint(ckpt, path)
@@ -150,6 +151,12 @@ def check_same_run(trainer: Trainer, ckpt: dict) -> None:
     if ckpt["store_id"] != store_id:
         raise ResumeError(f"{out} holds a run on store {ckpt['store_id']}, not on "
                           f"{store_id} ({trainer.store.location}); {restart}")
+    saved_sets, our_sets = ckpt.get("datasets"), dataset_records(trainer)
+    names = [[(d["name"], d["store_id"]) for d in x] if x else None
+             for x in (saved_sets, our_sets)]
+    if names[0] != names[1]:
+        raise ResumeError(f"{out} holds a run on the datasets {names[0]}, not on "
+                          f"{names[1]}; {restart}")
     saved = ModelConfig.from_dict(ckpt["model_config"]).to_dict()  # with newer defaults
     for what, theirs, ours in (("model", saved, trainer.model.config.to_dict()),
                                ("graph", ckpt["graph"], trainer.graph.to_dict())):
@@ -163,6 +170,9 @@ def check_same_run(trainer: Trainer, ckpt: dict) -> None:
         ours = trainer.cfg.loader.to_dict()
         changed = [f"loader.{key} {theirs[key]!r} -> {ours[key]!r}" for key in PLAN_SETTINGS
                    if theirs[key] != ours[key]]
+        weights = [[d["weight"] for d in x] if x else None for x in (saved_sets, our_sets)]
+        if weights[0] != weights[1]:
+            changed.append(f"dataset weights {weights[0]} -> {weights[1]}")
         if ckpt.get("world", 1) != trainer.info.world:
             changed.append(f"ranks {ckpt.get('world', 1)} -> {trainer.info.world}")
         if changed:
@@ -180,4 +190,17 @@ def save_inference_model(trainer: Trainer, path: Path) -> None:
                extra={"graph": trainer.graph.to_dict(),
                       "store_id": trainer.store.manifest.store_id,
                       "trained_elements": trainer.trained_elements, "step": trainer.state.step,
-                      "weights": "ema" if trainer.ema is not None else "raw"})
+                      "weights": "ema" if trainer.ema is not None else "raw",
+                      "datasets": dataset_records(trainer)})
+
+
+def dataset_records(trainer: Trainer) -> list[dict] | None:
+    """The run's datasets as checkpoints keep them (None for a run on one store): each
+    one's name, store id, normalised weight and E0 shift {Z: eV per atom, non-zero only},
+    the first being the primary (the model's own reference)."""
+    if trainer.datasets is None:
+        return None
+    return [{"name": d.name, "store_id": d.store.manifest.store_id, "weight": d.weight,
+             "e0_shift": ({int(z): float(d.e0_shift[z]) for z in np.flatnonzero(d.e0_shift)}
+                          if d.e0_shift is not None else {})}
+            for d in trainer.datasets]

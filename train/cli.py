@@ -85,7 +85,7 @@ class RunSettings:
     """What ``orbitgraph train`` runs: the store (built first from ``source`` when given,
     with ``build``'s settings), the run directory and the configs."""
 
-    store: str
+    store: str | list  # a store, or several datasets' DatasetSpecs
     out: str
     train: object  # TrainConfig
     model: object  # ModelConfig
@@ -119,7 +119,13 @@ def run_settings(args) -> RunSettings:
     out = args.out or run.out
     if out is None:
         raise ConfigError("train: give --out (the run directory), or out: in the --config file")
+    if run.stores is not None and (run.store is not None or run.source is not None):
+        raise ConfigError("stores: several datasets, and store:/source: one; give either",
+                          "stores")
     store = args.store or run.store
+    if store is None and run.stores is not None:
+        from orbitgraph.train.datasets import dataset_specs
+        store = dataset_specs(run.stores)
     if store is None and run.source is not None:
         store = os.path.join(out, "store")
     if store is None:
@@ -127,7 +133,8 @@ def run_settings(args) -> RunSettings:
     if doc["build"] and run.source is None:
         raise ConfigError("build: settings for building a store, but no source: to build it "
                         "from")
-    return RunSettings(store=str(store), out=str(out), source=run.source, format=run.format,
+    return RunSettings(store=store if isinstance(store, list) else str(store), out=str(out),
+                       source=run.source, format=run.format,
                        train=TrainConfig.from_dict(doc["train"], where="train"),
                        model=ModelConfig.from_dict(doc["model"], where="model"),
                        build=StoreParams.from_dict(doc["build"], where="build"))
@@ -255,7 +262,7 @@ def _cmd_evaluate(args) -> int:
         out = (Path(args.out) if args.out
                else Path(args.checkpoint).parent / f"evaluate-{settings.split}")
         metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
-                           weights=args.weights, out=out)
+                           weights=args.weights, out=out, dataset=args.dataset)
     if args.json:
         metrics["files"]["metrics"] = str(Path(args.json))
     print(f"weights: {metrics['weights']}")
@@ -436,6 +443,9 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
                    "checkpoint.pt (default: those validation used, the EMA's where training "
                    "kept one; best.pt holds those only)")
     s.add_argument("--json", help="where to write the metrics (default: OUT/metrics.json)")
+    s.add_argument("--dataset", help="with --store, for a model trained on several datasets: "
+                   "the one whose energy reference (E0s) the store's labels are on (default: "
+                   "the run's first)")
     _set_option(s, "evaluate.split=val")
     s.set_defaults(func=_cmd_evaluate)
     s = sub.add_parser("export", help="write a store's frames and labels to a file "

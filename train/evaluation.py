@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 from orbitgraph.errors import StoreError
@@ -29,6 +30,7 @@ from orbitgraph.model import Potential
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
 from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.datasets import frame_energy_shift, reference_shift
 from orbitgraph.train.distributed import DistInfo, all_sum
 from orbitgraph.train.loader import LoaderConfig, make_loader
 from orbitgraph.train.metrics import ErrorAccumulator
@@ -67,6 +69,33 @@ def validation_metrics(model: Potential, frames: GraphStore, loader: LoaderConfi
     if info.world > 1:
         acc.load_tensor(all_sum(acc.merge_tensor(), info))
     return acc.result(), acc.pairs
+
+
+def dataset_metrics(model: Potential, sets: list, loader: LoaderConfig, graph, info: DistInfo,
+                    device: torch.device, dtype: torch.dtype, keep_pairs: bool = False
+                    ) -> tuple[dict, dict[str, dict], object]:
+    """The metrics of ``model`` over several datasets' frames, ``sets`` a list of (name,
+    frames, :class:`~orbitgraph.train.datasets.Dataset`): over all their frames, and per
+    dataset ({name: metrics}), each dataset's energies compared on its own E0 reference
+    (the model's prediction plus the dataset's E0 shift, equivalently its label moved onto
+    the model's), summed over the ranks; with ``keep_pairs``, this rank's pairs of all."""
+    total = ErrorAccumulator(keep_pairs=keep_pairs)
+    model.eval()
+    accs = {}
+    in_order = loader.model_copy(update={"shuffle": False, "num_workers": 0})
+    for name, frames, data in sets:
+        acc = accs[name] = ErrorAccumulator()
+        if not len(frames):
+            continue
+        batches = make_loader(frames, in_order, 0, info.rank, info.world, graph=graph)
+        if data is not None:
+            batches = (data.shift_energy(batch) for batch in batches)
+        add_errors(total, model, batches, device, dtype, each=lambda out, batch, acc=acc:
+                   acc.add(out, batch))
+    if info.world > 1:
+        for acc in (total, *accs.values()):
+            acc.load_tensor(all_sum(acc.merge_tensor(), info))
+    return total.result(), {name: acc.result() for name, acc in accs.items()}, total.pairs
 
 
 def validation_loss(cfg: TrainConfig, metrics: dict) -> float:
@@ -110,7 +139,7 @@ def frames_to_evaluate(store: GraphStore, split: str) -> GraphStore:
 
 def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str = "test",
              device: str = "cpu", max_atoms: int = 2048, weights: str | None = None,
-             out: str | Path | None = None) -> dict:
+             out: str | Path | None = None, dataset: str | None = None) -> dict:
     """MAE/RMSE of a saved model (in float64) on a split of a store, which weights they are
     (``weights``, in words: by default those validation used, the EMA's where training kept
     one; see :func:`orbitgraph.train.weights.load_potential`), the baselines' MAEs on the
@@ -119,13 +148,20 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
     model's training frames held (see :func:`untrained_elements`); one warning per such
     element (``orbitgraph.evaluate`` logger). With ``out`` (a folder, created), the
     predictions, the parity plot and the metrics are written there (:func:`write_outputs`;
-    their paths under ``files``). Raises StoreError when the split holds no frames
-    (:func:`frames_to_evaluate`)."""
+    their paths under ``files``). ``dataset``: for a model trained on several datasets, the
+    one whose energy reference the store's labels are on (default: the model's own, the
+    primary dataset's; :func:`orbitgraph.train.datasets.reference_shift`, which raises
+    ConfigError for a name the model does not know). Raises StoreError when the split
+    holds no frames (:func:`frames_to_evaluate`)."""
     saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
+    shift = reference_shift(saved.datasets, dataset, str(checkpoint))
     store = store if isinstance(store, GraphStore) else open_store(store)
     subset = frames_to_evaluate(store, split)
-    return evaluate_frames(saved, subset, split, f"{store.root}: {split} split", device,
-                           max_atoms, out)
+    metrics = evaluate_frames(saved, subset, split, f"{store.root}: {split} split", device,
+                              max_atoms, out, e0_shift=shift)
+    if saved.datasets:
+        metrics["dataset"] = dataset or saved.datasets[0]["name"]
+    return metrics
 
 
 def evaluate_source(checkpoint: str | Path, source: str | Path, out: str | Path,
@@ -165,11 +201,14 @@ def evaluate_source(checkpoint: str | Path, source: str | Path, out: str | Path,
 
 def evaluate_frames(saved: SavedPotential, frames: GraphStore, split: str, title: str,
                     device: str = "cpu", max_atoms: int = 2048,
-                    out: str | Path | None = None) -> dict:
+                    out: str | Path | None = None, e0_shift=None) -> dict:
     """The metrics of :func:`evaluate` for the model ``saved`` on ``frames`` (a store or a
     subset of one, not empty) named ``split`` in the metrics and ``title`` on the plot;
-    written to ``out`` where given."""
+    written to ``out`` where given. ``e0_shift`` (float64 (119,), eV per atom of each Z):
+    added to the model's energies, to put them on the frames' reference (None: none)."""
     model = saved.model.to(device=device, dtype=torch.float64).eval()
+    if e0_shift is not None and np.any(e0_shift):
+        model = OnReference(model, e0_shift)
     loader = make_loader(frames, LoaderConfig(max_atoms=max_atoms, shuffle=False),
                          graph=saved.graph)
     acc = ErrorAccumulator()
@@ -194,6 +233,21 @@ def evaluate_frames(saved: SavedPotential, frames: GraphStore, split: str, title
         metrics["files"] = write_outputs(Path(out), predictions, metrics,
                                          f"{title} ({len(frames)} frames)")
     return metrics
+
+
+class OnReference:
+    """A potential whose energies are moved onto another dataset's E0 reference: called as
+    the potential is, it adds Σ_i shift(z_i) (eV; ``shift`` float64 (119,), eV per atom of
+    each atomic number) to each frame's energy; forces and stress are the potential's."""
+
+    def __init__(self, model: Potential, shift):
+        self.model, self.shift = model, shift
+
+    def __call__(self, batch: Batch, **kwargs) -> dict:
+        out = dict(self.model(batch, **kwargs))
+        shift = frame_energy_shift(self.shift, batch)
+        out["energy"] = out["energy"] + shift.to(out["energy"].dtype)
+        return out
 
 
 def write_outputs(out: Path, predictions: Predictions, metrics: dict, title: str) -> dict:

@@ -2,7 +2,8 @@
 
 A run file has these sections, every one optional (:class:`RunFile`)::
 
-    store: stores/mptrj-k16        # the store to train on (--store)
+    store: stores/mptrj-k16        # the store to train on (--store), or several datasets:
+    # stores: [{path: stores/omat, weight: 0.6, name: omat}, {path: stores/mptrj, weight: 0.4}]
     source: data/train.extxyz      # or build that store first from a source (default
     format: extxyz                 #   place: OUT/store); a complete store of the same
     build: {graph: {k: 16}}        #   source and build settings is reused, not rebuilt
@@ -14,6 +15,10 @@ A run file has these sections, every one optional (:class:`RunFile`)::
 keys...). The command line wins: ``--store``, ``--model`` and ``--out`` over the file,
 ``--set train.lr=...``, ``--set model.channels=...`` and ``--set build.graph.k=...`` over
 both. Relative paths are relative to the working directory, as on the command line.
+
+``stores`` trains on several stores at once, each step drawing its dataset by weight
+(:mod:`orbitgraph.train.datasets`, :mod:`orbitgraph.train.mixing`); it excludes ``store``
+and ``source``.
 
 Two flat forms are read too: a file holding only training settings (the ``train:`` section
 alone, as ``--config`` always took), and mace-torch's flat ``mace_run_train --config``
@@ -52,6 +57,10 @@ class RunFile(Config):
                                                "model settings or a YAML file (--model)")
     train: dict[str, Any] = Field(default_factory=dict, description="training settings")
     out: str | None = Field(None, description="the run directory (--out)")
+    stores: list[str | dict[str, Any]] | None = Field(
+        None, description="several datasets, each {path, weight, name} (weight default 1, "
+        "name default the folder's): each step draws its dataset by weight; the first is the "
+        "primary (the model's E0 reference)")
 
 
 SECTIONS = frozenset(RunFile.model_fields)

@@ -15,8 +15,14 @@ continues to the new budget. A run directory holding another model's or another 
 is refused in one line (:class:`~orbitgraph.train.checkpointing.ResumeError`).
 
 While ``fit`` runs, the main rank writes everything the run says to ``train.log`` as well,
-with a progress bar on a terminal (:mod:`train.run_log`); SIGINT and SIGTERM stop the run
-after the step in progress with a checkpoint of it (:mod:`train.interrupts`).
+with a progress bar on a terminal (:mod:`orbitgraph.train.run_log`); SIGINT and SIGTERM stop the run
+after the step in progress with a checkpoint of it (:mod:`orbitgraph.train.interrupts`).
+
+Several datasets: ``store`` given as a list of stores with weights and names (each a
+:class:`~orbitgraph.train.datasets.DatasetSpec`, a mapping of its keys, or a path) trains
+on all of them, each step drawing its dataset by weight
+(:mod:`orbitgraph.train.mixing`); E0s are fitted per dataset and validation reports each
+dataset's errors on its own reference (metrics ``NAME/energy_mae_meV_per_atom``...).
 
 ``best.pt`` holds the (EMA) weights with the lowest validation criterion
 (:func:`~orbitgraph.train.evaluation.validation_loss`); a store without validation frames
@@ -37,7 +43,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from orbitgraph.errors import ConfigError
+from orbitgraph.errors import ConfigError, StoreError
 from orbitgraph.model import Potential, build_model
 from orbitgraph.model.config import ModelConfig, load_config
 from orbitgraph.preprocess.graph_params import graph_for_model
@@ -53,10 +59,18 @@ from orbitgraph.train.checkpointing import (
     save_inference_model,
 )
 from orbitgraph.train.config import TrainConfig
+from orbitgraph.train.datasets import (
+    Dataset,
+    dataset_specs,
+    energy_references,
+    open_datasets,
+    weighted_statistics,
+)
 from orbitgraph.train.distributed import all_sum, init_distributed, rank_device
 from orbitgraph.train.ema import EMA
 from orbitgraph.train.epoch_log import EpochLog
 from orbitgraph.train.evaluation import (
+    dataset_metrics,
     elements,
     untrained_elements,
     validation_loss,
@@ -65,6 +79,7 @@ from orbitgraph.train.evaluation import (
 from orbitgraph.train.interrupts import Interrupted, StopRequests, signal_name
 from orbitgraph.train.loader import empty_batch, make_loader, over_budget, steps_per_epoch
 from orbitgraph.train.metrics import loss_sums
+from orbitgraph.train.mixing import MixedPlanner, make_mixed_loader
 from orbitgraph.train.precision import DTYPES, autocast, e3nn_inputs_in, set_matmul_precision
 from orbitgraph.train.run_log import TRAIN_LOG, RunLog
 from orbitgraph.train.schedule import Schedule
@@ -104,10 +119,29 @@ class Trainer:
         self.device = rank_device(self.cfg.device, self.info)
         self.dtype = DTYPES[self.cfg.precision]
         set_matmul_precision(self.cfg.precision)
-        self.store = store if isinstance(store, GraphStore) else open_store(store)
+        mcfg = load_config(model_config)
+        self.datasets: list[Dataset] | None = None  # several datasets: train/datasets.py
+        if isinstance(store, (list, tuple)):
+            self.datasets, self.graph = open_datasets(
+                dataset_specs(list(store)), mcfg.k, mcfg.rank_envelope,
+                mcfg.rank_envelope_width)
+            self.store = self.datasets[0].store
+        else:
+            self.store = store if isinstance(store, GraphStore) else open_store(store)
+            self.graph = graph_for_model(self.store.manifest.graph, mcfg.k,
+                                         mcfg.rank_envelope, mcfg.rank_envelope_width)
         self.train_set = self.store.subset(split="train")
         self.val_set = self.store.subset(split="val")
-        if not len(self.val_set):
+        self.planner: MixedPlanner | None = None
+        if self.datasets is not None:
+            self.planner = MixedPlanner(
+                [Dataset(d.name, d.store.subset(split="train"), d.weight)
+                 for d in self.datasets], self.cfg.loader, self.info.rank, self.info.world)
+            for data in self.planner.datasets:
+                if not len(data.store):
+                    raise StoreError(f"{data.name}: the store {data.store.root} has no "
+                                     "training frames")
+        if not self.has_validation():
             for name, needed in (("schedule", self.cfg.schedule == "plateau"),
                                  ("early_stopping_patience",
                                   self.cfg.early_stopping_patience is not None)):
@@ -115,14 +149,13 @@ class Trainer:
                     raise ConfigError(f"train.{name}: {getattr(self.cfg, name)!r} follows the "
                                       "validation error, and the store has no validation "
                                       "frames (its val_fraction is 0)", f"train.{name}")
-        self.trained_elements = elements(self.train_set)
+        self.trained_elements = (elements(self.train_set) if self.planner is None else sorted(
+            set().union(*(elements(d.store) for d in self.planner.datasets))))
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         random.seed(self.cfg.seed)
-        mcfg = load_config(model_config)
-        self.graph = graph_for_model(self.store.manifest.graph, mcfg.k, mcfg.rank_envelope,
-                                     mcfg.rank_envelope_width)
-        stats = store_statistics(self.store, mcfg)
+        stats = (store_statistics(self.store, mcfg) if self.datasets is None
+                 else mixed_statistics(self.datasets, self.planner.datasets, mcfg))
         self.e0_text = e0_text(mcfg, stats)
         self.model: Potential = build_model(mcfg.model_copy(update={"k": self.graph.k}),
                                             stats, self.dtype)
@@ -139,7 +172,7 @@ class Trainer:
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.lr,
                                  weight_decay=self.cfg.weight_decay, amsgrad=self.cfg.amsgrad)
-        self.steps_per_epoch = steps_per_epoch(self.train_set, self.cfg.loader, 0, self.info.world)
+        self.steps_per_epoch = self.epoch_steps(0)
         total = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.schedule = Schedule.for_run(self.optimizer, self.cfg, total)
         self.state = TrainState()
@@ -148,6 +181,26 @@ class Trainer:
         self.epoch_log = EpochLog(self.out, self.cfg.tensorboard)
         if resume and (self.out / CHECKPOINT).is_file():
             load_checkpoint(self, self.out / CHECKPOINT)
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps of ``epoch``: the busiest rank's batches of the store, or with several
+        datasets the sum of theirs (:class:`~orbitgraph.train.mixing.MixedPlanner`)."""
+        if self.planner is not None:
+            return self.planner.steps(epoch)
+        return steps_per_epoch(self.train_set, self.cfg.loader, epoch, self.info.world)
+
+    def validation_sets(self) -> list[tuple[str, GraphStore, Dataset | None]]:
+        """(name, frames, dataset) of each validation split: the store's, or each
+        dataset's (name "" for a single store, whose dataset is None)."""
+        if self.datasets is None:
+            return [("", self.val_set, None)]
+        if not hasattr(self, "_validation_sets"):  # subsets of large indexes take a while
+            self._validation_sets = [(d.name, d.store.subset(split="val"), d)
+                                     for d in self.datasets]
+        return self._validation_sets
+
+    def has_validation(self) -> bool:
+        return any(len(frames) for _, frames, _ in self.validation_sets())
 
     def budget_reached(self) -> bool:
         if self.cfg.max_steps is not None:
@@ -238,10 +291,14 @@ class Trainer:
         steps_this_call = 0
         while not self.state.finished:
             epoch = self.state.epoch
-            n_steps = steps_per_epoch(self.train_set, self.cfg.loader, epoch, self.info.world)
-            loader = make_loader(self.train_set, self.cfg.loader, epoch, self.info.rank,
-                                 self.info.world, skip=self.state.batches_in_epoch,
-                                 graph=self.graph, dtype=torch.float64)
+            n_steps = self.epoch_steps(epoch)
+            if self.planner is not None:
+                loader = make_mixed_loader(self.planner, epoch, self.state.batches_in_epoch,
+                                           self.graph, torch.float64)
+            else:
+                loader = make_loader(self.train_set, self.cfg.loader, epoch, self.info.rank,
+                                     self.info.world, skip=self.state.batches_in_epoch,
+                                     graph=self.graph, dtype=torch.float64)
             it = iter(loader)
             while self.state.batches_in_epoch < n_steps and not self.budget_reached():
                 batch = next(it, None)
@@ -307,7 +364,7 @@ class Trainer:
         largest of them, and a record of an epoch
         that the budget stopped part-way is replaced when the epoch goes on."""
         metrics = self.validate()
-        has_val = len(self.val_set) > 0
+        has_val = self.has_validation()
         val_loss = validation_loss(self.cfg, metrics)
         if has_val:
             self.schedule.epoch_end(val_loss)
@@ -381,7 +438,7 @@ class Trainer:
             log.warning(f"{n_untrained} of {len(self.val_set)} validation frames hold "
                         f"elements absent from the training split ({', '.join(untrained)}); "
                         f"their energy errors will be large")
-        if not len(self.val_set):
+        if not self.has_validation():
             log.warning("the store has no validation frames, so no model can be chosen by "
                         "validation: best.pt is the model at the end of the latest epoch (EMA "
                         "weights where EMA is on)")
@@ -429,9 +486,16 @@ class Trainer:
         """The metrics of the inference model (:meth:`inference_model`) on ``store``
         (default: the validation split), over every rank; with ``keep_pairs``, this rank's
         (reference, predicted) pairs in ``last_pairs``."""
-        metrics, self.last_pairs = validation_metrics(
-            self.inference_model(), store if store is not None else self.val_set,
-            self.cfg.loader, self.graph, self.info, self.device, self.dtype, keep_pairs)
+        if store is not None or self.datasets is None:
+            metrics, self.last_pairs = validation_metrics(
+                self.inference_model(), store if store is not None else self.val_set,
+                self.cfg.loader, self.graph, self.info, self.device, self.dtype, keep_pairs)
+            return metrics
+        metrics, by_dataset, self.last_pairs = dataset_metrics(
+            self.inference_model(), self.validation_sets(), self.cfg.loader, self.graph,
+            self.info, self.device, self.dtype, keep_pairs)
+        for name, result in by_dataset.items():
+            metrics.update({f"{name}/{key}": value for key, value in result.items()})
         return metrics
 
     # -------------------------------------------------------------------- logging
@@ -449,6 +513,13 @@ class Trainer:
         else:
             log.info(f"epoch {record['epoch']}: {loss} (no validation frames; best.pt is "
                      "this model)")
+        for name, _, _ in self.validation_sets():  # several datasets: a line for each
+            if name and record.get(f"{name}/frames"):
+                log.info(f"  dataset {name}: energy MAE "
+                         f"{record[f'{name}/energy_mae_meV_per_atom']:.2f} meV/atom, forces "
+                         f"MAE {record[f'{name}/forces_mae_meV_per_A']:.1f} meV/Å, stress MAE "
+                         f"{record[f'{name}/stress_mae_GPa']:.3f} GPa "
+                         f"({record[f'{name}/frames']} frames)")
 
 
 def store_statistics(store: GraphStore, cfg: ModelConfig) -> dict:
@@ -480,3 +551,23 @@ def e0_text(cfg: ModelConfig, stats: dict) -> str | None:
         return None
     return (f"E0s ({method or 'as given'}): {len(e0)} elements, {min(e0.values()):.4g} to "
             f"{max(e0.values()):.4g} eV")
+
+
+def mixed_statistics(datasets: list[Dataset], train: list[Dataset], cfg: ModelConfig) -> dict:
+    """The statistics of several datasets for ``cfg`` (:func:`weighted_statistics`): E0s
+    fitted per dataset by the method ``cfg.atomic_energies`` names
+    (:func:`~orbitgraph.train.datasets.energy_references`; each dataset's ``e0_shift`` set,
+    in ``datasets`` and their training subsets ``train``), or a given mapping shared by
+    all (no shifts); logged."""
+    stats = weighted_statistics(datasets)
+    if not isinstance(cfg.atomic_energies, str):
+        return {**stats, "atomic_energies_method": "least_squares"}
+    e0 = energy_references(datasets, cfg.atomic_energies, regularisation=cfg.e0_regularisation,
+                           cutoff=cfg.cutoff)
+    for data, sub in zip(datasets, train, strict=True):
+        sub.e0_shift = data.e0_shift
+        if np.any(data.e0_shift):
+            worst = float(np.abs(data.e0_shift).max())
+            log.info(f"dataset {data.name}: E0s fitted apart ({cfg.atomic_energies}), up to "
+                     f"{worst:.4g} eV/atom from the model's; its energies are moved onto them")
+    return {**stats, "atomic_energies_eV": e0, "atomic_energies_method": cfg.atomic_energies}

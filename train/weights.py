@@ -39,13 +39,15 @@ class SavedPotential:
     program), the graph parameters it was trained with, the chemical symbols of its
     training frames (None where the file does not hold them), which weights it has, in
     words (``weights``), and as ``ema``, ``raw`` or None where the file does not record it
-    (``kind``)."""
+    (``kind``), and, for a model trained on several datasets, their records (``datasets``:
+    name, store id, weight, E0 shift; None otherwise)."""
 
     model: Potential | ExportedPotential
     graph: GraphParams
     trained_elements: list[str] | None
     weights: str
     kind: str | None = None
+    datasets: list[dict] | None = None  # several datasets: name, store_id, weight, e0_shift
 
 
 def load_potential(path: str | Path, device: str = "cpu", weights: str | None = None,
@@ -74,7 +76,7 @@ def load_potential(path: str | Path, device: str = "cpu", weights: str | None = 
     model = model_from_checkpoint({**ckpt, "model_state": state}, dtype)
     return SavedPotential(model.to(device), GraphParams.from_dict(ckpt["graph"]),
                           ckpt.get("trained_elements"), said,
-                          weights_kind(ckpt, weights))
+                          weights_kind(ckpt, weights), ckpt.get("datasets"))
 
 
 def load_program_potential(path: Path, device: str, weights: str | None,
@@ -92,7 +94,7 @@ def load_program_potential(path: Path, device: str, weights: str | None,
     said = (f"{'EMA' if held == 'ema' else held} weights exported to {path}" if held
             else f"the weights exported to {path} (unrecorded whether EMA or raw)")
     return SavedPotential(model, GraphParams.from_dict(meta["graph"]),
-                          meta.get("trained_elements"), said, held)
+                          meta.get("trained_elements"), said, held, meta.get("datasets"))
 
 
 def weights_kind(ckpt: dict, weights: str | None = None) -> str | None:
