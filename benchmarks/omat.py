@@ -35,8 +35,9 @@ Then, in this order:
    1000 frames: frames/s;
 2. ``build_store`` of the whole folder on a LocalCluster of ``--workers`` single-threaded
    workers (3 GB memory limit each) started before the clock: wall, frames/s, peak resident
-   memory of each worker (:func:`build.worker_peaks_mb`) and of this driver process, and the
-   ratio to (1).
+   memory of each worker (:func:`build.worker_peaks_mb`) and of this driver process, the
+   ratio to (1), and the store's size on disk (removed after the run unless
+   ``--keep-store``).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ANCHOR, OUT, fresh, require_shared  # noqa: E402
+from _common import ANCHOR, OUT, du, fresh, require_shared  # noqa: E402
 
 
 def _bench_module(name: str):
@@ -254,6 +255,10 @@ def main() -> None:
           f"({s.quarantined} quarantined), {s.edges} edges in {dt:.0f} s ({dt / 60:.1f} min) = "
           f"{rate:.0f} frames/s = {rate / base:.1f}x the naive path; peak memory per worker "
           + ", ".join(f"{p:.0f}" for p in peaks) + f" MB, driver {driver:.0f} MB", flush=True)
+    size = du(out)
+    print(f"store: {size / 1e9:.2f} GB = {size / max(s.frames, 1):.0f} bytes/frame, "
+          f"{size / max(s.edges, 1):.2f} bytes/edge (source "
+          f"{sum(f.stat().st_size for f in root.rglob('*.aselmdb')) / 1e9:.2f} GB)", flush=True)
     if not args.keep_store:
         fresh(out)
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
