@@ -1,6 +1,7 @@
 """The loader's epoch plan at MPtrj scale: 1,580,395 frames in 395 shards.
 
 usage: python benchmarks/loader_plan.py [--repeats 5] [--world 1 4] [--workers 4]
+       python benchmarks/loader_plan.py --omat [--frames 110000000] [--repeats 3] [--world 1 8]
 
 An index shaped like MPtrj's (materials of ~11 frames stored together, lognormal sizes with
 a median of 25 atoms, 16 edges per atom; no store on disk: the planner reads only the
@@ -14,6 +15,17 @@ Prints medians over repeats, interleaved, and the ratios:
 - what one rank paid per epoch before (``steps_per_epoch``: every rank's plan; then every
   DataLoader worker its own) and what it pays now (``steps_per_epoch`` plans every rank
   once, the rank's DataLoader reuses its plan).
+
+``--omat``: an index shaped like OMat24's (``--frames``, default 110 M frames, in shards of
+4,000 frames as ``orbitgraph build`` writes them; lognormal sizes with a median of 12 atoms,
+clipped to 1-160; 16 edges per atom; the store index's own dtypes: int32 shard, row and
+n_atoms, int64 n_edges; the index's id strings are left out, the planner does not read
+them). Only the planner of today (the one before loops over frames in Python: hours at this
+size): for each world size, seconds (median of ``--repeats``) of one rank's epoch as a rank
+pays it (``steps_per_epoch``, which plans every rank once, then its own plan reused), and
+the peak resident memory above the index's, of the first such epoch (this process's peak
+resident memory, read after each: measured for the first world size given, a lower bound
+for the next ones).
 """
 from __future__ import annotations
 
@@ -30,6 +42,57 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 N_FRAMES, N_SHARDS = 1_580_395, 395
+
+
+def omat_index(frames: int, frames_per_shard: int = 4000, seed: int = 0
+               ) -> types.SimpleNamespace:
+    """A store-like object shaped like OMat24's index (see the module), ``frames`` frames."""
+    rng = np.random.default_rng(seed)
+    atoms = np.clip(rng.lognormal(np.log(12), 0.6, size=frames), 1, 160).astype(np.int32)
+    positions = np.arange(frames, dtype=np.int64)
+    shard = (positions // frames_per_shard).astype(np.int32)
+    row = (positions % frames_per_shard).astype(np.int32)
+    del positions
+    index = pa.table({"shard": shard, "row": row, "n_atoms": atoms,
+                      "n_edges": 16 * atoms.astype(np.int64)})
+    return types.SimpleNamespace(index=index, shard_indices=np.arange(int(shard[-1]) + 1))
+
+
+def peak_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def omat_main(args) -> None:
+    """The ``--omat`` measurement (see the module)."""
+    from orbitgraph.train import loader
+    from orbitgraph.train.loader import LoaderConfig, epoch_plan, steps_per_epoch
+
+    t0 = time.perf_counter()
+    store = omat_index(args.frames)
+    made = time.perf_counter() - t0
+    cfg = LoaderConfig()
+    base = peak_mb()
+    print(f"OMat24-shaped index: {store.index.num_rows} frames in {len(store.shard_indices)} "
+          f"shards, {int(store.index['n_atoms'].to_numpy().sum())} atoms, "
+          f"{store.index.nbytes / 1e9:.2f} GB of index columns (made in {made:.0f} s); process "
+          f"peak {base:.0f} MB; {cfg.max_atoms} atoms per batch, shuffle_shards "
+          f"{cfg.shuffle_shards}; medians of {args.repeats}", flush=True)
+    for world in args.world:
+        times = []
+        for _ in range(args.repeats):
+            loader.clear_plan_cache()
+            t0 = time.perf_counter()
+            steps = steps_per_epoch(store, cfg, 2, world)
+            plan = epoch_plan(store, cfg, 2, 0, world)
+            times.append(time.perf_counter() - t0)
+            after = peak_mb()
+        loader.clear_plan_cache()
+        print(f"world {world}: one rank's epoch plan (every rank planned once, "
+              f"steps_per_epoch {steps}, rank 0 {len(plan)} batches): "
+              f"{statistics.median(times):.1f} s (runs: "
+              + ", ".join(f"{t:.1f}" for t in times) + f"); process peak {after:.0f} MB, "
+              f"{after - base:.0f} MB above the index's", flush=True)
 
 
 def mptrj_index(seed: int = 0) -> types.SimpleNamespace:
@@ -114,7 +177,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--world", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--workers", type=int, default=4, help="DataLoader workers per rank")
+    ap.add_argument("--omat", action="store_true",
+                    help="an OMat24-shaped index of --frames frames instead (see the module)")
+    ap.add_argument("--frames", type=int, default=110_000_000)
     args = ap.parse_args()
+    if args.omat:
+        return omat_main(args)
     from orbitgraph.train import loader
     from orbitgraph.train.loader import LoaderConfig, epoch_plan, plan_rank, steps_per_epoch
 

@@ -156,6 +156,42 @@ def write_source(path: Path, fmt: str, frames: list[dict]) -> Path:
     return path
 
 
+def small_mptrj_frames() -> list[dict]:
+    """The bundled MPtrj-format sample as frames for :func:`write_source` (energy: the
+    uncorrected total energy, eV; stress converted to eV/Å³ with ASE's sign), in file
+    order."""
+    from orbitgraph.units import stress_from_vasp_kbar
+
+    frames = []
+    for mid, records in load_small_mptrj().items():
+        for fid, rec in records.items():
+            sites = rec["structure"]["sites"]
+            frames.append({"mid": mid, "fid": fid,
+                           "symbols": [site["species"][0]["element"] for site in sites],
+                           "positions": np.array([site["xyz"] for site in sites], float),
+                           "cell": np.array(rec["structure"]["lattice"]["matrix"], float),
+                           "energy": rec["uncorrected_total_energy"],
+                           "forces": np.array(rec["force"], float),
+                           "stress": stress_from_vasp_kbar(rec["stress"])})
+    return frames
+
+
+def write_ase_db_folder(folder: Path, frames: list[dict], sizes: list[int],
+                        suffix: str = ".aselmdb") -> Path:
+    """``frames`` as a many-file ASE database source, the way OMat24 ships: consecutive runs
+    of ``sizes`` frames (summing to ``len(frames)``) in files ``{subset}/part.{k}{suffix}``,
+    the files spread over two subset folders (``folder/a``, ``folder/b``) so that the
+    source's sorted file order is not the order written. Returns ``folder``."""
+    assert sum(sizes) == len(frames), (sizes, len(frames))
+    start = 0
+    for k, n in enumerate(sizes):
+        path = folder / "ab"[k % 2] / f"part.{k}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_ase_db(path, frames[start:start + n])
+        start += n
+    return folder
+
+
 def write_ase_db(path: Path, frames: list[dict], append: bool = False) -> Path:
     """``frames`` (as for :func:`write_source`) as the rows of an ASE database at ``path``
     (.db: SQLite; .aselmdb: LMDB through ase-db-backends), written by ``ase.db`` in one

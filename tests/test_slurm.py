@@ -1,6 +1,8 @@
 """The build on a real batch system: the SLURM guide's section (docs/guides/slurm.md), run on
 a one-node SLURM that ``tests/cluster/slurm_node.py`` starts on this machine, gives the store
-an in-process build gives; a cancelled worker job is survived; a refused job and a job that
+an in-process build gives, from a many-file source (the bundled sample as a folder of
+``.aselmdb`` files, as OMat24 ships, partitioned by file and row range across the jobs); a
+cancelled worker job is survived; a refused job and a job that
 never starts end the build with one line.
 
 Skipped where SLURM's daemons are not installed (or this is not root); under ``CI`` that is
@@ -24,7 +26,7 @@ import pytest
 import yaml
 
 from cluster.slurm_node import missing_programs, one_node_slurm
-from helpers import SMALL_MPTRJ
+from helpers import small_mptrj_frames, write_ase_db_folder
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import open_store, verify_store
 from orbitgraph.preprocess.store.shard import is_committed
@@ -75,11 +77,26 @@ def slurm():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _pipelines(directory: Path, cluster: dict) -> Path:
-    """A pipelines.yaml in ``directory``: the bundled sample in four shards of <= 40 frames,
-    built where ``cluster`` says."""
+SOURCE_FILE_SIZES = [7, 30, 41, 33, 40]  # the sample's 151 frames; partitions cross files
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """The bundled sample as a folder of five ``.aselmdb`` files in two subset folders."""
+    if importlib.util.find_spec("ase_db_backends") is None:
+        reason = "the many-file source is .aselmdb files: pip install -e '.[omat]'"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set: {reason}")
+        pytest.skip(reason)
+    return write_ase_db_folder(tmp_path_factory.mktemp("omat-like"), small_mptrj_frames(),
+                               SOURCE_FILE_SIZES)
+
+
+def _pipelines(directory: Path, cluster: dict, source: Path) -> Path:
+    """A pipelines.yaml in ``directory``: the many-file ``source`` in four shards of <= 40
+    frames, built where ``cluster`` says."""
     data = {"cluster": cluster,
-            "sources": {"sample": {"path": str(SMALL_MPTRJ), "format": "mptrj-json"}},
+            "sources": {"sample": {"path": str(source), "format": "ase-db"}},
             "stores": {STORE: {"source": "sample", "frames_per_shard": 40,
                                "graph": {"k": 16, "ties": "include", "tie_tolerance": 0.01},
                                "split": {"val_fraction": 0.15, "test_fraction": 0.15}}}}
@@ -90,9 +107,9 @@ def _pipelines(directory: Path, cluster: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
+def reference(tmp_path_factory, source) -> Path:
     """The store built in this process (no cluster)."""
-    path = _pipelines(tmp_path_factory.mktemp("in-process"), {"kind": "synchronous"})
+    path = _pipelines(tmp_path_factory.mktemp("in-process"), {"kind": "synchronous"}, source)
     summary = load_pipelines(path).build(STORE, progress=False)
     return summary.store
 
@@ -144,14 +161,14 @@ def _one_error_line(stderr: str) -> str:
     return errors[0]
 
 
-def test_readme_cluster_section_is_a_slurm_job_script(tmp_path):
+def test_readme_cluster_section_is_a_slurm_job_script(source, tmp_path):
     """Without a batch system: the README's section loads, and dask-jobqueue turns it into
     the job script it promises (log directory relative to pipelines.yaml)."""
     if importlib.util.find_spec("dask_jobqueue") is None and not os.environ.get("CI"):
         pytest.skip("dask-jobqueue is not installed (pip install -e '.[cluster]')")
     from dask_jobqueue import SLURMCluster
 
-    config = load_pipelines(_pipelines(tmp_path, README_CLUSTER)).cluster
+    config = load_pipelines(_pipelines(tmp_path, README_CLUSTER, source)).cluster
     assert config == ClusterConfig.from_dict(README_CLUSTER, tmp_path)
     assert config.kind == "slurm" and config.jobs == README_CLUSTER["jobs"]
     log_dir = tmp_path / README_CLUSTER["options"]["log_directory"]
@@ -183,12 +200,12 @@ def test_pipelines_yaml_slurm_comment_has_the_readme_keys():
 
 
 @pytest.mark.slow
-def test_readme_cluster_section_builds_the_sample_store_through_slurm(slurm, reference,
-                                                                      tmp_path):
+def test_readme_cluster_section_builds_the_sample_store_through_slurm(source, slurm,
+                                                                      reference, tmp_path):
     """``orbitgraph build pipelines.yaml --store NAME`` submits real jobs through
     dask-jobqueue; the store equals the in-process one; the summary names the jobs and the
     log says where their output is."""
-    path = _pipelines(tmp_path, README_CLUSTER)
+    path = _pipelines(tmp_path, README_CLUSTER, source)
     run = subprocess.run(_build_command(path), cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -205,14 +222,14 @@ def test_readme_cluster_section_builds_the_sample_store_through_slurm(slurm, ref
 
 
 @pytest.mark.slow
-def test_a_worker_job_cancelled_mid_build_is_survived(slurm, reference, tmp_path):
+def test_a_worker_job_cancelled_mid_build_is_survived(source, slurm, reference, tmp_path):
     """scancel of a job while its worker builds a partition: the partition runs again in
     the other job and the build completes with the same store."""
     markers = tmp_path / "markers"
     markers.mkdir()
     cluster = copy.deepcopy(README_CLUSTER)
     cluster["options"]["worker_extra_args"] = ["--preload", str(SLOW_SHARDS)]
-    path = _pipelines(tmp_path, cluster)
+    path = _pipelines(tmp_path, cluster, source)
     out = tmp_path / "runs" / "stores" / reference.name
     env = {**os.environ, "ORBITGRAPH_TEST_MARKERS": str(markers),
            "ORBITGRAPH_TEST_SHARD_DELAY": "3"}
@@ -250,12 +267,12 @@ def test_a_worker_job_cancelled_mid_build_is_survived(slurm, reference, tmp_path
 
 
 @pytest.mark.slow
-def test_an_impossible_memory_request_ends_the_build_with_one_line(slurm, tmp_path):
+def test_an_impossible_memory_request_ends_the_build_with_one_line(source, slurm, tmp_path):
     """sbatch refuses a job no node can hold: one error line at once, nothing queued."""
     cluster = copy.deepcopy(README_CLUSTER)
     cluster["options"]["memory"] = "100TB"
     assert 100e12 > slurm.memory_mb * 2**20, "more memory than the node has"
-    run = subprocess.run(_build_command(_pipelines(tmp_path, cluster)), cwd=ROOT,
+    run = subprocess.run(_build_command(_pipelines(tmp_path, cluster, source)), cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 2
     line = _one_error_line(run.stderr)
@@ -267,13 +284,13 @@ def test_an_impossible_memory_request_ends_the_build_with_one_line(slurm, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_job_that_never_starts_ends_the_build_after_start_timeout(slurm, tmp_path):
+def test_a_job_that_never_starts_ends_the_build_after_start_timeout(source, slurm, tmp_path):
     """Jobs the queue accepts but does not start (here: not before an hour from now) end
     the build after cluster.start_timeout with one line naming them; they are cancelled."""
     cluster = copy.deepcopy(README_CLUSTER)
     cluster["start_timeout"] = 5
     cluster["options"]["job_extra_directives"] = ["--begin=now+3600"]
-    run = subprocess.run(_build_command(_pipelines(tmp_path, cluster)), cwd=ROOT,
+    run = subprocess.run(_build_command(_pipelines(tmp_path, cluster, source)), cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 2
     line = _one_error_line(run.stderr)
@@ -288,12 +305,12 @@ def test_a_job_that_never_starts_ends_the_build_after_start_timeout(slurm, tmp_p
 
 
 @pytest.mark.slow
-def test_a_terminated_build_cancels_its_jobs(slurm, tmp_path):
+def test_a_terminated_build_cancels_its_jobs(source, slurm, tmp_path):
     """SIGTERM to the driver (kill, its own job cancelled or out of walltime) while its jobs
     wait in the queue: the jobs are cancelled, not left queued."""
     cluster = copy.deepcopy(README_CLUSTER)
     cluster["options"]["job_extra_directives"] = ["--begin=now+3600"]
-    proc = subprocess.Popen(_build_command(_pipelines(tmp_path, cluster)), cwd=ROOT,
+    proc = subprocess.Popen(_build_command(_pipelines(tmp_path, cluster, source)), cwd=ROOT,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
