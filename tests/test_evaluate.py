@@ -146,3 +146,19 @@ def test_a_source_file_is_evaluated_whole_with_the_checkpoints_graphs(trained, e
     assert main(["evaluate", str(best), "--source", str(source), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--split: with --source every frame" in err, err
+
+
+def test_the_evaluation_table_says_nan_stress_only_where_no_frame_has_stress():
+    from orbitgraph.train.report import evaluation_table
+    keys = {"energy_mae_meV_per_atom": 1.0, "energy_rmse_meV_per_atom": 2.0,
+            "forces_mae_meV_per_A": 3.0, "forces_rmse_meV_per_A": 4.0,
+            "stress_mae_GPa": 0.5, "stress_rmse_GPa": 0.6}
+    base = {"energy_mae_meV_per_atom": 10.0, "forces_mae_meV_per_A": 30.0,
+            "stress_mae_GPa": 5.0}
+    with_stress = evaluation_table({**keys, "baseline": base, "frames": 3, "split": "test"})
+    assert "NaN stress" not in with_stress and "0.500" in with_stress
+    nan = float("nan")
+    without = evaluation_table({**keys, "stress_mae_GPa": nan, "stress_rmse_GPa": nan,
+                                "baseline": {**base, "stress_mae_GPa": nan}, "frames": 3,
+                                "split": "test"})
+    assert "NaN stress: no frame has a stress label" in without

@@ -247,6 +247,34 @@ def test_killed_and_resumed_run_follows_the_same_trajectory(store_path, tmp_path
 
 # --------------------------------------------------------------- learning and ASE
 
+def test_a_second_run_on_a_busy_run_directory_is_refused(store_path, tmp_path):
+    """While a process holds a run directory (here another process holding its lock, as a
+    SLURM job whose first instance is still alive), a run there is refused before it writes
+    anything; once that process has ended, the same run trains."""
+    import subprocess
+    import sys
+
+    from orbitgraph.errors import ResumeError
+    from orbitgraph.train.trainer import RUN_LOCK
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+         f"lock = FileLock({str(out / RUN_LOCK)!r}); lock.acquire(); print('held', flush=True); "
+         "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = Trainer(store_path, TINY_MODEL, _cfg(max_steps=2), out)
+        with pytest.raises(ResumeError, match="another process is training in this run"):
+            busy.fit()
+        assert not (out / "checkpoint.pt").exists() and not (out / "train.log").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = Trainer(store_path, TINY_MODEL, _cfg(max_steps=2), out).fit()
+    assert result["steps"] == 2 and (out / "checkpoint.pt").is_file()
+
+
 def emt_dataset(path: Path, n_frames: int = 96, seed: int = 0) -> Path:
     """Rattled, strained fcc Cu/Al/CuAl cells labelled by ASE's EMT, in MPtrj layout."""
     from ase.build import bulk

@@ -172,9 +172,11 @@ def evaluation_table(metrics: dict) -> str:
         lines.append(f"config_type {config_type} ({group['frames']} frames)")
         rows(group, "  ")
     fitted = "these frames" if metrics.get("split") == "all" else "the store's train split"
+    no_stress = "; NaN stress: no frame has a stress label" if not np.isfinite(
+        metrics.get("stress_mae_GPa", float("nan"))) else ""
     lines.append(f"({metrics['frames']} frames; E0 only: the energy Σ E0 of least-squares "
                  f"atomic energies fitted to {fitted}; ratio: MAE / baseline MAE, 1 for a "
-                 "model that learned nothing; NaN stress: no frame has a stress label)")
+                 f"model that learned nothing{no_stress})")
     if metrics.get("frames_with_untrained_elements"):
         lines.append(f"({metrics['frames_with_untrained_elements']} of them hold elements "
                      f"absent from the training split: "

@@ -31,6 +31,7 @@ log says so). Code outside the loop follows a run through callbacks (:mod:`train
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -42,8 +43,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from ase.data import chemical_symbols
+from filelock import FileLock, Timeout
 
-from orbitgraph.errors import ConfigError, StoreError
+from orbitgraph.errors import ConfigError, ResumeError, StoreError
 from orbitgraph.model import Potential, build_model
 from orbitgraph.model.config import ModelConfig, load_config
 from orbitgraph.preprocess.graph_params import graph_for_model
@@ -85,6 +87,7 @@ from orbitgraph.train.run_log import TRAIN_LOG, RunLog
 from orbitgraph.train.schedule import Schedule
 
 log = logging.getLogger("orbitgraph.train")
+RUN_LOCK = ".run.lock"  # held by the process training in a run directory
 
 
 @dataclass(frozen=True)
@@ -269,10 +272,18 @@ class Trainer:
         :class:`~orbitgraph.train.interrupts.Interrupted` is raised. The signals' previous
         handlers are restored when ``fit`` ends.
 
+        One process trains in a run directory at a time: the main rank holds an advisory lock
+        on ``OUT/.run.lock`` (released when the process ends, killed too), and a second run
+        started on the same directory meanwhile raises ResumeError on every rank before it
+        writes anything (two runs would interleave ``train.log`` and ``step_losses.csv``
+        and overwrite each other's checkpoints, as when SLURM requeues a job whose first
+        instance is still alive).
+
         Returns steps (in all), steps_this_call, epochs, wall_s, best_val and history."""
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        with RunLog(self.out, self.info.is_main, self.total_steps, self.state.step) as run_log, \
+        with self._run_dir_lock(), \
+                RunLog(self.out, self.info.is_main, self.total_steps, self.state.step) as run_log, \
                 StopRequests() as stop:
             self._stop = stop
             try:
@@ -280,6 +291,27 @@ class Trainer:
             finally:
                 self._stop = None
                 self.stop_agreed = False
+
+    @contextlib.contextmanager
+    def _run_dir_lock(self):
+        """Hold ``OUT/.run.lock`` (main rank) while the run trains; ResumeError on every rank
+        when another process holds it."""
+        lock = FileLock(self.out / RUN_LOCK) if self.info.is_main else None
+        busy = torch.zeros(1, device=self.device)
+        if lock is not None:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                busy += 1
+        if float(all_sum(busy, self.info)):
+            raise ResumeError(f"{self.out}: another process is training in this run directory "
+                              f"(it holds {self.out / RUN_LOCK}); wait for it to end or stop "
+                              "it, or give another --out")
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _fit(self, stop_after: int | None, run_log: RunLog) -> dict:
         if self.info.is_main:
