@@ -164,6 +164,8 @@ def test_a_signal_checkpoints_the_step_and_the_resumed_run_is_the_uninterrupted_
     assert (stopped.value.step, stopped.value.exit_status) == (2, 128 + signum)
     assert read_checkpoint(tmp_path / "stopped" / CHECKPOINT)["state"]["step"] == 2
     name = signal.Signals(signum).name
+    heard = f"{name}: stopping after the step in progress, with a checkpoint of it"
+    assert [m for m in caplog.messages if m.startswith(heard)], caplog.messages
     assert (f"{name}: stopped after step 2 (epoch 0, batch 2); "
             f"{tmp_path / 'stopped' / CHECKPOINT} holds it, and the same command resumes "
             "from step 2") in caplog.messages

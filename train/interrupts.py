@@ -44,13 +44,15 @@ class Interrupted(KeyboardInterrupt):
 class StopRequests:
     """A context in which SIGINT and SIGTERM are recorded (:attr:`signum`, the first one
     received) instead of ending the process; the previous handlers come back on exit.
+    With ``announce``, the first signal is acknowledged at once in a warning.
 
     Signal handlers can only be set from the main thread: elsewhere (a training thread of a
     notebook or a service) the context installs nothing, says so at DEBUG, and the signals
     keep their handlers."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signum: int | None = None
+        self.announce = announce  # say at once that the signal was heard (the main rank)
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequests:
@@ -74,6 +76,10 @@ class StopRequests:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         if self.signum is None:
             self.signum = signum
+            if self.announce:  # a step can take minutes: say now that the signal was heard
+                log.warning(f"{signal_name(signum)}: stopping after the step in progress, "
+                            "with a checkpoint of it (Ctrl-C again stops at once, without "
+                            "one)")
 
     @property
     def requested(self) -> bool:

@@ -284,7 +284,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         with self._run_dir_lock(), \
                 RunLog(self.out, self.info.is_main, self.total_steps, self.state.step) as run_log, \
-                StopRequests() as stop:
+                StopRequests(announce=self.info.is_main) as stop:
             self._stop = stop
             try:
                 return self._fit(stop_after, run_log)
