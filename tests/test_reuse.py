@@ -416,3 +416,19 @@ def test_a_source_given_as_a_store_says_how_to_build_one(tmp_path, capsys, comma
     (empty / BUILD_FILE).write_text("{}")
     assert main([command, empty]) == 2
     assert "the store is incomplete (an interrupted build?" in capsys.readouterr().err
+
+
+def test_another_source_file_is_named_as_another_file_not_as_a_change(tmp_path):
+    """A complete store built from one file, then a build into it from another file: the
+    refusal names both files, and does not call the new one "changed"."""
+    sample = load_small_mptrj()
+    names = list(sample)
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps({mid: sample[mid] for mid in names[:2]}))
+    second.write_text(json.dumps({mid: sample[mid] for mid in names[2:4]}))
+    build_store(first, tmp_path / "store", cluster=SYNC, progress=False)
+    with pytest.raises(StoreError) as refused:
+        build_store(second, tmp_path / "store", cluster=SYNC, progress=False)
+    text = str(refused.value)
+    assert f"{second} is not the file the store was built from, {first}" in text, text
+    assert "changed" not in text, text

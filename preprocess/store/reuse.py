@@ -102,7 +102,8 @@ def describe_difference(source: dict | None, identity: dict | None, spec: StoreS
     what its id hashed) and ``spec``: the source files that changed, then the parameters."""
     parts = []
     if source is not None and source.get("fingerprint") != spec.source.fingerprint:
-        parts.extend(_file_changes(dict(source.get("files") or {}), spec.source))
+        parts.extend(_file_changes(dict(source.get("files") or {}), spec.source,
+                                   source.get("path")))
     if identity:
         now = dict(_flat(spec.identity()))
         for key, value in _flat(identity):
@@ -117,8 +118,11 @@ def describe_difference(source: dict | None, identity: dict | None, spec: StoreS
     return "built with other label keys or by an earlier version (the record does not say)"
 
 
-def _file_changes(before: dict[str, str], now: SourceInfo) -> list[str]:
-    """'PATH changed (SHA-256 was ..., is ...)', 'PATH is new', 'PATH is gone' per file."""
+def _file_changes(before: dict[str, str], now: SourceInfo,
+                  built_from: str | None = None) -> list[str]:
+    """'PATH changed (SHA-256 was ..., is ...)', 'PATH is new', 'PATH is gone' per file;
+    for a one-file source given by another path than ``built_from`` (the recorded source
+    path), 'PATH is not the file the store was built from, OLD (SHA-256 ...)'."""
     if not before:
         return []
     after = dict(now.files)
@@ -130,14 +134,25 @@ def _file_changes(before: dict[str, str], now: SourceInfo) -> list[str]:
     if len(before) == len(after) == 1 and not root.is_dir():  # one file, perhaps renamed
         (_, was), = before.items()
         (_, sha), = after.items()
-        return [] if was == sha else [f"{root} changed (SHA-256 was {was[:12]}..., is "
-                                      f"{sha[:12]}...)"]
+        if was == sha:
+            return []
+        if built_from is not None and _resolved(built_from) != _resolved(str(root)):
+            return [f"{root} is not the file the store was built from, {built_from} "
+                    f"(SHA-256 {was[:12]}..., this one's {sha[:12]}...)"]
+        return [f"{root} changed (SHA-256 was {was[:12]}..., is {sha[:12]}...)"]
     changes = [f"{where(name)} changed (SHA-256 was {before[name][:12]}..., is "
                f"{after[name][:12]}...)" for name in after
                if name in before and before[name] != after[name]]
     changes += [f"{where(name)} is new" for name in after if name not in before]
     changes += [f"{where(name)} is gone" for name in before if name not in after]
     return changes
+
+
+def _resolved(path: str) -> str:
+    """``path`` absolute, links resolved (a path recorded relative to another working
+    folder may still name the same file: then it compares unequal, and the message says
+    'not the file' of a file that may be the same one renamed)."""
+    return str(Path(path).resolve())
 
 
 def _flat(d: dict, prefix: str = ""):
