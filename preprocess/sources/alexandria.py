@@ -55,8 +55,8 @@ from orbitgraph.preprocess.sources.labels import LabelPlan
 from orbitgraph.preprocess.sources.records import (
     FORCES_KEY,
     STRESS_KEY,
+    energy_key,
     frames_from_records,
-    record_type,
 )
 from orbitgraph.preprocess.store.params import LabelKeys
 
@@ -160,11 +160,7 @@ class AlexandriaJsonSource:
         if keys.virial is not None:
             raise LabelError(f"{self.path}: Alexandria entries hold no virial; virial_key "
                              f"{keys.virial!r} cannot be read from this format")
-        energy = keys.energy or DEFAULT_ENERGY_KEY
-        try:
-            record_type(energy)
-        except LabelError as err:
-            raise LabelError(f"{self.path}: {err}") from None
+        energy = energy_key(self.path, keys.energy, DEFAULT_ENERGY_KEY)
         if keys.stress in ("structure", FORCES_KEY, "magmom"):
             raise LabelError(f"{self.path}: stress_key {keys.stress!r} names a field the "
                              "reader uses otherwise")

@@ -20,7 +20,7 @@ from orbitgraph.preprocess.frame import Frame
 from orbitgraph.preprocess.sources.base import Partition, Quarantined, is_gzip, read_range
 from orbitgraph.preprocess.sources.labels import MASKED, STRESS_MISSING, LabelPlan
 from orbitgraph.preprocess.sources.mptrj_scan import DEPTH, START, MaterialScanner
-from orbitgraph.preprocess.sources.records import FORCES_KEY, STRESS_KEY, read_run, record_type
+from orbitgraph.preprocess.sources.records import FORCES_KEY, STRESS_KEY, energy_key, read_run
 from orbitgraph.preprocess.store.params import LabelKeys
 
 __all__ = ["MPtrjJsonSource", "MaterialScanner", "read_run"]
@@ -137,11 +137,7 @@ class MPtrjJsonSource:
                 have = f"under '{fixed}'" if fixed else "no such field"
                 raise LabelError(f"{self.path}: MPtrj JSON records hold {name} {have}; "
                                  f"{name}_key {key!r} cannot be read from this format")
-        energy = keys.energy or DEFAULT_ENERGY_KEY
-        try:
-            record_type(energy)
-        except LabelError as err:
-            raise LabelError(f"{self.path}: {err}") from None
+        energy = energy_key(self.path, keys.energy, DEFAULT_ENERGY_KEY)
         return LabelKeys(energy, keys.forces, keys.stress)
 
     def resolve_labels(self, keys: LabelKeys) -> LabelPlan:

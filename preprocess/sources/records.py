@@ -99,6 +99,18 @@ MAGMOM_COUNT = f"{MAGMOM_KEY}: not one value per atom"
 _FIXED = ("structure", FORCES_KEY, STRESS_KEY, MAGMOM_KEY)
 
 
+def energy_key(source: str, key: str | None, default: str) -> str:
+    """The energy field of MPtrj-layout records read from ``source``: ``key``, or
+    ``default`` where none is given. Raises LabelError naming ``source`` if it is another
+    field the reader uses (:func:`record_type`)."""
+    key = key or default
+    try:
+        record_type(key)
+    except LabelError as err:
+        raise LabelError(f"{source}: {err}") from None
+    return key
+
+
 @functools.lru_cache(maxsize=None)
 def record_type(energy_key: str) -> type:
     """The Struct of a record whose energy (eV) is the field ``energy_key``; its attribute
