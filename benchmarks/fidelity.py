@@ -180,20 +180,26 @@ def labelled(atoms, trajectory: str, kind: str):
     return frame
 
 
-def md_frames(cell, calc, temperature_K: float, seed: int, trajectory: str,
-              s: Settings) -> list:
-    """Snapshots of Langevin NVT MD (2 fs, friction 0.02/fs) started from ``cell`` with
-    Maxwell-Boltzmann velocities."""
+def langevin(atoms, calc, temperature_K: float, seed: int, s: Settings):
+    """A copy of ``atoms`` on ``calc`` with Maxwell-Boltzmann velocities at ``temperature_K``
+    and the Langevin NVT integrator that moves it (``s.md_timestep_fs``, friction 0.02/fs),
+    both drawing from one generator seeded by ``seed``: ``(atoms, dynamics)``."""
     from ase import units
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-    atoms = cell.copy()
+    atoms = atoms.copy()
     atoms.calc = calc
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    dyn = Langevin(atoms, s.md_timestep_fs * units.fs, temperature_K=temperature_K,
-                   friction=0.02, fixcm=False, rng=rng)
+    return atoms, Langevin(atoms, s.md_timestep_fs * units.fs, temperature_K=temperature_K,
+                           friction=0.02, fixcm=False, rng=rng)
+
+
+def md_frames(cell, calc, temperature_K: float, seed: int, trajectory: str,
+              s: Settings) -> list:
+    """Snapshots of Langevin NVT MD (:func:`langevin`) started from ``cell``."""
+    atoms, dyn = langevin(cell, calc, temperature_K, seed, s)
     dyn.run(s.md_equilibrate)
     frames = []
     for _ in range(s.md_snapshots):
@@ -547,17 +553,9 @@ def hot_md(atoms, calc, temperature_K: float, s: Settings, seed: int) -> dict:
     """Langevin NVT at ``temperature_K`` for ``md_ps`` ps from ``atoms``: the RDF (over
     the second half, up to just under half the shortest cell edge), the closest pair (Å),
     the mean temperature of the second half (K), whether every energy was finite."""
-    from ase import units
     from ase.geometry.rdf import get_rdf
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-    atoms = atoms.copy()
-    atoms.calc = calc
-    rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    dyn = Langevin(atoms, s.md_timestep_fs * units.fs, temperature_K=temperature_K,
-                   friction=0.02, fixcm=False, rng=rng)
+    atoms, dyn = langevin(atoms, calc, temperature_K, seed, s)
     n_steps = max(int(round(s.md_ps * 1000 / s.md_timestep_fs)), 2 * s.md_sample_every)
     rmax = 0.49 * min(atoms.cell.lengths())
     nbins = 100
