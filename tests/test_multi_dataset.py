@@ -175,6 +175,9 @@ def test_mixed_batches_are_deterministic_and_resume_exactly(stores):
     # DataLoader workers share out the same steps
     workers = planner(stores, num_workers=2)
     assert [b.frame_ids for b in make_mixed_loader(workers, 2, 3)] == full[3:]
+    # its workers leave a terminal's Ctrl-C to the trainer, as the single-store loader's do
+    from orbitgraph.train.loader import ignore_sigint
+    assert make_mixed_loader(workers, 2).worker_init_fn is ignore_sigint
 
 
 # ------------------------------------------------------------------------ training

@@ -276,24 +276,36 @@ class ShardStream(IterableDataset):
 
     def read_block(self, rows: list[tuple[int, int]],
                    shards: dict[int, ShardData]) -> dict[str, np.ndarray]:
-        """The frames ``rows`` (grouped by shard, as planned) as one block of columns;
-        shards not yet in ``shards`` are read and added."""
-        blocks = []
-        for s, group in itertools.groupby(rows, key=lambda row: row[0]):
-            if s not in shards:
-                shards[s] = self.store.read_shard(s, cache=False)
-            blocks.append(shards[s].take([r for _, r in group]))
-        return concat_blocks(blocks)
+        """The frames ``rows`` of the store (:func:`read_rows`)."""
+        return read_rows(self.store, rows, shards)
+
+
+def read_rows(store: GraphStore, rows: list[tuple[int, int]],
+              shards: dict[int, ShardData]) -> dict[str, np.ndarray]:
+    """The frames ``rows`` ((shard, row) pairs, grouped by shard, as planned) of ``store``
+    as one block of columns; shards not yet in ``shards`` are read and added."""
+    blocks = []
+    for s, group in itertools.groupby(rows, key=lambda row: row[0]):
+        if s not in shards:
+            shards[s] = store.read_shard(s, cache=False)
+        blocks.append(shards[s].take([r for _, r in group]))
+    return concat_blocks(blocks)
 
 
 def make_loader(store: GraphStore, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,
                 world: int = 1, skip: int = 0, graph: GraphParams | None = None,
                 dtype: torch.dtype = torch.float64) -> DataLoader:
-    """The DataLoader of this rank's batches of ``epoch``, the first ``skip`` left out.
-    Its worker processes ignore SIGINT: a Ctrl-C on a terminal reaches the whole process
-    group, and the trainer finishes its step (with the batches the workers deliver) before
-    it stops (:mod:`orbitgraph.train.interrupts`); the workers end with the loader."""
-    stream = ShardStream(store, cfg, epoch, rank, world, skip, graph, dtype)
+    """The DataLoader of this rank's batches of ``epoch``, the first ``skip`` left out
+    (:func:`stream_loader`)."""
+    return stream_loader(ShardStream(store, cfg, epoch, rank, world, skip, graph, dtype), cfg)
+
+
+def stream_loader(stream: IterableDataset, cfg: LoaderConfig) -> DataLoader:
+    """A DataLoader over ``stream``, whose items are whole batches, with ``cfg``'s workers
+    and pinning. Its worker processes ignore SIGINT: a Ctrl-C on a terminal reaches the
+    whole process group, and the trainer finishes its step (with the batches the workers
+    deliver) before it stops (:mod:`orbitgraph.train.interrupts`); the workers end with the
+    loader."""
     return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers,
                       pin_memory=cfg.pin_memory and torch.cuda.is_available(),
                       persistent_workers=False,

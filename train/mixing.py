@@ -22,7 +22,6 @@ it re-plans the epoch and skips that many (:class:`MixedStream`).
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -34,9 +33,16 @@ from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.graph_filter import filter_block
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.preprocess.store import ShardData
-from orbitgraph.train.collate import collate_columns, concat_blocks
+from orbitgraph.train.collate import collate_columns
 from orbitgraph.train.datasets import Dataset
-from orbitgraph.train.loader import LoaderConfig, RankPlan, empty_batch, plan_rank
+from orbitgraph.train.loader import (
+    LoaderConfig,
+    RankPlan,
+    empty_batch,
+    plan_rank,
+    read_rows,
+    stream_loader,
+)
 
 MIX_SALT = 0xD15C  # keeps the draws' stream apart from the loader's shuffles
 
@@ -159,29 +165,22 @@ class MixedStream(IterableDataset):
         drop_after: dict[int, list[tuple[int, int]]] = {}
         for key, i in needs.items():
             drop_after.setdefault(i, []).append(key)
-        shards: dict[tuple[int, int], ShardData] = {}
+        shards: list[dict[int, ShardData]] = [{} for _ in self.planner.datasets]
         for i, (d, rows) in enumerate(rows_of):
             data = self.planner.datasets[d]
             if not rows:
                 yield empty_batch(self.graph.k, self.dtype)
                 continue
-            blocks = []
-            for shard, group in itertools.groupby(rows, key=lambda row: row[0]):
-                if (d, shard) not in shards:
-                    shards[(d, shard)] = data.store.read_shard(shard, cache=False)
-                blocks.append(shards[(d, shard)].take([r for _, r in group]))
-            for key in drop_after.get(i, ()):
-                del shards[key]
-            block = filter_block(concat_blocks(blocks), data.store.manifest.graph, self.graph)
+            block = read_rows(data.store, rows, shards[d])
+            for dataset, shard in drop_after.get(i, ()):
+                del shards[dataset][shard]
+            block = filter_block(block, data.store.manifest.graph, self.graph)
             yield data.shift_energy(collate_columns(block, k=self.graph.k, dtype=self.dtype))
 
 
 def make_mixed_loader(planner: MixedPlanner, epoch: int = 0, skip: int = 0,
                       graph: GraphParams | None = None,
                       dtype: torch.dtype = torch.float64) -> DataLoader:
-    """A DataLoader over :class:`MixedStream` (``planner.cfg``'s workers and pinning)."""
-    cfg = planner.cfg
-    return DataLoader(MixedStream(planner, epoch, skip, graph, dtype), batch_size=None,
-                      num_workers=cfg.num_workers,
-                      pin_memory=cfg.pin_memory and torch.cuda.is_available(),
-                      persistent_workers=False)
+    """A DataLoader over :class:`MixedStream` (``planner.cfg``'s workers and pinning; its
+    workers leave SIGINT to the trainer, :func:`~orbitgraph.train.loader.stream_loader`)."""
+    return stream_loader(MixedStream(planner, epoch, skip, graph, dtype), planner.cfg)
