@@ -28,6 +28,11 @@ from orbitgraph.train.testing import E0, SMALL, randomise, structure
 
 GRAPH = GraphParams(k=8, tie_tolerance=0.5)
 ELEMENTS = ["H", "O", "Si", "Fe"]  # those of E0 and of train.testing.structure
+# the dataset records the trainer writes for a run on two stores: r2scan's E0s sit these
+# eV/atom above the model's (pbe's)
+DATASETS = [{"name": "pbe", "store_id": "s1", "weight": 0.6, "e0_shift": {}},
+            {"name": "r2scan", "store_id": "s2", "weight": 0.4,
+             "e0_shift": {1: 0.25, 8: -0.4, 14: 1.5}}]
 
 
 def tiny(dtype: torch.dtype = torch.float64, **overrides):
@@ -48,7 +53,8 @@ def files(potential, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("package")
     save_model(potential, tmp / "best.pt", extra={"graph": GRAPH.to_dict(), "step": 7,
                                                   "trained_elements": ELEMENTS,
-                                                  "weights": "ema"})
+                                                  "weights": "ema",
+                                                  "datasets": DATASETS})
     done = package_model(tmp / "best.pt", tmp / "model.pt", program=tmp / "model.pt2")
     assert done.program_difference is not None and done.program_difference <= 1e-12
     return tmp
@@ -146,6 +152,52 @@ def test_calculator_and_torchsim_load_either_file(files, potential):
     want = OrbitModel(potential, GRAPH)(state)  # float64 on the CPU already: not changed
     for path in (files / "model.pt", files / "model.pt2"):
         assert_same(OrbitModel.from_checkpoint(path)(state), want, rtol=1e-12)
+
+
+def test_packaged_files_predict_on_each_dataset_reference_as_the_checkpoint(files):
+    """A model trained on two datasets: its model file and program carry the dataset
+    records, so each predicts on a chosen dataset's reference exactly as best.pt does."""
+    import torch_sim as ts
+
+    from orbitgraph.train.torchsim import OrbitModel
+
+    cell, positions, numbers = structure(50, 6)
+    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
+    assert torch.load(files / "model.pt", weights_only=True)["datasets"] == DATASETS
+    for path in ("model.pt", "model.pt2"):
+        energies = {}
+        for dataset in (None, "pbe", "r2scan"):
+            got = []
+            for name in ("best.pt", path):
+                atoms.calc = OrbitCalculator(files / name, dataset=dataset)
+                got.append((atoms.get_potential_energy(), atoms.get_forces(),
+                            atoms.get_stress()))
+            (e_ckpt, f_ckpt, s_ckpt), (e_file, f_file, s_file) = got
+            np.testing.assert_allclose(e_file, e_ckpt, rtol=1e-9, atol=0)
+            np.testing.assert_allclose(f_file, f_ckpt, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(s_file, s_ckpt, rtol=1e-9, atol=1e-12)
+            energies[dataset] = e_file
+        shift = sum(DATASETS[1]["e0_shift"].get(int(z), 0.0) for z in numbers)
+        assert abs(shift) > 0.2
+        assert energies["r2scan"] - energies["pbe"] == pytest.approx(shift, abs=1e-9)
+        assert energies[None] == energies["pbe"]
+        with pytest.raises(ConfigError, match=rf"^dataset: .*{path} has no dataset 'hse'; "
+                                              r"its datasets are pbe, r2scan$"):
+            OrbitCalculator(files / path, dataset="hse")
+    # torch-sim: the same choice of reference
+    systems = [Atoms(numbers=z, positions=p, cell=c, pbc=True)
+               for c, p, z in (structure(60 + i, n) for i, n in enumerate((3, 8)))]
+    state = ts.io.atoms_to_state(systems, torch.device("cpu"), torch.float64)
+    shifts = torch.tensor([sum(DATASETS[1]["e0_shift"].get(int(z), 0.0)
+                               for z in s.numbers) for s in systems], dtype=torch.float64)
+    for path in ("best.pt", "model.pt", "model.pt2"):
+        primary = OrbitModel.from_checkpoint(files / path)(state)
+        on_r2scan = OrbitModel.from_checkpoint(files / path, dataset="r2scan")(state)
+        torch.testing.assert_close(on_r2scan["energy"], primary["energy"] + shifts,
+                                   rtol=0, atol=1e-9)
+        torch.testing.assert_close(on_r2scan["forces"], primary["forces"], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"has no dataset 'hse'; its datasets are pbe"):
+        OrbitModel.from_checkpoint(files / "model.pt2", dataset="hse")
 
 
 def test_a_program_runs_in_its_dtype_and_holds_one_set_of_weights(files):

@@ -6,12 +6,18 @@ used), it writes
 
 * a model file (``--out``, :func:`orbitgraph.model.save_model`): the weights of one set,
   the model config, the graph parameters, the E0s per element (eV), the dtype, the units,
-  which weights (``ema`` or ``raw``), the chemical symbols of the training frames and the
-  file it came from, all plain data and tensors: it loads with
+  which weights (``ema`` or ``raw``), the chemical symbols of the training frames, the
+  file it came from and, for a model trained on several datasets, their records
+  (``datasets``: name, store id, weight, E0 shift per element in eV/atom; see
+  :func:`orbitgraph.train.checkpointing.dataset_records`), so that
+  ``OrbitCalculator(file, dataset=NAME)`` predicts on a dataset's energy reference as the
+  checkpoint does; all plain data and tensors: it loads with
   ``torch.load(weights_only=True)``, and :func:`orbitgraph.load_model` rebuilds the eager
   :class:`~orbitgraph.model.Potential` from it without the training code;
 * with ``program``, an exported program (``.pt2``, :mod:`orbitgraph.model.program`): the
-  potential's atomic energies as a ``torch.export`` program with the same metadata. Before
+  potential's atomic energies as a ``torch.export`` program with the same metadata (the
+  dataset records too: a program loaded by the calculator or torch-sim model takes the
+  same ``dataset=``). Before
   it is written, its energies, forces and stress on structures of other sizes than the
   export example are compared with the eager model's, and a difference beyond
   :data:`TOLERANCE` is an error (nothing is written).
@@ -98,7 +104,8 @@ def package_model(checkpoint: str | Path, out: str | Path, program: str | Path |
     step = ckpt["state"]["step"] if "state" in ckpt else ckpt.get("step")
     extra = {"graph": saved.graph.to_dict(), "trained_elements": saved.trained_elements,
              "weights": saved.kind, "weights_said": saved.weights,
-             "source": str(checkpoint), "step": step, "store_id": ckpt.get("store_id")}
+             "source": str(checkpoint), "step": step, "store_id": ckpt.get("store_id"),
+             "datasets": saved.datasets}
     difference = None
     if program is not None:
         program = Path(program)

@@ -36,6 +36,7 @@ from orbitgraph.model.batch import Batch
 from orbitgraph.model.program import ExportedPotential
 from orbitgraph.preprocess.graph_params import GraphParams, graph_for_model
 from orbitgraph.train.collate import batch_from_structures
+from orbitgraph.train.datasets import frame_energy_shift, reference_shift
 from orbitgraph.train.weights import load_potential
 
 try:
@@ -54,11 +55,15 @@ class OrbitModel(ModelInterface):
 
     ``compute_stress`` needs every system periodic along all three axes (a state with
     ``pbc=False`` raises ValueError: make the model with ``compute_stress=False``).
+    ``e0_shift`` (float64 (119,), eV per atom of each atomic number; None: none) is added
+    to each system's energy: the shift onto one dataset's energy reference of a model
+    trained on several (:meth:`from_checkpoint`'s ``dataset``).
     """
 
     def __init__(self, model: Potential | ExportedPotential, graph: GraphParams | dict,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
-                 compute_forces: bool = True, compute_stress: bool = True):
+                 compute_forces: bool = True, compute_stress: bool = True,
+                 e0_shift: np.ndarray | None = None):
         super().__init__()
         graph = graph if isinstance(graph, GraphParams) else GraphParams.from_dict(graph)
         # built here for each system, as given (k=None): only the envelope's needs count
@@ -70,17 +75,23 @@ class OrbitModel(ModelInterface):
         self._compute_stress = compute_stress
         self._memory_scales_with = "n_atoms"  # k neighbours per atom, whatever the density
         self.model = model.to(device=self._device, dtype=dtype).eval()
+        self.e0_shift = e0_shift if e0_shift is not None and np.any(e0_shift) else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
-                        **kwargs) -> "OrbitModel":
+                        dataset: str | None = None, **kwargs) -> "OrbitModel":
         """From a model file (``orbitgraph package``), ``best.pt`` or ``checkpoint.pt``
         written by the trainer, with the weights validation used, or from an exported
         program (``.pt2``, whose dtype ``dtype`` must be; default float64)
-        (:func:`orbitgraph.train.weights.load_potential`)."""
+        (:func:`orbitgraph.train.weights.load_potential`). ``dataset``: for a model
+        trained on several datasets, the one whose energy reference (E0s) the energies are
+        on (default: the primary); forces and stresses do not depend on it. Raises
+        ConfigError for a name the file does not know
+        (:func:`orbitgraph.train.datasets.reference_shift`)."""
         saved = load_potential(path, device=device, weights=weights,
                                dtype=kwargs.get("dtype", torch.float64))
-        return cls(saved.model, saved.graph, device=device, **kwargs)
+        shift = reference_shift(saved.datasets, dataset, str(path))
+        return cls(saved.model, saved.graph, device=device, e0_shift=shift, **kwargs)
 
     def batch_of(self, state: SimState) -> Batch:
         """The state's systems as one :class:`Batch`: graphs built on the CPU (float64),
@@ -110,6 +121,9 @@ class OrbitModel(ModelInterface):
         with torch.enable_grad():  # forces and stress are derivatives, also under no_grad
             out = self.model(batch, forces=self._compute_forces, stress=self._compute_stress)
         results = {"energy": out["energy"].detach()}
+        if self.e0_shift is not None:
+            results["energy"] = results["energy"] + frame_energy_shift(
+                self.e0_shift, batch).to(results["energy"].dtype)
         if self._compute_forces:
             results["forces"] = out["forces"].detach()
         if self._compute_stress:
