@@ -283,22 +283,34 @@ def test_a_run_file_names_several_stores(tmp_path):
         settings({**base, "stores": ["s/y", {"path": "s/z", "weight": 0}]})
 
 
-def test_evaluate_and_calculator_predict_on_a_chosen_dataset_reference(stores, tmp_path):
+@pytest.fixture(scope="module")
+def trained(stores, tmp_path_factory) -> tuple[Trainer, Path]:
+    """One step on stores a and b (E0s fitted per dataset): the trainer and its best.pt."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    model = {**TINY_MODEL, "atomic_energies": "least_squares"}
+    trainer = Trainer(_two(stores), model, _cfg(max_steps=1), out)
+    trainer.fit()
+    return trainer, out / "best.pt"
+
+
+def test_evaluate_and_calculator_predict_on_a_chosen_dataset_reference(stores, trained,
+                                                                        tmp_path):
     from ase.build import bulk
 
     from orbitgraph.train.calculator import OrbitCalculator
     from orbitgraph.train.evaluation import evaluate
 
-    model = {**TINY_MODEL, "atomic_energies": "least_squares"}
-    trainer = Trainer(_two(stores), model, _cfg(max_steps=1), tmp_path / "run")
-    trainer.fit()
-    best = tmp_path / "run" / "best.pt"
+    trainer, best = trained
     val = trainer.validate()
     on_b = evaluate(best, stores["b"], split="val", dataset="b")
     assert on_b["dataset"] == "b"
     assert on_b["energy_mae_meV_per_atom"] == pytest.approx(val["b/energy_mae_meV_per_atom"],
                                                             rel=1e-9)
-    on_a = evaluate(best, stores["b"], split="val")  # the model's (a's) reference
+    # without --dataset, b's store is on b's reference: it is b's store (by store id)
+    by_store = evaluate(best, stores["b"], split="val")
+    assert by_store["dataset"] == "b"
+    assert by_store["energy_mae_meV_per_atom"] == on_b["energy_mae_meV_per_atom"]
+    on_a = evaluate(best, stores["b"], split="val", dataset="a")  # the model's (a's) reference
     assert on_a["dataset"] == "a"
     assert abs(on_a["energy_mae_meV_per_atom"] - on_b["energy_mae_meV_per_atom"]) > 50
     from orbitgraph.train import cli
@@ -319,3 +331,71 @@ def test_evaluate_and_calculator_predict_on_a_chosen_dataset_reference(stores, t
     expected = 4 * trainer.datasets[1].e0_shift[29]
     assert energies["b"] - energies[None] == pytest.approx(expected, abs=1e-9)
     assert abs(expected - 4 * SHIFT[29]) < 0.1
+
+
+def test_evaluate_reports_each_dataset_on_its_reference_and_all_together(stores, trained,
+                                                                          tmp_path, capsys):
+    from orbitgraph.train import cli
+    from orbitgraph.train.evaluation import evaluate, evaluate_datasets
+
+    trainer, best = trained
+    metrics = evaluate_datasets(best, split="val", out=tmp_path / "ev")  # stores: recorded
+    assert list(metrics["datasets"]) == ["a", "b"]
+    keys = ("energy_mae_meV_per_atom", "energy_rmse_meV_per_atom", "forces_mae_meV_per_A",
+            "stress_mae_GPa", "frames")
+    for name in "ab":
+        alone = evaluate(best, stores[name], split="val", dataset=name)
+        group = metrics["datasets"][name]
+        assert group["dataset"] == name and group["store"] == str(stores[name].resolve())
+        for key in keys:
+            assert group[key] == pytest.approx(alone[key], rel=1e-12), (name, key)
+        assert group["baseline"] == alone["baseline"]
+    # all frames together, each dataset on its own reference: validation's overall figures
+    val = trainer.validate()
+    for key in ("energy_mae_meV_per_atom", "forces_mae_meV_per_A", "frames"):
+        assert metrics[key] == pytest.approx(val[key], rel=1e-9), key
+    n = [metrics["datasets"][name]["frames"] for name in "ab"]
+    for key in ("energy_mae_meV_per_atom", "stress_mae_GPa"):  # per frame: frame-weighted
+        for part in (metrics, metrics["baseline"]):
+            groups = [metrics["datasets"][name] for name in "ab"]
+            each = [g[key] if part is metrics else g["baseline"][key] for g in groups]
+            assert part[key] == pytest.approx(np.average(each, weights=n), rel=1e-12), key
+    assert metrics["baseline"]["frames"] == sum(n) == metrics["frames"]
+    assert (tmp_path / "ev" / "parity.png").is_file()
+    assert (tmp_path / "ev" / "b" / "predictions.csv").is_file()
+    # the command: a block per dataset and one of all, metrics.json with a section each
+    assert cli.main(["evaluate", str(best), "--split", "val", "--out",
+                     str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    blocks = [line for line in printed.splitlines()
+              if line.startswith(("dataset a (", "dataset b (", "all datasets ("))]
+    assert len(blocks) == 3 and blocks[2].startswith("all datasets (")
+    assert printed.count("energy/atom") == 3
+    written = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert set(written["datasets"]) == {"a", "b"}
+    assert written["energy_mae_meV_per_atom"] == pytest.approx(
+        metrics["energy_mae_meV_per_atom"], rel=1e-12)
+    # --dataset alone: that dataset's recorded store, as --store STORE --dataset NAME
+    assert cli.main(["evaluate", str(best), "--split", "val", "--dataset", "b", "--out",
+                     str(tmp_path / "only-b")]) == 0
+    capsys.readouterr()
+    only_b = json.loads((tmp_path / "only-b" / "metrics.json").read_text())
+    assert only_b["dataset"] == "b" and "datasets" not in only_b
+    assert only_b["energy_mae_meV_per_atom"] == pytest.approx(
+        metrics["datasets"]["b"]["energy_mae_meV_per_atom"], rel=1e-12)
+
+
+def test_evaluate_refuses_a_reference_it_cannot_tell_in_one_line(stores, trained, capsys):
+    """A store of none of the datasets, or a source file, has labels on a reference the
+    checkpoint cannot know: --dataset names it (one-line error without)."""
+    from orbitgraph.train import cli
+
+    _, best = trained
+    source = stores["a"].parent / "a.json"
+    for frames in (["--store", str(stores["c"]), "--split", "val"], ["--source", str(source)]):
+        assert cli.main(["evaluate", str(best), *frames]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("orbitgraph: error: dataset: ")
+        assert "trained on" in err and "(--dataset NAME)" in err
+    assert cli.main(["evaluate", str(best), "--dataset", "zz"]) == 2
+    assert "has no dataset 'zz'; its datasets are a, b" in capsys.readouterr().err

@@ -196,11 +196,14 @@ def save_inference_model(trainer: Trainer, path: Path) -> None:
 
 def dataset_records(trainer: Trainer) -> list[dict] | None:
     """The run's datasets as checkpoints keep them (None for a run on one store): each
-    one's name, store id, normalised weight and E0 shift {Z: eV per atom, non-zero only},
+    one's name, store id, store (its absolute path, or URL: where ``orbitgraph evaluate``
+    finds it), normalised weight and E0 shift {Z: eV per atom, non-zero only},
     the first being the primary (the model's own reference)."""
     if trainer.datasets is None:
         return None
     return [{"name": d.name, "store_id": d.store.manifest.store_id, "weight": d.weight,
+             "path": (str(Path(d.store.root).resolve()) if d.store.location.is_local
+                      else str(d.store.root)),
              "e0_shift": ({int(z): float(d.e0_shift[z]) for z in np.flatnonzero(d.e0_shift)}
                           if d.e0_shift is not None else {})}
             for d in trainer.datasets]

@@ -235,8 +235,13 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from orbitgraph.train.evaluation import evaluate, evaluate_source, write_json
-    from orbitgraph.train.report import evaluation_table
+    from orbitgraph.train.evaluation import (
+        evaluate,
+        evaluate_datasets,
+        evaluate_source,
+        write_json,
+    )
+    from orbitgraph.train.report import datasets_table, evaluation_table
 
     settings = evaluate_settings(args)
     if not Path(args.checkpoint).is_file():
@@ -251,7 +256,8 @@ def _cmd_evaluate(args) -> int:
         keys = _given(args, energy_key="energy_key", forces_key="forces_key",
                       stress_key="stress_key", virial_key="virial_key")
         metrics = evaluate_source(args.checkpoint, args.source, out, source_format=args.format,
-                                  device=device, weights=args.weights, label_keys=keys)
+                                  device=device, weights=args.weights, label_keys=keys,
+                                  dataset=args.dataset)
     else:
         given = [flag for flag in ("format", "energy_key", "forces_key", "stress_key",
                                    "virial_key") if getattr(args, flag) is not None]
@@ -261,15 +267,27 @@ def _cmd_evaluate(args) -> int:
                               "stored already", flag)
         out = (Path(args.out) if args.out
                else Path(args.checkpoint).parent / f"evaluate-{settings.split}")
-        metrics = evaluate(args.checkpoint, args.store, split=settings.split, device=device,
-                           weights=args.weights, out=out, dataset=args.dataset)
+        store = args.store
+        if store is None and args.dataset is not None:  # that dataset's store, recorded
+            from orbitgraph.train.datasets import recorded_store
+            from orbitgraph.train.weights import load_potential
+            store = recorded_store(load_potential(args.checkpoint).datasets, args.dataset,
+                                   args.checkpoint)
+        if store is None:  # every dataset of a model trained on several
+            metrics = evaluate_datasets(args.checkpoint, split=settings.split, device=device,
+                                        weights=args.weights, out=out)
+        else:
+            metrics = evaluate(args.checkpoint, store, split=settings.split, device=device,
+                               weights=args.weights, out=out, dataset=args.dataset)
     if args.json:
         metrics["files"]["metrics"] = str(Path(args.json))
     print(f"weights: {metrics['weights']}")
-    print(evaluation_table(metrics))
+    print(datasets_table(metrics) if "datasets" in metrics else evaluation_table(metrics))
     write_json(Path(metrics["files"]["metrics"]), metrics)
     for kind, path in metrics["files"].items():
         print(f"{kind}: {path}")
+    for name, group in metrics.get("datasets", {}).items():
+        print(f"dataset {name}: {Path(group['files']['metrics']).parent}")
     return 0
 
 
@@ -422,8 +440,10 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
                        "file, beside the baselines; per-frame predictions and a parity plot",
                        epilog=_keys((EvaluateConfig, "evaluate", None)))
     s.add_argument("checkpoint")
-    frames = s.add_mutually_exclusive_group(required=True)
-    frames.add_argument("--store", help="a store: evaluate one of its splits (--split)")
+    frames = s.add_mutually_exclusive_group()
+    frames.add_argument("--store", help="a store: evaluate one of its splits (--split); "
+                        "none, for a model trained on several datasets: each dataset's "
+                        "store, as training recorded it")
     frames.add_argument("--source", help="MPtrj .json/.json.gz, or extxyz file or folder: "
                         "evaluate all its frames, graphs built with the checkpoint's graph "
                         "parameters (into OUT/store)")
@@ -443,9 +463,11 @@ def parser(keys: bool = True) -> argparse.ArgumentParser:
                    "checkpoint.pt (default: those validation used, the EMA's where training "
                    "kept one; best.pt holds those only)")
     s.add_argument("--json", help="where to write the metrics (default: OUT/metrics.json)")
-    s.add_argument("--dataset", help="with --store, for a model trained on several datasets: "
-                   "the one whose energy reference (E0s) the store's labels are on (default: "
-                   "the run's first)")
+    s.add_argument("--dataset", help="for a model trained on several datasets: the one "
+                   "whose energy reference (E0s) the labels of --store or --source are on "
+                   "(default with --store: the dataset whose store it is; required with "
+                   "--source); alone, that dataset's own store. Without --store, --source "
+                   "and --dataset: every dataset, each on its own reference, and all together")
     _set_option(s, "evaluate.split=val")
     s.set_defaults(func=_cmd_evaluate)
     s = sub.add_parser("export", help="write a store's frames and labels to a file "

@@ -197,3 +197,50 @@ def reference_shift(records: list[dict] | None, dataset: str | None, where: str)
     for z, value in records[names.index(dataset)]["e0_shift"].items():
         shift[int(z)] = float(value)
     return shift
+
+
+def dataset_of_store(records: list[dict] | None, store, dataset: str | None,
+                     where: str) -> str | None:
+    """The name of the dataset whose energy reference the labels of ``store`` (an opened
+    GraphStore) are on, for the model of ``where`` trained on the datasets ``records``
+    (:func:`orbitgraph.train.checkpointing.dataset_records`; None: one store, and None is
+    returned): ``dataset`` where given (checked by :func:`reference_shift`), else the
+    dataset whose store it is (by store id). Raises ConfigError, naming ``where``, the
+    store and the datasets, when it is none of them or several (give ``--dataset``)."""
+    if not records:
+        reference_shift(records, dataset, where)
+        return None
+    if dataset is not None:
+        reference_shift(records, dataset, where)
+        return dataset
+    names = [r["name"] for r in records if r.get("store_id") == store.manifest.store_id]
+    if len(names) == 1:
+        return names[0]
+    what = (f"the store of the datasets {', '.join(names)}" if names else
+            f"none of the stores of its datasets {', '.join(r['name'] for r in records)}")
+    raise ConfigError(f"dataset: {where} was trained on several datasets and {store.root} is "
+                      f"{what}; name the dataset whose energy reference (E0s) its labels are "
+                      "on (--dataset NAME)", "dataset")
+
+
+def recorded_store(records: list[dict] | None, name: str, where: str) -> str:
+    """The store (path or URL) of dataset ``name`` as the model of ``where`` recorded it at
+    training time.
+    Raises ConfigError naming ``where`` for a model trained on one store, an unknown name
+    (:func:`reference_shift`), or a record without a store path (a checkpoint written
+    before they were recorded: give ``--store``), and MissingFileError where the store is
+    gone."""
+    if not records:
+        raise ConfigError(f"--store: {where} was trained on one store; give the store "
+                          "(--store) or a source file (--source) to evaluate it on", "--store")
+    reference_shift(records, name, where)
+    record = records[[r["name"] for r in records].index(name)]
+    path = record.get("path")
+    if path is None:
+        raise ConfigError(f"--store: {where} does not record where dataset {name!r}'s store "
+                          "is (written before stores were recorded); give it with --store",
+                          "--store")
+    if "://" not in path and not Path(path).exists():
+        raise MissingFileError(f"{path}: no such store (dataset {name!r} of {where}); give "
+                               "its store with --store")
+    return path

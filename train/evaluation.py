@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,12 +31,17 @@ from orbitgraph.model import Potential
 from orbitgraph.model.batch import Batch
 from orbitgraph.preprocess.store import GraphStore, empty_splits, open_store
 from orbitgraph.train.config import TrainConfig
-from orbitgraph.train.datasets import frame_energy_shift, reference_shift
+from orbitgraph.train.datasets import (
+    dataset_of_store,
+    frame_energy_shift,
+    recorded_store,
+    reference_shift,
+)
 from orbitgraph.train.distributed import DistInfo, all_sum
 from orbitgraph.train.loader import LoaderConfig, make_loader
 from orbitgraph.train.metrics import ErrorAccumulator
 from orbitgraph.train.predictions import Predictions
-from orbitgraph.train.report import baselines
+from orbitgraph.train.report import Pairs, baseline_errors, baselines, pooled_baselines
 from orbitgraph.train.weights import SavedPotential, load_potential
 
 
@@ -149,25 +155,121 @@ def evaluate(checkpoint: str | Path, store: str | Path | GraphStore, split: str 
     element (``orbitgraph.evaluate`` logger). With ``out`` (a folder, created), the
     predictions, the parity plot and the metrics are written there (:func:`write_outputs`;
     their paths under ``files``). ``dataset``: for a model trained on several datasets, the
-    one whose energy reference the store's labels are on (default: the model's own, the
-    primary dataset's; :func:`orbitgraph.train.datasets.reference_shift`, which raises
-    ConfigError for a name the model does not know). Raises StoreError when the split
-    holds no frames (:func:`frames_to_evaluate`)."""
+    one whose energy reference the store's labels are on (default: the dataset whose store
+    it is; :func:`orbitgraph.train.datasets.dataset_of_store`, which raises ConfigError
+    for a name the model does not know, and for a store of none of its datasets without
+    ``dataset``; all datasets at once: :func:`evaluate_datasets`). Raises StoreError when
+    the split holds no frames (:func:`frames_to_evaluate`)."""
     saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
-    shift = reference_shift(saved.datasets, dataset, str(checkpoint))
     store = store if isinstance(store, GraphStore) else open_store(store)
+    dataset = dataset_of_store(saved.datasets, store, dataset, str(checkpoint))
+    shift = reference_shift(saved.datasets, dataset, str(checkpoint))
     subset = frames_to_evaluate(store, split)
     metrics = evaluate_frames(saved, subset, split, f"{store.root}: {split} split", device,
                               max_atoms, out, e0_shift=shift)
     if saved.datasets:
-        metrics["dataset"] = dataset or saved.datasets[0]["name"]
+        metrics["dataset"] = dataset
     return metrics
+
+
+def evaluate_datasets(checkpoint: str | Path, stores: dict[str, str | Path] | None = None,
+                      split: str = "test", device: str = "cpu", max_atoms: int = 2048,
+                      weights: str | None = None, out: str | Path | None = None) -> dict:
+    """:func:`evaluate` of a model trained on several datasets on each dataset's ``split``,
+    each on its own energy reference, and on all their frames together: the metrics of
+    all the frames (MAE/RMSE, the baselines pooled over the datasets' frames, each on its
+    store's E0s, ``by_config_type``) with ``datasets`` {name: that dataset's
+    :func:`evaluate` metrics, plus its ``store``}. ``stores`` {name: store}: where each
+    dataset's store is (default, and for a name it leaves out: where the checkpoint
+    recorded it). With ``out``, each dataset's predictions and parity plot are written to
+    ``out``/NAME (:func:`write_outputs`, with its metrics.json) and the parity plot of all
+    frames to ``out``/parity.png (paths under ``files``; ``out``/metrics.json is the
+    caller's to write). Raises ConfigError for a model trained on one store or a store
+    name it does not know, ConfigError or MissingFileError where a store is not recorded
+    or gone (:func:`orbitgraph.train.datasets.recorded_store`), InputError where a store
+    is not the one the dataset was trained on (another store id), and StoreError where a
+    dataset's split holds no frames."""
+    metrics, _ = dataset_evaluation(checkpoint, stores, split, device, max_atoms, weights, out)
+    return metrics
+
+
+def dataset_evaluation(checkpoint: str | Path, stores: dict[str, str | Path] | None = None,
+                       split: str = "test", device: str = "cpu", max_atoms: int = 2048,
+                       weights: str | None = None, out: str | Path | None = None
+                       ) -> tuple[dict, Pairs | None]:
+    """:func:`evaluate_datasets`'s metrics, and the (reference, predicted) pairs of all the
+    frames where ``out`` is given (None otherwise)."""
+    from orbitgraph.errors import ConfigError, InputError
+
+    where = str(checkpoint)
+    saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
+    records = saved.datasets
+    if not records:
+        raise ConfigError(f"--store: {where} was trained on one store; give the store "
+                          "(--store) or a source file (--source) to evaluate it on", "--store")
+    stores = dict(stores or {})
+    for name in stores:
+        reference_shift(records, name, where)
+    per, runs, subsets = {}, [], []
+    for record in records:
+        name = record["name"]
+        path = stores.get(name) or recorded_store(records, name, where)
+        store = open_store(path)
+        if store.manifest.store_id != record.get("store_id"):
+            raise InputError(f"{store.root}: not the store dataset {name!r} of {where} was "
+                             f"trained on (store id {store.manifest.store_id}, trained on "
+                             f"{record.get('store_id')}); give that store")
+        subset = frames_to_evaluate(store, split)
+        run = evaluate_run(saved, subset, device, max_atoms, keep=out is not None,
+                           e0_shift=reference_shift(records, name, where))
+        where_out = Path(out) / name if out is not None else None
+        per[name] = {**run.metrics(saved, subset, split, f"{store.root}: {split} split",
+                                   where_out), "dataset": name, "store": str(store.root)}
+        if where_out is not None:
+            write_json(Path(per[name]["files"]["metrics"]), per[name])
+        runs.append(run)
+        subsets.append(subset)
+    total = ErrorAccumulator()
+    groups: dict[str, ErrorAccumulator] = {}
+    group_errors: dict[str, list] = {}
+    for run in runs:
+        merge_into(total, run.acc)
+        for group, acc in run.predictions.by_config_type.items():
+            merge_into(groups.setdefault(group, ErrorAccumulator()), acc)
+            group_errors.setdefault(group, []).append(
+                baseline_errors(run.predictions.config_type_frames(group), None))
+    untrained = sorted(set().union(*(m["untrained_elements"] for m in per.values())))
+    metrics = {"split": split, "weights": saved.weights, **total.result(),
+               "baseline": pooled_baselines([baseline_errors(subset, None)
+                                             for subset in subsets]),
+               "by_config_type": {group: {**acc.result(),
+                                          "baseline": pooled_baselines(group_errors[group])}
+                                  for group, acc in sorted(groups.items())},
+               "frames_with_untrained_elements": sum(m["frames_with_untrained_elements"]
+                                                     for m in per.values()),
+               "untrained_elements": untrained, "datasets": per}
+    pairs = None
+    if out is not None:
+        from orbitgraph.train.plots import write_parity
+        pairs = Pairs.concat([run.predictions.pairs() for run in runs])
+        metrics["files"] = {
+            "parity": write_parity(Path(out) / "parity.png", pairs, metrics,
+                                   metrics["baseline"], f"{where}: {split} splits of "
+                                   f"{', '.join(per)} ({metrics['frames']} frames)"),
+            "metrics": str(Path(out) / "metrics.json")}
+    return metrics, pairs
+
+
+def merge_into(total: ErrorAccumulator, part: ErrorAccumulator) -> None:
+    """Add the sums of ``part`` to ``total`` (errors of disjoint frames)."""
+    total.load_tensor(total.merge_tensor() + part.merge_tensor())
 
 
 def evaluate_source(checkpoint: str | Path, source: str | Path, out: str | Path,
                     source_format: str | None = None, device: str = "cpu",
                     max_atoms: int = 2048, weights: str | None = None,
-                    label_keys: dict[str, str] | None = None) -> dict:
+                    label_keys: dict[str, str] | None = None,
+                    dataset: str | None = None) -> dict:
     """:func:`evaluate` on every frame of a source file or folder (MPtrj JSON or extended
     XYZ, read as ``orbitgraph build`` reads it: the source's label conventions, quarantine
     of bad records). Its graphs are built with the checkpoint's graph parameters into a
@@ -177,14 +279,24 @@ def evaluate_source(checkpoint: str | Path, source: str | Path, out: str | Path,
     ``orbitgraph build`` takes them ({"energy_key": ..., "forces_key": ..., "stress_key":
     ..., "virial_key": ...}; those not given follow the source's convention), e.g. for a
     file holding both ``REF_energy`` and a model's ``energy``. The energy baseline's E0s
-    are the least-squares fit to these frames. Raises what ``build_store`` raises (one line
-    naming the source) for a source that holds no usable frame, a folder ``out``/store that
-    holds another store, or a label it cannot tell."""
+    are the least-squares fit to these frames. ``dataset``: for a model trained on several
+    datasets, the one whose energy reference the file's labels are on; required for such a
+    model (a file is no dataset's store: ConfigError without it, and for a name the model
+    does not know). Raises what ``build_store`` raises (one line naming the source) for a
+    source that holds no usable frame, a folder ``out``/store that holds another store,
+    or a label it cannot tell."""
     from orbitgraph.preprocess.build import build_store
     from orbitgraph.preprocess.cluster import ClusterConfig
     from orbitgraph.preprocess.store.params import SplitParams, StoreParams
 
     saved = load_potential(checkpoint, device=device, weights=weights, dtype=torch.float64)
+    if saved.datasets and dataset is None:
+        from orbitgraph.errors import ConfigError
+        raise ConfigError(f"dataset: {checkpoint} was trained on the datasets "
+                          f"{', '.join(r['name'] for r in saved.datasets)}; name the one whose "
+                          f"energy reference (E0s) the labels of {source} are on (--dataset "
+                          "NAME)", "dataset")
+    shift = reference_shift(saved.datasets, dataset, str(checkpoint))
     params = StoreParams.from_dict(dict(label_keys or {}), where="evaluate").model_copy(
         update={"graph": saved.graph,
                 "split": SplitParams(val_fraction=0.0, test_fraction=0.0)})
@@ -195,8 +307,11 @@ def evaluate_source(checkpoint: str | Path, source: str | Path, out: str | Path,
             f"{source}: {summary.quarantined} records not evaluated (quarantined: see "
             f"{summary.store}/quarantine.parquet)")
     store = open_store(summary.store)
-    return evaluate_frames(saved, store, "all", f"{source}: all frames", device, max_atoms,
-                           out)
+    metrics = evaluate_frames(saved, store, "all", f"{source}: all frames", device, max_atoms,
+                              out, e0_shift=shift)
+    if saved.datasets:
+        metrics["dataset"] = dataset
+    return metrics
 
 
 def evaluate_frames(saved: SavedPotential, frames: GraphStore, split: str, title: str,
@@ -206,33 +321,59 @@ def evaluate_frames(saved: SavedPotential, frames: GraphStore, split: str, title
     subset of one, not empty) named ``split`` in the metrics and ``title`` on the plot;
     written to ``out`` where given. ``e0_shift`` (float64 (119,), eV per atom of each Z):
     added to the model's energies, to put them on the frames' reference (None: none)."""
+    run = evaluate_run(saved, frames, device, max_atoms, keep=out is not None,
+                       e0_shift=e0_shift)
+    return run.metrics(saved, frames, split, title, out)
+
+
+@dataclass
+class EvaluationRun:
+    """A model's errors on some frames: all of them (``acc``) and per frame and per
+    config_type (``predictions``)."""
+
+    acc: ErrorAccumulator
+    predictions: Predictions
+
+    def metrics(self, saved: SavedPotential, frames: GraphStore, split: str, title: str,
+                out: str | Path | None = None) -> dict:
+        """:func:`evaluate_frames`'s metrics (one warning per untrained element); with
+        ``out``, the files written there (:func:`write_outputs`)."""
+        n_untrained, untrained = untrained_elements(saved.trained_elements, frames)
+        per_frame = frames.index["elements"].to_pylist()
+        for el in untrained:
+            n = sum(1 for frame in per_frame if el in frame)
+            logging.getLogger("orbitgraph.evaluate").warning(
+                f"element {el}: no training frame of this model held it (its E0 is 0 eV and "
+                f"the network never saw it); {n} of the {len(frames)} {split} frames hold it")
+        by_type = self.predictions.by_config_type
+        metrics = {"split": split, "weights": saved.weights, **self.acc.result(),
+                   "baseline": baselines(frames, None),
+                   "by_config_type": {group: {**group_acc.result(),
+                                              "baseline": baselines(
+                                                  self.predictions.config_type_frames(group),
+                                                  None)}
+                                      for group, group_acc in sorted(by_type.items())},
+                   "frames_with_untrained_elements": n_untrained,
+                   "untrained_elements": untrained}
+        if out is not None:
+            metrics["files"] = write_outputs(Path(out), self.predictions, metrics,
+                                             f"{title} ({len(frames)} frames)")
+        return metrics
+
+
+def evaluate_run(saved: SavedPotential, frames: GraphStore, device: str = "cpu",
+                 max_atoms: int = 2048, keep: bool = False, e0_shift=None) -> EvaluationRun:
+    """Run the model ``saved`` (in float64) over ``frames`` in order, batches of at most
+    ``max_atoms`` atoms, its energies moved by ``e0_shift`` (as :func:`evaluate_frames`);
+    ``keep``: keep each frame's prediction (for the files and parity plots)."""
     model = saved.model.to(device=device, dtype=torch.float64).eval()
     if e0_shift is not None and np.any(e0_shift):
         model = OnReference(model, e0_shift)
     loader = make_loader(frames, LoaderConfig(max_atoms=max_atoms, shuffle=False),
                          graph=saved.graph)
-    acc = ErrorAccumulator()
-    predictions = Predictions(frames, keep=out is not None)
-    add_errors(acc, model, loader, device, torch.float64, each=predictions.add)
-    n_untrained, untrained = untrained_elements(saved.trained_elements, frames)
-    per_frame = frames.index["elements"].to_pylist()
-    for el in untrained:
-        n = sum(1 for frame in per_frame if el in frame)
-        logging.getLogger("orbitgraph.evaluate").warning(
-            f"element {el}: no training frame of this model held it (its E0 is 0 eV "
-            f"and the network never saw it); {n} of the {len(frames)} {split} frames hold it")
-    metrics = {"split": split, "weights": saved.weights, **acc.result(),
-               "baseline": baselines(frames, None),
-               "by_config_type": {group: {**group_acc.result(),
-                                          "baseline": baselines(
-                                              predictions.config_type_frames(group), None)}
-                                  for group, group_acc in sorted(
-                                      predictions.by_config_type.items())},
-               "frames_with_untrained_elements": n_untrained, "untrained_elements": untrained}
-    if out is not None:
-        metrics["files"] = write_outputs(Path(out), predictions, metrics,
-                                         f"{title} ({len(frames)} frames)")
-    return metrics
+    run = EvaluationRun(ErrorAccumulator(), Predictions(frames, keep=keep))
+    add_errors(run.acc, model, loader, device, torch.float64, each=run.predictions.add)
+    return run
 
 
 class OnReference:

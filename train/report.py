@@ -33,12 +33,19 @@ def baselines(store: GraphStore, split: str | None) -> dict[str, float]:
     of it if None), keyed like :meth:`orbitgraph.train.metrics.ErrorAccumulator.result` (meV/atom,
     meV/Å, GPa), plus ``frames``. E0 (eV per element) is the manifest's, fitted on the
     train split."""
+    return pooled_baselines([baseline_errors(store, split)])
+
+
+def baseline_errors(store: GraphStore, split: str | None) -> tuple[np.ndarray, ...]:
+    """The baselines' absolute errors on ``split`` of ``store`` (all of it if None), each
+    on the store's own E0s: energy per atom (F,) eV/atom, force components (3N,) eV/Å,
+    stress components (9F',) eV/Å³ of the F' frames with a stress label."""
     e0_of = store.manifest.statistics["atomic_energies_eV"]
     e0 = np.zeros(N_ELEMENTS)
     for z, value in e0_of.items():
         e0[int(z)] = value
     subset = store.subset(split=split) if split is not None else store
-    e_abs, f_abs, s_abs = [], [], []
+    e_abs, f_abs, s_abs = [np.empty(0)], [np.empty(0)], [np.empty(0)]
     for _, data, rows in subset.iter_shards():
         block = data.take(rows)
         n_atoms = block["n_atoms"].astype(np.int64)
@@ -47,15 +54,21 @@ def baselines(store: GraphStore, split: str | None) -> dict[str, float]:
         f_abs.append(np.abs(block["forces"]).ravel())
         stress = block["stress"].reshape(-1, 9)
         s_abs.append(np.abs(stress[~np.isnan(stress).any(axis=1)]).ravel())
+    return tuple(np.concatenate(parts) for parts in (e_abs, f_abs, s_abs))
 
+
+def pooled_baselines(errors: list[tuple[np.ndarray, ...]]) -> dict[str, float]:
+    """The baselines' MAEs (as :func:`baselines`) over the frames of several stores or
+    splits pooled, each part's errors (:func:`baseline_errors`) on its own E0s: what the
+    baselines score on several datasets, each on its own energy reference."""
     def mean(parts, scale):
-        values = np.concatenate(parts) if parts else np.empty(0)
+        values = np.concatenate(parts)
         return float(values.mean() * scale) if values.size else float("nan")
 
-    return {"energy_mae_meV_per_atom": mean(e_abs, 1000.0),
-            "forces_mae_meV_per_A": mean(f_abs, 1000.0),
-            "stress_mae_GPa": mean(s_abs, EV_PER_A3_IN_GPA),
-            "frames": len(subset)}
+    return {"energy_mae_meV_per_atom": mean([e[0] for e in errors], 1000.0),
+            "forces_mae_meV_per_A": mean([e[1] for e in errors], 1000.0),
+            "stress_mae_GPa": mean([e[2] for e in errors], EV_PER_A3_IN_GPA),
+            "frames": int(sum(len(e[0]) for e in errors))}
 
 
 @dataclass
@@ -91,6 +104,12 @@ class Pairs:
 
     def save(self, path: Path) -> None:
         np.savez_compressed(path, energy=self.energy, forces=self.forces, stress=self.stress)
+
+    @classmethod
+    def concat(cls, parts: list["Pairs"]) -> "Pairs":
+        """The rows of ``parts`` one after the other (e.g. several datasets' pairs)."""
+        return cls(*(np.concatenate([getattr(p, name) for p in parts] or [np.empty((0, 2))])
+                     for name in ("energy", "forces", "stress")))
 
     @classmethod
     def load(cls, path: Path) -> "Pairs":
@@ -182,6 +201,21 @@ def evaluation_table(metrics: dict) -> str:
                      f"absent from the training split: "
                      f"{', '.join(metrics['untrained_elements'])})")
     return "\n".join(lines)
+
+
+def datasets_table(metrics: dict) -> str:
+    """What ``orbitgraph evaluate`` prints for a model trained on several datasets: for each
+    dataset of ``metrics["datasets"]`` (:func:`orbitgraph.train.evaluation.evaluate_datasets`)
+    a block of :func:`evaluation_table` rows, its energies on its own E0 reference, then the
+    block of all their frames together."""
+    blocks = []
+    for name, group in metrics["datasets"].items():
+        blocks += [f"dataset {name} ({group['store']}, {group['split']} split, "
+                   f"{group['frames']} frames; energies on its own E0 reference)",
+                   evaluation_table(group), ""]
+    blocks += [f"all datasets ({metrics['frames']} frames of {len(metrics['datasets'])} "
+               f"datasets, each on its own E0 reference)", evaluation_table(metrics)]
+    return "\n".join(blocks)
 
 
 def comparison_table(store_name: str, rows: list[dict]) -> str:
