@@ -247,7 +247,7 @@ def _walk(model: type, loc: tuple) -> tuple[list[str], Any, FieldInfo | None, in
             annotation, field = typing.get_args(ann)[0], None
         else:
             break
-        parts.append(str(part))
+        parts.append(f"[{part}]" if isinstance(part, int) else str(part))
         used += 1
     return parts, annotation, field, used
 
@@ -267,8 +267,8 @@ def error_line(err: ValidationError, model: type, where: str = "") -> tuple[str,
     loc = tuple(first["loc"])
     kind = first["type"]
 
-    def join(parts):
-        return ".".join(p for p in [where, *parts] if p)
+    def join(parts):  # a list's item as key[i], as the run file's stores[1].weight
+        return ".".join(p for p in [where, *parts] if p).replace(".[", "[")
 
     if kind == "extra_forbidden":
         parts, annotation, _, _ = _walk(model, loc[:-1])

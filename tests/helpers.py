@@ -317,3 +317,36 @@ def write_emt_extxyz(path: Path, isolated: tuple[str, ...] = ("Cu", "Al"),
                                {"config_type": "IsolatedAtom"}))
     path.write_text("".join(frames))
     return path
+
+
+def emt_materials(n_frames: int, seed: int) -> dict:
+    """Rattled, strained fcc Cu, Al and CuAl cells (4 atoms), two frames per material."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    materials: dict = {}
+    for i in range(n_frames):
+        kind = ["Cu", "Al", "CuAl"][i % 3]
+        atoms = bulk("Al", "fcc", a=4.05, cubic=True) if kind == "Al" else \
+            bulk("Cu", "fcc", a=3.6, cubic=True)
+        if kind == "CuAl":
+            atoms.symbols[[1, 2]] = "Al"
+        atoms.set_cell(atoms.cell @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
+        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
+        materials.setdefault(f"mp-{seed}-{i // 2}", []).append(atoms)
+    return materials
+
+
+def shift_energies(path: Path, shift: dict[int, float]) -> Path:
+    """Add Σ_i shift(z_i) to every frame's energies of an MPtrj file (another reference)."""
+    from ase.data import atomic_numbers
+
+    data = json.loads(path.read_text())
+    for frames in data.values():
+        for rec in frames.values():
+            extra = sum(shift[atomic_numbers[site["species"][0]["element"]]]
+                        for site in rec["structure"]["sites"])
+            rec["uncorrected_total_energy"] += extra
+            rec["corrected_total_energy"] += extra
+    path.write_text(json.dumps(data))
+    return path

@@ -120,7 +120,7 @@ def test_other_refusals_name_the_key():
          "train.loader.max_atoms_by_device.gpu: expected cpu, cuda, cuda:N or mps"),
         (lambda: TrainConfig(ema_decay=1.0), "train.ema_decay: expected a number > 0 and < 1"),
         (lambda: load_config({"preset": "mace", "radial_mlp": [32, 0]}),
-         "model.radial_mlp.1: expected an integer >= 1, got 0"),
+         "model.radial_mlp[1]: expected an integer >= 1, got 0"),
         (lambda: GraphParams(k=8).model_copy(update={"k": -1}), "graph.k: expected an integer"),
     ]
     for make, message in cases:

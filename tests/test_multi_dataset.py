@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import write_mptrj
+from helpers import emt_materials, shift_energies, write_mptrj
 from orbitgraph.errors import ConfigError, GraphMismatchError, MissingFileError
 from orbitgraph.preprocess.build import build_store
 from orbitgraph.preprocess.cluster import ClusterConfig
@@ -24,39 +24,6 @@ SYNC = ClusterConfig(kind="synchronous")
 TINY_MODEL = {"preset": "invariant", "hidden": 8, "species_dim": 4, "final_mlp": [8],
               "layers": 1, "num_radial": 4}
 SHIFT = {29: 0.3, 13: -0.2}  # eV/atom: dataset b's reference minus dataset a's
-
-
-def emt_materials(n_frames: int, seed: int) -> dict:
-    """Rattled, strained fcc Cu, Al and CuAl cells (4 atoms), two frames per material."""
-    from ase.build import bulk
-
-    rng = np.random.default_rng(seed)
-    materials: dict = {}
-    for i in range(n_frames):
-        kind = ["Cu", "Al", "CuAl"][i % 3]
-        atoms = bulk("Al", "fcc", a=4.05, cubic=True) if kind == "Al" else \
-            bulk("Cu", "fcc", a=3.6, cubic=True)
-        if kind == "CuAl":
-            atoms.symbols[[1, 2]] = "Al"
-        atoms.set_cell(atoms.cell @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
-        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
-        materials.setdefault(f"mp-{seed}-{i // 2}", []).append(atoms)
-    return materials
-
-
-def shift_energies(path: Path, shift: dict[int, float]) -> Path:
-    """Add Σ_i shift(z_i) to every frame's energies of an MPtrj file (another reference)."""
-    from ase.data import atomic_numbers
-
-    data = json.loads(path.read_text())
-    for frames in data.values():
-        for rec in frames.values():
-            extra = sum(shift[atomic_numbers[site["species"][0]["element"]]]
-                        for site in rec["structure"]["sites"])
-            rec["uncorrected_total_energy"] += extra
-            rec["corrected_total_energy"] += extra
-    path.write_text(json.dumps(data))
-    return path
 
 
 @pytest.fixture(scope="module")

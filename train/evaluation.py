@@ -195,10 +195,11 @@ def evaluate_datasets(checkpoint: str | Path, stores: dict[str, str | Path] | No
 
 def dataset_evaluation(checkpoint: str | Path, stores: dict[str, str | Path] | None = None,
                        split: str = "test", device: str = "cpu", max_atoms: int = 2048,
-                       weights: str | None = None, out: str | Path | None = None
-                       ) -> tuple[dict, Pairs | None]:
+                       weights: str | None = None, out: str | Path | None = None,
+                       keep_pairs: bool = False) -> tuple[dict, Pairs | None]:
     """:func:`evaluate_datasets`'s metrics, and the (reference, predicted) pairs of all the
-    frames where ``out`` is given (None otherwise)."""
+    frames (each dataset's energies on its own reference) where ``out`` is given or
+    ``keep_pairs`` (None otherwise)."""
     from orbitgraph.errors import ConfigError, InputError
 
     where = str(checkpoint)
@@ -220,7 +221,7 @@ def dataset_evaluation(checkpoint: str | Path, stores: dict[str, str | Path] | N
                              f"trained on (store id {store.manifest.store_id}, trained on "
                              f"{record.get('store_id')}); give that store")
         subset = frames_to_evaluate(store, split)
-        run = evaluate_run(saved, subset, device, max_atoms, keep=out is not None,
+        run = evaluate_run(saved, subset, device, max_atoms, keep=keep_pairs or out is not None,
                            e0_shift=reference_shift(records, name, where))
         where_out = Path(out) / name if out is not None else None
         per[name] = {**run.metrics(saved, subset, split, f"{store.root}: {split} split",
@@ -249,9 +250,10 @@ def dataset_evaluation(checkpoint: str | Path, stores: dict[str, str | Path] | N
                                                      for m in per.values()),
                "untrained_elements": untrained, "datasets": per}
     pairs = None
+    if keep_pairs or out is not None:
+        pairs = Pairs.concat([run.predictions.pairs() for run in runs])
     if out is not None:
         from orbitgraph.train.plots import write_parity
-        pairs = Pairs.concat([run.predictions.pairs() for run in runs])
         metrics["files"] = {
             "parity": write_parity(Path(out) / "parity.png", pairs, metrics,
                                    metrics["baseline"], f"{where}: {split} splits of "

@@ -34,8 +34,9 @@ NOT_RESULTS = ("log_every", "checkpoint_every", "plots", "tensorboard", "loader.
                "loader.pin_memory", "loader.max_atoms_by_device")
 
 
-def resolved_config(store_id: str, model, train) -> dict:
-    """The configuration an experiment's results belong to, as plain data: ``store_id``,
+def resolved_config(store_id: str | list[dict], model, train) -> dict:
+    """The configuration an experiment's results belong to, as plain data: ``store_id``
+    (over several stores: a list of each one's store, name, id and weight),
     ``model`` (a :class:`orbitgraph.model.config.ModelConfig`, every key) and ``train`` (a
     :class:`orbitgraph.train.config.TrainConfig`, its loader's budget resolved for its
     device, without :data:`NOT_RESULTS`), as JSON gives it back."""

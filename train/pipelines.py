@@ -8,7 +8,8 @@
       NAME: {source: SOURCE_NAME, graph: {k: 16}, split: {val_fraction: 0.05}, ...}
     experiments:
       NAME:
-        store: STORE_NAME
+        store: STORE_NAME              # or several, each step drawing its dataset by weight:
+        # stores: [{store: STORE_A, weight: 0.6}, {store: STORE_B, weight: 0.4, name: b}]
         model: PRESET | {preset: mace, channels: 64, ...} | path/to/model.yaml
         train: {epochs: 10, lr: 0.001, loader: {max_atoms: 1024}, ...}
         evaluate: {split: test}
@@ -24,6 +25,14 @@ overwrites the old one. Likewise an experiment's results live in
 training settings), ``workdir/experiments/NAME`` links to the latest, and a changed
 configuration trains again without touching the earlier results
 (:mod:`train.experiment_dirs`). Every mistake is reported as one line naming the key.
+
+An experiment over several stores (``stores:``, :class:`ExperimentStore`) trains as a run
+file's ``stores:`` does (:mod:`orbitgraph.train.datasets`, :mod:`orbitgraph.train.mixing`;
+the first store is the primary, whose E0s the model keeps), each store built once and
+shared with the other experiments that name it; its id hashes each store's id, name and
+normalised weight, so a changed weight or store trains again. Its report and metrics file
+give each dataset's errors on its own energy reference beside those of all its frames
+(:func:`orbitgraph.train.evaluation.evaluate_datasets`).
 """
 from __future__ import annotations
 
@@ -77,12 +86,34 @@ class StoreDecl(StoreParams):
     source: str = Field(description="name of a declared source")
 
 
+class ExperimentStore(Config):
+    """One of the stores of an experiment over several: a declared store, its sampling
+    weight and its dataset name."""
+
+    section = "experiment.stores[]"
+
+    store: str = Field(description="name of a declared store")
+    weight: float = Field(1.0, gt=0, description="sampling weight: each training step draws "
+                          "from this store with probability weight / (sum of the weights)")
+    name: str | None = Field(None, min_length=1, description="the dataset's name in logs, "
+                             "metrics and the calculator's dataset= (default: the store's "
+                             "name)")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.store
+
+
 class ExperimentDecl(Config):
-    """A model trained on a store, then evaluated."""
+    """A model trained on a store (or several, mixed by weight), then evaluated."""
 
     section = "experiment"
 
-    store: str = Field(description="name of a declared store")
+    store: str | None = Field(None, description="name of a declared store (or stores:)")
+    stores: list[ExperimentStore] | None = Field(
+        None, description="several declared stores, each {store, weight, name} (weight "
+        "default 1, name default the store's): each training step draws its dataset by "
+        "weight; the first is the primary (the model's E0 reference). Excludes store:")
     model: str | dict[str, Any] = Field(description="a preset name, a mapping of model "
                                         "settings (`preset` and the model keys below) or a "
                                         "YAML file (relative to pipelines.yaml)")
@@ -111,9 +142,24 @@ class PipelinesFile(Config):
                 raise ValueError(f"stores.{name}.source: {store.source!r} is not a declared "
                                  f"source; declared: {sorted(self.sources)}")
         for name, exp in self.experiments.items():
-            if exp.store not in self.stores:
+            if (exp.store is None) == (exp.stores is None):
+                which = "not both" if exp.store is not None else "got neither"
+                raise ValueError(f"experiments.{name}: give store: (one store) or stores: "
+                                 f"(several, with weights), {which}")
+            if exp.store is not None and exp.store not in self.stores:
                 raise ValueError(f"experiments.{name}.store: {exp.store!r} is not a declared "
                                  f"store; declared: {sorted(self.stores)}")
+            for i, item in enumerate(exp.stores or ()):
+                if item.store not in self.stores:
+                    raise ValueError(f"experiments.{name}.stores[{i}].store: {item.store!r} is "
+                                     f"not a declared store; declared: {sorted(self.stores)}")
+            if exp.stores is not None:
+                from orbitgraph.train.datasets import dataset_specs
+                try:  # the run file's checks: at least one, each name once
+                    dataset_specs([{"path": item.store, "weight": item.weight,
+                                    "name": item.label} for item in exp.stores])
+                except ConfigError as err:
+                    raise ValueError(f"experiments.{name}.{err}") from None
         return self
 
 
@@ -154,15 +200,39 @@ class Pipelines:
                            discard_partial=discard_partial)
 
     # ------------------------------------------------------------- experiments
+    def experiment_stores(self, name: str) -> list[str]:
+        """The names of the stores experiment ``name`` trains on (the primary first)."""
+        exp = self.experiments[name]
+        return [exp.store] if exp.stores is None else [item.store for item in exp.stores]
+
+    def store_key(self, name: str) -> str:
+        """What experiment ``name``'s results are compared on: its store's name, or its
+        stores' names joined by ``+``."""
+        return "+".join(self.experiment_stores(name))
+
+    def dataset_specs(self, name: str) -> list:
+        """The :class:`~orbitgraph.train.datasets.DatasetSpec` of each store of an
+        experiment over several stores (path: the store's folder, ``workdir/stores/NAME-ID``)."""
+        from orbitgraph.train.datasets import DatasetSpec
+        return [DatasetSpec(path=str(self.store_path(item.store)), weight=item.weight,
+                            name=item.label) for item in self.experiments[name].stores]
+
     def experiment_config(self, name: str) -> dict:
-        """The resolved configuration the experiment's results belong to: its store's id,
-        model and training settings (:func:`train.experiment_dirs.resolved_config`)."""
+        """The resolved configuration the experiment's results belong to: its store's id
+        (over several stores: each one's store, name, id and normalised weight), model and
+        training settings (:func:`train.experiment_dirs.resolved_config`)."""
         if name not in self._configs:
             from orbitgraph.model.config import load_config
             exp = self.experiments[name]
-            _, spec = self.store_spec(exp.store)
+            if exp.stores is None:
+                store_id = self.store_spec(exp.store)[1].store_id
+            else:
+                total = sum(item.weight for item in exp.stores)
+                store_id = [{"store": item.store, "name": item.label,
+                             "store_id": self.store_spec(item.store)[1].store_id,
+                             "weight": item.weight / total} for item in exp.stores]
             model = load_config(exp.model, where=f"experiments.{name}.model")
-            self._configs[name] = resolved_config(spec.store_id, model, exp.train)
+            self._configs[name] = resolved_config(store_id, model, exp.train)
         return self._configs[name]
 
     def experiment_dir(self, name: str) -> Path:
@@ -190,7 +260,8 @@ class Pipelines:
         from orbitgraph.train.checkpointing import CHECKPOINT
         path = self.metrics_path(name)
         return ((self.experiment_dir(name) / CHECKPOINT).is_file() and
-                (self.store_path(self.experiments[name].store) / MANIFEST_FILE).is_file() and
+                all((self.store_path(store) / MANIFEST_FILE).is_file()
+                    for store in self.experiment_stores(name)) and
                 path.is_file() and
                 json.loads(path.read_text()).get("evaluate") == self.evaluate_settings(name))
 
@@ -211,6 +282,10 @@ class Pipelines:
         model size, steps, training wall time and the validation history),
         ``parity_SPLIT.npz`` (reference and predicted values, see
         :class:`orbitgraph.train.report.Pairs`), ``loss_curves.png`` and ``parity.png``.
+        An experiment over several stores reports and records the metrics of all their
+        frames, each dataset on its own energy reference, and each dataset's
+        (``datasets`` in the metrics file, :func:`orbitgraph.train.evaluation.evaluate_datasets`).
+        Raises PipelineError naming the key where a store's graphs cannot serve the model.
         """
         import torch
 
@@ -266,35 +341,59 @@ class Pipelines:
         exp = self.experiments[name]
         out = self.experiment_dir(name)
         metrics_path = self.metrics_path(name)
-        store_path = self.store_path(exp.store)
+        stores = self.experiment_stores(name)
+        store_path = self.store_path(stores[0])
         model_cfg = load_config(exp.model, where=f"experiments.{name}.model")
         train_cfg = exp.train
-        summary = self.build(exp.store, progress=progress)
-        log.info(summary.text())
+        for store in stores:  # each built once, whichever experiment names it first
+            summary = self.build(store, progress=progress)
+            log.info(summary.text())
         try:
             graph_for_model(read_manifest(store_path).graph, model_cfg.k,
                             model_cfg.rank_envelope, model_cfg.rank_envelope_width)
         except GraphMismatchError as err:
             key = f"experiments.{name}.model.{err.model_key}"
-            raise PipelineError(f"{key}: {err} (store {exp.store!r}: stores.{exp.store}.graph "
+            raise PipelineError(f"{key}: {err} (store {stores[0]!r}: stores.{stores[0]}.graph "
                                 "in pipelines.yaml)", key) from None
-        frames_to_evaluate(open_store(store_path), exp.evaluate.split)  # before training, not after
+        data = store_path
+        if exp.stores is not None:
+            from orbitgraph.train.datasets import open_datasets
+            data = self.dataset_specs(name)
+            try:  # every store serves the model's graphs, before training
+                open_datasets(data, model_cfg.k, model_cfg.rank_envelope,
+                              model_cfg.rank_envelope_width)
+            except GraphMismatchError as err:  # "stores[i]: dataset ... cannot serve ..."
+                raise PipelineError(f"experiments.{name}.{err} (the stores' graph settings "
+                                    "in pipelines.yaml)", f"experiments.{name}.stores") from None
+        for store in stores:  # before training, not after
+            frames_to_evaluate(open_store(self.store_path(store)), exp.evaluate.split)
         # the figures below replace the trainer's own (validation-split parity)
-        trainer = Trainer(store_path, model_cfg, train_cfg.model_copy(update={"plots": False}),
+        trainer = Trainer(data, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out, advice=Advice(go_on="evaluating it",
                                              new_run=f"delete {out} to train it again"))
         step_losses = trainer.step_losses  # the loss curve, kept in the run directory
         result = trainer.fit()
         settings = self.evaluate_settings(name)
         split, device = settings["split"], settings["device"]
-        metrics = evaluate(out / BEST, store_path, split=split, device=device)
-        store = trainer.store
-        baseline = baselines(store, split)
-        val_baseline = baselines(store, "val")
-        saved = load_potential(out / BEST, device=device)
-        pairs = predict_pairs(saved.model.double().eval(), store, saved.graph, split=split,
-                              device=device)
-        record = {"experiment": name, "store": exp.store, "model": _model_label(exp.model),
+        if exp.stores is None:
+            metrics = evaluate(out / BEST, store_path, split=split, device=device)
+            store = trainer.store
+            baseline = baselines(store, split)
+            val_baseline = baselines(store, "val")
+            saved = load_potential(out / BEST, device=device)
+            pairs = predict_pairs(saved.model.double().eval(), store, saved.graph, split=split,
+                                  device=device)
+        else:
+            from orbitgraph.train.evaluation import dataset_evaluation
+            from orbitgraph.train.report import baseline_errors, pooled_baselines
+            metrics, pairs = dataset_evaluation(
+                out / BEST, {spec.label: spec.path for spec in data}, split=split,
+                device=device, keep_pairs=True)
+            baseline = metrics["baseline"]
+            val_baseline = pooled_baselines([baseline_errors(d.store, "val")
+                                             for d in trainer.datasets])
+        record = {"experiment": name, "store": self.store_key(name),
+                  "model": _model_label(exp.model),
                   "evaluate": settings, **metrics, "baseline": baseline,
                   "val_baseline": val_baseline,
                   "parameters": sum(p.numel() for p in trainer.model.parameters()),
@@ -307,16 +406,24 @@ class Pipelines:
                  write_parity(out / "parity.png", pairs, metrics, baseline,
                               f"{name}: {split} split ({metrics['frames']} frames), best "
                               f"checkpoint")]
-        return "\n".join([f"experiment {name}: done ({trainer.state.step} steps, "
-                          f"{result['wall_s']:.0f} s); {split} split against the baselines:",
-                          results_table(metrics, baseline),
-                          f"  store       {store_path}",
+        lines = [f"experiment {name}: done ({trainer.state.step} steps, "
+                 f"{result['wall_s']:.0f} s); {split} split against the baselines"
+                 f"{' (all datasets, each on its own E0 reference)' if exp.stores else ''}:",
+                 results_table(metrics, baseline)]
+        for label, group in metrics.get("datasets", {}).items():
+            lines += [f"dataset {label} ({group['frames']} frames of {group['store']}; "
+                      "energies on its own E0 reference):",
+                      results_table(group, group["baseline"])]
+        stores_line = (f"  store       {store_path}" if exp.stores is None else
+                       "  stores      " + ", ".join(str(self.store_path(s)) for s in stores))
+        return "\n".join([*lines, stores_line,
                           f"  checkpoints {out / CHECKPOINT}, {out / BEST}",
                           f"  metrics     {out / 'metrics.csv'}, {metrics_path}",
                           f"  plots       {', '.join(plots)}"])
 
     def compare(self, store: str, refresh_figure: bool = True) -> str:
-        """The table comparing the experiments on ``store`` that have results of their
+        """The table comparing the experiments on ``store`` (a :meth:`store_key`: a store's
+        name, or several joined by ``+``) that have results of their
         current configuration (from their metrics files) and, with ``refresh_figure``, when
         it is missing or when it shows other run directories, the side-by-side figure
         ``workdir/experiments/comparison-STORE.png``."""
@@ -324,8 +431,8 @@ class Pipelines:
         from orbitgraph.train.report import Pairs, comparison_table
 
         rows, missing, not_run = [], [], []
-        for name, exp in self.experiments.items():
-            if exp.store != store:
+        for name in self.experiments:
+            if self.store_key(name) != store:
                 continue
             if not self.finished(name):
                 not_run.append(name)
@@ -368,9 +475,9 @@ class Pipelines:
         ran = set()
         for name in names:
             if name in self.experiments and not self.finished(name):
-                ran.add(self.experiments[name].store)
+                ran.add(self.store_key(name))
             print(self.run_experiment(name, progress=progress), flush=True)
-        for store in dict.fromkeys(self.experiments[name].store for name in names):
+        for store in dict.fromkeys(self.store_key(name) for name in names):
             print(self.compare(store, refresh_figure=store in ran), flush=True)
 
 
