@@ -190,7 +190,9 @@ def evaluation_table(metrics: dict) -> str:
     for config_type, group in metrics.get("by_config_type", {}).items():
         lines.append(f"config_type {config_type} ({group['frames']} frames)")
         rows(group, "  ")
-    fitted = "these frames" if metrics.get("split") == "all" else "the store's train split"
+    fitted = ("these frames" if metrics.get("split") == "all" else
+              "each dataset's store's train split" if "datasets" in metrics else
+              "the store's train split")
     no_stress = "; NaN stress: no frame has a stress label" if not np.isfinite(
         metrics.get("stress_mae_GPa", float("nan"))) else ""
     lines.append(f"({metrics['frames']} frames; E0 only: the energy Σ E0 of least-squares "
