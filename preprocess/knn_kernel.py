@@ -13,17 +13,19 @@ integer box of shifts allowed by that bound holds every candidate within ``r``.
 Per structure:
 
 1. One pass over unordered atom pairs at a common radius ``r_start`` (a ball holding
-   ~1.5 (k + 1) atoms at the cell's density) writes every candidate into the bucket of
-   both its atoms.
+   ~1.45 (k + 1) atoms at the cell's density, plus the tie tolerance when ties are
+   included) writes every candidate into the bucket of both its atoms.
 2. Per centre, the candidates are ranked all-pairs by a key of quantised distance and
    arrival (a branch-free, vectorised count over distinct keys), each is written straight
    to its sorted place in the output, and runs of equal quantised distance are then put
    in (j, S) order by insertion.
 3. The answer is complete when the first candidate not kept (after tie inclusion) lies
    strictly inside the searched ball: nothing outside it could have been kept. A centre
-   that is not complete (a sparse neighbourhood; ~1 in 600 in MPtrj-like data) or has
-   more than 256 candidates takes the slow path: an insertion-based selection, searched
-   again alone with a growing radius.
+   that is not complete (a sparse neighbourhood: ~1 in 40 MPtrj-like centres at
+   the default 0.5 Å tie tolerance, ~1 in 125 at 0.01 Å) or has
+   more than 256 candidates takes the slow path: searched again alone with a radius grown
+   by 1.1, then by 1.5, its candidates ranked the same way (selected by insertion when
+   there are more than 256).
 
 Every comparison of distances (order, the k-th, tie inclusion, the first candidate not kept,
 completeness) is made on the quantised grid, so the kept set is a function of the grid
@@ -272,7 +274,10 @@ def _collect_pairs(geo, span, r, buckets):
                         # written whether within r or not, counted only if so: a store
                         # costs less than the mispredicted branch it replaces
                         hit = d2 <= r2
-                        t = min(ci, width) + base  # past the end: the spare row
+                        # past the end: the spare row. Unsigned indices here and below:
+                        # numba wraps negative int64 indices with a compare and select per
+                        # access, which costs the stores ~10 % of the kernel's time
+                        t = np.uint64(min(ci, width) + base)
                         ci += hit
                         bj[t] = j
                         bs[t, 0] = s0
@@ -284,11 +289,12 @@ def _collect_pairs(geo, span, r, buckets):
     for i in range(n):
         forward[i] = count[i]
     for i in range(n):
-        for t in range(i * stride, i * stride + min(forward[i], width)):
+        for row in range(i * stride, i * stride + min(forward[i], width)):
+            t = np.uint64(row)
             d = math.sqrt(bd[t])
             bd[t] = d
             j = bj[t]
-            u = min(count[j], width) + j * stride
+            u = np.uint64(min(count[j], width) + j * stride)
             count[j] += 1
             bj[u] = i
             bs[u, 0] = -bs[t, 0]
@@ -356,9 +362,9 @@ def _rank_into(first, last, candidates, rules, ranking, e, edges):
             less += key[b] < ka
         rank[a] = less
     for a in range(c):
-        o = first + a
+        o = np.uint64(first + a)
         r = rank[a]
-        t = e + r
+        t = np.uint64(e + r)
         out_j[t] = bj[o]
         out_s[t, 0] = bs[o, 0]
         out_s[t, 1] = bs[o, 1]
@@ -487,34 +493,70 @@ def _emit(i, a0, e, m, kept, cutoff, edges, nxt):
 
 
 @kernel_cache.njit(nogil=True)
-def _centre_slow(i, geo, search, buckets, rules, scratch, e, edges):
+def _sort_head(first, last, candidates, rules, ranking, scratch, e, edges):
+    """The head of the sorted candidates in rows ``first:last`` of ``candidates`` (the
+    buckets or the slow path's pool) written to ``edges`` from row ``e``, as
+    :func:`_rank_into` writes it: ranked all-pairs when there are at most
+    ``_RANKED_MAX``, else selected by insertion. Returns ``(m, kept, scratch, edges)``
+    (the latter two possibly regrown)."""
+    c = last - first
+    if c <= _RANKED_MAX:
+        if e + c > edges.j.shape[0]:
+            edges = _grow_edges(edges, e + c + rules.k + 2)
+        m, kept = _rank_into(first, last, candidates, rules, ranking, e, edges)
+        if m >= 0:
+            return m, kept, scratch, edges
+    m, kept = _select_insertion(first, last, candidates, rules, scratch.lq, scratch.lc)
+    while m < 0:
+        scratch = SlowScratch(np.empty(2 * scratch.lq.shape[0], np.int64),
+                              np.empty(2 * scratch.lc.shape[0], np.int64),
+                              scratch.cj, scratch.cs, scratch.cd)
+        m, kept = _select_insertion(first, last, candidates, rules, scratch.lq, scratch.lc)
+    if e + m > edges.j.shape[0]:
+        edges = _grow_edges(edges, e + m + rules.k + 2)
+    for t in range(m):
+        o = scratch.lc[t]
+        edges.j[e + t] = candidates.j[o]
+        edges.s[e + t, 0] = candidates.s[o, 0]
+        edges.s[e + t, 1] = candidates.s[o, 1]
+        edges.s[e + t, 2] = candidates.s[o, 2]
+        edges.d[e + t] = candidates.d[o]
+    return m, kept, scratch, edges
+
+
+# The first regrowth of a slow centre's radius: of the MPtrj-like centres that r_start
+# leaves unproven, 99-99.5 % are proven within 1.1 r_start (a ball of 1.33x the volume,
+# where _GROW's 3.4x would gather and sort 2.5x more candidates); later ones grow by _GROW.
+_FIRST_GROW = 1.1
+
+
+@kernel_cache.njit(nogil=True)
+def _centre_slow(i, geo, search, buckets, rules, scratch, ranking, e, edges, ranked):
     """One centre the fast path cannot finish: too many candidates to rank all-pairs, or
     the answer is not proven complete within ``search.r_start`` (then its candidates are
     gathered again alone with a growing radius, up to ``search.r_limit``). Its candidates
-    are its bucket's rows. Writes the sorted list to ``edges`` from row ``e``; returns its
-    length ``m`` (-1 when completeness is not proven within ``r_limit``), the number kept,
-    and the (possibly regrown) ``scratch`` and ``edges``.
+    are its bucket's rows; ``ranked``: the fast path has already sorted them and found the
+    answer unproven within ``r_start``, so they are not sorted again. Writes the sorted
+    list to ``edges`` from row ``e``; returns its length ``m`` (-1 when completeness is not
+    proven within ``r_limit``), the number kept, and the (possibly regrown) ``scratch`` and
+    ``edges``.
     """
     span = np.empty(3, np.float64)
-    first = i * (buckets.width + 1)
-    # the candidates: the bucket's rows, then the pool gathered alone
-    src_j, src_s, src_d = buckets.j, buckets.s, buckets.d
-    lo, hi = first, first + buckets.count[i]
     r = search.r_start
-    while True:
-        m, kept = _select_insertion(lo, hi, Candidates(src_j, src_s, src_d), rules,
-                                    scratch.lq, scratch.lc)
-        if m < 0:
-            scratch = SlowScratch(np.empty(2 * scratch.lq.shape[0], np.int64),
-                                  np.empty(2 * scratch.lc.shape[0], np.int64),
-                                  scratch.cj, scratch.cs, scratch.cd)
-            continue
+    if not ranked:
+        first = i * (buckets.width + 1)
+        m, kept, scratch, edges = _sort_head(first, first + buckets.count[i], buckets, rules,
+                                             ranking, scratch, e, edges)
         # The first candidate not kept must lie strictly inside the searched ball.
-        if r == np.inf or (m > kept and _proves_complete(scratch.lq[kept], _inside_bound(r))):
-            break
+        if r == np.inf or (m > kept and _proves_complete(_quantise(edges.d[e + kept]),
+                                                         search.q_inside)):
+            return m, kept, scratch, edges
+    grow = _FIRST_GROW
+    while True:
         if r > search.r_limit:
             return -1, 0, scratch, edges
-        r *= _GROW
+        r *= grow
+        grow = _GROW
         for a in range(3):
             span[a] = r / geo.heights[a]
         pool = _gather(i, geo, span, r, scratch)
@@ -523,19 +565,11 @@ def _centre_slow(i, geo, search, buckets, rules, scratch, e, edges):
             scratch = SlowScratch(scratch.lq, scratch.lc, np.empty(size, np.int64),
                                   np.empty((size, 3), np.int64), np.empty(size, np.float64))
             pool = _gather(i, geo, span, r, scratch)
-        src_j, src_s, src_d = scratch.cj, scratch.cs, scratch.cd
-        lo, hi = 0, pool
-    if e + m > edges.j.shape[0]:
-        edges = _grow_edges(edges, e + m + (geo.n - i) * (rules.k + 2))
-    lc = scratch.lc
-    for t in range(m):
-        o = lc[t]
-        edges.j[e + t] = src_j[o]
-        edges.s[e + t, 0] = src_s[o, 0]
-        edges.s[e + t, 1] = src_s[o, 1]
-        edges.s[e + t, 2] = src_s[o, 2]
-        edges.d[e + t] = src_d[o]
-    return m, kept, scratch, edges
+        m, kept, scratch, edges = _sort_head(0, pool, Candidates(scratch.cj, scratch.cs,
+                                                                 scratch.cd),
+                                             rules, ranking, scratch, e, edges)
+        if m > kept and _proves_complete(_quantise(edges.d[e + kept]), _inside_bound(r)):
+            return m, kept, scratch, edges
 
 
 @kernel_cache.njit(nogil=True)
@@ -621,9 +655,9 @@ def knn_batch(structures, rules, edges):
                     shortest = min(shortest, math.sqrt(cell[a, 0] ** 2 + cell[a, 1] ** 2
                                                        + cell[a, 2] ** 2))
             r_limit = 2.0 * ((k // 2 + 3) * shortest + tie_tolerance) + 1.0
-            # A ball holding ~1.5 (k + 1) atoms at the cell's density (1.15 in radius: a
+            # A ball holding ~1.45 (k + 1) atoms at the cell's density (1.13 in radius: a
             # smaller one saves less than its extra slow-path searches cost).
-            r_start = 1.15 * (3.0 * (k + 1) * abs(det) / (4.0 * math.pi * max(n, 1))) ** (1.0 / 3.0)
+            r_start = 1.13 * (3.0 * (k + 1) * abs(det) / (4.0 * math.pi * max(n, 1))) ** (1.0 / 3.0)
             if rules.include_ties:
                 r_start += tie_tolerance
         # largest quantised distance that proves completeness within r_start
@@ -659,6 +693,7 @@ def knn_batch(structures, rules, edges):
             if need > edges.j.shape[0]:
                 edges = _grow_edges(edges, need + (n_struct - b) * (k + 2))
             slow = n
+            ranked = False  # whether the slow centre's bucket was sorted here
             for i in range(centre, n):
                 first = i * stride
                 c_i = count[i]
@@ -666,9 +701,13 @@ def knn_batch(structures, rules, edges):
                     slow = i
                     break
                 m, kept = _rank_into(first, first + c_i, buckets, rules, ranking, e, edges)
-                if m < 0 or not (r_start == np.inf or (
+                if m < 0:
+                    slow = i
+                    break
+                if not (r_start == np.inf or (
                         kept < m and _proves_complete(_quantise(edges.d[e + kept]), q_inside))):
                     slow = i
+                    ranked = True
                     break
                 if _coincident(b, i, e, m, rules, edges, failures):
                     failed = True
@@ -677,7 +716,7 @@ def knn_batch(structures, rules, edges):
             if failed or slow == n:
                 break
             m, kept, scratch, edges = _centre_slow(slow, geo, search, buckets, rules, scratch,
-                                                   e, edges)
+                                                   ranking, e, edges, ranked)
             if m < 0:
                 failures.status[b] = STATUS_INCOMPLETE
                 failures.bad[b, 0] = slow

@@ -152,8 +152,12 @@ def test_unprovable_search_fails_loudly():
                              np.empty(16, np.int64), np.empty((16, 3), np.int64), np.empty(16))
     edges = kk.Edges(np.empty(64, np.int32), np.empty(64, np.int32),
                      np.empty((64, 3), np.int32), np.empty(64))
-    out = kk._centre_slow(0, geo, search, buckets, rules, scratch, 0, edges)
-    assert out[0] == -1
+    ranking = kk.Ranking(np.empty(256, np.int64), np.empty(256, np.int64),
+                         np.empty(256, np.int64))
+    for ranked in (False, True):  # its bucket sorted here or by the fast path
+        out = kk._centre_slow(0, geo, search, buckets, rules, scratch, ranking, 0, edges,
+                              ranked)
+        assert out[0] == -1
     # how the kernel's status for such a structure reads to the user
     from orbitgraph.preprocess.graph import _failure
     why = _failure(kk.STATUS_INCOMPLETE, np.array([3, 0, 0, 0, 0]), "", 16)
