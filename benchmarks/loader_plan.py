@@ -13,8 +13,8 @@ Prints medians over repeats, interleaved, and the ratios:
 
 - one rank's plan (all frames when world = 1);
 - what one rank paid per epoch before (``steps_per_epoch``: every rank's plan; then every
-  DataLoader worker its own) and what it pays now (``steps_per_epoch`` plans every rank
-  once, the rank's DataLoader reuses its plan).
+  DataLoader worker its own) and what it pays now (``steps_per_epoch`` counts every rank's
+  batches once and plans its own, which the rank's DataLoader reuses).
 
 ``--omat``: an index shaped like OMat24's (``--frames``, default 110 M frames, in shards of
 4,000 frames as ``orbitgraph build`` writes them; lognormal sizes with a median of 12 atoms,
@@ -22,7 +22,8 @@ clipped to 1-160; 16 edges per atom; the store index's own dtypes: int32 shard, 
 n_atoms, int64 n_edges; the index's id strings are left out, the planner does not read
 them). Only the planner of today (the one before loops over frames in Python: hours at this
 size): for each world size, seconds (median of ``--repeats``) of one rank's epoch as a rank
-pays it (``steps_per_epoch``, which plans every rank once, then its own plan reused), and
+pays it (``steps_per_epoch``, which counts every rank's batches and plans its own, then that
+plan reused), and
 the peak resident memory above the index's, of the first such epoch (this process's peak
 resident memory, read after each: measured for the first world size given, a lower bound
 for the next ones).
@@ -83,13 +84,13 @@ def omat_main(args) -> None:
         for _ in range(args.repeats):
             loader.clear_plan_cache()
             t0 = time.perf_counter()
-            steps = steps_per_epoch(store, cfg, 2, world)
+            steps = steps_per_epoch(store, cfg, 2, world, 0)
             plan = epoch_plan(store, cfg, 2, 0, world)
             times.append(time.perf_counter() - t0)
             after = peak_mb()
         loader.clear_plan_cache()
-        print(f"world {world}: one rank's epoch plan (every rank planned once, "
-              f"steps_per_epoch {steps}, rank 0 {len(plan)} batches): "
+        print(f"world {world}: one rank's epoch plan (every rank's batches counted, its own "
+              f"planned, steps_per_epoch {steps}, rank 0 {len(plan)} batches): "
               f"{statistics.median(times):.1f} s (runs: "
               + ", ".join(f"{t:.1f}" for t in times) + f"); process peak {after:.0f} MB, "
               f"{after - base:.0f} MB above the index's", flush=True)
@@ -202,7 +203,7 @@ def main() -> None:
           "every rank)")
 
     def rank_epoch_now(world, rank):
-        steps_per_epoch(store, cfg, 2, world)
+        steps_per_epoch(store, cfg, 2, world, rank)
         return epoch_plan(store, cfg, 2, rank, world)  # what the rank's ShardStream takes
 
     print(f"{'':52s} {'before':>9s} {'now':>9s} {'ratio':>7s}")

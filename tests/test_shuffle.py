@@ -149,3 +149,37 @@ def test_vectorised_packing_follows_the_greedy_rule(store):
     assert any(len(b) == 1 and atoms[b[0]] > 300 for b in got)  # over the budget alone
     plan = plan_rank(store, LoaderConfig(max_atoms=1024), epoch=1, rank=1, world=3)
     assert all(rows == sorted(rows) for rows in plan) and len(plan) > 100
+
+
+def test_a_rank_counts_the_other_ranks_batches_without_keeping_their_plans(store):
+    """Every DDP rank needs every rank's number of batches (all take the busiest rank's
+    steps) but only its own plan: at OMat24's size the other plans are GBs per process."""
+    from orbitgraph.train import loader
+    cfg = LoaderConfig(max_atoms=1024, seed=5)
+    world = 3
+    lengths = [len(plan_rank(store, cfg, 2, r, world)) for r in range(world)]
+    loader.clear_plan_cache()
+    try:
+        for r in range(world):
+            assert loader.rank_batches(store, cfg, 2, r, world) == lengths[r]
+        loader.clear_plan_cache()
+        assert loader.steps_per_epoch(store, cfg, 2, world, rank=1) == max(lengths)
+        assert set(loader._plans["ranks"]) == {1}  # only its own plan is kept
+        assert loader.epoch_plan(store, cfg, 2, 1, world) == plan_rank(store, cfg, 2, 1, world)
+    finally:
+        loader.clear_plan_cache()
+
+
+def test_an_index_not_in_shard_order_is_grouped_by_shard(store):
+    """Builds write the index in shard order and the planner then skips sorting it; an index
+    in another order (a filtered or concatenated one) is sorted: the same frames are planned,
+    each shard's rows in its span."""
+    cfg = LoaderConfig(max_atoms=1024, seed=5)
+    rng = np.random.default_rng(0)
+    shuffled = types.SimpleNamespace(index=store.index.take(rng.permutation(store.index.num_rows)),
+                                     shard_indices=store.shard_indices)
+    plan = plan_rank(shuffled, cfg, 0, 0, 1)
+    frames = [x for batch in plan for x in batch]
+    assert len(frames) == store.index.num_rows
+    assert set(frames) == set(zip(store.index.column("shard").to_pylist(),
+                                  store.index.column("row").to_pylist(), strict=True))

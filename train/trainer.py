@@ -190,7 +190,8 @@ class Trainer:
         datasets the sum of theirs (:class:`~orbitgraph.train.mixing.MixedPlanner`)."""
         if self.planner is not None:
             return self.planner.steps(epoch)
-        return steps_per_epoch(self.train_set, self.cfg.loader, epoch, self.info.world)
+        return steps_per_epoch(self.train_set, self.cfg.loader, epoch, self.info.world,
+                               self.info.rank)
 
     def validation_sets(self) -> list[tuple[str, GraphStore, Dataset | None]]:
         """(name, frames, dataset) of each validation split: the store's, or each
