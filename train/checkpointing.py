@@ -114,8 +114,11 @@ def save_checkpoint(trainer: Trainer, path: Path | None = None) -> None:
 def load_checkpoint(trainer: Trainer, path: Path) -> None:
     """Continue ``trainer``'s run from ``path``: its states, with this run's budget and
     schedule settings (a larger budget continues a finished run; the cosine then spans the
-    new one, and ``trainer.replanned`` says how the rate changed). Raises
-    :class:`ResumeError` where ``path`` holds another run (:func:`check_same_run`)."""
+    new one, and ``trainer.replanned`` says how the rate changed). A checkpoint of format 0
+    or 1 has its weights, EMA weights and Adam moments converted to the normalised species
+    projections (:func:`~orbitgraph.model.checkpoint.upgrade_model_state`,
+    :func:`upgrade_optimizer_state`), with a warning. Raises :class:`ResumeError` where
+    ``path`` holds another run (:func:`check_same_run`)."""
 
     ckpt = read_checkpoint(path, map_location=trainer.device)
     check_same_run(trainer, ckpt)
@@ -164,8 +167,9 @@ def upgrade_optimizer_state(trainer: Trainer) -> None:
     normalised parametrisation (:func:`~orbitgraph.model.checkpoint.projection_scales`):
     with W₂ = W₁·c (c = √in_features) the gradient is ∂L/∂W₂ = (∂L/∂W₁)/c, so Adam's first
     moments (``exp_avg``) are divided by c and its second moments (``exp_avg_sq``,
-    AMSGrad's ``max_exp_avg_sq``) by c²: the next step's direction is then that of a run
-    that had always been normalised with the same gradients."""
+    AMSGrad's ``max_exp_avg_sq``) by c². The next step then moves each W₂ by what the older
+    code would have moved W₁ (Adam's eps aside), W₁ by c times less: the normalised
+    parametrisation's step, from moments consistent with its gradients."""
     parameters = dict(trainer.model.named_parameters())
     for name, scale in projection_scales(trainer.model).items():
         moments = trainer.optimizer.state.get(parameters[name], {})
