@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from orbitgraph.model.batch import Batch
-from orbitgraph.model.checkpoint import read_checkpoint, write_checkpoint
+from orbitgraph.model.checkpoint import read_checkpoint, upgrade_model_state, write_checkpoint
 from orbitgraph.model.config import PRESETS, ModelConfig, load_config, with_statistics
 from orbitgraph.model.potential import Potential
 from orbitgraph.units import MODEL_UNITS
@@ -79,12 +79,15 @@ def model_from_checkpoint(ckpt: dict, dtype: torch.dtype | None = None) -> Poten
     Built in ``dtype`` (None: the dtype of the checkpoint's weights, see
     :func:`state_dtype`) before its weights are loaded: weights of the same dtype load bit
     for bit, float32 weights into float64 exactly, float64 into float32 rounded once. On
-    the CPU; ``.to(device)`` moves it. Raises ValueError (:func:`state_dtype`) for weights
-    of mixed dtypes and RuntimeError (``load_state_dict``) for weights of another model."""
+    the CPU; ``.to(device)`` moves it. Weights of an older format are converted
+    (:func:`~orbitgraph.model.checkpoint.upgrade_model_state`): the model predicts what the
+    code that wrote them did. Raises ValueError (:func:`state_dtype`) for weights of mixed
+    dtypes, InputError for a format version this code does not read and RuntimeError
+    (``load_state_dict``) for weights of another model."""
     state = ckpt["model_state"]
     model = Potential(ModelConfig.from_dict(ckpt["model_config"]),
                       state_dtype(state) if dtype is None else dtype)
-    model.load_state_dict(state)
+    model.load_state_dict(upgrade_model_state(model, state, ckpt.get("format_version", 0)))
     return model
 
 

@@ -11,13 +11,16 @@ data before they are written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from orbitgraph.errors import InputError, MissingFileError
+from orbitgraph.model.embedding import NormalizedLinear
 
 
 def plain(value):
@@ -41,9 +44,14 @@ def plain(value):
 
 # The layout of every checkpoint and model file, written into each as ``format_version``.
 # 0: the files written before they carried a version (the same keys as version 1; the tests
-# keep such files in tests/data/format_v0/). Raise it when a key changes meaning or goes,
-# and teach read_checkpoint to read the older versions or to refuse them in one line.
-FORMAT_VERSION = 1
+# keep such files in tests/data/format_v0/). 1: the species projections (and the invariant
+# model's embedding) were nn.Linear layers. 2: they are NormalizedLinear layers, whose
+# weights are nn.Linear's times √in_features (upgrade_model_state converts). Raise it when
+# a key changes meaning or goes, and teach the readers to convert the older versions or to
+# refuse them in one line.
+FORMAT_VERSION = 2
+# the last version whose projection weights are nn.Linear's
+LINEAR_PROJECTIONS_VERSION = 1
 
 
 def write_checkpoint(data: dict, path: str | Path) -> None:
@@ -94,3 +102,35 @@ def check_format_version(path: str | Path, version) -> None:
         raise InputError(f"{path}: checkpoint format version {version!r}; this orbitgraph "
                          f"reads versions 0 to {FORMAT_VERSION} (a newer orbitgraph wrote it: "
                          "upgrade to read it)")
+
+
+def projection_scales(model: nn.Module) -> dict[str, float]:
+    """The parameter names (those of ``model.state_dict()``) of ``model``'s
+    :class:`~orbitgraph.model.embedding.NormalizedLinear` weights, each with √in_features:
+    format 2's weight is format 1's (``nn.Linear``'s) times it."""
+    return {f"{name}.weight" if name else "weight": math.sqrt(module.in_features)
+            for name, module in model.named_modules() if isinstance(module, NormalizedLinear)}
+
+
+def upgrade_model_state(model: nn.Module, state: dict, version, path: str | Path = "") -> dict:
+    """``state``, a ``state_dict`` of ``model``'s architecture read from a file of format
+    ``version`` (0 to :data:`FORMAT_VERSION`), as the current ``model`` loads it: up to
+    format 1 the normalised projections' weights were ``nn.Linear``'s, W₁ = W₂/√in_features,
+    so each is multiplied by √in_features (:func:`projection_scales`) in the dtype of
+    ``model``'s parameter (a new dict; ``state`` is unchanged). The model then computes
+    what the code that wrote the file did to the rounding of one product (~1e-16 relative
+    in float64). Works as well on the EMA's ``shadow`` dict (the same names, parameters
+    only). Raises InputError, naming ``path``, for a ``version`` this code does not read and
+    for a state that lacks one of the weights (a file of another model)."""
+    check_format_version(path, version)
+    if version > LINEAR_PROJECTIONS_VERSION:
+        return state
+    upgraded = dict(state)
+    parameters = dict(model.named_parameters())
+    for name, scale in projection_scales(model).items():
+        if name not in state:
+            raise InputError(f"{path}: model_state has no {name!r}: a file of another model "
+                             "than its model_config describes")
+        # in the model's dtype: float32 weights loaded into a float64 model stay exact
+        upgraded[name] = state[name].to(parameters[name].dtype) * scale
+    return upgraded

@@ -21,7 +21,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from orbitgraph.model.embedding import SpeciesEmbedding
+from orbitgraph.model.embedding import NormalizedLinear, SpeciesEmbedding
 from orbitgraph.model.mlp import silu_mlp, zero_last_layer
 from orbitgraph.model.radial import (
     RADIAL_BASES,
@@ -86,7 +86,7 @@ class InvariantNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.species = SpeciesEmbedding(cfg.species_dim)
-        self.embed = nn.Linear(cfg.species_dim, cfg.hidden)
+        self.embed = NormalizedLinear(cfg.species_dim, cfg.hidden, bias="uniform")
         self.radial = RADIAL_BASES[cfg.radial_basis](cfg.cutoff, cfg.num_radial)
         self.envelope = EdgeEnvelope(cfg)
         self.irreps_sh = o3.Irreps.spherical_harmonics(DIRECTIONAL_L_MAX)

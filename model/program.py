@@ -24,6 +24,9 @@ not in the program: the calculator builds each graph with them before calling it
 The archive also holds ``extra/orbitgraph.json`` (:data:`METADATA_FILE`): the format
 version, the model config, graph parameters, E0s, dtype, units, the chemical symbols of the
 training frames and which weights (EMA or raw) were exported; a reader needs nothing else.
+A program holds its operations with its weights, so one of an older format (1: the species
+projections as ``nn.Linear``) runs as it was exported: the format changes of
+:mod:`orbitgraph.model.checkpoint` need no conversion here.
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def assert_same(got: dict, want: dict, rtol: float) -> None:
 
 def test_the_model_file_is_plain_data_with_everything_a_user_needs(files, potential):
     data = torch.load(files / "model.pt", weights_only=True)  # no pickled classes
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2  # the normalised species projections
     assert data["dtype"] == "float64"
     assert data["weights"] == "ema" and data["step"] == 7
     assert data["atomic_energies"] == E0  # eV per element, float64 exactly

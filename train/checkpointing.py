@@ -28,6 +28,11 @@ import torch
 
 from orbitgraph.errors import ResumeError
 from orbitgraph.model import read_checkpoint, save_model, write_checkpoint
+from orbitgraph.model.checkpoint import (
+    LINEAR_PROJECTIONS_VERSION,
+    projection_scales,
+    upgrade_model_state,
+)
 from orbitgraph.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -109,15 +114,29 @@ def save_checkpoint(trainer: Trainer, path: Path | None = None) -> None:
 def load_checkpoint(trainer: Trainer, path: Path) -> None:
     """Continue ``trainer``'s run from ``path``: its states, with this run's budget and
     schedule settings (a larger budget continues a finished run; the cosine then spans the
-    new one, and ``trainer.replanned`` says how the rate changed). Raises
-    :class:`ResumeError` where ``path`` holds another run (:func:`check_same_run`)."""
+    new one, and ``trainer.replanned`` says how the rate changed). A checkpoint of format 0
+    or 1 has its weights, EMA weights and Adam moments converted to the normalised species
+    projections (:func:`~orbitgraph.model.checkpoint.upgrade_model_state`,
+    :func:`upgrade_optimizer_state`), with a warning. Raises :class:`ResumeError` where
+    ``path`` holds another run (:func:`check_same_run`)."""
 
     ckpt = read_checkpoint(path, map_location=trainer.device)
     check_same_run(trainer, ckpt)
-    trainer.model.load_state_dict(ckpt["model_state"])
+    version = ckpt.get("format_version", 0)
+    trainer.model.load_state_dict(upgrade_model_state(trainer.model, ckpt["model_state"],
+                                                      version, path))
     if trainer.ema is not None and ckpt["ema_state"] is not None:
-        trainer.ema.load_state_dict(ckpt["ema_state"])
+        ema = ckpt["ema_state"]
+        trainer.ema.load_state_dict({**ema, "shadow": upgrade_model_state(
+            trainer.model, ema["shadow"], version, path)})
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    if version <= LINEAR_PROJECTIONS_VERSION:
+        upgrade_optimizer_state(trainer)
+        log.warning(f"{path} was written before the species projections were normalised "
+                    f"(checkpoint format {version}): its weights and optimiser moments are "
+                    "converted and predict as they did, but the run continues with the "
+                    "normalised projections' steps, which differ from those the older code "
+                    "would have taken")
     state = TrainState(**ckpt["state"])
     schedule = ckpt["schedule"]
     if "last_epoch" not in schedule:  # written before the schedule was torch's: same count
@@ -141,6 +160,22 @@ def standing_records(state: TrainState) -> list[dict]:
     history = state.history
     goes_on = bool(state.batches_in_epoch and history and history[-1]["epoch"] == state.epoch)
     return history[:-1] if goes_on else list(history)
+
+
+def upgrade_optimizer_state(trainer: Trainer) -> None:
+    """Convert the optimiser moments of a format-1 checkpoint's projection weights to the
+    normalised parametrisation (:func:`~orbitgraph.model.checkpoint.projection_scales`):
+    with W₂ = W₁·c (c = √in_features) the gradient is ∂L/∂W₂ = (∂L/∂W₁)/c, so Adam's first
+    moments (``exp_avg``) are divided by c and its second moments (``exp_avg_sq``,
+    AMSGrad's ``max_exp_avg_sq``) by c². The next step then moves each W₂ by what the older
+    code would have moved W₁ (Adam's eps aside), W₁ by c times less: the normalised
+    parametrisation's step, from moments consistent with its gradients."""
+    parameters = dict(trainer.model.named_parameters())
+    for name, scale in projection_scales(trainer.model).items():
+        moments = trainer.optimizer.state.get(parameters[name], {})
+        for key, power in (("exp_avg", 1), ("exp_avg_sq", 2), ("max_exp_avg_sq", 2)):
+            if key in moments:
+                moments[key].div_(scale ** power)
 
 
 def check_same_run(trainer: Trainer, ckpt: dict) -> None:
