@@ -20,14 +20,30 @@ from torch.nn import functional
 
 NUM_ELEMENTS = 119
 
+# The per-element part of the initial embedding (the shared part has unit variance).
+PER_ELEMENT_STD = 0.1
+
+
 class SpeciesEmbedding(nn.Module):
-    """(N,) atomic numbers -> (N, dim) learned embedding."""
+    """(N,) atomic numbers -> (N, dim) learned embedding.
+
+    Every element starts at one shared random vector (N(0, 1) per component) plus a small
+    part of its own (N(0, :data:`PER_ELEMENT_STD`²)): what the network computes from the
+    geometry then starts nearly the same for every element, so what a step learns from
+    one material's forces carries over to the others, and the elements move apart as the
+    data asks. Started as independent N(0, 1) vectors, every function of the geometry is
+    element-specific from the first step: on element-rich data (86 elements, ~9 frames per
+    material) the force-loss gradients of different batches are then nearly orthogonal
+    (mean cosine 0.018 after 30 steps, 0.21 with the shared start) and a few hundred steps
+    learn no forces (docs/guides/training.md).
+    """
 
     def __init__(self, dim: int = 16):
         super().__init__()
         self.dim = dim
         self.table = nn.Embedding(NUM_ELEMENTS, dim)
-        nn.init.normal_(self.table.weight, std=1.0)
+        with torch.no_grad():
+            self.table.weight.normal_(0.0, PER_ELEMENT_STD).add_(torch.randn(dim))
 
     def forward(self, numbers: torch.Tensor) -> torch.Tensor:
         return self.table(numbers)
