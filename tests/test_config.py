@@ -205,7 +205,7 @@ def test_precedence_defaults_then_yaml_then_command_line(tmp_path):
 
 def test_pipelines_overrides_take_precedence_over_the_file():
     config = load_pipelines(ROOT / "pipelines.yaml")
-    assert config.experiments["mace-small"].train.lr == 0.02
+    assert config.experiments["mace-small"].train.lr == 0.04
     changed = load_pipelines(ROOT / "pipelines.yaml", overrides=[
         "experiments.mace-small.train.lr=1e-3", "stores.sample-k16.graph.k=12",
         "experiments.invariant-small.model.hidden=16"])
