@@ -306,8 +306,15 @@ def test_loader_workers_leave_ctrl_c_to_the_trainer(store_path):
     loader = make_loader(open_store(store_path).subset(split="train"),
                          LoaderConfig(num_workers=1))
     assert loader.worker_init_fn is not None
-    workers = torch.utils.data.DataLoader(_SigintHandler(), batch_size=None, num_workers=1,
-                                          worker_init_fn=loader.worker_init_fn)
-    assert [bool(ignored) for ignored in workers] == [True]
-    assert [bool(ignored) for ignored in torch.utils.data.DataLoader(
-        _SigintHandler(), batch_size=None, num_workers=1)] == [False]  # torch's own default
+    # workers inherit this process's disposition: Python's own, as in a terminal (a shell
+    # starts a background job, e.g. a CI script run with `&`, with SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        workers = torch.utils.data.DataLoader(_SigintHandler(), batch_size=None,
+                                              num_workers=1,
+                                              worker_init_fn=loader.worker_init_fn)
+        assert [bool(ignored) for ignored in workers] == [True]
+        assert [bool(ignored) for ignored in torch.utils.data.DataLoader(
+            _SigintHandler(), batch_size=None, num_workers=1)] == [False]  # torch's default
+    finally:
+        signal.signal(signal.SIGINT, before)
