@@ -99,7 +99,7 @@ def test_draws_follow_the_weights():
 
 def test_an_epoch_draws_datasets_by_weight_and_passes_over_them(stores):
     p = planner(stores, weights=(0.7, 0.3))
-    a_batches, b_batches = p.batches_per_pass(0, 0), p.batches_per_pass(1, 0)
+    a_batches, b_batches = p.pass_batches(0, 0, 0), p.pass_batches(1, 0, 0)
     plan = p.plan(0)
     assert len(plan) == a_batches + b_batches
     batches = [b.frame_ids for b in make_mixed_loader(p, epoch=0)]
@@ -114,6 +114,43 @@ def test_an_epoch_draws_datasets_by_weight_and_passes_over_them(stores):
     first = [ids for d, ids in zip(plan.draws, batches, strict=True) if d == 0]
     assert sorted(sum(first[:a_batches], [])) == sorted(train["a"])
     assert first[a_batches:] != first[:drawn_a - a_batches]
+
+
+def _index_store(rng, n_shards: int, per_shard: int):
+    """A store as the planner reads it: an index of frames of 1-39 atoms, no data."""
+    import types
+
+    import pyarrow as pa
+    atoms = rng.integers(1, 40, n_shards * per_shard)
+    index = pa.table({"shard": np.repeat(np.arange(n_shards), per_shard),
+                      "row": np.tile(np.arange(per_shard), n_shards),
+                      "n_atoms": atoms, "n_edges": 16 * atoms})
+    return types.SimpleNamespace(index=index, shard_indices=np.arange(n_shards))
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_every_pass_delivers_all_its_batches_though_reshuffles_pack_differently(world):
+    """A dataset drawn more often than its first pass holds goes on to further passes,
+    each reshuffled and so packed into its own number of batches; each pass taken whole
+    delivers every one of its batches (cutting every pass to the first's count skipped
+    frames)."""
+    import types
+    rng = np.random.default_rng(1)
+    datasets = [types.SimpleNamespace(store=_index_store(rng, 3, 30), weight=0.9),
+                types.SimpleNamespace(store=_index_store(rng, 6, 100), weight=0.1)]
+    cfg = LoaderConfig(max_atoms=64, seed=0)
+    planners = [MixedPlanner(datasets, cfg, rank, world) for rank in range(world)]
+    plans = [planner.plan(0) for planner in planners]
+    last = int(plans[0].passes[plans[0].draws == 0].max())
+    assert last >= 2
+    counts = [planners[0].pass_batches(0, 0, p) for p in range(last + 1)]
+    assert len(set(counts)) > 1, counts  # the case at hand: passes of unequal lengths
+    for planner, plan in zip(planners, plans, strict=True):
+        for p in range(last):  # every pass but the last is taken whole
+            taken = plan.batch[(plan.draws == 0) & (plan.passes == p)]
+            assert len(taken) == counts[p]
+            assert np.array_equal(np.sort(taken[taken >= 0]),
+                                  np.arange(len(planner.pass_plan(0, 0, p))))
 
 
 def test_ranks_draw_the_same_datasets_and_disjoint_frames(stores):

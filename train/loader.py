@@ -250,9 +250,14 @@ def rank_batches(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int,
     only its own plan). Kept per epoch like :func:`epoch_plan`."""
     cache = _epoch_cache(store, cfg, epoch, world)
     if rank not in cache["lengths"]:
-        order = _rank_order(store, cfg, epoch, rank, world)
-        cache["lengths"][rank] = len(batch_starts(store, order, cfg))
+        cache["lengths"][rank] = count_batches(store, cfg, epoch, rank, world)
     return cache["lengths"][rank]
+
+
+def count_batches(store: GraphStore, cfg: LoaderConfig, epoch: int, rank: int,
+                  world: int) -> int:
+    """``len(plan_rank(store, cfg, epoch, rank, world))``, without making the plan."""
+    return len(batch_starts(store, _rank_order(store, cfg, epoch, rank, world), cfg))
 
 
 def clear_plan_cache() -> None:

@@ -8,10 +8,11 @@ dataset d with probability w_d (the normalised weights), from a generator seeded
 are known before the first step (:func:`dataset_draws`).
 
 **An epoch** is as many steps as one pass over every dataset would take: the sum over
-datasets of their batches per epoch (each the busiest rank's count,
-:func:`~orbitgraph.train.loader.steps_per_epoch`). A dataset drawn more often than it has
-batches starts a fresh pass (pass p of epoch e is planned with its own seed, drawn from
-(seed, dataset, epoch, p)); one drawn less leaves the rest of its pass unseen that epoch.
+datasets of the batches of their first pass (each the busiest rank's count). A dataset
+drawn more often than that starts a fresh pass once every batch of the current one has
+been drawn (pass p of epoch e is planned with its own seed, drawn from (seed, dataset,
+epoch, p), and its own number of batches: a reshuffle packs differently); one drawn less
+leaves the rest of its pass unseen that epoch.
 With weights proportional to the datasets' batch counts an epoch sees about every frame
 once; larger weights over-sample a dataset, smaller ones under-sample it.
 
@@ -38,6 +39,7 @@ from orbitgraph.train.datasets import Dataset
 from orbitgraph.train.loader import (
     LoaderConfig,
     RankPlan,
+    count_batches,
     empty_batch,
     plan_rank,
     read_rows,
@@ -87,31 +89,46 @@ class MixedPlanner:
     def __init__(self, datasets: list[Dataset], cfg: LoaderConfig, rank: int = 0,
                  world: int = 1):
         self.datasets, self.cfg, self.rank, self.world = datasets, cfg, rank, world
-        self._passes: dict[tuple[int, int, int], RankPlan] = {}
+        self._passes: dict[tuple[int, int, int], RankPlan] = {}  # this rank's plans
+        self._batches: dict[tuple[int, int, int], int] = {}  # busiest rank's counts
 
-    def pass_plan(self, d: int, epoch: int, p: int, rank: int | None = None) -> RankPlan:
-        rank = self.rank if rank is None else rank
-        key = (d, epoch, p, rank)
+    def _forget_other_epochs(self, epoch: int) -> None:
+        for kept in (self._passes, self._batches):
+            if kept and next(iter(kept))[1] != epoch:
+                kept.clear()
+
+    def pass_plan(self, d: int, epoch: int, p: int) -> RankPlan:
+        """This rank's plan of pass ``p`` over dataset ``d`` in ``epoch``."""
+        key = (d, epoch, p)
         if key not in self._passes:
-            if self._passes and next(iter(self._passes))[1] != epoch:
-                self._passes.clear()
+            self._forget_other_epochs(epoch)
             self._passes[key] = plan_rank(self.datasets[d].store,
-                                          pass_config(self.cfg, d, epoch, p), epoch, rank,
-                                          self.world)
+                                          pass_config(self.cfg, d, epoch, p), epoch,
+                                          self.rank, self.world)
         return self._passes[key]
 
-    def batches_per_pass(self, d: int, epoch: int) -> int:
-        """Batches of the busiest rank in a pass over dataset ``d`` (pass 0's count)."""
-        return max(len(self.pass_plan(d, epoch, 0, r)) for r in range(self.world))
+    def pass_batches(self, d: int, epoch: int, p: int) -> int:
+        """Batches of the busiest rank in pass ``p`` over dataset ``d``: the other ranks'
+        counted (:func:`~orbitgraph.train.loader.rank_batches`), their plans not kept."""
+        key = (d, epoch, p)
+        if key not in self._batches:
+            self._forget_other_epochs(epoch)
+            cfg = pass_config(self.cfg, d, epoch, p)
+            store = self.datasets[d].store
+            self._batches[key] = max(
+                len(self.pass_plan(d, epoch, p)) if r == self.rank
+                else count_batches(store, cfg, epoch, r, self.world)
+                for r in range(self.world))
+        return self._batches[key]
 
     def steps(self, epoch: int) -> int:
-        """Steps of ``epoch``: the sum over datasets of their batches per pass."""
-        return sum(self.batches_per_pass(d, epoch) for d in range(len(self.datasets)))
+        """Steps of ``epoch``: the sum over datasets of their first pass's batches."""
+        return sum(self.pass_batches(d, epoch, 0) for d in range(len(self.datasets)))
 
     def plan(self, epoch: int) -> MixedPlan:
-        """This rank's :class:`MixedPlan` of ``epoch``. A dataset's k-th draw takes batch
-        k mod L of pass k // L (L its busiest rank's batches per pass); a rank with fewer
-        batches in that pass takes an empty step."""
+        """This rank's :class:`MixedPlan` of ``epoch``. A dataset's draws take the batches
+        of its pass 0 in order, then those of pass 1, and so on (each pass as many as its
+        busiest rank has); a rank with fewer batches in that pass takes an empty step."""
         n = self.steps(epoch)
         draws = dataset_draws([data.weight for data in self.datasets], n, self.cfg.seed,
                               epoch)
@@ -119,12 +136,13 @@ class MixedPlanner:
         batch = np.zeros(n, dtype=np.int64)
         for d in range(len(self.datasets)):
             steps = np.flatnonzero(draws == d)
-            per_pass = self.batches_per_pass(d, epoch)
-            k = np.arange(len(steps))
-            passes[steps], batch[steps] = k // per_pass, k % per_pass
-            for p in np.unique(passes[steps]).tolist():
-                mine = steps[passes[steps] == p]
+            p, first = 0, 0
+            while first < len(steps):
+                mine = steps[first:first + self.pass_batches(d, epoch, p)]
+                passes[mine] = p
+                batch[mine] = np.arange(len(mine))
                 batch[mine[batch[mine] >= len(self.pass_plan(d, epoch, p))]] = -1
+                p, first = p + 1, first + len(mine)
         return MixedPlan(draws, passes, batch)
 
 
