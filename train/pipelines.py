@@ -230,7 +230,10 @@ class Pipelines:
                 total = sum(item.weight for item in exp.stores)
                 store_id = [{"store": item.store, "name": item.label,
                              "store_id": self.store_spec(item.store)[1].store_id,
-                             "weight": item.weight / total} for item in exp.stores]
+                             # 12 digits: equal ratios are one configuration, whatever
+                             # the floats' rounding (0.06 / 0.1 = 0.5999999999999999)
+                             "weight": float(f"{item.weight / total:.12g}")}
+                            for item in exp.stores]
             model = load_config(exp.model, where=f"experiments.{name}.model")
             self._configs[name] = resolved_config(store_id, model, exp.train)
         return self._configs[name]
