@@ -296,6 +296,9 @@ class Pipelines:
             raise PipelineError(f"experiments: no experiment named {name!r}; declared: "
                                 f"{sorted(self.experiments)}")
         finished = self.finished(name)
+        # stores built and checked before the run directory and the experiments/NAME link
+        # change: a configuration that cannot train leaves the last results linked
+        data = None if finished else self._prepare(name, progress)
         self._enter_run_dir(name, finished)
         if finished:
             return (f"experiment {name}: already finished; nothing to do (metrics in "
@@ -304,7 +307,7 @@ class Pipelines:
         if self.experiments[name].threads is not None:
             torch.set_num_threads(self.experiments[name].threads)
         try:
-            return self._train_and_evaluate(name, progress)
+            return self._train_and_evaluate(name, data)
         finally:
             torch.set_num_threads(threads)
 
@@ -332,22 +335,17 @@ class Pipelines:
         write_config(run, config)
         point_latest(link, run)
 
-    def _train_and_evaluate(self, name: str, progress: bool) -> str:
+    def _prepare(self, name: str, progress: bool):
+        """Build the experiment's stores if needed and check, before training, that their
+        graphs serve its model and that they hold frames to evaluate; the data the trainer
+        takes (a store path, or the datasets' specs). Raises PipelineError naming the key."""
         from orbitgraph.model.config import load_config
-        from orbitgraph.train.checkpointing import BEST, CHECKPOINT
-        from orbitgraph.train.evaluation import evaluate, frames_to_evaluate, write_json
-        from orbitgraph.train.plots import write_loss_curves, write_parity
-        from orbitgraph.train.report import baselines, predict_pairs, results_table
-        from orbitgraph.train.trainer import Advice, Trainer
-        from orbitgraph.train.weights import load_potential
+        from orbitgraph.train.evaluation import frames_to_evaluate
 
         exp = self.experiments[name]
-        out = self.experiment_dir(name)
-        metrics_path = self.metrics_path(name)
         stores = self.experiment_stores(name)
         store_path = self.store_path(stores[0])
         model_cfg = load_config(exp.model, where=f"experiments.{name}.model")
-        train_cfg = exp.train
         for store in stores:  # each built once, whichever experiment names it first
             summary = self.build(store, progress=progress)
             log.info(summary.text())
@@ -370,6 +368,23 @@ class Pipelines:
                                     "in pipelines.yaml)", f"experiments.{name}.stores") from None
         for store in stores:  # before training, not after
             frames_to_evaluate(open_store(self.store_path(store)), exp.evaluate.split)
+        return data
+
+    def _train_and_evaluate(self, name: str, data) -> str:
+        from orbitgraph.model.config import load_config
+        from orbitgraph.train.checkpointing import BEST, CHECKPOINT
+        from orbitgraph.train.evaluation import evaluate, write_json
+        from orbitgraph.train.plots import write_loss_curves, write_parity
+        from orbitgraph.train.report import baselines, predict_pairs, results_table
+        from orbitgraph.train.trainer import Advice, Trainer
+        from orbitgraph.train.weights import load_potential
+
+        exp = self.experiments[name]
+        out = self.experiment_dir(name)
+        metrics_path = self.metrics_path(name)
+        store_path = self.store_path(self.experiment_stores(name)[0])
+        model_cfg = load_config(exp.model, where=f"experiments.{name}.model")
+        train_cfg = exp.train
         # the figures below replace the trainer's own (validation-split parity)
         trainer = Trainer(data, model_cfg, train_cfg.model_copy(update={"plots": False}),
                           out, advice=Advice(go_on="evaluating it",
@@ -418,7 +433,8 @@ class Pipelines:
                       "energies on its own E0 reference):",
                       results_table(group, group["baseline"])]
         stores_line = (f"  store       {store_path}" if exp.stores is None else
-                       "  stores      " + ", ".join(str(self.store_path(s)) for s in stores))
+                       "  stores      " + ", ".join(str(self.store_path(s))
+                                                 for s in self.experiment_stores(name)))
         return "\n".join([*lines, stores_line,
                           f"  checkpoints {out / CHECKPOINT}, {out / BEST}",
                           f"  metrics     {out / 'metrics.csv'}, {metrics_path}",
