@@ -226,6 +226,27 @@ def test_killed_and_resumed_mixed_run_follows_the_same_trajectory(stores, tmp_pa
         Trainer(_two(stores, 0.5, 0.5), model, _cfg(), third)
 
 
+def test_weights_change_at_an_epoch_boundary_with_the_models_statistics_left_to_the_data(
+        stores, tmp_path):
+    """The model's normalisation (mean neighbours, scale) comes from all training frames
+    pooled, not from the sampling weights: a resumed run may change the weights at an epoch
+    boundary (they apply from the next epoch), and part-way through an epoch the refusal
+    names the weights (the statistics moving with the weights made it 'another model')."""
+    from orbitgraph.errors import ResumeError
+    model = {**TINY_MODEL, "atomic_energies": "least_squares"}
+    first = Trainer(_two(stores), model, _cfg(epochs=1), tmp_path / "run")
+    first.fit()
+    stats = (first.model.config.avg_num_neighbors, first.model.config.scale)
+    again = Trainer(_two(stores, 0.2, 0.8), model, _cfg(epochs=2), tmp_path / "run")
+    assert (again.model.config.avg_num_neighbors, again.model.config.scale) == stats
+    assert again.state.epoch == 1
+    again.fit()
+    assert again.state.epoch == 2
+    Trainer(_two(stores), model, _cfg(), tmp_path / "mid").fit(stop_after=1)
+    with pytest.raises(ResumeError, match="dataset weights"):
+        Trainer(_two(stores, 0.5, 0.5), model, _cfg(), tmp_path / "mid")
+
+
 def test_each_dataset_keeps_its_own_energy_reference(stores, tmp_path):
     """b's energies are a's reference plus SHIFT per atom: b's fitted E0s sit SHIFT above the
     model's (a's), and validation on b, compared on b's reference, is as good as on a."""

@@ -162,13 +162,17 @@ def energy_references(datasets: list[Dataset], method: str, **fit) -> dict[int, 
     return model
 
 
-def weighted_statistics(datasets: list[Dataset]) -> dict:
+def pooled_statistics(datasets: list[Dataset], train: list[Dataset]) -> dict:
     """The statistics of the model that the data decide (mean neighbours per atom, force
-    RMS), as the weighted mix of the datasets' training frames sees them: each a mean of
-    the stores' values by the sampling weights (the RMS as the root of the weighted mean
-    square)."""
+    RMS) over all the datasets' training frames together (``train``: their training
+    subsets): each store's value weighted by its training atoms (the RMS as the root of the
+    pooled mean square), as over one concatenated training set. Not by the sampling
+    weights: the model's normalisation then stays the same when a resumed run changes the
+    weights at an epoch boundary."""
     stats = [data.store.manifest.statistics for data in datasets]
-    w = np.array([data.weight for data in datasets])
+    atoms = np.array([float(sub.store.index.column("n_atoms").to_numpy().sum())
+                      for sub in train])
+    w = atoms / max(atoms.sum(), 1.0)
     out = dict(stats[0])
     if all("mean_neighbors_per_atom" in s for s in stats):
         out["mean_neighbors_per_atom"] = float(

@@ -66,7 +66,7 @@ from orbitgraph.train.datasets import (
     dataset_specs,
     energy_references,
     open_datasets,
-    weighted_statistics,
+    pooled_statistics,
 )
 from orbitgraph.train.distributed import all_sum, init_distributed, rank_device
 from orbitgraph.train.ema import EMA
@@ -587,12 +587,12 @@ def e0_text(cfg: ModelConfig, stats: dict) -> str | None:
 
 
 def mixed_statistics(datasets: list[Dataset], train: list[Dataset], cfg: ModelConfig) -> dict:
-    """The statistics of several datasets for ``cfg`` (:func:`weighted_statistics`): E0s
+    """The statistics of several datasets for ``cfg`` (:func:`pooled_statistics`): E0s
     fitted per dataset by the method ``cfg.atomic_energies`` names
     (:func:`~orbitgraph.train.datasets.energy_references`; each dataset's ``e0_shift`` set,
     in ``datasets`` and their training subsets ``train``), or a given mapping shared by
     all (no shifts); logged."""
-    stats = weighted_statistics(datasets)
+    stats = pooled_statistics(datasets, train)
     if not isinstance(cfg.atomic_energies, str):
         return {**stats, "atomic_energies_method": "least_squares"}
     e0 = energy_references(datasets, cfg.atomic_energies, regularisation=cfg.e0_regularisation,
