@@ -62,7 +62,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT  # noqa: E402  (drops this folder from the import path again)
+from _mace import MACE_VERSION, run_mace  # noqa: E402  (before _common drops this folder)
+
+# isort: split
+from _common import OUT  # noqa: E402
 
 GPA = 160.21766208  # GPa per eV/Å³
 # q points (reduced coordinates of the cubic cell's reciprocal lattice) whose phonon
@@ -96,6 +99,8 @@ class System:
             "NiAl": lambda: B2(("Ni", "Al"), latticeconstant=2.88),
             "Ni3Al": lambda: L1_2(("Al", "Ni"), latticeconstant=3.57),
             "Ag": lambda: bulk("Ag", "fcc", a=4.09, cubic=True),
+            "Mo": lambda: bulk("Mo", "bcc", a=3.15, cubic=True),
+            "CaO": lambda: bulk("CaO", "rocksalt", a=4.81, cubic=True),
             "MgO": lambda: bulk("MgO", "rocksalt", a=4.21, cubic=True),
             "SiC": lambda: bulk("SiC", "zincblende", a=4.36, cubic=True),
         }
@@ -110,10 +115,13 @@ SYSTEMS = {s.name: s for s in (
     System("NiAl", "intermetallic (B2)", 1200.0, ("chgnet",)),
     System("Ni3Al", "intermetallic (L1_2)", 1200.0, ("emt", "chgnet")),
     System("Ag", "fcc metal", 900.0, ("emt", "chgnet")),
+    System("Mo", "bcc transition metal", 1500.0, ("chgnet",)),
+    System("CaO", "ionic oxide (rocksalt)", 1500.0, ("chgnet",)),
+    # CHGNet labels MgO 4x slower than CaO (18 bonds within its 3 Å bond graph, not 6)
     System("MgO", "ionic oxide (rocksalt)", 1500.0, ("chgnet",)),
     System("SiC", "covalent (zincblende)", 1500.0, ("chgnet",)),
 )}
-DEFAULT_SYSTEMS = {"emt": "Cu3Au,Ni3Al,Ag", "chgnet": "NiAl,MgO,SiC"}
+DEFAULT_SYSTEMS = {"emt": "Cu3Au,Ni3Al,Ag", "chgnet": "Mo,CaO,SiC"}
 
 
 def make_teacher(name: str):
@@ -297,17 +305,21 @@ def material_id_in(split: str, stem: str, params) -> str:
     raise RuntimeError(f"no material id for the {split} split from {stem!r}")
 
 
-def write_store(frames: dict[str, list], root: Path) -> Path:
+RADIUS_K = 128  # neighbours kept by the radius graph's k-NN build: more than any system has
+
+
+def split_params():
+    from orbitgraph.preprocess.store import SplitParams
+    return SplitParams(val_fraction=0.5, test_fraction=0.0, seed=0)
+
+
+def write_sources(frames: dict[str, list], root: Path) -> None:
     """Train and val frames as one extxyz file (each trajectory given a material id that
-    the store's split hash puts in its own split), test frames as another; the store built
-    from the first with :func:`orbitgraph.build_store`. Returns the store's path."""
+    the store's split hash puts in its own split), test frames as another, and train and
+    val each on its own (for mace-torch)."""
     from ase.io import write
 
-    from orbitgraph import build_store
-    from orbitgraph.preprocess.cluster import ClusterConfig
-    from orbitgraph.preprocess.store import SplitParams
-
-    split = SplitParams(val_fraction=0.5, test_fraction=0.0, seed=0)
+    split = split_params()
     rename: dict[str, str] = {}
     source = []
     for name in ("train", "val"):
@@ -319,22 +331,63 @@ def write_store(frames: dict[str, list], root: Path) -> Path:
             atoms.info["mp_id"] = rename[stem]
             source.append(atoms)
     write(root / "train_val.extxyz", source, format="extxyz")
-    write(root / "test.extxyz", frames["test"], format="extxyz")
-    store = root / "store"
+    for name in ("train", "val", "test"):
+        write(root / f"{name}.extxyz", frames[name], format="extxyz")
+
+
+def read_test(root: Path) -> tuple[list, dict]:
+    """The test frames of an earlier run in ``root`` and the frame count of each split."""
+    from ase.io import read
+
+    test = read(root / "test.extxyz", index=":")
+    trajectories: dict[str, int] = {}
+    for atoms in read(root / "train_val.extxyz", index=":"):
+        trajectories[atoms.info["mp_id"]] = trajectories.get(atoms.info["mp_id"], 0) + 1
+    from orbitgraph.preprocess.store.writer import split_of
+
+    n = {"train": 0, "val": 0, "test": len(test)}
+    for mid, count in trajectories.items():
+        n[split_of(mid, split_params())] += count
+    return test, n
+
+
+def build(root: Path, graph: str) -> Path:
+    """The store of ``root/train_val.extxyz`` (:func:`orbitgraph.build_store`): the 16-NN
+    graph (``knn``, the project's default) in ``root/store``, or a radius graph of
+    the model's 6 Å cutoff (``radius``: every neighbour within 6 Å; the k-NN build with
+    k = :data:`RADIUS_K` and a 6 Å cutoff) in ``root/store-radius``."""
+    from orbitgraph import build_store
+    from orbitgraph.preprocess.cluster import ClusterConfig
+    from orbitgraph.preprocess.graph_params import GraphParams
+
+    extra = {} if graph == "knn" else {"graph": GraphParams(k=RADIUS_K, cutoff=6.0)}
+    store = root / ("store" if graph == "knn" else f"store-{graph}")
     build_store(root / "train_val.extxyz", store, energy_key="REF_energy",
-                forces_key="REF_forces", stress_key="REF_stress", split=split,
+                forces_key="REF_forces", stress_key="REF_stress", split=split_params(),
                 cluster=ClusterConfig(kind="synchronous"), progress=False,
-                discard_partial=True)
+                discard_partial=True, **extra)
     return store
+
+
+def radius_degree(frames: list, cutoff: float = 6.0) -> int:
+    """The most neighbours within ``cutoff`` Å of any atom of ``frames``: a radius graph
+    built as k-NN with k = :data:`RADIUS_K` holds every such neighbour only if this is
+    below k."""
+    from ase.neighborlist import neighbor_list
+
+    return max(int(np.bincount(neighbor_list("i", a, cutoff), minlength=len(a)).max())
+               for a in frames)
 
 
 # ---------------------------------------------------------------------------- training
 
-def run_document(store: Path, out: Path, quick: bool, max_steps: int, seed: int = 0) -> dict:
+def run_document(store: Path, out: Path, quick: bool, max_steps: int, seed: int = 0,
+                 overrides: dict | None = None) -> dict:
     """The run file of one system: its model and training settings, all explicit (so that
     they do not follow the project's defaults as those change). Single-composition data:
     E0s by the average energy per atom (a least-squares fit of one composition is
-    singular)."""
+    singular). ``overrides``: ``{"model": {...}, "train": {...}}``, entries replaced (an
+    ablation's)."""
     model = ({"preset": "mace", "channels": 8, "sh_l_max": 1, "hidden_l_max": 0,
               "correlation": 2, "layers": 1, "radial_mlp": [16], "readout_mlp": [8]}
              if quick else
@@ -348,6 +401,9 @@ def run_document(store: Path, out: Path, quick: bool, max_steps: int, seed: int 
              "stress_weight": 1.0, "seed": seed, "loader": {"batch_frames": 4, "seed": seed},
              "log_every": 10 ** 9, "checkpoint_every": 10 ** 9, "plots": False,
              "tensorboard": False}
+    overrides = overrides or {}
+    model.update(overrides.get("model", {}))
+    train.update(overrides.get("train", {}))
     return {"store": str(store), "model": model, "train": train, "out": str(out)}
 
 
@@ -366,7 +422,7 @@ class BudgetSpent(Exception):
 
 
 def train(store: Path, root: Path, minutes: float, quick: bool, system: str,
-          max_steps: int | None = None) -> dict:
+          max_steps: int | None = None, overrides: dict | None = None) -> dict:
     """Train within ``minutes`` of wall time: a probe of ``probe_steps`` steps measures
     the time per step (the median between steps, the first left out), the run gets
     ``0.8 x budget / step time`` steps of a cosine schedule (the rest is left to the
@@ -389,12 +445,13 @@ def train(store: Path, root: Path, minutes: float, quick: bool, system: str,
     per_step, deadline = float("nan"), math.inf
     if max_steps is None:
         clock = Clock()
-        trainer_from(run_document(store, root / "probe", quick, s.probe_steps), [clock]).fit()
+        trainer_from(run_document(store, root / "probe", quick, s.probe_steps,
+                                  overrides=overrides), [clock]).fit()
         per_step = float(np.median(np.diff(clock.ends)))
         max_steps = max(int(0.8 * minutes * 60 / per_step), s.probe_steps)
         deadline = 1.25 * minutes * 60
     steps = max_steps
-    doc = run_document(store, root / "run", quick, steps)
+    doc = run_document(store, root / "run", quick, steps, overrides=overrides)
     (root / "run.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     curve: list[dict] = []
 
@@ -426,6 +483,95 @@ def train(store: Path, root: Path, minutes: float, quick: bool, system: str,
     return {"model": root / "run" / "best.pt", "steps": result["steps"],
             "wall_s": result["wall_s"], "s_per_step_probe": per_step, "curve": curve,
             "params": sum(p.numel() for p in trainer.model.parameters())}
+
+
+# mace-torch's run_train, every validation stamped with the time it ended, stopped at the
+# first validation past the budget (seconds after the validation before the first step)
+MACE_TRAIN = r'''
+import importlib, json, sys, time
+import torch
+train_module = importlib.import_module("mace.tools.train")  # mace.tools.train is also a function
+argv, stamps_path = json.loads(sys.argv[1]), sys.argv[2]
+threads, budget = int(sys.argv[3]), float(sys.argv[4])
+torch.set_num_threads(threads)
+class Spent(Exception):
+    pass
+stamps, original = [], train_module.valid_err_log
+def stamped(valid_loss, eval_metrics, logger, log_errors, epoch=None, *rest, **kw):
+    stamps.append({"epoch": epoch, "t": time.perf_counter(),
+                   "energy_mae_meV_per_atom": 1e3 * float(eval_metrics["mae_e_per_atom"]),
+                   "forces_mae_meV_per_A": 1e3 * float(eval_metrics["mae_f"]),
+                   "stress_mae_GPa": 160.21766208 * float(eval_metrics.get("mae_stress", "nan"))})
+    out = original(valid_loss, eval_metrics, logger, log_errors, epoch, *rest, **kw)
+    json.dump(stamps, open(stamps_path, "w"))
+    if stamps[-1]["t"] - stamps[0]["t"] > budget:
+        raise Spent
+    return out
+train_module.valid_err_log = stamped
+from mace.cli.run_train import main
+sys.argv = ["mace_run_train", *argv]
+try:
+    main()
+except Spent:
+    pass
+'''
+
+
+def train_mace(root: Path, minutes: float, threads: int, system: str, seed: int = 0) -> list:
+    """mace-torch (its own venv, :mod:`_mace`) on the same train and val frames
+    (``train.extxyz``, ``val.extxyz`` in ``root``) with the settings of
+    :func:`run_document` where mace-torch has them: 16 channels, hidden 0e + 1o, l <= 2,
+    correlation 2, 2 interactions, 8 Bessel functions, cutoff 6 Å, radial MLP [32],
+    readout 16x0e, E0s by the average energy per atom, MSE on E per atom, F and σ with
+    weights 10, 10 and 1 per GPa², Adam with AMSGrad at 0.005, batches of 4 frames,
+    EMA 0.99, clipping at 10, float32. Its learning rate stays constant (its plateau
+    scheduler with infinite patience; orbitgraph's run has a cosine schedule). Trains
+    until the first validation past ``minutes`` of wall time; returns its validation
+    curve in the rows of ``curves.csv`` (``trainer`` mace-torch)."""
+    work, stamps = root / "mace", root / "mace_stamps.json"
+    argv = ["--name=mace", f"--seed={seed}", f"--work_dir={work}",
+            f"--train_file={root / 'train.extxyz'}", f"--valid_file={root / 'val.extxyz'}",
+            "--energy_key=REF_energy", "--forces_key=REF_forces", "--stress_key=REF_stress",
+            "--E0s=average", "--model=MACE", "--num_channels=16", "--max_L=1", "--max_ell=2",
+            "--correlation=2", "--num_interactions=2", "--num_radial_basis=8",
+            "--num_cutoff_basis=5", "--r_max=6.0", "--radial_MLP=[32]", "--MLP_irreps=16x0e",
+            "--loss=stress", "--energy_weight=10.0", "--forces_weight=10.0",
+            f"--stress_weight={GPA ** 2}", "--compute_stress=True", "--optimizer=adam",
+            "--lr=0.005", "--weight_decay=0.0", "--scheduler_patience=1000000",
+            "--batch_size=4", "--valid_batch_size=4", "--max_num_epochs=100000", "--ema",
+            "--ema_decay=0.99", "--eval_interval=1", "--clip_grad=10.0",
+            "--default_dtype=float32", "--device=cpu", "--error_table=PerAtomMAE",
+            "--num_workers=0", "--save_cpu"]
+    run_mace(MACE_TRAIN, json.dumps(argv), str(stamps), str(threads), str(minutes * 60),
+             threads=threads)
+    marks = json.loads(stamps.read_text())
+    start = marks[0]["t"]  # the validation before the first step
+    return [{"trainer": f"mace-torch {MACE_VERSION}", "system": system,
+             "wall_s": round(m["t"] - start, 2), "step": "", "epoch": m["epoch"] + 1,
+             "energy_mae_meV_per_atom": m["energy_mae_meV_per_atom"],
+             "forces_mae_meV_per_A": m["forces_mae_meV_per_A"],
+             "stress_mae_GPa": m["stress_mae_GPa"]}
+            for m in marks[1:] if m["epoch"] is not None]
+
+
+def time_to_reach(curve: list[dict], target: float) -> float | None:
+    """Training wall time (s) at the first validation with a force MAE <= ``target``."""
+    for c in curve:
+        if float(c["forces_mae_meV_per_A"]) <= target:
+            return float(c["wall_s"])
+    return None
+
+
+def race_summary(ours: list[dict], theirs: list[dict]) -> dict:
+    """mace-torch's final validation force MAE and wall time, orbitgraph's final, and
+    when orbitgraph first reached mace-torch's final (None: never)."""
+    target = float(theirs[-1]["forces_mae_meV_per_A"])
+    reached = time_to_reach(ours, target)
+    return {"mace_final_val_F": target, "mace_wall_s": float(theirs[-1]["wall_s"]),
+            "ours_final_val_F": float(ours[-1]["forces_mae_meV_per_A"]),
+            "ours_wall_s": float(ours[-1]["wall_s"]), "ours_reached_mace_final_s": reached,
+            "time_ratio": (reached / float(theirs[-1]["wall_s"])
+                           if reached is not None else None)}
 
 
 def student_calculator(model: Path):
@@ -643,10 +789,12 @@ def table(results: dict) -> list[dict]:
     rows = []
     for name, r in results.items():
         for label, key, unit, target in ROWS:
+            if key not in r["errors"]:  # --labels-only
+                continue
             err = r["errors"][key]
             row = {"system": name, "property": label, "unit": unit,
-                   "teacher": r["teacher"].get(VALUES.get(label, ""), ""),
-                   "student": r["student"].get(VALUES.get(label, ""), ""),
+                   "teacher": r.get("teacher", {}).get(VALUES.get(label, ""), ""),
+                   "student": r.get("student", {}).get(VALUES.get(label, ""), ""),
                    "error": err, "target": TARGETS.get(target, "") if target else "",
                    "met": ""}
             if key == "md_stable":
@@ -740,35 +888,77 @@ def plot_curves(curves: list[dict], path: Path) -> None:
 # -------------------------------------------------------------------------------- main
 
 def run_system(system: System, teacher_name: str, args, s: Settings, root: Path) -> dict:
-    """Data, store, training, test errors and properties of one system."""
+    """Data (or, with ``--reuse-data``, the data of an earlier run in ``root``), store,
+    training (in ``root``, or ``root/<--tag>``), test errors and (unless
+    ``--labels-only``) properties of one system."""
     root.mkdir(parents=True, exist_ok=True)
     teacher = make_teacher(teacher_name)
     t0 = time.perf_counter()
-    frames = generate(system, teacher, s)
-    n = {k: len(v) for k, v in frames.items()}
+    if args.reuse_data:
+        test, n = read_test(root)
+    else:
+        frames = generate(system, teacher, s)
+        n = {k: len(v) for k, v in frames.items()}
+        test = frames["test"]
+        write_sources(frames, root)
     print(f"{system.name}: {n['train']}/{n['val']}/{n['test']} train/val/test frames of "
-          f"{len(frames['train'][0])} atoms by {teacher_name} "
+          f"{len(test[0])} atoms by {teacher_name} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    store = write_store(frames, root)
-    run = train(store, root, args.minutes, args.quick, system.name, args.max_steps)
+    overrides = {"model": json.loads(args.model_overrides),
+                 "train": json.loads(args.train_overrides)}
+    if args.graph == "radius":
+        degree = radius_degree(test)
+        if degree >= RADIUS_K:
+            raise SystemExit(f"{system.name}: {degree} neighbours within 6 Å: a radius graph "
+                             f"needs k > {degree}, not {RADIUS_K}")
+        overrides["model"].setdefault("rank_envelope", "none")
+        print(f"{system.name}: radius graph, at most {degree} neighbours within 6 Å "
+              f"(k = {RADIUS_K}), rank envelope {overrides['model']['rank_envelope']}",
+              flush=True)
+    store = build(root, args.graph)
+    work = root / args.tag if args.tag else root
+    work.mkdir(parents=True, exist_ok=True)
+    race = None
+    if args.race:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+        mace = pool.submit(train_mace, root, args.minutes, args.threads, system.name)
+    run = train(store, work, args.minutes, args.quick, system.name, args.max_steps, overrides)
+    if args.race:
+        theirs = mace.result()
+        pool.shutdown()
+        race = race_summary(run["curve"], theirs)
+        with open(work / "curves.csv", "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=list(run["curve"][0])).writerows(theirs)
+        print(f"{system.name}: mace-torch ended at validation F MAE "
+              f"{race['mace_final_val_F']:.1f} meV/Å after {race['mace_wall_s']:.0f} s; "
+              f"orbitgraph reached it after {race['ours_reached_mace_final_s']} s and ended "
+              f"at {race['ours_final_val_F']:.1f}", flush=True)
     last = run["curve"][-1]
     print(f"{system.name}: trained {run['steps']} steps in {run['wall_s']:.0f} s "
           f"({run['params']:,d} parameters); last validation F MAE "
           f"{last['forces_mae_meV_per_A']:.1f} meV/Å", flush=True)
     student = student_calculator(run["model"])
-    ref, pred = reference(frames["test"]), predict(frames["test"], student)
+    ref, pred = reference(test), predict(test, student)
+    training = {k: v for k, v in run.items() if k not in ("curve", "model")}
+    result = {"errors": label_errors(ref, pred), "training": training, "frames": n,
+              "teacher_name": teacher_name, "race": race, "overrides": overrides,
+              "graph": args.graph}
+    if args.labels_only:
+        (work / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+        return result
     t0 = time.perf_counter()
-    props_t = properties(teacher, system, s)
+    props_t = properties(teacher, system, s if args.teacher_md_ps is None else
+                         Settings(**{**asdict(s), "md_ps": args.teacher_md_ps}))
     props_s = properties(student, system, s)
     print(f"{system.name}: properties in {time.perf_counter() - t0:.0f} s", flush=True)
     for who, props in (("teacher", props_t), ("student", props_s)):
         for what, why in props["failures"].items():
             print(f"{system.name}: the {who}'s {what} failed: {why}", flush=True)
-    errors = {**label_errors(ref, pred), **compare(props_t, props_s)}
-    plot_system(system.name, ref, pred, props_t, props_s, root / f"{system.name}.png")
-    return {"teacher": props_t, "student": props_s, "errors": errors,
-            "training": {k: v for k, v in run.items() if k not in ("curve", "model")},
-            "frames": n, "teacher_name": teacher_name}
+    result["errors"].update(compare(props_t, props_s))
+    plot_system(system.name, ref, pred, props_t, props_s, work / f"{system.name}.png")
+    return {"teacher": props_t, "student": props_s, **result}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -782,6 +972,27 @@ def main(argv: list[str] | None = None) -> dict:
                     help="train exactly this many steps instead (no wall-time probe)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--md-ps", type=float, help="hot NVT length, ps (default 10; --quick 0.04)")
+    ap.add_argument("--teacher-md-ps", type=float,
+                    help="the teacher's hot NVT length, ps, when it is too slow for --md-ps "
+                    "(its RDF, the reference, converges well before the student's "
+                    "stability is shown)")
+    ap.add_argument("--md-every", type=int,
+                    help="MD steps between training snapshots (default 10)")
+    ap.add_argument("--race", action="store_true",
+                    help="train mace-torch on the same frames at the same time, for the "
+                    "same wall time (its own venv; one --threads each)")
+    ap.add_argument("--reuse-data", action="store_true",
+                    help="train on the data an earlier run left in --out (no teacher runs "
+                    "for data; ablations)")
+    ap.add_argument("--tag", help="train into <out>/<system>/<tag> (an ablation's folder)")
+    ap.add_argument("--graph", choices=("knn", "radius"), default="knn",
+                    help="knn: the 16-NN graph with the adaptive rank envelope; radius: "
+                    f"every neighbour within 6 Å (k = {RADIUS_K} with a 6 Å cutoff), "
+                    "rank envelope none")
+    ap.add_argument("--model-overrides", default="{}", help="JSON replacing model entries")
+    ap.add_argument("--train-overrides", default="{}", help="JSON replacing train entries")
+    ap.add_argument("--labels-only", action="store_true",
+                    help="test-set E/F/σ errors only, no properties (ablations)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny data, model and calculations: checks the pipeline only")
     ap.add_argument("--out", default=str(OUT / "fidelity"))
@@ -792,6 +1003,8 @@ def main(argv: list[str] | None = None) -> dict:
     s = QUICK if args.quick else Settings()
     if args.md_ps is not None:
         s = Settings(**{**asdict(s), "md_ps": args.md_ps})
+    if args.md_every is not None:
+        s = Settings(**{**asdict(s), "md_every": args.md_every})
     names = (args.systems or DEFAULT_SYSTEMS[args.teacher]).split(",")
     for name in names:
         if name not in SYSTEMS:
@@ -807,22 +1020,24 @@ def main(argv: list[str] | None = None) -> dict:
                for name in names}
     rows = table(results)
     print_table(rows)
-    with open(out / "fidelity.csv", "w", newline="") as f:
+    tag = f"-{args.tag}" if args.tag else ""
+    with open(out / f"fidelity{tag}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     summary = {"args": vars(args), "settings": asdict(s), "targets": TARGETS,
                "results": results, "table": rows}
-    (out / "fidelity.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / f"fidelity{tag}.json").write_text(json.dumps(summary, indent=1, default=str))
     curves = []
     for name in names:
-        with open(out / name / "curves.csv") as f:
+        with open(out / name / args.tag / "curves.csv" if args.tag else
+                  out / name / "curves.csv") as f:
             curves += [{**r, "wall_s": float(r["wall_s"]),
                         "forces_mae_meV_per_A": float(r["forces_mae_meV_per_A"])}
                        for r in csv.DictReader(f)]
-    plot_curves(curves, out / "curves.png")
-    print(f"\ntable {out / 'fidelity.csv'}; plots {out}/<system>/<system>.png, "
-          f"{out / 'curves.png'}")
+    plot_curves(curves, out / f"curves{tag}.png")
+    print(f"\ntable {out / f'fidelity{tag}.csv'}; plots {out}/<system>/<system>.png, "
+          f"{out / f'curves{tag}.png'}")
     return summary
 
 

@@ -85,3 +85,39 @@ def test_teacher_against_itself_is_exact(quick_run):
     frames = fidelity.generate(system, EMT(), fidelity.QUICK)["test"]
     labels = fidelity.label_errors(fidelity.reference(frames), fidelity.predict(frames, EMT()))
     assert labels == pytest.approx({k: 0.0 for k in labels}, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_radius_graph_ablation_reuses_the_data(quick_run):
+    """``--reuse-data --graph radius --tag``: the earlier run's frames, a store holding every
+    neighbour within the 6 Å cutoff, the rank envelope off, and the main run's table and
+    model left as they were."""
+    import numpy as np
+    from ase.io import read
+    from ase.neighborlist import neighbor_list
+
+    from orbitgraph import open_store
+
+    fidelity, out, summary = quick_run
+    before = (out / "fidelity.csv").read_bytes()
+    ablation = fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick", "--max-steps",
+                              "3", "--threads", "1", "--out", str(out), "--reuse-data",
+                              "--graph", "radius", "--tag", "radius", "--labels-only"])
+    result = ablation["results"]["Ag"]
+    assert result["graph"] == "radius" and result["training"]["steps"] == 3
+    assert result["frames"] == summary["results"]["Ag"]["frames"]
+    assert math.isfinite(result["errors"]["forces_mae_meV_per_A"])
+    assert {r["property"] for r in ablation["table"]} == {"E MAE", "F MAE", "σ MAE"}
+    assert (out / "fidelity.csv").read_bytes() == before
+    assert (out / "Ag" / "radius" / "run" / "best.pt").is_file()
+    import yaml
+    doc = yaml.safe_load((out / "Ag" / "radius" / "run.yaml").read_text())
+    assert doc["model"]["rank_envelope"] == "none"
+    assert doc["store"].endswith("store-radius")
+    # the stored graph of each frame is its full 6 Å neighbour list (a k-NN graph of
+    # 16 would hold 16 per atom)
+    store = open_store(out / "Ag" / "store-radius")
+    frames = read(out / "Ag" / "train_val.extxyz", index=":")
+    degrees = np.concatenate([np.bincount(neighbor_list("i", a, 6.0), minlength=len(a))
+                              for a in frames])
+    assert store.manifest.counts["edges"] == int(degrees.sum()) > 16 * len(degrees)
