@@ -325,6 +325,15 @@ def reference_rows(model: type, prefix: str, collapse: dict | None = None
             if isinstance(value, type) and issubclass(value, BaseModel):
                 rows.extend(reference_rows(value, f"{path}.NAME", collapse))
                 continue
+        optional = [a for a in typing.get_args(annotation) if a is not type(None)] \
+            if _is_union(annotation) else []
+        if len(optional) == 1 and isinstance(optional[0], type) and issubclass(optional[0],
+                                                                             BaseModel):
+            # an optional section (null: off): its own row, then its keys
+            rows.append((path, "a mapping of settings or null", _show(field.default), "",
+                         field.description or ""))
+            rows.extend(reference_rows(optional[0], path, collapse))
+            continue
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             if annotation in collapse:
                 rows.append((path, collapse[annotation], "{}", "", annotation.__doc__.split(

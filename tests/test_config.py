@@ -41,6 +41,8 @@ BAD = [
     ("train.loader.num_workers", "-2"),
     ("train.loader.max_edges", "0"),
     ("train.device", "gpu"),
+    ("train.stage_two.start", "1.5"),
+    ("train.stage_two.lr", "0"),
     ("model.rank_envelope_width", "0"),
     ("model.avg_num_neighbors", "-3.0"),
 ]

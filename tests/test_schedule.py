@@ -116,3 +116,22 @@ def test_a_continued_run_with_another_budget_re_plans_its_cosine():
     longer = schedule("cosine", 5, 60)
     longer.load_state_dict(first.state_dict())
     assert rates(longer, 40) == [formula(s, "cosine", 5, 60) for s in range(20, 60)]
+
+
+def test_stage_two_takes_its_constant_rate_from_its_first_step_and_stops_plateau_drops():
+    from orbitgraph.train.schedule import stage_two_start
+
+    assert stage_two_start(0.75, 100) == 75
+    assert stage_two_start(0.001, 100) == 1 and stage_two_start(0.999, 100) == 99
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = Schedule(opt, "plateau", 2, 10, patience=0, factor=0.5, min_lr=1e-6,
+                     stage_two=(6, 3e-4))
+    got = []
+    for step in range(10):
+        got.append(sched.lr)
+        opt.step()
+        sched.step()
+        sched.epoch_end(1.0)  # never improves: a drop after every epoch, in stage one only
+    assert got[6:] == [3e-4] * 4
+    assert got[:6] == [0.005, 0.01, 0.005, 0.0025, 0.00125, 0.000625]
+    assert sched.plateau_factor == 0.5 ** 5  # the drops counted in steps 1-5 only

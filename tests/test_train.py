@@ -14,6 +14,7 @@ from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.graph import knn_graph
 from orbitgraph.preprocess.graph_filter import filter_block
 from orbitgraph.preprocess.store import GraphParams, SplitParams, open_store
+from orbitgraph.train.callbacks import Callback
 from orbitgraph.train.collate import collate, collate_columns, frame_from_graph
 from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.evaluation import evaluate
@@ -221,7 +222,12 @@ def _params(trainer) -> dict:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_killed_and_resumed_run_follows_the_same_trajectory(store_path, tmp_path):
+@pytest.mark.parametrize("stage_two", [None, {"start": 0.3, "lr": 1e-3, "energy_weight": 30.0}],
+                         ids=["one stage", "resumed in stage two"])
+def test_killed_and_resumed_run_follows_the_same_trajectory(store_path, tmp_path, stage_two):
+    def _cfg(**kw):
+        return globals()["_cfg"](stage_two=stage_two, **kw)
+
     straight = Trainer(store_path, TINY_MODEL, _cfg(), tmp_path / "straight")
     n = straight.steps_per_epoch
     total = straight.total_steps
@@ -243,6 +249,36 @@ def test_killed_and_resumed_run_follows_the_same_trajectory(store_path, tmp_path
     ea, eb = straight.ema.shadow_state(), second.ema.shadow_state()
     for key in ea:
         torch.testing.assert_close(ea[key], eb[key], rtol=0, atol=0)
+
+
+def test_stage_two_trains_on_its_own_loss_at_its_own_rate(store_path, tmp_path):
+    """Stage two (mace-torch's SWA stage) from 40 % of the budget: its steps take its loss
+    weights (all zero here, so their losses are exactly 0) and its constant rate; best.pt is
+    chosen anew among its validations (criterion 0 under zero weights)."""
+    import math
+
+    two = {"start": 0.4, "lr": 7e-4, "energy_weight": 0.0, "forces_weight": 0.0,
+           "stress_weight": 0.0}
+    rates = []
+
+    class Rates(Callback):
+        def on_step_end(self, trainer, step, loss):
+            rates.append((step, trainer.optimizer.param_groups[0]["lr"]))  # step+1's rate
+
+    trainer = Trainer(store_path, TINY_MODEL, _cfg(stage_two=two), tmp_path / "run",
+                      callbacks=[Rates()])
+    first = trainer.schedule.stage_two[0]
+    assert first == round(0.4 * trainer.total_steps)
+    trainer.fit()
+    losses = dict(trainer.step_losses.losses)  # step s+1: the loss of step s
+    assert all(losses[s + 1] > 0 for s in range(first))
+    assert all(losses[s + 1] == 0.0 for s in range(first, trainer.total_steps))
+    for step, lr in rates:  # the rate of step `step` (counted from 0)
+        assert (lr == 7e-4) == (step >= first), (step, lr)
+    assert trainer.state.stage_two_validated and trainer.state.best_val == 0.0
+    stage_two_epochs = [r for r in trainer.state.history if r["step"] > first]
+    assert stage_two_epochs and all(math.isfinite(r["forces_mae_meV_per_A"])
+                                    for r in stage_two_epochs)
 
 
 # --------------------------------------------------------------- learning and ASE

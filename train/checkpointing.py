@@ -65,6 +65,9 @@ class TrainState:
     # says so (the log lines show every log_every-th step only)
     epoch_loss_max: float = 0.0
     epoch_loss_max_step: int = 0
+    # whether a validation of stage two (train.stage_two) has been made: the first one
+    # starts best.pt's choice anew, under the stage's weights
+    stage_two_validated: bool = False
 
 
 def rng_state() -> dict:

@@ -19,6 +19,25 @@ CHOICES = {
 SPLITS = ("train", "val", "test")
 
 
+class StageTwo(Config):
+    """mace-torch's SWA stage (``--swa``, later ``--stage_two``): the last part of the budget
+    trains at its own constant learning rate on a loss whose energy term is raised, and the
+    EMA's averaged weights (``ema_decay``) are the model it yields. best.pt is chosen among
+    this stage's validations (its criterion uses these weights). The default weights are
+    mace-torch's (energy 1000, forces 100, stress 10 per (eV/Å³)², here per GPa²)."""
+
+    section = "train.stage_two"
+
+    start: float = Field(0.75, gt=0, lt=1, description="fraction of the step budget after "
+                         "which stage two begins (mace-torch: 75 % of the epochs)")
+    lr: float = Field(1e-3, gt=0, description="the stage's constant learning rate "
+                      "(mace-torch's swa_lr)")
+    energy_weight: float = Field(1000.0, ge=0, description="on energy per atom errors, eV")
+    forces_weight: float = Field(100.0, ge=0, description="on force component errors, eV/Å")
+    stress_weight: float = Field(10.0 / 160.21766208 ** 2, ge=0, description="on stress "
+                                 "component errors, GPa (mace-torch's 10 per (eV/Å³)²)")
+
+
 class TrainConfig(Config):
     """How a model is trained: budget, optimiser, schedule, losses, logging, device, loader."""
 
@@ -64,6 +83,8 @@ class TrainConfig(Config):
     forces_weight: float = Field(10.0, ge=0, description="on force component errors, eV/Å")
     stress_weight: float = Field(0.004, ge=0, description="on stress component errors, GPa "
                                  "(MACE-MP's 100 per (eV/Å³)², ÷ 160.2²)")
+    stage_two: StageTwo | None = Field(None, description="a final stage at a constant rate "
+                                       "with a raised energy weight (null: none)")
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without "
                                                 "validation improvement (null: never stop)")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")

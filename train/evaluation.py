@@ -104,14 +104,16 @@ def dataset_metrics(model: Potential, sets: list, loader: LoaderConfig, graph, i
     return total.result(), {name: acc.result() for name, acc in accs.items()}, total.pairs
 
 
-def validation_loss(cfg: TrainConfig, metrics: dict) -> float:
+def validation_loss(cfg: TrainConfig, metrics: dict, stage_two: bool = False) -> float:
     """The criterion for best.pt, the plateau schedule and early stopping:
     w_E · MAE(E/N) [eV/atom] + w_F · MAE(F) [eV/Å] + w_σ · MAE(σ) [GPa], the stress term
-    left out where no validation frame has a stress label (NaN without validation)."""
-    loss = (cfg.energy_weight * metrics["energy_mae_meV_per_atom"] / 1000
-            + cfg.forces_weight * metrics["forces_mae_meV_per_A"] / 1000)
-    if cfg.stress_weight and not math.isnan(metrics["stress_mae_GPa"]):
-        loss += cfg.stress_weight * metrics["stress_mae_GPa"]
+    left out where no validation frame has a stress label (NaN without validation); the
+    weights are ``cfg``'s, or its stage two's where ``stage_two``."""
+    w = cfg.stage_two if stage_two else cfg
+    loss = (w.energy_weight * metrics["energy_mae_meV_per_atom"] / 1000
+            + w.forces_weight * metrics["forces_mae_meV_per_A"] / 1000)
+    if w.stress_weight and not math.isnan(metrics["stress_mae_GPa"]):
+        loss += w.stress_weight * metrics["stress_mae_GPa"]
     return loss
 
 

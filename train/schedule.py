@@ -1,10 +1,13 @@
 """Learning-rate schedules: linear warmup, then cosine decay, plateau drops or a constant rate.
 
-    lr(s) = max(min_lr, lr · w(s) · c(s) · p)
+    lr(s) = max(min_lr, lr · w(s) · c(s) · p)        (lr_2 from step s_2 on, with a stage two)
     w(s)  = min(1, (s + 1) / warmup_steps)           (1 without warmup)
     c(s)  = ½ (1 + cos(π · min(1, s / total)))         (cosine; 1 for the others)
     p     = plateau_factor ** drops                     (plateau; 1 for the others)
 
+With a stage two (``train.stage_two``, mace-torch's SWA stage) the rate is that stage's
+constant ``lr_2`` from its first step ``s_2`` on (:meth:`Schedule.for_run`), and the
+plateau drops stop counting.
 ``s`` counts optimiser steps from 0: the step that takes a run from ``s`` to ``s + 1``
 steps uses lr(s). ``total`` is the run's budget in steps (``max_steps``, or ``epochs`` ×
 steps per epoch). Under ``plateau`` the validation criterion at the end of each epoch
@@ -31,7 +34,8 @@ from orbitgraph.train.config import TrainConfig
 IMPROVEMENT = 1e-12  # the least decrease of the validation criterion that counts (plateau)
 # what a resumed run takes from the checkpoint; the rest of the plan is the run's own
 RESUMED = ("last_epoch", "plateau_factor", "best", "bad_epochs")
-PLAN = ("kind", "warmup", "total", "min_lr", "base_lrs")  # the plan a resumed run may change
+# the plan a resumed run may change
+PLAN = ("kind", "warmup", "total", "min_lr", "base_lrs", "stage_two")
 
 
 class Schedule(LRScheduler):
@@ -40,11 +44,15 @@ class Schedule(LRScheduler):
 
     ``kind``: cosine, plateau or constant; ``warmup``: steps of linear warmup; ``total``:
     the budget in steps (the cosine's length); ``patience`` and ``factor``: the plateau
-    drops; ``min_lr``: the floor of every schedule."""
+    drops; ``min_lr``: the floor of every schedule; ``stage_two``: ``(s_2, lr_2)``, the
+    first step of stage two and its constant rate (None: no stage two)."""
 
     def __init__(self, optimizer: Optimizer, kind: str, warmup: int, total: int,
-                 patience: int, factor: float, min_lr: float):
+                 patience: int, factor: float, min_lr: float,
+                 stage_two: tuple[int, float] | None = None):
         self.kind = kind
+        self.stage_two = None if stage_two is None else (int(stage_two[0]),
+                                                         float(stage_two[1]))
         self.warmup = warmup
         self.total = total
         self.patience = patience
@@ -57,13 +65,22 @@ class Schedule(LRScheduler):
 
     @classmethod
     def for_run(cls, optimizer: Optimizer, cfg: TrainConfig, total: int) -> Schedule:
-        """The schedule ``cfg`` asks for, over a budget of ``total`` steps."""
+        """The schedule ``cfg`` asks for, over a budget of ``total`` steps (stage two, if
+        any, from step :func:`stage_two_start` on)."""
+        two = cfg.stage_two
         return cls(optimizer, cfg.schedule, cfg.warmup_steps, total, cfg.plateau_patience,
-                   cfg.plateau_factor, cfg.min_lr)
+                   cfg.plateau_factor, cfg.min_lr,
+                   None if two is None else (stage_two_start(two.start, total), two.lr))
+
+    def in_stage_two(self, step: int) -> bool:
+        """Whether optimiser step ``step`` (counted from 0) is one of stage two."""
+        return self.stage_two is not None and step >= self.stage_two[0]
 
     def lr_at(self, step: int, base_lr: float) -> float:
         """lr(step) for a group whose peak rate is ``base_lr``, with the plateau factor as
-        it stands."""
+        it stands; stage two's rate from its first step on (the same for every group)."""
+        if self.in_stage_two(step):
+            return self.stage_two[1]
         f = min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else 1.0
         if self.kind == "cosine" and self.total > 0:
             progress = min(1.0, step / self.total)
@@ -82,9 +99,9 @@ class Schedule(LRScheduler):
     def epoch_end(self, val_loss: float) -> None:
         """Plateau: count an epoch whose validation criterion ``val_loss`` did not improve
         on the best by more than 1e-12, and after more than ``patience`` such epochs in a row
-        drop the rate by ``factor``. The other schedules ignore it."""
-        if self.kind != "plateau":
-            return
+        drop the rate by ``factor``. The other schedules, and stage two, ignore it."""
+        if self.kind != "plateau" or self.in_stage_two(self.last_epoch - 1):
+            return  # the steps just validated were stage two's
         if val_loss < self.best - IMPROVEMENT:
             self.best, self.bad_epochs = val_loss, 0
         else:
@@ -127,3 +144,9 @@ class Schedule(LRScheduler):
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def stage_two_start(fraction: float, total: int) -> int:
+    """The first step of stage two: ``round(fraction × total)``, at least 1 and at most
+    ``total - 1`` (so each stage has a step) where ``total`` > 1."""
+    return min(max(int(round(fraction * total)), 1), max(total - 1, 1))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import signal
 import time
@@ -243,7 +244,7 @@ class Trainer:
         stop = float(self._stop is not None and self._stop.requested)
         counts = all_sum(torch.cat([counts, counts.new_tensor([stop])]), self.info)
         self.stop_agreed = bool(counts[3] > 0)
-        w = (self.cfg.energy_weight, self.cfg.forces_weight, self.cfg.stress_weight)
+        w = self.loss_weights(self.state.step)
         loss = sum(wi * sums[key] / max(float(c), 1.0) for wi, key, c
                    in zip(w, ("energy", "forces", "stress"), counts[:3], strict=True))
         # DDP averages gradients over ranks; scale so the result is the global-batch mean
@@ -257,6 +258,12 @@ class Trainer:
         self.state.step += 1
         self.schedule.step()  # the rate of the next step
         return float(all_sum(loss.detach().double().reshape(1), self.info))
+
+    def loss_weights(self, step: int) -> tuple[float, float, float]:
+        """(energy, forces, stress) weights of optimiser step ``step`` (from 0): stage two's
+        from its first step on (``train.stage_two``), else the run's."""
+        w = self.cfg.stage_two if self.schedule.in_stage_two(step) else self.cfg
+        return w.energy_weight, w.forces_weight, w.stress_weight
 
     # --------------------------------------------------------------- training loop
     def fit(self, stop_after: int | None = None) -> dict:
@@ -398,7 +405,19 @@ class Trainer:
         that the budget stopped part-way is replaced when the epoch goes on."""
         metrics = self.validate()
         has_val = self.has_validation()
-        val_loss = validation_loss(self.cfg, metrics)
+        # the steps just taken were stage two's: its criterion, and best.pt chosen anew
+        stage_two = self.schedule.in_stage_two(self.state.step - 1)
+        val_loss = validation_loss(self.cfg, metrics, stage_two)
+        if stage_two and not self.state.stage_two_validated:
+            self.state.stage_two_validated = True
+            self.state.best_val, self.state.epochs_without_improvement = math.inf, 0
+            if self.info.is_main:
+                log.info(f"stage two from step {self.schedule.stage_two[0]}: lr "
+                         f"{self.schedule.stage_two[1]:g}, weights energy "
+                         f"{self.cfg.stage_two.energy_weight:g}, forces "
+                         f"{self.cfg.stage_two.forces_weight:g}, stress "
+                         f"{self.cfg.stage_two.stress_weight:g}; best.pt is chosen among "
+                         "its validations")
         if has_val:
             self.schedule.epoch_end(val_loss)
         state = self.state
@@ -508,6 +527,11 @@ class Trainer:
                      f"floor {cfg.min_lr:g}); loss {cfg.loss} with weights energy "
                      f"{cfg.energy_weight:g}, forces {cfg.forces_weight:g}, stress "
                      f"{cfg.stress_weight:g}")
+        if cfg.stage_two is not None:
+            two = cfg.stage_two
+            lines.append(f"stage two from step {self.schedule.stage_two[0]:,}: lr {two.lr:g} "
+                         f"(constant), weights energy {two.energy_weight:g}, forces "
+                         f"{two.forces_weight:g}, stress {two.stress_weight:g}")
         lines.append(f"run directory: {self.out} (log: {self.out / TRAIN_LOG})")
         return lines
 
