@@ -14,6 +14,7 @@ from helpers import write_emt_extxyz
 from orbitgraph.errors import ConfigError
 from orbitgraph.model.config import load_config
 from orbitgraph.train import cli
+from orbitgraph.train.config import TrainConfig
 from orbitgraph.train.mace_torch import MACE_TORCH_KEYS, RULES, from_mace_torch, mapping_markdown
 from orbitgraph.units import EV_PER_A3_IN_GPA
 
@@ -133,6 +134,21 @@ def test_mace_torch_values_that_differ_here():
     assert doc["train"]["stress_weight"] == pytest.approx(100.0 / EV_PER_A3_IN_GPA ** 2)
 
 
+def test_mace_torch_swa_stage_is_stage_two():
+    doc = from_mace_torch({"swa": True, "start_swa": 60, "max_num_epochs": 80, "swa_lr": 2e-4,
+                           "swa_energy_weight": 500.0, "swa_stress_weight": 10.0}, "m.yaml")
+    two = TrainConfig.from_dict(doc["train"]).stage_two
+    assert two.start == 0.75 and two.lr == 2e-4 and two.energy_weight == 500.0
+    assert two.forces_weight == 100.0  # mace-torch's default, here too
+    assert two.stress_weight == pytest.approx(10.0 / EV_PER_A3_IN_GPA ** 2)
+    # mace-torch's later names; and without swa/stage_two its keys are ignored, as there
+    later = from_mace_torch({"stage_two": "yes", "stage_two_lr": 2e-4}, "m.yaml")
+    assert TrainConfig.from_dict(later["train"]).stage_two.lr == 2e-4
+    assert "train" not in from_mace_torch({"swa_lr": 2e-4, "start_swa": 3}, "m.yaml")
+    with pytest.raises(ConfigError, match="start_swa/start_stage_two: needs max_num_epochs"):
+        from_mace_torch({"swa": True, "start_swa": 3}, "m.yaml")
+
+
 def test_mace_torch_e0s_from_a_json_file(tmp_path):
     (tmp_path / "e0s.json").write_text(json.dumps({"1": -13.6, "8": -2042.0}))
     doc = from_mace_torch({"E0s": str(tmp_path / "e0s.json")}, "m.yaml")
@@ -140,7 +156,7 @@ def test_mace_torch_e0s_from_a_json_file(tmp_path):
 
 
 def test_keys_without_an_equivalent_are_refused_in_one_line(tmp_path, capsys):
-    doc = {**MACE_CONFIG, "swa": True, "start_swa": 100, "valid_file": "valid.xyz",
+    doc = {**MACE_CONFIG, "swa_virials_weight": 1.0, "lbfgs": True, "valid_file": "valid.xyz",
            "wandb": True, "loss": "l1l2energyforces", "interaction": "RealAgnosticInteractionBlock",
            "hidden_irreps": "32x0e + 32x1o", "r_maxx": 5.0}
     (tmp_path / "mace.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -148,7 +164,7 @@ def test_keys_without_an_equivalent_are_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "mace.yaml: read as a mace-torch config; no equivalent here for " in err
-    for item in ("swa", "start_swa", "valid_file", "wandb", "loss: 'l1l2energyforces'",
+    for item in ("swa_virials_weight", "lbfgs", "valid_file", "wandb", "loss: 'l1l2energyforces'",
                  "interaction", "hidden_irreps (contradicts num_channels)",
                  "r_maxx (not mace-torch's)"):
         assert item in err, (item, err)

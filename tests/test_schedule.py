@@ -127,7 +127,7 @@ def test_stage_two_takes_its_constant_rate_from_its_first_step_and_stops_plateau
     sched = Schedule(opt, "plateau", 2, 10, patience=0, factor=0.5, min_lr=1e-6,
                      stage_two=(6, 3e-4))
     got = []
-    for step in range(10):
+    for _ in range(10):
         got.append(sched.lr)
         opt.step()
         sched.step()

@@ -296,6 +296,49 @@ def _clip_grad(value, t: Translation, key: str) -> None:
     t.put("train.grad_clip", None if none else _number(float)(value), key)
 
 
+def _stage_two_on(value, t: Translation, key: str) -> None:
+    """swa / stage_two: true turns stage two on (its other keys are read only then)."""
+    if _bool(value):
+        t.put("train.stage_two.on", True, key)  # replaced by from_mace_torch
+
+
+def _stage_two_weight(term: str) -> Rule:
+    def rule(value, t: Translation, key: str) -> None:
+        w = _number(float)(value)
+        t.put(f"train.stage_two.{term}_weight",
+              w / EV_PER_A3_IN_GPA ** 2 if term == "stress" else w, key)
+    return rule
+
+
+def _stage_two_start(value, t: Translation, key: str) -> None:
+    t.put("train.stage_two.start_epoch", _number(int)(value), key)  # replaced below
+
+
+def _finish_stage_two(data: dict, t: Translation) -> None:
+    """Stage two as mace-torch reads it: on only with swa/stage_two true (its other keys
+    ignored otherwise); its start epoch (default 3/4 of max_num_epochs) becomes
+    ``train.stage_two.start``, the fraction of the budget."""
+    two = _get(t.doc, "train.stage_two")
+    if two is None:
+        return
+    if not two.pop("on", False):
+        del t.doc["train"]["stage_two"]
+        if not t.doc["train"]:
+            del t.doc["train"]
+        return
+    start = two.pop("start_epoch", None)
+    if start is not None:
+        epochs = _get(t.doc, "train.epochs")
+        if epochs is None:
+            t.refused.append("start_swa/start_stage_two: needs max_num_epochs (the start is "
+                             "a fraction of the budget here)")
+        elif not 0 < start < epochs:
+            t.refused.append(f"start_swa/start_stage_two: {start} is not within the "
+                             f"{epochs} epochs")
+        else:
+            two["start"] = start / epochs
+
+
 # key: (rule, what it becomes here), in the order of mace-torch's parser
 RULES: dict[str, tuple[Rule, str]] = {
     "name": (lambda v, t, k: None, "the run directory `work_dir/name` (`--out` wins)"),
@@ -385,6 +428,21 @@ RULES: dict[str, tuple[Rule, str]] = {
     "restart_latest": (_accept(True), "true only (a run directory with a checkpoint resumes)"),
     "clip_grad": (_clip_grad, "`train.grad_clip`"),
 }
+for _prefix in ("swa", "stage_two"):  # stage_two_* are mace-torch's later names of swa_*
+    RULES.update({
+        _prefix: (_stage_two_on, "true: `train.stage_two` (the other keys of the stage are "
+                  "read only then)"),
+        f"start_{_prefix}": (_stage_two_start, "`train.stage_two.start` = this epoch ÷ "
+                             "max_num_epochs"),
+        f"{_prefix}_lr": (_to("train.stage_two.lr", convert=_number(float)),
+                          "`train.stage_two.lr`"),
+        f"{_prefix}_energy_weight": (_stage_two_weight("energy"),
+                                     "`train.stage_two.energy_weight` (eV/atom)"),
+        f"{_prefix}_forces_weight": (_stage_two_weight("forces"),
+                                     "`train.stage_two.forces_weight` (eV/Å)"),
+        f"{_prefix}_stress_weight": (_stage_two_weight("stress"),
+                                     "`train.stage_two.stress_weight` ÷ 160.21766208²"),
+    })
 
 
 def from_mace_torch(data: dict, where: str) -> dict:
@@ -402,6 +460,7 @@ def from_mace_torch(data: dict, where: str) -> dict:
             RULES[key][0](value, t, key)
         except NoEquivalent as why:
             t.refused.append(f"{key}: {why}")
+    _finish_stage_two(data, t)
     if t.refused:
         raise ConfigError(f"{where}: read as a mace-torch config; no equivalent here for "
                           f"{'; '.join(t.refused)}; remove them (the mapped keys are listed in "
