@@ -102,6 +102,9 @@ class ModelConfig(Config):
         "symmetric_contraction", description="node update after aggregation")
     correlation: int = Field(3, ge=1, description="body order of the symmetric contraction "
                              "(mace-torch: correlation)")
+    contraction_weights: Literal["embedding", "element"] = Field(
+        "embedding", description="the symmetric contraction's path and channel weights: "
+        "projected from the species embedding, or a table per element (mace-torch's)")
     readout: Literal[CHOICES["readout"]] = Field("mlp_last", description="per-block energy "
                                                  "readout")
     readout_mlp: tuple[Width, ...] = Field((16,), description="hidden widths of the MLP "

@@ -96,3 +96,18 @@ class SpeciesProjection(nn.Module):
 
     def forward(self, species: torch.Tensor) -> torch.Tensor:
         return self.linear(species)
+
+
+class ElementWeights(nn.Module):
+    """(N,) atomic numbers -> (N, out) weights: one learned row per element (mace-torch's
+    per-element weights of the symmetric contraction), beside :class:`SpeciesProjection`'s
+    projection of the shared embedding. ``table`` (119, out) starts N(0, 1/3), the variance
+    of a :class:`SpeciesProjection`'s output at initialisation; each element's row starts
+    independently and learns from its own atoms only."""
+
+    def __init__(self, out: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(NUM_ELEMENTS, out) / math.sqrt(3.0))
+
+    def forward(self, numbers: torch.Tensor) -> torch.Tensor:
+        return self.table[numbers]

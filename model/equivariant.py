@@ -26,7 +26,11 @@ from orbitgraph.model.radial import (
     EdgeEnvelope,
 )
 from orbitgraph.model.readout import LinearReadout, MLPReadout, reduce_blocks
-from orbitgraph.model.self_interaction import SELF_INTERACTIONS, SpeciesLinear
+from orbitgraph.model.self_interaction import (
+    SELF_INTERACTIONS,
+    SpeciesLinear,
+    SymmetricContraction,
+)
 
 
 def check_chain(name: str, produced: o3.Irreps, expected: o3.Irreps) -> None:
@@ -55,16 +59,21 @@ class InteractionBlock(nn.Module):
         si_cls = SELF_INTERACTIONS[cfg.self_interaction]
         if cfg.self_interaction == "symmetric_contraction":
             self.self_interaction = si_cls(a_irreps, self.irreps_out, cfg.correlation,
-                                           cfg.species_dim)
+                                           cfg.species_dim, cfg.contraction_weights)
         else:
             self.self_interaction = si_cls(a_irreps, self.irreps_out, cfg.species_dim)
         check_chain("self_interaction", self.self_interaction.irreps_out, self.irreps_out)
         self.skip = SpeciesLinear(self.irreps_in, self.irreps_out, cfg.species_dim)
 
-    def forward(self, h, species, sh, radial, envelope, edge_features, centers, neighbors):
+    def forward(self, h, species, sh, radial, envelope, edge_features, centers, neighbors,
+                numbers):
         m = self.message(self.linear_up(h), sh, radial, envelope, species, centers, neighbors)
         a = self.aggregation(m, centers, h.shape[0], edge_features, envelope)
-        return self.self_interaction(self.linear_down(a), species) + self.skip(h, species)
+        x = self.linear_down(a)
+        si = (self.self_interaction(x, species, numbers)
+              if isinstance(self.self_interaction, SymmetricContraction)
+              else self.self_interaction(x, species))
+        return si + self.skip(h, species)
 
 
 class EquivariantNetwork(nn.Module):
@@ -109,6 +118,7 @@ class EquivariantNetwork(nn.Module):
         h = self.embed(species)
         per_block = []
         for block, readout in zip(self.blocks, self.readouts, strict=True):
-            h = block(h, species, sh, radial, envelope, edge_features, centers, neighbors)
+            h = block(h, species, sh, radial, envelope, edge_features, centers, neighbors,
+                      numbers)
             per_block.append(readout(h))
         return reduce_blocks(per_block, self.cfg.block_reduction)

@@ -25,7 +25,7 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
-from orbitgraph.model.embedding import SpeciesProjection
+from orbitgraph.model.embedding import ElementWeights, SpeciesProjection
 from orbitgraph.model.message import channelwise_instructions
 
 
@@ -116,13 +116,23 @@ class SymmetricContraction(nn.Module):
 
     Every channelwise Clebsch-Gordan product of all type pairs is one GEMM of the outer
     product (N·C, D·D) with a fixed sparse-in-content coupling matrix (D·D, Q); weights
-    w, v depend on the species embedding, per path and channel. B^ν is a polynomial of
-    degree ν in the same A_i (body order ν + 1); the last order computes only the
+    w, v depend on the species, per path and channel: projected from the species
+    embedding (``weights="embedding"``) or one table row per element (``"element"``,
+    mace-torch's; :class:`~orbitgraph.model.embedding.ElementWeights`). B^ν is a polynomial
+    of degree ν in the same A_i (body order ν + 1); the last order computes only the
     output's types.
     """
 
-    def __init__(self, irreps_in, irreps_out, correlation: int, species_dim: int):
+    def __init__(self, irreps_in, irreps_out, correlation: int, species_dim: int,
+                 weights: str = "embedding"):
         super().__init__()
+        if weights not in ("embedding", "element"):
+            raise ValueError(f"weights: 'embedding' or 'element', got {weights!r}")
+        self.weights = weights
+
+        def projection(out: int) -> nn.Module:
+            return SpeciesProjection(species_dim, out) if weights == "embedding" \
+                else ElementWeights(out)
         if correlation < 1:
             raise ValueError(f"correlation must be >= 1, got {correlation}")
         self.irreps_in = o3.Irreps(irreps_in)
@@ -147,12 +157,12 @@ class SymmetricContraction(nn.Module):
             self.register_buffer(f"path_of_q_{nu}", path_of_q, persistent=False)
             self.register_buffer(f"sum_q_{nu}", sum_q, persistent=False)
             self._paths.append(int(path_of_q.max()) + 1)
-            self.reduce.append(SpeciesProjection(species_dim, self._paths[-1] * self.channels))
+            self.reduce.append(projection(self._paths[-1] * self.channels))
             self._orders.append((prev, target))
             prev = target
         # v_{ν,L}: per order, output type and channel; each order's components of the output
         # types (B¹ = A has all input types, the last order only the output's)
-        self.contract = nn.ModuleList(SpeciesProjection(species_dim, len(ls_out) * self.channels)
+        self.contract = nn.ModuleList(projection(len(ls_out) * self.channels)
                                       for _ in range(correlation))
         self.register_buffer("type_of_out", torch.tensor(
             [t for t, l in enumerate(ls_out) for _ in range(2 * l + 1)]), persistent=False)
@@ -182,8 +192,15 @@ class SymmetricContraction(nn.Module):
         sum_q[torch.arange(len(rows_of_q)), torch.tensor(rows_of_q)] = 1.0
         return coupling, torch.tensor(path_of_q), sum_q
 
-    def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        """a (N, irreps_in.dim), species (N, S) -> (N, irreps_out.dim)."""
+    def forward(self, a: torch.Tensor, species: torch.Tensor,
+                numbers: torch.Tensor | None = None) -> torch.Tensor:
+        """a (N, irreps_in.dim), species (N, S) embedding, numbers (N,) atomic numbers
+        (needed with per-element weights) -> (N, irreps_out.dim)."""
+        if self.weights == "element":
+            if numbers is None:
+                raise ValueError("symmetric contraction with per-element weights: the atomic "
+                                 "numbers are needed")
+            species = numbers  # what the weight modules take
         n, c = a.shape[0], self.channels
         x = to_channels(a, c, self.ls_in)  # (N, C, D)
         out = self._contract(0, x, species)

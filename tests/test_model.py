@@ -11,7 +11,7 @@ from orbitgraph.model import build_model
 from orbitgraph.preprocess.graph_params import GraphParams
 from orbitgraph.train.collate import collate as _collate
 from orbitgraph.train.collate import frame_from_structure
-from orbitgraph.train.testing import SMALL, PotentialTests, structure
+from orbitgraph.train.testing import SMALL, PotentialTests, randomise, structure
 
 
 def frame(cell, pos, numbers, k=8):
@@ -32,6 +32,49 @@ def float64():
 
 class TestMacePreset(PotentialTests):
     preset = "mace"
+
+
+class TestMacePerElementContractionWeights(PotentialTests):
+    """mace-torch's per-element weights in the symmetric contraction, through the same
+    physics checks."""
+    preset = "mace"
+    overrides = {"contraction_weights": "element"}
+
+
+def test_per_element_contraction_weights_belong_to_their_element(float64):
+    """With ``contraction_weights: element`` each element's row of the contraction's
+    weight tables acts on that element's atoms only: an absent element's rows do not
+    change the energy, a present one's do, and only present elements' rows get gradients."""
+    from orbitgraph.model.embedding import ElementWeights
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "mace", "channels": 4, "species_dim": 4, "radial_mlp": [8],
+                         "readout_mlp": [4], "contraction_weights": "element"})
+    randomise(model)  # readouts start at zero: no gradient would reach the tables
+    tables = [m.table for m in model.modules() if isinstance(m, ElementWeights)]
+    assert tables and all(t.shape[0] == 119 for t in tables)
+    cell, pos, _ = structure(0, 6)
+    numbers = np.array([8, 14, 8, 14, 8, 8])
+    b = collate([frame(cell, pos, numbers)])
+    energy = model(b, training=True)["energy"]
+    grads = torch.autograd.grad(energy.sum(), tables, retain_graph=True)
+    for g in grads:
+        present = g.abs().sum(dim=1) > 0
+        assert set(np.flatnonzero(present.numpy())) <= {8, 14}
+    assert any(g[14].abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        for t in tables:
+            t[26] += 1.0  # iron: absent
+    unchanged = model(b)["energy"]
+    with torch.no_grad():
+        for t in tables:
+            t[14] += 0.1
+    changed = model(b)["energy"]
+    torch.testing.assert_close(unchanged, energy.detach(), rtol=0, atol=0)
+    assert (changed - energy).abs().max() > 1e-6
+    # the embedding's projections have no such tables
+    default = build_model({"preset": "mace", "channels": 4, "species_dim": 4})
+    assert not any(isinstance(m, ElementWeights) for m in default.modules())
 
 
 class TestSevennetPreset(PotentialTests):
