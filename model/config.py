@@ -24,7 +24,7 @@ from orbitgraph.model.message import WeightInputs
 from orbitgraph.model.networks import NETWORKS
 from orbitgraph.model.radial import RADIAL_BASES, RANK_ENVELOPES
 from orbitgraph.model.readout import BlockReduction, ReadoutKind
-from orbitgraph.model.self_interaction import SELF_INTERACTIONS
+from orbitgraph.model.self_interaction import SELF_INTERACTIONS, ContractionWeights
 
 # the options of each block setting, as the blocks declare them: the keys of a block's
 # registry, or the values of its Literal type where one module handles every option
@@ -34,6 +34,7 @@ CHOICES = {
     "message_weights": get_args(WeightInputs),
     "aggregation": get_args(AggregationMode),
     "self_interaction": tuple(SELF_INTERACTIONS),
+    "contraction_weights": get_args(ContractionWeights),
     "readout": get_args(ReadoutKind),
     "block_reduction": get_args(BlockReduction),
     "attention": get_args(Attention),
@@ -102,7 +103,7 @@ class ModelConfig(Config):
         "symmetric_contraction", description="node update after aggregation")
     correlation: int = Field(3, ge=1, description="body order of the symmetric contraction "
                              "(mace-torch: correlation)")
-    contraction_weights: Literal["embedding", "element"] = Field(
+    contraction_weights: Literal[CHOICES["contraction_weights"]] = Field(
         "embedding", description="the symmetric contraction's path and channel weights: "
         "projected from the species embedding, or a table per element (mace-torch's)")
     readout: Literal[CHOICES["readout"]] = Field("mlp_last", description="per-block energy "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Literal, get_args
 
 import torch
 from e3nn import nn as enn
@@ -106,6 +107,10 @@ def from_channels(x: torch.Tensor, ls: list[int]) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+# where the symmetric contraction's weights come from (ModelConfig.contraction_weights)
+ContractionWeights = Literal["embedding", "element"]
+
+
 class SymmetricContraction(nn.Module):
     """MACE's product basis, channel by channel, as dense matrix products.
 
@@ -126,7 +131,7 @@ class SymmetricContraction(nn.Module):
     def __init__(self, irreps_in, irreps_out, correlation: int, species_dim: int,
                  weights: str = "embedding"):
         super().__init__()
-        if weights not in ("embedding", "element"):
+        if weights not in get_args(ContractionWeights):
             raise ValueError(f"weights: 'embedding' or 'element', got {weights!r}")
         self.weights = weights
 

@@ -18,7 +18,7 @@ from orbitgraph.model.message import WeightInputs
 from orbitgraph.model.networks import NETWORKS
 from orbitgraph.model.radial import RADIAL_BASES, RANK_ENVELOPES
 from orbitgraph.model.readout import BlockReduction, ReadoutKind
-from orbitgraph.model.self_interaction import SELF_INTERACTIONS
+from orbitgraph.model.self_interaction import SELF_INTERACTIONS, ContractionWeights
 from orbitgraph.preprocess.cluster import ClusterConfig
 from orbitgraph.preprocess.store import SourceInfo, StoreSpec
 from orbitgraph.preprocess.store.params import GraphParams, LabelKeys, SplitParams, StoreParams
@@ -140,6 +140,7 @@ BLOCK_OPTIONS = {
     "message_weights": get_args(WeightInputs),
     "aggregation": get_args(AggregationMode),
     "self_interaction": tuple(SELF_INTERACTIONS),
+    "contraction_weights": get_args(ContractionWeights),
     "readout": get_args(ReadoutKind),
     "block_reduction": get_args(BlockReduction),
     "attention": get_args(Attention),
