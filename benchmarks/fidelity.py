@@ -517,9 +517,10 @@ except Spent:
 '''
 
 
-def train_mace(root: Path, minutes: float, threads: int, system: str, seed: int = 0) -> list:
+def train_mace(root: Path, work: Path, minutes: float, threads: int, system: str,
+               seed: int = 0) -> list:
     """mace-torch (its own venv, :mod:`_mace`) on the same train and val frames
-    (``train.extxyz``, ``val.extxyz`` in ``root``) with the settings of
+    (``train.extxyz``, ``val.extxyz`` in ``root``; its run in ``work/mace``) with the settings of
     :func:`run_document` where mace-torch has them: 16 channels, hidden 0e + 1o, l <= 2,
     correlation 2, 2 interactions, 8 Bessel functions, cutoff 6 Å, radial MLP [32],
     readout 16x0e, E0s by the average energy per atom, MSE on E per atom, F and σ with
@@ -528,8 +529,8 @@ def train_mace(root: Path, minutes: float, threads: int, system: str, seed: int 
     scheduler with infinite patience; orbitgraph's run has a cosine schedule). Trains
     until the first validation past ``minutes`` of wall time; returns its validation
     curve in the rows of ``curves.csv`` (``trainer`` mace-torch)."""
-    work, stamps = root / "mace", root / "mace_stamps.json"
-    argv = ["--name=mace", f"--seed={seed}", f"--work_dir={work}",
+    stamps = work / "mace_stamps.json"
+    argv = ["--name=mace", f"--seed={seed}", f"--work_dir={work / 'mace'}",
             f"--train_file={root / 'train.extxyz'}", f"--valid_file={root / 'val.extxyz'}",
             "--energy_key=REF_energy", "--forces_key=REF_forces", "--stress_key=REF_stress",
             "--E0s=average", "--model=MACE", "--num_channels=16", "--max_L=1", "--max_ell=2",
@@ -563,11 +564,15 @@ def time_to_reach(curve: list[dict], target: float) -> float | None:
 
 
 def race_summary(ours: list[dict], theirs: list[dict]) -> dict:
-    """mace-torch's final validation force MAE and wall time, orbitgraph's final, and
-    when orbitgraph first reached mace-torch's final (None: never)."""
+    """mace-torch's final validation force MAE and wall time; orbitgraph's at that wall
+    time (its last validation by then) and at its end; when orbitgraph first reached
+    mace-torch's final (None: never) and that time over mace-torch's."""
     target = float(theirs[-1]["forces_mae_meV_per_A"])
     reached = time_to_reach(ours, target)
+    until = [c for c in ours if float(c["wall_s"]) <= float(theirs[-1]["wall_s"])]
     return {"mace_final_val_F": target, "mace_wall_s": float(theirs[-1]["wall_s"]),
+            "ours_val_F_at_mace_wall": (float(until[-1]["forces_mae_meV_per_A"]) if until
+                                        else None),
             "ours_final_val_F": float(ours[-1]["forces_mae_meV_per_A"]),
             "ours_wall_s": float(ours[-1]["wall_s"]), "ours_reached_mace_final_s": reached,
             "time_ratio": (reached / float(theirs[-1]["wall_s"])
@@ -907,7 +912,9 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
     overrides = {"model": json.loads(args.model_overrides),
                  "train": json.loads(args.train_overrides)}
     if args.graph == "radius":
-        degree = radius_degree(test)
+        from ase.io import read
+
+        degree = radius_degree(read(root / "train_val.extxyz", index=":"))
         if degree >= RADIUS_K:
             raise SystemExit(f"{system.name}: {degree} neighbours within 6 Å: a radius graph "
                              f"needs k > {degree}, not {RADIUS_K}")
@@ -923,7 +930,7 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(1)
-        mace = pool.submit(train_mace, root, args.minutes, args.threads, system.name)
+        mace = pool.submit(train_mace, root, work, args.minutes, args.threads, system.name)
     run = train(store, work, args.minutes, args.quick, system.name, args.max_steps, overrides)
     if args.race:
         theirs = mace.result()
@@ -1014,6 +1021,12 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--systems: {name} with --teacher {args.teacher}: EMT has no "
                              "physical oxide or covalent parameters, and its B2 NiAl is "
                              "mechanically unstable; use --teacher chgnet")
+    if args.race and args.max_steps is not None:
+        raise SystemExit("--race: mace-torch trains for --minutes of wall time; give "
+                         "--minutes, not --max-steps")
+    if args.reuse_data and not args.tag:
+        raise SystemExit("--reuse-data: give a --tag too (the ablation's folder), so that the "
+                         "run that made the data keeps its model and table")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {name: run_system(SYSTEMS[name], args.teacher, args, s, out / name)

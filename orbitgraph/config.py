@@ -253,7 +253,12 @@ def _walk(model: type, loc: tuple) -> tuple[list[str], Any, FieldInfo | None, in
 
 
 def _fields_of(annotation) -> list[str]:
+    """The keys of a config type, or of the config of an optional section (``X | None``)."""
     ann, _ = _unwrap(annotation)
+    if _is_union(ann):
+        configs = [a for a in typing.get_args(ann)
+                   if isinstance(a, type) and issubclass(a, BaseModel)]
+        ann = configs[0] if len(configs) == 1 else ann
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return list(ann.model_fields)
     return []

@@ -310,3 +310,11 @@ def test_readme_configuration_reference_is_generated():
     assert block == reference_markdown().strip(), (
         "docs/reference/configuration.md differs from the declarations: paste "
         "orbitgraph.train.reference.reference_markdown() between the markers")
+
+
+def test_an_unknown_key_of_an_optional_section_names_the_sections_keys():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict({"stage_two": {"foo": 1}})
+    assert str(err.value) == ("train.stage_two: unknown key 'foo'; expected one of "
+                              "['start', 'lr', 'energy_weight', 'forces_weight', "
+                              "'stress_weight']")

@@ -144,9 +144,18 @@ def test_mace_torch_swa_stage_is_stage_two():
     # mace-torch's later names; and without swa/stage_two its keys are ignored, as there
     later = from_mace_torch({"stage_two": "yes", "stage_two_lr": 2e-4}, "m.yaml")
     assert TrainConfig.from_dict(later["train"]).stage_two.lr == 2e-4
-    assert "train" not in from_mace_torch({"swa_lr": 2e-4, "start_swa": 3}, "m.yaml")
+    assert "train" not in from_mace_torch({"swa_lr": 2e-4, "swa_energy_weight": 5.0}, "m.yaml")
     with pytest.raises(ConfigError, match="start_swa/start_stage_two: needs max_num_epochs"):
         from_mace_torch({"swa": True, "start_swa": 3}, "m.yaml")
+    # as mace-torch: a start epoch turns the stage on; its default start is E // 4 × 3; a
+    # loss without stress keeps none in stage two; forces_only has no stage two
+    started = from_mace_torch({"start_swa": 4, "max_num_epochs": 5}, "m.yaml")
+    assert TrainConfig.from_dict(started["train"]).stage_two.start == 0.8
+    default = from_mace_torch({"swa": True, "max_num_epochs": 10, "loss": "weighted"}, "m.yaml")
+    two = TrainConfig.from_dict(default["train"]).stage_two
+    assert two.start == 0.6 and two.stress_weight == 0.0
+    with pytest.raises(ConfigError, match="no stage two with the forces_only loss"):
+        from_mace_torch({"swa": True, "loss": "forces_only"}, "m.yaml")
 
 
 def test_mace_torch_e0s_from_a_json_file(tmp_path):

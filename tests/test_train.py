@@ -275,10 +275,31 @@ def test_stage_two_trains_on_its_own_loss_at_its_own_rate(store_path, tmp_path):
     assert all(losses[s + 1] == 0.0 for s in range(first, trainer.total_steps))
     for step, lr in rates:  # the rate of step `step` (counted from 0)
         assert (lr == 7e-4) == (step >= first), (step, lr)
-    assert trainer.state.stage_two_validated and trainer.state.best_val == 0.0
+    assert trainer.state.best_stage == 2 and trainer.state.best_val == 0.0
     stage_two_epochs = [r for r in trainer.state.history if r["step"] > first]
     assert stage_two_epochs and all(math.isfinite(r["forces_mae_meV_per_A"])
                                     for r in stage_two_epochs)
+
+
+def test_best_model_follows_stage_two_when_a_new_budget_moves_it(store_path, tmp_path):
+    """A run that ended in stage two and is continued with a larger budget is in stage one
+    again until the stage's new start: best.pt is chosen anew in each stage it enters, so
+    the final best is a stage-two validation's, not a stage-one one's (whose criterion,
+    with 1/10 weights, is far below the stage's 1000/100)."""
+    from orbitgraph.train.evaluation import validation_loss
+
+    two = {"start": 0.5, "lr": 1e-3}
+    first = Trainer(store_path, TINY_MODEL, _cfg(epochs=2, stage_two=two), tmp_path / "run")
+    first.fit()
+    assert first.state.best_stage == 2
+    again = Trainer(store_path, TINY_MODEL, _cfg(epochs=6, stage_two=two), tmp_path / "run")
+    start = again.schedule.stage_two[0]
+    assert start > first.state.step  # the new budget moved stage two past where it was
+    again.fit()
+    cfg = again.cfg
+    late = [r for r in again.state.history if r["step"] > start]
+    assert late and again.state.best_stage == 2
+    assert again.state.best_val == min(validation_loss(cfg, r, True) for r in late)
 
 
 # --------------------------------------------------------------- learning and ASE

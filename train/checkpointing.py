@@ -65,9 +65,10 @@ class TrainState:
     # says so (the log lines show every log_every-th step only)
     epoch_loss_max: float = 0.0
     epoch_loss_max_step: int = 0
-    # whether a validation of stage two (train.stage_two) has been made: the first one
-    # starts best.pt's choice anew, under the stage's weights
-    stage_two_validated: bool = False
+    # the stage (1, or 2: train.stage_two) whose criterion best_val is: a validation of the
+    # other stage starts best.pt's choice anew, under that stage's weights (a resumed run
+    # with another budget may move stage two's start either way)
+    best_stage: int = 1
 
 
 def rng_state() -> dict:

@@ -297,7 +297,8 @@ def _clip_grad(value, t: Translation, key: str) -> None:
 
 
 def _stage_two_on(value, t: Translation, key: str) -> None:
-    """swa / stage_two: true turns stage two on (its other keys are read only then)."""
+    """swa / stage_two: true turns stage two on (its other keys are read only then, or
+    with a start epoch)."""
     if _bool(value):
         t.put("train.stage_two.on", True, key)  # replaced by from_mace_torch
 
@@ -315,20 +316,31 @@ def _stage_two_start(value, t: Translation, key: str) -> None:
 
 
 def _finish_stage_two(data: dict, t: Translation) -> None:
-    """Stage two as mace-torch reads it: on only with swa/stage_two true (its other keys
-    ignored otherwise); its start epoch (default 3/4 of max_num_epochs) becomes
-    ``train.stage_two.start``, the fraction of the budget."""
+    """Stage two as mace-torch 0.3.16 reads it (``mace/tools/arg_parser_tools.py``,
+    ``mace/tools/scripts_utils.py`` ``get_swa``): on with swa/stage_two true or a start
+    epoch given (its other keys ignored otherwise); its start epoch (default
+    max(1, E // 4 × 3) of max_num_epochs E) becomes ``train.stage_two.start``, the fraction
+    of the budget; a loss without a stress term (weighted, or compute_stress false) has
+    none in stage two either; forces_only has no stage two."""
     two = _get(t.doc, "train.stage_two")
     if two is None:
         return
-    if not two.pop("on", False):
+    start = two.pop("start_epoch", None)
+    if not two.pop("on", False) and start is None:
         del t.doc["train"]["stage_two"]
         if not t.doc["train"]:
             del t.doc["train"]
         return
-    start = two.pop("start_epoch", None)
+    if data.get("loss") == "forces_only":
+        t.refused.append("swa/stage_two: mace-torch has no stage two with the forces_only "
+                         "loss")
+        return
+    if _get(t.doc, "train.stress_weight") == 0.0:  # the stage's loss has no stress term
+        two["stress_weight"] = 0.0
+    epochs = _get(t.doc, "train.epochs")
+    if start is None and epochs is not None:
+        start = max(1, epochs // 4 * 3)
     if start is not None:
-        epochs = _get(t.doc, "train.epochs")
         if epochs is None:
             t.refused.append("start_swa/start_stage_two: needs max_num_epochs (the start is "
                              "a fraction of the budget here)")
@@ -431,9 +443,10 @@ RULES: dict[str, tuple[Rule, str]] = {
 for _prefix in ("swa", "stage_two"):  # stage_two_* are mace-torch's later names of swa_*
     RULES.update({
         _prefix: (_stage_two_on, "true: `train.stage_two` (the other keys of the stage are "
-                  "read only then)"),
+                  "read only then, or with its start)"),
         f"start_{_prefix}": (_stage_two_start, "`train.stage_two.start` = this epoch ÷ "
-                             "max_num_epochs"),
+                             "max_num_epochs (default max(1, E // 4 × 3) ÷ E); turns the "
+                             "stage on"),
         f"{_prefix}_lr": (_to("train.stage_two.lr", convert=_number(float)),
                           "`train.stage_two.lr`"),
         f"{_prefix}_energy_weight": (_stage_two_weight("energy"),

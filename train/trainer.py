@@ -405,13 +405,15 @@ class Trainer:
         that the budget stopped part-way is replaced when the epoch goes on."""
         metrics = self.validate()
         has_val = self.has_validation()
-        # the steps just taken were stage two's: its criterion, and best.pt chosen anew
+        # the stage of the steps just taken decides the criterion; a validation of another
+        # stage than best_val's chooses best.pt anew
         stage_two = self.schedule.in_stage_two(self.state.step - 1)
         val_loss = validation_loss(self.cfg, metrics, stage_two)
-        if stage_two and not self.state.stage_two_validated:
-            self.state.stage_two_validated = True
+        stage = 2 if stage_two else 1
+        if stage != self.state.best_stage:
+            self.state.best_stage = stage
             self.state.best_val, self.state.epochs_without_improvement = math.inf, 0
-            if self.info.is_main:
+            if self.info.is_main and stage_two:
                 log.info(f"stage two from step {self.schedule.stage_two[0]}: lr "
                          f"{self.schedule.stage_two[1]:g}, weights energy "
                          f"{self.cfg.stage_two.energy_weight:g}, forces "
