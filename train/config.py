@@ -23,8 +23,10 @@ class StageTwo(Config):
     """mace-torch's SWA stage (``--swa``, later ``--stage_two``): the last part of the budget
     trains at its own constant learning rate on a loss whose energy term is raised, and the
     EMA's averaged weights (``ema_decay``) are the model it yields. best.pt is chosen among
-    this stage's validations (its criterion uses these weights). The default weights are
-    mace-torch's (energy 1000, forces 100, stress 10 per (eV/Å³)², here per GPa²)."""
+    this stage's validations (its criterion uses these weights). The weights are absolute,
+    not factors of the run's own; the defaults are mace-torch's (energy 1000, forces 100,
+    stress 10 per (eV/Å³)², i.e. 0.00039 per GPa²: against a run's larger stress weight
+    that all but drops the stress term, so set it beside your own)."""
 
     section = "train.stage_two"
 
