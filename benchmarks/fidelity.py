@@ -25,11 +25,12 @@ For each system (a cubic cell, see :data:`SYSTEMS`):
    ``orbitgraph train --config run.yaml`` reads). The budget is wall time (``--minutes``):
    a short probe measures the time per step and the run gets that many steps of a cosine
    schedule whose last quarter is stage two (``train.stage_two``: a constant 1e-3 on a
-   loss with a raised energy weight); the model has per-element weights in its symmetric
-   contraction (``contraction_weights: element``, as mace-torch's MACE). The validation
-   curve (force MAE against wall time) goes to ``curves.csv``, one row per validation
-   with a ``trainer`` column, so another trainer's curve (e.g. mace-torch on the same
-   extxyz files) can be appended and plotted beside it.
+   loss whose energy weight is raised 100x, its force and stress weights 10x); the model
+   has per-element weights in its symmetric contraction (``contraction_weights:
+   element``, as mace-torch's MACE). The validation curve (force MAE against wall time)
+   goes to ``curves.csv``, one row per validation with a ``trainer`` column, so another
+   trainer's curve (e.g. mace-torch on the same extxyz files) can be appended and plotted
+   beside it.
 3. Teacher and student (:class:`orbitgraph.OrbitCalculator`, float64) are compared on the
    test trajectories (E per atom, F components, σ components: MAE) and on properties
    computed by matcalc for both calculators alike (matcalc wraps an ASE calculator with
@@ -56,6 +57,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -390,7 +392,8 @@ def run_document(store: Path, out: Path, quick: bool, max_steps: int, seed: int 
     they do not follow the project's defaults as those change). Single-composition data:
     E0s by the average energy per atom (a least-squares fit of one composition is
     singular). ``overrides``: ``{"model": {...}, "train": {...}}``, entries replaced (an
-    ablation's)."""
+    ablation's); in a train section (``stage_two``, ``loader``) only the keys given, and
+    ``None`` removes the section."""
     model = ({"preset": "mace", "channels": 8, "sh_l_max": 1, "hidden_l_max": 0,
               "correlation": 2, "layers": 1, "radial_mlp": [16], "readout_mlp": [8]}
              if quick else
@@ -411,13 +414,19 @@ def run_document(store: Path, out: Path, quick: bool, max_steps: int, seed: int 
              "tensorboard": False,
              # stage two's weights are absolute: against this run's E 10, F 10, σ 1 per GPa²,
              # energy 100x, forces and stress 10x (mace-torch's default stress weight,
-             # 10 per (eV/Å³)², is 0.0004 per GPa² here: with it CaO's stress error rose
-             # from 0.09 to 0.34 GPa and its bulk modulus missed by 21 %)
+             # 10 per (eV/Å³)², is 0.00039 per GPa² here: with it a CaO race's stress error
+             # was 0.34 GPa and its bulk modulus 21 % off, with these 0.14 GPa and 3.7 %)
              "stage_two": {"start": 0.75, "lr": 1e-3, "energy_weight": 1000.0,
                            "forces_weight": 100.0, "stress_weight": 10.0}}
     overrides = overrides or {}
     model.update(overrides.get("model", {}))
-    train.update(overrides.get("train", {}))
+    for key, value in overrides.get("train", {}).items():
+        # a section's keys replace its own (stage_two: {lr: 5e-4} keeps its weights);
+        # null removes the section
+        if isinstance(value, dict) and isinstance(train.get(key), dict):
+            train[key] = {**train[key], **value}
+        else:
+            train[key] = value
     return {"store": str(store), "model": model, "train": train, "out": str(out)}
 
 
@@ -951,11 +960,21 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
 
         pool = ThreadPoolExecutor(1)
         (work / "mace_stamps.json").unlink(missing_ok=True)  # an earlier race's
+        shutil.rmtree(work / "mace", ignore_errors=True)
         mace = pool.submit(train_mace, root, work, args.minutes, args.threads, system.name)
 
         def ready() -> None:
-            """Until mace-torch has validated once (its set-up done, its steps begun)."""
-            while not (work / "mace_stamps.json").is_file() and not mace.done():
+            """Until mace-torch has validated once (its set-up done, its steps begun); its
+            failure is raised at once, and a set-up longer than the budget ends the run."""
+            waited = time.perf_counter()
+            while not (work / "mace_stamps.json").is_file():
+                if mace.done():
+                    mace.result()  # raises mace-torch's error
+                    raise SystemExit("mace-torch ended before its first validation")
+                if time.perf_counter() - waited > args.minutes * 60:
+                    raise SystemExit(f"mace-torch did not validate within {args.minutes} "
+                                     "minutes of starting: see its log in "
+                                     f"{work / 'mace'}")
                 time.sleep(1.0)
     run = train(store, work, args.minutes, args.quick, system.name, args.max_steps, overrides,
                 ready if args.race else None)
@@ -1024,7 +1043,9 @@ def main(argv: list[str] | None = None) -> dict:
                     f"every neighbour within 6 Å (k = {RADIUS_K} with a 6 Å cutoff), "
                     "rank envelope none")
     ap.add_argument("--model-overrides", default="{}", help="JSON replacing model entries")
-    ap.add_argument("--train-overrides", default="{}", help="JSON replacing train entries")
+    ap.add_argument("--train-overrides", default="{}",
+                    help="JSON replacing train entries (a section's given keys replace its "
+                    "own; null removes it)")
     ap.add_argument("--labels-only", action="store_true",
                     help="test-set E/F/σ errors only, no properties (ablations)")
     ap.add_argument("--quick", action="store_true",
