@@ -512,6 +512,10 @@ def train(store: Path, root: Path, minutes: float, quick: bool, system: str,
             "params": sum(p.numel() for p in trainer.model.parameters())}
 
 
+# the file of a race's mace-torch validations in its work folder (train_mace writes it,
+# run_system waits for it)
+MACE_STAMPS = "mace_stamps.json"
+
 # mace-torch's run_train, every validation stamped with the time it ended, stopped at the
 # first validation past the budget (seconds after the validation before the first step)
 MACE_TRAIN = r'''
@@ -558,7 +562,7 @@ def train_mace(root: Path, work: Path, minutes: float, threads: int, system: str
     and stage two over its last quarter. Trains
     until the first validation past ``minutes`` of wall time; returns its validation
     curve in the rows of ``curves.csv`` (``trainer`` mace-torch)."""
-    stamps = work / "mace_stamps.json"
+    stamps = work / MACE_STAMPS
     argv = ["--name=mace", f"--seed={seed}", f"--work_dir={work / 'mace'}",
             f"--train_file={root / 'train.extxyz'}", f"--valid_file={root / 'val.extxyz'}",
             "--energy_key=REF_energy", "--forces_key=REF_forces", "--stress_key=REF_stress",
@@ -959,7 +963,7 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(1)
-        (work / "mace_stamps.json").unlink(missing_ok=True)  # an earlier race's
+        (work / MACE_STAMPS).unlink(missing_ok=True)  # an earlier race's
         shutil.rmtree(work / "mace", ignore_errors=True)
         mace = pool.submit(train_mace, root, work, args.minutes, args.threads, system.name)
 
@@ -967,7 +971,7 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
             """Until mace-torch has validated once (its set-up done, its steps begun); its
             failure is raised at once, and a set-up longer than the budget ends the run."""
             waited = time.perf_counter()
-            while not (work / "mace_stamps.json").is_file():
+            while not (work / MACE_STAMPS).is_file():
                 if mace.done():
                     mace.result()  # raises mace-torch's error
                     raise SystemExit("mace-torch ended before its first validation")
