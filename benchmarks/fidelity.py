@@ -13,12 +13,17 @@ For each system (a cubic cell, see :data:`SYSTEMS`):
 
 1. Data, generated as practitioners do and labelled by the teacher (energy eV, forces eV/Å,
    stress eV/Å³ with ASE's sign): Langevin NVT MD at several temperatures, strained cells
-   (isotropic, uniaxial and shear), rattled strained cells and the steps of a cell
-   relaxation. Every
-   trajectory is a material of its own (``mp_id``) and lies wholly in one split, and the
-   splits use different seeds and temperatures: train (MD at 0.3, 0.6 and 1.0 x the
-   system's hot temperature), val (0.75 x) and test (0.45 and 0.85 x). Written as extended
-   XYZ with ``REF_energy``, ``REF_forces``, ``REF_stress`` (Voigt, xx yy zz yz xz xy).
+   (isotropic, uniaxial and shear), rattled strained cells, the steps of a cell
+   relaxation and, around the teacher's relaxed cell, cold MD and cells whose atoms are
+   displaced by Gaussians of 0.005-0.03 Å (the curvature that phonons and elastic constants probe;
+   without them the students' force constants were 20 % soft at phonopy's 0.015 Å).
+   Every trajectory is a material of its own (``mp_id``) and lies wholly in one split,
+   and the splits use different seeds and temperatures: train (MD at 0.1 from the relaxed
+   cell, 0.3, 0.6 and 1.0 x the system's hot temperature), val (0.75 x) and test (0.45 and
+   0.85 x). Written as extended XYZ with ``REF_energy``, ``REF_forces``, ``REF_stress``
+   (Voigt, xx yy zz yz xz xy). Each trajectory is kept in ``frames/`` once labelled
+   (:class:`FrameCache`), so an interrupted generation resumes and a plan that grows
+   labels only its new trajectories.
 2. Train and val are built into a store with :func:`orbitgraph.build_store` (the 16-NN
    graph), then trained with :class:`orbitgraph.Trainer` from a run file (``run.yaml``, the
    model and training settings of this benchmark, all explicit: it is also what
@@ -62,6 +67,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +151,13 @@ def make_teacher(name: str):
     raise SystemExit(f"--teacher: emt or chgnet, not {name!r}")
 
 
+def teacher_version(name: str) -> str:
+    """The version of the package behind the teacher ``name`` (ase or chgnet)."""
+    from importlib.metadata import version
+
+    return version("chgnet" if name == "chgnet" else "ase")
+
+
 def supercell_reps(atoms, min_atoms: int = 32, min_length: float = 7.0) -> tuple[int, ...]:
     """Repetitions of a cubic cell giving at least ``min_atoms`` atoms and edges of at
     least ``min_length`` Å (MD, training frames and phonon supercells)."""
@@ -163,6 +176,11 @@ class Settings:
     strained: int = 30  # strained cells (training; a third of that in val and test)
     rattled: int = 30
     relax_steps: int = 20
+    # near equilibrium (the teacher's relaxed cell): MD at this fraction of the hot
+    # temperature, and cells with every atom displaced by a Gaussian of 0.005-0.03 Å (the
+    # amplitudes of phonopy's finite displacements and of room-temperature vibrations)
+    cold_fraction: float = 0.1
+    displaced: int = 40  # training; a quarter of that in val
     fmax: float = 0.005  # eV/Å, relaxations of the properties
     relax_max_steps: int = 200
     eos_points: int = 9
@@ -174,7 +192,7 @@ class Settings:
 
 
 QUICK = Settings(md_every=2, md_snapshots=6, md_equilibrate=4, strained=6, rattled=6,
-                 relax_steps=4, fmax=0.05, relax_max_steps=10, eos_points=5,
+                 relax_steps=4, displaced=4, fmax=0.05, relax_max_steps=10, eos_points=5,
                  md_ps=0.04, md_sample_every=2, probe_steps=2)
 
 
@@ -267,32 +285,145 @@ def relaxation_frames(cell, calc, steps: int, seed: int, trajectory: str) -> lis
     return frames
 
 
-def generate(system: System, calc, s: Settings) -> dict[str, list]:
+def relaxed_cell(cell, calc):
+    """``cell`` relaxed by ``calc`` (positions and cell, FIRE on a FrechetCellFilter, to
+    1e-3 eV/Å): the equilibrium that the near-equilibrium frames are drawn around."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    atoms = cell.copy()
+    atoms.calc = calc
+    if not FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-3, steps=300):
+        raise RuntimeError(f"{atoms.get_chemical_formula()}: the teacher's relaxation did "
+                           "not reach 1e-3 eV/Å in 300 steps; the near-equilibrium frames "
+                           "need its equilibrium")
+    atoms.calc = None
+    return atoms
+
+
+def displaced_frames(cell, calc, n: int, seed: int, trajectory: str) -> list:
+    """``n`` copies of the equilibrium ``cell``, strained (:func:`random_strain`: 0.5 %
+    isotropic plus up to 0.5 % per axis and in shear) and every atom displaced by a
+    Gaussian whose width per Cartesian component is drawn from 0.005-0.03 Å per frame
+    (the largest displacement of a 54-64-atom frame is 0.02-0.12 Å): the small, harmonic
+    displacements that phonons and elastic constants probe."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = cell.copy()
+        atoms.set_cell(cell.cell.array @ random_strain(rng, 0.005, 0.005).T,
+                       scale_atoms=True)
+        atoms.positions += rng.normal(0.0, rng.uniform(0.005, 0.03), atoms.positions.shape)
+        atoms.calc = calc
+        frames.append(labelled(atoms, trajectory, "displaced"))
+    return frames
+
+
+DATA_SETTINGS = ("md_every", "md_snapshots", "md_equilibrate", "md_timestep_fs", "strained",
+                 "rattled", "relax_steps", "cold_fraction", "displaced")
+
+
+FRAMES_VERSION = 2  # of the generation code: raise it when a change alters kept frames
+
+
+class FrameCache:
+    """Each trajectory's labelled frames in ``root/<trajectory>_<amount>.extxyz``, kept as
+    soon as they are labelled, so that an interrupted or extended data generation labels
+    only what is missing. ``key`` (the teacher and its version, the system's temperatures,
+    :data:`DATA_SETTINGS`, :data:`FRAMES_VERSION`) is kept in ``root/key.json``; frames of
+    another key (or of none) are deleted. A folder holding anything but kept frames is
+    refused (SystemExit), never emptied."""
+
+    KEPT = (".extxyz", ".partial")
+
+    def __init__(self, root: Path, key: dict):
+        self.root = root
+        if root.is_dir():
+            strangers = [p.name for p in root.iterdir()
+                         if p.suffix not in self.KEPT and p.name != "key.json"]
+            if strangers:
+                raise SystemExit(f"{root}: not a folder of kept frames (it holds "
+                                 f"{', '.join(sorted(strangers)[:3])}); give another --out")
+            try:
+                kept = json.loads((root / "key.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                kept = None
+            if kept != key:
+                print(f"{root}: frames of other settings, relabelling", flush=True)
+                for p in root.iterdir():
+                    p.unlink()
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "key.partial").write_text(json.dumps(key, indent=1))
+        (root / "key.partial").replace(root / "key.json")
+
+    def get(self, trajectory: str, amount: float, label) -> list:
+        """The frames of ``trajectory`` with ``amount`` (a count or a temperature
+        fraction): read, or made by ``label()`` and kept. A file that cannot be read (an
+        interrupted copy) is labelled again."""
+        from ase.io import read, write
+
+        path = self.root / f"{trajectory}_{amount:g}.extxyz"
+        if path.is_file():
+            try:
+                frames = read(path, index=":")
+            except Exception as e:  # noqa: BLE001 (ASE raises several kinds)
+                print(f"{path}: unreadable ({e}), labelling again", flush=True)
+            else:
+                if frames:
+                    return frames
+        frames = label()
+        if frames:
+            partial = path.with_suffix(".partial")
+            write(partial, frames, format="extxyz")
+            partial.replace(path)  # whole trajectories only
+        return frames
+
+
+def generate(system: System, calc, s: Settings, cache: FrameCache | None = None
+             ) -> dict[str, list]:
     """{split: frames} for train, val and test: independent trajectories (seeds,
-    temperatures) per split, all labelled by ``calc``."""
+    temperatures) per split, all labelled by ``calc`` (through ``cache`` where given).
+    Training holds hot MD, strained, rattled and relaxing cells, and near equilibrium
+    (the teacher's relaxed cell) cold MD and small displacements; val holds hot MD,
+    rattled and displaced cells; test the hot MD, strained and rattled cells of earlier
+    versions of this benchmark, so that its errors stay comparable."""
     cell = system.build().repeat(supercell_reps(system.build()))
     hot, name = system.hot_K, system.name
     plan = {
         "train": [("md", 0.3, 11), ("md", 0.6, 12), ("md", 1.0, 13),
                   ("strained", s.strained, 14), ("rattled", s.rattled, 15),
-                  ("relax", s.relax_steps, 16)],
-        "val": [("md", 0.75, 21), ("rattled", max(s.rattled // 3, 2), 22)],
+                  ("relax", s.relax_steps, 16), ("coldmd", s.cold_fraction, 17),
+                  ("displaced", s.displaced, 18)],
+        "val": [("md", 0.75, 21), ("rattled", max(s.rattled // 3, 2), 22),
+                ("displaced", max(s.displaced // 4, 2), 23)],
         "test": [("md", 0.45, 31), ("md", 0.85, 32), ("strained", max(s.strained // 3, 2), 33),
                  ("rattled", max(s.rattled // 3, 2), 34)],
     }
+    equilibrium = None
+
+    def label(kind, amount, seed, trajectory):
+        nonlocal equilibrium
+        if kind in ("coldmd", "displaced") and equilibrium is None:
+            equilibrium = relaxed_cell(cell, calc)
+        if kind == "md":
+            return md_frames(cell, calc, amount * hot, seed, trajectory, s)
+        if kind == "coldmd":
+            return md_frames(equilibrium, calc, amount * hot, seed, trajectory, s)
+        if kind == "displaced":
+            return displaced_frames(equilibrium, calc, amount, seed, trajectory)
+        if kind == "strained":
+            return strained_frames(cell, calc, amount, 0.0, seed, trajectory)
+        if kind == "rattled":
+            return strained_frames(cell, calc, amount, 0.05, seed, trajectory)
+        return relaxation_frames(cell, calc, amount, seed, trajectory)
+
     out = {}
     for split, items in plan.items():
         frames = []
         for kind, amount, seed in items:
             trajectory = f"{name}-{split}-{kind}-{seed}"
-            if kind == "md":
-                frames += md_frames(cell, calc, amount * hot, seed, trajectory, s)
-            elif kind == "strained":
-                frames += strained_frames(cell, calc, amount, 0.0, seed, trajectory)
-            elif kind == "rattled":
-                frames += strained_frames(cell, calc, amount, 0.05, seed, trajectory)
-            else:
-                frames += relaxation_frames(cell, calc, amount, seed, trajectory)
+            make = partial(label, kind, amount, seed, trajectory)
+            frames += cache.get(trajectory, amount, make) if cache else make()
         out[split] = frames
     return out
 
@@ -925,6 +1056,18 @@ def plot_curves(curves: list[dict], path: Path) -> None:
 
 # -------------------------------------------------------------------------------- main
 
+def json_object(text: str, flag: str) -> dict:
+    """``text`` parsed as a JSON object; SystemExit naming ``flag`` if it is not one."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{flag}: not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{flag}: a JSON object of entries is needed, not "
+                         f"{type(value).__name__} {text!r}")
+    return value
+
+
 def run_system(system: System, teacher_name: str, args, s: Settings, root: Path) -> dict:
     """Data (or, with ``--reuse-data``, the data of an earlier run in ``root``), store,
     training (in ``root``, or ``root/<--tag>``), test errors and (unless
@@ -935,15 +1078,18 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
     if args.reuse_data:
         test, n = read_test(root)
     else:
-        frames = generate(system, teacher, s)
+        key = {"teacher": teacher_name, "teacher_version": teacher_version(teacher_name),
+               "hot_K": system.hot_K, "frames_version": FRAMES_VERSION,
+               **{k: getattr(s, k) for k in DATA_SETTINGS}}
+        frames = generate(system, teacher, s, FrameCache(root / "frames", key))
         n = {k: len(v) for k, v in frames.items()}
         test = frames["test"]
         write_sources(frames, root)
     print(f"{system.name}: {n['train']}/{n['val']}/{n['test']} train/val/test frames of "
           f"{len(test[0])} atoms by {teacher_name} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    overrides = {"model": json.loads(args.model_overrides),
-                 "train": json.loads(args.train_overrides)}
+    overrides = {"model": json_object(args.model_overrides, "--model-overrides"),
+                 "train": json_object(args.train_overrides, "--train-overrides")}
     if args.graph == "radius":
         from ase.io import read
 
@@ -1056,6 +1202,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tiny data, model and calculations: checks the pipeline only")
     ap.add_argument("--out", default=str(OUT / "fidelity"))
     args = ap.parse_args(argv)
+    json_object(args.model_overrides, "--model-overrides")  # before any data is made
+    json_object(args.train_overrides, "--train-overrides")
     import torch
 
     torch.set_num_threads(args.threads)

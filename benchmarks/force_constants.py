@@ -25,19 +25,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import SYSTEMS, make_teacher, student_calculator, supercell_reps  # noqa: E402
-
-
-def relaxed_cell(system, teacher):
-    """The conventional cell relaxed by ``teacher`` (positions and cell)."""
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
-
-    atoms = system.build()
-    atoms.calc = teacher
-    FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-3, steps=500)
-    atoms.calc = None
-    return atoms
+from fidelity import (  # noqa: E402
+    SYSTEMS,
+    make_teacher,
+    relaxed_cell,
+    student_calculator,
+    supercell_reps,
+)
 
 
 def forces(calc, atoms) -> np.ndarray:
@@ -59,7 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     torch.set_num_threads(args.threads)
     teacher, student = make_teacher(args.teacher), student_calculator(Path(args.model))
-    cell = relaxed_cell(SYSTEMS[args.system], teacher)
+    cell = relaxed_cell(SYSTEMS[args.system].build(), teacher)
     perfect = cell.repeat(supercell_reps(cell))
     f0 = {"teacher": forces(teacher, perfect), "student": forces(student, perfect)}
     print(f"{args.system}: a = {cell.cell.lengths()[0]:.4f} Å (teacher), {len(perfect)} atoms; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 
@@ -147,3 +148,90 @@ def test_the_kept_cao_model_gives_its_recorded_lattice_parameter():
     assert abs(a - record["student"]["a_A"]) < 2e-3, (a, record["student"]["a_A"])
     assert abs(a - record["teacher"]["a_A"]) / record["teacher"]["a_A"] < 0.005
     assert abs(atoms.get_stress()).max() * 160.2 < 0.05  # GPa: relaxed
+
+
+@pytest.mark.slow
+def test_frame_cache_labels_each_trajectory_once(tmp_path):
+    """A second generation with the same key reads every trajectory the first one kept
+    (no teacher call) and gets the same frames back; an unreadable file is labelled again;
+    another key (other settings) relabels from scratch; a folder holding other files is
+    refused, not emptied."""
+    from ase.calculators.emt import EMT
+
+    from benchmarks import fidelity
+
+    key = {"teacher": "emt", **{k: getattr(fidelity.QUICK, k) for k in fidelity.DATA_SETTINGS}}
+    cache = tmp_path / "frames"
+    system = fidelity.SYSTEMS["Ag"]
+    first = fidelity.generate(system, EMT(), fidelity.QUICK, fidelity.FrameCache(cache, key))
+
+    class NoCalls(EMT):
+        def calculate(self, *args, **kwargs):
+            raise AssertionError("a kept trajectory was labelled again")
+
+    again = fidelity.generate(system, NoCalls(), fidelity.QUICK, fidelity.FrameCache(cache, key))
+    for split in ("train", "val", "test"):
+        assert len(again[split]) == len(first[split]) > 0
+        for a, b in zip(first[split], again[split], strict=True):
+            for name in ("mp_id", "config_type"):
+                assert a.info[name] == b.info[name]
+            assert abs(a.info["REF_energy"] - b.info["REF_energy"]) < 1e-6
+            assert np.asarray(b.info["REF_stress"]).shape == (6,)
+            assert abs(a.info["REF_stress"] - b.info["REF_stress"]).max() < 1e-8
+            assert abs(a.arrays["REF_forces"] - b.arrays["REF_forces"]).max() < 1e-6
+            assert abs(a.positions - b.positions).max() < 1e-6
+            assert abs(a.cell.array - b.cell.array).max() < 1e-6
+    damaged = sorted(cache.glob("Ag-train-displaced-*.extxyz"))
+    assert len(damaged) == 1
+    damaged[0].write_text("")  # as an interrupted copy leaves it
+    relabelled = fidelity.generate(system, EMT(), fidelity.QUICK,
+                                   fidelity.FrameCache(cache, key))
+    assert len(relabelled["train"]) == len(first["train"])
+    assert damaged[0].stat().st_size > 0
+    fidelity.FrameCache(cache, {**key, "displaced": key["displaced"] + 1})
+    assert sorted(p.name for p in cache.iterdir()) == ["key.json"]
+    (cache / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not a folder of kept frames"):
+        fidelity.FrameCache(cache, key)
+    assert (cache / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_near_equilibrium_frames_are_small_displacements_of_the_relaxed_cell():
+    """The displaced frames lie within 0.15 Å of the teacher's relaxed cell (whose forces
+    and stress vanish), strained by at most 1 % per component, and hold forces: the
+    harmonic range phonons probe."""
+    from ase.calculators.emt import EMT
+
+    from benchmarks import fidelity
+
+    system = fidelity.SYSTEMS["Ag"]
+    cell = system.build().repeat(fidelity.supercell_reps(system.build()))
+    relaxed = fidelity.relaxed_cell(cell, EMT())
+    relaxed.calc = EMT()
+    assert abs(relaxed.get_forces()).max() < 1e-3
+    assert abs(relaxed.get_stress()).max() < 1e-3
+    relaxed.calc = None
+    frames = fidelity.displaced_frames(relaxed, EMT(), 8, seed=0, trajectory="t")
+    for atoms in frames:
+        stretch = np.linalg.solve(relaxed.cell.array, atoms.cell.array)
+        assert abs(stretch - np.eye(3)).max() <= 0.0101  # isotropic + normal, each ≤ 0.5 %
+        scaled = relaxed.get_scaled_positions(wrap=False) @ atoms.cell.array
+        assert 0 < np.linalg.norm(atoms.positions - scaled, axis=1).max() < 0.15
+        assert atoms.info["config_type"] == "displaced"
+        assert abs(atoms.arrays["REF_forces"]).max() > 0.01  # eV/Å
+
+
+@pytest.mark.parametrize("flag, text, problem", [
+    ("--train-overrides", "[1, 2]", "a JSON object of entries is needed, not list"),
+    ("--model-overrides", "{channels: 8}", "not JSON"),
+])
+def test_overrides_that_are_not_a_json_object_are_refused_by_flag(tmp_path, flag, text,
+                                                                   problem):
+    from benchmarks import fidelity
+
+    with pytest.raises(SystemExit) as e:
+        fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick", flag, text,
+                       "--out", str(tmp_path)])
+    assert str(e.value).startswith(flag) and problem in str(e.value)
+    assert not any(tmp_path.iterdir())  # refused before any data was made
