@@ -185,6 +185,10 @@ class Settings:
     relax_max_steps: int = 200
     eos_points: int = 9
     eos_strain: float = 0.06
+    # the strains of the elastic fit, normal and shear alike (deformation-gradient entries):
+    # the Materials Project's set (de Jong et al., Sci. Data 2, 150009 (2015)), within the
+    # training strains; matcalc's default shears of ±3 and ±6 % probe past them
+    elastic_strains: tuple[float, ...] = (-0.01, -0.005, 0.005, 0.01)
     md_ps: float = 10.0
     md_timestep_fs: float = 2.0
     md_sample_every: int = 10
@@ -832,8 +836,9 @@ def properties(calc, system: System, s: Settings, seed: int = 7) -> dict:
                       "energies": [float(e) for e in r["eos"]["energies"]]}
 
     def elastic():
-        r = ElasticityCalc(calc, relax_structure=False, relax_deformed_structures=True,
-                           units_GPa=True, fmax=s.fmax,
+        r = ElasticityCalc(calc, norm_strains=s.elastic_strains,
+                           shear_strains=s.elastic_strains, relax_structure=False,
+                           relax_deformed_structures=True, units_GPa=True, fmax=s.fmax,
                            relax_calc_kwargs=relax_kw).calc(structure)
         c = np.asarray(r["elastic_tensor"].voigt, dtype=np.float64)
         out["C11_GPa"] = float(np.mean([c[0, 0], c[1, 1], c[2, 2]]))
@@ -1101,9 +1106,12 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
         print(f"{system.name}: radius graph, at most {degree} neighbours within 6 Å "
               f"(k = {RADIUS_K}), rank envelope {overrides['model']['rank_envelope']}",
               flush=True)
-    store = build(root, args.graph)
     work = root / args.tag if args.tag else root
     work.mkdir(parents=True, exist_ok=True)
+    if args.student:
+        return evaluate(system, teacher, teacher_name, Path(args.student), test, n, args, s,
+                        work, {"model": Path(args.student)}, None, overrides)
+    store = build(root, args.graph)
     race = None
     if args.race:
         from concurrent.futures import ThreadPoolExecutor
@@ -1142,7 +1150,17 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
     print(f"{system.name}: trained {run['steps']} steps in {run['wall_s']:.0f} s "
           f"({run['params']:,d} parameters); last validation F MAE "
           f"{last['forces_mae_meV_per_A']:.1f} meV/Å", flush=True)
-    student = student_calculator(run["model"])
+    return evaluate(system, teacher, teacher_name, run["model"], test, n, args, s, work, run,
+                    race, overrides)
+
+
+def evaluate(system: System, teacher, teacher_name: str, model: Path, test: list, n: dict,
+             args, s: Settings, work: Path, run: dict, race: dict | None,
+             overrides: dict) -> dict:
+    """The student ``model`` against ``teacher``: test-set errors and (unless
+    ``--labels-only``) properties, with plots in ``work``; ``run`` is the training's
+    summary (or ``{"model": ...}`` for ``--student``)."""
+    student = student_calculator(model)
     ref, pred = reference(test), predict(test, student)
     training = {k: v for k, v in run.items() if k not in ("curve", "model")}
     result = {"errors": label_errors(ref, pred), "training": training, "frames": n,
@@ -1196,6 +1214,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-overrides", default="{}",
                     help="JSON replacing train entries (a section's given keys replace its "
                     "own; null removes it)")
+    ap.add_argument("--student", help="evaluate this checkpoint (best.pt or a kept model) "
+                    "against the teacher instead of training one; with --reuse-data and --tag")
     ap.add_argument("--labels-only", action="store_true",
                     help="test-set E/F/σ errors only, no properties (ablations)")
     ap.add_argument("--quick", action="store_true",
@@ -1224,6 +1244,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.race and args.max_steps is not None:
         raise SystemExit("--race: mace-torch trains for --minutes of wall time; give "
                          "--minutes, not --max-steps")
+    if args.student and not (args.reuse_data and len(names) == 1 and not args.race):
+        raise SystemExit("--student: evaluates one model on its system's earlier data; give "
+                         "one --systems, --reuse-data and --tag, not --race")
+    if args.student and not Path(args.student).is_file():
+        raise SystemExit(f"--student: no checkpoint at {args.student}")
     if args.reuse_data and not args.tag:
         raise SystemExit("--reuse-data: give a --tag too (the ablation's folder), so that the "
                          "run that made the data keeps its model and table")
@@ -1241,6 +1266,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"args": vars(args), "settings": asdict(s), "targets": TARGETS,
                "results": results, "table": rows}
     (out / f"fidelity{tag}.json").write_text(json.dumps(summary, indent=1, default=str))
+    if args.student:
+        print(f"\ntable {out / f'fidelity{tag}.csv'}; plots {out}/<system>/{args.tag}/")
+        return summary
     curves = []
     for name in names:
         with open(out / name / args.tag / "curves.csv" if args.tag else

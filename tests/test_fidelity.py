@@ -235,3 +235,24 @@ def test_overrides_that_are_not_a_json_object_are_refused_by_flag(tmp_path, flag
                        "--out", str(tmp_path)])
     assert str(e.value).startswith(flag) and problem in str(e.value)
     assert not any(tmp_path.iterdir())  # refused before any data was made
+
+
+@pytest.mark.slow
+def test_student_flag_evaluates_a_kept_checkpoint_as_its_run_did(quick_run):
+    """``--student best.pt`` on the run's own data gives the test errors the run reported
+    for that checkpoint, trains nothing, and leaves the run's table alone; without
+    ``--reuse-data`` it is refused."""
+    fidelity, out, summary = quick_run
+    best = out / "Ag" / "run" / "best.pt"
+    before = (out / "fidelity.csv").read_bytes()
+    again = fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick", "--threads", "1",
+                           "--out", str(out), "--reuse-data", "--tag", "kept", "--student",
+                           str(best), "--labels-only"])
+    errors, first = again["results"]["Ag"]["errors"], summary["results"]["Ag"]["errors"]
+    for key in ("energy_mae_meV_per_atom", "forces_mae_meV_per_A", "stress_mae_GPa"):
+        assert errors[key] == pytest.approx(first[key], rel=1e-9), key
+    assert not (out / "Ag" / "kept" / "run").exists()
+    assert (out / "fidelity.csv").read_bytes() == before
+    with pytest.raises(SystemExit, match="--student"):
+        fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick", "--out", str(out),
+                       "--student", str(best)])
