@@ -15,8 +15,9 @@ For each system (a cubic cell, see :data:`SYSTEMS`):
    stress eV/Å³ with ASE's sign): Langevin NVT MD at several temperatures, strained cells
    (isotropic, uniaxial and shear), rattled strained cells, the steps of a cell
    relaxation and, around the teacher's relaxed cell, cold MD and cells whose atoms are
-   displaced by Gaussians of 0.005-0.03 Å (the curvature that phonons and elastic constants probe;
-   without them the students' force constants were 20 % soft at phonopy's 0.015 Å).
+   displaced by Gaussians of 0.005-0.03 Å (the curvature that phonons and elastic
+   constants probe; without them the students' force responses were 20-28 % off at
+   phonopy's 0.015 Å).
    Every trajectory is a material of its own (``mp_id``) and lies wholly in one split,
    and the splits use different seeds and temperatures: train (MD at 0.1 from the relaxed
    cell, 0.3, 0.6 and 1.0 x the system's hot temperature), val (0.75 x) and test (0.45 and
@@ -41,7 +42,8 @@ For each system (a cubic cell, see :data:`SYSTEMS`):
    computed by matcalc for both calculators alike (matcalc wraps an ASE calculator with
    ASE's optimisers and cell filters, pymatgen's EOS and elastic fits and phonopy, so the
    teacher and the student go through the same code): the relaxed lattice parameter, the
-   Birch-Murnaghan bulk modulus, the elastic constants C11, C12, C44, phonon frequencies at
+   Birch-Murnaghan bulk modulus, the elastic constants C11, C12, C44 (strains of
+   ±0.5 and ±1 %, :attr:`Settings.elastic_strains`), phonon frequencies at
    Γ, X, M and R of the cubic cell (phonopy, finite displacements in a supercell), and NVT
    MD at the hot temperature for ``--md-ps`` picoseconds from the same start and the same
    random numbers: stability (finite energies, no two atoms closer than 0.7 x the closest
