@@ -258,18 +258,24 @@ def random_strain(rng, isotropic: float, shear: float) -> np.ndarray:
     return np.eye(3) + eps
 
 
-def strained_frames(cell, calc, n: int, rattle: float, seed: int, trajectory: str) -> list:
-    """``n`` cells strained by up to 3 % (isotropic) and 2 % (uniaxial and shear), atoms
-    rattled by a Gaussian of ``rattle`` Å."""
+def strained_frames(cell, calc, n: int, seed: int, trajectory: str, kind: str,
+                    strain: tuple[float, float] = (0.03, 0.02),
+                    rattle: tuple[float, float] = (0.0, 0.0)) -> list:
+    """``n`` copies of ``cell`` labelled ``kind``: strained by :func:`random_strain` with
+    ``strain`` = (isotropic, per axis and shear) amplitudes, every atom displaced by a
+    Gaussian whose width per Cartesian component (Å) is ``rattle[0]``, or drawn from the
+    range ``rattle`` per frame (none for 0)."""
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(n):
         atoms = cell.copy()
-        atoms.set_cell(cell.cell.array @ random_strain(rng, 0.03, 0.02).T, scale_atoms=True)
-        if rattle:
-            atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
+        atoms.set_cell(cell.cell.array @ random_strain(rng, *strain).T, scale_atoms=True)
+        lo, hi = rattle
+        width = lo if lo == hi else rng.uniform(lo, hi)
+        if width:
+            atoms.positions += rng.normal(0.0, width, atoms.positions.shape)
         atoms.calc = calc
-        frames.append(labelled(atoms, trajectory, "rattled" if rattle else "strained"))
+        frames.append(labelled(atoms, trajectory, kind))
     return frames
 
 
@@ -313,16 +319,8 @@ def displaced_frames(cell, calc, n: int, seed: int, trajectory: str) -> list:
     Gaussian whose width per Cartesian component is drawn from 0.005-0.03 Å per frame
     (the largest displacement of a 54-64-atom frame is 0.02-0.12 Å): the small, harmonic
     displacements that phonons and elastic constants probe."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        atoms = cell.copy()
-        atoms.set_cell(cell.cell.array @ random_strain(rng, 0.005, 0.005).T,
-                       scale_atoms=True)
-        atoms.positions += rng.normal(0.0, rng.uniform(0.005, 0.03), atoms.positions.shape)
-        atoms.calc = calc
-        frames.append(labelled(atoms, trajectory, "displaced"))
-    return frames
+    return strained_frames(cell, calc, n, seed, trajectory, "displaced",
+                           strain=(0.005, 0.005), rattle=(0.005, 0.03))
 
 
 DATA_SETTINGS = ("md_every", "md_snapshots", "md_equilibrate", "md_timestep_fs", "strained",
@@ -418,9 +416,10 @@ def generate(system: System, calc, s: Settings, cache: FrameCache | None = None
         if kind == "displaced":
             return displaced_frames(equilibrium, calc, amount, seed, trajectory)
         if kind == "strained":
-            return strained_frames(cell, calc, amount, 0.0, seed, trajectory)
+            return strained_frames(cell, calc, amount, seed, trajectory, kind)
         if kind == "rattled":
-            return strained_frames(cell, calc, amount, 0.05, seed, trajectory)
+            return strained_frames(cell, calc, amount, seed, trajectory, kind,
+                                   rattle=(0.05, 0.05))
         return relaxation_frames(cell, calc, amount, seed, trajectory)
 
     out = {}
@@ -1075,9 +1074,11 @@ def json_object(text: str, flag: str) -> dict:
     return value
 
 
-def run_system(system: System, teacher_name: str, args, s: Settings, root: Path) -> dict:
+def run_system(system: System, teacher_name: str, args, s: Settings, root: Path,
+               overrides: dict) -> dict:
     """Data (or, with ``--reuse-data``, the data of an earlier run in ``root``), store,
-    training (in ``root``, or ``root/<--tag>``), test errors and (unless
+    training (in ``root``, or ``root/<--tag>``, with ``overrides``: ``{"model": ...,
+    "train": ...}`` as :func:`run_document` takes them), test errors and (unless
     ``--labels-only``) properties of one system."""
     root.mkdir(parents=True, exist_ok=True)
     teacher = make_teacher(teacher_name)
@@ -1095,8 +1096,7 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path)
     print(f"{system.name}: {n['train']}/{n['val']}/{n['test']} train/val/test frames of "
           f"{len(test[0])} atoms by {teacher_name} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    overrides = {"model": json_object(args.model_overrides, "--model-overrides"),
-                 "train": json_object(args.train_overrides, "--train-overrides")}
+    overrides = {**overrides, "model": dict(overrides["model"])}  # this system's own
     if args.graph == "radius":
         from ase.io import read
 
@@ -1224,8 +1224,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tiny data, model and calculations: checks the pipeline only")
     ap.add_argument("--out", default=str(OUT / "fidelity"))
     args = ap.parse_args(argv)
-    json_object(args.model_overrides, "--model-overrides")  # before any data is made
-    json_object(args.train_overrides, "--train-overrides")
+    overrides = {"model": json_object(args.model_overrides, "--model-overrides"),
+                 "train": json_object(args.train_overrides, "--train-overrides")}
     import torch
 
     torch.set_num_threads(args.threads)
@@ -1256,7 +1256,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "run that made the data keeps its model and table")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {name: run_system(SYSTEMS[name], args.teacher, args, s, out / name)
+    results = {name: run_system(SYSTEMS[name], args.teacher, args, s, out / name, overrides)
                for name in names}
     rows = table(results)
     print_table(rows)
