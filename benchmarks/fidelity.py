@@ -1074,6 +1074,34 @@ def json_object(text: str, flag: str) -> dict:
     return value
 
 
+def check_overrides(overrides: dict, quick: bool) -> None:
+    """SystemExit naming the flag if ``overrides`` make a model or training section that
+    orbitgraph refuses (an unknown key, a bad value): before any data is labelled."""
+    from orbitgraph.errors import ConfigError
+    from orbitgraph.model.config import load_config
+    from orbitgraph.train.config import TrainConfig
+
+    doc = run_document(Path("store"), Path("run"), quick, 1, overrides=overrides)
+    for flag, check in (("--model-overrides", lambda: load_config(doc["model"])),
+                        ("--train-overrides", lambda: TrainConfig.from_dict(doc["train"]))):
+        try:
+            check()
+        except ConfigError as e:
+            raise SystemExit(f"{flag}: {e}") from None
+
+
+def check_reuse(root: Path, teacher_name: str) -> None:
+    """SystemExit unless ``root`` holds an earlier run's data labelled by ``teacher_name``
+    (``--reuse-data``)."""
+    if not (root / "train_val.extxyz").is_file() or not (root / "test.extxyz").is_file():
+        raise SystemExit(f"--reuse-data: no earlier run's data in {root} (train_val.extxyz, "
+                         "test.extxyz); run once without --reuse-data first")
+    key = root / "frames" / "key.json"
+    if key.is_file() and (made_by := json.loads(key.read_text()).get("teacher")) != teacher_name:
+        raise SystemExit(f"--reuse-data: the data in {root} were labelled by {made_by}, not "
+                         f"by --teacher {teacher_name}")
+
+
 def run_system(system: System, teacher_name: str, args, s: Settings, root: Path,
                overrides: dict) -> dict:
     """Data (or, with ``--reuse-data``, the data of an earlier run in ``root``), store,
@@ -1254,7 +1282,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.reuse_data and not args.tag:
         raise SystemExit("--reuse-data: give a --tag too (the ablation's folder), so that the "
                          "run that made the data keeps its model and table")
+    check_overrides(overrides, args.quick)
     out = Path(args.out)
+    if args.reuse_data:
+        for name in names:
+            check_reuse(out / name, args.teacher)
     out.mkdir(parents=True, exist_ok=True)
     results = {name: run_system(SYSTEMS[name], args.teacher, args, s, out / name, overrides)
                for name in names}
@@ -1269,7 +1301,9 @@ def main(argv: list[str] | None = None) -> dict:
                "results": results, "table": rows}
     (out / f"fidelity{tag}.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.student:
-        print(f"\ntable {out / f'fidelity{tag}.csv'}; plots {out}/<system>/{args.tag}/")
+        where = (f"summary {out}/<system>/{args.tag}/summary.json" if args.labels_only else
+                 f"plots {out}/<system>/{args.tag}/<system>.png")
+        print(f"\ntable {out / f'fidelity{tag}.csv'}; {where}")
         return summary
     curves = []
     for name in names:

@@ -256,3 +256,33 @@ def test_student_flag_evaluates_a_kept_checkpoint_as_its_run_did(quick_run):
     with pytest.raises(SystemExit, match="--student"):
         fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick", "--out", str(out),
                        "--student", str(best)])
+
+
+@pytest.mark.parametrize("flag, text, problem", [
+    ("--train-overrides", '{"lr": "fast"}', "lr"),
+    ("--model-overrides", '{"chanels": 16}', "chanels"),
+])
+def test_overrides_orbitgraph_refuses_are_refused_before_any_data(tmp_path, flag, text,
+                                                                  problem):
+    """A key or value that the model or training config refuses ends the run at once,
+    naming the flag and the key, before the teacher labels anything."""
+    from benchmarks import fidelity
+
+    with pytest.raises(SystemExit) as e:
+        fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick", flag, text,
+                       "--out", str(tmp_path)])
+    assert str(e.value).startswith(flag) and problem in str(e.value)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_reuse_data_needs_an_earlier_run_of_the_same_teacher(tmp_path, quick_run):
+    """--reuse-data on a folder without data, or on data another teacher labelled, is
+    refused with the folder named, not a traceback or a mislabelled table."""
+    fidelity, out, _ = quick_run
+    with pytest.raises(SystemExit, match="no earlier run's data"):
+        fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick", "--out",
+                       str(tmp_path), "--reuse-data", "--tag", "t"])
+    with pytest.raises(SystemExit, match="labelled by emt, not by --teacher chgnet"):
+        fidelity.main(["--teacher", "chgnet", "--systems", "Ag", "--quick", "--out",
+                       str(out), "--reuse-data", "--tag", "t", "--labels-only"])
