@@ -180,7 +180,8 @@ class Settings:
     relax_steps: int = 20
     # near equilibrium (the teacher's relaxed cell): MD at this fraction of the hot
     # temperature, and cells with every atom displaced by a Gaussian of 0.005-0.03 Å (the
-    # amplitudes of phonopy's finite displacements and of room-temperature vibrations)
+    # amplitudes of phonopy's finite displacements and below those of room-temperature
+    # vibrations)
     cold_fraction: float = 0.1
     displaced: int = 40  # training; a quarter of that in val
     fmax: float = 0.005  # eV/Å, relaxations of the properties
@@ -454,10 +455,14 @@ def split_params():
     return SplitParams(val_fraction=0.5, test_fraction=0.0, seed=0)
 
 
-def write_sources(frames: dict[str, list], root: Path) -> None:
+DATA_STAMP = "data.json"  # who labelled the extxyz files beside it (--reuse-data checks it)
+
+
+def write_sources(frames: dict[str, list], root: Path, teacher_name: str) -> None:
     """Train and val frames as one extxyz file (each trajectory given a material id that
     the store's split hash puts in its own split), test frames as another, and train and
-    val each on its own (for mace-torch)."""
+    val each on its own (for mace-torch); then :data:`DATA_STAMP`, naming the teacher."""
+    (root / DATA_STAMP).unlink(missing_ok=True)  # until the files below are whole
     from ase.io import write
 
     split = split_params()
@@ -474,6 +479,7 @@ def write_sources(frames: dict[str, list], root: Path) -> None:
     write(root / "train_val.extxyz", source, format="extxyz")
     for name in ("train", "val", "test"):
         write(root / f"{name}.extxyz", frames[name], format="extxyz")
+    (root / DATA_STAMP).write_text(json.dumps({"teacher": teacher_name}))
 
 
 def read_test(root: Path) -> tuple[list, dict]:
@@ -1096,8 +1102,8 @@ def check_reuse(root: Path, teacher_name: str) -> None:
     if not (root / "train_val.extxyz").is_file() or not (root / "test.extxyz").is_file():
         raise SystemExit(f"--reuse-data: no earlier run's data in {root} (train_val.extxyz, "
                          "test.extxyz); run once without --reuse-data first")
-    key = root / "frames" / "key.json"
-    if key.is_file() and (made_by := json.loads(key.read_text()).get("teacher")) != teacher_name:
+    stamp = root / DATA_STAMP  # absent in folders written before it was
+    if stamp.is_file() and (made_by := json.loads(stamp.read_text())["teacher"]) != teacher_name:
         raise SystemExit(f"--reuse-data: the data in {root} were labelled by {made_by}, not "
                          f"by --teacher {teacher_name}")
 
@@ -1120,7 +1126,7 @@ def run_system(system: System, teacher_name: str, args, s: Settings, root: Path,
         frames = generate(system, teacher, s, FrameCache(root / "frames", key))
         n = {k: len(v) for k, v in frames.items()}
         test = frames["test"]
-        write_sources(frames, root)
+        write_sources(frames, root, teacher_name)
     print(f"{system.name}: {n['train']}/{n['val']}/{n['test']} train/val/test frames of "
           f"{len(test[0])} atoms by {teacher_name} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -1274,14 +1280,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.race and args.max_steps is not None:
         raise SystemExit("--race: mace-torch trains for --minutes of wall time; give "
                          "--minutes, not --max-steps")
+    if args.reuse_data and not args.tag:
+        raise SystemExit("--reuse-data: give a --tag too (the ablation's folder), so that the "
+                         "run that made the data keeps its model and table")
     if args.student and not (args.reuse_data and len(names) == 1 and not args.race):
         raise SystemExit("--student: evaluates one model on its system's earlier data; give "
                          "one --systems, --reuse-data and --tag, not --race")
     if args.student and not Path(args.student).is_file():
         raise SystemExit(f"--student: no checkpoint at {args.student}")
-    if args.reuse_data and not args.tag:
-        raise SystemExit("--reuse-data: give a --tag too (the ablation's folder), so that the "
-                         "run that made the data keeps its model and table")
+    if args.student and (args.graph != "knn" or overrides["model"] or overrides["train"]):
+        raise SystemExit("--student: the checkpoint holds its own graph and model; give no "
+                         "--graph, --model-overrides or --train-overrides")
+    if args.student and (Path(args.out) / names[0] / args.tag / "run.yaml").is_file():
+        raise SystemExit(f"--student: --tag {args.tag} is a training run's folder, whose "
+                         "table this would replace; give another --tag")
     check_overrides(overrides, args.quick)
     out = Path(args.out)
     if args.reuse_data:

@@ -256,6 +256,14 @@ def test_student_flag_evaluates_a_kept_checkpoint_as_its_run_did(quick_run):
     with pytest.raises(SystemExit, match="--student"):
         fidelity.main(["--teacher", "emt", "--systems", "Ag", "--quick", "--out", str(out),
                        "--student", str(best)])
+    reuse = ["--teacher", "emt", "--systems", "Ag", "--quick", "--out", str(out), "--reuse-data",
+             "--student", str(best)]
+    with pytest.raises(SystemExit, match="holds its own graph and model"):
+        fidelity.main([*reuse, "--tag", "other", "--model-overrides", '{"channels": 64}'])
+    (out / "Ag" / "trained").mkdir()
+    (out / "Ag" / "trained" / "run.yaml").write_text("{}")  # as a training run leaves it
+    with pytest.raises(SystemExit, match="a training run's folder"):
+        fidelity.main([*reuse, "--tag", "trained"])
 
 
 @pytest.mark.parametrize("flag, text, problem", [
